@@ -1,0 +1,237 @@
+"""The ``hybridllm`` command line (DESIGN.md section 7). Every failure is one line on stderr and a
+non-zero exit code; every success exits 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Route LLM queries between a small and a large model (Hybrid LLM, ICLR 2024).",
+)
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+class Labels(str, Enum):
+    det = "det"
+    prob = "prob"
+    trans = "trans"
+
+
+class Mode(str, Enum):
+    head = "head"
+    finetune = "finetune"
+
+
+class CLIError(Exception):
+    """A user-facing failure with a one-line reason."""
+
+
+def _fail(msg: str) -> None:
+    raise CLIError(msg)
+
+
+def _progress(msg: str) -> None:
+    err.print(f"[dim]·[/dim] {msg}", highlight=False)
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def summary_table(report: dict, title: str) -> Table:
+    t = Table(title=title)
+    t.add_column("router")
+    t.add_column("APGR", justify="right")
+    for ca in ("10", "20", "40", "60"):
+        t.add_column(f"QD@CA{ca}%", justify="right")
+    for qd in ("0", "0.5", "1", "2", "5"):
+        t.add_column(f"CA@QD≤{qd}%", justify="right")
+    for name in ("router", "random", "oracle"):
+        r = report[name]
+        t.add_row(
+            name,
+            _fmt(r["apgr"]),
+            *[_fmt(r["quality_drop_at_cost_advantage"][k], 2) for k in ("10", "20", "40", "60")],
+            *[_fmt(r["cost_advantage_at_quality_drop"][k], 1) for k in ("0", "0.5", "1", "2", "5")],
+        )
+    return t
+
+
+@app.command()
+def train(
+    table: Annotated[Path, typer.Argument(help="routing table (.jsonl or .parquet) with both models' quality")],
+    small: Annotated[str, typer.Option(help="name of the small model in the table's quality")],
+    large: Annotated[str, typer.Option(help="name of the large model in the table's quality")],
+    output: Annotated[Path, typer.Option(help="directory for the router artifact")],
+    labels: Annotated[Labels, typer.Option(help="label type (DESIGN.md section 4)")] = Labels.trans,
+    validation: Annotated[Path | None, typer.Option(help="validation table; default: hold out 20% by id")] = None,
+    mode: Annotated[Mode, typer.Option(help="head: frozen encoder + MLP ensemble; finetune: whole encoder")] = Mode.head,
+    encoder: Annotated[str | None, typer.Option(help="encoder name or local HF directory")] = None,
+    max_length: Annotated[int, typer.Option(help="encoder token limit")] = 256,
+    seed: Annotated[int, typer.Option(help="random seed (runs are repeatable)")] = 0,
+    epochs: Annotated[int | None, typer.Option(help="max epochs (head default 40, finetune default 3)")] = None,
+    members: Annotated[int, typer.Option(help="ensemble members in head mode")] = 5,
+) -> None:
+    """Train a router on a routing table and save a calibrated artifact."""
+    from .head import HeadConfig
+    from .table import read_table
+    from .train import DEFAULT_EXTRA, TrainOptions, train_router
+
+    rows = read_table(table)
+    vrows = read_table(validation) if validation else None
+    head = HeadConfig(extra=list(DEFAULT_EXTRA), members=members, seed=seed)
+    opts = TrainOptions(small=small, large=large, labels=labels.value, mode=mode.value, encoder=encoder,
+                        max_length=max_length, seed=seed, head=head)
+    if epochs is not None:
+        if mode == Mode.head:
+            head.epochs = epochs
+        else:
+            opts.finetune_epochs = epochs
+    res = train_router(rows, opts, output, validation=vrows, progress=_progress)
+    out.print(summary_table(res.config["validation_metrics"], f"validation ({res.config['data']['validation_rows']} rows)"))
+    dop = res.config["operating_points"]["max_quality_drop"]["1"]
+    out.print(f"default operating point (max 1% quality drop on validation): threshold {dop['threshold']:.4f}, "
+              f"cost advantage {dop['cost_advantage']:.1f}%")
+    out.print(f"saved router to {output}")
+
+
+@app.command()
+def evaluate(
+    router_dir: Annotated[Path, typer.Argument(metavar="DIR", help="router artifact")],
+    table: Annotated[Path, typer.Argument(help="table with both models' quality")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+    predictions: Annotated[Path | None, typer.Option(help="write JSONL {id, score} per row")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write a PNG of quality drop vs cost advantage")] = None,
+) -> None:
+    """Evaluate a router on a table: router vs random vs oracle."""
+    from .evaluate import evaluate_router, plot_curves, write_predictions
+    from .metrics import expected_quality
+    from .router import Router
+    from .table import read_table
+
+    router = Router(router_dir)
+    rows = read_table(table)
+    report, used, scores, skipped = evaluate_router(router, rows)
+    if skipped:
+        _progress(f"skipped {skipped} rows without quality for both {router.small} and {router.large}")
+    out.print(summary_table(report, f"{router.small} → {router.large} on {table.name} ({report['n']} rows)"))
+    out.print(f"Q_small {report['Q_small']:.4f}   Q_large {report['Q_large']:.4f}")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1) + "\n")
+    if predictions:
+        write_predictions(predictions, used, scores)
+    if plot:
+        qs, ql = expected_quality(used, router.small, router.large)
+        plot_curves(plot, scores, qs, ql, f"{router.small} → {router.large} ({report['n']} queries)")
+
+
+@app.command()
+def calibrate(
+    router_dir: Annotated[Path, typer.Argument(metavar="DIR", help="router artifact")],
+    table: Annotated[Path, typer.Argument(help="calibration table with both models' quality")],
+    max_quality_drop: Annotated[float | None, typer.Option(help="target max quality drop, percent")] = None,
+    cost_advantage: Annotated[float | None, typer.Option(help="target share of small-model queries, percent")] = None,
+    save: Annotated[bool, typer.Option(help="store this table's calibration and the point as the default")] = False,
+) -> None:
+    """Find the threshold that meets a quality or cost target on a table."""
+    from .artifact import save_config
+    from .calibrate import (
+        calibration_table,
+        operating_points,
+        threshold_for_cost_advantage,
+        threshold_for_quality_drop,
+    )
+    from .metrics import expected_quality
+    from .router import Router
+    from .table import read_table, select_pair
+
+    if (max_quality_drop is None) == (cost_advantage is None):
+        _fail("give exactly one of --max-quality-drop or --cost-advantage")
+    router = Router(router_dir)
+    pair = select_pair(read_table(table), router.small, router.large)
+    scores = router.score([r["prompt"] for r in pair.rows])
+    qs, ql = expected_quality(pair.rows, router.small, router.large)
+    tab = calibration_table(scores, qs, ql)
+    if max_quality_drop is not None:
+        if max_quality_drop < 0:
+            _fail(f"--max-quality-drop must be >= 0, got {max_quality_drop}")
+        point = threshold_for_quality_drop(tab, max_quality_drop)
+        default = {"kind": "max_quality_drop", "value": max_quality_drop}
+    else:
+        assert cost_advantage is not None
+        if not 0 <= cost_advantage <= 100:
+            _fail(f"--cost-advantage must be within 0..100, got {cost_advantage}")
+        point = threshold_for_cost_advantage(tab, cost_advantage)
+        default = {"kind": "cost_advantage", "value": cost_advantage}
+    out.print(json.dumps({"n": len(pair.rows), "threshold": point["threshold"],
+                          "cost_advantage": point["cost_advantage"], "quality_drop": point["quality_drop"]}))
+    if save:
+        cfg = dict(router.config)
+        cfg["calibration"] = tab
+        cfg["operating_points"] = operating_points(tab)
+        cfg["default_operating_point"] = default
+        cfg["calibration_source"] = {"table": str(table), "rows": len(pair.rows)}
+        save_config(router_dir, cfg)
+        _progress(f"saved calibration ({len(pair.rows)} rows) and default point {default} to {router_dir}")
+
+
+@app.command()
+def route(
+    router_dir: Annotated[Path, typer.Argument(metavar="DIR", help="router artifact")],
+    prompt: Annotated[str, typer.Argument(help="the query")],
+    max_quality_drop: Annotated[float | None, typer.Option(help="max quality drop, percent")] = None,
+    cost_advantage: Annotated[float | None, typer.Option(help="share of small-model queries, percent")] = None,
+    threshold: Annotated[float | None, typer.Option(help="raw score threshold in 0..1")] = None,
+) -> None:
+    """Decide which model should answer one prompt; prints JSON."""
+    from .router import Router
+
+    router = Router(router_dir)
+    d = router.route(prompt, max_quality_drop=max_quality_drop, cost_advantage=cost_advantage, threshold=threshold)
+    out.print_json(json.dumps(d.to_dict()))
+
+
+def main() -> None:
+    """Entry point: run the app, turning known errors into one line and exit code 1."""
+    from .artifact import ArtifactError
+    from .calibrate import CalibrationError
+    from .encoder import EncoderError
+    from .table import TableError
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(standalone_mode=False)
+    except (CLIError, TableError, ArtifactError, EncoderError, CalibrationError, ValueError, OSError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        err.print(f"error: {msg}", highlight=False, markup=False)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            err.print(f"error: {exc.format_message()}", highlight=False, markup=False)
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

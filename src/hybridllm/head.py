@@ -1,0 +1,147 @@
+"""The router head: a small ensemble of MLPs over frozen query embeddings.
+
+Why an ensemble with validation-selected checkpoints: routing labels are very noisy (one sampled
+answer per model often decides a label), so a single MLP's ranking varies a lot with its seed and its
+stopping epoch. Averaging a few members trained from different seeds, each stopped where its
+validation APGR peaks, is cheap on CPU and gives a steadier ranking than any single member.
+
+Training uses torch; inference is plain numpy, so serving needs neither torch nor a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .metrics import apgr, quality_curve
+
+
+@dataclass
+class HeadConfig:
+    hidden: int = 256
+    members: int = 5
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    dropout: float = 0.2
+    input_dropout: float = 0.1
+    patience: int = 8
+    seed: int = 0
+    extra: list[str] = field(default_factory=list)  # names of extra features appended to the embedding
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+@dataclass
+class HeadWeights:
+    """Stacked member weights: w1 [E, d, h], b1 [E, h], w2 [E, h], b2 [E]; mu/sd standardise inputs."""
+
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+    mu: np.ndarray
+    sd: np.ndarray
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, np.ndarray]) -> HeadWeights:
+        return cls(**{k: np.asarray(t[k], dtype=np.float32) for k in ("w1", "b1", "w2", "b2", "mu", "sd")})
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """p(x) in [0, 1]: the mean of the members' probabilities."""
+        x = (np.asarray(x, dtype=np.float32) - self.mu) / self.sd
+        h = _gelu(np.einsum("nd,edh->enh", x, self.w1) + self.b1[:, None, :])
+        logits = np.einsum("enh,eh->en", h, self.w2) + self.b2[:, None]
+        return _sigmoid(logits).mean(axis=0)
+
+
+def _val_apgr(p: np.ndarray, qs: np.ndarray, ql: np.ndarray) -> float:
+    a = apgr(quality_curve(p, qs, ql), float(qs.mean()), float(ql.mean()))
+    return -1.0 if a is None else a
+
+
+def train_head(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    qs_val: np.ndarray,
+    ql_val: np.ndarray,
+    config: HeadConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[HeadWeights, dict]:
+    """Train the ensemble with BCE on (soft) labels; each member keeps its best-validation-APGR epoch."""
+    import torch
+
+    cfg = config or HeadConfig()
+    x_train = np.asarray(x_train, dtype=np.float32)
+    mu = x_train.mean(axis=0)
+    sd = x_train.std(axis=0) + 1e-6
+    xt = torch.from_numpy((x_train - mu) / sd)
+    yt = torch.from_numpy(np.asarray(y_train, dtype=np.float32))
+    xv = torch.from_numpy((np.asarray(x_val, dtype=np.float32) - mu) / sd)
+    d = xt.shape[1]
+    members = []
+    history = []
+    for e in range(cfg.members):
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + e)
+        torch.manual_seed(cfg.seed * 1000 + e)
+        net = torch.nn.Sequential(
+            torch.nn.Dropout(cfg.input_dropout),
+            torch.nn.Linear(d, cfg.hidden),
+            torch.nn.GELU(approximate="tanh"),
+            torch.nn.Dropout(cfg.dropout),
+            torch.nn.Linear(cfg.hidden, 1),
+        )
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        best, best_state, best_epoch, bad = -math.inf, None, 0, 0
+        for epoch in range(cfg.epochs):
+            net.train()
+            perm = torch.randperm(len(xt), generator=gen)
+            for i in range(0, len(xt), cfg.batch_size):
+                idx = perm[i : i + cfg.batch_size]
+                opt.zero_grad()
+                loss = loss_fn(net(xt[idx]).squeeze(-1), yt[idx])
+                loss.backward()
+                opt.step()
+            net.eval()
+            with torch.no_grad():
+                pv = torch.sigmoid(net(xv).squeeze(-1)).numpy()
+            score = _val_apgr(pv, qs_val, ql_val)
+            if score > best + 1e-9:
+                best, best_epoch, bad = score, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    break
+        assert best_state is not None
+        members.append(best_state)
+        history.append({"member": e, "best_epoch": best_epoch, "val_apgr": best})
+        if progress is not None:
+            progress(f"member {e + 1}/{cfg.members}: val APGR {best:.4f} at epoch {best_epoch + 1}")
+    weights = HeadWeights(
+        w1=np.stack([m["1.weight"].numpy().T for m in members]),
+        b1=np.stack([m["1.bias"].numpy() for m in members]),
+        w2=np.stack([m["4.weight"].numpy()[0] for m in members]),
+        b2=np.array([float(m["4.bias"].numpy()[0]) for m in members], dtype=np.float32),
+        mu=mu.astype(np.float32),
+        sd=sd.astype(np.float32),
+    )
+    return weights, {"members": history}

@@ -1,0 +1,141 @@
+"""The Python API of a trained router: load an artifact, score prompts, route one prompt with a knob."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifact import load_config, load_tensors
+from .calibrate import resolve_knob
+from .encoder import EmbeddingCache, Encoder, TransformerEncoder, embed_texts
+from .head import HeadWeights
+from .table import prompt_text
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Which model answers and why: the score, the threshold it was compared with, and the knob."""
+
+    model: str
+    use_small: bool
+    score: float
+    threshold: float
+    knob: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def extra_features(encoder: Encoder, texts: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    """Query features beside the embedding. ``log_tokens``: the encoder's token count before
+    truncation (log-scaled); long prompts are harder for small models, and mean pooling hides length."""
+    cols = []
+    for name in names:
+        if name == "log_tokens":
+            tok = getattr(encoder, "tokenizer", None)
+            if tok is None:
+                lengths = np.array([len(t.split()) for t in texts], dtype=np.float32)
+            else:
+                old = tok.tok.truncation
+                tok.tok.no_truncation()
+                try:
+                    lengths = np.array(tok.lengths(texts), dtype=np.float32)
+                finally:
+                    tok.tok.enable_truncation(max_length=old["max_length"])
+            cols.append(np.log1p(lengths))
+        else:
+            raise ValueError(f"unknown extra feature {name!r}")
+    if not cols:
+        return np.zeros((len(texts), 0), dtype=np.float32)
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+def featurize(
+    encoder: Encoder,
+    texts: Sequence[str],
+    extra: Sequence[str] = (),
+    cache: EmbeddingCache | None = None,
+    show_progress: bool = False,
+    batch_size: int = 64,
+) -> np.ndarray:
+    emb = embed_texts(encoder, texts, cache=cache, show_progress=show_progress, batch_size=batch_size)
+    if not extra:
+        return emb
+    return np.concatenate([emb, extra_features(encoder, texts, extra)], axis=1)
+
+
+class Router:
+    """A loaded router artifact. Thread-safe for scoring (the encoder serialises its own runs)."""
+
+    def __init__(self, directory: str | Path, encoder: Encoder | None = None, backend: str = "auto") -> None:
+        self.directory = Path(directory)
+        self.config = load_config(self.directory)
+        self.head = HeadWeights.from_tensors(load_tensors(self.directory))
+        enc_cfg = self.config["encoder"]
+        if encoder is None:
+            spec = enc_cfg.get("spec")
+            if enc_cfg.get("bundled"):
+                spec = str(self.directory / "encoder")
+            encoder = TransformerEncoder(spec, max_length=int(enc_cfg.get("max_length", 256)), backend=backend)
+        self.encoder = encoder
+        self.extra: list[str] = list(self.config.get("head", {}).get("extra", []))
+        self.turns: str = self.config.get("prompt_turns", "all")
+
+    @property
+    def small(self) -> str:
+        return self.config["small"]
+
+    @property
+    def large(self) -> str:
+        return self.config["large"]
+
+    def score(self, prompts: Sequence[str | list[dict[str, Any]]], batch_size: int = 64) -> np.ndarray:
+        """p(x) per prompt: the predicted chance that the small model's answer is good enough."""
+        texts = [prompt_text(p, self.turns) for p in prompts]
+        return self.head.predict(featurize(self.encoder, texts, self.extra, batch_size=batch_size))
+
+    def threshold(
+        self,
+        max_quality_drop: float | None = None,
+        cost_advantage: float | None = None,
+        threshold: float | None = None,
+    ) -> tuple[float, str]:
+        return resolve_knob(
+            self.config["calibration"],
+            self.config["default_operating_point"],
+            max_quality_drop=max_quality_drop,
+            cost_advantage=cost_advantage,
+            threshold=threshold,
+        )
+
+    def decide(self, score: float, threshold: float, knob: str) -> Decision:
+        use_small = bool(score >= threshold)
+        return Decision(self.small if use_small else self.large, use_small, float(score), float(threshold), knob)
+
+    def route(
+        self,
+        prompt: str | list[dict[str, Any]],
+        max_quality_drop: float | None = None,
+        cost_advantage: float | None = None,
+        threshold: float | None = None,
+    ) -> Decision:
+        thr, knob = self.threshold(max_quality_drop, cost_advantage, threshold)
+        return self.decide(float(self.score([prompt])[0]), thr, knob)
+
+    def route_batch(
+        self,
+        prompts: Sequence[str | list[dict[str, Any]]],
+        max_quality_drop: float | None = None,
+        cost_advantage: float | None = None,
+        threshold: float | None = None,
+    ) -> list[Decision]:
+        thr, knob = self.threshold(max_quality_drop, cost_advantage, threshold)
+        return [self.decide(float(s), thr, knob) for s in self.score(prompts)]
+
+
+def load_router(directory: str | Path, backend: str = "auto") -> Router:
+    return Router(directory, backend=backend)

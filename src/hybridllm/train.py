@@ -1,0 +1,167 @@
+"""Training a router: table → labels → features → head (or fine-tuned encoder) → calibrated artifact."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .artifact import save_artifact
+from .calibrate import calibration_table, operating_points
+from .encoder import EmbeddingCache, TransformerEncoder
+from .head import HeadConfig, HeadWeights, train_head
+from .labels import LABEL_TYPES, make_labels
+from .metrics import evaluate_scores, expected_quality
+from .router import featurize
+from .table import Row, TableError, prompt_text, select_pair, split_rows, table_digest
+
+DEFAULT_EXTRA = ["log_tokens"]
+
+
+@dataclass
+class TrainOptions:
+    small: str
+    large: str
+    labels: str = "trans"
+    mode: str = "head"
+    encoder: str | None = None
+    max_length: int = 256
+    seed: int = 0
+    val_fraction: float = 0.2
+    head: HeadConfig = field(default_factory=lambda: HeadConfig(extra=list(DEFAULT_EXTRA)))
+    finetune_epochs: int = 3
+    finetune_batch_size: int = 16
+    finetune_lr: float = 3e-5
+    default_max_quality_drop: float = 1.0
+    prompt_turns: str = "all"
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    config: dict[str, Any]
+    val_scores: np.ndarray
+    skipped_train: int
+    skipped_val: int
+
+
+def _log(progress: Callable[[str], None] | None, msg: str) -> None:
+    if progress is not None:
+        progress(msg)
+
+
+def pair_qualities(rows: Sequence[Row], small: str, large: str) -> list[tuple[list[float], list[float]]]:
+    return [(r["quality"][small], r["quality"][large]) for r in rows]
+
+
+def train_router(
+    rows: Sequence[Row],
+    options: TrainOptions,
+    output: str | Path,
+    validation: Sequence[Row] | None = None,
+    progress: Callable[[str], None] | None = None,
+    cache: EmbeddingCache | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train, select, calibrate and save a router. Returns the saved config and validation scores."""
+    if options.labels not in LABEL_TYPES:
+        raise ValueError(f"unknown label type {options.labels!r}; expected one of {', '.join(LABEL_TYPES)}")
+    if options.mode not in ("head", "finetune"):
+        raise ValueError(f"unknown mode {options.mode!r}; expected head or finetune")
+    t0 = time.perf_counter()
+    pair = select_pair(rows, options.small, options.large)
+    skipped_val = 0
+    if validation is None:
+        train_rows, val_rows = split_rows(pair.rows, [1 - options.val_fraction, options.val_fraction], "hybridllm-val")
+        val_source = f"held out {options.val_fraction:.0%} of TABLE by hashed id"
+    else:
+        vpair = select_pair(validation, options.small, options.large)
+        train_rows, val_rows, skipped_val = pair.rows, vpair.rows, vpair.skipped
+        val_source = "--validation table"
+    if len(train_rows) < 10 or len(val_rows) < 5:
+        raise TableError(
+            f"too few rows to train ({len(train_rows)} train, {len(val_rows)} validation); need >= 10 and >= 5"
+        )
+    _log(progress, f"{len(train_rows)} train rows, {len(val_rows)} validation rows ({val_source}); "
+                   f"skipped {pair.skipped} rows without both models")
+    y, t_star = make_labels(pair_qualities(train_rows, options.small, options.large), options.labels)
+    _log(progress, f"labels {options.labels}: mean {y.mean():.3f}" + (f", t* = {t_star:g}" if t_star is not None else ""))
+    qs_val, ql_val = expected_quality(val_rows, options.small, options.large)
+    train_texts = [prompt_text(r["prompt"], options.prompt_turns) for r in train_rows]
+    val_texts = [prompt_text(r["prompt"], options.prompt_turns) for r in val_rows]
+    out = Path(output)
+    if options.mode == "head":
+        encoder = TransformerEncoder(options.encoder, max_length=options.max_length)
+        cache = cache if cache is not None else EmbeddingCache()
+        _log(progress, f"encoder {encoder.name} ({encoder.backend}), {encoder.dim}-d, max {options.max_length} tokens")
+        extra = options.head.extra
+        x_train = featurize(encoder, train_texts, extra, cache, show_progress)
+        x_val = featurize(encoder, val_texts, extra, cache, show_progress)
+        cfg_head = options.head
+        cfg_head.seed = options.seed
+        weights, info = train_head(x_train, y, x_val, qs_val, ql_val, cfg_head, progress)
+        val_scores = weights.predict(x_val)
+        bundled = False
+        enc_name, enc_spec, enc_fp = encoder.name, options.encoder, encoder.fingerprint
+    else:
+        from .finetune import finetune
+
+        out.mkdir(parents=True, exist_ok=True)
+        enc_dir = out / "encoder"
+        if enc_dir.exists():
+            shutil.rmtree(enc_dir)
+        weights, val_scores, info = finetune(
+            options.encoder, train_texts, y, val_texts, qs_val, ql_val, enc_dir,
+            max_length=options.max_length, epochs=options.finetune_epochs,
+            batch_size=options.finetune_batch_size, lr=options.finetune_lr, seed=options.seed,
+            progress=progress,
+        )
+        bundled = True
+        encoder = TransformerEncoder(str(enc_dir), max_length=options.max_length)
+        enc_name, enc_spec, enc_fp = encoder.name, options.encoder, encoder.fingerprint
+        extra = []
+    metrics = evaluate_scores(val_scores, qs_val, ql_val, with_curve=False)
+    table = calibration_table(val_scores, qs_val, ql_val)
+    config: dict[str, Any] = {
+        "hybridllm_version": __version__,
+        "small": options.small,
+        "large": options.large,
+        "encoder": {
+            "name": enc_name,
+            "spec": enc_spec,
+            "bundled": bundled,
+            "max_length": options.max_length,
+            "fingerprint": enc_fp,
+            "pooling": "mean",
+        },
+        "mode": options.mode,
+        "labels": options.labels,
+        "t_star": t_star,
+        "seed": options.seed,
+        "prompt_turns": options.prompt_turns,
+        "head": {**(options.head.to_dict() if options.mode == "head" else {"members": 1}), "extra": list(extra),
+                 "training": info},
+        "data": {
+            "train_rows": len(train_rows),
+            "validation_rows": len(val_rows),
+            "skipped_train": pair.skipped,
+            "skipped_validation": skipped_val,
+            "validation_source": val_source,
+            "train_digest": table_digest(train_rows, options.small, options.large),
+            "validation_digest": table_digest(val_rows, options.small, options.large),
+        },
+        "validation_metrics": metrics,
+        "calibration": table,
+        "operating_points": operating_points(table),
+        "default_operating_point": {"kind": "max_quality_drop", "value": options.default_max_quality_drop},
+        "train_seconds": round(time.perf_counter() - t0, 2),
+    }
+    save_artifact(out, config, weights.tensors() if isinstance(weights, HeadWeights) else weights)
+    _log(progress, f"saved {out} (validation APGR {metrics['router']['apgr']})")
+    return TrainResult(out, config, val_scores, pair.skipped, skipped_val)
