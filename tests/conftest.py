@@ -1,0 +1,42 @@
+"""Shared fixtures. Real data comes from ../shared/data (beside the repo), never from the network."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+MMLU = SHARED / "mmlu_pro.jsonl"
+SMALL = "Mistral-7B-Instruct-v0.2"
+LARGE = "Mixtral-8x7B-Instruct-v0.1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def cache_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache dir per test session (ONNX export + embeddings), so each text is embedded once."""
+    d = Path(os.environ.get("HYBRIDLLM_TEST_CACHE") or tmp_path_factory.mktemp("hybridllm-cache"))
+    os.environ["HYBRIDLLM_CACHE"] = str(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def mmlu_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real slice of MMLU-Pro: 400 rows, shortest prompts first keeps CPU embedding quick."""
+    if not MMLU.exists():
+        pytest.fail(f"{MMLU} missing: tests need ../shared/data beside the repository")
+    rows = [json.loads(line) for line in MMLU.open()]
+    rows = sorted(rows, key=lambda r: len(r["prompt"]))[:400]
+    p = tmp_path_factory.mktemp("data") / "mmlu400.jsonl"
+    with p.open("w") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+    return p

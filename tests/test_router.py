@@ -1,0 +1,109 @@
+"""Training, artifact round trip and the Python routing API, with the real default encoder."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hybridllm import ArtifactError, Router, TrainOptions, read_table, train_router
+from hybridllm.head import HeadConfig
+from hybridllm.metrics import expected_quality
+
+from .conftest import LARGE, SMALL
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_env, mmlu_slice):
+    rows = read_table(mmlu_slice)
+    out = tmp_path_factory.mktemp("router") / "r"
+    opts = TrainOptions(small=SMALL, large=LARGE, labels="trans", max_length=128,
+                        head=HeadConfig(members=2, epochs=8, extra=["log_tokens"]))
+    res = train_router(rows, opts, out, show_progress=False)
+    return res, rows
+
+
+def test_artifact_contents(trained):
+    res, _ = trained
+    files = sorted(p.name for p in res.output.iterdir())
+    assert files == ["config.json", "head.safetensors"]
+    cfg = json.loads((res.output / "config.json").read_text())
+    assert cfg["format_version"] == 1
+    assert cfg["small"] == SMALL and cfg["large"] == LARGE
+    assert cfg["labels"] == "trans" and cfg["t_star"] == 0.0  # binary qualities: t* = 0
+    assert cfg["encoder"]["name"] == "all-MiniLM-L6-v2"
+    assert cfg["default_operating_point"] == {"kind": "max_quality_drop", "value": 1.0}
+    assert cfg["data"]["train_rows"] + cfg["data"]["validation_rows"] == 400
+    assert len(cfg["data"]["train_digest"]) == 64
+    assert cfg["calibration"][0]["cost_advantage"] == 0.0
+    assert "1" in cfg["operating_points"]["max_quality_drop"]
+    assert not any(p.suffix in (".pkl", ".pt", ".bin") for p in res.output.iterdir())
+
+
+def test_round_trip_scores_match_validation(trained):
+    res, rows = trained
+    router = Router(res.output)
+    val_ids = set()
+    # the validation rows are the hashed-id holdout; rescoring them must reproduce training's scores
+    from hybridllm.table import select_pair, split_rows
+
+    _, val = split_rows(select_pair(rows, SMALL, LARGE).rows, [0.8, 0.2], "hybridllm-val")
+    val_ids = [r["id"] for r in val]
+    scores = router.score([r["prompt"] for r in val])
+    assert len(val_ids) == len(res.val_scores)
+    np.testing.assert_allclose(scores, res.val_scores, atol=1e-5)
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_route_knobs(trained):
+    res, rows = trained
+    router = Router(res.output)
+    prompt = rows[0]["prompt"]
+    d = router.route(prompt, threshold=0.0)
+    assert d.model == SMALL and d.use_small and d.threshold == 0.0
+    d = router.route(prompt, threshold=1.0 + 1e-6)
+    assert d.model == LARGE and not d.use_small
+    d = router.route(prompt)
+    assert d.knob.startswith("default (max_quality_drop=1%)")
+    # a higher cost-advantage knob never lowers small-model traffic
+    batch = [r["prompt"] for r in rows[:60]]
+    shares = [np.mean([x.use_small for x in router.route_batch(batch, cost_advantage=c)]) for c in (10, 50, 90)]
+    assert shares[0] <= shares[1] <= shares[2]
+    assert shares[2] > shares[0]
+
+
+def test_calibration_meets_target_on_validation(trained):
+    res, rows = trained
+    router = Router(res.output)
+    from hybridllm.table import select_pair, split_rows
+
+    _, val = split_rows(select_pair(rows, SMALL, LARGE).rows, [0.8, 0.2], "hybridllm-val")
+    qs, ql = expected_quality(val, SMALL, LARGE)
+    scores = router.score([r["prompt"] for r in val])
+    for target in (0.0, 1.0, 5.0):
+        thr, _ = router.threshold(max_quality_drop=target)
+        small = scores >= thr
+        qd = (ql.mean() - np.where(small, qs, ql).mean()) / ql.mean() * 100
+        assert qd <= target + 1e-6
+
+
+def test_training_is_repeatable(trained, tmp_path):
+    res, rows = trained
+    opts = TrainOptions(small=SMALL, large=LARGE, labels="trans", max_length=128,
+                        head=HeadConfig(members=2, epochs=8, extra=["log_tokens"]))
+    again = train_router(rows, opts, tmp_path / "again", show_progress=False)
+    np.testing.assert_allclose(again.val_scores, res.val_scores, atol=1e-6)
+
+
+def test_unknown_format_version_is_refused(trained, tmp_path):
+    res, _ = trained
+    import shutil
+
+    d = tmp_path / "future"
+    shutil.copytree(res.output, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["format_version"] = 99
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="format_version 99 is not supported"):
+        Router(d)
+    with pytest.raises(ArtifactError, match="not a router artifact"):
+        Router(tmp_path)
