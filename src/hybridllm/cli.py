@@ -217,18 +217,16 @@ def main() -> None:
         app(standalone_mode=False)
     except (CLIError, TableError, ArtifactError, EncoderError, CalibrationError, ValueError, OSError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        err.print(f"error: {msg}", highlight=False, markup=False)
+        print(f"error: {msg}", file=sys.stderr)
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         err.print("aborted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            err.print(f"error: {exc.format_message()}", highlight=False, markup=False)
+    except Exception as exc:  # usage errors (typer's vendored click) arrive here in non-standalone mode
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            print(f"error: {exc.format_message()}".replace("\n", " "), file=sys.stderr)
             sys.exit(exc.exit_code)
         raise
 

@@ -1,0 +1,93 @@
+"""The CLI end to end, as a user runs it (subprocesses), on a real slice of ../shared/data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import LARGE, SMALL
+
+
+def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hybridllm.cli", *args],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=900,
+    )
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory, cache_env, mmlu_slice):
+    out = tmp_path_factory.mktemp("cli") / "router"
+    proc = run("train", str(mmlu_slice), "--small", SMALL, "--large", LARGE, "--output", str(out),
+               "--labels", "prob", "--max-length", "128", "--members", "2", "--epochs", "8", "--seed", "3")
+    assert "saved router to" in proc.stdout
+    return out
+
+
+def test_evaluate_writes_contract_json_predictions_and_plot(artifact, mmlu_slice, tmp_path):
+    j, p, png = tmp_path / "r.json", tmp_path / "p.jsonl", tmp_path / "c.png"
+    proc = run("evaluate", str(artifact), str(mmlu_slice), "--json", str(j), "--predictions", str(p), "--plot", str(png))
+    assert "router" in proc.stdout and "oracle" in proc.stdout
+    rep = json.loads(j.read_text())
+    assert {"n", "small", "large", "Q_small", "Q_large", "router", "random", "oracle"} <= set(rep)
+    assert rep["n"] == 400 and rep["small"] == SMALL and rep["large"] == LARGE
+    assert set(rep["router"]["quality_drop_at_cost_advantage"]) == {"10", "20", "40", "60"}
+    assert set(rep["oracle"]["cost_advantage_at_quality_drop"]) == {"0", "0.5", "1", "2", "5"}
+    assert rep["random"]["apgr"] == pytest.approx(0.5)
+    assert len(rep["router"]["curve"]["quality"]) == 401
+    preds = [json.loads(line) for line in p.read_text().splitlines()]
+    assert len(preds) == 400 and set(preds[0]) == {"id", "score"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_calibrate_and_save_changes_default(artifact, mmlu_slice, tmp_path):
+    import shutil
+
+    d = tmp_path / "r"
+    shutil.copytree(artifact, d)
+    proc = run("calibrate", str(d), str(mmlu_slice), "--cost-advantage", "40", "--save")
+    point = json.loads(proc.stdout)
+    assert abs(point["cost_advantage"] - 40) < 2
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["default_operating_point"] == {"kind": "cost_advantage", "value": 40.0}
+    proc = run("calibrate", str(d), str(mmlu_slice), "--max-quality-drop", "2")
+    assert json.loads(proc.stdout)["quality_drop"] <= 2
+
+
+def test_route_prints_decision(artifact):
+    d = json.loads(run("route", str(artifact), "What is 2+2?", "--threshold", "0").stdout)
+    assert d["model"] == SMALL and d["threshold"] == 0
+    d = json.loads(run("route", str(artifact), "What is 2+2?", "--cost-advantage", "0").stdout)
+    assert d["model"] == LARGE
+    d = json.loads(run("route", str(artifact), "What is 2+2?").stdout)
+    assert d["knob"].startswith("default")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["route", "{art}", "x", "--threshold", "0.2", "--cost-advantage", "3"], "at most one quality knob"),
+        (["train", "{bad}", "--small", "a", "--large", "b", "--output", "{tmp}/o"], "bad.jsonl:2: quality.a[0]"),
+        (["train", "{slice}", "--small", SMALL, "--large", "nope", "--output", "{tmp}/o"], "no row has quality"),
+        (["evaluate", "{tmp}", "{slice}"], "not a router artifact"),
+        (["calibrate", "{art}", "{slice}"], "exactly one of"),
+        (["train", "{slice}", "--small", "a", "--large", "b", "--output", "{tmp}/o", "--labels", "x"], "Invalid value"),
+    ],
+)
+def test_errors_are_one_line_and_nonzero(artifact, mmlu_slice, tmp_path, args, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "1", "prompt": "x", "quality": {"a": [1], "b": [0]}}\n'
+                   '{"id": "2", "prompt": "y", "quality": {"a": ["x"], "b": [0]}}\n')
+    fmt = {"art": str(artifact), "bad": str(bad), "slice": str(mmlu_slice), "tmp": str(tmp_path)}
+    proc = run(*[a.format(**fmt) for a in args], ok=False)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0]
