@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridllm.encoder import EmbeddingCache, TransformerEncoder, embed_texts
+from hybridllm.encoder import EmbeddingCache, embed_texts, make_encoder
 from hybridllm.head import HeadConfig
 from hybridllm.labels import make_labels
 from hybridllm.metrics import evaluate_scores, expected_quality
@@ -67,8 +67,9 @@ def fit_peers(xtr, ytr, xva, qsv, qlv, seed: int) -> dict[str, object]:
     peers[f"logistic (C={best[2]:g})"] = best[1]
     best = None
     for alpha in (1e-4, 1e-2, 1.0):
-        m = MLPClassifier(hidden_layer_sizes=(256,), alpha=alpha, early_stopping=True, random_state=seed,
-                          max_iter=300).fit(xtr, yb)
+        m = MLPClassifier(
+            hidden_layer_sizes=(256,), alpha=alpha, early_stopping=True, random_state=seed, max_iter=300
+        ).fit(xtr, yb)
         a = val_apgr(m.predict_proba(xva)[:, 1], qsv, qlv)
         if best is None or a > best[0]:
             best = (a, m, alpha)
@@ -88,14 +89,15 @@ def main() -> None:
     ap.add_argument("--labels", default="det,prob,trans")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--encoder", default="static", help="encoder spec: static (default), minilm, or a path")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "routing_quality.json"))
     args = ap.parse_args()
     t0 = time.perf_counter()
     rows = read_table(DATA)
-    encoder = TransformerEncoder(None, max_length=args.max_length)
+    encoder = make_encoder(None if args.encoder == "minilm" else args.encoder, max_length=args.max_length)
     cache = EmbeddingCache()
     texts = [r["prompt"] for r in rows]
-    emb = embed_texts(encoder, texts, cache, desc="MiniLM embeddings (cached)")
+    emb = embed_texts(encoder, texts, cache, desc=f"{encoder.name} embeddings (cached)")
     by_id = {r["id"]: i for i, r in enumerate(rows)}
     results = []
     for small, large in PAIRS[: args.pairs]:
@@ -105,8 +107,16 @@ def main() -> None:
         qst, qlt = expected_quality(te, small, large)
         xtr, xva, xte = (emb[[by_id[r["id"]] for r in part]] for part in (tr, va, te))
         ytr, _ = make_labels(pair_qualities(tr, small, large), "det")
-        entry = {"small": small, "large": large, "n_train": len(tr), "n_val": len(va), "n_test": len(te),
-                 "Q_small": float(qst.mean()), "Q_large": float(qlt.mean()), "methods": {}}
+        entry = {
+            "small": small,
+            "large": large,
+            "n_train": len(tr),
+            "n_val": len(va),
+            "n_test": len(te),
+            "Q_small": float(qst.mean()),
+            "Q_large": float(qlt.mean()),
+            "methods": {},
+        }
         rep = evaluate_scores(qst, qst, qlt, with_curve=False)  # for random/oracle
         entry["methods"]["random"] = rep["random"]
         entry["methods"]["oracle"] = rep["oracle"]
@@ -116,9 +126,16 @@ def main() -> None:
             entry["methods"][name] = evaluate_scores(peer_scores(model, xte), qst, qlt, with_curve=False)["router"]
         for labels in args.labels.split(","):
             t1 = time.perf_counter()
-            opts = TrainOptions(small=small, large=large, labels=labels, max_length=args.max_length, seed=args.seed,
-                                head=HeadConfig(extra=list(DEFAULT_EXTRA)))
-            out = REPO / "runs" / "bench" / f"{small}__{large}__{labels}"
+            opts = TrainOptions(
+                small=small,
+                large=large,
+                labels=labels,
+                max_length=args.max_length,
+                seed=args.seed,
+                encoder=None if args.encoder == "minilm" else args.encoder,
+                head=HeadConfig(extra=list(DEFAULT_EXTRA)),
+            )
+            out = REPO / "runs" / "bench" / f"{encoder.name}__{small}__{large}__{labels}"
             res = train_router(tr, opts, out, validation=va, cache=cache, show_progress=False)
             router = Router(out, encoder=encoder)
             scores = router.score([r["prompt"] for r in te])
@@ -132,8 +149,16 @@ def main() -> None:
         "benchmark": "routing_quality",
         "data": str(DATA.relative_to(REPO.parent)),
         "split": "60/20/20 by sha256(benchmark:id)",
-        "encoder": {"name": encoder.name, "backend": encoder.backend, "max_length": args.max_length},
-        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
+        "encoder": {
+            "name": encoder.name,
+            "spec": args.encoder,
+            "backend": encoder.backend,
+            "max_length": args.max_length,
+        },
+        "machine": {
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+        },
         "seconds": round(time.perf_counter() - t0, 1),
         "pairs": results,
     }
@@ -143,8 +168,10 @@ def main() -> None:
     print(f"\nwrote {out} ({payload['seconds']} s)")
     default = "hybridllm head/trans (default)"
     ok = all(
-        e["methods"][default]["apgr"] > max(v["apgr"] for k, v in e["methods"].items()
-                                            if k not in ("oracle", default) and not k.startswith("hybridllm"))
+        e["methods"][default]["apgr"]
+        > max(
+            v["apgr"] for k, v in e["methods"].items() if k not in ("oracle", default) and not k.startswith("hybridllm")
+        )
         for e in results
     )
     print("default beats every peer's APGR on every pair:", ok)
@@ -152,13 +179,17 @@ def main() -> None:
 
 
 def print_pair(entry: dict) -> None:
-    print(f"\n{entry['small']} → {entry['large']}  (test n={entry['n_test']}, "
-          f"Q_small {entry['Q_small']:.3f}, Q_large {entry['Q_large']:.3f})")
+    print(
+        f"\n{entry['small']} → {entry['large']}  (test n={entry['n_test']}, "
+        f"Q_small {entry['Q_small']:.3f}, Q_large {entry['Q_large']:.3f})"
+    )
     print(f"{'method':34s} {'APGR':>6s} {'QD@CA20':>8s} {'QD@CA40':>8s} {'CA@QD1':>7s} {'CA@QD5':>7s}")
     for name, m in entry["methods"].items():
-        print(f"{name:34s} {m['apgr']:6.3f} {m['quality_drop_at_cost_advantage']['20']:8.2f} "
-              f"{m['quality_drop_at_cost_advantage']['40']:8.2f} {m['cost_advantage_at_quality_drop']['1']:7.1f} "
-              f"{m['cost_advantage_at_quality_drop']['5']:7.1f}")
+        print(
+            f"{name:34s} {m['apgr']:6.3f} {m['quality_drop_at_cost_advantage']['20']:8.2f} "
+            f"{m['quality_drop_at_cost_advantage']['40']:8.2f} {m['cost_advantage_at_quality_drop']['1']:7.1f} "
+            f"{m['cost_advantage_at_quality_drop']['5']:7.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def test_route_nothing_row_and_knob_resolution(data):
     assert resolve_knob(table, default, threshold=0.3) == (0.3, "threshold=0.3")
     with pytest.raises(CalibrationError, match="at most one"):
         resolve_knob(table, default, threshold=0.3, cost_advantage=10)
-    with pytest.raises(CalibrationError, match="0..100"):
+    with pytest.raises(CalibrationError, match=r"0\.\.100"):
         resolve_knob(table, default, cost_advantage=120)
     with pytest.raises(CalibrationError, match=">= 0"):
         resolve_knob(table, default, max_quality_drop=-1)

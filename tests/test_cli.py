@@ -15,7 +15,10 @@ from .conftest import LARGE, SMALL
 def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, "-m", "hybridllm.cli", *args],
-        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=900,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=900,
     )
     if ok:
         assert proc.returncode == 0, proc.stderr
@@ -25,15 +28,43 @@ def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory, cache_env, mmlu_slice):
     out = tmp_path_factory.mktemp("cli") / "router"
-    proc = run("train", str(mmlu_slice), "--small", SMALL, "--large", LARGE, "--output", str(out),
-               "--labels", "prob", "--max-length", "128", "--members", "2", "--epochs", "8", "--seed", "3")
+    proc = run(
+        "train",
+        str(mmlu_slice),
+        "--small",
+        SMALL,
+        "--large",
+        LARGE,
+        "--output",
+        str(out),
+        "--labels",
+        "prob",
+        "--max-length",
+        "128",
+        "--members",
+        "2",
+        "--epochs",
+        "8",
+        "--seed",
+        "3",
+    )
     assert "saved router to" in proc.stdout
     return out
 
 
 def test_evaluate_writes_contract_json_predictions_and_plot(artifact, mmlu_slice, tmp_path):
     j, p, png = tmp_path / "r.json", tmp_path / "p.jsonl", tmp_path / "c.png"
-    proc = run("evaluate", str(artifact), str(mmlu_slice), "--json", str(j), "--predictions", str(p), "--plot", str(png))
+    proc = run(
+        "evaluate",
+        str(artifact),
+        str(mmlu_slice),
+        "--json",
+        str(j),
+        "--predictions",
+        str(p),
+        "--plot",
+        str(png),
+    )
     assert "router" in proc.stdout and "oracle" in proc.stdout
     rep = json.loads(j.read_text())
     assert {"n", "small", "large", "Q_small", "Q_large", "router", "random", "oracle"} <= set(rep)
@@ -74,17 +105,28 @@ def test_route_prints_decision(artifact):
     ("args", "message"),
     [
         (["route", "{art}", "x", "--threshold", "0.2", "--cost-advantage", "3"], "at most one quality knob"),
-        (["train", "{bad}", "--small", "a", "--large", "b", "--output", "{tmp}/o"], "bad.jsonl:2: quality.a[0]"),
-        (["train", "{slice}", "--small", SMALL, "--large", "nope", "--output", "{tmp}/o"], "no row has quality"),
+        (
+            ["train", "{bad}", "--small", "a", "--large", "b", "--output", "{tmp}/o"],
+            "bad.jsonl:2: quality.a[0]",
+        ),
+        (
+            ["train", "{slice}", "--small", SMALL, "--large", "nope", "--output", "{tmp}/o"],
+            "no row has quality",
+        ),
         (["evaluate", "{tmp}", "{slice}"], "not a router artifact"),
         (["calibrate", "{art}", "{slice}"], "exactly one of"),
-        (["train", "{slice}", "--small", "a", "--large", "b", "--output", "{tmp}/o", "--labels", "x"], "Invalid value"),
+        (
+            ["train", "{slice}", "--small", "a", "--large", "b", "--output", "{tmp}/o", "--labels", "x"],
+            "Invalid value",
+        ),
     ],
 )
 def test_errors_are_one_line_and_nonzero(artifact, mmlu_slice, tmp_path, args, message):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"id": "1", "prompt": "x", "quality": {"a": [1], "b": [0]}}\n'
-                   '{"id": "2", "prompt": "y", "quality": {"a": ["x"], "b": [0]}}\n')
+    bad.write_text(
+        '{"id": "1", "prompt": "x", "quality": {"a": [1], "b": [0]}}\n'
+        '{"id": "2", "prompt": "y", "quality": {"a": ["x"], "b": [0]}}\n'
+    )
     fmt = {"art": str(artifact), "bad": str(bad), "slice": str(mmlu_slice), "tmp": str(tmp_path)}
     proc = run(*[a.format(**fmt) for a in args], ok=False)
     assert proc.returncode != 0

@@ -16,8 +16,13 @@ from .conftest import LARGE, SMALL
 def trained(tmp_path_factory, cache_env, mmlu_slice):
     rows = read_table(mmlu_slice)
     out = tmp_path_factory.mktemp("router") / "r"
-    opts = TrainOptions(small=SMALL, large=LARGE, labels="trans", max_length=128,
-                        head=HeadConfig(members=2, epochs=8, extra=["log_tokens"]))
+    opts = TrainOptions(
+        small=SMALL,
+        large=LARGE,
+        labels="trans",
+        max_length=128,
+        head=HeadConfig(members=2, epochs=8, extra=["log_tokens"]),
+    )
     res = train_router(rows, opts, out, show_progress=False)
     return res, rows
 
@@ -30,7 +35,7 @@ def test_artifact_contents(trained):
     assert cfg["format_version"] == 1
     assert cfg["small"] == SMALL and cfg["large"] == LARGE
     assert cfg["labels"] == "trans" and cfg["t_star"] == 0.0  # binary qualities: t* = 0
-    assert cfg["encoder"]["name"] == "all-MiniLM-L6-v2"
+    assert cfg["encoder"]["name"] == "all-MiniLM-L6-v2-static" and cfg["encoder"]["spec"] == "static"
     assert cfg["default_operating_point"] == {"kind": "max_quality_drop", "value": 1.0}
     assert cfg["data"]["train_rows"] + cfg["data"]["validation_rows"] == 400
     assert len(cfg["data"]["train_digest"]) == 64
@@ -88,8 +93,13 @@ def test_calibration_meets_target_on_validation(trained):
 
 def test_training_is_repeatable(trained, tmp_path):
     res, rows = trained
-    opts = TrainOptions(small=SMALL, large=LARGE, labels="trans", max_length=128,
-                        head=HeadConfig(members=2, epochs=8, extra=["log_tokens"]))
+    opts = TrainOptions(
+        small=SMALL,
+        large=LARGE,
+        labels="trans",
+        max_length=128,
+        head=HeadConfig(members=2, epochs=8, extra=["log_tokens"]),
+    )
     again = train_router(rows, opts, tmp_path / "again", show_progress=False)
     np.testing.assert_allclose(again.val_scores, res.val_scores, atol=1e-6)
 

@@ -26,13 +26,21 @@ def write_lines(path, lines):
         ('{"prompt": "x"}', r"t\.jsonl:2: id: missing"),
         ('{"id": "b"}', r"t\.jsonl:2: prompt: missing"),
         ('{"id": "b", "prompt": 3}', r"t\.jsonl:2: prompt: expected a string or a list of messages"),
-        ('{"id": "b", "prompt": "x", "quality": {"s": [1, "high"]}}', r"t\.jsonl:2: quality\.s\[1\]: expected a finite number"),
-        ('{"id": "b", "prompt": "x", "quality": {"s": [NaN]}}', r"t\.jsonl:2: quality\.s\[0\]: expected a finite number"),
+        (
+            '{"id": "b", "prompt": "x", "quality": {"s": [1, "high"]}}',
+            r"t\.jsonl:2: quality\.s\[1\]: expected a finite number",
+        ),
+        (
+            '{"id": "b", "prompt": "x", "quality": {"s": [NaN]}}',
+            r"t\.jsonl:2: quality\.s\[0\]: expected a finite number",
+        ),
         ('{"id": "b", "prompt": "x", "quality": {"s": 1}}', r"t\.jsonl:2: quality\.s: expected a list"),
         ('{"id": "a", "prompt": "x"}', r"t\.jsonl:2: id: duplicate id 'a' \(first on line 1\)"),
         ('{"id": "b", "prompt": [{"role": "user"}]}', r"t\.jsonl:2: prompt\[0\]: expected a message object"),
-        ('{"id": "b", "prompt": "x", "responses": {"s": ["a"]}, "quality": {"s": [1, 0]}}',
-         r"t\.jsonl:2: quality\.s: 2 values for 1 responses"),
+        (
+            '{"id": "b", "prompt": "x", "responses": {"s": ["a"]}, "quality": {"s": [1, 0]}}',
+            r"t\.jsonl:2: quality\.s: 2 values for 1 responses",
+        ),
         ("[1, 2]", r"t\.jsonl:2: row: expected a JSON object"),
     ],
 )
@@ -50,10 +58,19 @@ def test_missing_file(tmp_path):
 
 def test_roundtrip_jsonl_and_parquet_keep_everything(tmp_path):
     rows = [
-        {"id": "1", "prompt": "p1", "reference": "72", "responses": {"s": ["a", "b"]},
-         "quality": {"s": [0.0, 1.0], "l": [1.0]}, "meta": {"category": "math", "n": 3}},
-        {"id": "2", "prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "q"}],
-         "quality": {"s": [1.0]}},
+        {
+            "id": "1",
+            "prompt": "p1",
+            "reference": "72",
+            "responses": {"s": ["a", "b"]},
+            "quality": {"s": [0.0, 1.0], "l": [1.0]},
+            "meta": {"category": "math", "n": 3},
+        },
+        {
+            "id": "2",
+            "prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "q"}],
+            "quality": {"s": [1.0]},
+        },
         {"id": "3", "prompt": "p3", "extra_field": "kept"},
     ]
     for name in ("t.jsonl", "t.parquet"):
@@ -92,7 +109,11 @@ def test_split_is_deterministic_and_order_free():
 
 
 def test_prompt_text_for_chat():
-    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "u1"},
-            {"role": "assistant", "content": "a"}, {"role": "user", "content": [{"type": "text", "text": "u2"}]}]
+    msgs = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u1"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": [{"type": "text", "text": "u2"}]},
+    ]
     assert prompt_text(msgs) == "u1\nu2"
     assert prompt_text(msgs, "last") == "u2"

@@ -6,14 +6,14 @@ Pipeline: collect → score → labels → train → calibrate/evaluate → serv
 
 __version__ = "0.1.0"
 
-from .artifact import ArtifactError  # noqa: E402
-from .calibrate import CalibrationError, calibration_table  # noqa: E402
-from .encoder import EmbeddingCache, EncoderError, TransformerEncoder  # noqa: E402
-from .labels import det_labels, make_labels, prob_labels, trans_labels  # noqa: E402
-from .metrics import evaluate_scores, expected_quality  # noqa: E402
-from .router import Decision, Router, load_router  # noqa: E402
-from .table import TableError, read_table, select_pair, split_rows, validate_row, write_table  # noqa: E402
-from .train import TrainOptions, train_router  # noqa: E402
+from .artifact import ArtifactError
+from .calibrate import CalibrationError, calibration_table
+from .encoder import EmbeddingCache, EncoderError, TransformerEncoder
+from .labels import det_labels, make_labels, prob_labels, trans_labels
+from .metrics import evaluate_scores, expected_quality
+from .router import Decision, Router, load_router
+from .table import TableError, read_table, select_pair, split_rows, validate_row, write_table
+from .train import TrainOptions, train_router
 
 __all__ = [
     "ArtifactError",

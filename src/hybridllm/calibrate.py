@@ -85,8 +85,15 @@ def resolve_knob(
     threshold: float | None = None,
 ) -> tuple[float, str]:
     """One knob → (threshold, description). At most one knob may be given; none = default point."""
-    given = [k for k, v in (("max_quality_drop", max_quality_drop), ("cost_advantage", cost_advantage),
-                            ("threshold", threshold)) if v is not None]
+    given = [
+        k
+        for k, v in (
+            ("max_quality_drop", max_quality_drop),
+            ("cost_advantage", cost_advantage),
+            ("threshold", threshold),
+        )
+        if v is not None
+    ]
     if len(given) > 1:
         raise CalibrationError(f"give at most one quality knob, got {', '.join(given)}")
     if threshold is not None:

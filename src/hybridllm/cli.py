@@ -78,8 +78,15 @@ def train(
     output: Annotated[Path, typer.Option(help="directory for the router artifact")],
     labels: Annotated[Labels, typer.Option(help="label type (DESIGN.md section 4)")] = Labels.trans,
     validation: Annotated[Path | None, typer.Option(help="validation table; default: hold out 20% by id")] = None,
-    mode: Annotated[Mode, typer.Option(help="head: frozen encoder + MLP ensemble; finetune: whole encoder")] = Mode.head,
-    encoder: Annotated[str | None, typer.Option(help="encoder name or local HF directory")] = None,
+    mode: Annotated[
+        Mode, typer.Option(help="head: frozen encoder + MLP ensemble; finetune: whole encoder")
+    ] = Mode.head,
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="static (fast, default), minilm (full transformer via ONNX), or a local Hugging Face encoder directory"
+        ),
+    ] = "static",
     max_length: Annotated[int, typer.Option(help="encoder token limit")] = 256,
     seed: Annotated[int, typer.Option(help="random seed (runs are repeatable)")] = 0,
     epochs: Annotated[int | None, typer.Option(help="max epochs (head default 40, finetune default 3)")] = None,
@@ -93,18 +100,30 @@ def train(
     rows = read_table(table)
     vrows = read_table(validation) if validation else None
     head = HeadConfig(extra=list(DEFAULT_EXTRA), members=members, seed=seed)
-    opts = TrainOptions(small=small, large=large, labels=labels.value, mode=mode.value, encoder=encoder,
-                        max_length=max_length, seed=seed, head=head)
+    opts = TrainOptions(
+        small=small,
+        large=large,
+        labels=labels.value,
+        mode=mode.value,
+        encoder=encoder,
+        max_length=max_length,
+        seed=seed,
+        head=head,
+    )
     if epochs is not None:
         if mode == Mode.head:
             head.epochs = epochs
         else:
             opts.finetune_epochs = epochs
     res = train_router(rows, opts, output, validation=vrows, progress=_progress)
-    out.print(summary_table(res.config["validation_metrics"], f"validation ({res.config['data']['validation_rows']} rows)"))
+    out.print(
+        summary_table(res.config["validation_metrics"], f"validation ({res.config['data']['validation_rows']} rows)")
+    )
     dop = res.config["operating_points"]["max_quality_drop"]["1"]
-    out.print(f"default operating point (max 1% quality drop on validation): threshold {dop['threshold']:.4f}, "
-              f"cost advantage {dop['cost_advantage']:.1f}%")
+    out.print(
+        f"default operating point (max 1% quality drop on validation): threshold {dop['threshold']:.4f}, "
+        f"cost advantage {dop['cost_advantage']:.1f}%"
+    )
     out.print(f"saved router to {output}")
 
 
@@ -177,8 +196,16 @@ def calibrate(
             _fail(f"--cost-advantage must be within 0..100, got {cost_advantage}")
         point = threshold_for_cost_advantage(tab, cost_advantage)
         default = {"kind": "cost_advantage", "value": cost_advantage}
-    out.print(json.dumps({"n": len(pair.rows), "threshold": point["threshold"],
-                          "cost_advantage": point["cost_advantage"], "quality_drop": point["quality_drop"]}))
+    out.print(
+        json.dumps(
+            {
+                "n": len(pair.rows),
+                "threshold": point["threshold"],
+                "cost_advantage": point["cost_advantage"],
+                "quality_drop": point["quality_drop"],
+            }
+        )
+    )
     if save:
         cfg = dict(router.config)
         cfg["calibration"] = tab
@@ -205,6 +232,35 @@ def route(
     out.print_json(json.dumps(d.to_dict()))
 
 
+@app.command()
+def split(
+    table: Annotated[Path, typer.Argument(help="routing table to split")],
+    output_dir: Annotated[Path, typer.Option(help="directory for the parts (NAME.jsonl each)")],
+    into: Annotated[str, typer.Option(help="NAME=FRACTION,... summing to 1")] = "train=0.6,val=0.2,test=0.2",
+    salt: Annotated[str, typer.Option(help="hash salt; change it for a different deterministic split")] = "split",
+) -> None:
+    """Split a table deterministically by hashed id (stable under reordering and appends)."""
+    from .table import read_table, split_rows, write_table
+
+    names, fracs = [], []
+    for part in into.split(","):
+        name, sep, frac = part.partition("=")
+        try:
+            value = float(frac)
+        except ValueError:
+            value = -1.0
+        if not sep or not name or value <= 0:
+            _fail(f"--into: expected NAME=FRACTION with FRACTION > 0, got {part!r}")
+        names.append(name.strip())
+        fracs.append(value)
+    if abs(sum(fracs) - 1) > 1e-6:
+        _fail(f"--into: fractions must sum to 1, got {sum(fracs):g}")
+    rows = read_table(table)
+    for name, part in zip(names, split_rows(rows, fracs, salt), strict=True):
+        write_table(part, output_dir / f"{name}.jsonl")
+        out.print(f"{output_dir / (name + '.jsonl')}: {len(part)} rows")
+
+
 def main() -> None:
     """Entry point: run the app, turning known errors into one line and exit code 1."""
     from .artifact import ArtifactError
@@ -225,10 +281,13 @@ def main() -> None:
         err.print("aborted")
         sys.exit(130)
     except Exception as exc:  # usage errors (typer's vendored click) arrive here in non-standalone mode
-        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            print(f"error: {exc.format_message()}".replace("\n", " "), file=sys.stderr)
-            sys.exit(exc.exit_code)
-        raise
+        code = getattr(exc, "exit_code", None)
+        if code is None:
+            raise
+        message = exc.format_message() if hasattr(exc, "format_message") else ""
+        if message:
+            print(f"error: {message}".replace("\n", " "), file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

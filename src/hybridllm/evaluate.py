@@ -33,9 +33,7 @@ def write_predictions(path: str | Path, rows: Sequence[Row], scores: np.ndarray)
             fh.write(json.dumps({"id": r["id"], "score": round(float(s), 6)}) + "\n")
 
 
-def plot_curves(
-    path: str | Path, scores: np.ndarray, qs: np.ndarray, ql: np.ndarray, title: str = ""
-) -> Path:
+def plot_curves(path: str | Path, scores: np.ndarray, qs: np.ndarray, ql: np.ndarray, title: str = "") -> Path:
     """Quality drop vs cost advantage for router, random and oracle (lower is better)."""
     import matplotlib
 

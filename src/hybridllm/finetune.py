@@ -18,8 +18,16 @@ from .encoder import _torch_pooled_module, load_torch_encoder, resolve_encoder_p
 from .head import HeadWeights
 from .metrics import apgr, quality_curve
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
-                    "spm.model", "sentencepiece.bpe.model", "merges.txt", "vocab.json")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+    "spm.model",
+    "sentencepiece.bpe.model",
+    "merges.txt",
+    "vocab.json",
+)
 
 
 def finetune(
@@ -50,7 +58,10 @@ def finetune(
     enc = _torch_pooled_module(base).to(device)
     dim = int(base.config.hidden_size)
     head = torch.nn.Sequential(
-        torch.nn.Dropout(0.1), torch.nn.Linear(dim, hidden), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(hidden, 1)
+        torch.nn.Dropout(0.1),
+        torch.nn.Linear(dim, hidden),
+        torch.nn.GELU(approximate="tanh"),
+        torch.nn.Linear(hidden, 1),
     ).to(device)
     tok = Tokenizer.from_file(str(path / "tokenizer.json"))
     tok.enable_truncation(max_length=max_length)
@@ -119,8 +130,12 @@ def finetune(
     head.to("cpu")
     sd = head.state_dict()
     weights = HeadWeights(
-        w1=sd["1.weight"].numpy().T[None], b1=sd["1.bias"].numpy()[None], w2=sd["3.weight"].numpy()[0][None],
-        b2=sd["3.bias"].numpy().astype(np.float32), mu=np.zeros(dim, np.float32), sd=np.ones(dim, np.float32),
+        w1=sd["1.weight"].numpy().T[None],
+        b1=sd["1.bias"].numpy()[None],
+        w2=sd["3.weight"].numpy()[0][None],
+        b2=sd["3.bias"].numpy().astype(np.float32),
+        mu=np.zeros(dim, np.float32),
+        sd=np.ones(dim, np.float32),
     )
     enc.to("cpu")
     device = "cpu"

@@ -16,7 +16,9 @@ import numpy as np
 LABEL_TYPES = ("det", "prob", "trans")
 
 
-def _pair_arrays(qualities: Sequence[tuple[Sequence[float], Sequence[float]]]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _pair_arrays(
+    qualities: Sequence[tuple[Sequence[float], Sequence[float]]],
+) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.asarray(s, dtype=np.float64), np.asarray(lg, dtype=np.float64)) for s, lg in qualities]
 
 

@@ -108,9 +108,7 @@ def summarize(curve: np.ndarray, q_small: float, q_large: float) -> Summary:
     return Summary(apgr(curve, q_small, q_large), at_ca, at_qd)
 
 
-def evaluate_scores(
-    scores: np.ndarray, qs: np.ndarray, ql: np.ndarray, with_curve: bool = True
-) -> dict[str, Any]:
+def evaluate_scores(scores: np.ndarray, qs: np.ndarray, ql: np.ndarray, with_curve: bool = True) -> dict[str, Any]:
     """Router, random and oracle summaries for one set of scores (the `evaluate --json` body)."""
     q_small, q_large = float(qs.mean()), float(ql.mean())
     router_curve = quality_curve(scores, qs, ql)

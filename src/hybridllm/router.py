@@ -11,7 +11,7 @@ import numpy as np
 
 from .artifact import load_config, load_tensors
 from .calibrate import resolve_knob
-from .encoder import EmbeddingCache, Encoder, TransformerEncoder, embed_texts
+from .encoder import EmbeddingCache, Encoder, embed_texts, make_encoder
 from .head import HeadWeights
 from .table import prompt_text
 
@@ -80,7 +80,7 @@ class Router:
             spec = enc_cfg.get("spec")
             if enc_cfg.get("bundled"):
                 spec = str(self.directory / "encoder")
-            encoder = TransformerEncoder(spec, max_length=int(enc_cfg.get("max_length", 256)), backend=backend)
+            encoder = make_encoder(spec, max_length=int(enc_cfg.get("max_length", 256)), backend=backend)
         self.encoder = encoder
         self.extra: list[str] = list(self.config.get("head", {}).get("extra", []))
         self.turns: str = self.config.get("prompt_turns", "all")

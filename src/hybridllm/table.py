@@ -89,9 +89,7 @@ def validate_row(row: Any, path: str | Path | None = None, line: int | None = No
                     raise TableError(f"{where}: quality.{model}[{j}]: expected a finite number, got {v!r}")
                 vals.append(float(v))
             if responses is not None and model in responses and len(responses[model]) != len(vals):
-                raise TableError(
-                    f"{where}: quality.{model}: {len(vals)} values for {len(responses[model])} responses"
-                )
+                raise TableError(f"{where}: quality.{model}: {len(vals)} values for {len(responses[model])} responses")
             clean[model] = vals
         out["quality"] = clean
     meta = row.get("meta")

@@ -14,7 +14,7 @@ import numpy as np
 from . import __version__
 from .artifact import save_artifact
 from .calibrate import calibration_table, operating_points
-from .encoder import EmbeddingCache, TransformerEncoder
+from .encoder import EmbeddingCache, TransformerEncoder, make_encoder
 from .head import HeadConfig, HeadWeights, train_head
 from .labels import LABEL_TYPES, make_labels
 from .metrics import evaluate_scores, expected_quality
@@ -30,7 +30,7 @@ class TrainOptions:
     large: str
     labels: str = "trans"
     mode: str = "head"
-    encoder: str | None = None
+    encoder: str | None = "static"
     max_length: int = 256
     seed: int = 0
     val_fraction: float = 0.2
@@ -88,18 +88,27 @@ def train_router(
         raise TableError(
             f"too few rows to train ({len(train_rows)} train, {len(val_rows)} validation); need >= 10 and >= 5"
         )
-    _log(progress, f"{len(train_rows)} train rows, {len(val_rows)} validation rows ({val_source}); "
-                   f"skipped {pair.skipped} rows without both models")
+    _log(
+        progress,
+        f"{len(train_rows)} train rows, {len(val_rows)} validation rows ({val_source}); "
+        f"skipped {pair.skipped} rows without both models",
+    )
     y, t_star = make_labels(pair_qualities(train_rows, options.small, options.large), options.labels)
-    _log(progress, f"labels {options.labels}: mean {y.mean():.3f}" + (f", t* = {t_star:g}" if t_star is not None else ""))
+    _log(
+        progress,
+        f"labels {options.labels}: mean {y.mean():.3f}" + (f", t* = {t_star:g}" if t_star is not None else ""),
+    )
     qs_val, ql_val = expected_quality(val_rows, options.small, options.large)
     train_texts = [prompt_text(r["prompt"], options.prompt_turns) for r in train_rows]
     val_texts = [prompt_text(r["prompt"], options.prompt_turns) for r in val_rows]
     out = Path(output)
     if options.mode == "head":
-        encoder = TransformerEncoder(options.encoder, max_length=options.max_length)
+        encoder = make_encoder(options.encoder, max_length=options.max_length)
         cache = cache if cache is not None else EmbeddingCache()
-        _log(progress, f"encoder {encoder.name} ({encoder.backend}), {encoder.dim}-d, max {options.max_length} tokens")
+        _log(
+            progress,
+            f"encoder {encoder.name} ({encoder.backend}), {encoder.dim}-d, max {options.max_length} tokens",
+        )
         extra = options.head.extra
         x_train = featurize(encoder, train_texts, extra, cache, show_progress)
         x_val = featurize(encoder, val_texts, extra, cache, show_progress)
@@ -116,15 +125,27 @@ def train_router(
         enc_dir = out / "encoder"
         if enc_dir.exists():
             shutil.rmtree(enc_dir)
+        base_spec = options.encoder
+        if base_spec is not None and (base_spec == "static" or base_spec.endswith(":static")):
+            base_spec = None if base_spec == "static" else base_spec[: -len(":static")]
         weights, val_scores, info = finetune(
-            options.encoder, train_texts, y, val_texts, qs_val, ql_val, enc_dir,
-            max_length=options.max_length, epochs=options.finetune_epochs,
-            batch_size=options.finetune_batch_size, lr=options.finetune_lr, seed=options.seed,
+            base_spec,
+            train_texts,
+            y,
+            val_texts,
+            qs_val,
+            ql_val,
+            enc_dir,
+            max_length=options.max_length,
+            epochs=options.finetune_epochs,
+            batch_size=options.finetune_batch_size,
+            lr=options.finetune_lr,
+            seed=options.seed,
             progress=progress,
         )
         bundled = True
         encoder = TransformerEncoder(str(enc_dir), max_length=options.max_length)
-        enc_name, enc_spec, enc_fp = encoder.name, options.encoder, encoder.fingerprint
+        enc_name, enc_spec, enc_fp = encoder.name, base_spec, encoder.fingerprint
         extra = []
     metrics = evaluate_scores(val_scores, qs_val, ql_val, with_curve=False)
     table = calibration_table(val_scores, qs_val, ql_val)
@@ -145,8 +166,11 @@ def train_router(
         "t_star": t_star,
         "seed": options.seed,
         "prompt_turns": options.prompt_turns,
-        "head": {**(options.head.to_dict() if options.mode == "head" else {"members": 1}), "extra": list(extra),
-                 "training": info},
+        "head": {
+            **(options.head.to_dict() if options.mode == "head" else {"members": 1}),
+            "extra": list(extra),
+            "training": info,
+        },
         "data": {
             "train_rows": len(train_rows),
             "validation_rows": len(val_rows),

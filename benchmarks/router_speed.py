@@ -1,0 +1,125 @@
+"""Router speed on this machine: one routing decision, batch throughput, and head-mode training time.
+
+    python benchmarks/router_speed.py                       # both encoders, training on 10,000 rows
+    python benchmarks/router_speed.py --encoders static     # just the default encoder
+
+Prompts are real GSM8K test questions (median ~60 tokens). Latency is the full Router.route()
+call (tokenise, embed, head, threshold) for one prompt; throughput is Router.score() on batches of 64.
+Training time is `train_router` in head mode on the first N MMLU-Pro rows with an empty cache
+directory (embedding, and for the static encoder its one-time distillation, included).
+Writes benchmarks/results/router_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+PAIR = ("Mistral-7B-Instruct-v0.2", "Mixtral-8x7B-Instruct-v0.1")
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs) * 1000, q))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--encoders", default="static,minilm")
+    ap.add_argument("--train-rows", type=int, default=10000)
+    ap.add_argument("--train-encoders", default="static", help="encoders to time training for (cold cache)")
+    ap.add_argument("--single", type=int, default=500)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "router_speed.json"))
+    args = ap.parse_args()
+    os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
+    prompts = [json.loads(line)["prompt"] for line in (SHARED / "gsm8k" / "test.jsonl").open()]
+    mmlu = [json.loads(line) for line in (SHARED / "mmlu_pro.jsonl").open()]
+    results = []
+    for spec in args.encoders.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["HYBRIDLLM_CACHE"] = (
+                tmp
+                if spec in args.train_encoders.split(",")
+                else os.environ.get("HYBRIDLLM_BENCH_CACHE", str(Path.home() / ".cache" / "hybridllm"))
+            )
+            from hybridllm.encoder import make_encoder
+            from hybridllm.head import HeadConfig
+            from hybridllm.router import Router
+            from hybridllm.train import DEFAULT_EXTRA, TrainOptions, train_router
+
+            entry: dict = {"encoder": spec}
+            if spec in args.train_encoders.split(","):
+                rows = mmlu[: args.train_rows]
+                t0 = time.perf_counter()
+                opts = TrainOptions(
+                    small=PAIR[0], large=PAIR[1], encoder=spec, head=HeadConfig(extra=list(DEFAULT_EXTRA))
+                )
+                train_router(rows, opts, Path(tmp) / "router", show_progress=False)
+                entry["train_rows"] = len(rows)
+                entry["train_seconds_cold_cache"] = round(time.perf_counter() - t0, 1)
+                router_dir = Path(tmp) / "router"
+            else:
+                rows = mmlu[:400]
+                opts = TrainOptions(
+                    small=PAIR[0],
+                    large=PAIR[1],
+                    encoder=spec,
+                    head=HeadConfig(members=5, epochs=3, extra=list(DEFAULT_EXTRA)),
+                )
+                train_router(rows, opts, Path(tmp) / "router", show_progress=False)
+                router_dir = Path(tmp) / "router"
+            router = Router(router_dir)
+            enc = make_encoder(spec)
+            ntok = enc.token_lengths(prompts[:1000])
+            entry["prompt_tokens_median"] = float(np.median(ntok))
+            for p in prompts[:20]:
+                router.route(p)
+            lat = []
+            for p in prompts[: args.single]:
+                t = time.perf_counter()
+                router.route(p)
+                lat.append(time.perf_counter() - t)
+            entry["single_p50_ms"] = round(pct(lat, 50), 3)
+            entry["single_p99_ms"] = round(pct(lat, 99), 3)
+            batch = prompts[:1024]
+            router.score(batch[:64])
+            t = time.perf_counter()
+            for i in range(0, len(batch), 64):
+                router.score(batch[i : i + 64], batch_size=64)
+            entry["batch64_prompts_per_s"] = round(len(batch) / (time.perf_counter() - t), 1)
+            results.append(entry)
+            print(json.dumps(entry))
+    payload = {
+        "benchmark": "router_speed",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+        },
+        "targets": {"single_p50_ms": 10, "batch64_prompts_per_s": 200, "train_seconds_10k": 300},
+        "results": results,
+        "median_single_ms_all": statistics.median(r["single_p50_ms"] for r in results),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"\n{'encoder':10s} {'p50 ms':>8s} {'p99 ms':>8s} {'batch64/s':>10s} {'train 10k s':>12s}")
+    for r in results:
+        print(
+            f"{r['encoder']:10s} {r['single_p50_ms']:8.2f} {r['single_p99_ms']:8.2f} "
+            f"{r['batch64_prompts_per_s']:10.1f} {r.get('train_seconds_cold_cache', '-')!s:>12s}"
+        )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Encoders: the ONNX export must be the same function as the torch model, and caches must hit."""
+
+import numpy as np
+import pytest
+
+from hybridllm.encoder import EmbeddingCache, EncoderError, StaticEncoder, TransformerEncoder, embed_texts
+
+TEXTS = [
+    "hello",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+    "Which of the following is a primary source of energy for the sun? A. fusion B. fission",
+]
+
+
+def test_onnx_matches_sentence_transformers(cache_env):
+    from sentence_transformers import SentenceTransformer
+
+    enc = TransformerEncoder(None, max_length=256, backend="onnx")
+    assert enc.backend == "onnx" and enc.dim == 384
+    ref = SentenceTransformer(str(enc.path), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    got = enc.encode(TEXTS, batch_size=3)  # one padded batch
+    np.testing.assert_allclose((ref * got).sum(1), 1.0, atol=1e-4)
+    single = np.stack([enc.encode([t])[0] for t in TEXTS])
+    np.testing.assert_allclose(single, got, atol=1e-5)
+
+
+def test_torch_backend_agrees_with_onnx(cache_env):
+    a = TransformerEncoder(None, backend="onnx").encode(TEXTS)
+    b = TransformerEncoder(None, backend="torch").encode(TEXTS)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_static_encoder_is_normalised_and_topical(cache_env):
+    enc = StaticEncoder(None)
+    v = enc.encode(["the derivative of x squared", "integrate x squared dx", "a recipe for apple pie", ""])
+    np.testing.assert_allclose(np.linalg.norm(v[:3], axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2]  # calculus questions are closer to each other than to baking
+    assert np.all(v[3] == 0)  # an empty prompt has no tokens: the zero vector, not NaN
+
+
+def test_cache_hits_skip_the_encoder(cache_env, tmp_path):
+    enc = TransformerEncoder(None)
+    calls = []
+    real = enc.encode
+
+    def counting(texts, batch_size=64, progress=None):
+        calls.append(len(texts))
+        return real(texts, batch_size, progress)
+
+    enc.encode = counting
+    cache = EmbeddingCache(tmp_path / "c.sqlite")
+    first = embed_texts(enc, [*TEXTS, TEXTS[0]], cache, show_progress=False)
+    assert calls == [3]  # the duplicate text is embedded once
+    second = embed_texts(enc, TEXTS, cache, show_progress=False)
+    assert calls == [3]
+    np.testing.assert_allclose(first[:3], second)
+
+
+def test_unknown_encoder_is_a_clear_error(tmp_path):
+    with pytest.raises(EncoderError, match="never downloads"):
+        TransformerEncoder("bert-base-uncased")
+    with pytest.raises(EncoderError, match=r"config\.json"):
+        TransformerEncoder(str(tmp_path))
