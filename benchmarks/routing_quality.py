@@ -83,6 +83,21 @@ def peer_scores(model, x):
     return model.predict(x)
 
 
+def bootstrap_diff(a: np.ndarray, b: np.ndarray, qs: np.ndarray, ql: np.ndarray, n: int = 1000, seed: int = 0):
+    """95% interval of APGR(a) - APGR(b) over test rows resampled with replacement (paired)."""
+    from hybridllm.metrics import apgr, quality_curve
+
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n):
+        i = rng.integers(0, len(qs), len(qs))
+        q_s, q_l = qs[i].mean(), ql[i].mean()
+        da = apgr(quality_curve(a[i], qs[i], ql[i]), q_s, q_l)
+        db = apgr(quality_curve(b[i], qs[i], ql[i]), q_s, q_l)
+        diffs.append(da - db)
+    return [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=len(PAIRS))
@@ -122,8 +137,10 @@ def main() -> None:
         entry["methods"]["oracle"] = rep["oracle"]
         lengths = encoder.token_lengths([r["prompt"] for r in te]).astype(float)
         entry["methods"]["prompt length"] = evaluate_scores(-lengths, qst, qlt, with_curve=False)["router"]
+        test_scores = {"prompt length": -lengths}
         for name, model in fit_peers(xtr, ytr, xva, qsv, qlv, args.seed).items():
-            entry["methods"][name] = evaluate_scores(peer_scores(model, xte), qst, qlt, with_curve=False)["router"]
+            test_scores[name] = peer_scores(model, xte)
+            entry["methods"][name] = evaluate_scores(test_scores[name], qst, qlt, with_curve=False)["router"]
         for labels in args.labels.split(","):
             t1 = time.perf_counter()
             opts = TrainOptions(
@@ -143,8 +160,21 @@ def main() -> None:
             entry["methods"][name] = evaluate_scores(scores, qst, qlt, with_curve=False)["router"]
             entry["methods"][name]["t_star"] = res.config["t_star"]
             entry["methods"][name]["train_seconds"] = round(time.perf_counter() - t1, 1)
+            if labels == "trans":
+                best_peer = max(test_scores, key=lambda k: entry["methods"][k]["apgr"])
+                entry["default_vs_best_peer"] = {
+                    "peer": best_peer,
+                    "apgr_diff": entry["methods"][name]["apgr"] - entry["methods"][best_peer]["apgr"],
+                    "bootstrap_95ci": bootstrap_diff(scores, test_scores[best_peer], qst, qlt),
+                }
         results.append(entry)
         print_pair(entry)
+        if "default_vs_best_peer" in entry:
+            d = entry["default_vs_best_peer"]
+            print(
+                f"default - best peer ({d['peer']}): {d['apgr_diff']:+.4f} APGR, "
+                f"paired bootstrap 95% CI [{d['bootstrap_95ci'][0]:+.4f}, {d['bootstrap_95ci'][1]:+.4f}]"
+            )
     payload = {
         "benchmark": "routing_quality",
         "data": str(DATA.relative_to(REPO.parent)),

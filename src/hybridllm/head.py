@@ -31,6 +31,7 @@ class HeadConfig:
     input_dropout: float = 0.1
     patience: int = 8
     seed: int = 0
+    linear: bool = True  # add an L2-logistic member, mixed in with a weight chosen on validation
     extra: list[str] = field(default_factory=list)  # names of extra features appended to the embedding
 
     def to_dict(self) -> dict:
@@ -47,7 +48,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class HeadWeights:
-    """Stacked member weights: w1 [E, d, h], b1 [E, h], w2 [E, h], b2 [E]; mu/sd standardise inputs."""
+    """Stacked MLP members: w1 [E, d, h], b1 [E, h], w2 [E, h], b2 [E]; mu/sd standardise their inputs.
+    Optional linear (logistic) member: lin_w [d], lin_b [1] over inputs standardised by lin_mu/lin_sd;
+    mix [1] is its weight in the final average (chosen on validation, 0 = MLPs only)."""
 
     w1: np.ndarray
     b1: np.ndarray
@@ -55,20 +58,67 @@ class HeadWeights:
     b2: np.ndarray
     mu: np.ndarray
     sd: np.ndarray
+    lin_w: np.ndarray | None = None
+    lin_b: np.ndarray | None = None
+    lin_mu: np.ndarray | None = None
+    lin_sd: np.ndarray | None = None
+    mix: np.ndarray | None = None
 
     def tensors(self) -> dict[str, np.ndarray]:
-        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in asdict(self).items()}
+        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in asdict(self).items() if v is not None}
 
     @classmethod
     def from_tensors(cls, t: dict[str, np.ndarray]) -> HeadWeights:
-        return cls(**{k: np.asarray(t[k], dtype=np.float32) for k in ("w1", "b1", "w2", "b2", "mu", "sd")})
+        return cls(**{k: np.asarray(v, dtype=np.float32) for k, v in t.items() if k in cls.__dataclass_fields__})
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """p(x) in [0, 1]: the mean of the members' probabilities."""
+    def predict_mlp(self, x: np.ndarray) -> np.ndarray:
         x = (np.asarray(x, dtype=np.float32) - self.mu) / self.sd
         h = _gelu(np.einsum("nd,edh->enh", x, self.w1) + self.b1[:, None, :])
         logits = np.einsum("enh,eh->en", h, self.w2) + self.b2[:, None]
         return _sigmoid(logits).mean(axis=0)
+
+    def predict_linear(self, x: np.ndarray) -> np.ndarray:
+        assert self.lin_w is not None and self.lin_b is not None
+        z = (np.asarray(x, dtype=np.float32) - self.lin_mu) / self.lin_sd
+        return _sigmoid(z @ self.lin_w + self.lin_b[0])
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """p(x) in [0, 1]: the MLP members' mean probability, mixed with the linear member's."""
+        p = self.predict_mlp(x)
+        if self.mix is None or self.lin_w is None or float(self.mix[0]) == 0.0:
+            return p
+        a = float(self.mix[0])
+        return (1 - a) * p + a * self.predict_linear(x)
+
+
+def train_linear(
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, qs_val: np.ndarray, ql_val: np.ndarray, n_embed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """L2 logistic regression on soft labels (as sample weights), C picked by validation APGR.
+
+    Embedding dimensions are used as they are (already on the unit sphere); extra features are
+    standardised so the penalty treats them alike."""
+    from sklearn.linear_model import LogisticRegression
+
+    mu = np.zeros(x_train.shape[1], dtype=np.float32)
+    sd = np.ones(x_train.shape[1], dtype=np.float32)
+    mu[n_embed:] = x_train[:, n_embed:].mean(axis=0)
+    sd[n_embed:] = x_train[:, n_embed:].std(axis=0) + 1e-6
+    z = (x_train - mu) / sd
+    zv = (x_val - mu) / sd
+    # a soft label y is the same as a positive copy weighted y and a negative copy weighted 1 - y
+    zz = np.concatenate([z, z])
+    yy = np.concatenate([np.ones(len(z)), np.zeros(len(z))])
+    ww = np.concatenate([y_train, 1 - y_train])
+    best: tuple[float, object, float] | None = None
+    for c in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0):
+        m = LogisticRegression(C=c, max_iter=3000).fit(zz, yy, sample_weight=ww)
+        a = _val_apgr(m.predict_proba(zv)[:, 1], qs_val, ql_val)
+        if best is None or a > best[0] + 1e-9:
+            best = (a, m, c)
+    assert best is not None
+    m = best[1]
+    return (m.coef_[0].astype(np.float32), np.array([m.intercept_[0]], np.float32), mu, sd, best[2], best[0])
 
 
 def _val_apgr(p: np.ndarray, qs: np.ndarray, ql: np.ndarray) -> float:
@@ -144,4 +194,19 @@ def train_head(
         mu=mu.astype(np.float32),
         sd=sd.astype(np.float32),
     )
-    return weights, {"members": history}
+    info: dict = {"members": history}
+    if cfg.linear:
+        n_embed = x_train.shape[1] - len(cfg.extra)
+        lw, lb, lmu, lsd, c, lin_apgr = train_linear(
+            x_train, np.asarray(y_train), np.asarray(x_val, np.float32), qs_val, ql_val, n_embed
+        )
+        weights.lin_w, weights.lin_b, weights.lin_mu, weights.lin_sd = lw, lb, lmu, lsd
+        p_mlp = weights.predict_mlp(x_val)
+        p_lin = weights.predict_linear(x_val)
+        scores = {a: _val_apgr((1 - a) * p_mlp + a * p_lin, qs_val, ql_val) for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
+        mix = max(scores, key=lambda a: (round(scores[a], 9), -abs(a - 0.5)))
+        weights.mix = np.array([mix], np.float32)
+        info["linear"] = {"C": c, "val_apgr": lin_apgr, "mix": mix, "mix_val_apgr": scores}
+        if progress is not None:
+            progress(f"linear member: C={c:g}, val APGR {lin_apgr:.4f}; mix weight {mix} (val APGR {scores[mix]:.4f})")
+    return weights, info
