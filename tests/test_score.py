@@ -1,0 +1,83 @@
+"""Scoring metrics on real examples with hand-checked expected values."""
+
+import json
+
+import pytest
+
+from hybridllm.score import choice, exact_match, extract_choice, extract_final_number, rouge_l, score_rows
+from hybridllm.table import TableError
+
+from .conftest import SHARED
+
+
+def gsm8k_rows(n=50):
+    with (SHARED / "gsm8k" / "test.jsonl").open() as fh:
+        return [json.loads(next(fh)) for _ in range(n)]
+
+
+def test_gsm8k_reference_solutions_score_one_and_wrong_numbers_zero():
+    rows = gsm8k_rows()
+    assert all(exact_match(r["meta"]["solution"], r) == 1.0 for r in rows)
+    # the worked solution with its final answer changed must score 0
+    assert all(exact_match(r["meta"]["solution"].rsplit("####", 1)[0] + "#### 99999", r) == 0.0 for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("Janet sells 9 eggs, 9 * 2 = 18. The answer is $18.", "18"),
+        ("So she makes \\boxed{18} dollars.", "18"),
+        ("16 - 3 - 4 = 9 eggs; 9 * 2 = $18 per day", "18"),
+        ("The total is 1,234.50 dollars", "1234.5"),
+        ("#### 72\nextra 5 at the end", "72"),
+        ("no numbers here", None),
+    ],
+)
+def test_final_number_extraction(response, expected):
+    assert extract_final_number(response) == expected
+
+
+def test_exact_match_is_numeric():
+    row = {"id": "x", "prompt": "p", "reference": "18"}
+    assert exact_match("The answer is 18.00", row) == 1.0
+    assert exact_match("The answer is 18.5", row) == 0.0
+    assert exact_match("it is 180", row) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("response", "letter"),
+    [
+        ("Let's think step by step. ... The answer is (E).", "E"),
+        ("Answer: C", "C"),
+        ("B) because the sun is a star", "B"),
+        ("After eliminating A and D, the answer is (h)", "H"),
+        ("I am not sure.", None),
+    ],
+)
+def test_choice_extraction(response, letter):
+    assert extract_choice(response) == letter
+
+
+def test_choice_metric_on_real_mmlu_key():
+    row = {"id": "mmlu-pro-1986", "prompt": "...", "reference": "E"}
+    assert choice("the answer is (E)", row) == 1.0
+    assert choice("the answer is (D)", row) == 0.0
+
+
+def test_rouge_l_hand_checked():
+    row = {"id": "r", "prompt": "p", "reference": "the cat sat on the mat"}
+    assert rouge_l("the cat sat on the mat", row) == pytest.approx(1.0)
+    # LCS of "the cat sat" vs the reference = 3 tokens: P = 3/3, R = 3/6, F = 2PR/(P+R) = 2/3
+    assert rouge_l("the cat sat", row) == pytest.approx(2 / 3)
+    assert rouge_l("dogs bark loudly", row) == 0.0
+
+
+def test_score_rows_fills_quality_and_needs_reference():
+    rows = [{"id": "a", "prompt": "p", "reference": "3", "responses": {"s": ["1+2=3", "4"], "l": ["#### 3"]}}]
+    out = score_rows(rows, "exact-match")
+    assert out[0]["quality"] == {"s": [1.0, 0.0], "l": [1.0]}
+    assert "quality" not in rows[0]  # input rows are not mutated
+    with pytest.raises(TableError, match="reference: missing"):
+        score_rows([{"id": "b", "prompt": "p", "responses": {"s": ["x"]}}], "exact-match")
+    with pytest.raises(ValueError, match="unknown metric"):
+        score_rows(rows, "bleu")
