@@ -1,0 +1,149 @@
+"""Model backends behind one interface. This module: any OpenAI-compatible HTTP endpoint (vLLM,
+llama.cpp server, Ollama, OpenAI) through async httpx.
+
+Why retries live here and not in callers: collecting thousands of samples always meets a 429 or a
+502 somewhere; a collect run must ride through them (with backoff, honouring Retry-After) and fail
+loudly only when an endpoint is really down or the request itself is wrong (4xx other than 408/429).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class BackendError(RuntimeError):
+    """An upstream call failed for good (after retries, or on a non-retryable error)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled response with what it cost."""
+
+    text: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_s: float
+    finish_reason: str | None = None
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 512
+    seed: int | None = None
+    stop: list[str] | None = None
+
+    def body(self) -> dict[str, Any]:
+        b: dict[str, Any] = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        if self.seed is not None:
+            b["seed"] = self.seed
+        if self.stop:
+            b["stop"] = self.stop
+        return b
+
+
+@dataclass
+class HTTPBackend:
+    """``MODEL@BASE_URL``: chat (default) or completion endpoint of an OpenAI-compatible server."""
+
+    model: str
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)  # never printed
+    endpoint: str = "chat"
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 5
+    backoff_s: float = 0.5
+    _client: Any = field(default=None, init=False, repr=False)
+    _sem: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def from_spec(cls, spec: str, api_key_env: str | None = None, **kw: Any) -> HTTPBackend:
+        model, sep, url = spec.partition("@")
+        if not sep or not model or not url.startswith(("http://", "https://")):
+            raise ValueError(f"backend spec {spec!r}: expected MODEL@http(s)://HOST/v1")
+        key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and key is None:
+            raise ValueError(f"backend {model}: environment variable {api_key_env} is not set")
+        return cls(model=model, base_url=url.rstrip("/"), api_key=key, **kw)
+
+    async def __aenter__(self) -> HTTPBackend:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=self.timeout_s, limits=limits)
+        self._sem = asyncio.Semaphore(self.concurrency)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _request(self, prompt: str | list[dict[str, Any]], params: SamplingParams) -> tuple[str, dict[str, Any]]:
+        body = {"model": self.model, **params.body()}
+        if self.endpoint == "completion":
+            if not isinstance(prompt, str):
+                raise ValueError(f"backend {self.model}: the completion endpoint needs a string prompt")
+            return "/completions", {**body, "prompt": prompt}
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return "/chat/completions", {**body, "messages": messages}
+
+    async def generate(self, prompt: str | list[dict[str, Any]], params: SamplingParams) -> Sample:
+        """One sample, retried on transient failures with exponential backoff and jitter."""
+        import httpx
+
+        if self._client is None or self._sem is None:
+            raise RuntimeError("use the backend inside 'async with'")
+        path, body = self._request(prompt, params)
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            wait = self.backoff_s * (2**attempt) * (0.5 + random.random())
+            try:
+                async with self._sem:
+                    t0 = time.perf_counter()
+                    resp = await self._client.post(path, json=body)
+                    latency = time.perf_counter() - t0
+            except (httpx.TransportError, httpx.TimeoutException) as exc:
+                last = f"{type(exc).__name__}: {exc}".strip()
+            else:
+                if resp.status_code == 200:
+                    return self._parse(resp, latency)
+                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                if resp.status_code not in RETRY_STATUS:
+                    raise BackendError(f"{self.model}@{self.base_url}{path}: {last}", resp.status_code)
+                retry_after = resp.headers.get("retry-after")
+                if retry_after:
+                    with contextlib.suppress(ValueError):
+                        wait = max(wait, min(float(retry_after), 60.0))
+            if attempt < self.max_retries:
+                await asyncio.sleep(wait)
+        raise BackendError(f"{self.model}@{self.base_url}{path}: gave up after {self.max_retries + 1} tries ({last})")
+
+    def _parse(self, resp: Any, latency: float) -> Sample:
+        try:
+            data = resp.json()
+            choice = data["choices"][0]
+            text = choice["message"]["content"] if self.endpoint == "chat" else choice["text"]
+            if not isinstance(text, str):
+                raise TypeError(f"content is {type(text).__name__}")
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise BackendError(f"{self.model}@{self.base_url}: malformed response body ({exc})", 502) from None
+        usage = data.get("usage") or {}
+        return Sample(
+            text, usage.get("prompt_tokens"), usage.get("completion_tokens"), latency, choice.get("finish_reason")
+        )

@@ -1,0 +1,108 @@
+"""A real OpenAI-protocol HTTP server for tests (uvicorn on 127.0.0.1, a free port, in a thread).
+
+It answers deterministically ("echo:<prompt>#<seed>") and can be told to misbehave: a queue of
+faults is consumed one per request (429 with Retry-After, 500, a slow answer, a malformed body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.faults: deque[str] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self.app = FastAPI()
+        self.app.post("/v1/chat/completions")(self._chat)
+        self.app.post("/v1/completions")(self._completion)
+        self.port = _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> FakeOpenAI:
+        self.thread.start()
+        deadline = time.time() + 10
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("fake upstream did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)
+
+    async def _fault(self) -> Any:
+        if not self.faults:
+            return None
+        f = self.faults.popleft()
+        if f == "429":
+            return JSONResponse({"error": {"message": "rate limited"}}, status_code=429, headers={"retry-after": "0"})
+        if f == "500":
+            return JSONResponse({"error": {"message": "boom"}}, status_code=500)
+        if f == "400":
+            return JSONResponse({"error": {"message": "bad request"}}, status_code=400)
+        if f == "malformed":
+            return PlainTextResponse("{not json", status_code=200)
+        if f == "nochoices":
+            return JSONResponse({"object": "chat.completion", "choices": []})
+        if f.startswith("sleep:"):
+            await asyncio.sleep(float(f.split(":")[1]))
+            return None
+        raise ValueError(f)
+
+    async def _chat(self, request: Request) -> Any:
+        body = await request.json()
+        self.requests.append(body)
+        fault = await self._fault()
+        if fault is not None:
+            return fault
+        prompt = body["messages"][-1]["content"]
+        text = f"echo:{prompt}#{body.get('seed')}"
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": len(prompt.split()),
+                "completion_tokens": len(text.split()),
+                "total_tokens": len(prompt.split()) + len(text.split()),
+            },
+        }
+
+    async def _completion(self, request: Request) -> Any:
+        body = await request.json()
+        self.requests.append(body)
+        fault = await self._fault()
+        if fault is not None:
+            return fault
+        text = f"echo:{body['prompt']}#{body.get('seed')}"
+        return {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "model": body["model"],
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
