@@ -22,6 +22,7 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.faults: deque[str] = deque()
         self.requests: list[dict[str, Any]] = []
+        self.delay = 0.0  # seconds before every answer
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self._chat)
         self.app.post("/v1/completions")(self._completion)
@@ -47,6 +48,8 @@ class FakeOpenAI:
         self.thread.join(timeout=5)
 
     async def _fault(self) -> Any:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if not self.faults:
             return None
         f = self.faults.popleft()

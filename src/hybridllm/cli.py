@@ -261,6 +261,86 @@ def split(
         out.print(f"{output_dir / (name + '.jsonl')}: {len(part)} rows")
 
 
+@app.command()
+def collect(
+    prompts: Annotated[Path, typer.Argument(help="table of prompts (.jsonl/.parquet; id + prompt per row)")],
+    model: Annotated[list[str], typer.Option(help="NAME=MODEL@BASE_URL, once per model")],
+    output: Annotated[Path, typer.Option(help="routing table to write (resumable)")],
+    samples: Annotated[int, typer.Option(help="sampled responses per model and prompt")] = 3,
+    temperature: Annotated[float, typer.Option()] = 0.7,
+    top_p: Annotated[float, typer.Option()] = 0.95,
+    max_tokens: Annotated[int, typer.Option()] = 512,
+    seed: Annotated[int, typer.Option(help="base seed; each sample's seed derives from it")] = 0,
+    concurrency: Annotated[int, typer.Option(help="parallel requests per backend")] = 8,
+    timeout: Annotated[float, typer.Option(help="per-request timeout, seconds")] = 120.0,
+    api_key_env: Annotated[str | None, typer.Option(help="environment variable holding the API key")] = None,
+    endpoint: Annotated[str, typer.Option(help="chat or completion")] = "chat",
+    limit: Annotated[int | None, typer.Option(help="only the first N prompts")] = None,
+) -> None:
+    """Sample responses from each model for every prompt; safe to kill and rerun (it resumes)."""
+    import asyncio
+    import time
+
+    from tqdm.auto import tqdm
+
+    from .backends import HTTPBackend, SamplingParams
+    from .collect import collect_async
+    from .table import read_table
+
+    if samples < 1:
+        _fail(f"--samples must be >= 1, got {samples}")
+    if endpoint not in ("chat", "completion"):
+        _fail(f"--endpoint must be chat or completion, got {endpoint!r}")
+    backends = {}
+    for item in model:
+        name, sep, spec = item.partition("=")
+        if not sep or not name:
+            _fail(f"--model: expected NAME=SPEC, got {item!r}")
+        if "@" not in spec:
+            _fail(f"--model {name}: only MODEL@BASE_URL backends are available in this release, got {spec!r}")
+        backends[name] = HTTPBackend.from_spec(
+            spec, api_key_env=api_key_env, concurrency=concurrency, timeout_s=timeout, endpoint=endpoint
+        )
+    rows = read_table(prompts)[:limit]
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    total = len(rows) * len(backends) * samples
+    disable = os.environ.get("HYBRIDLLM_NO_PROGRESS") == "1"
+    bar = tqdm(total=total, desc="collect", unit="sample", disable=disable)
+    t0 = time.perf_counter()
+    tokens = [0]
+
+    def on_sample(rec: dict) -> None:
+        tokens[0] += rec.get("completion_tokens") or 0
+        bar.update(1)
+        bar.set_postfix(tok_s=f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):.1f}")
+
+    journal = output.with_name(output.name + ".journal.jsonl")
+    if journal.exists():
+        _progress(f"resuming from {journal}")
+    _, stats = asyncio.run(collect_async(rows, backends, output, samples, params, seed, on_sample))
+    bar.update(stats.resumed)
+    bar.close()
+    out.print(
+        f"wrote {output}: {len(rows)} rows × {len(backends)} models × {samples} samples "
+        f"({stats.requested} requested now, {stats.resumed} resumed)"
+    )
+
+
+@app.command()
+def score(
+    table: Annotated[Path, typer.Argument(help="table with responses")],
+    metric: Annotated[str, typer.Option(help="exact-match, choice or rouge-l")],
+    output: Annotated[Path, typer.Option(help="table to write with quality filled in")],
+) -> None:
+    """Turn responses into per-sample quality with a metric."""
+    from .score import score_rows
+    from .table import read_table, write_table
+
+    rows = score_rows(read_table(table), metric)
+    write_table(rows, output)
+    out.print(f"wrote {output}: {len(rows)} rows scored with {metric}")
+
+
 def main() -> None:
     """Entry point: run the app, turning known errors into one line and exit code 1."""
     from .artifact import ArtifactError

@@ -1,0 +1,135 @@
+"""collect: crash safety (kill -9 at random moments, then resume) and the table it produces."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hybridllm.table import read_table
+
+from .conftest import SHARED
+from .fake_openai import FakeOpenAI
+
+
+@pytest.fixture
+def upstream():
+    with FakeOpenAI() as f:
+        yield f
+
+
+@pytest.fixture
+def prompts(tmp_path):
+    p = tmp_path / "prompts.jsonl"
+    with (SHARED / "gsm8k" / "test.jsonl").open() as src, p.open("w") as dst:
+        for _ in range(20):
+            dst.write(next(src))
+    return p
+
+
+def cmd(prompts, upstream, output, samples=3):
+    return [
+        sys.executable,
+        "-m",
+        "hybridllm.cli",
+        "collect",
+        str(prompts),
+        "--model",
+        f"small=tiny@{upstream.url}",
+        "--model",
+        f"large=big@{upstream.url}",
+        "--samples",
+        str(samples),
+        "--concurrency",
+        "4",
+        "--output",
+        str(output),
+        "--temperature",
+        "0.8",
+    ]
+
+
+def test_collect_builds_table_in_sample_order(prompts, upstream, tmp_path):
+    out = tmp_path / "t.jsonl"
+    subprocess.run(cmd(prompts, upstream, out, samples=2), check=True, capture_output=True, timeout=120)
+    rows = read_table(out)
+    assert len(rows) == 20
+    r = rows[0]
+    assert r["id"] == "gsm8k-test-0" and r["reference"] == "18"
+    assert len(r["responses"]["small"]) == 2 and len(r["responses"]["large"]) == 2
+    assert r["responses"]["small"][0].startswith("echo:Janet")
+    assert r["responses"]["small"][0] != r["responses"]["small"][1]  # different per-sample seeds
+    assert not (tmp_path / "t.jsonl.journal.jsonl").exists()
+    assert all(b["temperature"] == 0.8 for b in upstream.requests)
+
+
+def test_kill_9_at_random_points_then_resume_equals_uninterrupted_run(prompts, upstream, tmp_path):
+    reference = tmp_path / "ref.jsonl"
+    subprocess.run(cmd(prompts, upstream, reference), check=True, capture_output=True, timeout=120)
+    upstream.delay = 0.05
+    out = tmp_path / "killed.jsonl"
+    journal = tmp_path / "killed.jsonl.journal.jsonl"
+    rng = random.Random(1234)
+    kills = 0
+    progress = []
+    for _ in range(6):
+        proc = subprocess.Popen(
+            cmd(prompts, upstream, out),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "HYBRIDLLM_NO_PROGRESS": "1"},
+        )
+        time.sleep(rng.uniform(0.6, 1.6))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if journal.exists():
+            lines = [line for line in journal.read_bytes().split(b"\n")[:-1] if line]
+            keys = [tuple(json.loads(x)[k] for k in ("id", "model", "k")) for x in lines]
+            assert len(keys) == len(set(keys)), "a sample was journaled twice"
+            progress.append(len(keys))
+        if out.exists():
+            break
+    assert kills >= 2, "the run finished before it could be interrupted twice; slow the upstream down"
+    assert progress == sorted(progress), "journaled samples were lost between runs"
+    if not out.exists():
+        subprocess.run(cmd(prompts, upstream, out), check=True, capture_output=True, timeout=120)
+    assert read_table(out) == read_table(reference)
+    assert not journal.exists()
+
+
+def test_collect_errors_are_one_line(prompts, tmp_path):
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hybridllm.cli",
+            "collect",
+            str(prompts),
+            "--model",
+            "small",
+            "--output",
+            str(tmp_path / "x.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode != 0 and p.stderr.strip().count("\n") == 0 and "NAME=SPEC" in p.stderr
+
+
+def test_journal_drops_a_torn_last_line(tmp_path):
+    from hybridllm.collect import Journal
+
+    p = tmp_path / "j.jsonl"
+    p.write_bytes(b'{"id": "a", "model": "s", "k": 0, "text": "x"}\n{"id": "a", "model": "s", "k": 1, "te')
+    j = Journal(p)
+    assert set(j.done) == {("a", "s", 0)}
+    j.append({"id": "a", "model": "s", "k": 1, "text": "y"})
+    j.close()
+    assert set(Journal(p).done) == {("a", "s", 0), ("a", "s", 1)}
