@@ -14,6 +14,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -147,3 +148,94 @@ class HTTPBackend:
         return Sample(
             text, usage.get("prompt_tokens"), usage.get("completion_tokens"), latency, choice.get("finish_reason")
         )
+
+
+@dataclass
+class LocalBackend:
+    """A GGUF model run in-process by llama-cpp-python (extra ``[local]``): a named local model
+    (``qwen2.5-0.5b``, ``qwen2.5-1.5b``, ``gemma-3-270m``) or a path to a ``.gguf`` file.
+
+    llama.cpp contexts are not thread-safe, so calls are serialised; generation runs in a worker
+    thread so an event loop (collect, serve) stays responsive."""
+
+    spec: str
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    chat: bool | None = None
+    _llm: Any = field(default=None, init=False, repr=False)
+    _lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
+
+    def load(self) -> Any:
+        if self._llm is None:
+            try:
+                from llama_cpp import Llama
+            except ImportError:
+                raise BackendError(
+                    "local models need llama-cpp-python: pip install 'hybridllm[local]' "
+                    "(builds from source, ~6 min; CMAKE_ARGS=-DGGML_NATIVE=OFF for portable binaries)"
+                ) from None
+            from .models import LOCAL_MODELS, model_path
+
+            if self.spec in LOCAL_MODELS:
+                path = model_path(self.spec)
+                if self.chat is None:
+                    self.chat = LOCAL_MODELS[self.spec].chat
+            else:
+                path = Path(self.spec).expanduser()
+                if not path.is_file():
+                    raise BackendError(f"local model {self.spec!r}: not a known name and no such .gguf file")
+            self._llm = Llama(
+                model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads or os.cpu_count(), verbose=False
+            )
+            if self.chat is None:
+                self.chat = True
+        return self._llm
+
+    async def __aenter__(self) -> LocalBackend:
+        self._lock = asyncio.Lock()
+        await asyncio.to_thread(self.load)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def generate_sync(self, prompt: str | list[dict[str, Any]], params: SamplingParams) -> Sample:
+        llm = self.load()
+        kw: dict[str, Any] = {
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
+            "seed": params.seed,
+            "stop": params.stop,
+        }
+        t0 = time.perf_counter()
+        if self.chat:
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            out = llm.create_chat_completion(messages=messages, **kw)
+            choice = out["choices"][0]
+            text = choice["message"]["content"] or ""
+        else:
+            text_prompt = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+            out = llm.create_completion(prompt=text_prompt, **kw)
+            choice = out["choices"][0]
+            text = choice["text"]
+        usage = out.get("usage") or {}
+        return Sample(
+            text,
+            usage.get("prompt_tokens"),
+            usage.get("completion_tokens"),
+            time.perf_counter() - t0,
+            choice.get("finish_reason"),
+        )
+
+    async def generate(self, prompt: str | list[dict[str, Any]], params: SamplingParams) -> Sample:
+        assert self._lock is not None, "use the backend inside 'async with'"
+        async with self._lock:
+            return await asyncio.to_thread(self.generate_sync, prompt, params)
+
+
+def make_backend(spec: str, api_key_env: str | None = None, **http_kw: Any) -> HTTPBackend | LocalBackend:
+    """SPEC: ``MODEL@BASE_URL`` (HTTP), a named local model, or a path to a ``.gguf`` file."""
+    if "@" in spec and "://" in spec:
+        return HTTPBackend.from_spec(spec, api_key_env=api_key_env, **http_kw)
+    return LocalBackend(spec)

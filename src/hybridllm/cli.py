@@ -283,7 +283,7 @@ def collect(
 
     from tqdm.auto import tqdm
 
-    from .backends import HTTPBackend, SamplingParams
+    from .backends import SamplingParams, make_backend
     from .collect import collect_async
     from .table import read_table
 
