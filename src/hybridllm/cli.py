@@ -296,9 +296,9 @@ def collect(
         name, sep, spec = item.partition("=")
         if not sep or not name:
             _fail(f"--model: expected NAME=SPEC, got {item!r}")
-        if "@" not in spec:
-            _fail(f"--model {name}: only MODEL@BASE_URL backends are available in this release, got {spec!r}")
-        backends[name] = HTTPBackend.from_spec(
+        if not spec:
+            _fail(f"--model {name}: empty SPEC (MODEL@BASE_URL, a local model name, or a .gguf path)")
+        backends[name] = make_backend(
             spec, api_key_env=api_key_env, concurrency=concurrency, timeout_s=timeout, endpoint=endpoint
         )
     rows = read_table(prompts)[:limit]
