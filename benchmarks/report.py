@@ -1,0 +1,58 @@
+"""Turn benchmark JSON into the Markdown tables pasted into README.md.
+
+python benchmarks/report.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def routing_quality() -> str:
+    d = json.loads((RESULTS / "routing_quality.json").read_text())
+    out = []
+    for p in d["pairs"]:
+        out.append(
+            f"\n**{p['small']} → {p['large']}** (test n = {p['n_test']}; "
+            f"Q_small {p['Q_small']:.3f}, Q_large {p['Q_large']:.3f})\n"
+        )
+        out.append("| method | APGR | QD @ CA 20% | QD @ CA 40% | CA @ QD ≤ 1% | CA @ QD ≤ 5% |")
+        out.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for name, m in p["methods"].items():
+            bold = "**" if "default" in name else ""
+            out.append(
+                f"| {bold}{name}{bold} | {bold}{m['apgr']:.3f}{bold} | {m['quality_drop_at_cost_advantage']['20']:.2f} "
+                f"| {m['quality_drop_at_cost_advantage']['40']:.2f} | {m['cost_advantage_at_quality_drop']['1']:.1f} "
+                f"| {m['cost_advantage_at_quality_drop']['5']:.1f} |"
+            )
+        if "default_vs_best_peer" in p:
+            v = p["default_vs_best_peer"]
+            out.append(
+                f"\nDefault − best peer ({v['peer']}): {v['apgr_diff']:+.4f} APGR "
+                f"(paired bootstrap 95% CI {v['bootstrap_95ci'][0]:+.3f} … {v['bootstrap_95ci'][1]:+.3f})."
+            )
+    return "\n".join(out)
+
+
+def router_speed() -> str:
+    d = json.loads((RESULTS / "router_speed.json").read_text())
+    out = [
+        "| encoder | median tokens | decision p50 | p99 | batch 64 throughput | train 10k rows (cold) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in d["results"]:
+        train = f"{r['train_seconds_cold_cache']:.0f} s" if "train_seconds_cold_cache" in r else "not run"
+        out.append(
+            f"| {r['encoder']} | {r['prompt_tokens_median']:.0f} | {r['single_p50_ms']:.2f} ms "
+            f"| {r['single_p99_ms']:.2f} ms | {r['batch64_prompts_per_s']:.0f} prompts/s | {train} |"
+        )
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(routing_quality())
+    print()
+    print(router_speed())
