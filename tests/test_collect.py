@@ -31,12 +31,12 @@ def prompts(tmp_path):
     return p
 
 
+CLI = [sys.executable, "-m", "hybridllm.cli", "collect"]
+
+
 def cmd(prompts, upstream, output, samples=3):
     return [
-        sys.executable,
-        "-m",
-        "hybridllm.cli",
-        "collect",
+        *CLI,
         str(prompts),
         "--model",
         f"small=tiny@{upstream.url}",
@@ -106,10 +106,7 @@ def test_kill_9_at_random_points_then_resume_equals_uninterrupted_run(prompts, u
 def test_collect_errors_are_one_line(prompts, tmp_path):
     p = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "hybridllm.cli",
-            "collect",
+            *CLI,
             str(prompts),
             "--model",
             "small",

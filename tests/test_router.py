@@ -12,17 +12,22 @@ from hybridllm.metrics import expected_quality
 from .conftest import LARGE, SMALL
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, cache_env, mmlu_slice):
-    rows = read_table(mmlu_slice)
-    out = tmp_path_factory.mktemp("router") / "r"
-    opts = TrainOptions(
+def quick_options() -> TrainOptions:
+    """A small but real configuration: 2 members, 8 epochs, the default static encoder."""
+    return TrainOptions(
         small=SMALL,
         large=LARGE,
         labels="trans",
         max_length=128,
         head=HeadConfig(members=2, epochs=8, extra=["log_tokens"]),
     )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_env, mmlu_slice):
+    rows = read_table(mmlu_slice)
+    out = tmp_path_factory.mktemp("router") / "r"
+    opts = quick_options()
     res = train_router(rows, opts, out, show_progress=False)
     return res, rows
 
@@ -93,13 +98,7 @@ def test_calibration_meets_target_on_validation(trained):
 
 def test_training_is_repeatable(trained, tmp_path):
     res, rows = trained
-    opts = TrainOptions(
-        small=SMALL,
-        large=LARGE,
-        labels="trans",
-        max_length=128,
-        head=HeadConfig(members=2, epochs=8, extra=["log_tokens"]),
-    )
+    opts = quick_options()
     again = train_router(rows, opts, tmp_path / "again", show_progress=False)
     np.testing.assert_allclose(again.val_scores, res.val_scores, atol=1e-6)
 
