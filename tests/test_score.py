@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from hybridllm.score import choice, exact_match, extract_choice, extract_final_number, rouge_l, score_rows
+from hybridllm.score import (
+    choice,
+    embedding_similarity_batch,
+    exact_match,
+    extract_choice,
+    extract_final_number,
+    rouge_l,
+    score_rows,
+)
 from hybridllm.table import TableError
 
 from .conftest import SHARED
@@ -81,3 +89,20 @@ def test_score_rows_fills_quality_and_needs_reference():
         score_rows([{"id": "b", "prompt": "p", "responses": {"s": ["x"]}}], "exact-match")
     with pytest.raises(ValueError, match="unknown metric"):
         score_rows(rows, "bleu")
+
+
+def test_embedding_similarity_orders_paraphrase_above_unrelated(cache_env):
+    row = {"id": "e", "prompt": "p", "reference": "Paris is the capital of France."}
+    same, para, other = embedding_similarity_batch(
+        [
+            ("Paris is the capital of France.", row),
+            ("France's capital city is Paris.", row),
+            ("Photosynthesis converts light into chemical energy.", row),
+        ]
+    )
+    assert same == pytest.approx(1.0, abs=1e-5)
+    assert 0.7 < para < 1.0 and other < 0.3
+    out = score_rows(
+        [{**row, "responses": {"m": ["Paris is the capital of France.", "bananas"]}}], "embedding-similarity"
+    )
+    assert out[0]["quality"]["m"][0] == pytest.approx(1.0, abs=1e-5) and out[0]["quality"]["m"][1] < 0.5

@@ -329,7 +329,7 @@ def collect(
 @app.command()
 def score(
     table: Annotated[Path, typer.Argument(help="table with responses")],
-    metric: Annotated[str, typer.Option(help="exact-match, choice or rouge-l")],
+    metric: Annotated[str, typer.Option(help="exact-match, choice, rouge-l or embedding-similarity")],
     output: Annotated[Path, typer.Option(help="table to write with quality filled in")],
 ) -> None:
     """Turn responses into per-sample quality with a metric."""

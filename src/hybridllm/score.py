@@ -95,19 +95,56 @@ METRICS: dict[str, Callable[[str, Row], float]] = {
 }
 
 
+def embedding_similarity_batch(pairs: Sequence[tuple[str, Row]], encoder: str | None = None) -> list[float]:
+    """Cosine similarity of response and reference embeddings (all-MiniLM-L6-v2 by default, the
+    router's encoder family; any local HF encoder directory works), in one batched pass."""
+    import numpy as np
+
+    from .encoder import TransformerEncoder
+
+    if not pairs:
+        return []
+    refs = [_require_reference(row, "embedding-similarity") for _, row in pairs]
+    enc = _ENCODERS.get(encoder)
+    if enc is None:
+        enc = _ENCODERS[encoder] = TransformerEncoder(encoder)
+    vecs = enc.encode([r for r, _ in pairs] + refs)
+    a, b = vecs[: len(pairs)], vecs[len(pairs) :]
+    return [float(x) for x in np.clip((a * b).sum(axis=1), -1.0, 1.0)]
+
+
+_ENCODERS: dict[str | None, Any] = {}
+
+BATCH_METRICS: dict[str, Callable[[Sequence[tuple[str, Row]]], list[float]]] = {
+    "embedding-similarity": embedding_similarity_batch,
+}
+
+
+def available_metrics() -> list[str]:
+    return sorted([*METRICS, *BATCH_METRICS])
+
+
 def score_rows(rows: Sequence[Row], metric: str, models: Sequence[str] | None = None) -> list[Row]:
     """Return copies of the rows with ``quality[model]`` computed from ``responses[model]``."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; available: {', '.join(sorted(METRICS))}")
-    fn = METRICS[metric]
-    out = []
-    for row in rows:
-        new = dict(row)
-        quality = dict(row.get("quality", {}))
+    if metric not in METRICS and metric not in BATCH_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; available: {', '.join(available_metrics())}")
+    slots: list[tuple[int, str]] = []
+    pairs: list[tuple[str, Row]] = []
+    for i, row in enumerate(rows):
         for model, responses in row.get("responses", {}).items():
             if models is not None and model not in models:
                 continue
-            quality[model] = [fn(r, row) for r in responses]
-        new["quality"] = quality
-        out.append(new)
+            slots.append((i, model))
+            pairs.extend((r, row) for r in responses)
+    if metric in METRICS:
+        fn = METRICS[metric]
+        values = [fn(r, row) for r, row in pairs]
+    else:
+        values = BATCH_METRICS[metric](pairs)
+    out = [dict(row, quality=dict(row.get("quality", {}))) for row in rows]
+    pos = 0
+    for i, model in slots:
+        n = len(rows[i]["responses"][model])
+        out[i]["quality"][model] = values[pos : pos + n]
+        pos += n
     return out
