@@ -130,3 +130,19 @@ def test_journal_drops_a_torn_last_line(tmp_path):
     j.append({"id": "a", "model": "s", "k": 1, "text": "y"})
     j.close()
     assert set(Journal(p).done) == {("a", "s", 0), ("a", "s", 1)}
+
+
+def test_template_wraps_what_is_sent_not_what_is_stored(prompts, upstream, tmp_path):
+    out = tmp_path / "t.jsonl"
+    c = [*cmd(prompts, upstream, out, samples=1), "--template", "Solve; end with #### N.\n\n{prompt}", "--limit", "2"]
+    subprocess.run(c, check=True, capture_output=True, timeout=120)
+    rows = read_table(out)
+    assert len(rows) == 2 and rows[0]["prompt"].startswith("Janet")
+    assert all(
+        b["messages"][0]["content"].startswith("Solve; end with #### N.\n\nJanet")
+        or not b["messages"][0]["content"].endswith(rows[0]["prompt"])
+        for b in upstream.requests
+    )
+    assert any(
+        b["messages"][0]["content"] == "Solve; end with #### N.\n\n" + rows[0]["prompt"] for b in upstream.requests
+    )

@@ -276,6 +276,9 @@ def collect(
     api_key_env: Annotated[str | None, typer.Option(help="environment variable holding the API key")] = None,
     endpoint: Annotated[str, typer.Option(help="chat or completion")] = "chat",
     limit: Annotated[int | None, typer.Option(help="only the first N prompts")] = None,
+    template: Annotated[
+        str | None, typer.Option(help="wrap string prompts, e.g. 'Solve step by step; end with #### N.\\n\\n{prompt}'")
+    ] = None,
 ) -> None:
     """Sample responses from each model for every prompt; safe to kill and rerun (it resumes)."""
     import asyncio
@@ -302,6 +305,15 @@ def collect(
             spec, api_key_env=api_key_env, concurrency=concurrency, timeout_s=timeout, endpoint=endpoint
         )
     rows = read_table(prompts)[:limit]
+    if template is not None:
+        if "{prompt}" not in template:
+            _fail("--template must contain {prompt}")
+        sent = [
+            dict(r, prompt=template.replace("{prompt}", r["prompt"])) if isinstance(r["prompt"], str) else r
+            for r in rows
+        ]
+    else:
+        sent = rows
     params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     total = len(rows) * len(backends) * samples
     disable = os.environ.get("HYBRIDLLM_NO_PROGRESS") == "1"
@@ -317,7 +329,7 @@ def collect(
     journal = output.with_name(output.name + ".journal.jsonl")
     if journal.exists():
         _progress(f"resuming from {journal}")
-    _, stats = asyncio.run(collect_async(rows, backends, output, samples, params, seed, on_sample))
+    _, stats = asyncio.run(collect_async(sent, backends, output, samples, params, seed, on_sample, keep=rows))
     bar.update(stats.resumed)
     bar.close()
     out.print(

@@ -82,7 +82,10 @@ async def collect_async(
     params: SamplingParams,
     seed: int = 0,
     on_sample: Callable[[dict[str, Any]], None] | None = None,
+    keep: Sequence[Row] | None = None,
 ) -> tuple[list[Row], CollectStats]:
+    """Sample every (row, model, k) not yet journaled. ``keep``: the rows to write into the table (the
+    originals, when ``rows`` carry templated prompts), same order and ids as ``rows``."""
     journal_path = output.with_name(output.name + ".journal.jsonl")
     output.parent.mkdir(parents=True, exist_ok=True)
     journal = Journal(journal_path)
@@ -112,7 +115,7 @@ async def collect_async(
             await asyncio.gather(*(one(r, m, k) for r, m, k in todo))
     finally:
         journal.close()
-    out_rows = assemble(rows, journal.done, list(backends), samples)
+    out_rows = assemble(keep if keep is not None else rows, journal.done, list(backends), samples)
     write_table(out_rows, output)
     journal_path.unlink()
     return out_rows, stats
