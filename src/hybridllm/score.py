@@ -69,8 +69,10 @@ def choice(response: str, row: Row) -> float:
 
 def rouge_l(response: str, row: Row) -> float:
     """ROUGE-L F-measure against the reference (Google's rouge-score package, with stemming)."""
-    from rouge_score import rouge_scorer
-
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError:
+        raise ValueError("metric rouge-l needs the rouge-score package: pip install 'hybridllm[score]'") from None
     ref = _require_reference(row, "rouge-l")
     scorer = _ROUGE.get("s")
     if scorer is None:
