@@ -23,6 +23,7 @@ class FakeOpenAI:
         self.faults: deque[str] = deque()
         self.requests: list[dict[str, Any]] = []
         self.delay = 0.0  # seconds before every answer
+        self.reply: Any = None  # optional callable(prompt) -> text, instead of the echo
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self._chat)
         self.app.post("/v1/completions")(self._completion)
@@ -75,7 +76,7 @@ class FakeOpenAI:
         if fault is not None:
             return fault
         prompt = body["messages"][-1]["content"]
-        text = f"echo:{prompt}#{body.get('seed')}"
+        text = self.reply(prompt) if self.reply else f"echo:{prompt}#{body.get('seed')}"
         return {
             "id": "chatcmpl-1",
             "object": "chat.completion",

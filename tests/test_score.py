@@ -106,3 +106,23 @@ def test_embedding_similarity_orders_paraphrase_above_unrelated(cache_env):
         [{**row, "responses": {"m": ["Paris is the capital of France.", "bananas"]}}], "embedding-similarity"
     )
     assert out[0]["quality"]["m"][0] == pytest.approx(1.0, abs=1e-5) and out[0]["quality"]["m"][1] < 0.5
+
+
+def test_judge_over_a_real_http_backend_parses_and_retries():
+    from hybridllm.backends import HTTPBackend
+    from hybridllm.score import parse_rating
+
+    from .fake_openai import FakeOpenAI
+
+    assert [parse_rating(t) for t in ("Rating: 8", "[[7]]", "9/10", "Score - 9.5", "no idea")] == [8, 7, 9, 9.5, None]
+    replies = {"good": iter(["Rating: 10"]), "bad": iter(["hmm, hard to say", "Rating: 1"]), "mid": iter(["[[5]]"])}
+    with FakeOpenAI() as up:
+        up.reply = lambda prompt: next(replies[prompt.split("Assistant's answer:\n")[1].split("\n")[0]])
+        row = {"id": "j", "prompt": "What is 2+2?", "reference": "4", "responses": {"m": ["good", "bad", "mid"]}}
+        out = score_rows([row], "judge", judge=HTTPBackend.from_spec(f"judge@{up.url}", backoff_s=0.01))
+        assert out[0]["quality"]["m"] == pytest.approx([1.0, 0.0, 4 / 9])
+        assert all(b["temperature"] == 0.0 for b in up.requests) and len(up.requests) == 4
+        assert "What is 2+2?" in up.requests[0]["messages"][0]["content"]
+        up.reply = lambda prompt: "no number at all"
+        with pytest.raises(ValueError, match="judge gave no 1-10 rating"):
+            score_rows([row], "judge", judge=HTTPBackend.from_spec(f"judge@{up.url}", backoff_s=0.01))

@@ -341,14 +341,18 @@ def collect(
 @app.command()
 def score(
     table: Annotated[Path, typer.Argument(help="table with responses")],
-    metric: Annotated[str, typer.Option(help="exact-match, choice, rouge-l or embedding-similarity")],
+    metric: Annotated[str, typer.Option(help="exact-match, choice, rouge-l, embedding-similarity or judge")],
     output: Annotated[Path, typer.Option(help="table to write with quality filled in")],
+    judge: Annotated[str | None, typer.Option(help="judge backend SPEC for --metric judge")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="environment variable with the judge's API key")] = None,
 ) -> None:
     """Turn responses into per-sample quality with a metric."""
+    from .backends import make_backend
     from .score import score_rows
     from .table import read_table, write_table
 
-    rows = score_rows(read_table(table), metric)
+    judge_backend = make_backend(judge, api_key_env=api_key_env) if judge else None
+    rows = score_rows(read_table(table), metric, judge=judge_backend)
     write_table(rows, output)
     out.print(f"wrote {output}: {len(rows)} rows scored with {metric}")
 

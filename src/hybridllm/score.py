@@ -117,18 +117,84 @@ def embedding_similarity_batch(pairs: Sequence[tuple[str, Row]], encoder: str | 
 
 _ENCODERS: dict[str | None, Any] = {}
 
+JUDGE_RUBRIC = """You are grading an AI assistant's answer.
+Question:
+{prompt}
+
+Reference answer (may be empty):
+{reference}
+
+Assistant's answer:
+{response}
+
+Rate the answer's correctness and helpfulness on a scale of 1 to 10.
+Reply with the rating first, in the form "Rating: N"."""
+
+
+def parse_rating(text: str, low: int = 1, high: int = 10) -> float | None:
+    """A 1–10 rating from a judge's free text: 'Rating: 8', '[[7]]', '8/10', 'Score - 9.5', else the
+    first number in range. None when the judge gave no usable number."""
+    patterns = (
+        r"rating\s*[:=\-]?\s*\[*\s*(\d+(?:\.\d+)?)",
+        r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]",
+        r"(\d+(?:\.\d+)?)\s*/\s*10\b",
+        r"score\s*[:=\-]?\s*(\d+(?:\.\d+)?)",
+    )
+    for p in patterns:
+        m = re.search(p, text, flags=re.IGNORECASE)
+        if m and low <= float(m.group(1)) <= high:
+            return float(m.group(1))
+    for m in re.finditer(r"(?<![\d.])(\d+(?:\.\d+)?)(?![\d.])", text):
+        if low <= float(m.group(1)) <= high:
+            return float(m.group(1))
+    return None
+
+
+def judge_batch(
+    pairs: Sequence[tuple[str, Row]], backend: Any, rubric: str = JUDGE_RUBRIC, retries: int = 2
+) -> list[float]:
+    """LLM-as-judge over any backend: each response rated 1–10, mapped to [0, 1] as (r - 1) / 9.
+    A reply without a rating is asked again (greedy, new seed); still none is an error, not a guess."""
+    import asyncio
+
+    from .backends import SamplingParams
+
+    async def rate(response: str, row: Row) -> float:
+        from .table import prompt_text
+
+        msg = rubric.format(prompt=prompt_text(row["prompt"]), reference=row.get("reference", ""), response=response)
+        last = ""
+        for attempt in range(retries + 1):
+            s = await backend.generate(msg, SamplingParams(temperature=0.0, max_tokens=64, seed=attempt))
+            r = parse_rating(s.text)
+            if r is not None:
+                return (r - 1.0) / 9.0
+            last = s.text[:80]
+        raise ValueError(f"row {row.get('id')!r}: judge gave no 1-10 rating after {retries + 1} tries ({last!r})")
+
+    async def run() -> list[float]:
+        async with backend:
+            return list(await asyncio.gather(*(rate(r, row) for r, row in pairs)))
+
+    return asyncio.run(run()) if pairs else []
+
+
 BATCH_METRICS: dict[str, Callable[[Sequence[tuple[str, Row]]], list[float]]] = {
     "embedding-similarity": embedding_similarity_batch,
 }
 
 
 def available_metrics() -> list[str]:
-    return sorted([*METRICS, *BATCH_METRICS])
+    return sorted([*METRICS, *BATCH_METRICS, "judge"])
 
 
-def score_rows(rows: Sequence[Row], metric: str, models: Sequence[str] | None = None) -> list[Row]:
-    """Return copies of the rows with ``quality[model]`` computed from ``responses[model]``."""
-    if metric not in METRICS and metric not in BATCH_METRICS:
+def score_rows(rows: Sequence[Row], metric: str, models: Sequence[str] | None = None, judge: Any = None) -> list[Row]:
+    """Return copies of the rows with ``quality[model]`` computed from ``responses[model]``.
+    ``judge``: the backend for the ``judge`` metric."""
+    if metric == "judge":
+        if judge is None:
+            raise ValueError("metric judge needs a judge backend (--judge SPEC)")
+    elif metric not in METRICS and metric not in BATCH_METRICS:
         raise ValueError(f"unknown metric {metric!r}; available: {', '.join(available_metrics())}")
     slots: list[tuple[int, str]] = []
     pairs: list[tuple[str, Row]] = []
@@ -138,7 +204,9 @@ def score_rows(rows: Sequence[Row], metric: str, models: Sequence[str] | None = 
                 continue
             slots.append((i, model))
             pairs.extend((r, row) for r in responses)
-    if metric in METRICS:
+    if metric == "judge":
+        values = judge_batch(pairs, judge)
+    elif metric in METRICS:
         fn = METRICS[metric]
         values = [fn(r, row) for r, row in pairs]
     else:
