@@ -341,9 +341,15 @@ def collect(
 @app.command()
 def score(
     table: Annotated[Path, typer.Argument(help="table with responses")],
-    metric: Annotated[str, typer.Option(help="exact-match, choice, rouge-l, embedding-similarity or judge")],
+    metric: Annotated[
+        str, typer.Option(help="exact-match, choice, rouge-l, embedding-similarity, bartscore, reward-model or judge")
+    ],
     output: Annotated[Path, typer.Option(help="table to write with quality filled in")],
     judge: Annotated[str | None, typer.Option(help="judge backend SPEC for --metric judge")] = None,
+    model_path: Annotated[
+        str | None,
+        typer.Option(help="local checkpoint for bartscore / reward-model (encoder for embedding-similarity)"),
+    ] = None,
     api_key_env: Annotated[str | None, typer.Option(help="environment variable with the judge's API key")] = None,
 ) -> None:
     """Turn responses into per-sample quality with a metric."""
@@ -352,7 +358,7 @@ def score(
     from .table import read_table, write_table
 
     judge_backend = make_backend(judge, api_key_env=api_key_env) if judge else None
-    rows = score_rows(read_table(table), metric, judge=judge_backend)
+    rows = score_rows(read_table(table), metric, judge=judge_backend, model_path=model_path)
     write_table(rows, output)
     out.print(f"wrote {output}: {len(rows)} rows scored with {metric}")
 

@@ -179,8 +179,87 @@ def judge_batch(
     return asyncio.run(run()) if pairs else []
 
 
-BATCH_METRICS: dict[str, Callable[[Sequence[tuple[str, Row]]], list[float]]] = {
+def _load_hf(path: str | None, kind: str) -> tuple[Any, Any]:
+    """A local Hugging Face checkpoint (never downloaded), cached per process."""
+    from pathlib import Path
+
+    if not path or not Path(path).is_dir():
+        raise ValueError(f"metric {kind} needs a local checkpoint directory (--model-path), got {path!r}")
+    key = (kind, str(path))
+    if key not in _HF:
+        import transformers
+        from transformers import AutoTokenizer
+
+        transformers.logging.set_verbosity_error()
+        cls = (
+            transformers.AutoModelForSeq2SeqLM
+            if kind == "bartscore"
+            else transformers.AutoModelForSequenceClassification
+        )
+        _HF[key] = (AutoTokenizer.from_pretrained(path), cls.from_pretrained(path).eval())
+    return _HF[key]
+
+
+_HF: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
+def bartscore_batch(
+    pairs: Sequence[tuple[str, Row]], model_path: str | None = None, batch_size: int = 16
+) -> list[float]:
+    """BARTScore (Yuan et al., 2021), the paper's metric: mean log-likelihood per token of the
+    reference given the response under a BART model, log p(reference | response). Higher is better
+    (values are <= 0). Any local BART-style seq2seq checkpoint path works."""
+    import torch
+
+    tok, model = _load_hf(model_path, "bartscore")
+    out: list[float] = []
+    with torch.inference_mode():
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i : i + batch_size]
+            src = tok([r for r, _ in chunk], return_tensors="pt", padding=True, truncation=True, max_length=1024)
+            refs = [_require_reference(row, "bartscore") for _, row in chunk]
+            tgt = tok(text_target=refs, return_tensors="pt", padding=True, truncation=True, max_length=1024)
+            labels = tgt["input_ids"].masked_fill(tgt["attention_mask"] == 0, -100)
+            logits = model(input_ids=src["input_ids"], attention_mask=src["attention_mask"], labels=labels).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            mask = labels != -100
+            tok_lp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+            out.extend((tok_lp.sum(-1) / mask.sum(-1).clamp(min=1)).tolist())
+    return out
+
+
+def reward_model_batch(
+    pairs: Sequence[tuple[str, Row]], model_path: str | None = None, batch_size: int = 16
+) -> list[float]:
+    """A reward model's score of (prompt, response): the single logit for 1-label heads, else the
+    probability of the last (positive) label. Any local sequence-classification checkpoint."""
+    import torch
+
+    from .table import prompt_text
+
+    tok, model = _load_hf(model_path, "reward-model")
+    out: list[float] = []
+    with torch.inference_mode():
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i : i + batch_size]
+            enc = tok(
+                [prompt_text(row["prompt"]) for _, row in chunk],
+                [r for r, _ in chunk],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=512,
+            )
+            logits = model(**enc).logits.float()
+            vals = logits[:, 0] if logits.shape[-1] == 1 else torch.softmax(logits, -1)[:, -1]
+            out.extend(vals.tolist())
+    return out
+
+
+BATCH_METRICS: dict[str, Callable[..., list[float]]] = {
     "embedding-similarity": embedding_similarity_batch,
+    "bartscore": bartscore_batch,
+    "reward-model": reward_model_batch,
 }
 
 
@@ -188,9 +267,16 @@ def available_metrics() -> list[str]:
     return sorted([*METRICS, *BATCH_METRICS, "judge"])
 
 
-def score_rows(rows: Sequence[Row], metric: str, models: Sequence[str] | None = None, judge: Any = None) -> list[Row]:
+def score_rows(
+    rows: Sequence[Row],
+    metric: str,
+    models: Sequence[str] | None = None,
+    judge: Any = None,
+    model_path: str | None = None,
+) -> list[Row]:
     """Return copies of the rows with ``quality[model]`` computed from ``responses[model]``.
-    ``judge``: the backend for the ``judge`` metric."""
+    ``judge``: the backend for ``judge``; ``model_path``: the checkpoint for ``bartscore`` /
+    ``reward-model`` (or the encoder for ``embedding-similarity``)."""
     if metric == "judge":
         if judge is None:
             raise ValueError("metric judge needs a judge backend (--judge SPEC)")
@@ -209,8 +295,10 @@ def score_rows(rows: Sequence[Row], metric: str, models: Sequence[str] | None = 
     elif metric in METRICS:
         fn = METRICS[metric]
         values = [fn(r, row) for r, row in pairs]
+    elif metric == "embedding-similarity":
+        values = embedding_similarity_batch(pairs, model_path)
     else:
-        values = BATCH_METRICS[metric](pairs)
+        values = BATCH_METRICS[metric](pairs, model_path)
     out = [dict(row, quality=dict(row.get("quality", {}))) for row in rows]
     pos = 0
     for i, model in slots:
