@@ -90,7 +90,8 @@ def test_kill_9_at_random_points_then_resume_equals_uninterrupted_run(prompts, u
         proc.wait()
         if journal.exists():
             lines = [line for line in journal.read_bytes().split(b"\n")[:-1] if line]
-            keys = [tuple(json.loads(x)[k] for k in ("id", "model", "k")) for x in lines]
+            recs = [json.loads(x) for x in lines]
+            keys = [tuple(r[k] for k in ("id", "model", "k")) for r in recs if "_settings" not in r]
             assert len(keys) == len(set(keys)), "a sample was journaled twice"
             progress.append(len(keys))
         if out.exists():
@@ -146,3 +147,23 @@ def test_template_wraps_what_is_sent_not_what_is_stored(prompts, upstream, tmp_p
     assert any(
         b["messages"][0]["content"] == "Solve; end with #### N.\n\n" + rows[0]["prompt"] for b in upstream.requests
     )
+
+
+def test_resuming_with_other_settings_is_refused(prompts, upstream, tmp_path):
+    out = tmp_path / "t.jsonl"
+    journal = tmp_path / "t.jsonl.journal.jsonl"
+    upstream.delay = 0.05
+    proc = subprocess.Popen(cmd(prompts, upstream, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while (not journal.exists() or journal.read_bytes().count(b"\n") < 3) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    changed = [a if a != "0.8" else "0.2" for a in cmd(prompts, upstream, out)]  # another temperature
+    p = subprocess.run(changed, capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "other settings (params differ)" in last
+    upstream.delay = 0.0
+    subprocess.run(cmd(prompts, upstream, out), check=True, capture_output=True, timeout=120)  # same: resumes
+    assert len(read_table(out)) == 20

@@ -373,7 +373,16 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app(standalone_mode=False)
-    except (CLIError, TableError, ArtifactError, EncoderError, CalibrationError, ValueError, OSError) as exc:
+    except (
+        CLIError,
+        TableError,
+        ArtifactError,
+        EncoderError,
+        CalibrationError,
+        ValueError,
+        OSError,
+        RuntimeError,
+    ) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(1)

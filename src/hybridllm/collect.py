@@ -35,15 +35,32 @@ def sample_seed(seed: int, row_id: str, model: str, k: int) -> int:
     return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
 
 
-class Journal:
-    """Append-only, fsynced JSONL of finished samples keyed by (id, model, k)."""
+class JournalMismatch(ValueError):
+    """A journal from a run with other settings: resuming it would mix samples of two experiments."""
 
-    def __init__(self, path: Path) -> None:
+
+class Journal:
+    """Append-only, fsynced JSONL of finished samples keyed by (id, model, k). The first line records
+    the run's settings; resuming with different settings is refused."""
+
+    def __init__(self, path: Path, settings: dict[str, Any] | None = None) -> None:
         self.path = path
         self.done: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self.settings: dict[str, Any] | None = None
         if path.exists():
             self._recover()
+        if settings is not None and self.settings is not None and self.settings != settings:
+            changed = sorted(
+                k for k in set(settings) | set(self.settings) if settings.get(k) != self.settings.get(k)
+            )
+            raise JournalMismatch(
+                f"{path}: written by a run with other settings ({', '.join(changed)} differ); "
+                "rerun the original command, or delete the journal to start over"
+            )
         self._fh = path.open("ab")
+        if settings is not None and self.settings is None:
+            self.settings = settings
+            self._write({"_settings": settings})
 
     def _recover(self) -> None:
         data = self.path.read_bytes()
@@ -55,12 +72,18 @@ class Journal:
             if not line.strip():
                 continue
             rec = json.loads(line)
+            if "_settings" in rec:
+                self.settings = rec["_settings"]
+                continue
             self.done.setdefault((rec["id"], rec["model"], int(rec["k"])), rec)
 
-    def append(self, rec: dict[str, Any]) -> None:
+    def _write(self, rec: dict[str, Any]) -> None:
         self._fh.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
         self._fh.flush()
         os.fsync(self._fh.fileno())
+
+    def append(self, rec: dict[str, Any]) -> None:
+        self._write(rec)
         self.done[(rec["id"], rec["model"], int(rec["k"]))] = rec
 
     def close(self) -> None:
@@ -88,7 +111,19 @@ async def collect_async(
     originals, when ``rows`` carry templated prompts), same order and ids as ``rows``."""
     journal_path = output.with_name(output.name + ".journal.jsonl")
     output.parent.mkdir(parents=True, exist_ok=True)
-    journal = Journal(journal_path)
+    settings = {
+        "models": {
+            name: getattr(b, "spec", None) or f"{getattr(b, 'model', '')}@{getattr(b, 'base_url', '')}"
+            for name, b in backends.items()
+        },
+        "samples": samples,
+        "seed": seed,
+        "params": {k: v for k, v in params.__dict__.items() if k != "seed"},
+        "prompts_digest": hashlib.sha256(
+            json.dumps([[r["id"], r["prompt"]] for r in rows], ensure_ascii=False).encode()
+        ).hexdigest()[:16],
+    }
+    journal = Journal(journal_path, settings)
     stats = CollectStats(resumed=len(journal.done))
     todo = [(r, m, k) for r in rows for m in backends for k in range(samples) if (r["id"], m, k) not in journal.done]
     try:
