@@ -150,6 +150,9 @@ class HTTPBackend:
         )
 
 
+_CPU_LOCKS: dict[int, asyncio.Lock] = {}
+
+
 @dataclass
 class LocalBackend:
     """A GGUF model run in-process by llama-cpp-python (extra ``[local]``): a named local model
@@ -192,7 +195,10 @@ class LocalBackend:
         return self._llm
 
     async def __aenter__(self) -> LocalBackend:
-        self._lock = asyncio.Lock()
+        # one generation at a time across all in-process models: two models decoding at once on a
+        # small CPU only fight over the same cores (and llama.cpp already uses all of them)
+        loop_id = id(asyncio.get_running_loop())
+        self._lock = _CPU_LOCKS.setdefault(loop_id, asyncio.Lock())
         await asyncio.to_thread(self.load)
         return self
 
