@@ -182,7 +182,7 @@ def calibrate(
         _fail("give exactly one of --max-quality-drop or --cost-advantage")
     router = Router(router_dir)
     pair = select_pair(read_table(table), router.small, router.large)
-    scores = router.score([r["prompt"] for r in pair.rows])
+    scores = router.score([r["prompt"] for r in pair.rows], show_progress=len(pair.rows) > 256)
     qs, ql = expected_quality(pair.rows, router.small, router.large)
     tab = calibration_table(scores, qs, ql)
     if max_quality_drop is not None:

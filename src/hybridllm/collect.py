@@ -50,9 +50,7 @@ class Journal:
         if path.exists():
             self._recover()
         if settings is not None and self.settings is not None and self.settings != settings:
-            changed = sorted(
-                k for k in set(settings) | set(self.settings) if settings.get(k) != self.settings.get(k)
-            )
+            changed = sorted(k for k in set(settings) | set(self.settings) if settings.get(k) != self.settings.get(k))
             raise JournalMismatch(
                 f"{path}: written by a run with other settings ({', '.join(changed)} differ); "
                 "rerun the original command, or delete the journal to start over"

@@ -17,7 +17,7 @@ from .table import Row, select_pair
 def evaluate_router(router: Router, rows: Sequence[Row]) -> tuple[dict[str, Any], list[Row], np.ndarray, int]:
     """Score every row that has both models' quality; returns (report, rows used, scores, skipped)."""
     pair = select_pair(rows, router.small, router.large)
-    scores = router.score([r["prompt"] for r in pair.rows])
+    scores = router.score([r["prompt"] for r in pair.rows], show_progress=len(pair.rows) > 256)
     qs, ql = expected_quality(pair.rows, router.small, router.large)
     report = evaluate_scores(scores, qs, ql)
     ordered = {"n": report["n"], "small": router.small, "large": router.large, "skipped": pair.skipped}

@@ -93,10 +93,13 @@ class Router:
     def large(self) -> str:
         return self.config["large"]
 
-    def score(self, prompts: Sequence[str | list[dict[str, Any]]], batch_size: int = 64) -> np.ndarray:
+    def score(
+        self, prompts: Sequence[str | list[dict[str, Any]]], batch_size: int = 64, show_progress: bool = False
+    ) -> np.ndarray:
         """p(x) per prompt: the predicted chance that the small model's answer is good enough."""
         texts = [prompt_text(p, self.turns) for p in prompts]
-        return self.head.predict(featurize(self.encoder, texts, self.extra, batch_size=batch_size))
+        feats = featurize(self.encoder, texts, self.extra, batch_size=batch_size, show_progress=show_progress)
+        return self.head.predict(feats)
 
     def threshold(
         self,
