@@ -7,6 +7,7 @@ faults is consumed one per request (429 with Retry-After, 500, a slow answer, a 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -15,7 +16,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 
 class FakeOpenAI:
@@ -24,6 +25,7 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
         self.delay = 0.0  # seconds before every answer
         self.reply: Any = None  # optional callable(prompt) -> text, instead of the echo
+        self.stream_delay = 0.0
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self._chat)
         self.app.post("/v1/completions")(self._completion)
@@ -64,6 +66,9 @@ class FakeOpenAI:
             return PlainTextResponse("{not json", status_code=200)
         if f == "nochoices":
             return JSONResponse({"object": "chat.completion", "choices": []})
+        if f == "midstream":
+            self.faults.appendleft(f)  # consumed by the stream itself
+            return None
         if f.startswith("sleep:"):
             await asyncio.sleep(float(f.split(":")[1]))
             return None
@@ -77,6 +82,8 @@ class FakeOpenAI:
             return fault
         prompt = body["messages"][-1]["content"]
         text = self.reply(prompt) if self.reply else f"echo:{prompt}#{body.get('seed')}"
+        if body.get("stream"):
+            return StreamingResponse(self._sse(body["model"], text), media_type="text/event-stream")
         return {
             "id": "chatcmpl-1",
             "object": "chat.completion",
@@ -89,6 +96,32 @@ class FakeOpenAI:
                 "total_tokens": len(prompt.split()) + len(text.split()),
             },
         }
+
+    async def _sse(self, model: str, text: str) -> Any:
+        words = text.split(" ")
+        midstream = bool(self.faults) and self.faults[0] == "midstream"
+        if midstream:
+            self.faults.popleft()
+        for i, w in enumerate(words):
+            if midstream and i == 2:
+                raise RuntimeError("upstream died mid-stream")
+            chunk = {
+                "id": "chatcmpl-s",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": {"content": (" " if i else "") + w}, "finish_reason": None}],
+            }
+            yield f"data: {json.dumps(chunk)}\n\n"
+            await asyncio.sleep(self.stream_delay)
+        end = {
+            "id": "chatcmpl-s",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
+        yield f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n"
 
     async def _completion(self, request: Request) -> Any:
         body = await request.json()

@@ -1,0 +1,188 @@
+"""The routing proxy with the official openai client, against real upstream HTTP servers."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from hybridllm import Router, TrainOptions, read_table, train_router
+from hybridllm.head import HeadConfig
+from hybridllm.serve import ServeOptions, Upstream, create_app
+
+from .conftest import LARGE, SMALL
+from .fake_openai import FakeOpenAI, _free_port
+
+
+@pytest.fixture(scope="module")
+def router(tmp_path_factory, cache_env, mmlu_slice):
+    out = tmp_path_factory.mktemp("serve-router") / "r"
+    opts = TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(members=2, epochs=5, extra=["log_tokens"]))
+    train_router(read_table(mmlu_slice), opts, out, show_progress=False)
+    return Router(out)
+
+
+class Proxy:
+    def __init__(self, app):
+        self.port = _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            assert time.time() < deadline, "proxy did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=5)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+@pytest.fixture
+def stack(router):
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+        s_up.reply = lambda p: f"small says {p}"
+        l_up.reply = lambda p: f"large says {p}"
+        small = Upstream(SMALL, s_up.url, "s-model", timeout_s=2.0)
+        large = Upstream(LARGE, l_up.url, "l-model", timeout_s=2.0)
+        app = create_app(router, small, large, ServeOptions())
+        with Proxy(app) as proxy:
+            yield proxy, s_up, l_up
+
+
+def client(proxy, key="none"):
+    return openai.OpenAI(base_url=proxy.url, api_key=key, max_retries=0)
+
+
+def ask(c, model, text="What is 2+2?", **kw):
+    return c.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": text}], **kw)
+
+
+def test_routing_by_each_knob(stack):
+    proxy, s_up, _ = stack
+    c = client(proxy)
+    r = ask(c, "hybrid-t-0")
+    assert r.headers["x-hybridllm-model"] == SMALL and r.parse().choices[0].message.content.startswith("small says")
+    assert float(r.headers["x-hybridllm-threshold"]) == 0.0 and 0 <= float(r.headers["x-hybridllm-score"]) <= 1
+    r = ask(c, "hybrid-t-1.000001")
+    assert r.headers["x-hybridllm-model"] == LARGE
+    assert ask(c, "small").headers["x-hybridllm-model"] == SMALL
+    assert ask(c, "large").headers["x-hybridllm-model"] == LARGE
+    assert ask(c, LARGE).headers["x-hybridllm-model"] == LARGE
+    assert ask(c, "hybrid-ca-0").headers["x-hybridllm-model"] == LARGE
+    r = ask(c, "hybrid")
+    assert r.headers["x-hybridllm-reason"].startswith("default")
+    # the body field wins over the name
+    r = ask(c, "large", extra_body={"hybridllm": {"threshold": 0}})
+    assert r.headers["x-hybridllm-model"] == SMALL
+    assert s_up.requests[-1]["model"] == "s-model" and "hybridllm" not in s_up.requests[-1]
+
+
+def test_unknown_model_lists_valid_names(stack):
+    proxy, *_ = stack
+    with pytest.raises(openai.NotFoundError) as info:
+        ask(client(proxy), "gpt-9")
+    assert "hybrid-qd-<pct>" in str(info.value)
+    models = [m.id for m in client(proxy).models.list()]
+    assert {"hybrid", "small", "large", SMALL, LARGE} <= set(models)
+
+
+def test_streaming_chunk_by_chunk_and_tools_passthrough(stack):
+    proxy, s_up, _ = stack
+    c = client(proxy)
+    stream = c.chat.completions.create(
+        model="small", messages=[{"role": "user", "content": "one two three"}], stream=True
+    )
+    parts = [ch.choices[0].delta.content for ch in stream if ch.choices and ch.choices[0].delta.content]
+    assert "".join(parts) == "small says one two three" and len(parts) == 5
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    ask(c, "small", tools=tools, stop=["x"], n=1, logprobs=True, extra_body={"custom_field": 7})
+    sent = s_up.requests[-1]
+    assert sent["tools"] == tools and sent["stop"] == ["x"] and sent["logprobs"] is True and sent["custom_field"] == 7
+
+
+def test_fallback_on_500_timeout_and_refused(stack, router):
+    proxy, s_up, l_up = stack
+    c = client(proxy)
+    s_up.faults.append("500")
+    r = ask(c, "small")
+    assert r.headers["x-hybridllm-model"] == LARGE and "fallback" in r.headers["x-hybridllm-reason"]
+    s_up.faults.append("sleep:3")  # over the 2 s upstream timeout
+    assert ask(c, "small").headers["x-hybridllm-model"] == LARGE
+    dead = Upstream(SMALL, "http://127.0.0.1:9/v1", "s")
+    app = create_app(router, dead, Upstream(LARGE, l_up.url, "l"), ServeOptions())
+    with Proxy(app) as p2:
+        assert ask(client(p2), "small").headers["x-hybridllm-model"] == LARGE
+    app = create_app(router, dead, Upstream(LARGE, l_up.url, "l"), ServeOptions(fallback=False))
+    with Proxy(app) as p3, pytest.raises(openai.APIStatusError) as info:
+        ask(client(p3), "small")
+    assert info.value.status_code == 502
+
+
+def test_midstream_failure_ends_with_error_event(stack):
+    proxy, s_up, _ = stack
+    s_up.faults.append("midstream")
+    with httpx.stream(
+        "POST",
+        proxy.url + "/chat/completions",
+        timeout=10,
+        json={"model": "small", "stream": True, "messages": [{"role": "user", "content": "a b c d"}]},
+    ) as r:
+        text = "".join(r.iter_text())
+    assert '"upstream_error"' in text and "mid-stream" in text
+
+
+def test_auth_and_bad_requests(router):
+    with FakeOpenAI() as up:
+        app = create_app(
+            router,
+            Upstream(SMALL, up.url, "s"),
+            Upstream(LARGE, up.url, "l"),
+            ServeOptions(api_keys=["k1"], max_body_bytes=2000, max_messages=3),
+        )
+        with Proxy(app) as p:
+            with pytest.raises(openai.AuthenticationError):
+                ask(client(p, "wrong"), "small")
+            assert ask(client(p, "k1"), "small").headers["x-hybridllm-model"] == SMALL
+            h = {"Authorization": "Bearer k1"}
+            for body, status in [
+                (b"{not json", 400),
+                (b"[1]", 400),
+                (b'{"model": 3}', 400),
+                (b'{"model": "small", "messages": []}', 400),
+                (b'{"model": "small", "messages": [1]}', 400),
+                (
+                    b'{"model": "hybrid", "messages": [{"role": "user", "content": "x"}], "hybridllm": {"bogus": 1}}',
+                    400,
+                ),
+            ]:
+                r = httpx.post(p.url + "/chat/completions", content=body, headers=h)
+                assert r.status_code == status and "error" in r.json(), body
+            big = {"model": "small", "messages": [{"role": "user", "content": "x" * 5000}]}
+            assert httpx.post(p.url + "/chat/completions", json=big, headers=h).status_code == 413
+            many = {"model": "small", "messages": [{"role": "user", "content": "x"}] * 4}
+            assert httpx.post(p.url + "/chat/completions", json=many, headers=h).status_code == 400
+
+
+def test_metrics_count_requests(stack):
+    proxy, *_ = stack
+    c = client(proxy)
+    for _ in range(3):
+        ask(c, "small")
+    ask(c, "large")
+    text = httpx.get(proxy.url.replace("/v1", "") + "/metrics").text
+    assert f'hybridllm_requests_total{{model="{SMALL}",status="200"}} 3.0' in text
+    assert f'hybridllm_requests_total{{model="{LARGE}",status="200"}} 1.0' in text
+    assert f'hybridllm_routing_decisions_total{{model="{SMALL}",reason="forced"}} 3.0' in text
+    assert httpx.get(proxy.url.replace("/v1", "") + "/health").json()["status"] == "ok"
