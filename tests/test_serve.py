@@ -186,3 +186,53 @@ def test_metrics_count_requests(stack):
     assert f'hybridllm_requests_total{{model="{LARGE}",status="200"}} 1.0' in text
     assert f'hybridllm_routing_decisions_total{{model="{SMALL}",reason="forced"}} 3.0' in text
     assert httpx.get(proxy.url.replace("/v1", "") + "/health").json()["status"] == "ok"
+
+
+def test_cli_serve_subprocess_with_openai_client(router, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    with FakeOpenAI() as up:
+        up.reply = lambda p: f"up says {p}"
+        port = _free_port()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hybridllm.cli",
+                "serve",
+                "--router",
+                str(router.directory),
+                "--small",
+                f"s@{up.url}",
+                "--large",
+                f"l@{up.url}",
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HYBRIDLLM_NO_PROGRESS": "1"},
+        )
+        try:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert proc.poll() is None and time.time() < deadline, "serve did not come up"
+                time.sleep(0.2)
+            c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+            r = c.chat.completions.with_raw_response.create(
+                model="hybrid-t-0", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert r.parse().choices[0].message.content == "up says hi" and r.headers["x-hybridllm-model"] == SMALL
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        log = proc.stdout.read().decode()
+        assert '"model": "' + SMALL in log  # one structured access-log line per request
+        assert '"prompt"' not in log  # prompt text is not logged unless enabled

@@ -363,6 +363,66 @@ def score(
     out.print(f"wrote {output}: {len(rows)} rows scored with {metric}")
 
 
+@app.command()
+def serve(
+    router_dir: Annotated[Path, typer.Option("--router", help="router artifact")],
+    small: Annotated[str | None, typer.Option(help="small upstream: MODEL@BASE_URL")] = None,
+    large: Annotated[str | None, typer.Option(help="large upstream: MODEL@BASE_URL")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file: small, large, host, port, fallback, ...")] = None,
+    host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8000)")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="env var with the upstreams' API key")] = None,
+    serve_api_key_env: Annotated[
+        str | None, typer.Option(help="env var with comma-separated keys clients must send (Bearer)")
+    ] = None,
+    fallback: Annotated[bool | None, typer.Option(help="retry on the other model when an upstream fails")] = None,
+) -> None:
+    """Serve an OpenAI-compatible endpoint that routes each request to the small or the large model."""
+    import logging
+
+    import uvicorn
+
+    from .router import Router
+    from .serve import ServeOptions, Upstream, create_app
+
+    cfg: dict = {}
+    if config is not None:
+        import tomllib
+
+        try:
+            cfg = tomllib.loads(config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            _fail(f"{config}: {exc}")
+    small = small or cfg.get("small")
+    large = large or cfg.get("large")
+    host = host or cfg.get("host", "127.0.0.1")
+    port = port or int(cfg.get("port", 8000))
+    fallback = cfg.get("fallback", True) if fallback is None else fallback
+    api_key_env = api_key_env or cfg.get("api_key_env")
+    serve_api_key_env = serve_api_key_env or cfg.get("serve_api_key_env")
+    if not small or not large:
+        _fail("give --small and --large (MODEL@BASE_URL), or a --config file naming them")
+    key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and key is None:
+        _fail(f"environment variable {api_key_env} is not set")
+    client_keys: list[str] = []
+    if serve_api_key_env:
+        client_keys = [k for k in os.environ.get(serve_api_key_env, "").split(",") if k]
+        if not client_keys:
+            _fail(f"environment variable {serve_api_key_env} holds no keys")
+    router = Router(router_dir)
+    ups = []
+    for spec, name in ((small, router.small), (large, router.large)):
+        model, sep, url = str(spec).partition("@")
+        if not sep or "://" not in url:
+            _fail(f"upstream {spec!r}: expected MODEL@BASE_URL (in-process local models are not served yet)")
+        ups.append(Upstream(name, url.rstrip("/"), model, api_key=key, timeout_s=float(cfg.get("timeout_s", 120))))
+    app_ = create_app(router, ups[0], ups[1], ServeOptions(fallback=bool(fallback), api_keys=client_keys))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _progress(f"routing {router.small} | {router.large} on http://{host}:{port}/v1")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
 def main() -> None:
     """Entry point: run the app, turning known errors into one line and exit code 1."""
     from .artifact import ArtifactError
