@@ -80,10 +80,12 @@ class FakeOpenAI:
         fault = await self._fault()
         if fault is not None:
             return fault
-        prompt = body["messages"][-1]["content"]
+        last = body["messages"][-1] if isinstance(body.get("messages"), list) and body["messages"] else {}
+        prompt = last.get("content") if isinstance(last, dict) else None
+        prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
         text = self.reply(prompt) if self.reply else f"echo:{prompt}#{body.get('seed')}"
         if body.get("stream"):
-            return StreamingResponse(self._sse(body["model"], text), media_type="text/event-stream")
+            return StreamingResponse(self._sse(str(body.get("model")), text), media_type="text/event-stream")
         return {
             "id": "chatcmpl-1",
             "object": "chat.completion",
@@ -129,7 +131,7 @@ class FakeOpenAI:
         fault = await self._fault()
         if fault is not None:
             return fault
-        text = f"echo:{body['prompt']}#{body.get('seed')}"
+        text = f"echo:{body.get('prompt')}#{body.get('seed')}"
         return {
             "id": "cmpl-1",
             "object": "text_completion",
