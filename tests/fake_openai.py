@@ -26,6 +26,7 @@ class FakeOpenAI:
         self.delay = 0.0  # seconds before every answer
         self.reply: Any = None  # optional callable(prompt) -> text, instead of the echo
         self.stream_delay = 0.0
+        self.chunks_sent = 0
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self._chat)
         self.app.post("/v1/completions")(self._completion)
@@ -115,6 +116,7 @@ class FakeOpenAI:
                 "choices": [{"index": 0, "delta": {"content": (" " if i else "") + w}, "finish_reason": None}],
             }
             yield f"data: {json.dumps(chunk)}\n\n"
+            self.chunks_sent += 1
             await asyncio.sleep(self.stream_delay)
         end = {
             "id": "chatcmpl-s",

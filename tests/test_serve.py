@@ -236,3 +236,30 @@ def test_cli_serve_subprocess_with_openai_client(router, tmp_path):
         log = proc.stdout.read().decode()
         assert '"model": "' + SMALL in log  # one structured access-log line per request
         assert '"prompt"' not in log  # prompt text is not logged unless enabled
+
+
+def test_client_disconnect_cancels_the_upstream_stream(stack):
+    proxy, s_up, _ = stack
+    s_up.stream_delay = 0.1
+    words = " ".join(f"w{i}" for i in range(60))  # 60+ chunks, 6+ s if read to the end
+    with httpx.stream(
+        "POST",
+        proxy.url + "/chat/completions",
+        timeout=10,
+        json={"model": "small", "stream": True, "messages": [{"role": "user", "content": words}]},
+    ) as r:
+        it = r.iter_raw()
+        next(it)
+    time.sleep(1.5)
+    sent = s_up.chunks_sent
+    time.sleep(1.0)
+    assert s_up.chunks_sent == sent, "upstream kept streaming after the client left"
+    assert sent < 40
+
+
+def test_completions_endpoint_routes_too(stack):
+    proxy, s_up, _ = stack
+    c = client(proxy)
+    r = c.completions.with_raw_response.create(model="hybrid-t-0", prompt="Once upon a time", max_tokens=5)
+    assert r.headers["x-hybridllm-model"] == SMALL and r.parse().choices[0].text.startswith("echo:Once upon a time")
+    assert s_up.requests[-1]["prompt"] == "Once upon a time" and s_up.requests[-1]["model"] == "s-model"
