@@ -43,7 +43,8 @@ class ServeOptions:
     max_body_bytes: int = 1_000_000
     max_messages: int = 512
     log_prompts: bool = False
-    batch_window_s: float = 0.002
+    # 0: no waiting; requests that arrive while a batch is being scored form the next batch anyway
+    batch_window_s: float = 0.0
 
 
 def openai_error(
@@ -85,7 +86,7 @@ class MicroBatcher:
     async def _run(self) -> None:
         while True:
             items = [await self.queue.get()]
-            await asyncio.sleep(self.window_s)
+            await asyncio.sleep(self.window_s)  # 0 still lets already-runnable requests enqueue
             while not self.queue.empty():
                 items.append(self.queue.get_nowait())
             try:
@@ -141,7 +142,7 @@ def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOpti
     """The ASGI app. ``router`` needs ``score(prompts)``, ``threshold(...)``, ``small`` and ``large``."""
     import httpx
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from fastapi.responses import Response, StreamingResponse
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
     opts = options or ServeOptions()
@@ -334,7 +335,8 @@ def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOpti
                     m_tokens.labels(up.name, k.split("_")[0]).inc(usage[k])
             m_requests.labels(up.name, str(resp.status_code)).inc()
             _access(rid, up.name, score, threshold, t0, resp.status_code, usage, prompt if opts.log_prompts else None)
-            return JSONResponse(payload, status_code=resp.status_code, headers=headers)
+            # the upstream's bytes as they are: nothing re-serialised, nothing of the schema changed
+            return Response(data, status_code=resp.status_code, headers=headers, media_type="application/json")
         m_requests.labels(ups[target].name, "502").inc()
         _access(rid, ups[target].name, score, threshold, t0, 502, {}, None)
         return last_error
