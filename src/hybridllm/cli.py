@@ -376,6 +376,9 @@ def serve(
         str | None, typer.Option(help="env var with comma-separated keys clients must send (Bearer)")
     ] = None,
     fallback: Annotated[bool | None, typer.Option(help="retry on the other model when an upstream fails")] = None,
+    route_on: Annotated[
+        str | None, typer.Option(help="what the router reads: 'all' user turns (truncated by the encoder) or 'last'")
+    ] = None,
 ) -> None:
     """Serve an OpenAI-compatible endpoint that routes each request to the small or the large model."""
     import logging
@@ -411,6 +414,11 @@ def serve(
         if not client_keys:
             _fail(f"environment variable {serve_api_key_env} holds no keys")
     router = Router(router_dir)
+    route_on = route_on or cfg.get("route_on")
+    if route_on is not None:
+        if route_on not in ("all", "last"):
+            _fail(f"--route-on must be 'all' or 'last', got {route_on!r}")
+        router.turns = route_on
     ups = []
     for spec, name in ((small, router.small), (large, router.large)):
         model, sep, url = str(spec).partition("@")
