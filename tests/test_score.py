@@ -126,3 +126,18 @@ def test_judge_over_a_real_http_backend_parses_and_retries():
         up.reply = lambda prompt: "no number at all"
         with pytest.raises(ValueError, match="judge gave no 1-10 rating"):
             score_rows([row], "judge", judge=HTTPBackend.from_spec(f"judge@{up.url}", backoff_s=0.01))
+
+
+@pytest.mark.parametrize(
+    ("tail", "expected"),
+    [  # endings of real Qwen2.5-Coder-0.5B answers to gsm8k-test-0 (reference 18) from data/gsm8k-qwen
+        (
+            "7. Calculate the total revenue Janet makes every day at the farmers' market:\n   \\[\n   \\boxed{18}\n   \\]",
+            1.0,
+        ),
+        ("6. **Write the final answer:**\n   The final answer is:\n   \\[\n   \\boxed{26}\n   \\]", 0.0),
+        ("print(total_revenue)\n```\n```output\n18\n```\nThe total revenue ... is \\(\\boxed{18}\\).", 1.0),
+    ],
+)
+def test_exact_match_on_real_local_model_answers(tail, expected):
+    assert exact_match(tail, {"id": "gsm8k-test-0", "prompt": "p", "reference": "18"}) == expected
