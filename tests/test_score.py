@@ -132,7 +132,7 @@ def test_judge_over_a_real_http_backend_parses_and_retries():
     ("tail", "expected"),
     [  # endings of real Qwen2.5-Coder-0.5B answers to gsm8k-test-0 (reference 18) from data/gsm8k-qwen
         (
-            "7. Calculate the total revenue Janet makes every day at the farmers' market:\n   \\[\n   \\boxed{18}\n   \\]",
+            "7. Calculate the total revenue Janet makes every day:\n   \\[\n   \\boxed{18}\n   \\]",
             1.0,
         ),
         ("6. **Write the final answer:**\n   The final answer is:\n   \\[\n   \\boxed{26}\n   \\]", 0.0),
