@@ -263,3 +263,26 @@ def test_completions_endpoint_routes_too(stack):
     r = c.completions.with_raw_response.create(model="hybrid-t-0", prompt="Once upon a time", max_tokens=5)
     assert r.headers["x-hybridllm-model"] == SMALL and r.parse().choices[0].text.startswith("echo:Once upon a time")
     assert s_up.requests[-1]["prompt"] == "Once upon a time" and s_up.requests[-1]["model"] == "s-model"
+
+
+def test_in_process_local_model_as_upstream(router):
+    from hybridllm.backends import LocalBackend
+
+    with FakeOpenAI() as l_up:
+        local = Upstream(
+            SMALL, "http://in-process.invalid/v1", "gemma-3-270m", local=LocalBackend("gemma-3-270m", n_ctx=512)
+        )
+        app = create_app(router, local, Upstream(LARGE, l_up.url, "l"), ServeOptions())
+        with Proxy(app) as p:
+            c = client(p)
+            r = c.completions.with_raw_response.create(
+                model="small", prompt="The capital of France is", max_tokens=8, temperature=0.0, seed=1
+            )
+            out = r.parse()
+            assert r.headers["x-hybridllm-model"] == SMALL and out.model == "gemma-3-270m"
+            assert out.choices[0].text.strip() and 0 < out.usage.completion_tokens <= 8
+            chat = c.chat.completions.create(model="small", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+            assert chat.choices[0].message.role == "assistant" and chat.usage.prompt_tokens > 0
+            stream = c.completions.create(model="small", prompt="One, two, three,", max_tokens=6, stream=True)
+            pieces = [ch.choices[0].text for ch in stream if ch.choices]
+            assert len(pieces) >= 2 and "".join(pieces).strip()

@@ -366,8 +366,12 @@ def score(
 @app.command()
 def serve(
     router_dir: Annotated[Path, typer.Option("--router", help="router artifact")],
-    small: Annotated[str | None, typer.Option(help="small upstream: MODEL@BASE_URL")] = None,
-    large: Annotated[str | None, typer.Option(help="large upstream: MODEL@BASE_URL")] = None,
+    small: Annotated[
+        str | None, typer.Option(help="small upstream: MODEL@BASE_URL, a local model name or .gguf")
+    ] = None,
+    large: Annotated[
+        str | None, typer.Option(help="large upstream: MODEL@BASE_URL, a local model name or .gguf")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file: small, large, host, port, fallback, ...")] = None,
     host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8000)")] = None,
@@ -422,9 +426,15 @@ def serve(
     ups = []
     for spec, name in ((small, router.small), (large, router.large)):
         model, sep, url = str(spec).partition("@")
-        if not sep or "://" not in url:
-            _fail(f"upstream {spec!r}: expected MODEL@BASE_URL (in-process local models are not served yet)")
-        ups.append(Upstream(name, url.rstrip("/"), model, api_key=key, timeout_s=float(cfg.get("timeout_s", 120))))
+        if sep and "://" in url:
+            ups.append(Upstream(name, url.rstrip("/"), model, api_key=key, timeout_s=float(cfg.get("timeout_s", 120))))
+        else:  # a named local model or a .gguf path, run in-process
+            from .backends import LocalBackend
+
+            local = LocalBackend(str(spec))
+            _progress(f"loading local model {spec} for {name}")
+            local.load()
+            ups.append(Upstream(name, "http://in-process.invalid/v1", str(spec), local=local))
     app_ = create_app(router, ups[0], ups[1], ServeOptions(fallback=bool(fallback), api_keys=client_keys))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _progress(f"routing {router.small} | {router.large} on http://{host}:{port}/v1")

@@ -34,6 +34,78 @@ class Upstream:
     model: str  # the model name sent upstream
     api_key: str | None = field(default=None, repr=False)
     timeout_s: float = 120.0
+    local: Any = None  # a backends.LocalBackend: the in-process GGUF runtime instead of HTTP
+
+
+_LOCAL_CHAT_ARGS = {
+    "messages",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "max_tokens",
+    "stop",
+    "seed",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+    "logit_bias",
+}
+_LOCAL_COMPLETION_ARGS = {
+    "prompt",
+    "suffix",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "max_tokens",
+    "stop",
+    "seed",
+    "logprobs",
+    "echo",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+    "logit_bias",
+}
+
+
+async def _local_call(up: Upstream, body: dict[str, Any], kind: str) -> Any:
+    """Run a request on the in-process model; llama-cpp-python already returns OpenAI-shaped objects.
+    Streams hand back an async iterator of SSE lines (each chunk pulled in a worker thread)."""
+    backend = up.local
+    llm = await asyncio.to_thread(backend.load)
+    allowed = _LOCAL_CHAT_ARGS if kind == "chat" else _LOCAL_COMPLETION_ARGS
+    kw = {k: v for k, v in body.items() if k in allowed and v is not None}
+    fn = llm.create_chat_completion if kind == "chat" else llm.create_completion
+    lock = backends_cpu_lock()
+    if not body.get("stream"):
+        async with lock:
+            out = await asyncio.to_thread(lambda: fn(**kw))
+        return dict(out, model=up.model)
+
+    async def sse() -> AsyncIterator[bytes]:
+        async with lock:
+            it = await asyncio.to_thread(lambda: fn(stream=True, **kw))
+            while True:
+                chunk = await asyncio.to_thread(next, it, None)
+                if chunk is None:
+                    break
+                yield f"data: {json.dumps(dict(chunk, model=up.model))}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+    return sse()
+
+
+def backends_cpu_lock() -> asyncio.Lock:
+    from .backends import _CPU_LOCKS
+
+    return _CPU_LOCKS.setdefault(id(asyncio.get_running_loop()), asyncio.Lock())
 
 
 @dataclass
@@ -293,6 +365,28 @@ def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOpti
         for attempt, which in enumerate(order):
             up = ups[which]
             send = dict(body, model=up.model)
+            if up.local is not None:
+                try:
+                    result = await _local_call(up, send, kind)
+                except Exception as exc:  # the in-process model failed: same fallback path as HTTP
+                    m_errors.labels(up.name).inc()
+                    last_error = openai_error(
+                        502, f"local model {up.name} failed: {type(exc).__name__}: {exc}", "upstream_error"
+                    )
+                    continue
+                if attempt:
+                    m_fallbacks.labels(ups[order[0]].name, up.name).inc()
+                headers["x-hybridllm-model"] = up.name
+                if body.get("stream"):
+                    m_requests.labels(up.name, "200").inc()
+                    return StreamingResponse(result, media_type="text/event-stream", headers=headers)
+                usage = result.get("usage") or {}
+                for k in ("prompt_tokens", "completion_tokens"):
+                    if isinstance(usage.get(k), int):
+                        m_tokens.labels(up.name, k.split("_")[0]).inc(usage[k])
+                m_requests.labels(up.name, "200").inc()
+                _access(rid, up.name, score, threshold, t0, 200, usage, prompt if opts.log_prompts else None)
+                return Response(json.dumps(result), headers=headers, media_type="application/json")
             client = state["clients"][which]
             try:
                 req = client.build_request("POST", path, json=send)
