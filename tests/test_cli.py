@@ -133,3 +133,33 @@ def test_errors_are_one_line_and_nonzero(artifact, mmlu_slice, tmp_path, args, m
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert message in lines[0]
+
+
+def test_chat_answers_through_the_router(artifact):
+    from .fake_openai import FakeOpenAI
+
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+        s_up.reply = lambda p: f"small: {p}"
+        l_up.reply = lambda p: f"large: {p}"
+        args = [
+            "chat",
+            "What is 2+2?",
+            "--router",
+            str(artifact),
+            "--small",
+            f"s@{s_up.url}",
+            "--large",
+            f"l@{l_up.url}",
+        ]
+        p = run(*args, "--threshold", "0")
+        assert p.stdout.strip() == "small: What is 2+2?" and SMALL in p.stderr and "threshold 0.000" in p.stderr
+        p = run(*args, "--cost-advantage", "0")
+        assert p.stdout.strip() == "large: What is 2+2?" and LARGE in p.stderr
+        inter = subprocess.run(
+            [sys.executable, "-m", "hybridllm.cli", *args[:1], *args[2:], "--threshold", "0"],
+            input="first q\nsecond q\n\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert inter.returncode == 0 and "small: first q" in inter.stdout and "small: second q" in inter.stdout

@@ -441,6 +441,56 @@ def serve(
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
+@app.command()
+def chat(
+    question: Annotated[str | None, typer.Argument(help="the question; omit for an interactive session")] = None,
+    router_dir: Annotated[Path, typer.Option("--router", help="router artifact")] = Path("router"),
+    small: Annotated[str | None, typer.Option(help="small model: local name, .gguf path or MODEL@BASE_URL")] = None,
+    large: Annotated[str | None, typer.Option(help="large model: local name, .gguf path or MODEL@BASE_URL")] = None,
+    max_quality_drop: Annotated[float | None, typer.Option(help="max quality drop, percent")] = None,
+    cost_advantage: Annotated[float | None, typer.Option(help="share of small-model queries, percent")] = None,
+    threshold: Annotated[float | None, typer.Option(help="raw score threshold in 0..1")] = None,
+    max_tokens: Annotated[int, typer.Option()] = 512,
+    temperature: Annotated[float, typer.Option()] = 0.7,
+    api_key_env: Annotated[str | None, typer.Option(help="env var with the API key of HTTP backends")] = None,
+) -> None:
+    """Ask through the router: shows which model answered, its score and the threshold."""
+    import asyncio
+
+    from .backends import SamplingParams, make_backend
+    from .router import Router
+
+    router = Router(router_dir)
+    specs = {"small": small or router.small, "large": large or router.large}
+    backends = {k: make_backend(v, api_key_env=api_key_env) for k, v in specs.items()}
+    params = SamplingParams(temperature=temperature, max_tokens=max_tokens)
+
+    async def answer(q: str) -> None:
+        d = router.route(q, max_quality_drop=max_quality_drop, cost_advantage=cost_advantage, threshold=threshold)
+        which = "small" if d.use_small else "large"
+        async with backends[which] as b:
+            s = await b.generate(q, params)
+        err.print(
+            f"[bold]{d.model}[/bold] answered (score {d.score:.3f} vs threshold {d.threshold:.3f}, {d.knob}; "
+            f"{s.completion_tokens or '?'} tokens in {s.latency_s:.1f} s)",
+            highlight=False,
+        )
+        out.print(s.text, markup=False, highlight=False)
+
+    if question is not None:
+        asyncio.run(answer(question))
+        return
+    err.print("interactive: one question per line, empty line or Ctrl-D to quit")
+    while True:
+        try:
+            q = input("> ").strip()
+        except EOFError:
+            break
+        if not q:
+            break
+        asyncio.run(answer(q))
+
+
 def main() -> None:
     """Entry point: run the app, turning known errors into one line and exit code 1."""
     from .artifact import ArtifactError
