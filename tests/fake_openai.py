@@ -65,6 +65,8 @@ class FakeOpenAI:
             return JSONResponse({"error": {"message": "bad request"}}, status_code=400)
         if f == "malformed":
             return PlainTextResponse("{not json", status_code=200)
+        if f == "oddjson":
+            return JSONResponse({"choices": [], "usage": 5})
         if f == "nochoices":
             return JSONResponse({"object": "chat.completion", "choices": []})
         if f == "midstream":

@@ -286,3 +286,17 @@ def test_in_process_local_model_as_upstream(router):
             stream = c.completions.create(model="small", prompt="One, two, three,", max_tokens=6, stream=True)
             pieces = [ch.choices[0].text for ch in stream if ch.choices]
             assert len(pieces) >= 2 and "".join(pieces).strip()
+
+
+def test_odd_upstream_bodies_are_relayed_not_500(stack):
+    proxy, s_up, _ = stack
+    s_up.faults.append("oddjson")
+    r = httpx.post(
+        proxy.url + "/chat/completions", json={"model": "small", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert r.status_code == 200 and r.json() == {"choices": [], "usage": 5}
+    s_up.faults.append("malformed")
+    r = httpx.post(
+        proxy.url + "/chat/completions", json={"model": "small", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert r.status_code == 200 and r.headers["x-hybridllm-model"] == LARGE  # malformed body: fell back

@@ -423,7 +423,8 @@ def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOpti
                 m_errors.labels(up.name).inc()
                 last_error = openai_error(502, f"upstream {up.name} sent a malformed body", "upstream_error")
                 continue
-            usage = payload.get("usage") or {} if isinstance(payload, dict) else {}
+            usage = (payload.get("usage") or {}) if isinstance(payload, dict) else {}
+            usage = usage if isinstance(usage, dict) else {}
             for k in ("prompt_tokens", "completion_tokens"):
                 if isinstance(usage.get(k), int):
                     m_tokens.labels(up.name, k.split("_")[0]).inc(usage[k])
