@@ -183,12 +183,20 @@ def parse_knob(model: str, extra: Any, small: Upstream, large: Upstream) -> dict
     elif model == "hybrid":
         knob = {}
     elif model.startswith(("hybrid-qd-", "hybrid-ca-", "hybrid-t-")):
-        prefix, _, value = model.rpartition("-")
+        prefix, key = next(
+            (p, k)
+            for p, k in (
+                ("hybrid-qd-", "max_quality_drop"),
+                ("hybrid-ca-", "cost_advantage"),
+                ("hybrid-t-", "threshold"),
+            )
+            if model.startswith(p)
+        )
         try:
-            v = float(value)
+            v = float(model[len(prefix) :])
         except ValueError:
             return f"bad knob value in model name {model!r}"
-        knob = {{"hybrid-qd": "max_quality_drop", "hybrid-ca": "cost_advantage", "hybrid-t": "threshold"}[prefix]: v}
+        knob = {key: v}
     else:
         return (
             f"unknown model {model!r}; use hybrid, hybrid-qd-<pct>, hybrid-ca-<pct>, hybrid-t-<x>, "
