@@ -435,7 +435,18 @@ def serve(
             _progress(f"loading local model {spec} for {name}")
             local.load()
             ups.append(Upstream(name, "http://in-process.invalid/v1", str(spec), local=local))
-    app_ = create_app(router, ups[0], ups[1], ServeOptions(fallback=bool(fallback), api_keys=client_keys))
+    serve_opts = ServeOptions(fallback=bool(fallback), api_keys=client_keys)
+    for key_name in ("max_body_bytes", "max_messages"):
+        if key_name in cfg:
+            setattr(serve_opts, key_name, int(cfg[key_name]))
+    if "default_knob" in cfg:
+        from .serve import parse_knob
+
+        if isinstance(parse_knob(str(cfg["default_knob"]), None, ups[0], ups[1]), str):
+            _fail(f"{config}: default_knob {cfg['default_knob']!r} is not a routing name (e.g. hybrid-qd-2)")
+        serve_opts.default_knob = str(cfg["default_knob"])
+    serve_opts.log_prompts = bool(cfg.get("log_prompts", False))
+    app_ = create_app(router, ups[0], ups[1], serve_opts)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _progress(f"routing {router.small} | {router.large} on http://{host}:{port}/v1")
     uvicorn.run(app_, host=host, port=port, log_level="warning")

@@ -117,6 +117,8 @@ class ServeOptions:
     log_prompts: bool = False
     # 0: no waiting; requests that arrive while a batch is being scored form the next batch anyway
     batch_window_s: float = 0.0
+    # what the plain name "hybrid" means, as another routing name (e.g. "hybrid-qd-2"); None = artifact default
+    default_knob: str | None = None
 
 
 def openai_error(
@@ -337,6 +339,8 @@ def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOpti
             if not isinstance(p, str):
                 return openai_error(400, "'prompt' must be a string", param="prompt")
             prompt = p
+        if model == "hybrid" and opts.default_knob:
+            model = opts.default_knob
         knob = parse_knob(model, body.pop("hybridllm", None), small, large)
         if isinstance(knob, str):
             return openai_error(
