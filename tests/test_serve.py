@@ -196,21 +196,13 @@ def test_cli_serve_subprocess_with_openai_client(router, tmp_path):
     with FakeOpenAI() as up:
         up.reply = lambda p: f"up says {p}"
         port = _free_port()
+        cfg = tmp_path / "serve.toml"
+        cfg.write_text(
+            f'small = "s@{up.url}"\nlarge = "l@{up.url}"\nport = {port}\n'
+            'default_knob = "hybrid-t-0"\nmax_messages = 2\n'
+        )
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hybridllm.cli",
-                "serve",
-                "--router",
-                str(router.directory),
-                "--small",
-                f"s@{up.url}",
-                "--large",
-                f"l@{up.url}",
-                "--port",
-                str(port),
-            ],
+            [sys.executable, "-m", "hybridllm.cli", "serve", "--router", str(router.directory), "--config", str(cfg)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={**os.environ, "HYBRIDLLM_NO_PROGRESS": "1"},
@@ -227,9 +219,12 @@ def test_cli_serve_subprocess_with_openai_client(router, tmp_path):
                 time.sleep(0.2)
             c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
             r = c.chat.completions.with_raw_response.create(
-                model="hybrid-t-0", messages=[{"role": "user", "content": "hi"}]
+                model="hybrid", messages=[{"role": "user", "content": "hi"}]
             )
-            assert r.parse().choices[0].message.content == "up says hi" and r.headers["x-hybridllm-model"] == SMALL
+            assert r.parse().choices[0].message.content == "up says hi"
+            assert r.headers["x-hybridllm-model"] == SMALL and r.headers["x-hybridllm-threshold"] == "0.000000"
+            with pytest.raises(openai.BadRequestError):  # max_messages = 2 from the config file
+                c.chat.completions.create(model="hybrid", messages=[{"role": "user", "content": "x"}] * 3)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
