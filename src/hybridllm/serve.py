@@ -37,28 +37,7 @@ class Upstream:
     local: Any = None  # a backends.LocalBackend: the in-process GGUF runtime instead of HTTP
 
 
-_LOCAL_CHAT_ARGS = {
-    "messages",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "max_tokens",
-    "stop",
-    "seed",
-    "tools",
-    "tool_choice",
-    "response_format",
-    "logprobs",
-    "top_logprobs",
-    "presence_penalty",
-    "frequency_penalty",
-    "repeat_penalty",
-    "logit_bias",
-}
-_LOCAL_COMPLETION_ARGS = {
-    "prompt",
-    "suffix",
+_LOCAL_SAMPLING_ARGS = {
     "temperature",
     "top_p",
     "top_k",
@@ -67,12 +46,13 @@ _LOCAL_COMPLETION_ARGS = {
     "stop",
     "seed",
     "logprobs",
-    "echo",
     "presence_penalty",
     "frequency_penalty",
     "repeat_penalty",
     "logit_bias",
 }
+_LOCAL_CHAT_ARGS = _LOCAL_SAMPLING_ARGS | {"messages", "tools", "tool_choice", "response_format", "top_logprobs"}
+_LOCAL_COMPLETION_ARGS = _LOCAL_SAMPLING_ARGS | {"prompt", "suffix", "echo"}
 
 
 async def _local_call(up: Upstream, body: dict[str, Any], kind: str) -> Any:
@@ -374,6 +354,24 @@ def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOpti
         path = "/chat/completions" if kind == "chat" else "/completions"
         order = [target, "large" if target == "small" else "small"] if opts.fallback else [target]
         last_error: Any = None
+
+        def answered_by(up: Upstream, attempt: int) -> None:
+            if attempt:
+                m_fallbacks.labels(ups[order[0]].name, up.name).inc()
+                headers["x-hybridllm-reason"] = f"{reason}; fallback after {ups[order[0]].name} failed"
+            headers["x-hybridllm-model"] = up.name
+
+        def finish(up: Upstream, status: int, payload: Any, data: bytes) -> Any:
+            """Metrics, access log and the response for a non-streamed answer."""
+            usage = (payload.get("usage") or {}) if isinstance(payload, dict) else {}
+            usage = usage if isinstance(usage, dict) else {}
+            for k in ("prompt_tokens", "completion_tokens"):
+                if isinstance(usage.get(k), int):
+                    m_tokens.labels(up.name, k.split("_")[0]).inc(usage[k])
+            m_requests.labels(up.name, str(status)).inc()
+            _access(rid, up.name, score, threshold, t0, status, usage, prompt if opts.log_prompts else None)
+            return Response(data, status_code=status, headers=headers, media_type="application/json")
+
         for attempt, which in enumerate(order):
             up = ups[which]
             send = dict(body, model=up.model)
@@ -386,19 +384,11 @@ def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOpti
                         502, f"local model {up.name} failed: {type(exc).__name__}: {exc}", "upstream_error"
                     )
                     continue
-                if attempt:
-                    m_fallbacks.labels(ups[order[0]].name, up.name).inc()
-                headers["x-hybridllm-model"] = up.name
+                answered_by(up, attempt)
                 if body.get("stream"):
                     m_requests.labels(up.name, "200").inc()
                     return StreamingResponse(result, media_type="text/event-stream", headers=headers)
-                usage = result.get("usage") or {}
-                for k in ("prompt_tokens", "completion_tokens"):
-                    if isinstance(usage.get(k), int):
-                        m_tokens.labels(up.name, k.split("_")[0]).inc(usage[k])
-                m_requests.labels(up.name, "200").inc()
-                _access(rid, up.name, score, threshold, t0, 200, usage, prompt if opts.log_prompts else None)
-                return Response(json.dumps(result), headers=headers, media_type="application/json")
+                return finish(up, 200, result, json.dumps(result).encode())
             client = state["clients"][which]
             try:
                 req = client.build_request("POST", path, json=send)
@@ -419,10 +409,7 @@ def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOpti
                     "upstream_error",
                 )
                 continue
-            if attempt:
-                m_fallbacks.labels(ups[order[0]].name, up.name).inc()
-                headers["x-hybridllm-reason"] = f"{reason}; fallback after {ups[order[0]].name} failed"
-            headers["x-hybridllm-model"] = up.name
+            answered_by(up, attempt)
             if body.get("stream") and resp.status_code == 200:
                 return StreamingResponse(
                     _relay(resp, up.name, rid, t0, m_requests), media_type="text/event-stream", headers=headers
@@ -435,15 +422,8 @@ def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOpti
                 m_errors.labels(up.name).inc()
                 last_error = openai_error(502, f"upstream {up.name} sent a malformed body", "upstream_error")
                 continue
-            usage = (payload.get("usage") or {}) if isinstance(payload, dict) else {}
-            usage = usage if isinstance(usage, dict) else {}
-            for k in ("prompt_tokens", "completion_tokens"):
-                if isinstance(usage.get(k), int):
-                    m_tokens.labels(up.name, k.split("_")[0]).inc(usage[k])
-            m_requests.labels(up.name, str(resp.status_code)).inc()
-            _access(rid, up.name, score, threshold, t0, resp.status_code, usage, prompt if opts.log_prompts else None)
             # the upstream's bytes as they are: nothing re-serialised, nothing of the schema changed
-            return Response(data, status_code=resp.status_code, headers=headers, media_type="application/json")
+            return finish(up, resp.status_code, payload, data)
         m_requests.labels(ups[target].name, "502").inc()
         _access(rid, ups[target].name, score, threshold, t0, 502, {}, None)
         return last_error
