@@ -13,6 +13,7 @@ import contextlib
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,7 @@ class LocalBackend:
     chat: bool | None = None
     _llm: Any = field(default=None, init=False, repr=False)
     _lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
+    _decoder: Any = field(default=None, init=False, repr=False)
 
     def load(self) -> Any:
         if self._llm is None:
@@ -238,6 +240,34 @@ class LocalBackend:
         assert self._lock is not None, "use the backend inside 'async with'"
         async with self._lock:
             return await asyncio.to_thread(self.generate_sync, prompt, params)
+
+    def generate_many_sync(self, items: Sequence[tuple[str | list[dict[str, Any]], SamplingParams]]) -> list[Sample]:
+        """Decode several samples together (see :mod:`hybridllm.batched`); each gets the batch's
+        wall time as its latency, since that is how long it took to produce."""
+        from .batched import BatchedDecoder, BatchRequest, chat_prompt_tokens
+
+        llm = self.load()
+        n = len(items)
+        if self._decoder is None or self._decoder.n_seq < n:
+            self._decoder = BatchedDecoder(llm, n_seq=n, n_ctx=self.n_ctx * n, n_threads=self.n_threads)
+        reqs = []
+        for prompt, params in items:
+            if self.chat:
+                messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+                toks = chat_prompt_tokens(llm, messages)
+            else:
+                text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+                toks = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+            reqs.append(BatchRequest(toks, params))
+        t0 = time.perf_counter()
+        out = self._decoder.generate(reqs)
+        wall = time.perf_counter() - t0
+        return [Sample(r.text, r.prompt_tokens, r.completion_tokens, wall, r.finish_reason) for r in out]
+
+    async def generate_many(self, items: Sequence[tuple[str | list[dict[str, Any]], SamplingParams]]) -> list[Sample]:
+        assert self._lock is not None, "use the backend inside 'async with'"
+        async with self._lock:
+            return await asyncio.to_thread(self.generate_many_sync, items)
 
 
 def make_backend(spec: str, api_key_env: str | None = None, **http_kw: Any) -> HTTPBackend | LocalBackend:

@@ -279,6 +279,9 @@ def collect(
     template: Annotated[
         str | None, typer.Option(help="wrap string prompts, e.g. 'Solve step by step; end with #### N.\\n\\n{prompt}'")
     ] = None,
+    batch: Annotated[
+        int, typer.Option(help="local models: samples decoded together (about 2x throughput at 6 on 2 cores)")
+    ] = 1,
 ) -> None:
     """Sample responses from each model for every prompt; safe to kill and rerun (it resumes)."""
     import asyncio
@@ -292,6 +295,8 @@ def collect(
 
     if samples < 1:
         _fail(f"--samples must be >= 1, got {samples}")
+    if batch < 1:
+        _fail(f"--batch must be >= 1, got {batch}")
     if endpoint not in ("chat", "completion"):
         _fail(f"--endpoint must be chat or completion, got {endpoint!r}")
     backends = {}
@@ -329,7 +334,9 @@ def collect(
     journal = output.with_name(output.name + ".journal.jsonl")
     if journal.exists():
         _progress(f"resuming from {journal}")
-    _, stats = asyncio.run(collect_async(sent, backends, output, samples, params, seed, on_sample, keep=rows))
+    _, stats = asyncio.run(
+        collect_async(sent, backends, output, samples, params, seed, on_sample, keep=rows, batch=batch)
+    )
     bar.update(stats.resumed)
     bar.close()
     out.print(

@@ -55,7 +55,7 @@ class Journal:
                 f"{path}: written by a run with other settings ({', '.join(changed)} differ); "
                 "rerun the original command, or delete the journal to start over"
             )
-        self._fh = path.open("ab")
+        self._fh = path.open("ab", buffering=0)
         if settings is not None and self.settings is None:
             self.settings = settings
             self._write({"_settings": settings})
@@ -75,14 +75,19 @@ class Journal:
                 continue
             self.done.setdefault((rec["id"], rec["model"], int(rec["k"])), rec)
 
-    def _write(self, rec: dict[str, Any]) -> None:
-        self._fh.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+    def _write(self, *recs: dict[str, Any]) -> None:
+        # one write(2) for all records: a kill -9 lands before or after it, never between the
+        # samples of one batch (which must be redone together to come out the same)
+        data = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in recs)
+        fd = self._fh.fileno()
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
 
-    def append(self, rec: dict[str, Any]) -> None:
-        self._write(rec)
-        self.done[(rec["id"], rec["model"], int(rec["k"]))] = rec
+    def append(self, *recs: dict[str, Any]) -> None:
+        self._write(*recs)
+        for rec in recs:
+            self.done[(rec["id"], rec["model"], int(rec["k"]))] = rec
 
     def close(self) -> None:
         self._fh.close()
@@ -104,9 +109,12 @@ async def collect_async(
     seed: int = 0,
     on_sample: Callable[[dict[str, Any]], None] | None = None,
     keep: Sequence[Row] | None = None,
+    batch: int = 1,
 ) -> tuple[list[Row], CollectStats]:
     """Sample every (row, model, k) not yet journaled. ``keep``: the rows to write into the table (the
-    originals, when ``rows`` carry templated prompts), same order and ids as ``rows``."""
+    originals, when ``rows`` carry templated prompts), same order and ids as ``rows``. ``batch``: how
+    many samples a local backend decodes together (see :mod:`hybridllm.batched`); HTTP backends take
+    one request per sample and get their parallelism from their concurrency limit."""
     journal_path = output.with_name(output.name + ".journal.jsonl")
     output.parent.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -123,35 +131,72 @@ async def collect_async(
     }
     journal = Journal(journal_path, settings)
     stats = CollectStats(resumed=len(journal.done))
-    todo = [(r, m, k) for r in rows for m in backends for k in range(samples) if (r["id"], m, k) not in journal.done]
+    groups = _groups(rows, backends, samples, batch, journal.done)
     try:
         async with _enter_all(backends):
 
-            async def one(row: Row, model: str, k: int) -> None:
-                p = SamplingParams(**{**params.__dict__, "seed": sample_seed(seed, row["id"], model, k)})
-                s = await backends[model].generate(row["prompt"], p)
-                rec = {
-                    "id": row["id"],
-                    "model": model,
-                    "k": k,
-                    "text": s.text,
-                    "prompt_tokens": s.prompt_tokens,
-                    "completion_tokens": s.completion_tokens,
-                    "latency_s": round(s.latency_s, 4),
-                }
-                journal.append(rec)
-                stats.requested += 1
-                stats.completion_tokens += s.completion_tokens or 0
-                if on_sample is not None:
-                    on_sample(rec)
+            async def run(group: list[tuple[Row, str, int]]) -> None:
+                model = group[0][1]
+                backend = backends[model]
+                items = [
+                    (r["prompt"], SamplingParams(**{**params.__dict__, "seed": sample_seed(seed, r["id"], m, k)}))
+                    for r, m, k in group
+                ]
+                if batch > 1 and hasattr(backend, "generate_many"):
+                    got = await backend.generate_many(items)
+                else:
+                    got = [await backend.generate(*items[0])]
+                recs = []
+                for (row, _, k), s in zip(group, got, strict=True):
+                    rec = {
+                        "id": row["id"],
+                        "model": model,
+                        "k": k,
+                        "text": s.text,
+                        "prompt_tokens": s.prompt_tokens,
+                        "completion_tokens": s.completion_tokens,
+                        "latency_s": round(s.latency_s, 4),
+                    }
+                    if len(got) > 1:
+                        rec["batch"] = len(got)
+                    recs.append(rec)
+                journal.append(*recs)
+                for rec in recs:
+                    stats.requested += 1
+                    stats.completion_tokens += rec["completion_tokens"] or 0
+                    if on_sample is not None:
+                        on_sample(rec)
 
-            await asyncio.gather(*(one(r, m, k) for r, m, k in todo))
+            await asyncio.gather(*(run(g) for g in groups))
     finally:
         journal.close()
     out_rows = assemble(keep if keep is not None else rows, journal.done, list(backends), samples)
     write_table(out_rows, output)
     journal_path.unlink()
     return out_rows, stats
+
+
+def _groups(
+    rows: Sequence[Row],
+    backends: dict[str, Backend],
+    samples: int,
+    batch: int,
+    done: dict[tuple[str, str, int], dict[str, Any]],
+) -> list[list[tuple[Row, str, int]]]:
+    """The unfinished samples, cut into decode groups. Groups are cut from the full list of samples,
+    not from what is left, so their boundaries do not move between runs; with group-atomic journal
+    writes, a resumed run decodes each remaining sample in the same company (hence to the same text)
+    as an uninterrupted one."""
+    out: list[tuple[int, int, list[tuple[Row, str, int]]]] = []
+    for mi, (m, b) in enumerate(backends.items()):
+        size = batch if batch > 1 and hasattr(b, "generate_many") else 1
+        every = [(i, r, k) for i, r in enumerate(rows) for k in range(samples)]
+        for start in range(0, len(every), size):
+            g = [(r, m, k) for _, r, k in every[start : start + size] if (r["id"], m, k) not in done]
+            if g:
+                out.append((every[start][0], mi, g))
+    out.sort(key=lambda x: (x[0], x[1]))  # prompt order, models interleaved: a partial run is usable
+    return [g for _, _, g in out]
 
 
 def assemble(
