@@ -8,7 +8,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -45,6 +45,47 @@ def _fail(msg: str) -> None:
 
 def _progress(msg: str) -> None:
     err.print(f"[dim]·[/dim] {msg}", highlight=False)
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+# the engine options every pipeline stage takes (collect, score, train, evaluate)
+EngineOpt = Annotated[
+    Engine, typer.Option(help="local: in this process; ray: Ray Data over a cluster", rich_help_panel="Engine")
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster to join (auto, HOST:6379, ray://HOST:10001); default: start a local one",
+        rich_help_panel="Engine",
+    ),
+]
+WorkersOpt = Annotated[int, typer.Option(help="Ray: actors / concurrent tasks per stage", rich_help_panel="Engine")]
+ShardRowsOpt = Annotated[
+    int, typer.Option(help="Ray: rows per shard (unit of work and of resume)", rich_help_panel="Engine")
+]
+WorkDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Ray: shard directory (shared storage on a cluster); default beside the output or in the cache",
+        rich_help_panel="Engine",
+    ),
+]
+
+
+def _ray_options(engine: Engine, address: str | None, workers: int, shard_rows: int, work_dir: Path | None) -> Any:
+    if engine is Engine.local:
+        if address is not None or work_dir is not None:
+            _fail("--ray-address / --work-dir need --engine ray")
+        return None
+    from .engine import RayOptions
+
+    if workers < 1 or shard_rows < 1:
+        _fail("--workers and --shard-rows must be >= 1")
+    return RayOptions(address=address, workers=workers, shard_rows=shard_rows, work_dir=work_dir)
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
@@ -91,8 +132,14 @@ def train(
     seed: Annotated[int, typer.Option(help="random seed (runs are repeatable)")] = 0,
     epochs: Annotated[int | None, typer.Option(help="max epochs (head default 40, finetune default 3)")] = None,
     members: Annotated[int, typer.Option(help="ensemble members in head mode")] = 5,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    shard_rows: ShardRowsOpt = 1024,
+    work_dir: WorkDirOpt = None,
 ) -> None:
-    """Train a router on a routing table and save a calibrated artifact."""
+    """Train a router on a routing table and save a calibrated artifact. With --engine ray the
+    embedding pass (head mode) runs on Ray; the head trains here."""
     from .head import HeadConfig
     from .table import read_table
     from .train import DEFAULT_EXTRA, TrainOptions, train_router
@@ -115,7 +162,19 @@ def train(
             head.epochs = epochs
         else:
             opts.finetune_epochs = epochs
-    res = train_router(rows, opts, output, validation=vrows, progress=_progress)
+    ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
+    featurizer = None
+    if ray_opts is not None:
+        if mode != Mode.head:
+            _fail("--engine ray covers the head-mode embedding pass; finetune trains in one process")
+        from .engine import featurize_ray
+
+        def featurizer(texts):
+            x, st = featurize_ray(texts, encoder, max_length, head.extra, ray_opts)
+            _progress(f"ray embedding pass: {st.items} texts in {st.seconds:.1f} s ({st.resumed} shards resumed)")
+            return x
+
+    res = train_router(rows, opts, output, validation=vrows, progress=_progress, featurizer=featurizer)
     out.print(
         summary_table(res.config["validation_metrics"], f"validation ({res.config['data']['validation_rows']} rows)")
     )
@@ -134,6 +193,11 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
     predictions: Annotated[Path | None, typer.Option(help="write JSONL {id, score} per row")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a PNG of quality drop vs cost advantage")] = None,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    shard_rows: ShardRowsOpt = 1024,
+    work_dir: WorkDirOpt = None,
 ) -> None:
     """Evaluate a router on a table: router vs random vs oracle."""
     from .evaluate import evaluate_router, plot_curves, write_predictions
@@ -143,7 +207,15 @@ def evaluate(
 
     router = Router(router_dir)
     rows = read_table(table)
-    report, used, scores, skipped = evaluate_router(router, rows)
+    ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
+    scorer = None
+    if ray_opts is not None:
+        from .engine import router_scores_ray
+
+        def scorer(prompts):
+            return router_scores_ray(router_dir, prompts, ray_opts)[0]
+
+    report, used, scores, skipped = evaluate_router(router, rows, scorer=scorer)
     if skipped:
         _progress(f"skipped {skipped} rows without quality for both {router.small} and {router.large}")
     out.print(summary_table(report, f"{router.small} → {router.large} on {table.name} ({report['n']} rows)"))
@@ -282,6 +354,11 @@ def collect(
     batch: Annotated[
         int, typer.Option(help="local models: samples decoded together (about 2x throughput at 6 on 2 cores)")
     ] = 1,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    shard_rows: ShardRowsOpt = 64,
+    work_dir: WorkDirOpt = None,
 ) -> None:
     """Sample responses from each model for every prompt; safe to kill and rerun (it resumes)."""
     import asyncio
@@ -299,13 +376,14 @@ def collect(
         _fail(f"--batch must be >= 1, got {batch}")
     if endpoint not in ("chat", "completion"):
         _fail(f"--endpoint must be chat or completion, got {endpoint!r}")
-    backends = {}
+    backends, specs = {}, {}
     for item in model:
         name, sep, spec = item.partition("=")
         if not sep or not name:
             _fail(f"--model: expected NAME=SPEC, got {item!r}")
         if not spec:
             _fail(f"--model {name}: empty SPEC (MODEL@BASE_URL, a local model name, or a .gguf path)")
+        specs[name] = spec
         backends[name] = make_backend(
             spec, api_key_env=api_key_env, concurrency=concurrency, timeout_s=timeout, endpoint=endpoint
         )
@@ -320,6 +398,34 @@ def collect(
     else:
         sent = rows
     params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
+    if ray_opts is not None:
+        from .engine import collect_ray
+
+        per_task = max(1, -(-concurrency // ray_opts.workers))  # global limit = --concurrency
+        _, rst = collect_ray(
+            rows,
+            specs,
+            output,
+            samples,
+            params,
+            seed,
+            ray_opts,
+            template=template,
+            batch=batch,
+            backend_kw={
+                "api_key_env": api_key_env,
+                "concurrency": per_task,
+                "timeout_s": timeout,
+                "endpoint": endpoint,
+            },
+        )
+        out.print(
+            f"wrote {output}: {len(rows)} rows × {len(backends)} models × {samples} samples on Ray "
+            f"({rst.shards - rst.resumed} shards now, {rst.resumed} resumed; "
+            f"{rst.tokens / max(rst.seconds, 1e-9):.1f} tok/s)"
+        )
+        return
     total = len(rows) * len(backends) * samples
     disable = os.environ.get("HYBRIDLLM_NO_PROGRESS") == "1"
     bar = tqdm(total=total, desc="collect", unit="sample", disable=disable)
@@ -358,14 +464,33 @@ def score(
         typer.Option(help="local checkpoint for bartscore / reward-model (encoder for embedding-similarity)"),
     ] = None,
     api_key_env: Annotated[str | None, typer.Option(help="environment variable with the judge's API key")] = None,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    shard_rows: ShardRowsOpt = 256,
+    work_dir: WorkDirOpt = None,
 ) -> None:
     """Turn responses into per-sample quality with a metric."""
     from .backends import make_backend
     from .score import score_rows
     from .table import read_table, write_table
 
-    judge_backend = make_backend(judge, api_key_env=api_key_env) if judge else None
-    rows = score_rows(read_table(table), metric, judge=judge_backend, model_path=model_path)
+    ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
+    if ray_opts is not None:
+        from .engine import score_ray
+
+        rows, rst = score_ray(
+            read_table(table),
+            metric,
+            ray_opts,
+            judge=judge,
+            model_path=model_path,
+            judge_kw={"api_key_env": api_key_env},
+        )
+        _progress(f"scored on Ray: {rst.shards - rst.resumed} shards now, {rst.resumed} resumed")
+    else:
+        judge_backend = make_backend(judge, api_key_env=api_key_env) if judge else None
+        rows = score_rows(read_table(table), metric, judge=judge_backend, model_path=model_path)
     write_table(rows, output)
     out.print(f"wrote {output}: {len(rows)} rows scored with {metric}")
 

@@ -100,6 +100,91 @@ class CollectStats:
     completion_tokens: int = 0
 
 
+def collect_settings(
+    rows: Sequence[Row], backends: dict[str, Backend], samples: int, params: SamplingParams, seed: int
+) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (journal first line, Ray job file)."""
+    return {
+        "models": {
+            name: getattr(b, "spec", None) or f"{getattr(b, 'model', '')}@{getattr(b, 'base_url', '')}"
+            for name, b in backends.items()
+        },
+        "samples": samples,
+        "seed": seed,
+        "params": {k: v for k, v in params.__dict__.items() if k != "seed"},
+        "prompts_digest": hashlib.sha256(
+            json.dumps([[r["id"], r["prompt"]] for r in rows], ensure_ascii=False).encode()
+        ).hexdigest()[:16],
+    }
+
+
+async def sample_groups(
+    rows: Sequence[Row],
+    backends: dict[str, Backend],
+    samples: int,
+    params: SamplingParams,
+    seed: int,
+    batch: int,
+    done: dict[tuple[str, str, int], dict[str, Any]],
+    sink: Callable[[list[dict[str, Any]]], None],
+) -> None:
+    """Draw every (row, model, k) sample not in ``done``; ``sink`` gets each finished decode group's
+    records. The backends must already be entered."""
+
+    async def run(group: list[tuple[Row, str, int]]) -> None:
+        model = group[0][1]
+        backend = backends[model]
+        items = [
+            (r["prompt"], SamplingParams(**{**params.__dict__, "seed": sample_seed(seed, r["id"], m, k)}))
+            for r, m, k in group
+        ]
+        if batch > 1 and hasattr(backend, "generate_many"):
+            got = await backend.generate_many(items)
+        else:
+            got = [await backend.generate(*items[0])]
+        recs = []
+        for (row, _, k), s in zip(group, got, strict=True):
+            rec = {
+                "id": row["id"],
+                "model": model,
+                "k": k,
+                "text": s.text,
+                "prompt_tokens": s.prompt_tokens,
+                "completion_tokens": s.completion_tokens,
+                "latency_s": round(s.latency_s, 4),
+            }
+            if len(got) > 1:
+                rec["batch"] = len(got)
+            recs.append(rec)
+        sink(recs)
+
+    await asyncio.gather(*(run(g) for g in _groups(rows, backends, samples, batch, done)))
+
+
+async def sample_rows(
+    rows: Sequence[Row],
+    backends: dict[str, Backend],
+    samples: int,
+    params: SamplingParams,
+    seed: int = 0,
+    keep: Sequence[Row] | None = None,
+    batch: int = 1,
+) -> tuple[list[Row], list[dict[str, Any]]]:
+    """The collect stage as a pure batch function (rows in, rows out, nothing on disk): what a Ray
+    worker runs on one shard. Returns the table rows and the per-sample records (usage, latency)."""
+    done: dict[tuple[str, str, int], dict[str, Any]] = {}
+    recs: list[dict[str, Any]] = []
+
+    def sink(group: list[dict[str, Any]]) -> None:
+        recs.extend(group)
+        for r in group:
+            done[(r["id"], r["model"], r["k"])] = r
+
+    async with _enter_all(backends):
+        await sample_groups(rows, backends, samples, params, seed, batch, done, sink)
+    return assemble(keep if keep is not None else rows, done, list(backends), samples), recs
+
+
 async def collect_async(
     rows: Sequence[Row],
     backends: dict[str, Backend],
@@ -117,57 +202,20 @@ async def collect_async(
     one request per sample and get their parallelism from their concurrency limit."""
     journal_path = output.with_name(output.name + ".journal.jsonl")
     output.parent.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "models": {
-            name: getattr(b, "spec", None) or f"{getattr(b, 'model', '')}@{getattr(b, 'base_url', '')}"
-            for name, b in backends.items()
-        },
-        "samples": samples,
-        "seed": seed,
-        "params": {k: v for k, v in params.__dict__.items() if k != "seed"},
-        "prompts_digest": hashlib.sha256(
-            json.dumps([[r["id"], r["prompt"]] for r in rows], ensure_ascii=False).encode()
-        ).hexdigest()[:16],
-    }
-    journal = Journal(journal_path, settings)
+    journal = Journal(journal_path, collect_settings(rows, backends, samples, params, seed))
     stats = CollectStats(resumed=len(journal.done))
-    groups = _groups(rows, backends, samples, batch, journal.done)
+
+    def sink(recs: list[dict[str, Any]]) -> None:
+        journal.append(*recs)
+        for rec in recs:
+            stats.requested += 1
+            stats.completion_tokens += rec["completion_tokens"] or 0
+            if on_sample is not None:
+                on_sample(rec)
+
     try:
         async with _enter_all(backends):
-
-            async def run(group: list[tuple[Row, str, int]]) -> None:
-                model = group[0][1]
-                backend = backends[model]
-                items = [
-                    (r["prompt"], SamplingParams(**{**params.__dict__, "seed": sample_seed(seed, r["id"], m, k)}))
-                    for r, m, k in group
-                ]
-                if batch > 1 and hasattr(backend, "generate_many"):
-                    got = await backend.generate_many(items)
-                else:
-                    got = [await backend.generate(*items[0])]
-                recs = []
-                for (row, _, k), s in zip(group, got, strict=True):
-                    rec = {
-                        "id": row["id"],
-                        "model": model,
-                        "k": k,
-                        "text": s.text,
-                        "prompt_tokens": s.prompt_tokens,
-                        "completion_tokens": s.completion_tokens,
-                        "latency_s": round(s.latency_s, 4),
-                    }
-                    if len(got) > 1:
-                        rec["batch"] = len(got)
-                    recs.append(rec)
-                journal.append(*recs)
-                for rec in recs:
-                    stats.requested += 1
-                    stats.completion_tokens += rec["completion_tokens"] or 0
-                    if on_sample is not None:
-                        on_sample(rec)
-
-            await asyncio.gather(*(run(g) for g in groups))
+            await sample_groups(rows, backends, samples, params, seed, batch, journal.done, sink)
     finally:
         journal.close()
     out_rows = assemble(keep if keep is not None else rows, journal.done, list(backends), samples)

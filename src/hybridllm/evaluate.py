@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,14 @@ from .router import Router
 from .table import Row, select_pair
 
 
-def evaluate_router(router: Router, rows: Sequence[Row]) -> tuple[dict[str, Any], list[Row], np.ndarray, int]:
-    """Score every row that has both models' quality; returns (report, rows used, scores, skipped)."""
+def evaluate_router(
+    router: Router, rows: Sequence[Row], scorer: Callable[[list[Any]], np.ndarray] | None = None
+) -> tuple[dict[str, Any], list[Row], np.ndarray, int]:
+    """Score every row that has both models' quality; returns (report, rows used, scores, skipped).
+    ``scorer``: router scores for a list of prompts computed elsewhere (the Ray engine)."""
     pair = select_pair(rows, router.small, router.large)
-    scores = router.score([r["prompt"] for r in pair.rows], show_progress=len(pair.rows) > 256)
+    prompts = [r["prompt"] for r in pair.rows]
+    scores = scorer(prompts) if scorer is not None else router.score(prompts, show_progress=len(pair.rows) > 256)
     qs, ql = expected_quality(pair.rows, router.small, router.large)
     report = evaluate_scores(scores, qs, ql)
     ordered = {"n": report["n"], "small": router.small, "large": router.large, "skipped": pair.skipped}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +68,12 @@ def train_router(
     progress: Callable[[str], None] | None = None,
     cache: EmbeddingCache | None = None,
     show_progress: bool = True,
+    featurizer: Callable[[Sequence[str]], np.ndarray] | None = None,
 ) -> TrainResult:
-    """Train, select, calibrate and save a router. Returns the saved config and validation scores."""
+    """Train, select, calibrate and save a router. Returns the saved config and validation scores.
+    ``featurizer``: computes the head's inputs for a list of texts in place of the in-process
+    embedding pass (the Ray engine passes :func:`hybridllm.engine.featurize_ray`); it must return
+    what ``featurize(encoder, texts, options.head.extra)`` would."""
     if options.labels not in LABEL_TYPES:
         raise ValueError(f"unknown label type {options.labels!r}; expected one of {', '.join(LABEL_TYPES)}")
     if options.mode not in ("head", "finetune"):
@@ -110,10 +114,13 @@ def train_router(
             f"encoder {encoder.name} ({encoder.backend}), {encoder.dim}-d, max {options.max_length} tokens",
         )
         extra = options.head.extra
-        x_train = featurize(encoder, train_texts, extra, cache, show_progress)
-        x_val = featurize(encoder, val_texts, extra, cache, show_progress)
-        cfg_head = options.head
-        cfg_head.seed = options.seed
+        if featurizer is not None:
+            x_all = featurizer([*train_texts, *val_texts])
+            x_train, x_val = x_all[: len(train_texts)], x_all[len(train_texts) :]
+        else:
+            x_train = featurize(encoder, train_texts, extra, cache, show_progress)
+            x_val = featurize(encoder, val_texts, extra, cache, show_progress)
+        cfg_head = replace(options.head, seed=options.seed)
         weights, info = train_head(x_train, y, x_val, qs_val, ql_val, cfg_head, progress)
         val_scores = weights.predict(x_val)
         bundled = False

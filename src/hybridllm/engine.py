@@ -1,0 +1,482 @@
+"""The Ray engine: the same batch stage functions, fanned out over a Ray cluster with Ray Data.
+
+Work is cut into shards of consecutive rows. Each shard is one Ray Data item; a worker runs the
+pipeline's pure stage function on it (``sample_rows``, ``score_rows``, ``featurize``,
+``Router.score``) and writes the result as one Parquet file, atomically (temp name + rename), into
+a shard directory on storage every node can reach. The shard files are the durable store: a rerun
+of a killed job reads the job file, skips every shard already written and sends only the rest, so
+nothing is lost and nothing is done twice; the driver then joins the shards in order, which gives
+exactly the table the in-process engine writes.
+
+Stateful work (a local GGUF model, an encoder, a scoring model) runs in a fixed pool of actors, so
+each worker loads its model once. HTTP backends run as plain tasks; the pool size times the
+per-task concurrency is the global limit on requests in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .table import Row
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+@dataclass
+class RayOptions:
+    """``address``: an existing cluster (``auto``, ``ray://host:10001``, ``host:6379``); ``None`` starts
+    a local instance. ``workers``: actors (or concurrent tasks) per stage. ``shard_rows``: rows per
+    shard, the unit of work and of resume. ``work_dir``: where shards go (shared storage on a
+    cluster). ``cpus_per_worker``: CPUs Ray reserves per worker (a local model uses them all)."""
+
+    address: str | None = None
+    workers: int = 2
+    shard_rows: int = 64
+    work_dir: Path | None = None
+    cpus_per_worker: float = 1.0
+    num_cpus: int | None = None  # only when starting a local instance
+    show_progress: bool = True
+    extra_init: dict[str, Any] = field(default_factory=dict)
+
+
+def init_ray(options: RayOptions) -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise EngineError("the Ray engine needs Ray Data: pip install 'hybridllm[ray]'") from None
+    if not ray.is_initialized():
+        kw: dict[str, Any] = {"address": options.address, "include_dashboard": False, "log_to_driver": False}
+        if options.address is None and options.num_cpus is not None:
+            kw["num_cpus"] = options.num_cpus
+        # workers import hybridllm from the same environment; on a cluster, ship it with a runtime_env
+        ray.init(**kw, **options.extra_init)
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own bar reports rows and throughput, like the local engine
+    ctx.print_on_execution_start = False
+    return ray
+
+
+class ShardStore:
+    """A directory of ``part-NNNNN.parquet`` files plus ``_job.json`` (the job's settings). Opening a
+    store written by a job with other settings is refused, as the collect journal does."""
+
+    def __init__(self, directory: Path, settings: dict[str, Any]) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        job = self.dir / "_job.json"
+        if job.exists():
+            old = json.loads(job.read_text())
+            if old != json.loads(json.dumps(settings)):
+                changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+                raise EngineError(
+                    f"{self.dir}: shards written by a job with other settings ({', '.join(changed)} differ); "
+                    "rerun the original command, or delete the directory to start over"
+                )
+        else:
+            tmp = job.with_name(f"_job.{uuid.uuid4().hex}.tmp")
+            tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
+            tmp.replace(job)
+
+    def path(self, shard: int) -> Path:
+        return self.dir / f"part-{shard:05d}.parquet"
+
+    def done(self) -> set[int]:
+        return {int(p.stem.split("-")[1]) for p in self.dir.glob("part-*.parquet")}
+
+    @staticmethod
+    def write(path: str | Path, table: Any) -> None:
+        import pyarrow.parquet as pq
+
+        p = Path(path)
+        tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(p)
+
+    def read(self, shard: int) -> Any:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.path(shard))
+
+
+def rows_table(rows: Sequence[Row]) -> Any:
+    """Rows as a one-column Parquet table of JSON text: lossless for any row shape."""
+    import pyarrow as pa
+
+    return pa.table({"row": pa.array([json.dumps(r, ensure_ascii=False) for r in rows], pa.string())})
+
+
+def table_rows(table: Any) -> list[Row]:
+    return [json.loads(x) for x in table.column("row").to_pylist()]
+
+
+def vectors_table(x: np.ndarray) -> Any:
+    import pyarrow as pa
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    flat = pa.array(x.reshape(-1), pa.float32())
+    return pa.table({"vector": pa.FixedSizeListArray.from_arrays(flat, x.shape[1])})
+
+
+def table_vectors(table: Any) -> np.ndarray:
+    col = table.column("vector").combine_chunks()
+    return np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(col), -1)
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
+
+
+def default_work_dir(kind: str, key: Any) -> Path:
+    from .encoder import cache_dir
+
+    return cache_dir() / "ray" / f"{kind}-{digest(key)}"
+
+
+# --------------------------------------------------------------------------------------------------
+# workers: each takes a Ray Data batch of shard items ({"shard", "path", "payload"}) and returns a
+# small summary per shard; the shard's result goes to its Parquet file.
+
+
+def _summary(shards: Sequence[int], n: Sequence[int], seconds: Sequence[float], tokens: Sequence[int]) -> dict:
+    return {"shard": list(shards), "n": list(n), "seconds": list(seconds), "tokens": list(tokens)}
+
+
+class CollectWorker:
+    """Runs ``sample_rows`` on each shard with its own backends (a local model loads once here)."""
+
+    def __init__(
+        self,
+        specs: dict[str, str],
+        samples: int,
+        params: dict,
+        seed: int,
+        batch: int,
+        template: str | None,
+        backend_kw: dict,
+    ) -> None:
+        from .backends import SamplingParams, make_backend
+
+        self.backends = {name: make_backend(spec, **backend_kw) for name, spec in specs.items()}
+        self.samples, self.seed, self.batch, self.template = samples, seed, batch, template
+        self.params = SamplingParams(**params)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import asyncio
+
+        from .collect import sample_rows
+
+        out = ([], [], [], [])
+        for shard, path, payload in zip(batch["shard"], batch["path"], batch["payload"], strict=True):
+            t0 = time.perf_counter()
+            keep = json.loads(payload)
+            sent = [_templated(r, self.template) for r in keep]
+            rows, recs = asyncio.run(
+                sample_rows(sent, self.backends, self.samples, self.params, self.seed, keep=keep, batch=self.batch)
+            )
+            ShardStore.write(path, rows_table(rows))
+            for acc, v in zip(
+                out,
+                (shard, len(recs), time.perf_counter() - t0, sum(r["completion_tokens"] or 0 for r in recs)),
+                strict=True,
+            ):
+                acc.append(v)
+        return _summary(*out)
+
+
+def _templated(row: Row, template: str | None) -> Row:
+    if template is None or not isinstance(row["prompt"], str):
+        return row
+    return dict(row, prompt=template.replace("{prompt}", row["prompt"]))
+
+
+class ScoreWorker:
+    """Runs ``score_rows`` on each shard; a scoring model (BART, reward model, encoder) stays loaded
+    in the actor between shards."""
+
+    def __init__(self, metric: str, judge: str | None, model_path: str | None, judge_kw: dict) -> None:
+        from .backends import make_backend
+
+        self.metric, self.model_path = metric, model_path
+        self.judge = make_backend(judge, **judge_kw) if judge else None
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from .score import score_rows
+
+        out = ([], [], [], [])
+        for shard, path, payload in zip(batch["shard"], batch["path"], batch["payload"], strict=True):
+            t0 = time.perf_counter()
+            rows = score_rows(json.loads(payload), self.metric, judge=self.judge, model_path=self.model_path)
+            ShardStore.write(path, rows_table(rows))
+            n = sum(len(v) for r in rows for v in r.get("responses", {}).values())
+            for acc, v in zip(out, (shard, n, time.perf_counter() - t0, 0), strict=True):
+                acc.append(v)
+        return _summary(*out)
+
+
+class EmbedWorker:
+    """The head-mode embedding pass (``featurize``) with an encoder loaded once per actor."""
+
+    def __init__(self, encoder: str | None, max_length: int, extra: list[str]) -> None:
+        from .encoder import make_encoder
+
+        self.encoder = make_encoder(encoder, max_length=max_length)
+        self.extra = extra
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from .router import featurize
+
+        out = ([], [], [], [])
+        for shard, path, payload in zip(batch["shard"], batch["path"], batch["payload"], strict=True):
+            t0 = time.perf_counter()
+            texts = json.loads(payload)
+            ShardStore.write(path, vectors_table(featurize(self.encoder, texts, self.extra)))
+            for acc, v in zip(out, (shard, len(texts), time.perf_counter() - t0, 0), strict=True):
+                acc.append(v)
+        return _summary(*out)
+
+
+class RouterWorker:
+    """Router scores for evaluate, the artifact loaded once per actor."""
+
+    def __init__(self, router_dir: str) -> None:
+        from .router import load_router
+
+        self.router = load_router(router_dir)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = ([], [], [], [])
+        for shard, path, payload in zip(batch["shard"], batch["path"], batch["payload"], strict=True):
+            t0 = time.perf_counter()
+            prompts = json.loads(payload)
+            scores = np.asarray(self.router.score(prompts), dtype=np.float32).reshape(-1, 1)
+            ShardStore.write(path, vectors_table(scores))
+            for acc, v in zip(out, (shard, len(prompts), time.perf_counter() - t0, 0), strict=True):
+                acc.append(v)
+        return _summary(*out)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunStats:
+    shards: int = 0
+    resumed: int = 0
+    items: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_shards(
+    items: Sequence[Any],
+    worker: type,
+    ctor_kwargs: dict[str, Any],
+    store: ShardStore,
+    options: RayOptions,
+    desc: str,
+    actors: bool = True,
+    unit: str = "row",
+    count: Callable[[Sequence[Any]], int] = len,
+) -> RunStats:
+    """Send every shard not yet in ``store`` through ``worker`` on Ray Data; return when all are
+    written. ``actors``: a fixed pool of ``options.workers`` actors; otherwise plain tasks, at most
+    ``options.workers`` at a time."""
+    from tqdm.auto import tqdm
+
+    init_ray(options)
+    import ray.data
+
+    shards = [list(items[i : i + options.shard_rows]) for i in range(0, len(items), options.shard_rows)]
+    done = store.done()
+    todo = [i for i in range(len(shards)) if i not in done]
+    stats = RunStats(shards=len(shards), resumed=len(shards) - len(todo))
+    if not todo:
+        return stats
+    ds = ray.data.from_items(
+        [{"shard": i, "path": str(store.path(i)), "payload": json.dumps(shards[i], ensure_ascii=False)} for i in todo],
+        override_num_blocks=len(todo),
+    )
+    kw: dict[str, Any] = {"batch_size": 1, "num_cpus": options.cpus_per_worker}
+    size = min(options.workers, len(todo))  # Ray warns about a pool larger than its input
+    if actors:
+        pool = ray.data.ActorPoolStrategy(size=size)
+        out = ds.map_batches(worker, fn_constructor_kwargs=ctor_kwargs, compute=pool, **kw)
+    else:
+        inst: dict[str, Any] = {}
+
+        def task(batch: dict[str, Any]) -> dict[str, Any]:
+            if "w" not in inst:  # one instance per task process, kept for the next shard it gets
+                inst["w"] = worker(**ctor_kwargs)
+            return inst["w"](batch)
+
+        out = ds.map_batches(task, compute=ray.data.TaskPoolStrategy(size=size), **kw)
+    total = sum(count(shards[i]) for i in todo)
+    disable = not options.show_progress or os.environ.get("HYBRIDLLM_NO_PROGRESS") == "1"
+    t0 = time.perf_counter()
+    finished = stats.resumed
+    with tqdm(total=total, desc=f"{desc} [ray]", unit=unit, disable=disable) as bar:
+        for rec in out.iter_rows():
+            n = count(shards[int(rec["shard"])])
+            stats.items += n
+            stats.tokens += int(rec["tokens"])
+            finished += 1
+            bar.update(n)
+            bar.set_postfix(shards=f"{finished}/{len(shards)}")
+    stats.seconds = time.perf_counter() - t0
+    missing = [i for i in range(len(shards)) if not store.path(i).exists()]
+    if missing:
+        raise EngineError(f"{store.dir}: shards {missing[:5]} missing after the run")
+    return stats
+
+
+# --------------------------------------------------------------------------------------------------
+# the four pipeline stages on Ray
+
+
+def collect_ray(
+    rows: Sequence[Row],
+    specs: dict[str, str],
+    output: Path,
+    samples: int,
+    params: Any,
+    seed: int,
+    options: RayOptions,
+    template: str | None = None,
+    batch: int = 1,
+    backend_kw: dict[str, Any] | None = None,
+) -> tuple[list[Row], RunStats]:
+    """``collect`` with shards of prompts as the unit of work; local models in actors, HTTP
+    backends in tasks (``backend_kw['concurrency']`` requests each)."""
+    from .backends import make_backend
+    from .collect import collect_settings
+    from .table import write_table
+
+    backend_kw = dict(backend_kw or {})
+    probe = {name: make_backend(spec, **backend_kw) for name, spec in specs.items()}
+    sent = [_templated(r, template) for r in rows]
+    settings = {
+        "stage": "collect",
+        **collect_settings(sent, probe, samples, params, seed),
+        "batch": batch,
+        "shard_rows": options.shard_rows,
+    }
+    store = ShardStore(options.work_dir or output.with_name(output.name + ".shards"), settings)
+    local = any(not hasattr(b, "base_url") for b in probe.values())
+    stats = run_shards(
+        list(rows),
+        CollectWorker,
+        {
+            "specs": specs,
+            "samples": samples,
+            "params": {k: v for k, v in params.__dict__.items() if k != "seed"},
+            "seed": seed,
+            "batch": batch,
+            "template": template,
+            "backend_kw": backend_kw,
+        },
+        store,
+        options,
+        "collect",
+        actors=local,
+        unit="prompt",
+    )
+    out = [r for i in range(stats.shards) for r in table_rows(store.read(i))]
+    write_table(out, output)
+    return out, stats
+
+
+def score_ray(
+    rows: Sequence[Row],
+    metric: str,
+    options: RayOptions,
+    judge: str | None = None,
+    model_path: str | None = None,
+    judge_kw: dict[str, Any] | None = None,
+    work_key: Any = None,
+) -> tuple[list[Row], RunStats]:
+    settings = {
+        "stage": "score",
+        "metric": metric,
+        "judge": judge,
+        "model_path": model_path,
+        "rows": digest(work_key if work_key is not None else list(rows)),
+        "shard_rows": options.shard_rows,
+    }
+    store = ShardStore(options.work_dir or default_work_dir("score", settings), settings)
+    stateful = metric in ("bartscore", "reward-model", "embedding-similarity")
+    stats = run_shards(
+        list(rows),
+        ScoreWorker,
+        {"metric": metric, "judge": judge, "model_path": model_path, "judge_kw": judge_kw or {}},
+        store,
+        options,
+        f"score {metric}",
+        actors=stateful,
+    )
+    return [r for i in range(stats.shards) for r in table_rows(store.read(i))], stats
+
+
+def featurize_ray(
+    texts: Sequence[str], encoder: str | None, max_length: int, extra: Sequence[str], options: RayOptions
+) -> tuple[np.ndarray, RunStats]:
+    """The head-mode embedding pass: rows of ``featurize(encoder, texts, extra)``, in order."""
+    from .encoder import make_encoder
+
+    fp = make_encoder(encoder, max_length=max_length).fingerprint
+    settings = {
+        "stage": "featurize",
+        "encoder": fp,
+        "extra": list(extra),
+        "texts": digest(list(texts)),
+        "shard_rows": options.shard_rows,
+    }
+    store = ShardStore(options.work_dir or default_work_dir("featurize", settings), settings)
+    stats = run_shards(
+        list(texts),
+        EmbedWorker,
+        {"encoder": encoder, "max_length": max_length, "extra": list(extra)},
+        store,
+        options,
+        "embedding",
+        unit="text",
+    )
+    return np.concatenate([table_vectors(store.read(i)) for i in range(stats.shards)]), stats
+
+
+def router_scores_ray(
+    router_dir: str | Path, prompts: Sequence[Any], options: RayOptions
+) -> tuple[np.ndarray, RunStats]:
+    from .artifact import load_config
+
+    cfg = load_config(Path(router_dir))
+    settings = {
+        "stage": "route",
+        "router": digest(cfg),
+        "prompts": digest(list(prompts)),
+        "shard_rows": options.shard_rows,
+    }
+    store = ShardStore(options.work_dir or default_work_dir("route", settings), settings)
+    stats = run_shards(
+        list(prompts), RouterWorker, {"router_dir": str(router_dir)}, store, options, "routing", unit="prompt"
+    )
+    return np.concatenate([table_vectors(store.read(i)) for i in range(stats.shards)])[:, 0], stats

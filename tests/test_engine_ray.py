@@ -1,0 +1,222 @@
+"""The Ray engine against the in-process engine on a local Ray instance (ray.init(num_cpus=2)):
+same tables, same features, same scores; and resume after the driver is killed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from hybridllm.backends import SamplingParams, make_backend
+from hybridllm.table import read_table, write_table
+
+from .conftest import SHARED
+from .fake_openai import FakeOpenAI
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(cache_env):
+    # after cache_env: Ray's workers inherit the environment the instance starts with
+    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ctx.address_info["address"]
+    ray.shutdown()
+
+
+@pytest.fixture
+def upstream():
+    with FakeOpenAI() as f:
+        yield f
+
+
+def gsm8k(n):
+    with (SHARED / "gsm8k" / "test.jsonl").open() as fh:
+        return [json.loads(next(fh)) for _ in range(n)]
+
+
+def ray_opts(tmp_path, **kw):
+    from hybridllm.engine import RayOptions
+
+    return RayOptions(
+        workers=2, shard_rows=kw.pop("shard_rows", 7), work_dir=tmp_path / "shards", show_progress=False, **kw
+    )
+
+
+def test_collect_on_ray_equals_in_process(ray_cluster, upstream, tmp_path):
+    import asyncio
+
+    from hybridllm.collect import collect_async
+    from hybridllm.engine import collect_ray
+
+    rows = gsm8k(30)
+    specs = {"small": f"tiny@{upstream.url}", "large": f"big@{upstream.url}"}
+    params = SamplingParams(temperature=0.8, max_tokens=32)
+    template = "Q: {prompt}"
+    sent = [dict(r, prompt=template.replace("{prompt}", r["prompt"])) for r in rows]
+    backends = {n: make_backend(s, concurrency=4) for n, s in specs.items()}
+    local, _ = asyncio.run(collect_async(sent, backends, tmp_path / "local.jsonl", 3, params, seed=3, keep=rows))
+    on_ray, stats = collect_ray(
+        rows,
+        specs,
+        tmp_path / "ray.jsonl",
+        3,
+        params,
+        3,
+        ray_opts(tmp_path),
+        template=template,
+        backend_kw={"concurrency": 2},
+    )
+    assert stats.shards == 5 and stats.resumed == 0 and stats.items == 30
+    assert on_ray == local
+    assert read_table(tmp_path / "ray.jsonl") == read_table(tmp_path / "local.jsonl")
+    assert on_ray[0]["responses"]["small"][0].startswith("echo:Q: Janet")
+    # the store is what makes a rerun free: nothing is requested again
+    before = len(upstream.requests)
+    again, stats = collect_ray(
+        rows,
+        specs,
+        tmp_path / "ray.jsonl",
+        3,
+        params,
+        3,
+        ray_opts(tmp_path),
+        template=template,
+        backend_kw={"concurrency": 2},
+    )
+    assert again == local and stats.resumed == 5 and len(upstream.requests) == before
+
+
+def test_ray_store_refuses_other_settings(ray_cluster, upstream, tmp_path):
+    from hybridllm.engine import EngineError, collect_ray
+
+    rows = gsm8k(4)
+    specs = {"small": f"tiny@{upstream.url}"}
+    collect_ray(rows, specs, tmp_path / "t.jsonl", 1, SamplingParams(max_tokens=8), 0, ray_opts(tmp_path))
+    with pytest.raises(EngineError, match=r"other settings \(params differ\)"):
+        collect_ray(rows, specs, tmp_path / "t.jsonl", 1, SamplingParams(max_tokens=9), 0, ray_opts(tmp_path))
+
+
+def test_score_on_ray_equals_in_process(ray_cluster, tmp_path):
+    from hybridllm.engine import score_ray
+    from hybridllm.score import score_rows
+
+    rows = gsm8k(20)
+    for i, r in enumerate(rows):  # real GSM8K references; responses right, wrong and unparseable
+        a = [f"so #### {r['reference']}", "#### 0", "no idea"][i % 3 :]
+        r["responses"] = {"a": a, "b": [r["meta"]["solution"]]}
+    on_ray, stats = score_ray(rows, "exact-match", ray_opts(tmp_path))
+    assert on_ray == score_rows(rows, "exact-match")
+    assert stats.shards == 3 and sum(sum(r["quality"]["b"]) for r in on_ray) == 20
+
+
+def test_embedding_pass_and_training_on_ray_equal_in_process(ray_cluster, mmlu_slice, tmp_path):
+    from hybridllm.encoder import make_encoder
+    from hybridllm.engine import featurize_ray
+    from hybridllm.router import featurize
+    from hybridllm.train import DEFAULT_EXTRA, TrainOptions, train_router
+
+    rows = read_table(mmlu_slice)
+    texts = [r["prompt"] for r in rows[:300]]
+    local = featurize(make_encoder("static"), texts, DEFAULT_EXTRA)
+    on_ray, stats = featurize_ray(texts, "static", 256, DEFAULT_EXTRA, ray_opts(tmp_path, shard_rows=64))
+    assert stats.shards == 5 and on_ray.shape == local.shape == (300, 385)
+    np.testing.assert_allclose(on_ray, local, rtol=0, atol=1e-6)
+
+    from .conftest import LARGE, SMALL
+
+    def fz(t):
+        return featurize_ray(t, "static", 256, DEFAULT_EXTRA, ray_opts(tmp_path / "train", shard_rows=128))[0]
+
+    opts = TrainOptions(small=SMALL, large=LARGE, labels="det", encoder="static")
+    a = train_router(rows, opts, tmp_path / "a", show_progress=False)
+    b = train_router(rows, opts, tmp_path / "b", show_progress=False, featurizer=fz)
+    np.testing.assert_allclose(a.val_scores, b.val_scores, atol=1e-5)
+    assert a.config["validation_metrics"] == b.config["validation_metrics"]
+
+
+def test_evaluate_on_ray_equals_in_process(ray_cluster, mmlu_slice, tmp_path):
+    from hybridllm.engine import router_scores_ray
+    from hybridllm.evaluate import evaluate_router
+    from hybridllm.router import Router
+    from hybridllm.train import TrainOptions, train_router
+
+    from .conftest import LARGE, SMALL
+
+    rows = read_table(mmlu_slice)
+    train_router(rows, TrainOptions(small=SMALL, large=LARGE, labels="det"), tmp_path / "r", show_progress=False)
+    router = Router(tmp_path / "r")
+    local, _, s_local, _ = evaluate_router(router, rows)
+
+    def scorer(prompts):
+        return router_scores_ray(tmp_path / "r", prompts, ray_opts(tmp_path, shard_rows=100))[0]
+
+    on_ray, _, s_ray, _ = evaluate_router(router, rows, scorer=scorer)
+    np.testing.assert_allclose(s_ray, s_local, atol=1e-6)
+    assert on_ray == local
+
+
+def collect_cmd(prompts, upstream, output, ray_args=()):
+    return [
+        sys.executable, "-m", "hybridllm.cli", "collect", str(prompts),
+        "--model", f"small=tiny@{upstream.url}", "--model", f"large=big@{upstream.url}",
+        "--samples", "2", "--concurrency", "2", "--output", str(output), "--max-tokens", "16", *ray_args,
+    ]  # fmt: skip
+
+
+def test_kill_the_driver_then_resume(ray_cluster, upstream, tmp_path):
+    """A driver killed with SIGKILL mid-job leaves whole shards only; the rerun sends only the
+    missing shards and the table equals the in-process engine's."""
+    rows = gsm8k(40)
+    prompts = tmp_path / "p.jsonl"
+    write_table(rows, prompts)
+    ref = tmp_path / "ref.jsonl"
+    subprocess.run(collect_cmd(prompts, upstream, ref), check=True, capture_output=True, timeout=120)
+    n_ref = len(upstream.requests)
+    assert n_ref == 40 * 2 * 2
+    upstream.delay = 0.1  # 4 tasks of 2 in flight: ~2 shards a second
+    out, work = tmp_path / "ray.jsonl", tmp_path / "shards"
+    ray_args = [
+        "--engine",
+        "ray",
+        "--ray-address",
+        ray_cluster,
+        "--workers",
+        "2",
+        "--shard-rows",
+        "4",
+        "--work-dir",
+        str(work),
+    ]
+    env = {**os.environ, "HYBRIDLLM_NO_PROGRESS": "1"}
+    proc = subprocess.Popen(
+        collect_cmd(prompts, upstream, out, ray_args),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 90
+    while len(list(work.glob("part-*.parquet"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = sorted(p.name for p in work.glob("part-*.parquet"))
+    assert 2 <= len(written) < 10 and not out.exists(), written
+    time.sleep(2)  # tasks of the dead driver are cancelled by Ray; shards they finish are whole files
+    written = {p.name for p in work.glob("part-*.parquet")}
+    upstream.delay = 0.0
+    n_before = len(upstream.requests)
+    res = subprocess.run(
+        collect_cmd(prompts, upstream, out, ray_args), env=env, capture_output=True, text=True, timeout=180
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"{len(written)} resumed" in res.stdout
+    resent = {r["messages"][0]["content"] for r in upstream.requests[n_before:]}
+    assert len(upstream.requests) - n_before == (10 - len(written)) * 4 * 2 * 2  # only the missing shards
+    done_prompts = {r["prompt"] for p in written for r in rows[int(p[5:10]) * 4 : int(p[5:10]) * 4 + 4]}
+    assert not (resent & done_prompts)
+    assert read_table(out) == read_table(ref)
