@@ -162,10 +162,25 @@ def test_evaluate_on_ray_equals_in_process(ray_cluster, mmlu_slice, tmp_path):
 
 def collect_cmd(prompts, upstream, output, ray_args=()):
     return [
-        sys.executable, "-m", "hybridllm.cli", "collect", str(prompts),
-        "--model", f"small=tiny@{upstream.url}", "--model", f"large=big@{upstream.url}",
-        "--samples", "2", "--concurrency", "2", "--output", str(output), "--max-tokens", "16", *ray_args,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "hybridllm.cli",
+        "collect",
+        str(prompts),
+        "--model",
+        f"small=tiny@{upstream.url}",
+        "--model",
+        f"large=big@{upstream.url}",
+        "--samples",
+        "2",
+        "--concurrency",
+        "2",
+        "--output",
+        str(output),
+        "--max-tokens",
+        "16",
+        *ray_args,
+    ]
 
 
 def test_kill_the_driver_then_resume(ray_cluster, upstream, tmp_path):
@@ -220,3 +235,56 @@ def test_kill_the_driver_then_resume(ray_cluster, upstream, tmp_path):
     done_prompts = {r["prompt"] for p in written for r in rows[int(p[5:10]) * 4 : int(p[5:10]) * 4 + 4]}
     assert not (resent & done_prompts)
     assert read_table(out) == read_table(ref)
+
+
+def run_cli(*args, timeout=300):
+    res = subprocess.run(
+        [sys.executable, "-m", "hybridllm.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HYBRIDLLM_NO_PROGRESS": "1"},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def test_cli_score_train_evaluate_with_engine_ray(ray_cluster, mmlu_slice, tmp_path):
+    """The commands users type: each stage with --engine ray gives what it gives without."""
+    from .conftest import LARGE, SMALL
+
+    ray_args = ["--engine", "ray", "--ray-address", ray_cluster, "--workers", "2", "--shard-rows", "64"]
+    rows = gsm8k(12)
+    for r in rows:
+        r["responses"] = {"m": [f"#### {r['reference']}", "#### 1"]}
+    write_table(rows, tmp_path / "resp.jsonl")
+    run_cli("score", tmp_path / "resp.jsonl", "--metric", "exact-match", "--output", tmp_path / "s_local.jsonl")
+    run_cli(
+        "score",
+        tmp_path / "resp.jsonl",
+        "--metric",
+        "exact-match",
+        "--output",
+        tmp_path / "s_ray.jsonl",
+        *ray_args,
+        "--work-dir",
+        tmp_path / "score-shards",
+    )
+    assert read_table(tmp_path / "s_ray.jsonl") == read_table(tmp_path / "s_local.jsonl")
+
+    common = ["--small", SMALL, "--large", LARGE, "--labels", "det"]
+    run_cli("train", mmlu_slice, *common, "--output", tmp_path / "r_local")
+    res = run_cli("train", mmlu_slice, *common, "--output", tmp_path / "r_ray", *ray_args)
+    assert "ray embedding pass: 400 texts" in res.stderr
+    va = json.loads((tmp_path / "r_local" / "config.json").read_text())["validation_metrics"]
+    vb = json.loads((tmp_path / "r_ray" / "config.json").read_text())["validation_metrics"]
+    assert va == vb
+    run_cli("evaluate", tmp_path / "r_ray", mmlu_slice, "--json", tmp_path / "e_local.json")
+    run_cli("evaluate", tmp_path / "r_ray", mmlu_slice, "--json", tmp_path / "e_ray.json", *ray_args)
+    assert json.loads((tmp_path / "e_ray.json").read_text()) == json.loads((tmp_path / "e_local.json").read_text())
+    res = subprocess.run(
+        [sys.executable, "-m", "hybridllm.cli", "evaluate", tmp_path / "r_ray", mmlu_slice, "--work-dir", tmp_path],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode != 0 and "--work-dir need --engine ray" in res.stderr
