@@ -61,3 +61,36 @@ def test_unknown_encoder_is_a_clear_error(tmp_path):
         TransformerEncoder("bert-base-uncased")
     with pytest.raises(EncoderError, match=r"config\.json"):
         TransformerEncoder(str(tmp_path))
+
+
+def test_static_one_pass_equals_truncating_tokenizer(cache_env):
+    """encode_with_lengths does truncation itself so that one tokenizer pass yields both vectors and
+    untruncated lengths; it must equal the tokenizer's own right truncation and full token counts."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .conftest import MMLU
+
+    enc = StaticEncoder(max_length=64)
+    with MMLU.open() as fh:
+        texts = [json.loads(next(fh))["prompt"] for _ in range(40)]
+    texts += [texts[0] * 5, "", "short", "[SEP] literal specials [CLS] in text"]
+    vecs, lengths = enc.encode_with_lengths(texts)
+    tok = enc.tokenizer.tok  # truncates at 64, adds [CLS] ... [SEP]
+    for i, e in enumerate(tok.encode_batch([t or " " for t in texts])):
+        ids = np.asarray(e.ids)
+        ids = ids[~np.isin(ids, enc._specials)]
+        want = np.zeros(enc.dim, dtype=np.float32)
+        if len(ids):
+            v = enc.table[ids].mean(axis=0)
+            want = v / (np.linalg.norm(v) + 1e-12)
+        np.testing.assert_allclose(vecs[i], want, atol=1e-6)
+    tok_full = tok.__class__.from_str(tok.to_str())
+    tok_full.no_truncation()
+    assert lengths.tolist() == [len(e.ids) for e in tok_full.encode_batch([t or " " for t in texts])]
+    assert lengths.max() > 64 and tok.truncation["max_length"] == 64
+    # scoring from many threads at once (serve's worker threads) gives the same answers
+    with ThreadPoolExecutor(8) as pool:
+        again = list(pool.map(lambda t: enc.encode_with_lengths([t]), texts * 5))[-len(texts) :]
+    np.testing.assert_allclose(np.concatenate([a[0] for a in again]), vecs, atol=1e-6)
+    assert [int(a[1][0]) for a in again] == lengths.tolist()

@@ -427,8 +427,14 @@ def collect(
         )
         return
     total = len(rows) * len(backends) * samples
+    journal = output.with_name(output.name + ".journal.jsonl")
+    resumed = 0
+    if journal.exists():
+        with journal.open("rb") as fh:  # whole lines past the settings line = samples already done
+            resumed = max(0, sum(1 for line in fh if line.endswith(b"\n")) - 1)
+        _progress(f"resuming from {journal} ({resumed} of {total} samples done)")
     disable = os.environ.get("HYBRIDLLM_NO_PROGRESS") == "1"
-    bar = tqdm(total=total, desc="collect", unit="sample", disable=disable)
+    bar = tqdm(total=total, initial=resumed, desc="collect", unit="sample", disable=disable)
     t0 = time.perf_counter()
     tokens = [0]
 
@@ -437,13 +443,9 @@ def collect(
         bar.update(1)
         bar.set_postfix(tok_s=f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):.1f}")
 
-    journal = output.with_name(output.name + ".journal.jsonl")
-    if journal.exists():
-        _progress(f"resuming from {journal}")
     _, stats = asyncio.run(
         collect_async(sent, backends, output, samples, params, seed, on_sample, keep=rows, batch=batch)
     )
-    bar.update(stats.resumed)
     bar.close()
     out.print(
         f"wrote {output}: {len(rows)} rows × {len(backends)} models × {samples} samples "

@@ -291,6 +291,13 @@ class StaticEncoder:
         self.dim = int(self.table.shape[1])
         specials = {self.tokenizer.tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>")}
         self._specials = np.array(sorted(i for i in specials if i is not None), dtype=np.int64)
+        # an untruncated copy of the tokenizer, owned by this encoder (see encode_with_lengths)
+        from tokenizers import Tokenizer
+
+        self._raw = Tokenizer.from_str(self.tokenizer.tok.to_str())
+        self._raw.no_truncation()
+        pp = self._raw.post_processor
+        self._n_added = pp.num_special_tokens_to_add(False) if pp is not None else 0
 
     def _load_table(self) -> np.ndarray:
         target = cache_dir() / "static" / f"{self.name}-{encoder_fingerprint(self.path, 0)}.npy"
@@ -304,24 +311,38 @@ class StaticEncoder:
         return table
 
     def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(self.tokenizer.lengths(texts), dtype=np.int64)
+        return self.encode_with_lengths(texts)[1]
 
     def encode(
         self, texts: Sequence[str], batch_size: int = 64, progress: Callable[[int], None] | None = None
     ) -> np.ndarray:
+        return self.encode_with_lengths(texts, batch_size, progress)[0]
+
+    def encode_with_lengths(
+        self, texts: Sequence[str], batch_size: int = 64, progress: Callable[[int], None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors and untruncated token counts (with the special tokens, as the ``log_tokens``
+        feature counts them) from one tokenizer pass: the serving hot path needs both, and a
+        second pass with truncation toggled on the shared tokenizer was both slower and unsafe
+        across threads. Truncation is applied here exactly as the tokenizer's right truncation
+        would: the first ``max_length - n_special`` content tokens."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(texts), max(batch_size, 256)):
-            part = texts[start : start + max(batch_size, 256)]
-            encs = self.tokenizer.tok.encode_batch([t or " " for t in part])
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        keep = self.max_length - self._n_added
+        step = max(batch_size, 256)
+        for start in range(0, len(texts), step):
+            part = texts[start : start + step]
+            encs = self._raw.encode_batch([t or " " for t in part], add_special_tokens=False)
             for i, e in enumerate(encs):
-                ids = np.asarray(e.ids, dtype=np.int64)
+                lengths[start + i] = len(e.ids) + self._n_added
+                ids = np.asarray(e.ids[:keep], dtype=np.int64)
                 ids = ids[~np.isin(ids, self._specials)]
                 if len(ids):
                     v = self.table[ids].mean(axis=0)
                     out[start + i] = v / (np.linalg.norm(v) + 1e-12)
             if progress is not None:
                 progress(len(part))
-        return out
+        return out, lengths
 
 
 def distill_static_table(path: Path, batch_size: int = 512) -> np.ndarray:

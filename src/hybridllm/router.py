@@ -30,28 +30,39 @@ class Decision:
         return asdict(self)
 
 
-def extra_features(encoder: Encoder, texts: Sequence[str], names: Sequence[str]) -> np.ndarray:
+def extra_features(
+    encoder: Encoder, texts: Sequence[str], names: Sequence[str], lengths: np.ndarray | None = None
+) -> np.ndarray:
     """Query features beside the embedding. ``log_tokens``: the encoder's token count before
-    truncation (log-scaled); long prompts are harder for small models, and mean pooling hides length."""
+    truncation (log-scaled); long prompts are harder for small models, and mean pooling hides length.
+    ``lengths``: those counts when the encoder already produced them with the vectors."""
     cols = []
     for name in names:
         if name == "log_tokens":
-            tok = getattr(encoder, "tokenizer", None)
-            if tok is None:
-                lengths = np.array([len(t.split()) for t in texts], dtype=np.float32)
-            else:
-                old = tok.tok.truncation
-                tok.tok.no_truncation()
-                try:
-                    lengths = np.array(tok.lengths(texts), dtype=np.float32)
-                finally:
-                    tok.tok.enable_truncation(max_length=old["max_length"])
-            cols.append(np.log1p(lengths))
+            if lengths is None:
+                lengths = _token_lengths(encoder, texts)
+            cols.append(np.log1p(np.asarray(lengths, dtype=np.float32)))
         else:
             raise ValueError(f"unknown extra feature {name!r}")
     if not cols:
         return np.zeros((len(texts), 0), dtype=np.float32)
     return np.stack(cols, axis=1).astype(np.float32)
+
+
+def _token_lengths(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
+    if hasattr(encoder, "token_lengths"):
+        return encoder.token_lengths(texts)
+    tok = getattr(encoder, "tokenizer", None)
+    if tok is None:
+        return np.array([len(t.split()) for t in texts], dtype=np.float32)
+    from tokenizers import Tokenizer
+
+    raw = getattr(encoder, "_untruncated", None)
+    if raw is None:  # a private untruncated copy: never toggle truncation on the shared tokenizer
+        raw = Tokenizer.from_str(tok.tok.to_str())
+        raw.no_truncation()
+        encoder._untruncated = raw  # type: ignore[attr-defined]
+    return np.array([len(e.ids) for e in raw.encode_batch([t if t else " " for t in texts])], dtype=np.float32)
 
 
 def featurize(
@@ -62,10 +73,14 @@ def featurize(
     show_progress: bool = False,
     batch_size: int = 64,
 ) -> np.ndarray:
-    emb = embed_texts(encoder, texts, cache=cache, show_progress=show_progress, batch_size=batch_size)
     if not extra:
-        return emb
-    return np.concatenate([emb, extra_features(encoder, texts, extra)], axis=1)
+        return embed_texts(encoder, texts, cache=cache, show_progress=show_progress, batch_size=batch_size)
+    lengths = None
+    if cache is None and "log_tokens" in extra and hasattr(encoder, "encode_with_lengths"):
+        emb, lengths = encoder.encode_with_lengths(texts, batch_size)  # one tokenizer pass (serving)
+    else:
+        emb = embed_texts(encoder, texts, cache=cache, show_progress=show_progress, batch_size=batch_size)
+    return np.concatenate([emb, extra_features(encoder, texts, extra, lengths)], axis=1)
 
 
 class Router:
