@@ -60,34 +60,19 @@ def test_collect_on_ray_equals_in_process(ray_cluster, upstream, tmp_path):
     sent = [dict(r, prompt=template.replace("{prompt}", r["prompt"])) for r in rows]
     backends = {n: make_backend(s, concurrency=4) for n, s in specs.items()}
     local, _ = asyncio.run(collect_async(sent, backends, tmp_path / "local.jsonl", 3, params, seed=3, keep=rows))
-    on_ray, stats = collect_ray(
-        rows,
-        specs,
-        tmp_path / "ray.jsonl",
-        3,
-        params,
-        3,
-        ray_opts(tmp_path),
-        template=template,
-        backend_kw={"concurrency": 2},
-    )
+
+    def on_ray_run():
+        out = tmp_path / "ray.jsonl"
+        return collect_ray(rows, specs, out, 3, params, 3, ray_opts(tmp_path), template, backend_kw={"concurrency": 2})
+
+    on_ray, stats = on_ray_run()
     assert stats.shards == 5 and stats.resumed == 0 and stats.items == 30
     assert on_ray == local
     assert read_table(tmp_path / "ray.jsonl") == read_table(tmp_path / "local.jsonl")
     assert on_ray[0]["responses"]["small"][0].startswith("echo:Q: Janet")
     # the store is what makes a rerun free: nothing is requested again
     before = len(upstream.requests)
-    again, stats = collect_ray(
-        rows,
-        specs,
-        tmp_path / "ray.jsonl",
-        3,
-        params,
-        3,
-        ray_opts(tmp_path),
-        template=template,
-        backend_kw={"concurrency": 2},
-    )
+    again, stats = on_ray_run()
     assert again == local and stats.resumed == 5 and len(upstream.requests) == before
 
 

@@ -153,11 +153,25 @@ def default_work_dir(kind: str, key: Any) -> Path:
 # small summary per shard; the shard's result goes to its Parquet file.
 
 
-def _summary(shards: Sequence[int], n: Sequence[int], seconds: Sequence[float], tokens: Sequence[int]) -> dict:
-    return {"shard": list(shards), "n": list(n), "seconds": list(seconds), "tokens": list(tokens)}
+class _ShardWorker:
+    """The loop every worker shares: process each shard item of the batch, write its result
+    atomically, report (shard, items, seconds, tokens). Subclasses implement ``process``."""
+
+    def process(self, payload: Any) -> tuple[Any, int, int]:  # (pyarrow table, items, tokens)
+        raise NotImplementedError
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, list] = {"shard": [], "n": [], "seconds": [], "tokens": []}
+        for shard, path, payload in zip(batch["shard"], batch["path"], batch["payload"], strict=True):
+            t0 = time.perf_counter()
+            table, n, tokens = self.process(json.loads(payload))
+            ShardStore.write(path, table)
+            for k, v in zip(out, (shard, n, time.perf_counter() - t0, tokens), strict=True):
+                out[k].append(v)
+        return out
 
 
-class CollectWorker:
+class CollectWorker(_ShardWorker):
     """Runs ``sample_rows`` on each shard with its own backends (a local model loads once here)."""
 
     def __init__(
@@ -176,27 +190,16 @@ class CollectWorker:
         self.samples, self.seed, self.batch, self.template = samples, seed, batch, template
         self.params = SamplingParams(**params)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def process(self, keep: list[Row]) -> tuple[Any, int, int]:
         import asyncio
 
         from .collect import sample_rows
 
-        out = ([], [], [], [])
-        for shard, path, payload in zip(batch["shard"], batch["path"], batch["payload"], strict=True):
-            t0 = time.perf_counter()
-            keep = json.loads(payload)
-            sent = [_templated(r, self.template) for r in keep]
-            rows, recs = asyncio.run(
-                sample_rows(sent, self.backends, self.samples, self.params, self.seed, keep=keep, batch=self.batch)
-            )
-            ShardStore.write(path, rows_table(rows))
-            for acc, v in zip(
-                out,
-                (shard, len(recs), time.perf_counter() - t0, sum(r["completion_tokens"] or 0 for r in recs)),
-                strict=True,
-            ):
-                acc.append(v)
-        return _summary(*out)
+        sent = [_templated(r, self.template) for r in keep]
+        rows, recs = asyncio.run(
+            sample_rows(sent, self.backends, self.samples, self.params, self.seed, keep=keep, batch=self.batch)
+        )
+        return rows_table(rows), len(recs), sum(r["completion_tokens"] or 0 for r in recs)
 
 
 def _templated(row: Row, template: str | None) -> Row:
@@ -205,7 +208,7 @@ def _templated(row: Row, template: str | None) -> Row:
     return dict(row, prompt=template.replace("{prompt}", row["prompt"]))
 
 
-class ScoreWorker:
+class ScoreWorker(_ShardWorker):
     """Runs ``score_rows`` on each shard; a scoring model (BART, reward model, encoder) stays loaded
     in the actor between shards."""
 
@@ -215,21 +218,14 @@ class ScoreWorker:
         self.metric, self.model_path = metric, model_path
         self.judge = make_backend(judge, **judge_kw) if judge else None
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def process(self, rows: list[Row]) -> tuple[Any, int, int]:
         from .score import score_rows
 
-        out = ([], [], [], [])
-        for shard, path, payload in zip(batch["shard"], batch["path"], batch["payload"], strict=True):
-            t0 = time.perf_counter()
-            rows = score_rows(json.loads(payload), self.metric, judge=self.judge, model_path=self.model_path)
-            ShardStore.write(path, rows_table(rows))
-            n = sum(len(v) for r in rows for v in r.get("responses", {}).values())
-            for acc, v in zip(out, (shard, n, time.perf_counter() - t0, 0), strict=True):
-                acc.append(v)
-        return _summary(*out)
+        rows = score_rows(rows, self.metric, judge=self.judge, model_path=self.model_path)
+        return rows_table(rows), sum(len(v) for r in rows for v in r.get("responses", {}).values()), 0
 
 
-class EmbedWorker:
+class EmbedWorker(_ShardWorker):
     """The head-mode embedding pass (``featurize``) with an encoder loaded once per actor."""
 
     def __init__(self, encoder: str | None, max_length: int, extra: list[str]) -> None:
@@ -238,20 +234,13 @@ class EmbedWorker:
         self.encoder = make_encoder(encoder, max_length=max_length)
         self.extra = extra
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def process(self, texts: list[str]) -> tuple[Any, int, int]:
         from .router import featurize
 
-        out = ([], [], [], [])
-        for shard, path, payload in zip(batch["shard"], batch["path"], batch["payload"], strict=True):
-            t0 = time.perf_counter()
-            texts = json.loads(payload)
-            ShardStore.write(path, vectors_table(featurize(self.encoder, texts, self.extra)))
-            for acc, v in zip(out, (shard, len(texts), time.perf_counter() - t0, 0), strict=True):
-                acc.append(v)
-        return _summary(*out)
+        return vectors_table(featurize(self.encoder, texts, self.extra)), len(texts), 0
 
 
-class RouterWorker:
+class RouterWorker(_ShardWorker):
     """Router scores for evaluate, the artifact loaded once per actor."""
 
     def __init__(self, router_dir: str) -> None:
@@ -259,16 +248,9 @@ class RouterWorker:
 
         self.router = load_router(router_dir)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        out = ([], [], [], [])
-        for shard, path, payload in zip(batch["shard"], batch["path"], batch["payload"], strict=True):
-            t0 = time.perf_counter()
-            prompts = json.loads(payload)
-            scores = np.asarray(self.router.score(prompts), dtype=np.float32).reshape(-1, 1)
-            ShardStore.write(path, vectors_table(scores))
-            for acc, v in zip(out, (shard, len(prompts), time.perf_counter() - t0, 0), strict=True):
-                acc.append(v)
-        return _summary(*out)
+    def process(self, prompts: list[Any]) -> tuple[Any, int, int]:
+        scores = np.asarray(self.router.score(prompts), dtype=np.float32).reshape(-1, 1)
+        return vectors_table(scores), len(prompts), 0
 
 
 # --------------------------------------------------------------------------------------------------
