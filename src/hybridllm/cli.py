@@ -88,6 +88,17 @@ def _ray_options(engine: Engine, address: str | None, workers: int, shard_rows: 
     return RayOptions(address=address, workers=workers, shard_rows=shard_rows, work_dir=work_dir)
 
 
+def _load_router(router_dir: Path | None) -> Any:
+    from .router import Router, default_router_dir
+
+    if router_dir is None:
+        try:
+            router_dir = default_router_dir()
+        except FileNotFoundError as exc:
+            _fail(str(exc))
+    return Router(router_dir)
+
+
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
@@ -499,7 +510,9 @@ def score(
 
 @app.command()
 def serve(
-    router_dir: Annotated[Path, typer.Option("--router", help="router artifact")],
+    router_dir: Annotated[
+        Path | None, typer.Option("--router", help="router artifact (default: $HYBRIDLLM_ROUTER or the shipped one)")
+    ] = None,
     small: Annotated[
         str | None, typer.Option(help="small upstream: MODEL@BASE_URL, a local model name or .gguf")
     ] = None,
@@ -507,8 +520,8 @@ def serve(
         str | None, typer.Option(help="large upstream: MODEL@BASE_URL, a local model name or .gguf")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file: small, large, host, port, fallback, ...")] = None,
-    host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
-    port: Annotated[int | None, typer.Option(help="port (default 8000)")] = None,
+    host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)", envvar="HYBRIDLLM_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8000)", envvar="HYBRIDLLM_PORT")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="env var with the upstreams' API key")] = None,
     serve_api_key_env: Annotated[
         str | None, typer.Option(help="env var with comma-separated keys clients must send (Bearer)")
@@ -523,7 +536,6 @@ def serve(
 
     import uvicorn
 
-    from .router import Router
     from .serve import ServeOptions, Upstream, create_app
 
     cfg: dict = {}
@@ -534,8 +546,13 @@ def serve(
             cfg = tomllib.loads(config.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             _fail(f"{config}: {exc}")
-    small = small or cfg.get("small")
-    large = large or cfg.get("large")
+    router_dir = router_dir or (Path(cfg["router"]) if "router" in cfg else None)
+    router = _load_router(router_dir)
+    from .models import LOCAL_MODELS
+
+    # with no upstreams named, a router trained on local models serves those models in-process
+    small = small or cfg.get("small") or (router.small if router.small in LOCAL_MODELS else None)
+    large = large or cfg.get("large") or (router.large if router.large in LOCAL_MODELS else None)
     host = host or cfg.get("host", "127.0.0.1")
     port = port or int(cfg.get("port", 8000))
     fallback = cfg.get("fallback", True) if fallback is None else fallback
@@ -551,7 +568,6 @@ def serve(
         client_keys = [k for k in os.environ.get(serve_api_key_env, "").split(",") if k]
         if not client_keys:
             _fail(f"environment variable {serve_api_key_env} holds no keys")
-    router = Router(router_dir)
     route_on = route_on or cfg.get("route_on")
     if route_on is not None:
         if route_on not in ("all", "last"):
@@ -589,7 +605,9 @@ def serve(
 @app.command()
 def chat(
     question: Annotated[str | None, typer.Argument(help="the question; omit for an interactive session")] = None,
-    router_dir: Annotated[Path, typer.Option("--router", help="router artifact")] = Path("router"),
+    router_dir: Annotated[
+        Path | None, typer.Option("--router", help="router artifact (default: $HYBRIDLLM_ROUTER or the shipped one)")
+    ] = None,
     small: Annotated[str | None, typer.Option(help="small model: local name, .gguf path or MODEL@BASE_URL")] = None,
     large: Annotated[str | None, typer.Option(help="large model: local name, .gguf path or MODEL@BASE_URL")] = None,
     max_quality_drop: Annotated[float | None, typer.Option(help="max quality drop, percent")] = None,
@@ -603,9 +621,8 @@ def chat(
     import asyncio
 
     from .backends import SamplingParams, make_backend
-    from .router import Router
 
-    router = Router(router_dir)
+    router = _load_router(router_dir)
     specs = {"small": small or router.small, "large": large or router.large}
     backends = {k: make_backend(v, api_key_env=api_key_env) for k, v in specs.items()}
     params = SamplingParams(temperature=temperature, max_tokens=max_tokens)

@@ -157,3 +157,19 @@ class Router:
 
 def load_router(directory: str | Path, backend: str = "auto") -> Router:
     return Router(directory, backend=backend)
+
+
+SHIPPED_ROUTER = Path(__file__).resolve().parent / "routers" / "default"
+
+
+def default_router_dir() -> Path:
+    """The router used when none is named: ``$HYBRIDLLM_ROUTER`` if set, else the one shipped in
+    the package for the default local pair (``qwen2.5-0.5b`` → ``qwen2.5-1.5b``)."""
+    import os
+
+    env = os.environ.get("HYBRIDLLM_ROUTER")
+    path = Path(env).expanduser() if env else SHIPPED_ROUTER
+    if not (path / "config.json").is_file():
+        where = "HYBRIDLLM_ROUTER" if env else "this install"
+        raise FileNotFoundError(f"no router at {path} ({where}); pass --router DIR (train one with `hybridllm train`)")
+    return path

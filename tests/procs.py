@@ -1,0 +1,42 @@
+"""`hybridllm serve` as a real subprocess on 127.0.0.1, for the tests that go through the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+
+
+@contextlib.contextmanager
+def running_serve(
+    args: list[str], port: int, env: dict[str, str] | None = None, timeout: float = 60
+) -> Iterator[subprocess.Popen]:
+    """Start `hybridllm serve ARGS`, wait for /health, yield the process; the caller reads its
+    combined output from ``proc.stdout`` after the block (the process is stopped by then)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybridllm.cli", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HYBRIDLLM_NO_PROGRESS": "1", **(env or {})},
+    )
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                out = proc.stdout.read().decode() if proc.poll() is not None else ""
+                raise AssertionError(f"serve did not come up: {out[-2000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
