@@ -167,3 +167,32 @@ def test_resuming_with_other_settings_is_refused(prompts, upstream, tmp_path):
     upstream.delay = 0.0
     subprocess.run(cmd(prompts, upstream, out), check=True, capture_output=True, timeout=120)  # same: resumes
     assert len(read_table(out)) == 20
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced by a stale copy", "replaced by a foreign file"])
+def test_journal_put_back_when_its_file_is_swapped_under_the_run(tmp_path, how):
+    """`git stash` once swapped a running collection's journal for a stale copy: every later
+    sample went to the orphaned inode. Now the next append notices and rewrites the journal."""
+    from hybridllm.collect import Journal
+
+    p = tmp_path / "j.jsonl"
+    j = Journal(p, settings={"s": 1})
+    rec = [{"id": f"r{i}", "model": "m", "k": 0, "text": str(i)} for i in range(4)]
+    j.append(rec[0], rec[1])
+    stale = p.read_bytes()
+    j.append(rec[2])
+    if how == "deleted":
+        p.unlink()
+    elif how == "replaced by a stale copy":
+        p.unlink()
+        p.write_bytes(stale)
+    else:
+        (tmp_path / "x").write_text('{"id": "zz", "model": "other", "k": 0, "text": "?"}\n')
+        (tmp_path / "x").replace(p)  # a new file renamed over it, as git and sync tools do
+    j.append(rec[3])
+    j.close()
+    again = Journal(p, settings={"s": 1})
+    assert set(again.done) == {(f"r{i}", "m", 0) for i in range(4)}
+    assert again.done[("r3", "m", 0)]["text"] == "3"
+    foreign = list(tmp_path.glob("j.jsonl.foreign-*"))
+    assert (len(foreign) == 1) == (how == "replaced by a foreign file")

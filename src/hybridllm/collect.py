@@ -11,6 +11,7 @@ at the end and the journal removed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -79,10 +80,47 @@ class Journal:
         # one write(2) for all records: a kill -9 lands before or after it, never between the
         # samples of one batch (which must be redone together to come out the same)
         data = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in recs)
+        if not self._still_ours():
+            self._rewrite()
         fd = self._fh.fileno()
         while data:
             data = data[os.write(fd, data) :]
         os.fsync(fd)
+
+    def _still_ours(self) -> bool:
+        """Whether the path still names the file we append to. A `git stash`/checkout, a sync tool
+        or a user can replace or delete it under a long run; appending to the orphaned inode would
+        then lose every later sample at the next resume (this happened to a 6-hour run)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(self._fh.fileno())
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def _rewrite(self) -> None:
+        """Put the journal back at its path: settings and every sample this run knows, written to
+        a temporary file, fsynced and renamed over whatever is there now (a stale copy holds a
+        subset of what we know; a foreign file is kept beside it)."""
+        if self.path.exists():
+            old = self.path.read_bytes()
+            keys = set()
+            for line in old.splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    rec = json.loads(line)
+                    if "_settings" not in rec:
+                        keys.add((rec["id"], rec["model"], int(rec["k"])))
+            if not keys <= set(self.done):
+                self.path.replace(self.path.with_name(self.path.name + f".foreign-{os.getpid()}"))
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        lines = [{"_settings": self.settings}] if self.settings is not None else []
+        lines += list(self.done.values())
+        tmp.write_bytes(b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in lines))
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(self.path)
+        self._fh.close()
+        self._fh = self.path.open("ab", buffering=0)
 
     def append(self, *recs: dict[str, Any]) -> None:
         self._write(*recs)
