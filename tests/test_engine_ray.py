@@ -273,3 +273,25 @@ def test_cli_score_train_evaluate_with_engine_ray(ray_cluster, mmlu_slice, tmp_p
         text=True,
     )
     assert res.returncode != 0 and "--work-dir need --engine ray" in res.stderr
+
+
+def test_collect_with_a_local_model_in_an_actor_pool(ray_cluster, tmp_path):
+    """Local GGUF backends run in actors (the model loads once per actor, with the CPUs Ray gave
+    it); the table equals the in-process engine's for the same seeds."""
+    import asyncio
+
+    from hybridllm.backends import LocalBackend
+    from hybridllm.collect import collect_async
+    from hybridllm.engine import collect_ray
+
+    rows = [{"id": f"p{i}", "prompt": p} for i, p in enumerate(["One, two,", "Paris is", "Water is", "Dogs are"])]
+    params = SamplingParams(temperature=0.8, max_tokens=8)
+    local, _ = asyncio.run(
+        collect_async(rows, {"tiny": LocalBackend("gemma-3-270m", n_threads=1)}, tmp_path / "l.jsonl", 2, params, 9)
+    )
+    on_ray, stats = collect_ray(
+        rows, {"tiny": "gemma-3-270m"}, tmp_path / "r.jsonl", 2, params, 9, ray_opts(tmp_path, shard_rows=2)
+    )
+    assert stats.shards == 2 and stats.items == 4  # prompts
+    assert stats.tokens == sum(sum(r["meta"]["completion_tokens"]["tiny"]) for r in local) > 0
+    assert on_ray == local and all(len(r["responses"]["tiny"]) == 2 for r in on_ray)

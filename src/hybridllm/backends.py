@@ -288,8 +288,11 @@ class LocalBackend:
             return await asyncio.to_thread(self.generate_many_sync, items)
 
 
-def make_backend(spec: str, api_key_env: str | None = None, **http_kw: Any) -> HTTPBackend | LocalBackend:
-    """SPEC: ``MODEL@BASE_URL`` (HTTP), a named local model, or a path to a ``.gguf`` file."""
+def make_backend(
+    spec: str, api_key_env: str | None = None, local_threads: int | None = None, **http_kw: Any
+) -> HTTPBackend | LocalBackend:
+    """SPEC: ``MODEL@BASE_URL`` (HTTP), a named local model, or a path to a ``.gguf`` file.
+    ``local_threads``: CPU threads for a local model (default: all cores)."""
     if "@" in spec and "://" in spec:
         return HTTPBackend.from_spec(spec, api_key_env=api_key_env, **http_kw)
-    return LocalBackend(spec)
+    return LocalBackend(spec, n_threads=local_threads)

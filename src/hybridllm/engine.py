@@ -364,6 +364,8 @@ def collect_ray(
     }
     store = ShardStore(options.work_dir or output.with_name(output.name + ".shards"), settings)
     local = any(not hasattr(b, "base_url") for b in probe.values())
+    if local:  # each actor's llama.cpp gets the CPUs Ray reserved for it, not every core of the node
+        backend_kw["local_threads"] = max(1, int(options.cpus_per_worker))
     stats = run_shards(
         list(rows),
         CollectWorker,
