@@ -8,10 +8,13 @@ __version__ = "0.1.0"
 
 from .artifact import ArtifactError
 from .calibrate import CalibrationError, calibration_table
+from .collect import sample_rows
 from .encoder import EmbeddingCache, EncoderError, TransformerEncoder
+from .engine import RayOptions, collect_ray, featurize_ray, router_scores_ray, score_ray
 from .labels import det_labels, make_labels, prob_labels, trans_labels
 from .metrics import evaluate_scores, expected_quality
-from .router import Decision, Router, load_router
+from .router import Decision, Router, default_router_dir, load_router
+from .score import score_rows
 from .table import TableError, read_table, select_pair, split_rows, validate_row, write_table
 from .train import TrainOptions, train_router
 
@@ -21,19 +24,27 @@ __all__ = [
     "Decision",
     "EmbeddingCache",
     "EncoderError",
+    "RayOptions",
     "Router",
     "TableError",
     "TrainOptions",
     "TransformerEncoder",
     "__version__",
     "calibration_table",
+    "collect_ray",
+    "default_router_dir",
     "det_labels",
     "evaluate_scores",
     "expected_quality",
+    "featurize_ray",
     "load_router",
     "make_labels",
     "prob_labels",
     "read_table",
+    "router_scores_ray",
+    "sample_rows",
+    "score_ray",
+    "score_rows",
     "select_pair",
     "split_rows",
     "train_router",
