@@ -94,3 +94,16 @@ def test_static_one_pass_equals_truncating_tokenizer(cache_env):
         again = list(pool.map(lambda t: enc.encode_with_lengths([t]), texts * 5))[-len(texts) :]
     np.testing.assert_allclose(np.concatenate([a[0] for a in again]), vecs, atol=1e-6)
     assert [int(a[1][0]) for a in again] == lengths.tolist()
+
+
+def test_token_counts_are_untruncated_for_every_encoder(cache_env):
+    """log_tokens counts the whole prompt whatever the encoder truncates to (the transformer's
+    tokenizer truncates; its counts come from an untruncated twin, not from toggling it)."""
+    from hybridllm.encoder import _Tokenizer, resolve_encoder_path
+
+    tok = _Tokenizer(resolve_encoder_path(None)[1], max_length=8)
+    text = "one two three four five six seven eight nine ten eleven twelve"
+    ids, _ = tok([text])
+    assert ids.shape[1] == 8  # the model still sees at most max_length tokens
+    assert tok.lengths([text]) == [len(text.split()) + 2]  # [CLS] + 12 words + [SEP]
+    assert tok.tok.truncation["max_length"] == 8

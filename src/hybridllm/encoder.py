@@ -110,8 +110,14 @@ class _Tokenizer:
 
             self.tok = AutoTokenizer.from_pretrained(str(path), use_fast=True).backend_tokenizer
         self.tok.no_padding()
+        # an untruncated twin for token counts (the log_tokens feature counts the whole prompt):
+        # toggling truncation on the one tokenizer was unsafe with threads sharing it
+        self.raw = Tokenizer.from_str(self.tok.to_str())
+        self.raw.no_truncation()
         self.tok.enable_truncation(max_length=max_length)
         self.max_length = max_length
+        pp = self.raw.post_processor
+        self.n_added = pp.num_special_tokens_to_add(False) if pp is not None else 0
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         encs = self.tok.encode_batch([t if t else " " for t in texts])
@@ -124,7 +130,8 @@ class _Tokenizer:
         return ids, mask
 
     def lengths(self, texts: Sequence[str]) -> list[int]:
-        return [len(e.ids) for e in self.tok.encode_batch([t if t else " " for t in texts])]
+        """Token counts before truncation, special tokens included."""
+        return [len(e.ids) for e in self.raw.encode_batch([t if t else " " for t in texts])]
 
 
 def _torch_pooled_module(model: Any) -> Any:
@@ -291,13 +298,6 @@ class StaticEncoder:
         self.dim = int(self.table.shape[1])
         specials = {self.tokenizer.tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>")}
         self._specials = np.array(sorted(i for i in specials if i is not None), dtype=np.int64)
-        # an untruncated copy of the tokenizer, owned by this encoder (see encode_with_lengths)
-        from tokenizers import Tokenizer
-
-        self._raw = Tokenizer.from_str(self.tokenizer.tok.to_str())
-        self._raw.no_truncation()
-        pp = self._raw.post_processor
-        self._n_added = pp.num_special_tokens_to_add(False) if pp is not None else 0
 
     def _load_table(self) -> np.ndarray:
         target = cache_dir() / "static" / f"{self.name}-{encoder_fingerprint(self.path, 0)}.npy"
@@ -328,13 +328,13 @@ class StaticEncoder:
         would: the first ``max_length - n_special`` content tokens."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         lengths = np.zeros(len(texts), dtype=np.int64)
-        keep = self.max_length - self._n_added
+        keep = self.max_length - self.tokenizer.n_added
         step = max(batch_size, 256)
         for start in range(0, len(texts), step):
             part = texts[start : start + step]
-            encs = self._raw.encode_batch([t or " " for t in part], add_special_tokens=False)
+            encs = self.tokenizer.raw.encode_batch([t or " " for t in part], add_special_tokens=False)
             for i, e in enumerate(encs):
-                lengths[start + i] = len(e.ids) + self._n_added
+                lengths[start + i] = len(e.ids) + self.tokenizer.n_added
                 ids = np.asarray(e.ids[:keep], dtype=np.int64)
                 ids = ids[~np.isin(ids, self._specials)]
                 if len(ids):

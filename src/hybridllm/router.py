@@ -52,17 +52,7 @@ def extra_features(
 def _token_lengths(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
     if hasattr(encoder, "token_lengths"):
         return encoder.token_lengths(texts)
-    tok = getattr(encoder, "tokenizer", None)
-    if tok is None:
-        return np.array([len(t.split()) for t in texts], dtype=np.float32)
-    from tokenizers import Tokenizer
-
-    raw = getattr(encoder, "_untruncated", None)
-    if raw is None:  # a private untruncated copy: never toggle truncation on the shared tokenizer
-        raw = Tokenizer.from_str(tok.tok.to_str())
-        raw.no_truncation()
-        encoder._untruncated = raw  # type: ignore[attr-defined]
-    return np.array([len(e.ids) for e in raw.encode_batch([t if t else " " for t in texts])], dtype=np.float32)
+    return np.array([len(t.split()) for t in texts], dtype=np.float32)
 
 
 def featurize(
