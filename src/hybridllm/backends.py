@@ -154,6 +154,15 @@ class HTTPBackend:
 _CPU_LOCKS: dict[int, asyncio.Lock] = {}
 
 
+def _as_messages(prompt: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def _as_text(prompt: str | list[dict[str, Any]]) -> str:
+    """A completion-mode (base) model gets the turns' contents, one per line."""
+    return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+
+
 def _assembly_bar(name: str) -> Any:
     """A byte progress bar for the one-time assembly of a named model from its part packages
     (1.1 GB for the 1.5B model); created on the first callback, so a cached model shows nothing."""
@@ -236,13 +245,11 @@ class LocalBackend:
         }
         t0 = time.perf_counter()
         if self.chat:
-            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-            out = llm.create_chat_completion(messages=messages, **kw)
+            out = llm.create_chat_completion(messages=_as_messages(prompt), **kw)
             choice = out["choices"][0]
             text = choice["message"]["content"] or ""
         else:
-            text_prompt = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-            out = llm.create_completion(prompt=text_prompt, **kw)
+            out = llm.create_completion(prompt=_as_text(prompt), **kw)
             choice = out["choices"][0]
             text = choice["text"]
         usage = out.get("usage") or {}
@@ -271,11 +278,9 @@ class LocalBackend:
         reqs = []
         for prompt, params in items:
             if self.chat:
-                messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-                toks = chat_prompt_tokens(llm, messages)
+                toks = chat_prompt_tokens(llm, _as_messages(prompt))
             else:
-                text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-                toks = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+                toks = llm.tokenize(_as_text(prompt).encode("utf-8"), add_bos=True, special=True)
             reqs.append(BatchRequest(toks, params))
         t0 = time.perf_counter()
         out = self._decoder.generate(reqs)

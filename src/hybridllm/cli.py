@@ -438,16 +438,15 @@ def collect(
         )
         return
     total = len(rows) * len(backends) * samples
-    journal = output.with_name(output.name + ".journal.jsonl")
-    resumed = 0
-    if journal.exists():
-        with journal.open("rb") as fh:  # whole lines past the settings line = samples already done
-            resumed = max(0, sum(1 for line in fh if line.endswith(b"\n")) - 1)
-        _progress(f"resuming from {journal} ({resumed} of {total} samples done)")
     disable = os.environ.get("HYBRIDLLM_NO_PROGRESS") == "1"
-    bar = tqdm(total=total, initial=resumed, desc="collect", unit="sample", disable=disable)
+    bar = tqdm(total=total, desc="collect", unit="sample", disable=disable)
     t0 = time.perf_counter()
     tokens = [0]
+
+    def on_start(stats) -> None:
+        if stats.resumed:
+            _progress(f"resuming from {output.name}.journal.jsonl ({stats.resumed} of {total} samples done)")
+            bar.update(stats.resumed)
 
     def on_sample(rec: dict) -> None:
         tokens[0] += rec.get("completion_tokens") or 0
@@ -455,7 +454,9 @@ def collect(
         bar.set_postfix(tok_s=f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):.1f}")
 
     _, stats = asyncio.run(
-        collect_async(sent, backends, output, samples, params, seed, on_sample, keep=rows, batch=batch)
+        collect_async(
+            sent, backends, output, samples, params, seed, on_sample, keep=rows, batch=batch, on_start=on_start
+        )
     )
     bar.close()
     out.print(

@@ -11,7 +11,6 @@ at the end and the journal removed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -67,19 +66,14 @@ class Journal:
         if good < len(data):
             with self.path.open("r+b") as fh:
                 fh.truncate(good)
-        for line in data[:good].splitlines():
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            if "_settings" in rec:
-                self.settings = rec["_settings"]
-                continue
-            self.done.setdefault((rec["id"], rec["model"], int(rec["k"])), rec)
+        self.settings, done = _parse(data[:good])
+        for key, rec in done.items():
+            self.done.setdefault(key, rec)
 
     def _write(self, *recs: dict[str, Any]) -> None:
         # one write(2) for all records: a kill -9 lands before or after it, never between the
         # samples of one batch (which must be redone together to come out the same)
-        data = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in recs)
+        data = _encode(recs)
         if not self._still_ours():
             self._rewrite()
         fd = self._fh.fileno()
@@ -102,20 +96,12 @@ class Journal:
         """Put the journal back at its path: settings and every sample this run knows, written to
         a temporary file, fsynced and renamed over whatever is there now (a stale copy holds a
         subset of what we know; a foreign file is kept beside it)."""
-        if self.path.exists():
-            old = self.path.read_bytes()
-            keys = set()
-            for line in old.splitlines():
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    rec = json.loads(line)
-                    if "_settings" not in rec:
-                        keys.add((rec["id"], rec["model"], int(rec["k"])))
-            if not keys <= set(self.done):
-                self.path.replace(self.path.with_name(self.path.name + f".foreign-{os.getpid()}"))
+        known = set(self.done)
+        if self.path.exists() and not set(_parse(self.path.read_bytes(), strict=False)[1]) <= known:
+            self.path.replace(self.path.with_name(self.path.name + f".foreign-{os.getpid()}"))
         tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        lines = [{"_settings": self.settings}] if self.settings is not None else []
-        lines += list(self.done.values())
-        tmp.write_bytes(b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in lines))
+        head = [{"_settings": self.settings}] if self.settings is not None else []
+        tmp.write_bytes(_encode([*head, *self.done.values()]))
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
         tmp.replace(self.path)
@@ -129,6 +115,31 @@ class Journal:
 
     def close(self) -> None:
         self._fh.close()
+
+
+def _encode(recs: Sequence[dict[str, Any]]) -> bytes:
+    return b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in recs)
+
+
+def _parse(
+    data: bytes, strict: bool = True
+) -> tuple[dict[str, Any] | None, dict[tuple[str, str, int], dict[str, Any]]]:
+    """(settings, samples by key) of journal bytes; the first record of a key wins. ``strict``:
+    a malformed line is an error (our own journal) rather than skipped (a file of unknown origin)."""
+    settings, done = None, {}
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if "_settings" in rec:
+                settings = rec["_settings"]
+                continue
+            done.setdefault((rec["id"], rec["model"], int(rec["k"])), rec)
+        except (ValueError, KeyError, TypeError):
+            if strict:
+                raise
+    return settings, done
 
 
 @dataclass
@@ -233,6 +244,7 @@ async def collect_async(
     on_sample: Callable[[dict[str, Any]], None] | None = None,
     keep: Sequence[Row] | None = None,
     batch: int = 1,
+    on_start: Callable[[CollectStats], None] | None = None,
 ) -> tuple[list[Row], CollectStats]:
     """Sample every (row, model, k) not yet journaled. ``keep``: the rows to write into the table (the
     originals, when ``rows`` carry templated prompts), same order and ids as ``rows``. ``batch``: how
@@ -242,6 +254,8 @@ async def collect_async(
     output.parent.mkdir(parents=True, exist_ok=True)
     journal = Journal(journal_path, collect_settings(rows, backends, samples, params, seed))
     stats = CollectStats(resumed=len(journal.done))
+    if on_start is not None:  # e.g. a progress bar that starts at the samples already journaled
+        on_start(stats)
 
     def sink(recs: list[dict[str, Any]]) -> None:
         journal.append(*recs)
@@ -274,9 +288,9 @@ def _groups(
     writes, a resumed run decodes each remaining sample in the same company (hence to the same text)
     as an uninterrupted one."""
     out: list[tuple[int, int, list[tuple[Row, str, int]]]] = []
+    every = [(i, r, k) for i, r in enumerate(rows) for k in range(samples)]
     for mi, (m, b) in enumerate(backends.items()):
         size = batch if batch > 1 and hasattr(b, "generate_many") else 1
-        every = [(i, r, k) for i, r in enumerate(rows) for k in range(samples)]
         for start in range(0, len(every), size):
             g = [(r, m, k) for _, r, k in every[start : start + size] if (r["id"], m, k) not in done]
             if g:

@@ -113,6 +113,14 @@ class ShardStore:
 
         return pq.read_table(self.path(shard))
 
+    def rows(self, shards: int) -> list[Row]:
+        """Shards 0..shards-1 of row results, joined in order."""
+        return [r for i in range(shards) for r in table_rows(self.read(i))]
+
+    def vectors(self, shards: int) -> np.ndarray:
+        """Shards 0..shards-1 of vector results, stacked in order."""
+        return np.concatenate([table_vectors(self.read(i)) for i in range(shards)])
+
 
 def rows_table(rows: Sequence[Row]) -> Any:
     """Rows as a one-column Parquet table of JSON text: lossless for any row shape."""
@@ -384,7 +392,7 @@ def collect_ray(
         actors=local,
         unit="prompt",
     )
-    out = [r for i in range(stats.shards) for r in table_rows(store.read(i))]
+    out = store.rows(stats.shards)
     write_table(out, output)
     return out, stats
 
@@ -396,14 +404,13 @@ def score_ray(
     judge: str | None = None,
     model_path: str | None = None,
     judge_kw: dict[str, Any] | None = None,
-    work_key: Any = None,
 ) -> tuple[list[Row], RunStats]:
     settings = {
         "stage": "score",
         "metric": metric,
         "judge": judge,
         "model_path": model_path,
-        "rows": digest(work_key if work_key is not None else list(rows)),
+        "rows": digest(list(rows)),
         "shard_rows": options.shard_rows,
     }
     store = ShardStore(options.work_dir or default_work_dir("score", settings), settings)
@@ -417,7 +424,7 @@ def score_ray(
         f"score {metric}",
         actors=stateful,
     )
-    return [r for i in range(stats.shards) for r in table_rows(store.read(i))], stats
+    return store.rows(stats.shards), stats
 
 
 def featurize_ray(
@@ -444,7 +451,7 @@ def featurize_ray(
         "embedding",
         unit="text",
     )
-    return np.concatenate([table_vectors(store.read(i)) for i in range(stats.shards)]), stats
+    return store.vectors(stats.shards), stats
 
 
 def router_scores_ray(
@@ -463,4 +470,4 @@ def router_scores_ray(
     stats = run_shards(
         list(prompts), RouterWorker, {"router_dir": str(router_dir)}, store, options, "routing", unit="prompt"
     )
-    return np.concatenate([table_vectors(store.read(i)) for i in range(stats.shards)])[:, 0], stats
+    return store.vectors(stats.shards)[:, 0], stats
