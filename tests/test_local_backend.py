@@ -78,6 +78,10 @@ def test_batched_mixed_prompts_and_stop(cache_env):
     assert "four" in a.text.lower() or "4" in a.text  # a real model continuing a real sequence
     (s,) = _many([("One, two, three,", SamplingParams(temperature=0.0, max_tokens=20, stop=[","]))])
     assert "," not in s.text and s.finish_reason == "stop" and s.completion_tokens < 20
+    # a stop string spanning several tokens, found in the window of the newest pieces
+    mark = a.text.strip()[2:11]
+    (m,) = _many([("One, two, three,", SamplingParams(temperature=0.0, max_tokens=20, stop=["zzz", mark]))])
+    assert m.finish_reason == "stop" and m.text == a.text[: a.text.index(mark)]
 
 
 def test_batched_context_too_small_is_a_clear_error(cache_env):

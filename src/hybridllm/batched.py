@@ -42,6 +42,7 @@ class _Seq:
     pos: int
     tokens: list[int] = field(default_factory=list)
     done: str | None = None
+    text: bytearray = field(default_factory=bytearray)  # the pieces so far, for stop detection
 
 
 def _sampler(params: SamplingParams) -> Any:
@@ -163,11 +164,23 @@ class BatchedDecoder:
             s.done = "stop"
             return
         s.tokens.append(tok)
-        stop = s.req.params.stop
-        if stop and any(x in self._piece_text(s.tokens) for x in stop):
+        if self._hits_stop(s, tok):
             s.done = "stop"
         elif len(s.tokens) >= s.req.params.max_tokens:
             s.done = "length"
+
+    def _hits_stop(self, s: _Seq, tok: int) -> bool:
+        """Whether a stop string ends in the new token's piece. Only the piece and the bytes before
+        it that a stop string could start in are searched (bytes, so a stop split across byte-level
+        tokens is still seen); rescanning the whole text every step is quadratic in its length."""
+        stop = s.req.params.stop
+        if not stop:
+            return False
+        piece = self.llm.detokenize([tok])
+        s.text += piece
+        marks = [x.encode("utf-8") for x in stop]
+        tail = bytes(s.text[-(len(piece) + max(map(len, marks)) - 1) :])
+        return any(m in tail for m in marks)
 
     def _result(self, s: _Seq) -> BatchResult:
         text = self._piece_text(s.tokens)
