@@ -15,6 +15,7 @@ from .labels import det_labels, make_labels, prob_labels, trans_labels
 from .metrics import evaluate_scores, expected_quality
 from .router import Decision, Router, default_router_dir, load_router
 from .score import score_rows
+from .stats import table_stats
 from .table import TableError, read_table, select_pair, split_rows, validate_row, write_table
 from .train import TrainOptions, train_router
 
@@ -47,6 +48,7 @@ __all__ = [
     "score_rows",
     "select_pair",
     "split_rows",
+    "table_stats",
     "train_router",
     "trans_labels",
     "validate_row",

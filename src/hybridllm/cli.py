@@ -316,6 +316,66 @@ def route(
 
 
 @app.command()
+def stats(
+    table: Annotated[Path, typer.Argument(help="routing table (scored, or just collected)")],
+    small: Annotated[str | None, typer.Option(help="small model: adds the pair's oracle and random figures")] = None,
+    large: Annotated[str | None, typer.Option(help="large model (with --small)")] = None,
+    by: Annotated[str | None, typer.Option(help="break down by a dotted field (meta.category) or id-prefix")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+) -> None:
+    """What a table holds: each model's quality, how often the small one is good enough, and what
+    a perfect router could save (worth knowing before training one)."""
+    from .stats import table_stats
+    from .table import read_table
+
+    if bool(small) != bool(large):
+        _fail("--small and --large go together")
+    report = table_stats(read_table(table), small, large, by)
+    t = Table(title=f"{table.name}: {report['n']} rows")
+    for col in ("model", "rows", "samples", "quality", "per-query quality", "completion tokens"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for m, s in report["models"].items():
+        t.add_row(
+            m, str(s["rows"]), str(s["samples"]), _fmt(s["quality"]), _fmt(s["query_quality"]),
+            _fmt(s["completion_tokens"], 1),
+        )  # fmt: skip
+    out.print(t)
+    if not report["models"]:
+        out.print("no quality values yet: run `hybridllm score` on it")
+    p = report.get("pair")
+    if p:
+        o, r = p["oracle"], p["random"]
+        out.print(
+            f"{p['small']} → {p['large']} on {p['n']} rows ({p['skipped']} skipped): "
+            f"Q_small {p['Q_small']:.4f}, Q_large {p['Q_large']:.4f}; small good enough "
+            f"{p['small_good_enough_prob'] * 100:.1f} % (prob), {p['small_good_enough_det'] * 100:.1f} % (det), "
+            f"strictly better {p['small_strictly_better'] * 100:.1f} %\n"
+            f"cost advantage at quality drop ≤ 0 / 1 %: oracle {o['cost_advantage_at_quality_drop']['0']:.1f} / "
+            f"{o['cost_advantage_at_quality_drop']['1']:.1f}, random {r['cost_advantage_at_quality_drop']['0']:.1f} / "
+            f"{r['cost_advantage_at_quality_drop']['1']:.1f}",
+            highlight=False,
+        )
+    if report.get("groups"):
+        g = Table(title=f"by {by}")
+        g.add_column(str(by))
+        g.add_column("rows", justify="right")
+        models = [p["small"], p["large"]] if p else list(report["models"])
+        for m in models:
+            g.add_column(m, justify="right")
+        if p:
+            g.add_column("oracle CA@QD≤0", justify="right")
+        for name, e in report["groups"].items():
+            cells = [_fmt(e["models"].get(m, {}).get("query_quality")) for m in models]
+            if p:
+                cells.append(_fmt(e.get("pair", {}).get("oracle_ca_at_qd0"), 1))
+            g.add_row(name, str(e["n"]), *cells)
+        out.print(g)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+@app.command()
 def split(
     table: Annotated[Path, typer.Argument(help="routing table to split")],
     output_dir: Annotated[Path, typer.Option(help="directory for the parts (NAME.jsonl each)")],
