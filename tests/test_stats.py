@@ -68,3 +68,24 @@ def test_cli_on_real_table(tmp_path):
 def test_cli_needs_both_pair_models():
     proc = run("stats", str(MMLU), "--small", SMALL, ok=False)
     assert proc.returncode == 1 and proc.stderr.strip() == "error: --small and --large go together"
+
+
+def test_journal_of_a_running_collection(tmp_path):
+    """A journal is read without touching it (its collection may still be writing): the torn last
+    line is ignored, batched samples share their batch's wall time."""
+    j = tmp_path / "t.jsonl.journal.jsonl"
+    recs = [
+        {"_settings": {"samples": 2}},
+        {"id": "a", "model": "s", "k": 0, "text": "x", "completion_tokens": 10, "latency_s": 2.0},
+        {"id": "a", "model": "l", "k": 0, "text": "x", "completion_tokens": 30, "latency_s": 6.0, "batch": 2},
+        {"id": "a", "model": "l", "k": 1, "text": "y", "completion_tokens": 50, "latency_s": 6.0, "batch": 2},
+    ]
+    body = "".join(json.dumps(r) + "\n" for r in recs) + '{"id": "b", "mod'
+    j.write_text(body)
+    out = tmp_path / "j.json"
+    proc = run("stats", str(j), "--json", str(out))
+    assert j.read_text() == body  # not truncated
+    rep = json.loads(out.read_text())["models"]
+    assert rep["s"] == {"samples": 1, "completion_tokens": 10, "seconds": 2.0, "tokens_per_s": 5.0}
+    assert rep["l"] == {"samples": 2, "completion_tokens": 80, "seconds": 6.0, "tokens_per_s": pytest.approx(80 / 6)}
+    assert "collection in progress" in proc.stdout

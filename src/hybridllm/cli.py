@@ -317,7 +317,7 @@ def route(
 
 @app.command()
 def stats(
-    table: Annotated[Path, typer.Argument(help="routing table (scored, or just collected)")],
+    table: Annotated[Path, typer.Argument(help="routing table, or a collect journal (TABLE.journal.jsonl)")],
     small: Annotated[str | None, typer.Option(help="small model: adds the pair's oracle and random figures")] = None,
     large: Annotated[str | None, typer.Option(help="large model (with --small)")] = None,
     by: Annotated[str | None, typer.Option(help="break down by a dotted field (meta.category) or id-prefix")] = None,
@@ -325,11 +325,15 @@ def stats(
 ) -> None:
     """What a table holds: each model's quality, how often the small one is good enough, and what
     a perfect router could save (worth knowing before training one)."""
-    from .stats import table_stats
+    from .collect import is_journal, read_journal
+    from .stats import journal_stats, table_stats
     from .table import read_table
 
     if bool(small) != bool(large):
         _fail("--small and --large go together")
+    if table.is_file() and is_journal(table):
+        _journal_report(table, journal_stats(read_journal(table)[1]), json_out)
+        return
     report = table_stats(read_table(table), small, large, by)
     t = Table(title=f"{table.name}: {report['n']} rows")
     for col in ("model", "rows", "samples", "quality", "per-query quality", "completion tokens"):
@@ -373,6 +377,19 @@ def stats(
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def _journal_report(path: Path, report: dict[str, dict[str, Any]], json_out: Path | None) -> None:
+    """A collection still in its journal: how far each model got and how fast it decoded."""
+    t = Table(title=f"{path.name}: collection in progress (journal)")
+    for col in ("model", "samples", "completion tokens", "decode seconds", "tokens/s"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for m, s in report.items():
+        t.add_row(m, str(s["samples"]), str(s["completion_tokens"]), f"{s['seconds']:.1f}", _fmt(s["tokens_per_s"], 1))
+    out.print(t)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"journal": str(path), "models": report}, indent=1) + "\n")
 
 
 @app.command()

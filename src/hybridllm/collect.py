@@ -142,6 +142,18 @@ def _parse(
     return settings, done
 
 
+def read_journal(path: str | Path) -> tuple[dict[str, Any] | None, dict[tuple[str, str, int], dict[str, Any]]]:
+    """(settings, samples) of a journal, read-only: a torn last line (a run killed mid-write, or
+    one still writing) is ignored, not truncated, so a running collection can be looked at."""
+    data = Path(path).read_bytes()
+    return _parse(data[: data.rfind(b"\n") + 1])
+
+
+def is_journal(path: str | Path) -> bool:
+    with Path(path).open("rb") as fh:
+        return fh.readline().startswith(b'{"_settings"')
+
+
 @dataclass
 class CollectStats:
     requested: int = 0

@@ -114,3 +114,19 @@ def table_stats(
                 entry["pair"]["oracle_ca_at_qd0"] = p["oracle"]["cost_advantage_at_quality_drop"]["0"]
             report["groups"][name] = entry
     return report
+
+
+def journal_stats(done: dict[tuple[str, str, int], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model, what a (possibly still running) collection has produced: samples, prompts with
+    every sample so far, tokens, and decode time. Samples decoded together (``collect --batch``)
+    each carry the batch's wall time, so each counts for ``latency / batch`` of it."""
+    out: dict[str, dict[str, Any]] = {}
+    for (_, model, _), rec in done.items():
+        m = out.setdefault(model, {"samples": 0, "completion_tokens": 0, "seconds": 0.0})
+        m["samples"] += 1
+        m["completion_tokens"] += int(rec.get("completion_tokens") or 0)
+        m["seconds"] += float(rec.get("latency_s") or 0.0) / int(rec.get("batch") or 1)
+    for m in out.values():
+        m["tokens_per_s"] = m["completion_tokens"] / m["seconds"] if m["seconds"] else None
+        m["seconds"] = round(m["seconds"], 1)
+    return out
