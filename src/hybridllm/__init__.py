@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from .artifact import ArtifactError
 from .calibrate import CalibrationError, calibration_table
 from .collect import sample_rows
+from .crossval import cross_validate
 from .encoder import EmbeddingCache, EncoderError, TransformerEncoder
 from .engine import RayOptions, collect_ray, featurize_ray, router_scores_ray, score_ray
 from .labels import det_labels, make_labels, prob_labels, trans_labels
@@ -33,6 +34,7 @@ __all__ = [
     "__version__",
     "calibration_table",
     "collect_ray",
+    "cross_validate",
     "default_router_dir",
     "det_labels",
     "evaluate_scores",

@@ -242,6 +242,58 @@ def evaluate(
 
 
 @app.command()
+def crossval(
+    table: Annotated[Path, typer.Argument(help="routing table with both models' quality")],
+    small: Annotated[str, typer.Option(help="name of the small model in the table's quality")],
+    large: Annotated[str, typer.Option(help="name of the large model in the table's quality")],
+    folds: Annotated[int, typer.Option(help="number of folds (by hashed id)")] = 5,
+    labels: Annotated[Labels, typer.Option(help="label type (DESIGN.md section 4)")] = Labels.trans,
+    encoder: Annotated[str, typer.Option(help="as in train")] = "static",
+    seed: Annotated[int, typer.Option(help="fold f trains with seed + f")] = 0,
+    salt: Annotated[str, typer.Option(help="hash salt of the folds")] = "crossval",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+    predictions: Annotated[Path | None, typer.Option(help="write JSONL {id, score} of out-of-fold scores")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write a PNG of quality drop vs cost advantage")] = None,
+) -> None:
+    """Cross-validate the training recipe: every row scored by a router trained on the other
+    folds. For tables too small to spare a test split."""
+    from .crossval import cross_validate
+    from .evaluate import plot_curves, write_predictions
+    from .head import HeadConfig
+    from .metrics import expected_quality
+    from .table import read_table
+    from .train import DEFAULT_EXTRA, TrainOptions
+
+    opts = TrainOptions(
+        small=small,
+        large=large,
+        labels=labels.value,
+        encoder=encoder,
+        seed=seed,
+        head=HeadConfig(extra=list(DEFAULT_EXTRA), seed=seed),
+    )
+    res = cross_validate(read_table(table), opts, folds=folds, salt=salt, progress=_progress)
+    rep = res.report
+    if rep["skipped"]:
+        _progress(f"skipped {rep['skipped']} rows without quality for both {small} and {large}")
+    out.print(summary_table(rep, f"{small} → {large}: {folds}-fold cross-validation on {table.name} ({rep['n']} rows)"))
+    fold_apgr = ", ".join(_fmt(p["apgr"]) for p in rep["per_fold"])
+    out.print(
+        f"Q_small {rep['Q_small']:.4f}   Q_large {rep['Q_large']:.4f}   per-fold APGR {fold_apgr} "
+        f"(mean {_fmt(rep['fold_apgr_mean'])} ± {_fmt(rep['fold_apgr_std'])} sd)",
+        highlight=False,
+    )
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(rep, indent=1) + "\n")
+    if predictions:
+        write_predictions(predictions, res.rows, res.scores)
+    if plot:
+        qs, ql = expected_quality(res.rows, small, large)
+        plot_curves(plot, res.scores, qs, ql, f"{small} → {large} ({rep['n']} queries, {folds}-fold out-of-fold)")
+
+
+@app.command()
 def calibrate(
     router_dir: Annotated[Path, typer.Argument(metavar="DIR", help="router artifact")],
     table: Annotated[Path, typer.Argument(help="calibration table with both models' quality")],
