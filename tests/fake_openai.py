@@ -88,7 +88,7 @@ class FakeOpenAI:
         prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
         text = self.reply(prompt) if self.reply else f"echo:{prompt}#{body.get('seed')}"
         if body.get("stream"):
-            return StreamingResponse(self._sse(str(body.get("model")), text), media_type="text/event-stream")
+            return StreamingResponse(self._sse(body, text), media_type="text/event-stream")
         return {
             "id": "chatcmpl-1",
             "object": "chat.completion",
@@ -102,7 +102,10 @@ class FakeOpenAI:
             },
         }
 
-    async def _sse(self, model: str, text: str) -> Any:
+    async def _sse(self, body: dict[str, Any], text: str, kind: str = "chat") -> Any:
+        """OpenAI's chunk stream, one word per chunk; with ``stream_options.include_usage`` a last
+        chunk with usage and no choices, as OpenAI sends it."""
+        model = str(body.get("model"))
         words = text.split(" ")
         midstream = bool(self.faults) and self.faults[0] == "midstream"
         if midstream:
@@ -110,12 +113,14 @@ class FakeOpenAI:
         for i, w in enumerate(words):
             if midstream and i == 2:
                 raise RuntimeError("upstream died mid-stream")
+            piece = (" " if i else "") + w
+            choice = {"index": 0, "delta": {"content": piece}} if kind == "chat" else {"index": 0, "text": piece}
             chunk = {
                 "id": "chatcmpl-s",
-                "object": "chat.completion.chunk",
+                "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
                 "created": 0,
                 "model": model,
-                "choices": [{"index": 0, "delta": {"content": (" " if i else "") + w}, "finish_reason": None}],
+                "choices": [{**choice, "finish_reason": None}],
             }
             yield f"data: {json.dumps(chunk)}\n\n"
             self.chunks_sent += 1
@@ -127,7 +132,11 @@ class FakeOpenAI:
             "model": model,
             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
         }
-        yield f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n"
+        yield f"data: {json.dumps(end)}\n\n"
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)}
+            yield f"data: {json.dumps({'id': 'chatcmpl-s', 'choices': [], 'usage': usage})}\n\n"
+        yield "data: [DONE]\n\n"
 
     async def _completion(self, request: Request) -> Any:
         body = await request.json()
@@ -136,6 +145,8 @@ class FakeOpenAI:
         if fault is not None:
             return fault
         text = f"echo:{body.get('prompt')}#{body.get('seed')}"
+        if body.get("stream"):
+            return StreamingResponse(self._sse(body, text, "completion"), media_type="text/event-stream")
         return {
             "id": "cmpl-1",
             "object": "text_completion",

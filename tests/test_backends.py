@@ -120,3 +120,37 @@ def test_spec_errors(monkeypatch):
     monkeypatch.setenv("MY_KEY", "sk-secret")
     b = HTTPBackend.from_spec("m@https://x/v1", api_key_env="MY_KEY")
     assert "sk-secret" not in repr(b)
+
+
+def test_streamed_answers_arrive_piece_by_piece(upstream):
+    pieces: list[str] = []
+
+    async def go():
+        async with backend(upstream) as b:
+            s = await b.generate("one two three four", SamplingParams(seed=2), on_text=pieces.append)
+        async with backend(upstream, endpoint="completion") as b:
+            c = await b.generate("plain text", SamplingParams(seed=5), on_text=pieces.append)
+        return s, c
+
+    s, c = run(go())
+    assert s.text == "echo:one two three four#2" and c.text == "echo:plain text#5"
+    assert pieces == ["echo:one", " two", " three", " four#2", "echo:plain", " text#5"]
+    assert s.completion_tokens == 4 and s.finish_reason == "stop"  # from the usage chunk asked for
+    assert upstream.requests[0]["stream"] is True and upstream.requests[0]["stream_options"] == {"include_usage": True}
+
+
+def test_stream_retries_before_its_first_piece_but_not_after(upstream):
+    pieces: list[str] = []
+    upstream.faults.extend(["429", "500"])
+
+    async def go():
+        async with backend(upstream) as b:
+            return await b.generate("a b c d", SamplingParams(), on_text=pieces.append)
+
+    assert run(go()).text == "echo:a b c d#None" and len(upstream.requests) == 3
+    pieces.clear()
+    upstream.requests.clear()
+    upstream.faults.append("midstream")  # dies after two chunks
+    with pytest.raises(BackendError, match="stream broke"):
+        run(go())
+    assert pieces == ["echo:a", " b"] and len(upstream.requests) == 1

@@ -153,6 +153,7 @@ def test_chat_answers_through_the_router(artifact):
         ]
         p = run(*args, "--threshold", "0")
         assert p.stdout.strip() == "small: What is 2+2?" and SMALL in p.stderr and "threshold 0.000" in p.stderr
+        assert s_up.requests[-1]["stream"] is True  # the answer is streamed to the terminal as it comes
         p = run(*args, "--cost-advantage", "0")
         assert p.stdout.strip() == "large: What is 2+2?" and LARGE in p.stderr
         inter = subprocess.run(

@@ -120,3 +120,19 @@ def test_batched_collect_resumes_to_the_same_table(cache_env, tmp_path):
     _, stats = run(tmp_path / "t.jsonl")
     assert stats.resumed == 4 and stats.requested == 8
     assert read_table(tmp_path / "t.jsonl") == read_table(tmp_path / "ref.jsonl") == ref_rows
+
+
+def test_streamed_local_answer_is_the_same_sample(cache_env):
+    """Streamed or not, first call or after the same prompt was cached: one seed, one sample."""
+    pieces: list[str] = []
+
+    async def go():
+        async with LocalBackend("gemma-3-270m", n_ctx=512) as b:
+            p = SamplingParams(temperature=0.8, max_tokens=16, seed=21)
+            return await b.generate("The capital of Italy is", p), await b.generate(
+                "The capital of Italy is", p, on_text=pieces.append
+            )
+
+    whole, streamed = asyncio.run(go())
+    assert len(pieces) > 1 and "".join(pieces) == streamed.text == whole.text
+    assert 0 < streamed.completion_tokens <= 16

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+# receives each piece of text as the model produces it (``generate(..., on_text=...)``): an answer
+# at a few tokens/s on a CPU is read as it comes, not after a silent minute
+OnText = Callable[[str], None]
 
 
 class BackendError(RuntimeError):
@@ -105,26 +111,37 @@ class HTTPBackend:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         return "/chat/completions", {**body, "messages": messages}
 
-    async def generate(self, prompt: str | list[dict[str, Any]], params: SamplingParams) -> Sample:
-        """One sample, retried on transient failures with exponential backoff and jitter."""
+    async def generate(
+        self, prompt: str | list[dict[str, Any]], params: SamplingParams, on_text: OnText | None = None
+    ) -> Sample:
+        """One sample, retried on transient failures with exponential backoff and jitter. With
+        ``on_text`` the answer is streamed (SSE) and handed over piece by piece; a stream that breaks
+        after its first piece is not retried (the caller has already shown part of it)."""
         import httpx
 
         if self._client is None or self._sem is None:
             raise RuntimeError("use the backend inside 'async with'")
         path, body = self._request(prompt, params)
+        if on_text is not None:
+            body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         last = ""
         for attempt in range(self.max_retries + 1):
             wait = self.backoff_s * (2**attempt) * (0.5 + random.random())
             try:
                 async with self._sem:
                     t0 = time.perf_counter()
-                    resp = await self._client.post(path, json=body)
-                    latency = time.perf_counter() - t0
+                    if on_text is None:
+                        resp = await self._client.post(path, json=body)
+                        if resp.status_code == 200:
+                            return self._parse(resp, time.perf_counter() - t0)
+                    else:
+                        async with self._client.stream("POST", path, json=body) as resp:
+                            if resp.status_code == 200:
+                                return await self._read_stream(resp, t0, on_text)
+                            await resp.aread()
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 last = f"{type(exc).__name__}: {exc}".strip()
             else:
-                if resp.status_code == 200:
-                    return self._parse(resp, latency)
                 last = f"HTTP {resp.status_code}: {resp.text[:200]}"
                 if resp.status_code not in RETRY_STATUS:
                     raise BackendError(f"{self.model}@{self.base_url}{path}: {last}", resp.status_code)
@@ -135,6 +152,40 @@ class HTTPBackend:
             if attempt < self.max_retries:
                 await asyncio.sleep(wait)
         raise BackendError(f"{self.model}@{self.base_url}{path}: gave up after {self.max_retries + 1} tries ({last})")
+
+    async def _read_stream(self, resp: Any, t0: float, on_text: OnText) -> Sample:
+        """Server-sent events of a chat or completion stream, pieces handed to ``on_text``."""
+        import httpx
+
+        parts: list[str] = []
+        usage: dict[str, Any] = {}
+        finish = None
+        try:
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or []:
+                    piece = _piece(choice, self.endpoint == "chat")
+                    if piece:
+                        parts.append(piece)
+                        on_text(piece)
+                    finish = choice.get("finish_reason") or finish
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise BackendError(f"{self.model}@{self.base_url}: malformed stream ({exc})", 502) from None
+        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            raise BackendError(f"{self.model}@{self.base_url}: stream broke ({type(exc).__name__})", 502) from None
+        return Sample(
+            "".join(parts),
+            usage.get("prompt_tokens"),
+            usage.get("completion_tokens"),
+            time.perf_counter() - t0,
+            finish,
+        )
 
     def _parse(self, resp: Any, latency: float) -> Sample:
         try:
@@ -152,6 +203,11 @@ class HTTPBackend:
 
 
 _CPU_LOCKS: dict[int, asyncio.Lock] = {}
+
+
+def _piece(choice: dict[str, Any], chat: bool) -> str | None:
+    """The new text of one streamed choice (OpenAI's chunk shape, which llama-cpp-python shares)."""
+    return (choice.get("delta") or {}).get("content") if chat else choice.get("text")
 
 
 def _as_messages(prompt: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -234,8 +290,16 @@ class LocalBackend:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    def generate_sync(self, prompt: str | list[dict[str, Any]], params: SamplingParams) -> Sample:
+    def generate_sync(
+        self, prompt: str | list[dict[str, Any]], params: SamplingParams, on_text: OnText | None = None
+    ) -> Sample:
         llm = self.load()
+        # A sample must depend on (prompt, params, seed) only. llama-cpp-python keeps the last
+        # prompt's KV cells and, on a repeated prefix, re-evaluates just its final token, in a batch
+        # of one whose rounding differs from the full prompt's batch: at T > 0 the same seed then
+        # gives another sample (measured with Gemma), and a resumed `collect` would not reproduce
+        # the uninterrupted run. Forgetting the cache costs one prompt evaluation per sample.
+        llm.reset()
         kw: dict[str, Any] = {
             "temperature": params.temperature,
             "top_p": params.top_p,
@@ -245,13 +309,14 @@ class LocalBackend:
         }
         t0 = time.perf_counter()
         if self.chat:
-            out = llm.create_chat_completion(messages=_as_messages(prompt), **kw)
-            choice = out["choices"][0]
-            text = choice["message"]["content"] or ""
+            call = functools.partial(llm.create_chat_completion, messages=_as_messages(prompt), **kw)
         else:
-            out = llm.create_completion(prompt=_as_text(prompt), **kw)
-            choice = out["choices"][0]
-            text = choice["text"]
+            call = functools.partial(llm.create_completion, prompt=_as_text(prompt), **kw)
+        if on_text is not None:
+            return self._stream(call, t0, on_text)
+        out = call()
+        choice = out["choices"][0]
+        text = (choice["message"]["content"] or "") if self.chat else choice["text"]
         usage = out.get("usage") or {}
         return Sample(
             text,
@@ -261,10 +326,26 @@ class LocalBackend:
             choice.get("finish_reason"),
         )
 
-    async def generate(self, prompt: str | list[dict[str, Any]], params: SamplingParams) -> Sample:
+    def _stream(self, call: Callable[..., Any], t0: float, on_text: OnText) -> Sample:
+        """llama-cpp-python's stream: one chunk per generated token (no usage in it, so tokens are
+        counted as chunks with text)."""
+        parts: list[str] = []
+        finish = None
+        for chunk in call(stream=True):
+            choice = chunk["choices"][0]
+            piece = _piece(choice, bool(self.chat))
+            if piece:
+                parts.append(piece)
+                on_text(piece)
+            finish = choice.get("finish_reason") or finish
+        return Sample("".join(parts), None, len(parts), time.perf_counter() - t0, finish)
+
+    async def generate(
+        self, prompt: str | list[dict[str, Any]], params: SamplingParams, on_text: OnText | None = None
+    ) -> Sample:
         assert self._lock is not None, "use the backend inside 'async with'"
         async with self._lock:
-            return await asyncio.to_thread(self.generate_sync, prompt, params)
+            return await asyncio.to_thread(self.generate_sync, prompt, params, on_text)
 
     def generate_many_sync(self, items: Sequence[tuple[str | list[dict[str, Any]], SamplingParams]]) -> list[Sample]:
         """Decode several samples together (see :mod:`hybridllm.batched`); each gets the batch's

@@ -760,14 +760,15 @@ def chat(
     async def answer(q: str) -> None:
         d = router.route(q, max_quality_drop=max_quality_drop, cost_advantage=cost_advantage, threshold=threshold)
         which = "small" if d.use_small else "large"
-        async with backends[which] as b:
-            s = await b.generate(q, params)
         err.print(
-            f"[bold]{d.model}[/bold] answered (score {d.score:.3f} vs threshold {d.threshold:.3f}, {d.knob}; "
-            f"{s.completion_tokens or '?'} tokens in {s.latency_s:.1f} s)",
+            f"[bold]{d.model}[/bold] answers (score {d.score:.3f} vs threshold {d.threshold:.3f}, {d.knob})",
             highlight=False,
         )
-        out.print(s.text, markup=False, highlight=False)
+        async with backends[which] as b:
+            s = await b.generate(q, params, on_text=lambda piece: print(piece, end="", flush=True))
+        print(flush=True)
+        tokens = s.completion_tokens or 0
+        err.print(f"[dim]{tokens or '?'} tokens in {s.latency_s:.1f} s[/dim]", highlight=False)
 
     if question is not None:
         asyncio.run(answer(question))
