@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 
@@ -208,6 +209,11 @@ def test_cli_serve_subprocess_with_openai_client(router, tmp_path):
             assert r.headers["x-hybridllm-model"] == SMALL and r.headers["x-hybridllm-threshold"] == "0.000000"
             with pytest.raises(openai.BadRequestError):  # max_messages = 2 from the config file
                 c.chat.completions.create(model="hybrid", messages=[{"role": "user", "content": "x"}] * 3)
+            # the start-up hint's curl command works as printed (it comes before the server is up)
+            hint = next(line for line in iter(proc.stdout.readline, b"") if b"try: curl" in line)
+            shown = subprocess.run(["bash", "-c", hint.decode().split("try: ", 1)[1]], capture_output=True, text=True)
+            assert shown.returncode == 0 and "up says What is 2+3?" in shown.stdout
+            assert f"x-hybridllm-model: {SMALL}".lower() in shown.stdout.lower()
         log = proc.stdout.read().decode()
         assert '"model": "' + SMALL in log  # one structured access-log line per request
         assert '"prompt"' not in log  # prompt text is not logged unless enabled

@@ -44,7 +44,7 @@ def _fail(msg: str) -> None:
 
 
 def _progress(msg: str) -> None:
-    err.print(f"[dim]·[/dim] {msg}", highlight=False)
+    err.print(f"[dim]·[/dim] {msg}", highlight=False, soft_wrap=True)  # commands in it stay copyable
 
 
 class Engine(str, Enum):
@@ -729,6 +729,14 @@ def serve(
     app_ = create_app(router, ups[0], ups[1], serve_opts)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _progress(f"routing {router.small} | {router.large} on http://{host}:{port}/v1")
+    _progress(
+        f"models: hybrid (default: {router.config['default_operating_point']['kind']} "
+        f"{router.config['default_operating_point']['value']:g}), hybrid-qd-<pct>, hybrid-ca-<pct>, small, large"
+    )
+    _progress(
+        f"try: curl -s http://{host}:{port}/v1/chat/completions -H 'content-type: application/json' "
+        """-d '{"model": "hybrid", "messages": [{"role": "user", "content": "What is 2+3?"}]}' -i"""
+    )
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
