@@ -141,3 +141,32 @@ def test_judge_over_a_real_http_backend_parses_and_retries():
 )
 def test_exact_match_on_real_local_model_answers(tail, expected):
     assert exact_match(tail, {"id": "gsm8k-test-0", "prompt": "p", "reference": "18"}) == expected
+
+
+def test_custom_rubric_from_the_cli(tmp_path):
+    """`score --metric judge --rubric FILE`: the judge sees the user's rubric, filled in; a rubric
+    with a typo in a placeholder is refused before any judge call."""
+    from hybridllm.table import read_table, write_table
+
+    from .fake_openai import FakeOpenAI
+    from .test_cli import run
+
+    table = tmp_path / "t.jsonl"
+    write_table([{"id": "a", "prompt": "Name a prime.", "responses": {"m": ["7", "8"]}}], table)
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text("Is {response} a prime number? Question was: {prompt}. Answer {{Rating: N}} from 1 to 10.")
+    with FakeOpenAI() as up:
+        up.reply = lambda p: "Rating: 10" if p.startswith("Is 7 ") else "Rating: 1"
+        run("score", str(table), "--metric", "judge", "--judge", f"j@{up.url}", "--rubric", str(rubric),
+            "--output", str(tmp_path / "s.jsonl"))  # fmt: skip
+        sent = [b["messages"][0]["content"] for b in up.requests]
+        assert read_table(tmp_path / "s.jsonl")[0]["quality"]["m"] == [1.0, 0.0]
+        assert "Is 7 a prime number? Question was: Name a prime.. Answer {Rating: N} from 1 to 10." in sent
+        up.requests.clear()
+        rubric.write_text("Grade {answer} for {prompt}")
+        bad = run("score", str(table), "--metric", "judge", "--judge", f"j@{up.url}", "--rubric", str(rubric),
+                  "--output", str(tmp_path / "x.jsonl"), ok=False)  # fmt: skip
+        assert bad.returncode == 1 and up.requests == []
+        assert bad.stderr.strip() == f"error: {rubric}: rubric: unknown placeholder {{answer}}; use {{prompt}}, " + (
+            "{reference}, {response} (a literal brace is {{ or }})"
+        )

@@ -607,6 +607,10 @@ def score(
         typer.Option(help="local checkpoint for bartscore / reward-model (encoder for embedding-similarity)"),
     ] = None,
     api_key_env: Annotated[str | None, typer.Option(help="environment variable with the judge's API key")] = None,
+    rubric: Annotated[
+        Path | None,
+        typer.Option(help="judge prompt file with {prompt}, {reference}, {response} (default: a 1-10 rubric)"),
+    ] = None,
     engine: EngineOpt = Engine.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 2,
@@ -615,9 +619,17 @@ def score(
 ) -> None:
     """Turn responses into per-sample quality with a metric."""
     from .backends import make_backend
-    from .score import score_rows
+    from .score import check_rubric, score_rows
     from .table import read_table, write_table
 
+    rubric_text = None
+    if rubric is not None:
+        if metric != "judge":
+            _fail("--rubric is for --metric judge")
+        try:
+            rubric_text = check_rubric(rubric.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            _fail(f"{rubric}: {exc}")
     ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
     if ray_opts is not None:
         from .engine import score_ray
@@ -629,11 +641,12 @@ def score(
             judge=judge,
             model_path=model_path,
             judge_kw={"api_key_env": api_key_env},
+            rubric=rubric_text,
         )
         _progress(f"scored on Ray: {rst.shards - rst.resumed} shards now, {rst.resumed} resumed")
     else:
         judge_backend = make_backend(judge, api_key_env=api_key_env) if judge else None
-        rows = score_rows(read_table(table), metric, judge=judge_backend, model_path=model_path)
+        rows = score_rows(read_table(table), metric, judge=judge_backend, model_path=model_path, rubric=rubric_text)
     write_table(rows, output)
     out.print(f"wrote {output}: {len(rows)} rows scored with {metric}")
 

@@ -220,16 +220,18 @@ class ScoreWorker(_ShardWorker):
     """Runs ``score_rows`` on each shard; a scoring model (BART, reward model, encoder) stays loaded
     in the actor between shards."""
 
-    def __init__(self, metric: str, judge: str | None, model_path: str | None, judge_kw: dict) -> None:
+    def __init__(
+        self, metric: str, judge: str | None, model_path: str | None, judge_kw: dict, rubric: str | None = None
+    ) -> None:
         from .backends import make_backend
 
-        self.metric, self.model_path = metric, model_path
+        self.metric, self.model_path, self.rubric = metric, model_path, rubric
         self.judge = make_backend(judge, **judge_kw) if judge else None
 
     def process(self, rows: list[Row]) -> tuple[Any, int, int]:
         from .score import score_rows
 
-        rows = score_rows(rows, self.metric, judge=self.judge, model_path=self.model_path)
+        rows = score_rows(rows, self.metric, judge=self.judge, model_path=self.model_path, rubric=self.rubric)
         return rows_table(rows), sum(len(v) for r in rows for v in r.get("responses", {}).values()), 0
 
 
@@ -404,11 +406,13 @@ def score_ray(
     judge: str | None = None,
     model_path: str | None = None,
     judge_kw: dict[str, Any] | None = None,
+    rubric: str | None = None,
 ) -> tuple[list[Row], RunStats]:
     settings = {
         "stage": "score",
         "metric": metric,
         "judge": judge,
+        "rubric": rubric,
         "model_path": model_path,
         "rows": digest(list(rows)),
         "shard_rows": options.shard_rows,
@@ -418,7 +422,7 @@ def score_ray(
     stats = run_shards(
         list(rows),
         ScoreWorker,
-        {"metric": metric, "judge": judge, "model_path": model_path, "judge_kw": judge_kw or {}},
+        {"metric": metric, "judge": judge, "model_path": model_path, "judge_kw": judge_kw or {}, "rubric": rubric},
         store,
         options,
         f"score {metric}",

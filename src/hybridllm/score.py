@@ -131,6 +131,29 @@ Rate the answer's correctness and helpfulness on a scale of 1 to 10.
 Reply with the rating first, in the form "Rating: N"."""
 
 
+RUBRIC_FIELDS = ("prompt", "reference", "response")
+
+
+def check_rubric(rubric: str) -> str:
+    """A judge rubric is a format string over {prompt}, {reference} and {response}; checked before
+    the first judge call, so a typo is one clear error rather than a failure hours into scoring."""
+    import string
+
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(rubric) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"rubric: {exc} (write a literal brace as {{{{ or }}}})") from None
+    unknown = sorted(fields - set(RUBRIC_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"rubric: unknown placeholder {{{unknown[0]}}}; use {{prompt}}, {{reference}}, {{response}} "
+            "(a literal brace is {{ or }})"
+        )
+    if "response" not in fields:
+        raise ValueError("rubric: it must contain {response}, the answer to grade")
+    return rubric
+
+
 def parse_rating(text: str, low: int = 1, high: int = 10) -> float | None:
     """A 1–10 rating from a judge's free text: 'Rating: 8', '[[7]]', '8/10', 'Score - 9.5', else the
     first number in range. None when the judge gave no usable number."""
@@ -156,6 +179,8 @@ def judge_batch(
     """LLM-as-judge over any backend: each response rated 1–10, mapped to [0, 1] as (r - 1) / 9.
     A reply without a rating is asked again (greedy, new seed); still none is an error, not a guess."""
     import asyncio
+
+    check_rubric(rubric)
 
     from .backends import SamplingParams
 
@@ -273,10 +298,12 @@ def score_rows(
     models: Sequence[str] | None = None,
     judge: Any = None,
     model_path: str | None = None,
+    rubric: str | None = None,
 ) -> list[Row]:
     """Return copies of the rows with ``quality[model]`` computed from ``responses[model]``.
-    ``judge``: the backend for ``judge``; ``model_path``: the checkpoint for ``bartscore`` /
-    ``reward-model`` (or the encoder for ``embedding-similarity``)."""
+    ``judge``: the backend for ``judge`` (``rubric``: its prompt, default :data:`JUDGE_RUBRIC`);
+    ``model_path``: the checkpoint for ``bartscore`` / ``reward-model`` (or the encoder for
+    ``embedding-similarity``)."""
     if metric == "judge":
         if judge is None:
             raise ValueError("metric judge needs a judge backend (--judge SPEC)")
@@ -291,7 +318,7 @@ def score_rows(
             slots.append((i, model))
             pairs.extend((r, row) for r in responses)
     if metric == "judge":
-        values = judge_batch(pairs, judge)
+        values = judge_batch(pairs, judge, rubric or JUDGE_RUBRIC)
     elif metric in METRICS:
         fn = METRICS[metric]
         values = [fn(r, row) for r, row in pairs]
