@@ -55,7 +55,9 @@ def model_stats(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
             per_query.append(float(np.mean(q)))
             flat.extend(float(x) for x in q)
             samples += len(q)
-            ct = r.get("meta", {}).get("completion_tokens", {}).get(m) if isinstance(r.get("meta"), dict) else None
+            meta = r.get("meta")
+            by_model = meta.get("completion_tokens") if isinstance(meta, dict) else None
+            ct = by_model.get(m) if isinstance(by_model, dict) else None  # what `collect` records
             if isinstance(ct, list):
                 tokens.extend(x for x in ct if isinstance(x, int | float))
         out[m] = {
