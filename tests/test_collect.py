@@ -34,7 +34,8 @@ def prompts(tmp_path):
 CLI = [sys.executable, "-m", "hybridllm.cli", "collect"]
 
 
-def cmd(prompts, upstream, output, samples=3):
+def cmd(prompts, upstream, output, samples=3, concurrency=4, extra=()):
+    """`hybridllm collect` over a small and a large model on one fake upstream."""
     return [
         *CLI,
         str(prompts),
@@ -45,11 +46,12 @@ def cmd(prompts, upstream, output, samples=3):
         "--samples",
         str(samples),
         "--concurrency",
-        "4",
+        str(concurrency),
         "--output",
         str(output),
         "--temperature",
         "0.8",
+        *extra,
     ]
 
 

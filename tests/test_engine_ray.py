@@ -16,6 +16,7 @@ from hybridllm.table import read_table, write_table
 
 from .conftest import SHARED
 from .fake_openai import FakeOpenAI
+from .test_collect import cmd
 
 ray = pytest.importorskip("ray")
 
@@ -146,26 +147,7 @@ def test_evaluate_on_ray_equals_in_process(ray_cluster, mmlu_slice, tmp_path):
 
 
 def collect_cmd(prompts, upstream, output, ray_args=()):
-    return [
-        sys.executable,
-        "-m",
-        "hybridllm.cli",
-        "collect",
-        str(prompts),
-        "--model",
-        f"small=tiny@{upstream.url}",
-        "--model",
-        f"large=big@{upstream.url}",
-        "--samples",
-        "2",
-        "--concurrency",
-        "2",
-        "--output",
-        str(output),
-        "--max-tokens",
-        "16",
-        *ray_args,
-    ]
+    return cmd(prompts, upstream, output, samples=2, concurrency=2, extra=["--max-tokens", "16", *ray_args])
 
 
 def test_kill_the_driver_then_resume(ray_cluster, upstream, tmp_path):
