@@ -4,7 +4,7 @@
 
 For N prompts of the default pair's test split (the first N by hashed id), every prompt is answered
 once by each local model (qwen2.5-0.5b, qwen2.5-1.5b), one request at a time on the CPU, with the
-collection's prompt templates and sampling settings, and scored with its task's metric (exact-match
+collection's prompt formats and sampling settings, and scored with its task's metric (exact-match
 for GSM8K, choice for MMLU-Pro). The shipped router scores every prompt (timed). Then, for each
 operating point (the artifact's default, and other knobs), routed wall time = router decisions + the
 chosen model's generations, against all-at-large = the large model's generations, with the quality
@@ -22,10 +22,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATES = {  # as in data/gsm8k-qwen/collect.sh and data/default-pair/collect.sh
-    "gsm8k": 'Solve the following math problem step by step. At the end, write the final answer as "#### <number>".'
-    "\n\n{prompt}",
-    "mmlu": "{prompt}\n\nReply with only the letter of the correct option.",
+FORMATS = {  # (template, system turn) as in data/gsm8k-qwen/collect.sh and data/default-pair/collect.sh
+    "gsm8k": (
+        'Solve the following math problem step by step. At the end, write the final answer as "#### <number>".'
+        "\n\n{prompt}",
+        None,
+    ),
+    "mmlu": (None, "Reply with only the letter of the correct option."),
 }
 MAX_TOKENS = {"gsm8k": 384, "mmlu": 8}
 
@@ -38,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     from hybridllm.backends import LocalBackend, SamplingParams
-    from hybridllm.collect import sample_seed
+    from hybridllm.collect import format_prompt, sample_seed
     from hybridllm.router import Router, default_router_dir
     from hybridllm.score import choice, exact_match
     from hybridllm.table import hash_fraction, read_table
@@ -52,7 +55,7 @@ def main() -> None:
     for r in rows:
         task = "gsm8k" if r["id"].startswith("gsm8k") else "mmlu"
         metric = exact_match if task == "gsm8k" else choice
-        prompt = TEMPLATES[task].replace("{prompt}", r["prompt"])
+        prompt = format_prompt(r, *FORMATS[task])["prompt"]
         t0 = time.perf_counter()
         score = float(router.score([r["prompt"]])[0])
         route_s = time.perf_counter() - t0

@@ -151,6 +151,37 @@ def test_template_wraps_what_is_sent_not_what_is_stored(prompts, upstream, tmp_p
     )
 
 
+def test_system_turn_goes_before_every_prompt_and_is_part_of_the_settings(prompts, upstream, tmp_path):
+    out = tmp_path / "t.jsonl"
+    base = [*cmd(prompts, upstream, out, samples=1), "--template", "Q: {prompt}", "--limit", "2"]
+    subprocess.run([*base, "--system", "Answer with a number."], check=True, capture_output=True, timeout=120)
+    rows = read_table(out)
+    assert rows[0]["prompt"].startswith("Janet")  # the table keeps the question itself
+    assert len(upstream.requests) == 4
+    for b in upstream.requests:
+        assert b["messages"][0] == {"role": "system", "content": "Answer with a number."}
+        assert b["messages"][1]["role"] == "user" and b["messages"][1]["content"].startswith("Q: ")
+    assert {b["messages"][1]["content"] for b in upstream.requests} == {"Q: " + r["prompt"] for r in rows}
+
+
+def test_format_prompt_template_then_system():
+    from hybridllm.collect import format_prompt
+
+    row = {"id": "a", "prompt": "2+2?"}
+    assert format_prompt(row) is row
+    assert format_prompt(row, "Q: {prompt}") == {"id": "a", "prompt": "Q: 2+2?"}
+    assert format_prompt(row, "Q: {prompt}", "Be brief.")["prompt"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Q: 2+2?"},
+    ]
+    chat = {"id": "b", "prompt": [{"role": "user", "content": "hi"}]}
+    assert format_prompt(chat, "Q: {prompt}")["prompt"] == chat["prompt"]  # templates wrap strings only
+    assert format_prompt(chat, system="S")["prompt"][0] == {"role": "system", "content": "S"}
+    own = {"id": "c", "prompt": [{"role": "system", "content": "mine"}, {"role": "user", "content": "hi"}]}
+    assert format_prompt(own, system="S") is own  # a row's own system turn wins
+    assert row == {"id": "a", "prompt": "2+2?"}  # rows in, new rows out
+
+
 def test_resuming_with_other_settings_is_refused(prompts, upstream, tmp_path):
     out = tmp_path / "t.jsonl"
     journal = tmp_path / "t.jsonl.journal.jsonl"

@@ -51,20 +51,22 @@ def ray_opts(tmp_path, **kw):
 def test_collect_on_ray_equals_in_process(ray_cluster, upstream, tmp_path):
     import asyncio
 
-    from hybridllm.collect import collect_async
+    from hybridllm.collect import collect_async, format_prompt
     from hybridllm.engine import collect_ray
 
     rows = gsm8k(30)
     specs = {"small": f"tiny@{upstream.url}", "large": f"big@{upstream.url}"}
     params = SamplingParams(temperature=0.8, max_tokens=32)
-    template = "Q: {prompt}"
-    sent = [dict(r, prompt=template.replace("{prompt}", r["prompt"])) for r in rows]
+    template, system = "Q: {prompt}", "Be brief."
+    sent = [format_prompt(r, template, system) for r in rows]
     backends = {n: make_backend(s, concurrency=4) for n, s in specs.items()}
     local, _ = asyncio.run(collect_async(sent, backends, tmp_path / "local.jsonl", 3, params, seed=3, keep=rows))
 
     def on_ray_run():
         out = tmp_path / "ray.jsonl"
-        return collect_ray(rows, specs, out, 3, params, 3, ray_opts(tmp_path), template, backend_kw={"concurrency": 2})
+        return collect_ray(
+            rows, specs, out, 3, params, 3, ray_opts(tmp_path), template, backend_kw={"concurrency": 2}, system=system
+        )
 
     on_ray, stats = on_ray_run()
     assert stats.shards == 5 and stats.resumed == 0 and stats.items == 30

@@ -84,6 +84,39 @@ def test_batched_mixed_prompts_and_stop(cache_env):
     assert m.finish_reason == "stop" and m.text == a.text[: a.text.index(mark)]
 
 
+def test_prompt_prefix_shared_by_the_whole_batch_is_evaluated_once():
+    from hybridllm.batched import _prompt_entries
+
+    entries, last_of = _prompt_entries({(1, 2, 3, 4): [0, 1], (1, 2, 5): [2]})
+    assert entries == [
+        (1, 0, (0, 1, 2), False),
+        (2, 1, (0, 1, 2), False),
+        (3, 2, (0, 1), False),
+        (4, 3, (0, 1), True),
+        (5, 2, (2,), True),
+    ]
+    assert last_of == {3: [0, 1], 4: [2]}
+    # a prompt that is a prefix of another keeps its last token to itself (its own logits)
+    entries, last_of = _prompt_entries({(1, 2): [0], (1, 2, 3): [1]})
+    assert entries == [(1, 0, (0, 1), False), (2, 1, (0,), True), (2, 1, (1,), False), (3, 2, (1,), True)]
+    assert last_of == {1: [0], 3: [1]}
+    # one prompt: nothing to share with
+    assert _prompt_entries({(7, 8): [0, 1, 2]}) == ([(7, 0, (0, 1, 2), False), (8, 1, (0, 1, 2), True)], {1: [0, 1, 2]})
+
+
+def test_batched_prompts_with_a_shared_prefix_decode_as_they_would_alone(cache_env):
+    """The shared prefix's KV cells serve every prompt: each continues as when decoded alone. Only
+    the first words are compared: batched matrix products round differently, so a greedy near-tie
+    further on may go the other way (seen: 'It is the capital' vs 'It is the largest')."""
+    greedy = SamplingParams(temperature=0.0, max_tokens=12)
+    prompts = ["The capital of France is", "The capital of Spain is", "The capital of Italy is the city of"]
+    together = _many([(p, greedy) for p in prompts])
+    alone = [_many([(p, greedy)])[0] for p in prompts]
+    assert [g.text.split()[:5] for g in together] == [g.text.split()[:5] for g in alone]
+    assert len({g.text for g in together}) == 3
+    assert [g.prompt_tokens for g in together] == [g.prompt_tokens for g in alone]
+
+
 def test_batched_context_too_small_is_a_clear_error(cache_env):
     with pytest.raises(ValueError, match="KV cells"):
         _many([("Hello", SamplingParams(max_tokens=400))] * 2, n_ctx=128)

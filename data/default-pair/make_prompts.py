@@ -4,9 +4,10 @@ questions of at most 600 characters (61 % of the set; all 14 categories remain),
 other models' outcomes that ../shared/data/mmlu_pro.jsonl carries.
 
 Why the length cap: on 2 CPU cores this part is bound by prompt evaluation (about 44 tokens/s for
-the 0.5B model and 21 for the 1.5B), and the cap brings the mean question from 638 to 338 characters,
-the collection from about 3.1 to about 2 hours. The router then sees long MMLU-Pro questions
-(mostly law and engineering) less often than they occur in the full set.
+the 0.5B model and 21 for the 1.5B), and the cap brings the mean question from 638 to 338 characters
+(about 139 tokens evaluated per question with collect.sh's settings, roughly 2.2 hours for the 800).
+The router then sees long MMLU-Pro questions (mostly law and engineering) less often than they
+occur in the full set.
 
     python data/default-pair/make_prompts.py
 """

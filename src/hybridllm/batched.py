@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import takewhile
 from typing import Any
 
 from .backends import SamplingParams
@@ -126,25 +127,24 @@ class BatchedDecoder:
             raise ValueError(f"{len(requests)} requests > n_seq {self.n_seq}")
         if not requests:
             return []
-        need = len({tuple(r.prompt_tokens) for r in requests}) * max(len(r.prompt_tokens) for r in requests) + sum(
-            r.params.max_tokens for r in requests
-        )
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(tuple(r.prompt_tokens), []).append(i)
+        entries, last_of = _prompt_entries(groups)
+        need = len(entries) + sum(r.params.max_tokens for r in requests)
         if need > self.n_ctx:
             raise ValueError(f"batch needs up to {need} KV cells, context has {self.n_ctx}")
         lc.llama_memory_clear(self.memory, True)
         seqs = [_Seq(r, _sampler(r.params), len(r.prompt_tokens)) for r in requests]
         try:
-            groups: dict[tuple[int, ...], list[int]] = {}
-            for i, r in enumerate(requests):
-                groups.setdefault(tuple(r.prompt_tokens), []).append(i)
-            # the prompt once per group, each token tagged with every sequence of the group
-            for prompt, ids in groups.items():
-                for start in range(0, len(prompt), 512):
-                    chunk = prompt[start : start + 512]
-                    last = start + len(chunk) == len(prompt)
-                    self._decode([(t, start + j, ids, last and j == len(chunk) - 1) for j, t in enumerate(chunk)])
-                for i in ids:
-                    self._accept(seqs[i], lc.llama_sampler_sample(seqs[i].sampler, self.ctx, len(chunk) - 1))
+            for start in range(0, len(entries), 512):
+                chunk = entries[start : start + 512]
+                self._decode(chunk)
+                # a group's first token comes from the logits of its prompt's last token, which the
+                # next chunk would overwrite
+                for j in range(len(chunk)):
+                    for i in last_of.get(start + j, ()):
+                        self._accept(seqs[i], lc.llama_sampler_sample(seqs[i].sampler, self.ctx, j))
             while True:
                 live = [(i, s) for i, s in enumerate(seqs) if s.done is None]
                 if not live:
@@ -188,6 +188,32 @@ class BatchedDecoder:
             if x in text:
                 text = text[: text.index(x)]
         return BatchResult(text, len(s.req.prompt_tokens), len(s.tokens), s.done or "length")
+
+
+def _prompt_entries(
+    groups: dict[tuple[int, ...], list[int]],
+) -> tuple[list[tuple[int, int, tuple[int, ...], bool]], dict[int, list[int]]]:
+    """The decode entries (token, position, sequence ids, wants logits) that put every distinct
+    prompt into the KV cache, and for each entry index whose logits start a group, that group.
+
+    The prefix all prompts share (chat templates start with the same system turn: 24 of the ~170
+    tokens of an MMLU-Pro question with Qwen's template) is evaluated once, its cells tagged with
+    every sequence of the batch; each prompt's rest once, tagged with its group's sequences. At
+    least one token of each prompt stays outside the shared part, so each group has logits of its
+    own to sample its first token from."""
+    prompts = list(groups)
+    shared = 0
+    if len(prompts) > 1:
+        common = sum(1 for _ in takewhile(lambda col: len(set(col)) == 1, zip(*prompts, strict=False)))
+        shared = min(common, min(map(len, prompts)) - 1)
+    everyone = tuple(i for ids in groups.values() for i in ids)
+    entries = [(t, pos, everyone, False) for pos, t in enumerate(prompts[0][:shared])]
+    last_of: dict[int, list[int]] = {}
+    for prompt, ids in groups.items():
+        entries += [(t, shared + j, tuple(ids), False) for j, t in enumerate(prompt[shared:])]
+        entries[-1] = (*entries[-1][:3], True)
+        last_of[len(entries) - 1] = ids
+    return entries, last_of
 
 
 def chat_prompt_tokens(llm: Any, messages: list[dict[str, Any]]) -> list[int]:

@@ -191,29 +191,25 @@ class CollectWorker(_ShardWorker):
         batch: int,
         template: str | None,
         backend_kw: dict,
+        system: str | None = None,
     ) -> None:
         from .backends import SamplingParams, make_backend
 
         self.backends = {name: make_backend(spec, **backend_kw) for name, spec in specs.items()}
-        self.samples, self.seed, self.batch, self.template = samples, seed, batch, template
+        self.samples, self.seed, self.batch = samples, seed, batch
+        self.template, self.system = template, system
         self.params = SamplingParams(**params)
 
     def process(self, keep: list[Row]) -> tuple[Any, int, int]:
         import asyncio
 
-        from .collect import sample_rows
+        from .collect import format_prompt, sample_rows
 
-        sent = [_templated(r, self.template) for r in keep]
+        sent = [format_prompt(r, self.template, self.system) for r in keep]
         rows, recs = asyncio.run(
             sample_rows(sent, self.backends, self.samples, self.params, self.seed, keep=keep, batch=self.batch)
         )
         return rows_table(rows), len(recs), sum(r["completion_tokens"] or 0 for r in recs)
-
-
-def _templated(row: Row, template: str | None) -> Row:
-    if template is None or not isinstance(row["prompt"], str):
-        return row
-    return dict(row, prompt=template.replace("{prompt}", row["prompt"]))
 
 
 class ScoreWorker(_ShardWorker):
@@ -356,16 +352,17 @@ def collect_ray(
     template: str | None = None,
     batch: int = 1,
     backend_kw: dict[str, Any] | None = None,
+    system: str | None = None,
 ) -> tuple[list[Row], RunStats]:
     """``collect`` with shards of prompts as the unit of work; local models in actors, HTTP
     backends in tasks (``backend_kw['concurrency']`` requests each)."""
     from .backends import make_backend
-    from .collect import collect_settings
+    from .collect import collect_settings, format_prompt
     from .table import write_table
 
     backend_kw = dict(backend_kw or {})
     probe = {name: make_backend(spec, **backend_kw) for name, spec in specs.items()}
-    sent = [_templated(r, template) for r in rows]
+    sent = [format_prompt(r, template, system) for r in rows]
     settings = {
         "stage": "collect",
         **collect_settings(sent, probe, samples, params, seed),
@@ -386,6 +383,7 @@ def collect_ray(
             "seed": seed,
             "batch": batch,
             "template": template,
+            "system": system,
             "backend_kw": backend_kw,
         },
         store,
