@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import time
 
 import pytest
 
@@ -169,3 +170,46 @@ def test_streamed_local_answer_is_the_same_sample(cache_env):
     whole, streamed = asyncio.run(go())
     assert len(pieces) > 1 and "".join(pieces) == streamed.text == whole.text
     assert 0 < streamed.completion_tokens <= 16
+
+
+def test_cpu_budget_lets_models_share_cores_only_when_they_fit():
+    from hybridllm.backends import _CpuBudget
+
+    async def go():
+        budget, log = _CpuBudget(2), []
+
+        async def job(name, n):
+            async with budget.hold(n):
+                log.append(f"+{name}")
+                await asyncio.sleep(0.05)
+                log.append(f"-{name}")
+
+        await asyncio.gather(job("a", 1), job("b", 1))
+        both = list(log)
+        log.clear()
+        await asyncio.gather(job("a", 2), job("b", 1))
+        return both, log, budget.free
+
+    both, turns, free = asyncio.run(go())
+    assert both == ["+a", "+b", "-a", "-b"]  # one core each: side by side
+    assert turns == ["+a", "-a", "+b", "-b"]  # a holds both cores: b waits
+    assert free == 2
+
+
+def test_local_models_take_turns_with_all_cores_and_overlap_with_one_each(cache_env):
+    """Two in-process models: with every core each (the default) they decode one after the other;
+    with one thread each on a machine of 2+ cores (CI has 2), side by side."""
+    params = SamplingParams(temperature=0.0, max_tokens=48)
+
+    async def elapsed(threads):
+        a = LocalBackend("gemma-3-270m", n_ctx=512, n_threads=threads)
+        b = LocalBackend("gemma-3-270m", n_ctx=512, n_threads=threads)
+        async with a, b:
+            t0 = time.perf_counter()
+            got = await asyncio.gather(a.generate("One, two, three,", params), b.generate("The sky is", params))
+            return time.perf_counter() - t0, sum(g.latency_s for g in got)
+
+    wall, busy = asyncio.run(elapsed(None))
+    assert wall >= 0.95 * busy  # taking turns: the wall time is both generations end to end
+    wall, busy = asyncio.run(elapsed(1))
+    assert wall < 0.75 * busy  # side by side

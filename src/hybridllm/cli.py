@@ -498,6 +498,13 @@ def collect(
     batch: Annotated[
         int, typer.Option(help="local models: samples decoded together (about 2x throughput at 6 on 2 cores)")
     ] = 1,
+    local_threads: Annotated[
+        int | None,
+        typer.Option(
+            help="local models: CPU threads each (default: all cores, models take turns); "
+            "fewer let several models decode side by side"
+        ),
+    ] = None,
     engine: EngineOpt = Engine.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 2,
@@ -518,6 +525,8 @@ def collect(
         _fail(f"--samples must be >= 1, got {samples}")
     if batch < 1:
         _fail(f"--batch must be >= 1, got {batch}")
+    if local_threads is not None and local_threads < 1:
+        _fail(f"--local-threads must be >= 1, got {local_threads}")
     if endpoint not in ("chat", "completion"):
         _fail(f"--endpoint must be chat or completion, got {endpoint!r}")
     backends, specs = {}, {}
@@ -529,7 +538,12 @@ def collect(
             _fail(f"--model {name}: empty SPEC (MODEL@BASE_URL, a local model name, or a .gguf path)")
         specs[name] = spec
         backends[name] = make_backend(
-            spec, api_key_env=api_key_env, concurrency=concurrency, timeout_s=timeout, endpoint=endpoint
+            spec,
+            api_key_env=api_key_env,
+            local_threads=local_threads,
+            concurrency=concurrency,
+            timeout_s=timeout,
+            endpoint=endpoint,
         )
     rows = read_table(prompts)[:limit]
     if template is not None and "{prompt}" not in template:

@@ -63,14 +63,13 @@ async def _local_call(up: Upstream, body: dict[str, Any], kind: str) -> Any:
     allowed = _LOCAL_CHAT_ARGS if kind == "chat" else _LOCAL_COMPLETION_ARGS
     kw = {k: v for k, v in body.items() if k in allowed and v is not None}
     fn = llm.create_chat_completion if kind == "chat" else llm.create_completion
-    lock = backends_cpu_lock()
     if not body.get("stream"):
-        async with lock:
+        async with backend.slot():
             out = await asyncio.to_thread(lambda: fn(**kw))
         return dict(out, model=up.model)
 
     async def sse() -> AsyncIterator[bytes]:
-        async with lock:
+        async with backend.slot():
             it = await asyncio.to_thread(lambda: fn(stream=True, **kw))
             while True:
                 chunk = await asyncio.to_thread(next, it, None)
@@ -80,12 +79,6 @@ async def _local_call(up: Upstream, body: dict[str, Any], kind: str) -> Any:
         yield b"data: [DONE]\n\n"
 
     return sse()
-
-
-def backends_cpu_lock() -> asyncio.Lock:
-    from .backends import _CPU_LOCKS
-
-    return _CPU_LOCKS.setdefault(id(asyncio.get_running_loop()), asyncio.Lock())
 
 
 @dataclass
