@@ -1,38 +1,43 @@
-"""The embedded default: `hybridllm serve` with no arguments serves the default local pair
-(qwen2.5-0.5b | qwen2.5-1.5b, assembled from PyPI packages) behind a router, offline."""
+"""The embedded default: `hybridllm serve` and `hybridllm chat` with no router or model arguments
+use the router shipped in the package for the default local pair (qwen2.5-0.5b | qwen2.5-1.5b,
+assembled from PyPI packages), offline."""
 
 import json
+import os
+import subprocess
+import sys
 
 import openai
-import pytest
 
 from hybridllm.models import LOCAL_MODELS
-from hybridllm.table import read_table
+from hybridllm.router import SHIPPED_ROUTER, Router, default_router_dir
 
-from .conftest import LARGE, SMALL
 from .procs import running_serve
 from .test_serve import _free_port
 
-
-@pytest.fixture(scope="module")
-def local_pair_router(cache_env, mmlu_slice, tmp_path_factory):
-    """A router whose pair is the default local pair, trained on real outcomes (MMLU-Pro, two
-    models' correctness renamed to the local names): what `HYBRIDLLM_ROUTER` points serve at."""
-    from hybridllm.train import TrainOptions, train_router
-
-    rows = []
-    for r in read_table(mmlu_slice):
-        q = r["quality"]
-        rows.append(dict(r, quality={"qwen2.5-0.5b": q[SMALL], "qwen2.5-1.5b": q[LARGE]}))
-    out = tmp_path_factory.mktemp("router") / "local-pair"
-    train_router(rows, TrainOptions(small="qwen2.5-0.5b", large="qwen2.5-1.5b", labels="det"), out, show_progress=False)
-    return out
+CHAT = [sys.executable, "-m", "hybridllm.cli", "chat"]
 
 
-def test_serve_with_no_arguments_answers_with_a_real_local_model(local_pair_router, tmp_path):
-    assert set(LOCAL_MODELS) >= {"qwen2.5-0.5b", "qwen2.5-1.5b"}
+def _no_router_env() -> dict[str, str]:
+    """The environment a fresh user has: no HYBRIDLLM_ROUTER pointing somewhere else."""
+    return {k: v for k, v in os.environ.items() if k != "HYBRIDLLM_ROUTER"} | {"HYBRIDLLM_NO_PROGRESS": "1"}
+
+
+def test_the_shipped_router_is_the_default_pairs(monkeypatch):
+    monkeypatch.delenv("HYBRIDLLM_ROUTER", raising=False)
+    assert default_router_dir() == SHIPPED_ROUTER
+    r = Router(SHIPPED_ROUTER)
+    assert (r.small, r.large) == ("qwen2.5-0.5b", "qwen2.5-1.5b")
+    assert set(LOCAL_MODELS) >= {r.small, r.large}
+    # small enough to ship: the encoder is not in it, it comes from its PyPI package
+    assert sum(p.stat().st_size for p in SHIPPED_ROUTER.iterdir()) < 5_000_000
+    s = r.score(["What is 2 + 3?", "Which option is correct? A. x B. y"])
+    assert s.shape == (2,) and s.min() >= 0 and s.max() <= 1
+
+
+def test_serve_with_no_arguments_answers_with_a_real_local_model(cache_env):
     port = _free_port()
-    env = {"HYBRIDLLM_ROUTER": str(local_pair_router), "HYBRIDLLM_PORT": str(port)}
+    env = _no_router_env() | {"HYBRIDLLM_PORT": str(port)}
     with running_serve([], port, env=env, timeout=240) as proc:
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=240)
         r = c.chat.completions.with_raw_response.create(
@@ -60,10 +65,30 @@ def test_serve_with_no_arguments_answers_with_a_real_local_model(local_pair_rout
     assert [x["model"] for x in lines][-2:] == ["qwen2.5-0.5b", "qwen2.5-1.5b"]
 
 
-def test_no_router_anywhere_is_a_one_line_error(tmp_path):
-    import subprocess
-    import sys
+def test_chat_with_no_arguments_but_the_question(cache_env):
+    p = subprocess.run(
+        [*CHAT, "What is 2+3? Reply with the number.", "--max-tokens", "8", "--temperature", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_no_router_env(),
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "5" in p.stdout
+    head = [x for x in p.stderr.splitlines() if "answers (score" in x]
+    assert len(head) == 1 and head[0].split()[0] in ("qwen2.5-0.5b", "qwen2.5-1.5b") and "threshold" in head[0]
+    # the knob flags work with the default too: everything to the large model
+    p = subprocess.run(
+        [*CHAT, "Say hi.", "--max-tokens", "4", "--cost-advantage", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_no_router_env(),
+    )
+    assert p.returncode == 0 and "qwen2.5-1.5b answers" in p.stderr
 
+
+def test_no_router_anywhere_is_a_one_line_error(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "hybridllm.cli", "serve"],
         capture_output=True,
