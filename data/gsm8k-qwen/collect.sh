@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 hybridllm collect ../shared/data/gsm8k/test.jsonl --limit 200 \
   --model qwen2.5-0.5b=qwen2.5-0.5b --model qwen2.5-1.5b=qwen2.5-1.5b \
-  --samples 3 --batch 24 --temperature 0.7 --top-p 0.95 --max-tokens 384 --seed 0 \
+  --samples 3 --batch 6 --temperature 0.7 --top-p 0.95 --max-tokens 384 --seed 0 \
   --template $'Solve the following math problem step by step. At the end, write the final answer as "#### <number>".\n\n{prompt}' \
   --output data/gsm8k-qwen/table.jsonl
 hybridllm score data/gsm8k-qwen/table.jsonl --metric exact-match --output data/gsm8k-qwen/scored.jsonl
