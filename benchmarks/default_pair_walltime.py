@@ -11,6 +11,14 @@ chosen model's generations, against all-at-large = the large model's generations
 of both on the same prompts. Measuring both models once per prompt makes every operating point a
 measurement on the same generations, not a separate run.
 Writes benchmarks/results/default_pair_walltime.json.
+
+    python benchmarks/default_pair_walltime.py --from-journals data/gsm8k-qwen/journal.jsonl \
+        data/default-pair/mmlu_journal.jsonl              # every test prompt, no generation
+
+The second form prices the whole test split with the timings the collection itself recorded (each
+sample's share of its batch's wall time, mean over a prompt's samples; batched, so faster per
+sample than one request at a time) and the table's qualities, instead of generating anew: a larger
+sample of prompts, and seconds instead of a quarter of an hour. Writes ..._journals.json.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 FORMATS = {  # (template, system turn) as in data/gsm8k-qwen/collect.sh and data/default-pair/collect.sh
@@ -37,17 +46,44 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--test", default=str(REPO / "data" / "default-pair" / "split" / "test.jsonl"))
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "default_pair_walltime.json"))
+    ap.add_argument("--from-journals", nargs="+", type=Path, metavar="JOURNAL")
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
+    from hybridllm.router import Router, default_router_dir
+
+    router = Router(default_router_dir())
+    if args.from_journals:
+        per = from_journals(router, Path(args.test), args.from_journals)
+        name = "default_pair_walltime_journals.json"
+    else:
+        per = generate(router, Path(args.test), args.n)
+        name = "default_pair_walltime.json"
+    summary = summarize(router, per)
+    print(json.dumps(summary, indent=1))
+    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"summary": summary, "prompts": per}, indent=1) + "\n")
+    large_s, q_large = summary["all_large_seconds"], summary["quality_all_large"]
+    print(
+        f"{'operating point':22s} {'small share':>11s} {'routed s':>9s} {'all-large s':>11s} {'saving':>7s} "
+        f"{'quality routed':>14s} {'all-large':>9s}"
+    )
+    for name, o in summary["operating_points"].items():
+        print(
+            f"{name:22s} {o['small_share']:11.3f} {o['routed_seconds']:9.1f} {large_s:11.1f} {o['saving']:7.3f} "
+            f"{o['quality_routed']:14.3f} {q_large:9.3f}"
+        )
+
+
+def generate(router: Any, test: Path, n: int) -> list[dict[str, Any]]:
+    """Answers the first ``n`` test prompts (by hashed id) once with each model, one at a time."""
     from hybridllm.backends import LocalBackend, SamplingParams
     from hybridllm.collect import format_prompt, sample_seed
-    from hybridllm.router import Router, default_router_dir
     from hybridllm.score import choice, exact_match
     from hybridllm.table import hash_fraction, read_table
 
-    router = Router(default_router_dir())
-    rows = sorted(read_table(args.test), key=lambda r: hash_fraction(r["id"], "walltime"))[: args.n]
+    rows = sorted(read_table(test), key=lambda r: hash_fraction(r["id"], "walltime"))[:n]
     models = {router.small: LocalBackend(router.small), router.large: LocalBackend(router.large)}
     for b in models.values():
         b.load()
@@ -72,6 +108,40 @@ def main() -> None:
             + "  ".join(f"{m}: {v['seconds']:.1f}s q={v['quality']:.0f}" for m, v in runs.items()),
             flush=True,
         )
+    return per
+
+
+def from_journals(router: Any, test: Path, journals: list[Path]) -> list[dict[str, Any]]:
+    """Every test prompt, priced with the collection's recorded per-sample seconds and the table's
+    mean quality per model; the router's decisions are timed in one batch and shared out."""
+    from hybridllm.table import read_table
+
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for path in journals:
+        with path.open() as fh:
+            for line in fh:
+                rec = json.loads(line)
+                if "_settings" not in rec:
+                    seconds.setdefault((rec["id"], rec["model"]), []).append(rec["latency_s"] / rec.get("batch", 1))
+    rows = read_table(test)
+    t0 = time.perf_counter()
+    scores = router.score([r["prompt"] for r in rows])
+    route_s = (time.perf_counter() - t0) / len(rows)
+    per = []
+    for r, score in zip(rows, scores, strict=True):
+        runs = {}
+        for m in (router.small, router.large):
+            if (r["id"], m) not in seconds:
+                raise SystemExit(f"{test}: id {r['id']!r}: no {m} samples in the journals given")
+            secs, q = seconds[(r["id"], m)], r["quality"][m]
+            runs[m] = {"seconds": sum(secs) / len(secs), "quality": sum(q) / len(q)}
+        task = "gsm8k" if r["id"].startswith("gsm8k") else "mmlu"
+        per.append({"id": r["id"], "task": task, "score": float(score), "route_s": route_s, "runs": runs})
+    return per
+
+
+def summarize(router: Any, per: list[dict[str, Any]]) -> dict[str, Any]:
+    """Routed (decisions + chosen model's seconds) vs all-at-large, at several operating points."""
     large_s = sum(x["runs"][router.large]["seconds"] for x in per)
     q_large = sum(x["runs"][router.large]["quality"] for x in per) / len(per)
     points = {
@@ -79,10 +149,14 @@ def main() -> None:
         "max_quality_drop=5": {"max_quality_drop": 5.0},
         "cost_advantage=50": {"cost_advantage": 50.0},
     }
-    summary = {"n": len(per), "all_large_seconds": round(large_s, 1), "quality_all_large": round(q_large, 3)}
-    summary["all_small_seconds"] = round(sum(x["runs"][router.small]["seconds"] for x in per), 1)
-    summary["quality_all_small"] = round(sum(x["runs"][router.small]["quality"] for x in per) / len(per), 3)
-    summary["operating_points"] = {}
+    summary: dict[str, Any] = {
+        "n": len(per),
+        "all_large_seconds": round(large_s, 1),
+        "quality_all_large": round(q_large, 3),
+        "all_small_seconds": round(sum(x["runs"][router.small]["seconds"] for x in per), 1),
+        "quality_all_small": round(sum(x["runs"][router.small]["quality"] for x in per) / len(per), 3),
+        "operating_points": {},
+    }
     for name, knob in points.items():
         thr, label = router.threshold(**knob)
         chosen = [router.small if x["score"] >= thr else router.large for x in per]
@@ -96,18 +170,7 @@ def main() -> None:
             "saving": round(1 - routed_s / large_s, 3),
             "quality_routed": round(sum(x["runs"][m]["quality"] for x, m in pairs) / len(per), 3),
         }
-    print(json.dumps(summary, indent=1))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"summary": summary, "prompts": per}, indent=1) + "\n")
-    print(
-        f"{'operating point':22s} {'small share':>11s} {'routed s':>9s} {'all-large s':>11s} {'saving':>7s} "
-        f"{'quality routed':>14s} {'all-large':>9s}"
-    )
-    for name, o in summary["operating_points"].items():
-        print(
-            f"{name:22s} {o['small_share']:11.3f} {o['routed_seconds']:9.1f} {large_s:11.1f} {o['saving']:7.3f} "
-            f"{o['quality_routed']:14.3f} {q_large:9.3f}"
-        )
+    return summary
 
 
 if __name__ == "__main__":
