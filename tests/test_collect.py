@@ -69,37 +69,51 @@ def test_collect_builds_table_in_sample_order(prompts, upstream, tmp_path):
     assert all(b["temperature"] == 0.8 for b in upstream.requests)
 
 
+def journaled(journal):
+    """Sample keys in the journal, ignoring a torn last line (the writer may be mid-append)."""
+    if not journal.exists():
+        return []
+    lines = [line for line in journal.read_bytes().split(b"\n")[:-1] if line]
+    recs = [json.loads(x) for x in lines]
+    return [tuple(r[k] for k in ("id", "model", "k")) for r in recs if "_settings" not in r]
+
+
 def test_kill_9_at_random_points_then_resume_equals_uninterrupted_run(prompts, upstream, tmp_path):
     reference = tmp_path / "ref.jsonl"
     subprocess.run(cmd(prompts, upstream, reference), check=True, capture_output=True, timeout=120)
-    upstream.delay = 0.05
+    upstream.delay = 0.1
     out = tmp_path / "killed.jsonl"
     journal = tmp_path / "killed.jsonl.journal.jsonl"
     rng = random.Random(1234)
     kills = 0
     progress = []
+    total = 20 * 2 * 3
     for _ in range(6):
+        # Kill at a random point of the run's progress, not of wall time: process start-up (imports)
+        # varies several-fold between machines, and a wall-clock kill could land before the first
+        # sample or after the last one.
+        target = min(len(journaled(journal)) + rng.randint(3, 25), total - 5)
         proc = subprocess.Popen(
             cmd(prompts, upstream, out),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env={**os.environ, "HYBRIDLLM_NO_PROGRESS": "1"},
         )
-        time.sleep(rng.uniform(0.6, 1.6))
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and len(journaled(journal)) < target and time.monotonic() < deadline:
+            time.sleep(0.005)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
         proc.wait()
-        if journal.exists():
-            lines = [line for line in journal.read_bytes().split(b"\n")[:-1] if line]
-            recs = [json.loads(x) for x in lines]
-            keys = [tuple(r[k] for k in ("id", "model", "k")) for r in recs if "_settings" not in r]
-            assert len(keys) == len(set(keys)), "a sample was journaled twice"
-            progress.append(len(keys))
-        if out.exists():
+        if out.exists():  # finished: the journal is gone, its table is checked below
             break
-    assert kills >= 2, "the run finished before it could be interrupted twice; slow the upstream down"
+        keys = journaled(journal)
+        assert len(keys) == len(set(keys)), "a sample was journaled twice"
+        progress.append(len(keys))
+    assert kills >= 2, f"the run finished before it could be interrupted twice (progress {progress})"
     assert progress == sorted(progress), "journaled samples were lost between runs"
+    assert 0 < progress[0] < total, f"the first kill did not land mid-run (progress {progress})"
     if not out.exists():
         subprocess.run(cmd(prompts, upstream, out), check=True, capture_output=True, timeout=120)
     assert read_table(out) == read_table(reference)
