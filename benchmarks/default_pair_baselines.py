@@ -25,19 +25,19 @@ TEST = REPO / "data" / "default-pair" / "split" / "test.jsonl"
 
 def main() -> None:
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
+    from hybridllm.evaluate import evaluate_router
     from hybridllm.metrics import evaluate_scores, expected_quality
     from hybridllm.router import Router, default_router_dir
     from hybridllm.table import prompt_text, read_table
 
     router = Router(default_router_dir())
-    rows = read_table(TEST)
+    ev, rows, _, _ = evaluate_router(router, read_table(TEST))
     qs, ql = expected_quality(rows, router.small, router.large)
 
     def metrics(scores: np.ndarray) -> tuple[float, float]:
         r = evaluate_scores(scores, qs, ql, with_curve=False)["router"]
         return r["apgr"], r["cost_advantage_at_quality_drop"]["1"]
 
-    ev = evaluate_scores(router.score([r["prompt"] for r in rows]), qs, ql, with_curve=False)
     results = {
         name: {"apgr": ev[key]["apgr"], "ca_at_qd1": ev[key]["cost_advantage_at_quality_drop"]["1"]}
         for name, key in (("shipped router", "router"), ("random", "random"), ("oracle", "oracle"))

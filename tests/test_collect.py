@@ -70,7 +70,9 @@ def test_collect_builds_table_in_sample_order(prompts, upstream, tmp_path):
 
 
 def journaled(journal):
-    """Sample keys in the journal, ignoring a torn last line (the writer may be mid-append)."""
+    """Sample keys in the journal, ignoring a torn last line (the writer may be mid-append). Parsed
+    here rather than with ``collect.read_journal``, whose dict by key would hide a sample journaled
+    twice, which is what the test checks for."""
     if not journal.exists():
         return []
     lines = [line for line in journal.read_bytes().split(b"\n")[:-1] if line]
