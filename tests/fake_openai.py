@@ -27,9 +27,12 @@ class FakeOpenAI:
         self.reply: Any = None  # optional callable(prompt) -> text, instead of the echo
         self.stream_delay = 0.0
         self.chunks_sent = 0
+        self.auth: list[str | None] = []  # the Authorization header of every request, in order
+        self.left_early: list[bool] = []  # after a "sleep:" fault: had the caller hung up?
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self._chat)
         self.app.post("/v1/completions")(self._completion)
+        self.app.get("/v1/models")(self._models)
         self.port = _free_port()
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -51,7 +54,13 @@ class FakeOpenAI:
         self.server.should_exit = True
         self.thread.join(timeout=5)
 
-    async def _fault(self) -> Any:
+    async def _models(self, request: Request) -> Any:
+        self.auth.append(request.headers.get("authorization"))
+        return {"object": "list", "data": [{"id": "fake", "object": "model"}]}
+
+    async def _fault(self, request: Request | None = None) -> Any:
+        if request is not None:
+            self.auth.append(request.headers.get("authorization"))
         if self.delay:
             await asyncio.sleep(self.delay)
         if not self.faults:
@@ -74,13 +83,27 @@ class FakeOpenAI:
             return None
         if f.startswith("sleep:"):
             await asyncio.sleep(float(f.split(":")[1]))
+            if request is not None:
+                self.left_early.append(await request.is_disconnected())
             return None
+        if f == "429-7":
+            return JSONResponse({"error": {"message": "slow down"}}, status_code=429, headers={"retry-after": "7"})
+        if f == "drip":  # a 200 whose body arrives one byte per 0.1 s, for 30 s
+
+            async def drip() -> Any:
+                for _ in range(300):
+                    yield b" "
+                    await asyncio.sleep(0.1)
+
+            return StreamingResponse(drip(), media_type="application/json")
+        if f == "json-for-stream":  # a stream request answered with a plain JSON body
+            return JSONResponse({"id": "x", "object": "chat.completion", "choices": []})
         raise ValueError(f)
 
     async def _chat(self, request: Request) -> Any:
         body = await request.json()
         self.requests.append(body)
-        fault = await self._fault()
+        fault = await self._fault(request)
         if fault is not None:
             return fault
         last = body["messages"][-1] if isinstance(body.get("messages"), list) and body["messages"] else {}
@@ -141,7 +164,7 @@ class FakeOpenAI:
     async def _completion(self, request: Request) -> Any:
         body = await request.json()
         self.requests.append(body)
-        fault = await self._fault()
+        fault = await self._fault(request)
         if fault is not None:
             return fault
         text = f"echo:{body.get('prompt')}#{body.get('seed')}"

@@ -117,17 +117,24 @@ def test_fallback_on_500_timeout_and_refused(stack, router):
     proxy, s_up, l_up = stack
     c = client(proxy)
     s_up.faults.append("500")
-    r = ask(c, "small")
+    r = ask(c, "hybrid-t-0")  # routed to small
     assert r.headers["x-hybridllm-model"] == LARGE and "fallback" in r.headers["x-hybridllm-reason"]
+    assert r.headers["x-hybridllm-fallback-from"] == SMALL
     s_up.faults.append("sleep:3")  # over the 2 s upstream timeout
-    assert ask(c, "small").headers["x-hybridllm-model"] == LARGE
+    assert ask(c, "hybrid-t-0").headers["x-hybridllm-model"] == LARGE
     dead = Upstream(SMALL, "http://127.0.0.1:9/v1", "s")
     app = create_app(router, dead, Upstream(LARGE, l_up.url, "l"), ServeOptions())
     with Proxy(app) as p2:
-        assert ask(client(p2), "small").headers["x-hybridllm-model"] == LARGE
+        assert ask(client(p2), "hybrid-t-0").headers["x-hybridllm-model"] == LARGE
+        # a forced model does not fall back unless the request asks for it
+        with pytest.raises(openai.APIStatusError) as info:
+            ask(client(p2), "small")
+        assert info.value.status_code == 502
+        r = ask(client(p2), "small", extra_body={"hybridllm": {"fallback": True}})
+        assert r.headers["x-hybridllm-model"] == LARGE and r.headers["x-hybridllm-fallback-from"] == SMALL
     app = create_app(router, dead, Upstream(LARGE, l_up.url, "l"), ServeOptions(fallback=False))
     with Proxy(app) as p3, pytest.raises(openai.APIStatusError) as info:
-        ask(client(p3), "small")
+        ask(client(p3), "hybrid-t-0")
     assert info.value.status_code == 502
 
 
@@ -186,7 +193,7 @@ def test_metrics_count_requests(stack):
     assert f'hybridllm_requests_total{{model="{SMALL}",status="200"}} 3.0' in text
     assert f'hybridllm_requests_total{{model="{LARGE}",status="200"}} 1.0' in text
     assert f'hybridllm_routing_decisions_total{{model="{SMALL}",reason="forced"}} 3.0' in text
-    assert httpx.get(proxy.url.replace("/v1", "") + "/health").json()["status"] == "ok"
+    assert httpx.get(proxy.url.replace("/v1", "") + "/health").json() == {"status": "ok"}
 
 
 def test_cli_serve_subprocess_with_openai_client(router, tmp_path):
@@ -280,4 +287,9 @@ def test_odd_upstream_bodies_are_relayed_not_500(stack):
     r = httpx.post(
         proxy.url + "/chat/completions", json={"model": "small", "messages": [{"role": "user", "content": "x"}]}
     )
-    assert r.status_code == 200 and r.headers["x-hybridllm-model"] == LARGE  # malformed body: fell back
+    assert r.status_code == 502  # malformed body, forced model: no fallback
+    s_up.faults.append("malformed")
+    r = httpx.post(
+        proxy.url + "/chat/completions", json={"model": "hybrid-t-0", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert r.status_code == 200 and r.headers["x-hybridllm-model"] == LARGE  # routed: fell back

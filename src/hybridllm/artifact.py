@@ -6,10 +6,13 @@ loading one from a colleague or a bucket must not be able to run code.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .fsutil import atomic_write
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -27,9 +30,7 @@ def save_artifact(directory: str | Path, config: dict[str, Any], tensors: dict[s
     d.mkdir(parents=True, exist_ok=True)
     cfg = {"format_version": FORMAT_VERSION, **config}
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(d / HEAD))
-    tmp = d / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=False) + "\n")
-    tmp.replace(d / CONFIG)
+    atomic_write(d / CONFIG, json.dumps(cfg, indent=2, sort_keys=False) + "\n")
     return d
 
 
@@ -39,9 +40,13 @@ def load_config(directory: str | Path) -> dict[str, Any]:
     if not f.exists():
         raise ArtifactError(f"{d}: not a router artifact ({CONFIG} not found)")
     try:
-        cfg = json.loads(f.read_text())
+        cfg = json.loads(f.read_bytes().decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{f}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise ArtifactError(f"{f}: not a readable JSON file ({type(exc).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise ArtifactError(f"{f}: expected a JSON object, got {type(cfg).__name__}")
     version = cfg.get("format_version")
     if version != FORMAT_VERSION:
         raise ArtifactError(
@@ -51,20 +56,108 @@ def load_config(directory: str | Path) -> dict[str, Any]:
     for key in ("small", "large", "encoder", "calibration", "default_operating_point"):
         if key not in cfg:
             raise ArtifactError(f"{f}: field {key!r} missing")
+    _check_config(cfg, f)
     return cfg
 
 
+_KNOBS = {"max_quality_drop": 100.0, "cost_advantage": 100.0, "threshold": 1.000001}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_config(cfg: dict[str, Any], f: Path) -> None:
+    """Everything routing reads from config.json, checked once at load: a bad artifact is refused
+    with the file and the field, instead of failing on the first request."""
+    for key in ("small", "large"):
+        if not isinstance(cfg[key], str) or not cfg[key]:
+            raise ArtifactError(f"{f}: field {key!r}: expected a model name")
+    if cfg["small"] == cfg["large"]:
+        raise ArtifactError(f"{f}: fields 'small' and 'large' name the same model")
+    enc = cfg["encoder"]
+    if not isinstance(enc, dict) or not isinstance(enc.get("spec", ""), (str, type(None))):
+        raise ArtifactError(f"{f}: field 'encoder': expected an object with a 'spec'")
+    if not isinstance(enc.get("max_length", 256), int) or not 8 <= enc.get("max_length", 256) <= 8192:
+        raise ArtifactError(f"{f}: field 'encoder.max_length': expected an integer in 8..8192")
+    cal = cfg["calibration"]
+    if not isinstance(cal, list) or not cal:
+        raise ArtifactError(f"{f}: field 'calibration': expected a non-empty list of points")
+    prev: dict[str, Any] | None = None
+    for i, pt in enumerate(cal):
+        where = f"{f}: field 'calibration[{i}]'"
+        if not isinstance(pt, dict):
+            raise ArtifactError(f"{where}: expected an object")
+        for k in ("threshold", "cost_advantage", "quality_drop"):
+            if not _finite(pt.get(k)):
+                raise ArtifactError(f"{where}.{k}: expected a finite number, got {pt.get(k)!r}")
+        if not 0 <= pt["threshold"] <= _KNOBS["threshold"] or not 0 <= pt["cost_advantage"] <= 100:
+            raise ArtifactError(f"{where}: threshold or cost_advantage out of range")
+        if prev is not None and (pt["cost_advantage"] < prev["cost_advantage"] or pt["threshold"] > prev["threshold"]):
+            raise ArtifactError(f"{where}: points not ordered by rising cost advantage and falling threshold")
+        prev = pt
+    op = cfg["default_operating_point"]
+    if not isinstance(op, dict) or op.get("kind") not in _KNOBS:
+        raise ArtifactError(f"{f}: field 'default_operating_point.kind': expected one of {', '.join(_KNOBS)}")
+    if not _finite(op.get("value")) or not 0 <= op["value"] <= _KNOBS[op["kind"]]:
+        raise ArtifactError(
+            f"{f}: field 'default_operating_point.value': expected a number in 0..{_KNOBS[op['kind']]:g}"
+        )
+    if cfg.get("prompt_turns", "all") not in ("all", "last"):
+        raise ArtifactError(f"{f}: field 'prompt_turns': expected 'all' or 'last'")
+    head = cfg.get("head", {})
+    if not isinstance(head, dict) or not isinstance(head.get("extra", []), list):
+        raise ArtifactError(f"{f}: field 'head.extra': expected a list of feature names")
+    for name in head.get("extra", []):
+        if name not in ("log_tokens",):
+            raise ArtifactError(f"{f}: field 'head.extra': unknown feature {name!r}")
+
+
+# name → number of dimensions; E members, d inputs, h hidden
+_HEAD_SHAPES = {"w1": 3, "b1": 2, "w2": 2, "b2": 1, "mu": 1, "sd": 1}
+_LINEAR_SHAPES = {"lin_w": 1, "lin_b": 1, "lin_mu": 1, "lin_sd": 1, "mix": 1}
+
+
 def load_tensors(directory: str | Path) -> dict[str, np.ndarray]:
+    """The head's tensors, checked: known names, consistent shapes, finite values."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     f = Path(directory) / HEAD
     if not f.exists():
         raise ArtifactError(f"{Path(directory)}: {HEAD} not found")
-    return load_file(str(f))
+    try:
+        t = load_file(str(f))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{f}: not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
+    unknown = set(t) - set(_HEAD_SHAPES) - set(_LINEAR_SHAPES)
+    if unknown:
+        raise ArtifactError(f"{f}: unknown tensors {', '.join(sorted(unknown))}")
+    for name, ndim in _HEAD_SHAPES.items():
+        if name not in t:
+            raise ArtifactError(f"{f}: tensor {name!r} missing")
+        if t[name].ndim != ndim:
+            raise ArtifactError(f"{f}: tensor {name!r}: expected {ndim} dimensions, got shape {tuple(t[name].shape)}")
+    e, d, h = t["w1"].shape
+    want = {"b1": (e, h), "w2": (e, h), "b2": (e,), "mu": (d,), "sd": (d,)}
+    linear = [k for k in _LINEAR_SHAPES if k in t]
+    if linear:
+        if len(linear) != len(_LINEAR_SHAPES):
+            raise ArtifactError(f"{f}: linear member incomplete (has {', '.join(linear)})")
+        want.update({"lin_w": (d,), "lin_b": (1,), "lin_mu": (d,), "lin_sd": (d,), "mix": (1,)})
+    for name, shape in want.items():
+        if tuple(t[name].shape) != shape:
+            raise ArtifactError(f"{f}: tensor {name!r}: expected shape {shape}, got {tuple(t[name].shape)}")
+    for name, arr in t.items():
+        if not np.all(np.isfinite(arr)):
+            raise ArtifactError(f"{f}: tensor {name!r} holds NaN or infinite values")
+    for name in ("sd", "lin_sd"):
+        if name in t and np.any(t[name] == 0):
+            raise ArtifactError(f"{f}: tensor {name!r} has zeros (division by zero)")
+    if linear and not 0 <= float(t["mix"][0]) <= 1:
+        raise ArtifactError(f"{f}: tensor 'mix' must be within 0..1")
+    return t
 
 
 def save_config(directory: str | Path, cfg: dict[str, Any]) -> None:
-    d = Path(directory)
-    tmp = d / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps(cfg, indent=2) + "\n")
-    tmp.replace(d / CONFIG)
+    atomic_write(Path(directory) / CONFIG, json.dumps(cfg, indent=2) + "\n")

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .specs import parse_spec, read_key, redact_url
+
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 # receives each piece of text as the model produces it (``generate(..., on_text=...)``): an answer
@@ -80,13 +82,15 @@ class HTTPBackend:
 
     @classmethod
     def from_spec(cls, spec: str, api_key_env: str | None = None, **kw: Any) -> HTTPBackend:
-        model, sep, url = spec.partition("@")
-        if not sep or not model or not url.startswith(("http://", "https://")):
-            raise ValueError(f"backend spec {spec!r}: expected MODEL@http(s)://HOST/v1")
-        key = os.environ.get(api_key_env) if api_key_env else None
-        if api_key_env and key is None:
-            raise ValueError(f"backend {model}: environment variable {api_key_env} is not set")
-        return cls(model=model, base_url=url.rstrip("/"), api_key=key, **kw)
+        parsed = parse_spec(spec)
+        if parsed.base_url is None:
+            raise ValueError(f"backend spec {redact_url(spec)!r}: expected MODEL@http(s)://HOST/v1")
+        return cls(model=parsed.model, base_url=parsed.base_url, api_key=read_key(parsed.model, api_key_env), **kw)
+
+    @property
+    def where(self) -> str:
+        """``model@url`` for messages, credentials in the URL masked."""
+        return f"{self.model}@{redact_url(self.base_url)}"
 
     async def __aenter__(self) -> HTTPBackend:
         import httpx
@@ -144,14 +148,14 @@ class HTTPBackend:
             else:
                 last = f"HTTP {resp.status_code}: {resp.text[:200]}"
                 if resp.status_code not in RETRY_STATUS:
-                    raise BackendError(f"{self.model}@{self.base_url}{path}: {last}", resp.status_code)
+                    raise BackendError(f"{self.where}{path}: {last}", resp.status_code)
                 retry_after = resp.headers.get("retry-after")
                 if retry_after:
                     with contextlib.suppress(ValueError):
                         wait = max(wait, min(float(retry_after), 60.0))
             if attempt < self.max_retries:
                 await asyncio.sleep(wait)
-        raise BackendError(f"{self.model}@{self.base_url}{path}: gave up after {self.max_retries + 1} tries ({last})")
+        raise BackendError(f"{self.where}{path}: gave up after {self.max_retries + 1} tries ({last})")
 
     async def _read_stream(self, resp: Any, t0: float, on_text: OnText) -> Sample:
         """Server-sent events of a chat or completion stream, pieces handed to ``on_text``."""
@@ -176,9 +180,9 @@ class HTTPBackend:
                         on_text(piece)
                     finish = choice.get("finish_reason") or finish
         except (ValueError, AttributeError, TypeError) as exc:
-            raise BackendError(f"{self.model}@{self.base_url}: malformed stream ({exc})", 502) from None
+            raise BackendError(f"{self.where}: malformed stream ({exc})", 502) from None
         except (httpx.TransportError, httpx.TimeoutException) as exc:
-            raise BackendError(f"{self.model}@{self.base_url}: stream broke ({type(exc).__name__})", 502) from None
+            raise BackendError(f"{self.where}: stream broke ({type(exc).__name__})", 502) from None
         return Sample(
             "".join(parts),
             usage.get("prompt_tokens"),
@@ -195,7 +199,7 @@ class HTTPBackend:
             if not isinstance(text, str):
                 raise TypeError(f"content is {type(text).__name__}")
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise BackendError(f"{self.model}@{self.base_url}: malformed response body ({exc})", 502) from None
+            raise BackendError(f"{self.where}: malformed response body ({exc})", 502) from None
         usage = data.get("usage") or {}
         return Sample(
             text, usage.get("prompt_tokens"), usage.get("completion_tokens"), latency, choice.get("finish_reason")
@@ -423,7 +427,11 @@ def make_backend(
     spec: str, api_key_env: str | None = None, local_threads: int | None = None, **http_kw: Any
 ) -> HTTPBackend | LocalBackend:
     """SPEC: ``MODEL@BASE_URL`` (HTTP), a named local model, or a path to a ``.gguf`` file.
+    ``api_key_env``: the variable holding this model's key (HTTP only; never shared between models).
     ``local_threads``: CPU threads for a local model (default: all cores)."""
-    if "@" in spec and "://" in spec:
+    parsed = parse_spec(spec)
+    if parsed.base_url is not None:
         return HTTPBackend.from_spec(spec, api_key_env=api_key_env, **http_kw)
+    if api_key_env:
+        raise ValueError(f"model {spec!r} runs in-process: an API key ({api_key_env}) is not sent to it")
     return LocalBackend(spec, n_threads=local_threads)

@@ -485,7 +485,13 @@ def collect(
     seed: Annotated[int, typer.Option(help="base seed; each sample's seed derives from it")] = 0,
     concurrency: Annotated[int, typer.Option(help="parallel requests per backend")] = 8,
     timeout: Annotated[float, typer.Option(help="per-request timeout, seconds")] = 120.0,
-    api_key_env: Annotated[str | None, typer.Option(help="environment variable holding the API key")] = None,
+    api_key_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=VAR: model NAME's API key is in $VAR (sent to that model's endpoint only); repeat per "
+            "model. A bare VAR only when one model is HTTP"
+        ),
+    ] = None,
     endpoint: Annotated[str, typer.Option(help="chat or completion")] = "chat",
     limit: Annotated[int | None, typer.Option(help="only the first N prompts")] = None,
     template: Annotated[
@@ -505,13 +511,17 @@ def collect(
             "fewer let several models decode side by side"
         ),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace a finished table at --output made with other settings")
+    ] = False,
     engine: EngineOpt = Engine.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 2,
     shard_rows: ShardRowsOpt = 64,
     work_dir: WorkDirOpt = None,
 ) -> None:
-    """Sample responses from each model for every prompt; safe to kill and rerun (it resumes)."""
+    """Sample responses from each model for every prompt; safe to kill and rerun (it resumes; a
+    finished identical run is a no-op)."""
     import asyncio
     import time
 
@@ -529,6 +539,8 @@ def collect(
         _fail(f"--local-threads must be >= 1, got {local_threads}")
     if endpoint not in ("chat", "completion"):
         _fail(f"--endpoint must be chat or completion, got {endpoint!r}")
+    from .specs import key_envs, parse_spec
+
     backends, specs = {}, {}
     for item in model:
         name, sep, spec = item.partition("=")
@@ -537,9 +549,11 @@ def collect(
         if not spec:
             _fail(f"--model {name}: empty SPEC (MODEL@BASE_URL, a local model name, or a .gguf path)")
         specs[name] = spec
+    envs = key_envs(api_key_env or None, [n for n, sp in specs.items() if parse_spec(sp).is_http])
+    for name, spec in specs.items():
         backends[name] = make_backend(
             spec,
-            api_key_env=api_key_env,
+            api_key_env=envs.get(name),
             local_threads=local_threads,
             concurrency=concurrency,
             timeout_s=timeout,
@@ -566,8 +580,9 @@ def collect(
             template=template,
             system=system,
             batch=batch,
+            key_envs=envs,
+            overwrite=overwrite,
             backend_kw={
-                "api_key_env": api_key_env,
                 "concurrency": per_task,
                 "timeout_s": timeout,
                 "endpoint": endpoint,
@@ -597,7 +612,17 @@ def collect(
 
     _, stats = asyncio.run(
         collect_async(
-            sent, backends, output, samples, params, seed, on_sample, keep=rows, batch=batch, on_start=on_start
+            sent,
+            backends,
+            output,
+            samples,
+            params,
+            seed,
+            on_sample,
+            keep=rows,
+            batch=batch,
+            on_start=on_start,
+            overwrite=overwrite,
         )
     )
     bar.close()
@@ -675,95 +700,73 @@ def serve(
     large: Annotated[
         str | None, typer.Option(help="large upstream: MODEL@BASE_URL, a local model name or .gguf")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML file: small, large, host, port, fallback, ...")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file with any of the settings below (see docs/serve.md)")
+    ] = None,
     host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)", envvar="HYBRIDLLM_HOST")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8000)", envvar="HYBRIDLLM_PORT")] = None,
-    api_key_env: Annotated[str | None, typer.Option(help="env var with the upstreams' API key")] = None,
+    api_key_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=VAR: the upstream NAME (small, large or its model name) gets the key in $VAR; "
+            "repeat per upstream. A bare VAR only when one upstream is HTTP"
+        ),
+    ] = None,
     serve_api_key_env: Annotated[
         str | None, typer.Option(help="env var with comma-separated keys clients must send (Bearer)")
     ] = None,
-    fallback: Annotated[bool | None, typer.Option(help="retry on the other model when an upstream fails")] = None,
-    route_on: Annotated[
-        str | None, typer.Option(help="what the router reads: 'all' user turns (truncated by the encoder) or 'last'")
+    allow_unauthenticated: Annotated[
+        bool | None, typer.Option(help="allow a non-loopback --host with no client key")
     ] = None,
+    public_metrics: Annotated[
+        bool | None, typer.Option(help="serve /metrics and /ready without the client key")
+    ] = None,
+    fallback: Annotated[
+        bool | None, typer.Option(help="retry a routed request on the other model when an upstream fails")
+    ] = None,
+    route_on: Annotated[
+        str | None, typer.Option(help="what the router reads: 'all' user turns or the 'last' one")
+    ] = None,
+    verbose: Annotated[bool, typer.Option(help="also log the HTTP client's per-request lines")] = False,
 ) -> None:
     """Serve an OpenAI-compatible endpoint that routes each request to the small or the large model."""
-    import logging
+    from .serve import ServeConfig, create_app
+    from .serve.runner import run
 
-    import uvicorn
-
-    from .serve import ServeOptions, Upstream, create_app
-
-    cfg: dict = {}
-    if config is not None:
-        import tomllib
-
-        try:
-            cfg = tomllib.loads(config.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            _fail(f"{config}: {exc}")
-    router_dir = router_dir or (Path(cfg["router"]) if "router" in cfg else None)
-    router = _load_router(router_dir)
-    from .models import LOCAL_MODELS
-
-    # with no upstreams named, a router trained on local models serves those models in-process
-    small = small or cfg.get("small") or (router.small if router.small in LOCAL_MODELS else None)
-    large = large or cfg.get("large") or (router.large if router.large in LOCAL_MODELS else None)
-    host = host or cfg.get("host", "127.0.0.1")
-    port = port or int(cfg.get("port", 8000))
-    fallback = cfg.get("fallback", True) if fallback is None else fallback
-    api_key_env = api_key_env or cfg.get("api_key_env")
-    serve_api_key_env = serve_api_key_env or cfg.get("serve_api_key_env")
-    if not small or not large:
-        _fail("give --small and --large (MODEL@BASE_URL), or a --config file naming them")
-    key = os.environ.get(api_key_env) if api_key_env else None
-    if api_key_env and key is None:
-        _fail(f"environment variable {api_key_env} is not set")
-    client_keys: list[str] = []
-    if serve_api_key_env:
-        client_keys = [k for k in os.environ.get(serve_api_key_env, "").split(",") if k]
-        if not client_keys:
-            _fail(f"environment variable {serve_api_key_env} holds no keys")
-    route_on = route_on or cfg.get("route_on")
-    if route_on is not None:
-        if route_on not in ("all", "last"):
-            _fail(f"--route-on must be 'all' or 'last', got {route_on!r}")
-        router.turns = route_on
-    ups = []
-    for spec, name in ((small, router.small), (large, router.large)):
-        model, sep, url = str(spec).partition("@")
-        if sep and "://" in url:
-            ups.append(Upstream(name, url.rstrip("/"), model, api_key=key, timeout_s=float(cfg.get("timeout_s", 120))))
-        else:  # a named local model or a .gguf path, run in-process
-            from .backends import LocalBackend
-
-            local = LocalBackend(str(spec))
-            _progress(f"loading local model {spec} for {name}")
-            local.load()
-            ups.append(Upstream(name, "http://in-process.invalid/v1", str(spec), local=local))
-    serve_opts = ServeOptions(fallback=bool(fallback), api_keys=client_keys)
-    for key_name in ("max_body_bytes", "max_messages"):
-        if key_name in cfg:
-            setattr(serve_opts, key_name, int(cfg[key_name]))
-    if "default_knob" in cfg:
-        from .serve import parse_knob
-
-        if isinstance(parse_knob(str(cfg["default_knob"]), None, ups[0], ups[1]), str):
-            _fail(f"{config}: default_knob {cfg['default_knob']!r} is not a routing name (e.g. hybrid-qd-2)")
-        serve_opts.default_knob = str(cfg["default_knob"])
-    serve_opts.log_prompts = bool(cfg.get("log_prompts", False))
-    app_ = create_app(router, ups[0], ups[1], serve_opts)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    _progress(f"routing {router.small} | {router.large} on http://{host}:{port}/v1")
-    _progress(
-        f"models: hybrid (default: {router.config['default_operating_point']['kind']} "
-        f"{router.config['default_operating_point']['value']:g}), hybrid-qd-<pct>, hybrid-ca-<pct>, small, large"
+    cfg = ServeConfig.load(
+        config,
+        router=router_dir,
+        small=small,
+        large=large,
+        host=host,
+        port=port,
+        api_key_env=api_key_env or None,
+        serve_api_key_env=serve_api_key_env,
+        allow_unauthenticated=allow_unauthenticated,
+        public_metrics=public_metrics,
+        fallback=fallback,
+        route_on=route_on,
     )
-    _progress(
-        f"try: curl -s http://{host}:{port}/v1/chat/completions -H 'content-type: application/json' "
-        """-d '{"model": "hybrid", "messages": [{"role": "user", "content": "What is 2+3?"}]}' -i"""
-    )
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    options = cfg.options()  # refuses an open non-loopback bind before anything loads
+    router = _load_router(cfg.router)
+    if cfg.route_on is not None:
+        router.turns = cfg.route_on
+    small_up, large_up = cfg.upstreams(router, lambda spec, name: _progress(f"loading local model {spec} for {name}"))
+    app_ = create_app(router, small_up, large_up, options)
+
+    def banner(bound: int) -> None:
+        base = f"http://{cfg.host}:{bound}"
+        _progress(f"routing {cfg.describe_upstreams(small_up, large_up)} on {base}/v1")
+        _progress(
+            f"models: hybrid (= {cfg.default_point(router)}), hybrid-qd-<pct>, hybrid-ca-<pct>, hybrid-t-<x>, "
+            "small, large"
+        )
+        _progress(
+            f"try: curl -s {base}/v1/chat/completions -H 'content-type: application/json' "
+            """-d '{"model": "hybrid", "messages": [{"role": "user", "content": "What is 2+3?"}]}' -i"""
+        )
+
+    run(app_, cfg, on_bound=banner, verbose=verbose)
 
 
 @app.command()
@@ -779,16 +782,22 @@ def chat(
     threshold: Annotated[float | None, typer.Option(help="raw score threshold in 0..1")] = None,
     max_tokens: Annotated[int, typer.Option()] = 512,
     temperature: Annotated[float, typer.Option()] = 0.7,
-    api_key_env: Annotated[str | None, typer.Option(help="env var with the API key of HTTP backends")] = None,
+    api_key_env: Annotated[
+        list[str] | None,
+        typer.Option(help="small=VAR / large=VAR: that model's API key is in $VAR (bare VAR: the one HTTP model)"),
+    ] = None,
 ) -> None:
     """Ask through the router: shows which model answered, its score and the threshold."""
     import asyncio
 
     from .backends import SamplingParams, make_backend
+    from .specs import key_envs, parse_spec
 
     router = _load_router(router_dir)
     specs = {"small": small or router.small, "large": large or router.large}
-    backends = {k: make_backend(v, api_key_env=api_key_env) for k, v in specs.items()}
+    http = [k for k, v in specs.items() if parse_spec(v).is_http]
+    envs = key_envs(api_key_env or None, http, {router.small: "small", router.large: "large"})
+    backends = {k: make_backend(v, api_key_env=envs.get(k)) for k, v in specs.items()}
     params = SamplingParams(temperature=temperature, max_tokens=max_tokens)
 
     async def answer(q: str) -> None:

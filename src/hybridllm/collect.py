@@ -5,7 +5,8 @@ flushed and fsynced before the next is recorded. After ``kill -9`` at any moment
 whole lines plus at most one torn tail, which the next run cuts off; samples already journaled are
 never requested again, and each sample's seed depends only on (seed, id, model, index), so the
 finished table is the same whether or not the run was interrupted. The table is written atomically
-at the end and the journal removed.
+at the end, its settings recorded beside it (``TABLE.collect.json``), and the journal removed: an
+identical rerun is then a no-op, and a rerun with other settings is refused unless told to overwrite.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .backends import Sample, SamplingParams
-from .table import Row, write_table
+from .fsutil import atomic_write
+from .specs import redact_url
+from .table import Row, read_table, write_table
 
 
 class Backend(Protocol):
@@ -183,7 +186,7 @@ def collect_settings(
     """What a resumed run must share with the run it continues (journal first line, Ray job file)."""
     return {
         "models": {
-            name: getattr(b, "spec", None) or f"{getattr(b, 'model', '')}@{getattr(b, 'base_url', '')}"
+            name: getattr(b, "spec", None) or redact_url(f"{getattr(b, 'model', '')}@{getattr(b, 'base_url', '')}")
             for name, b in backends.items()
         },
         "samples": samples,
@@ -193,6 +196,66 @@ def collect_settings(
             json.dumps([[r["id"], r["prompt"]] for r in rows], ensure_ascii=False).encode()
         ).hexdigest()[:16],
     }
+
+
+class CollectionExists(ValueError):
+    """The output already holds a finished collection this run would overwrite."""
+
+
+def _receipt_path(output: Path) -> Path:
+    return output.with_name(output.name + ".collect.json")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def finished_collection(
+    output: Path, settings: dict[str, Any], overwrite: bool = False, work: Path | None = None
+) -> bool:
+    """Whether ``output`` already holds this very collection (an identical rerun is then a no-op).
+
+    A finished table keeps its settings beside it (``TABLE.collect.json``, with the table's digest).
+    A table made with other settings, or not by ``collect`` at all, is refused unless ``overwrite``:
+    a rerun with another ``--samples`` must not silently replace hours of finished work. A run
+    in progress (its journal, or ``work``, the Ray engine's shard directory, present) resumes as
+    before, whatever is at ``output``."""
+    output = Path(output)
+    work = work or output.with_name(output.name + ".journal.jsonl")
+    if not output.exists() or work.exists():
+        return False
+    receipt = _receipt_path(output)
+    try:
+        done = json.loads(receipt.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        done = None
+    if isinstance(done, dict) and done.get("table_sha256") == _file_digest(output):
+        if done.get("settings") == json.loads(json.dumps(settings)):
+            return True
+        if overwrite:
+            return False
+        old = done.get("settings") or {}
+        changed = sorted(k for k in set(settings) | set(old) if settings.get(k) != old.get(k))
+        raise CollectionExists(
+            f"{output}: already holds a finished collection made with other settings ({', '.join(changed)} "
+            "differ); pass --overwrite to replace it, or choose another --output"
+        )
+    if overwrite:
+        return False
+    raise CollectionExists(
+        f"{output}: exists and is not this collection's finished table (no matching {receipt.name}); "
+        "pass --overwrite to replace it, or choose another --output"
+    )
+
+
+def mark_finished(output: Path, settings: dict[str, Any]) -> None:
+    """Record the settings of the table just written at ``output``."""
+    body = {"settings": settings, "table_sha256": _file_digest(Path(output))}
+    atomic_write(_receipt_path(Path(output)), json.dumps(body, ensure_ascii=False, indent=1) + "\n")
 
 
 async def sample_groups(
@@ -273,14 +336,22 @@ async def collect_async(
     keep: Sequence[Row] | None = None,
     batch: int = 1,
     on_start: Callable[[CollectStats], None] | None = None,
+    overwrite: bool = False,
 ) -> tuple[list[Row], CollectStats]:
     """Sample every (row, model, k) not yet journaled. ``keep``: the rows to write into the table (the
     originals, when ``rows`` carry templated prompts), same order and ids as ``rows``. ``batch``: how
     many samples a local backend decodes together (see :mod:`hybridllm.batched`); HTTP backends take
     one request per sample and get their parallelism from their concurrency limit."""
     journal_path = output.with_name(output.name + ".journal.jsonl")
+    settings = collect_settings(rows, backends, samples, params, seed)
+    if finished_collection(output, settings, overwrite):
+        table = read_table(output)
+        stats = CollectStats(resumed=len(rows) * len(backends) * samples)
+        if on_start is not None:
+            on_start(stats)
+        return table, stats
     output.parent.mkdir(parents=True, exist_ok=True)
-    journal = Journal(journal_path, collect_settings(rows, backends, samples, params, seed))
+    journal = Journal(journal_path, settings)
     stats = CollectStats(resumed=len(journal.done))
     if on_start is not None:  # e.g. a progress bar that starts at the samples already journaled
         on_start(stats)
@@ -300,6 +371,7 @@ async def collect_async(
         journal.close()
     out_rows = assemble(keep if keep is not None else rows, journal.done, list(backends), samples)
     write_table(out_rows, output)
+    mark_finished(output, settings)
     journal_path.unlink()
     return out_rows, stats
 

@@ -192,10 +192,14 @@ class CollectWorker(_ShardWorker):
         template: str | None,
         backend_kw: dict,
         system: str | None = None,
+        key_envs: dict[str, str] | None = None,
     ) -> None:
         from .backends import SamplingParams, make_backend
 
-        self.backends = {name: make_backend(spec, **backend_kw) for name, spec in specs.items()}
+        envs = key_envs or {}
+        self.backends = {
+            name: make_backend(spec, api_key_env=envs.get(name), **backend_kw) for name, spec in specs.items()
+        }
         self.samples, self.seed, self.batch = samples, seed, batch
         self.template, self.system = template, system
         self.params = SamplingParams(**params)
@@ -353,23 +357,25 @@ def collect_ray(
     batch: int = 1,
     backend_kw: dict[str, Any] | None = None,
     system: str | None = None,
+    key_envs: dict[str, str] | None = None,
+    overwrite: bool = False,
 ) -> tuple[list[Row], RunStats]:
     """``collect`` with shards of prompts as the unit of work; local models in actors, HTTP
     backends in tasks (``backend_kw['concurrency']`` requests each)."""
     from .backends import make_backend
-    from .collect import collect_settings, format_prompt
-    from .table import write_table
+    from .collect import collect_settings, finished_collection, format_prompt, mark_finished
+    from .table import read_table, write_table
 
     backend_kw = dict(backend_kw or {})
-    probe = {name: make_backend(spec, **backend_kw) for name, spec in specs.items()}
+    envs = key_envs or {}
+    probe = {name: make_backend(spec, api_key_env=envs.get(name), **backend_kw) for name, spec in specs.items()}
     sent = [format_prompt(r, template, system) for r in rows]
-    settings = {
-        "stage": "collect",
-        **collect_settings(sent, probe, samples, params, seed),
-        "batch": batch,
-        "shard_rows": options.shard_rows,
-    }
-    store = ShardStore(options.work_dir or output.with_name(output.name + ".shards"), settings)
+    table_settings = collect_settings(sent, probe, samples, params, seed)
+    work = options.work_dir or output.with_name(output.name + ".shards")
+    if finished_collection(output, table_settings, overwrite, work=work):
+        return read_table(output), RunStats()
+    settings = {"stage": "collect", **table_settings, "batch": batch, "shard_rows": options.shard_rows}
+    store = ShardStore(work, settings)
     local = any(not hasattr(b, "base_url") for b in probe.values())
     if local:  # each actor's llama.cpp gets the CPUs Ray reserved for it, not every core of the node
         backend_kw["local_threads"] = max(1, int(options.cpus_per_worker))
@@ -385,6 +391,7 @@ def collect_ray(
             "template": template,
             "system": system,
             "backend_kw": backend_kw,
+            "key_envs": envs,
         },
         store,
         options,
@@ -394,6 +401,7 @@ def collect_ray(
     )
     out = store.rows(stats.shards)
     write_table(out, output)
+    mark_finished(output, table_settings)
     return out, stats
 
 

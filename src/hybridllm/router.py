@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import load_config, load_tensors
+from .artifact import ArtifactError, load_config, load_tensors
 from .calibrate import resolve_knob
 from .encoder import EmbeddingCache, Encoder, embed_texts, make_encoder
 from .head import HeadWeights
@@ -89,6 +89,13 @@ class Router:
         self.encoder = encoder
         self.extra: list[str] = list(self.config.get("head", {}).get("extra", []))
         self.turns: str = self.config.get("prompt_turns", "all")
+        # the head must fit what the encoder produces: refused here, not on the first request
+        width = featurize(self.encoder, ["dimension check"], self.extra).shape[1]
+        if width != self.head.mu.shape[0]:
+            raise ArtifactError(
+                f"{self.directory / 'head.safetensors'}: the head takes {self.head.mu.shape[0]} inputs but the "
+                f"encoder gives {width} (encoder {enc_cfg.get('spec')!r} + {len(self.extra)} extra features)"
+            )
 
     @property
     def small(self) -> str:

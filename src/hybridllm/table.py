@@ -107,19 +107,59 @@ def iter_jsonl(path: str | Path) -> Iterator[Row]:
     """Stream validated rows from a JSONL file, checking ids for duplicates as it goes."""
     path = Path(path)
     seen: dict[str, int] = {}
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, text in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TableError(
+                    f"{path}:{lineno}: row: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+                ) from None
             if not text.strip():
                 continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise TableError(f"{path}:{lineno}: row: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            obj = parse_json_line(text, f"{path}:{lineno}")
             row = validate_row(obj, path, lineno)
             if row["id"] in seen:
                 raise TableError(f"{path}:{lineno}: id: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
             seen[row["id"]] = lineno
             yield row
+
+
+def parse_json_line(text: str, where: str) -> Any:
+    """One JSON value, every failure as a TableError naming ``where``: malformed JSON, nesting too
+    deep for the parser, integers too long to convert, strings with lone surrogates."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TableError(f"{where}: row: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise TableError(f"{where}: row: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer over Python's digit limit
+        raise TableError(f"{where}: row: unreadable JSON value ({str(exc).split(';')[0][:100]})") from None
+    path = lone_surrogate(obj) if "\\u" in text else None  # strict UTF-8 text has none unescaped
+    if path is not None:
+        raise TableError(f"{where}: {path or 'row'}: string holds a lone surrogate (\\ud800-\\udfff)")
+    return obj
+
+
+def lone_surrogate(value: Any, path: str = "") -> str | None:
+    """The field path of the first string with an unpaired UTF-16 surrogate (which cannot be
+    written as UTF-8), or None."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        v, p = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return p
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                stack.append((k, p))
+                stack.append((x, f"{p}.{k}" if p else str(k)))
+        elif isinstance(v, list):
+            stack.extend((x, f"{p}[{i}]") for i, x in enumerate(v))
+    return None
 
 
 def _read_parquet(path: Path) -> list[Row]:

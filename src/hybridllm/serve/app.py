@@ -1,0 +1,361 @@
+"""The ASGI app: OpenAI-compatible routes that route each request to the small or the large model.
+
+Every response carries ``x-hybridllm-request-id``, ``-model``, ``-reason`` and, when the router
+decided, ``-score`` and ``-threshold``; a fallback adds ``x-hybridllm-fallback-from``. The body is
+the upstream's, byte for byte. Every request, refused or answered, gets one JSON access-log line
+and a count in ``/metrics``.
+"""
+
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .batcher import MicroBatcher
+from .knobs import KnobError, forced_names, parse_knob, routing_names
+from .protocol import RequestError, check_request, error_body, error_type, parse_json, read_body
+from .upstream import Answer, Failure, StreamBroke, Upstream, call_http, call_local, probe
+
+log = logging.getLogger("hybridllm.access")
+
+
+@dataclass
+class ServeOptions:
+    """The running proxy's settings (built from a :class:`~hybridllm.serve.config.ServeConfig`)."""
+
+    fallback: bool = True  # routed requests retry on the other model when theirs fails
+    api_keys: list[str] = field(default_factory=list, repr=False)  # keys clients must send; [] = open
+    public_metrics: bool = False  # /metrics and /ready without a key even when keys are set
+    api_docs: bool = False  # /docs, /redoc, /openapi.json
+    max_body_bytes: int = 1_000_000
+    max_messages: int = 512
+    max_router_chars: int = 16_000  # what the router tokenises at most (head + tail beyond)
+    client_timeout_s: float = 30.0  # to send the whole body
+    log_prompts: bool = False
+    batch_window_s: float = 0.0
+    default_knob: str | None = None  # what plain "hybrid" means, as another routing name
+
+
+def openai_error(status: int, message: str, param: str | None = None, code: Any = None, headers: Any = None) -> Any:
+    from starlette.responses import Response
+
+    return Response(
+        error_body(message, error_type(status), param, code),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+@dataclass
+class _Record:
+    """What one request's access-log line and metrics say."""
+
+    rid: str
+    t0: float
+    model: str = "none"
+    status: int = 0
+    score: float | None = None
+    threshold: float | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    fallback_from: str | None = None
+    stream: bool = False
+    error: str | None = None
+    prompt: Any = None
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = reg = CollectorRegistry()
+        self.requests = Counter(
+            "hybridllm_requests", "requests answered, by upstream model and status", ["model", "status"], registry=reg
+        )
+        self.decisions = Counter("hybridllm_routing_decisions", "routing decisions", ["model", "reason"], registry=reg)
+        self.tokens = Counter("hybridllm_tokens", "tokens reported by upstreams", ["model", "kind"], registry=reg)
+        self.errors = Counter("hybridllm_upstream_errors", "failed upstream calls", ["model"], registry=reg)
+        self.fallbacks = Counter(
+            "hybridllm_fallbacks",
+            "requests answered by another model after a failure",
+            ["from_model", "to_model"],
+            registry=reg,
+        )
+        self.router = Histogram(
+            "hybridllm_router_seconds",
+            "router decision latency",
+            registry=reg,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+        )
+
+    def record(self, rec: _Record, log_prompts: bool) -> None:
+        self.requests.labels(rec.model, str(rec.status)).inc()
+        for k in ("prompt_tokens", "completion_tokens"):
+            v = rec.usage.get(k)
+            if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+                self.tokens.labels(rec.model, k.split("_")[0]).inc(v)
+        line: dict[str, Any] = {
+            "id": rec.rid,
+            "model": rec.model,
+            "status": rec.status,
+            "latency_ms": round((time.perf_counter() - rec.t0) * 1000, 1),
+            "score": rec.score,
+            "threshold": rec.threshold,
+            "stream": rec.stream,
+            "prompt_tokens": rec.usage.get("prompt_tokens"),
+            "completion_tokens": rec.usage.get("completion_tokens"),
+        }
+        if rec.fallback_from:
+            line["fallback_from"] = rec.fallback_from
+        if rec.error:
+            line["error"] = rec.error[:300]
+        if log_prompts and rec.prompt is not None:
+            line["prompt"] = rec.prompt
+        log.info(json.dumps(line, ensure_ascii=False))
+
+
+async def _disconnected(request: Any) -> None:
+    """Returns when the client has gone (the body is already read, so only that message is left)."""
+    while True:
+        msg = await request.receive()
+        if msg["type"] == "http.disconnect":
+            return
+
+
+def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOptions | None = None) -> Any:
+    """The ASGI app. ``router`` needs ``score(texts)``, ``threshold(...)``, ``small``, ``large``, ``turns``."""
+    import httpx
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+
+    opts = options or ServeOptions()
+    metrics = _Metrics()
+    ups = {"small": small, "large": large}
+    forced = forced_names(small.name, large.name, small.model, large.model)
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        state["batcher"] = MicroBatcher(router, opts.batch_window_s)
+        state["batcher"].start()
+        state["clients"] = {
+            k: httpx.AsyncClient(
+                base_url=u.base_url,
+                timeout=u.timeout_s,
+                headers={"Authorization": f"Bearer {u.api_key}"} if u.api_key else {},
+                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            )
+            for k, u in ups.items()
+        }
+        yield
+        await state["batcher"].stop()
+        for c in state["clients"].values():
+            await c.aclose()
+
+    docs = opts.api_docs
+    app = FastAPI(
+        title="hybridllm",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Any:
+        msg = {404: f"no route {request.url.path}", 405: f"method {request.method} not allowed here"}.get(
+            exc.status_code, str(exc.detail)
+        )
+        return openai_error(exc.status_code, msg, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Any:
+        return openai_error(400, "invalid request")
+
+    def authorised(request: Request) -> bool:
+        if not opts.api_keys:
+            return True
+        auth = request.headers.get("authorization", "")
+        token = auth[7:] if auth.lower().startswith("bearer ") else ""
+        return any(hmac.compare_digest(token.encode(), k.encode()) for k in opts.api_keys)
+
+    def unauthorised() -> Any:
+        return openai_error(401, "invalid or missing API key", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/health")
+    async def health() -> Any:
+        """Liveness: the process answers. Says nothing about upstreams (see /ready)."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready(request: Request) -> Any:
+        if not (opts.public_metrics or authorised(request)):
+            return unauthorised()
+        got = await asyncio.gather(*(probe(state["clients"][k], u) for k, u in ups.items()))
+        report = {u.name: g for u, g in zip(ups.values(), got, strict=True)}
+        ok = all(g["ok"] for g in got)
+        return JSONResponse({"status": "ready" if ok else "not ready", "upstreams": report}, 200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics_page(request: Request) -> Response:
+        if not (opts.public_metrics or authorised(request)):
+            return unauthorised()
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Any:
+        if not authorised(request):
+            return unauthorised()
+        return {
+            "object": "list",
+            "data": [{"id": n, "object": "model", "owned_by": "hybridllm"} for n in routing_names(forced)],
+        }
+
+    async def route(rec: _Record, model: str, extra: Any, text: str) -> tuple[str, str, bool]:
+        """(target "small"/"large", reason, may fall back)."""
+        if model == "hybrid" and opts.default_knob:
+            model = opts.default_knob
+        knob = parse_knob(model, extra, forced)
+        if knob.force:
+            metrics.decisions.labels(ups[knob.force].name, "forced").inc()
+            return knob.force, f"forced {knob.force}", bool(knob.fallback)
+        try:
+            threshold, reason = router.threshold(
+                max_quality_drop=knob.max_quality_drop, cost_advantage=knob.cost_advantage, threshold=knob.threshold
+            )
+        except ValueError as exc:
+            raise RequestError(400, str(exc), "model") from None
+        r0 = time.perf_counter()
+        try:
+            score = await state["batcher"].score(text)
+        except Exception as exc:
+            raise RequestError(400, f"the router could not read this prompt ({type(exc).__name__})") from None
+        metrics.router.observe(time.perf_counter() - r0)
+        rec.score, rec.threshold = score, threshold
+        target = "small" if score >= threshold else "large"
+        metrics.decisions.labels(ups[target].name, "router").inc()
+        return target, reason, opts.fallback if knob.fallback is None else knob.fallback
+
+    async def attempts(order: list[str], body: dict[str, Any], kind: str, stream: bool, rec: _Record) -> Any:
+        path = "/chat/completions" if kind == "chat" else "/completions"
+        failure: Failure | None = None
+        for which in order:
+            up = ups[which]
+            send = dict(body, model=up.model)
+            if up.local is not None:
+                got = await call_local(up, send, kind, stream)
+            else:
+                got = await call_http(state["clients"][which], up, path, send, stream)
+            if isinstance(got, Answer):
+                if up.name != ups[order[0]].name:
+                    rec.fallback_from = ups[order[0]].name
+                    metrics.fallbacks.labels(rec.fallback_from, up.name).inc()
+                rec.model = up.name
+                return got
+            metrics.errors.labels(up.name).inc()
+            failure = got
+        rec.model = ups[order[0]].name
+        return failure
+
+    async def handle(request: Request, kind: str) -> Any:
+        rec = _Record("req-" + uuid.uuid4().hex[:12], time.perf_counter())
+        headers = {"x-hybridllm-request-id": rec.rid}
+        relaying = False
+        try:
+            if not authorised(request):
+                raise RequestError(401, "invalid or missing API key", headers={"WWW-Authenticate": "Bearer"})
+            raw = await read_body(request, opts.max_body_bytes, opts.client_timeout_s)
+            body = parse_json(raw)
+            extra = body.pop("hybridllm", None)
+            req = check_request(body, kind, opts.max_messages, getattr(router, "turns", "all"), opts.max_router_chars)
+            rec.stream = req.stream
+            if opts.log_prompts:
+                rec.prompt = req.text
+            try:
+                target, reason, may_fall_back = await route(rec, req.model, extra, req.text)
+            except KnobError as exc:
+                status = 404 if exc.unknown_model else 400
+                raise RequestError(
+                    status, str(exc), "model", "model_not_found" if exc.unknown_model else None
+                ) from None
+            headers["x-hybridllm-reason"] = reason
+            if rec.score is not None:
+                headers["x-hybridllm-score"] = f"{rec.score:.6f}"
+                headers["x-hybridllm-threshold"] = f"{rec.threshold:.6f}"
+            other = "large" if target == "small" else "small"
+            order = [target, other] if may_fall_back else [target]
+            # the upstream calls run while we watch the client: one that leaves cancels them
+            work = asyncio.ensure_future(attempts(order, req.body, kind, req.stream, rec))
+            gone = asyncio.ensure_future(_disconnected(request))
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                work.cancel()
+                rec.status, rec.error = 499, "client disconnected"
+                rec.model = ups[target].name
+                return Response(status_code=499)
+            gone.cancel()
+            got = work.result()
+            if isinstance(got, Failure):
+                hdr = dict(headers, **({"retry-after": got.retry_after} if got.retry_after else {}))
+                raise RequestError(got.status, got.message, headers=hdr)
+            headers["x-hybridllm-model"] = rec.model
+            if rec.fallback_from:
+                headers["x-hybridllm-fallback-from"] = rec.fallback_from
+                headers["x-hybridllm-reason"] = f"{reason}; fallback after {rec.fallback_from} failed"
+            if got.stream is not None:
+                rec.status = 200
+                relaying = True
+                return StreamingResponse(relay(got.stream, rec), media_type="text/event-stream", headers=headers)
+            rec.status = got.status
+            usage = got.payload.get("usage") if isinstance(got.payload, dict) else None
+            rec.usage = usage if isinstance(usage, dict) else {}
+            # the upstream's bytes as they are: nothing re-serialised, nothing of the schema changed
+            return Response(got.data, status_code=got.status, headers=headers, media_type="application/json")
+        except RequestError as exc:
+            rec.status, rec.error = exc.status, exc.message
+            return openai_error(exc.status, exc.message, exc.param, exc.code, exc.headers or headers)
+        except Exception as exc:  # a bug: the request fails alone, shaped like every other error
+            logging.getLogger("hybridllm.serve").exception("internal error in %s", rec.rid)
+            rec.status, rec.error = 500, f"internal error ({type(exc).__name__})"
+            return openai_error(500, f"internal error ({type(exc).__name__}); request id {rec.rid}")
+        finally:
+            if not relaying:
+                metrics.record(rec, opts.log_prompts)
+
+    async def relay(stream: AsyncIterator[bytes], rec: _Record) -> AsyncIterator[bytes]:
+        """Relay the chunks; a failure mid-stream ends with an error event instead of a hang."""
+        try:
+            async for chunk in stream:
+                yield chunk
+        except StreamBroke as exc:
+            rec.status, rec.error = 502, str(exc)
+            yield b"data: " + error_body(str(exc), "upstream_error") + b"\n\n"
+        except asyncio.CancelledError:
+            rec.status, rec.error = 499, "client disconnected"
+            raise
+        finally:
+            if hasattr(stream, "aclose"):
+                await stream.aclose()
+            metrics.record(rec, opts.log_prompts)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        return await handle(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await handle(request, "completion")
+
+    app.state.metrics = metrics
+    app.state.options = opts
+    return app

@@ -1,0 +1,61 @@
+"""Micro-batching of routing decisions: requests that arrive together share one encoder pass, run
+in a worker thread so the event loop never blocks on the router.
+
+A batch that fails is scored again one request at a time, so a request that makes the router raise
+fails alone; its neighbours get their scores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+class MicroBatcher:
+    def __init__(self, router: Any, window_s: float = 0.0) -> None:
+        self.router = router
+        self.window_s = window_s  # 0: no waiting; what arrives while a batch is scored forms the next
+        self.queue: asyncio.Queue[tuple[str, asyncio.Future[float]]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def score(self, text: str) -> float:
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        await self.queue.put((text, fut))
+        return await fut
+
+    def _score_each(self, texts: list[str]) -> list[float | BaseException]:
+        out: list[float | BaseException] = []
+        for t in texts:
+            try:
+                out.append(float(self.router.score([t])[0]))
+            except Exception as exc:  # kept with its own request
+                out.append(exc)
+        return out
+
+    async def _run(self) -> None:
+        while True:
+            items = [await self.queue.get()]
+            await asyncio.sleep(self.window_s)  # 0 still lets already-runnable requests enqueue
+            while not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            texts = [t for t, _ in items]
+            try:
+                scores: list[float | BaseException] = [
+                    float(s) for s in await asyncio.to_thread(self.router.score, texts)
+                ]
+            except Exception:
+                scores = await asyncio.to_thread(self._score_each, texts)
+            for (_, fut), s in zip(items, scores, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(s, BaseException):
+                    fut.set_exception(s)
+                else:
+                    fut.set_result(s)
