@@ -158,6 +158,7 @@ def load_torch_encoder(path: Path) -> Any:
     from transformers import AutoModel, logging
 
     logging.set_verbosity_error()
+    logging.disable_progress_bar()  # a weights bar per load is noise in serve logs and CI output
     try:
         model = AutoModel.from_pretrained(str(path), attn_implementation="eager")
     except (OSError, ValueError) as exc:

@@ -1,0 +1,304 @@
+"""The proxy under hostile input and faults (issue 14): every refusal is an OpenAI-shaped 4xx, a bad
+request fails alone, upstream faults end in a clear status, and nobody waits forever."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+import httpx
+import pytest
+
+from hybridllm.serve import ServeOptions, Upstream, create_app
+
+from .conftest import LARGE, SMALL
+from .fake_openai import FakeOpenAI
+from .test_serve import Proxy, router  # noqa: F401  (module fixture reused)
+
+MSG = [{"role": "user", "content": "What is 2+2?"}]
+
+
+@pytest.fixture
+def stack(router):  # noqa: F811
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+        small = Upstream(SMALL, s_up.url, "s-model", timeout_s=2.0)
+        large = Upstream(LARGE, l_up.url, "l-model", timeout_s=2.0)
+        with Proxy(create_app(router, small, large, ServeOptions(max_body_bytes=200_000))) as proxy:
+            yield proxy, s_up, l_up
+
+
+def post(proxy, body, **kw):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(
+        proxy.url + "/chat/completions", content=data, headers={"content-type": "application/json"}, timeout=20, **kw
+    )
+
+
+def is_openai_error(r: httpx.Response) -> bool:
+    err = r.json().get("error")
+    return isinstance(err, dict) and isinstance(err.get("message"), str) and "type" in err
+
+
+# item 5: the request classes that gave 500s
+HOSTILE = [
+    b'{"model": "hybrid", "messages": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+    b'{"model": "hybrid", "messages": [{"role": "user", "content": ' + b"[" * 5000 + b"]" * 5000 + b"}]}",
+    json.dumps({"model": "hybrid", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}).encode(),
+    json.dumps({"model": "hybrid", "messages": [{"role": "user", "content": [7]}]}).encode(),
+    json.dumps({"model": "hybrid", "messages": [{"role": "user", "content": {"a": 1}}]}).encode(),
+    b'{"model": "hybrid", "messages": [{"role": "user", "content": "hi \\ud800 there"}]}',
+    b'{"model": "hybrid", "messages": [{"role": "system", "content": "\\udfff"}, {"role": "user", "content": "x"}]}',
+    b'{"model": "hybrid", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+    b'{"model": "hybrid", "messages": [{"role": "user", "content": "x"}], "temperature": 1e999}',
+    b'{"model": "hybrid", "messages": [{"role": "user", "content": "x"}], "temperature": -Infinity}',
+    b'{"model": "hybrid", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1' + b"0" * 5000 + b"}",
+    b'{"model": "hybrid-qd-' + b"0" * 300 + b'1", "messages": [{"role": "user", "content": "x"}]}',
+    b'{"model": "hybrid", "messages": [{"role": "user", "content": "x"}], "hybridllm": {"threshold": 1e999}}',
+    b'{"model": "hybrid", "messages": [{"role": "user", "content": "x"}], "hybridllm": {"threshold": 1'
+    + b"0" * 400
+    + b"}}",
+    b'{"model": "hybrid", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+    b'{"model": "hybrid", "messages": [{"role": "user", "content": "x"}], "hybridllm": {"\\ud800": 1}}',
+    b"\xff\xfe not utf-8",
+]
+
+
+def test_hostile_bodies_get_4xx_in_openai_shape(stack):
+    proxy, s_up, l_up = stack
+    for body in HOSTILE:
+        r = post(proxy, body)
+        assert 400 <= r.status_code < 500, (body[:80], r.status_code, r.text[:200])
+        assert is_openai_error(r), body[:80]
+    assert s_up.requests == [] and l_up.requests == []  # nothing of it reached an upstream
+    assert post(proxy, {"model": "hybrid", "messages": MSG}).status_code == 200  # and the proxy still works
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "hybrid-t- 0.5",
+        "hybrid-qd-1\n",
+        "hybrid-qd-\u0661",
+        "hybrid-ca-+5",
+        "hybrid-qd-1e1",
+        "hybrid-qd-01",
+        "hybrid-t-2",
+    ],
+)
+def test_only_the_documented_name_grammar_is_accepted(stack, name):
+    proxy, *_ = stack
+    r = post(proxy, {"model": name, "messages": MSG})
+    assert (r.status_code == 404 and r.json()["error"]["code"] == "model_not_found") or r.status_code == 400, name
+
+
+def test_unknown_paths_methods_and_model_list(stack):
+    proxy, *_ = stack
+    base = proxy.url.replace("/v1", "")
+    r = httpx.get(base + "/v1/nope")
+    assert r.status_code == 404 and is_openai_error(r)
+    r = httpx.get(proxy.url + "/chat/completions")
+    assert r.status_code == 405 and is_openai_error(r)
+    r = post(proxy, {"model": "gpt-9", "messages": MSG})
+    msg = r.json()["error"]["message"]
+    assert r.status_code == 404 and msg.count("small") == 1 and "s-model" in msg
+    ids = [m["id"] for m in httpx.get(proxy.url + "/models").json()["data"]]
+    assert {"small", "large", SMALL, LARGE, "s-model", "l-model", "hybrid"} <= set(ids)
+    for name in ("s-model", "l-model"):  # every listed alias really is accepted
+        assert post(proxy, {"model": name, "messages": MSG}).status_code == 200
+    for path in ("/docs", "/redoc", "/openapi.json"):  # API docs are off by default
+        assert httpx.get(base + path).status_code == 404
+
+
+class PoisonRouter:
+    """The test router with one injected fault: scoring raises for any batch holding a poisoned text."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def score(self, texts, **kw):
+        self.seen.append(list(texts))
+        if any("POISON" in t for t in texts):
+            raise RuntimeError("cannot score")
+        return self.inner.score(texts, **kw)
+
+
+def test_one_bad_request_does_not_fail_its_batch_neighbours(router):  # noqa: F811
+    poisoned = PoisonRouter(router)
+    with FakeOpenAI() as up:
+        up.delay = 0.0
+        opts = ServeOptions(batch_window_s=0.05)  # make them share micro-batches
+        app = create_app(poisoned, Upstream(SMALL, up.url, "s"), Upstream(LARGE, up.url, "l"), opts)
+        with Proxy(app) as proxy:
+
+            async def burst():
+                async with httpx.AsyncClient(timeout=20) as c:
+                    bodies = [
+                        {"model": "hybrid", "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(15)
+                    ]
+                    bodies.insert(7, {"model": "hybrid", "messages": [{"role": "user", "content": "POISON"}]})
+                    return await asyncio.gather(*(c.post(proxy.url + "/chat/completions", json=b) for b in bodies))
+
+            got = asyncio.run(burst())
+    statuses = [r.status_code for r in got]
+    assert statuses[7] == 400 and is_openai_error(got[7])
+    assert statuses[:7] + statuses[8:] == [200] * 15
+    assert any(len(b) > 1 and any("POISON" in t for t in b) for b in poisoned.seen), "never shared a batch"
+
+
+def test_router_reads_a_bounded_text(router):  # noqa: F811
+    seen = PoisonRouter(router)
+    with FakeOpenAI() as up:
+        opts = ServeOptions(max_body_bytes=3_000_000, max_router_chars=4000)
+        with Proxy(create_app(seen, Upstream(SMALL, up.url, "s"), Upstream(LARGE, up.url, "l"), opts)) as proxy:
+            long = "word " * 200_000 + "What is the capital of France?"
+            r = post(proxy, {"model": "hybrid", "messages": [{"role": "user", "content": long}]})
+    assert r.status_code == 200
+    text = seen.seen[-1][0]
+    assert len(text) <= 4001 and text.endswith("capital of France?")  # head and tail kept
+
+
+def raw_request(port: int, head: bytes, body: bytes = b"", wait: float = 5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(head + body)
+        data = b""
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+                if b"\r\n\r\n" in data:
+                    break
+        except TimeoutError:
+            pass
+        return data
+
+
+def test_body_limit_is_enforced_while_reading(stack):
+    proxy, *_ = stack
+    t0 = time.perf_counter()
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 200000000\r\n\r\n"
+    )
+    got = raw_request(proxy.port, head, b'{"model": "hybrid"')
+    assert got.startswith(b"HTTP/1.1 413") and time.perf_counter() - t0 < 3
+    # no Content-Length (chunked): cut off once the limit passes
+    chunk = b"x" * 100_000
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(5)) + b"0\r\n\r\n"
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert raw_request(proxy.port, head, chunked).startswith(b"HTTP/1.1 413")
+
+
+def test_upstream_drip_hits_the_total_deadline(stack):
+    proxy, s_up, _ = stack
+    s_up.faults.append("drip")  # 30 s of one byte per 0.1 s against a 2 s timeout
+    t0 = time.perf_counter()
+    r = post(proxy, {"model": "small", "messages": MSG})
+    assert r.status_code == 504 and is_openai_error(r) and time.perf_counter() - t0 < 6
+
+
+def test_non_streaming_disconnect_cancels_without_fallback(stack):
+    proxy, s_up, l_up = stack
+    s_up.faults.append("sleep:1.5")
+    body = json.dumps({"model": "hybrid-t-0", "messages": MSG}).encode()
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.sendall(head % len(body) + body)
+        time.sleep(0.4)
+    time.sleep(2.0)
+    assert len(s_up.requests) == 1 and s_up.left_early == [True]  # the proxy hung up on the upstream
+    assert l_up.requests == []  # and did not pay for a fallback nobody reads
+    metrics = httpx.get(proxy.url.replace("/v1", "") + "/metrics").text
+    assert f'hybridllm_requests_total{{model="{SMALL}",status="499"}} 1.0' in metrics
+
+
+def test_stream_answered_without_sse_is_an_upstream_error(stack):
+    proxy, s_up, _ = stack
+    s_up.faults.append("json-for-stream")
+    r = post(proxy, {"model": "small", "stream": True, "messages": MSG})
+    assert r.status_code == 502 and "stream" in r.json()["error"]["message"]
+    s_up.faults.append("json-for-stream")
+    with httpx.stream(
+        "POST", proxy.url + "/chat/completions", json={"model": "hybrid-t-0", "stream": True, "messages": MSG}
+    ) as r:
+        assert r.headers["x-hybridllm-model"] == LARGE and r.headers["x-hybridllm-fallback-from"] == SMALL
+        assert r.headers["content-type"].startswith("text/event-stream") and b"[DONE]" in r.read()
+
+
+def test_429_everywhere_keeps_retry_after_and_counts_429(stack):
+    proxy, s_up, l_up = stack  # both rate-limit
+    s_up.faults.append("429-7")
+    l_up.faults.append("429-7")
+    r = post(proxy, {"model": "hybrid-t-0", "messages": MSG})
+    assert r.status_code == 429 and r.headers["retry-after"] == "7" and is_openai_error(r)
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    metrics = httpx.get(proxy.url.replace("/v1", "") + "/metrics").text
+    assert f'hybridllm_requests_total{{model="{SMALL}",status="429"}} 1.0' in metrics
+    assert 'status="502"' not in metrics
+
+
+def test_refusals_are_logged_and_counted(stack, caplog):
+    proxy, *_ = stack
+    caplog.set_level("INFO", logger="hybridllm.access")
+    post(proxy, b"{not json")
+    post(proxy, {"model": "gpt-9", "messages": MSG})
+    metrics = httpx.get(proxy.url.replace("/v1", "") + "/metrics").text
+    assert 'hybridllm_requests_total{model="none",status="400"} 1.0' in metrics
+    assert 'hybridllm_requests_total{model="none",status="404"} 1.0' in metrics
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "hybridllm.access"]
+    assert [x["status"] for x in lines] == [400, 404] and all("error" in x for x in lines)
+
+
+def test_keys_guard_metrics_and_ready_and_401_is_counted(router):  # noqa: F811
+    with FakeOpenAI() as up:
+        opts = ServeOptions(api_keys=["k1"])
+        app = create_app(router, Upstream(SMALL, up.url, "s"), Upstream(LARGE, "http://127.0.0.1:9/v1", "l"), opts)
+        with Proxy(app) as proxy:
+            base = proxy.url.replace("/v1", "")
+            assert httpx.get(base + "/health").json() == {"status": "ok"}  # liveness stays open
+            for path in ("/metrics", "/ready"):
+                r = httpx.get(base + path)
+                assert r.status_code == 401 and is_openai_error(r)
+            assert post(proxy, {"model": "hybrid", "messages": MSG}).status_code == 401
+            auth = {"Authorization": "Bearer k1"}
+            ready = httpx.get(base + "/ready", headers=auth)
+            assert ready.status_code == 503 and ready.json()["upstreams"][LARGE]["ok"] is False
+            assert ready.json()["upstreams"][SMALL]["ok"] is True
+            metrics = httpx.get(base + "/metrics", headers=auth).text
+            assert 'hybridllm_requests_total{model="none",status="401"} 1.0' in metrics
+        app = create_app(
+            router,
+            Upstream(SMALL, up.url, "s"),
+            Upstream(LARGE, up.url, "l"),
+            ServeOptions(api_keys=["k1"], public_metrics=True),
+        )
+        with Proxy(app) as proxy:
+            base = proxy.url.replace("/v1", "")
+            assert httpx.get(base + "/metrics").status_code == 200
+            assert httpx.get(base + "/ready").json()["status"] == "ready"
+
+
+def test_many_requests_with_faults_interleaved_never_5xx_for_good_ones(stack):
+    """Good requests beside hostile ones, concurrently: each keeps its own outcome."""
+    proxy, *_ = stack
+
+    async def run():
+        async with httpx.AsyncClient(timeout=30) as c:
+            good = [
+                c.post(proxy.url + "/chat/completions", json={"model": "hybrid", "messages": MSG}) for _ in range(20)
+            ]
+            bad = [
+                c.post(proxy.url + "/chat/completions", content=b, headers={"content-type": "application/json"})
+                for b in HOSTILE
+            ]
+            return await asyncio.gather(*good), await asyncio.gather(*bad)
+
+    good, bad = asyncio.run(run())
+    assert [r.status_code for r in good] == [200] * 20
+    assert all(400 <= r.status_code < 500 for r in bad)
+
