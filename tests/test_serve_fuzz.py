@@ -31,8 +31,10 @@ json_values = st.recursive(
 )
 models = (
     st.sampled_from(
-        ["hybrid", "hybrid-qd-1", "hybrid-ca-40", "hybrid-t-0.3", "hybrid-t-x", "small", "large", "nope", ""]
-        + ["hybrid-t- 0.5", "hybrid-qd-1\n", "hybrid-qd-\u0661", "hybrid-qd-" + "0" * 300 + "1", "hybrid-ca-1e999"]
+        [
+            *["hybrid", "hybrid-qd-1", "hybrid-ca-40", "hybrid-t-0.3", "hybrid-t-x", "small", "large", "nope", ""],
+            *["hybrid-t- 0.5", "hybrid-qd-1\n", "hybrid-qd-\u0661", "hybrid-qd-" + "0" * 300 + "1", "hybrid-ca-1e999"],
+        ]
     )
     | st.text(max_size=12)
     | json_values
