@@ -301,4 +301,3 @@ def test_many_requests_with_faults_interleaved_never_5xx_for_good_ones(stack):
     good, bad = asyncio.run(run())
     assert [r.status_code for r in good] == [200] * 20
     assert all(400 <= r.status_code < 500 for r in bad)
-

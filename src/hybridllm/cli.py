@@ -756,7 +756,8 @@ def serve(
 
     def banner(bound: int) -> None:
         base = f"http://{cfg.host}:{bound}"
-        _progress(f"routing {cfg.describe_upstreams(small_up, large_up)} on {base}/v1")
+        _progress(f"routing {router.small} | {router.large} on {base}/v1")
+        _progress(f"upstreams: {cfg.describe_upstreams(small_up, large_up)}")
         _progress(
             f"models: hybrid (= {cfg.default_point(router)}), hybrid-qd-<pct>, hybrid-ca-<pct>, hybrid-t-<x>, "
             "small, large"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -75,8 +76,15 @@ class ShardStore:
     store written by a job with other settings is refused, as the collect journal does."""
 
     def __init__(self, directory: Path, settings: dict[str, Any]) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # absolute on the driver: a worker on a cluster runs in its own directory
+        self.dir = Path(directory).expanduser().resolve()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / f".probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise EngineError(f"{self.dir}: work directory not usable ({exc.strerror or exc})") from None
         job = self.dir / "_job.json"
         if job.exists():
             old = json.loads(job.read_text())
@@ -144,6 +152,15 @@ def vectors_table(x: np.ndarray) -> Any:
 def table_vectors(table: Any) -> np.ndarray:
     col = table.column("vector").combine_chunks()
     return np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(col), -1)
+
+
+def absolute_if_path(spec: str | None) -> str | None:
+    """A SPEC or a model/encoder path as a worker elsewhere must see it: an existing local path made
+    absolute on the driver; model names and URLs as they are."""
+    if spec is None or "://" in spec:
+        return spec
+    p = Path(spec).expanduser()
+    return str(p.resolve()) if p.exists() else spec
 
 
 def digest(obj: Any) -> str:
@@ -279,6 +296,14 @@ class RunStats:
         return self.items / self.seconds if self.seconds > 0 else 0.0
 
 
+def _root_cause(exc: BaseException) -> str:
+    """The last ``SomeError: message`` line of a Ray worker's traceback (the real failure), else the
+    exception's last line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    causes = [ln for ln in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b.*:", ln)]
+    return (causes or lines or [type(exc).__name__])[-1][:300]
+
+
 def run_shards(
     items: Sequence[Any],
     worker: type,
@@ -327,13 +352,18 @@ def run_shards(
     t0 = time.perf_counter()
     finished = stats.resumed
     with tqdm(total=total, desc=f"{desc} [ray]", unit=unit, disable=disable) as bar:
-        for rec in out.iter_rows():
-            n = count(shards[int(rec["shard"])])
-            stats.items += n
-            stats.tokens += int(rec["tokens"])
-            finished += 1
-            bar.update(n)
-            bar.set_postfix(shards=f"{finished}/{len(shards)}")
+        try:
+            for rec in out.iter_rows():
+                n = count(shards[int(rec["shard"])])
+                stats.items += n
+                stats.tokens += int(rec["tokens"])
+                finished += 1
+                bar.update(n)
+                bar.set_postfix(shards=f"{finished}/{len(shards)}")
+        except Exception as exc:
+            if not type(exc).__module__.startswith("ray"):
+                raise
+            raise EngineError(f"{desc} failed on a Ray worker: {_root_cause(exc)}") from None
     stats.seconds = time.perf_counter() - t0
     missing = [i for i in range(len(shards)) if not store.path(i).exists()]
     if missing:
@@ -367,6 +397,7 @@ def collect_ray(
     from .table import read_table, write_table
 
     backend_kw = dict(backend_kw or {})
+    specs = {name: absolute_if_path(spec) or spec for name, spec in specs.items()}
     envs = key_envs or {}
     probe = {name: make_backend(spec, api_key_env=envs.get(name), **backend_kw) for name, spec in specs.items()}
     sent = [format_prompt(r, template, system) for r in rows]
@@ -414,6 +445,7 @@ def score_ray(
     judge_kw: dict[str, Any] | None = None,
     rubric: str | None = None,
 ) -> tuple[list[Row], RunStats]:
+    model_path = absolute_if_path(model_path)
     settings = {
         "stage": "score",
         "metric": metric,
@@ -443,6 +475,7 @@ def featurize_ray(
     """The head-mode embedding pass: rows of ``featurize(encoder, texts, extra)``, in order."""
     from .encoder import make_encoder
 
+    encoder = absolute_if_path(encoder)
     fp = make_encoder(encoder, max_length=max_length).fingerprint
     settings = {
         "stage": "featurize",
@@ -469,7 +502,8 @@ def router_scores_ray(
 ) -> tuple[np.ndarray, RunStats]:
     from .artifact import load_config
 
-    cfg = load_config(Path(router_dir))
+    router_dir = Path(router_dir).expanduser().resolve()  # workers run elsewhere
+    cfg = load_config(router_dir)
     settings = {
         "stage": "route",
         "router": digest(cfg),

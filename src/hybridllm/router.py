@@ -13,7 +13,7 @@ from .artifact import ArtifactError, load_config, load_tensors
 from .calibrate import resolve_knob
 from .encoder import EmbeddingCache, Encoder, embed_texts, make_encoder
 from .head import HeadWeights
-from .table import prompt_text
+from .routing_text import routing_text
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,10 @@ class Router:
             encoder = make_encoder(spec, max_length=int(enc_cfg.get("max_length", 256)), backend=backend)
         self.encoder = encoder
         self.extra: list[str] = list(self.config.get("head", {}).get("extra", []))
-        self.turns: str = self.config.get("prompt_turns", "all")
+        # a chat is routed on its last user turn (earlier turns cannot hide or steer the question);
+        # `serve --route-on all` reads every user turn, the last one first
+        self.turns: str = "last"
+        self.harden = True  # collapse repeated words and punctuation runs (routing_text)
         # the head must fit what the encoder produces: refused here, not on the first request
         width = featurize(self.encoder, ["dimension check"], self.extra).shape[1]
         if width != self.head.mu.shape[0]:
@@ -109,7 +112,7 @@ class Router:
         self, prompts: Sequence[str | list[dict[str, Any]]], batch_size: int = 64, show_progress: bool = False
     ) -> np.ndarray:
         """p(x) per prompt: the predicted chance that the small model's answer is good enough."""
-        texts = [prompt_text(p, self.turns) for p in prompts]
+        texts = [routing_text(p, self.turns, self.harden) for p in prompts]
         feats = featurize(self.encoder, texts, self.extra, batch_size=batch_size, show_progress=show_progress)
         return self.head.predict(feats)
 

@@ -19,7 +19,8 @@ from .head import HeadConfig, HeadWeights, train_head
 from .labels import LABEL_TYPES, make_labels
 from .metrics import evaluate_scores, expected_quality
 from .router import featurize
-from .table import Row, TableError, prompt_text, select_pair, split_rows, table_digest
+from .routing_text import distractor_copies, routing_text
+from .table import Row, TableError, select_pair, split_rows, table_digest
 
 DEFAULT_EXTRA = ["log_tokens"]
 
@@ -40,6 +41,8 @@ class TrainOptions:
     finetune_lr: float = 3e-5
     default_max_quality_drop: float = 1.0
     prompt_turns: str = "all"
+    # head mode: copies of each training prompt with appended filler, same label (routing_text.distractor_copies)
+    augment: int = 2
 
 
 @dataclass
@@ -103,8 +106,8 @@ def train_router(
         f"labels {options.labels}: mean {y.mean():.3f}" + (f", t* = {t_star:g}" if t_star is not None else ""),
     )
     qs_val, ql_val = expected_quality(val_rows, options.small, options.large)
-    train_texts = [prompt_text(r["prompt"], options.prompt_turns) for r in train_rows]
-    val_texts = [prompt_text(r["prompt"], options.prompt_turns) for r in val_rows]
+    train_texts = [routing_text(r["prompt"], options.prompt_turns) for r in train_rows]
+    val_texts = [routing_text(r["prompt"], options.prompt_turns) for r in val_rows]
     out = Path(output)
     if options.mode == "head":
         encoder = make_encoder(options.encoder, max_length=options.max_length)
@@ -114,14 +117,18 @@ def train_router(
             f"encoder {encoder.name} ({encoder.backend}), {encoder.dim}-d, max {options.max_length} tokens",
         )
         extra = options.head.extra
+        aug_texts, aug_src = distractor_copies(train_texts, options.augment, options.seed)
+        fit_texts, y_fit = [*train_texts, *aug_texts], np.concatenate([y, y[aug_src]])
+        if aug_texts:
+            _log(progress, f"augmented with {len(aug_texts)} copies carrying appended filler (same labels)")
         if featurizer is not None:
-            x_all = featurizer([*train_texts, *val_texts])
-            x_train, x_val = x_all[: len(train_texts)], x_all[len(train_texts) :]
+            x_all = featurizer([*fit_texts, *val_texts])
+            x_train, x_val = x_all[: len(fit_texts)], x_all[len(fit_texts) :]
         else:
-            x_train = featurize(encoder, train_texts, extra, cache, show_progress)
+            x_train = featurize(encoder, fit_texts, extra, cache, show_progress)
             x_val = featurize(encoder, val_texts, extra, cache, show_progress)
         cfg_head = replace(options.head, seed=options.seed)
-        weights, info = train_head(x_train, y, x_val, qs_val, ql_val, cfg_head, progress)
+        weights, info = train_head(x_train, y_fit, x_val, qs_val, ql_val, cfg_head, progress)
         val_scores = weights.predict(x_val)
         bundled = False
         enc_name, enc_spec, enc_fp = encoder.name, options.encoder, encoder.fingerprint
@@ -173,6 +180,7 @@ def train_router(
         "t_star": t_star,
         "seed": options.seed,
         "prompt_turns": options.prompt_turns,
+        "augment": options.augment if options.mode == "head" else 0,
         "head": {
             **(options.head.to_dict() if options.mode == "head" else {"members": 1}),
             "extra": list(extra),

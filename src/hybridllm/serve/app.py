@@ -6,7 +6,6 @@ the upstream's, byte for byte. Every request, refused or answered, gets one JSON
 and a count in ``/metrics``.
 """
 
-
 import asyncio
 import hmac
 import json

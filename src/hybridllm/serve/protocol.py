@@ -15,7 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..table import lone_surrogate, prompt_text
+from ..routing_text import routing_text
+from ..table import lone_surrogate
 
 
 class RequestError(Exception):
@@ -168,7 +169,8 @@ def check_request(body: dict[str, Any], kind: str, max_messages: int, turns: str
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
                 raise RequestError(400, f"messages[{i}] must be an object with a string 'role'", "messages")
             _check_content(m.get("content"), f"messages[{i}]")
-        text = prompt_text([{"role": m["role"], "content": m.get("content")} for m in msgs], turns)
+        # what the router reads, flattened here so the bound below keeps the question in view
+        text = routing_text([{"role": m["role"], "content": m.get("content")} for m in msgs], turns)
     else:
         p = body.get("prompt")
         if isinstance(p, list) and p and all(isinstance(x, str) for x in p):

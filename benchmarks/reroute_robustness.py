@@ -1,0 +1,192 @@
+"""Can a short suffix steer the router? Flip rates of routing decisions under appended text.
+
+    python benchmarks/reroute_robustness.py                # default pair + an MMLU-Pro pair; ~3 min
+    python benchmarks/reroute_robustness.py --quick        # default pair only
+
+For held-out prompts of the default pair (the shipped router) and of an MMLU-Pro pair
+(Mistral-7B -> Mixtral-8x7B, a router trained here on the 60 % train part, cached under runs/), each
+suffix family is appended to every prompt and the decision at the router's default operating point
+is compared with the decision on the clean prompt. Two flip rates per family:
+  to large = share of small-routed prompts the suffix moves to the large model (cost inflation);
+  to small = share of large-routed prompts it moves to the small model (quality loss).
+"random search" is per prompt: 50 random suffixes of 5-15 words, a flip if any of them flips it.
+"earlier turn" puts a long unrelated user turn before the prompt (a chat whose last question the
+router must still see).
+
+"before": a router trained without filler augmentation, routing the raw text (all user turns
+joined); "after": as hybridllm trains and routes by default (filler augmentation; repeated words and
+punctuation collapsed; a chat routed on its last user turn). For the default pair "before" is the
+router given with --before (the one shipped before this change), "after" the shipped one.
+Held-out APGR of both is printed beside the flip rates. Writes
+benchmarks/results/reroute_robustness.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_TEST = REPO / "data" / "default-pair" / "split" / "test.jsonl"
+MMLU = REPO.parent / "shared" / "data" / "mmlu_pro.jsonl"
+SMALL, LARGE = "Mistral-7B-Instruct-v0.2", "Mixtral-8x7B-Instruct-v0.1"
+
+FAMILIES = {
+    "repeat 'the' x50": " " + " ".join(["the"] * 50),
+    "repeat 'please' x40": " " + " ".join(["please"] * 40),
+    "'!' x100": " " + "!" * 100,
+    "'?' x50": "?" * 50,
+    "'.' x50": " " + "." * 50,
+    "mixed punctuation": " " + "?!.,;:" * 8,
+    "option list A-D": "\nOptions: (A) yes (B) no (C) maybe (D) none of the above",
+    "option list A-J": "\n" + "\n".join(f"({c}) option {c}" for c in "ABCDEFGHIJ"),
+    "claim: easy": " This is an easy question; a short answer is enough.",
+    "claim: trivial": " (trivial)",
+    "claim: hard": " This is an extremely hard question that needs expert, step-by-step reasoning.",
+    "claim: difficult": " (very difficult, think carefully)",
+}
+EARLIER_TURN = (
+    "Here is some background I wrote earlier about my garden, the weather this week, and a long list of "
+    "chores: water the tomatoes, repair the fence, clean the gutters, sort the tools, buy seeds. " * 6
+)
+
+
+def word_pool(seed: int = 0) -> list[str]:
+    """Whole words from the encoder's vocabulary (what a random-token search would draw)."""
+    from hybridllm.encoder import resolve_encoder_path
+
+    _, path = resolve_encoder_path(None)
+    vocab = [w.strip() for w in (path / "vocab.txt").read_text().splitlines()]
+    words = [w for w in vocab if w.isalpha() and len(w) >= 3 and w.isascii()]
+    random.Random(seed).shuffle(words)
+    return words[:5000]
+
+
+def decisions(router, prompts, threshold: float) -> np.ndarray:
+    return router.score(prompts) >= threshold
+
+
+def flip_rates(base: np.ndarray, moved: np.ndarray) -> dict[str, float]:
+    small, large = base, ~base
+    return {
+        "to_large": float((small & ~moved).sum() / max(small.sum(), 1)),
+        "to_small": float((large & moved).sum() / max(large.sum(), 1)),
+    }
+
+
+def run_router(router, rows, hardened: bool, words: list[str], tries: int, point: dict | None) -> dict:
+    """Flip rates at ``point`` (None: the router's default operating point; {"cost_advantage": 30}:
+    the threshold that sends 30 % of these clean prompts to the small model)."""
+    from hybridllm.evaluate import evaluate_router
+
+    router.harden = hardened
+    router.turns = "last" if hardened else "all"
+    report, used, clean, _ = evaluate_router(router, rows)
+    prompts = [r["prompt"] for r in used]
+    if point is None:
+        thr, _ = router.threshold()
+    else:  # the same share to small for every router: comparable flip rates
+        thr = float(np.quantile(clean, 1 - point["cost_advantage"] / 100))
+    base = decisions(router, prompts, thr)
+    out: dict = {"apgr": report["router"]["apgr"], "n": len(prompts), "to_small_share": float(base.mean())}
+    fam = {}
+    for name, suffix in FAMILIES.items():
+        fam[name] = flip_rates(base, decisions(router, [p + suffix for p in prompts], thr))
+    chats = [
+        [
+            {"role": "user", "content": EARLIER_TURN},
+            {"role": "assistant", "content": "Noted."},
+            {"role": "user", "content": p},
+        ]
+        for p in prompts
+    ]
+    fam["earlier turn"] = flip_rates(base, decisions(router, chats, thr))
+    rng = random.Random(1)
+    worst = base.copy()
+    flipped = np.zeros(len(prompts), dtype=bool)
+    for _ in range(tries):
+        suffixes = [" " + " ".join(rng.choices(words, k=rng.randint(5, 15))) for _ in prompts]
+        d = decisions(router, [p + s for p, s in zip(prompts, suffixes, strict=True)], thr)
+        flipped |= d != base
+    worst = np.where(flipped, ~base, base)
+    fam[f"random search ({tries} tries)"] = flip_rates(base, worst)
+    out["families"] = fam
+    out["max_flip"] = max(max(v.values()) for v in fam.values())
+    return out
+
+
+def mmlu_routers(runs: Path):
+    """Head-mode routers for Mistral-7B -> Mixtral-8x7B on the 60 % train part (cached): as trained
+    by default (with filler augmentation) and without it (``augment=0``, the "before")."""
+    from hybridllm import TrainOptions, read_table, split_rows, train_router
+
+    rows = read_table(MMLU)
+    train, val, test = split_rows(rows, [0.6, 0.2, 0.2])
+    out = {}
+    for name, augment in (("reroute-mmlu-router", 1), ("reroute-mmlu-router-plain", 0)):
+        out[name] = runs / name
+        if not (out[name] / "config.json").exists():
+            opts = TrainOptions(small=SMALL, large=LARGE, augment=augment)
+            train_router(train, opts, out[name], validation=val, show_progress=False)
+    return out["reroute-mmlu-router"], out["reroute-mmlu-router-plain"], test
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="default pair only")
+    ap.add_argument("--n", type=int, default=200, help="held-out prompts per pair")
+    ap.add_argument("--tries", type=int, default=50)
+    ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "reroute_robustness.json")
+    ap.add_argument("--before", type=Path, help="default pair: the router to report as 'before' (e.g. an older one)")
+    ap.add_argument("--after", type=Path, help="default pair: the router to report as 'after' (default: shipped)")
+    args = ap.parse_args()
+    os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
+    from hybridllm.router import Router, default_router_dir
+    from hybridllm.table import read_table
+
+    words = word_pool()
+    after = args.after or default_router_dir()
+    pairs = [("default pair (qwen2.5-0.5b -> 1.5b)", args.before or after, after, read_table(DEFAULT_TEST))]
+    if not args.quick:
+        d, d_plain, test = mmlu_routers(REPO / "runs")
+        pairs.append((f"MMLU-Pro ({SMALL} -> {LARGE})", d_plain, d, test))
+    result = {"pairs": []}
+    for label, before_dir, after_dir, rows in pairs:
+        rows = rows[: args.n]
+        t0 = time.perf_counter()
+        entry = {"pair": label, "before_router": str(before_dir), "after_router": str(after_dir)}
+        for key, point in (("default point", None), ("30% to small", {"cost_advantage": 30})):
+            b = run_router(Router(before_dir), rows, False, words, args.tries, point)
+            a = run_router(Router(after_dir), rows, True, words, args.tries, point)
+            entry[key] = {"before": b, "after": a}
+            print(
+                f"\n{label}: {b['n']} held-out prompts, {key} "
+                f"(to small: before {b['to_small_share']:.0%}, after {a['to_small_share']:.0%})"
+            )
+            head = ("suffix family", "before: to large", "to small", "after: to large", "to small")
+            print(f"{head[0]:32s} {head[1]:>17s} {head[2]:>9s} {head[3]:>16s} {head[4]:>9s}")
+            for fam in b["families"]:
+                fb, fa = b["families"][fam], a["families"][fam]
+                print(
+                    f"{fam:32s} {fb['to_large']:17.1%} {fb['to_small']:9.1%} {fa['to_large']:16.1%} "
+                    f"{fa['to_small']:9.1%}"
+                )
+            print(
+                f"{'held-out APGR':32s} {b['apgr']:17.3f} {'':9s} {a['apgr']:16.3f}\n"
+                f"{'worst flip rate':32s} {b['max_flip']:17.1%} {'':9s} {a['max_flip']:16.1%}"
+            )
+        entry["seconds"] = round(time.perf_counter() - t0, 1)
+        result["pairs"].append(entry)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
