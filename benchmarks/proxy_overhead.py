@@ -59,8 +59,13 @@ def run_upstream(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
 
 
-def run_proxy(port: int, upstream_port: int, router_dir: str) -> None:
+def run_proxy(port: int, upstream_port: int, router_dir: str, src: str | None = None) -> None:
+    """The proxy in this process; ``src``: another checkout's ``src`` directory to import hybridllm
+    from (the code before a change, for a side-by-side in one run)."""
     import logging
+
+    if src is not None:
+        sys.path.insert(0, src)
 
     import uvicorn
 
@@ -167,6 +172,13 @@ def run_wrk(port: int, prompts: list[str], concurrency: int, seconds: int, tmp: 
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc): what the proxy itself spent,
+    steadier on a shared machine than throughput."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_up(port: int) -> None:
     import httpx
 
@@ -191,6 +203,11 @@ def main() -> None:
     ap.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
     ap.add_argument("--seconds", type=int, default=20, help="wrk run length per path")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "proxy_overhead.json"))
+    ap.add_argument(
+        "--baseline-src",
+        help="also run the proxy from another checkout's src/ (e.g. `git worktree add /tmp/old <commit>`, "
+        "then /tmp/old/src), reported as 'baseline proxy'",
+    )
     args = ap.parse_args()
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     from hybridllm import TrainOptions, read_table, train_router
@@ -206,26 +223,35 @@ def main() -> None:
     )
     prompts = [json.loads(line)["prompt"] for line in (SHARED / "gsm8k" / "test.jsonl").open()]
     prompts = (prompts * (args.requests // len(prompts) + 1))[: args.requests]
-    up_port, proxy_port = free_port(), free_port()
+    up_port, proxy_port, base_port = free_port(), free_port(), free_port()
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(target=run_upstream, args=(up_port,), daemon=True),
         ctx.Process(target=run_proxy, args=(proxy_port, up_port, str(Path(tmp) / "router")), daemon=True),
     ]
+    paths = [("direct", up_port), ("through proxy", proxy_port)]
+    owner = {"direct": 0, "through proxy": 1, "baseline proxy": 2}
+    if args.baseline_src:
+        base_args = (base_port, up_port, str(Path(tmp) / "router"), str(Path(args.baseline_src).resolve()))
+        procs.append(ctx.Process(target=run_proxy, args=base_args, daemon=True))
+        paths.append(("baseline proxy", base_port))
     for p in procs:
         p.start()
     try:
-        wait_up(up_port)
-        wait_up(proxy_port)
+        for _, port in paths:
+            wait_up(port)
         results = {}
-        for name, port in (("direct", up_port), ("through proxy", proxy_port)):
+        for name, port in paths:
             asyncio.run(load(f"http://127.0.0.1:{port}/v1", prompts[:200], args.concurrency))  # warm-up
             if args.client == "wrk":
                 results[name] = run_wrk(port, prompts[:1000], args.concurrency, args.seconds, tmp)
                 continue
+            cpu0 = cpu_seconds(procs[owner[name]].pid)
             lat, errors, wall = asyncio.run(load(f"http://127.0.0.1:{port}/v1", prompts, args.concurrency))
+            cpu = cpu_seconds(procs[owner[name]].pid) - cpu0
             ms = np.asarray(lat) * 1000
             results[name] = {
+                "server_cpu_ms_per_request": round(cpu / max(len(lat), 1) * 1000, 3),
                 "requests": len(lat),
                 "errors": errors,
                 "lost": args.requests - len(lat),
@@ -247,11 +273,18 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"{'path':14s} {'requests':>8s} {'errors':>6s} {'lost':>4s} {'p50 ms':>7s} {'p99 ms':>7s} {'req/s':>7s}")
+    if args.baseline_src:
+        payload["baseline_src"] = args.baseline_src
+        Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
+    print(
+        f"{'path':14s} {'requests':>8s} {'errors':>6s} {'lost':>4s} {'p50 ms':>7s} {'p99 ms':>7s} {'req/s':>7s} "
+        f"{'server CPU ms/req':>17s}"
+    )
     for name, r in results.items():
+        cpu = r.get("server_cpu_ms_per_request")
         print(
             f"{name:14s} {r['requests']:8d} {r['errors']:6d} {r['lost']:4d} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
-            f"{r['requests_per_s']:7.1f}"
+            f"{r['requests_per_s']:7.1f} {'' if cpu is None else f'{cpu:17.3f}'}"
         )
     print(f"added latency: p50 {payload['added_p50_ms']} ms, p99 {payload['added_p99_ms']} ms")
     sys.exit(0)

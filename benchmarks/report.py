@@ -52,7 +52,29 @@ def router_speed() -> str:
     return "\n".join(out)
 
 
+def reroute_robustness(point: str = "30% to small") -> str:
+    """Flip rates before/after per suffix family, both pairs side by side: 'to large / to small'."""
+    d = json.loads((RESULTS / "reroute_robustness.json").read_text())
+    pairs = d["pairs"]
+    head = "| suffix family | " + " | ".join(f"{p['pair'].split(' (')[0]} before | after" for p in pairs) + " |"
+    out = [head, "| --- |" + " ---: | ---: |" * len(pairs)]
+
+    def cell(f: dict) -> str:
+        return f"{f['to_large']:.0%} / {f['to_small']:.0%}"
+
+    for fam in pairs[0][point]["before"]["families"]:
+        cells = [
+            f"{cell(p[point]['before']['families'][fam])} | {cell(p[point]['after']['families'][fam])}" for p in pairs
+        ]
+        out.append(f"| {fam} | " + " | ".join(cells) + " |")
+    apgr = [f"{p[point]['before']['apgr']:.3f} | {p[point]['after']['apgr']:.3f}" for p in pairs]
+    out.append("| held-out APGR (these prompts) | " + " | ".join(apgr) + " |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     print(routing_quality())
     print()
     print(router_speed())
+    print()
+    print(reroute_robustness())

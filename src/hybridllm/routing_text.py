@@ -27,23 +27,37 @@ def _cut_punct(m: re.Match[str]) -> str:
     return "".join(kept) + (" " if m.group(0)[-1].isspace() else "")
 
 
+_WORDS = re.compile(r"\w+")
+
+
+def _has_repeats(text: str) -> bool:
+    """Cheap pre-check (the phrase pattern backtracks): some 1-4 word phrase three times in a row."""
+    w = _WORDS.findall(text.lower())
+    return any(a == b == c for k in (1, 2, 3, 4) for a, b, c in zip(w, w[k:], w[2 * k :], strict=False))
+
+
 def normalize(text: str) -> str:
     """Collapse repeated words/phrases and punctuation runs; other text unchanged."""
-    text = _PHRASE.sub(r"\1\1", text)
-    text = _WORD_AT_END.sub(r"\1 \1", text)
+    if _has_repeats(text):
+        text = _PHRASE.sub(r"\1\1", text)
+        text = _WORD_AT_END.sub(r"\1 \1", text)
     return _PUNCT.sub(_cut_punct, text)
 
 
 def routing_text(prompt: str | list[dict[str, Any]], turns: str = "all", harden: bool = True) -> str:
     """What the router embeds for ``prompt`` (a string or chat messages). ``turns``: "all" user turns
     (the last one first when ``harden``) or the "last" one only."""
-    if not harden:
-        return prompt_text(prompt, turns)
-    if isinstance(prompt, list) and turns == "all":
+    text = flatten(prompt, turns, harden)
+    return normalize(text) if harden else text
+
+
+def flatten(prompt: str | list[dict[str, Any]], turns: str = "all", harden: bool = True) -> str:
+    """The prompt as one string, turns ordered as :func:`routing_text` reads them, not normalised."""
+    if harden and isinstance(prompt, list) and turns == "all":
         users = [m for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
         if len(users) > 1:
             prompt = [users[-1], *(m for m in prompt if m is not users[-1])]
-    return normalize(prompt_text(prompt, turns))
+    return prompt_text(prompt, turns)
 
 
 def distractor_copies(texts: list[str], copies: int, seed: int = 0) -> tuple[list[str], list[int]]:

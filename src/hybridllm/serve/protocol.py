@@ -15,8 +15,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..routing_text import routing_text
+from ..routing_text import flatten
 from ..table import lone_surrogate
+from .upstream import within
 
 
 class RequestError(Exception):
@@ -72,7 +73,7 @@ async def read_body(request: Any, limit: int, timeout_s: float) -> bytes:
             chunks.append(chunk)
 
     try:
-        await asyncio.wait_for(receive_all(), timeout_s)
+        await within(receive_all(), timeout_s)
     except asyncio.TimeoutError:
         raise RequestError(408, f"request body not received within {timeout_s:g} s") from None
     return b"".join(chunks)
@@ -169,8 +170,9 @@ def check_request(body: dict[str, Any], kind: str, max_messages: int, turns: str
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
                 raise RequestError(400, f"messages[{i}] must be an object with a string 'role'", "messages")
             _check_content(m.get("content"), f"messages[{i}]")
-        # what the router reads, flattened here so the bound below keeps the question in view
-        text = routing_text([{"role": m["role"], "content": m.get("content")} for m in msgs], turns)
+        # the turns the router reads, flattened here so the bound below keeps the question in view
+        # (the router normalises the text itself)
+        text = flatten([{"role": m["role"], "content": m.get("content")} for m in msgs], turns)
     else:
         p = body.get("prompt")
         if isinstance(p, list) and p and all(isinstance(x, str) for x in p):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -64,13 +65,23 @@ def _remaining(deadline: float) -> float:
     return max(0.001, deadline - time.monotonic())
 
 
+async def within(awaitable: Any, seconds: float) -> Any:
+    """``awaitable`` or ``asyncio.TimeoutError`` after ``seconds``. On Python 3.11+ a timer on the
+    running task (``asyncio.timeout``), not a task per call as ``wait_for`` makes: this sits on
+    every request's path."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)
+
+
 async def call_http(client: Any, up: Upstream, path: str, body: dict[str, Any], stream: bool) -> Answer | Failure:
     import httpx
 
     deadline = time.monotonic() + up.timeout_s
     try:
         req = client.build_request("POST", path, json=body)
-        resp = await asyncio.wait_for(client.send(req, stream=True), _remaining(deadline))
+        resp = await within(client.send(req, stream=True), _remaining(deadline))
     except asyncio.TimeoutError:
         return Failure(504, f"upstream {up.name} did not answer within {up.timeout_s:g} s")
     except httpx.HTTPError as exc:
@@ -79,7 +90,7 @@ async def call_http(client: Any, up: Upstream, path: str, body: dict[str, Any], 
     try:
         if resp.status_code >= 500 or resp.status_code == 429:
             try:
-                detail = (await asyncio.wait_for(resp.aread(), min(_remaining(deadline), 5.0)))[:300]
+                detail = (await within(resp.aread(), min(_remaining(deadline), 5.0)))[:300]
             except (asyncio.TimeoutError, httpx.HTTPError):
                 detail = b""
             status = 429 if resp.status_code == 429 else 502
@@ -95,7 +106,7 @@ async def call_http(client: Any, up: Upstream, path: str, body: dict[str, Any], 
             ok = True
             return Answer(200, stream=_relay(resp, deadline, up))
         try:
-            data = await asyncio.wait_for(resp.aread(), _remaining(deadline))
+            data = await within(resp.aread(), _remaining(deadline))
         except asyncio.TimeoutError:
             return Failure(504, f"upstream {up.name} did not finish within {up.timeout_s:g} s")
         except httpx.HTTPError as exc:
@@ -123,7 +134,7 @@ async def _relay(resp: Any, deadline: float, up: Upstream) -> AsyncIterator[byte
     try:
         while True:
             try:
-                chunk = await asyncio.wait_for(it.__anext__(), _remaining(deadline))
+                chunk = await within(it.__anext__(), _remaining(deadline))
             except StopAsyncIteration:
                 return
             except asyncio.TimeoutError:
@@ -175,7 +186,7 @@ async def probe(client: Any, up: Upstream, timeout_s: float = 3.0) -> dict[str, 
     if up.local is not None:
         return {"ok": up.local._llm is not None, "kind": "in-process"}
     try:
-        r = await asyncio.wait_for(client.get("/models"), timeout_s)
+        r = await within(client.get("/models"), timeout_s)
     except asyncio.TimeoutError:
         return {"ok": False, "error": f"no answer within {timeout_s:g} s"}
     except httpx.HTTPError as exc:
