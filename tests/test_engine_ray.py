@@ -244,7 +244,8 @@ def test_cli_score_train_evaluate_with_engine_ray(ray_cluster, mmlu_slice, tmp_p
     common = ["--small", SMALL, "--large", LARGE, "--labels", "det"]
     run_cli("train", mmlu_slice, *common, "--output", tmp_path / "r_local")
     res = run_cli("train", mmlu_slice, *common, "--output", tmp_path / "r_ray", *ray_args)
-    assert "ray embedding pass: 400 texts" in res.stderr
+    # 400 rows = 337 train + 63 validation; each train prompt also embedded in 2 filler-augmented copies
+    assert "ray embedding pass: 1074 texts" in res.stderr
     va = json.loads((tmp_path / "r_local" / "config.json").read_text())["validation_metrics"]
     vb = json.loads((tmp_path / "r_ray" / "config.json").read_text())["validation_metrics"]
     assert va == vb

@@ -12,6 +12,7 @@ from .collect import sample_rows
 from .crossval import cross_validate
 from .encoder import EmbeddingCache, EncoderError, TransformerEncoder
 from .engine import RayOptions, collect_ray, featurize_ray, router_scores_ray, score_ray
+from .errors import HybridLLMError
 from .labels import det_labels, make_labels, prob_labels, trans_labels
 from .metrics import evaluate_scores, expected_quality
 from .router import Decision, Router, default_router_dir, load_router
@@ -26,6 +27,7 @@ __all__ = [
     "Decision",
     "EmbeddingCache",
     "EncoderError",
+    "HybridLLMError",
     "RayOptions",
     "Router",
     "TableError",

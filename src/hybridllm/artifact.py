@@ -1,4 +1,4 @@
-"""Router artifacts on disk (DESIGN.md section 6): ``config.json`` + ``head.safetensors``
+"""Router artifacts on disk (docs/method.md, The artifact): ``config.json`` + ``head.safetensors``
 (+ ``encoder/`` with fine-tuned weights in finetune mode). Never pickle: an artifact is data, and
 loading one from a colleague or a bucket must not be able to run code.
 """
@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import HybridLLMError
 from .fsutil import atomic_write
 
 FORMAT_VERSION = 1
@@ -19,7 +20,7 @@ CONFIG = "config.json"
 HEAD = "head.safetensors"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(HybridLLMError, ValueError):
     pass
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import HybridLLMError
 from .specs import parse_spec, read_key, redact_url
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -29,7 +30,7 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 OnText = Callable[[str], None]
 
 
-class BackendError(RuntimeError):
+class BackendError(HybridLLMError, RuntimeError):
     """An upstream call failed for good (after retries, or on a non-retryable error)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:

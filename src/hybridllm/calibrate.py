@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from .errors import HybridLLMError
 from .metrics import QD_POINTS
 
 NEVER = 1.0 + 1e-6  # a threshold above any probability: everything goes to the large model
 
 
-class CalibrationError(ValueError):
+class CalibrationError(HybridLLMError, ValueError):
     pass
 
 

@@ -1,4 +1,4 @@
-"""The ``hybridllm`` command line (DESIGN.md section 7). Every failure is one line on stderr and a
+"""The ``hybridllm`` command line. Every failure is one line on stderr and a
 non-zero exit code; every success exits 0."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from .errors import HybridLLMError
 
 app = typer.Typer(
     add_completion=False,
@@ -35,7 +37,7 @@ class Mode(str, Enum):
     finetune = "finetune"
 
 
-class CLIError(Exception):
+class CLIError(HybridLLMError):
     """A user-facing failure with a one-line reason."""
 
 
@@ -128,7 +130,9 @@ def train(
     small: Annotated[str, typer.Option(help="name of the small model in the table's quality")],
     large: Annotated[str, typer.Option(help="name of the large model in the table's quality")],
     output: Annotated[Path, typer.Option(help="directory for the router artifact")],
-    labels: Annotated[Labels, typer.Option(help="label type (DESIGN.md section 4)")] = Labels.trans,
+    labels: Annotated[
+        Labels, typer.Option(help="label type: det, prob or trans (docs/method.md, Labels)")
+    ] = Labels.trans,
     validation: Annotated[Path | None, typer.Option(help="validation table; default: hold out 20% by id")] = None,
     mode: Annotated[
         Mode, typer.Option(help="head: frozen encoder + MLP ensemble; finetune: whole encoder")
@@ -247,7 +251,9 @@ def crossval(
     small: Annotated[str, typer.Option(help="name of the small model in the table's quality")],
     large: Annotated[str, typer.Option(help="name of the large model in the table's quality")],
     folds: Annotated[int, typer.Option(help="number of folds (by hashed id)")] = 5,
-    labels: Annotated[Labels, typer.Option(help="label type (DESIGN.md section 4)")] = Labels.trans,
+    labels: Annotated[
+        Labels, typer.Option(help="label type: det, prob or trans (docs/method.md, Labels)")
+    ] = Labels.trans,
     encoder: Annotated[str, typer.Option(help="as in train")] = "static",
     seed: Annotated[int, typer.Option(help="fold f trains with seed + f")] = 0,
     salt: Annotated[str, typer.Option(help="hash salt of the folds")] = "crossval",
@@ -830,24 +836,10 @@ def chat(
 
 def main() -> None:
     """Entry point: run the app, turning known errors into one line and exit code 1."""
-    from .artifact import ArtifactError
-    from .calibrate import CalibrationError
-    from .encoder import EncoderError
-    from .table import TableError
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app(standalone_mode=False)
-    except (
-        CLIError,
-        TableError,
-        ArtifactError,
-        EncoderError,
-        CalibrationError,
-        ValueError,
-        OSError,
-        RuntimeError,
-    ) as exc:
+    except (HybridLLMError, ValueError, OSError, RuntimeError) as exc:  # ours, bad values, files
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(1)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .backends import Sample, SamplingParams
+from .errors import HybridLLMError
 from .fsutil import atomic_write
 from .specs import redact_url
 from .table import Row, read_table, write_table
@@ -38,7 +39,7 @@ def sample_seed(seed: int, row_id: str, model: str, k: int) -> int:
     return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
 
 
-class JournalMismatch(ValueError):
+class JournalMismatch(HybridLLMError, ValueError):
     """A journal from a run with other settings: resuming it would mix samples of two experiments."""
 
 
@@ -198,7 +199,7 @@ def collect_settings(
     }
 
 
-class CollectionExists(ValueError):
+class CollectionExists(HybridLLMError, ValueError):
     """The output already holds a finished collection this run would overwrite."""
 
 

@@ -21,11 +21,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .errors import HybridLLMError
+
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "default"}
 
 
-class EncoderError(RuntimeError):
+class EncoderError(HybridLLMError, RuntimeError):
     """The encoder cannot be found or loaded; the message says how to fix it."""
 
 

@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from .errors import HybridLLMError
 from .table import Row
 
 
-class EngineError(RuntimeError):
+class EngineError(HybridLLMError, RuntimeError):
     pass
 
 

@@ -1,4 +1,4 @@
-"""Training labels of the Hybrid LLM paper (DESIGN.md section 4).
+"""Training labels of the Hybrid LLM paper (docs/method.md, Labels).
 
 Why three kinds: a single sample per model (``det``) is a noisy label; averaging over all sample
 pairs (``prob``) estimates P[q(S) >= q(L)]; when the small model is almost never as good as the large

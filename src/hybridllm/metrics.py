@@ -1,4 +1,4 @@
-"""Cost/quality metrics of routing (DESIGN.md section 5).
+"""Cost/quality metrics of routing (docs/method.md, Metrics).
 
 Everything is computed from two per-query vectors, the expected quality of the small and of the
 large model, and a router score. The curve is exact (every k from 0 to N), so summaries never depend

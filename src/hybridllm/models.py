@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .encoder import cache_dir
+from .errors import HybridLLMError
 
 
-class ModelError(RuntimeError):
+class ModelError(HybridLLMError, RuntimeError):
     pass
 
 

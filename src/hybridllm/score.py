@@ -1,4 +1,4 @@
-"""Scoring: responses → per-sample quality (DESIGN.md section 3), as pure row-batch functions.
+"""Scoring: responses → per-sample quality (docs/tables.md), as pure row-batch functions.
 
 Each metric maps (response, row) to a number; ``score_rows`` fills ``quality`` for every model that
 has ``responses``. Rows in, rows out, no hidden state: the same function runs over a list here and

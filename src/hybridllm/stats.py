@@ -4,7 +4,7 @@ After ``collect`` and ``score`` the first questions are always the same: how goo
 often is the small one already good enough, and how much could a perfect router save? If the small
 model wins almost everywhere (or almost nowhere), or the oracle's headroom is tiny, training a router
 is not worth it, and it is cheaper to learn that from the table than from a trained router. The
-figures here are the ones DESIGN.md section 5 defines, computed from the table alone.
+figures here are the ones docs/method.md (Metrics) defines, computed from the table alone.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Routing tables: the one data format every pipeline stage reads and writes (DESIGN.md section 3).
+"""Routing tables: the one data format every pipeline stage reads and writes (docs/tables.md).
 
 A table is a list of plain dicts, one per query. Plain dicts (not classes) keep the stage functions
 pure and batch-oriented, so they run unchanged over Ray Data batches or pandas frames later.
@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import HybridLLMError
+
 Row = dict[str, Any]
 
 _KNOWN_FIELDS = {"id", "prompt", "reference", "responses", "quality", "meta"}
 
 
-class TableError(ValueError):
+class TableError(HybridLLMError, ValueError):
     """A routing table is malformed. The message is one line: ``file:line: field: problem``."""
 
 

@@ -15,13 +15,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..errors import HybridLLMError
 from ..specs import key_envs, parse_spec, read_key, redact_url
 from .app import ServeOptions
 from .knobs import KnobError, forced_names, parse_name
 from .upstream import Upstream
 
 
-class ServeConfigError(ValueError):
+class ServeConfigError(HybridLLMError, ValueError):
     """A serving setting is wrong: one line naming the file (or flag) and the key."""
 
 

@@ -17,13 +17,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import HybridLLMError
+
 _PCT = r"(?:0|[1-9][0-9]{0,2})(?:\.[0-9]{1,4})?"
 _NAME = re.compile(rf"hybrid-(qd|ca)-({_PCT})|hybrid-t-((?:0|1)(?:\.[0-9]{{1,6}})?)", re.ASCII)
 _FIELDS = {"max_quality_drop", "cost_advantage", "threshold", "force", "fallback"}
 NAME_FORMS = "hybrid, hybrid-qd-<pct>, hybrid-ca-<pct>, hybrid-t-<x>"
 
 
-class KnobError(ValueError):
+class KnobError(HybridLLMError, ValueError):
     """The request's routing name or ``hybridllm`` field is not valid; ``unknown_model`` = 404."""
 
     def __init__(self, message: str, unknown_model: bool = False) -> None:
