@@ -68,6 +68,24 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _check_fleet(cfg: dict[str, Any], f: Path) -> None:
+    fl = cfg.get("fleet")
+    ok = (
+        isinstance(fl, dict)
+        and isinstance(fl.get("models"), list)
+        and isinstance(fl.get("costs"), list)
+        and len(fl["models"]) == len(fl["costs"]) >= 2
+        and all(isinstance(m, str) and m for m in fl["models"])
+        and all(_finite(c) and c > 0 for c in fl["costs"])
+        and fl.get("reference") in fl["models"]
+    )
+    if not ok:
+        raise ArtifactError(f"{f}: field 'fleet': expected models, positive costs and a reference among the models")
+    ref = fl["models"].index(fl["reference"])
+    if cfg.get("candidates") != fl["models"][:ref]:
+        raise ArtifactError(f"{f}: field 'candidates': expected the models cheaper than the reference")
+
+
 def _check_config(cfg: dict[str, Any], f: Path) -> None:
     """Everything routing reads from config.json, checked once at load: a bad artifact is refused
     with the file and the field, instead of failing on the first request."""
@@ -81,6 +99,11 @@ def _check_config(cfg: dict[str, Any], f: Path) -> None:
         raise ArtifactError(f"{f}: field 'encoder': expected an object with a 'spec'")
     if not isinstance(enc.get("max_length", 256), int) or not 8 <= enc.get("max_length", 256) <= 8192:
         raise ArtifactError(f"{f}: field 'encoder.max_length': expected an integer in 8..8192")
+    fleet = cfg.get("kind") == "fleet"
+    if fleet:
+        _check_fleet(cfg, f)
+    # two models: points rise in cost advantage; a fleet: points fall in cost (% of always-best)
+    saving, sign = ("cost", -1) if fleet else ("cost_advantage", 1)
     cal = cfg["calibration"]
     if not isinstance(cal, list) or not cal:
         raise ArtifactError(f"{f}: field 'calibration': expected a non-empty list of points")
@@ -89,20 +112,21 @@ def _check_config(cfg: dict[str, Any], f: Path) -> None:
         where = f"{f}: field 'calibration[{i}]'"
         if not isinstance(pt, dict):
             raise ArtifactError(f"{where}: expected an object")
-        for k in ("threshold", "cost_advantage", "quality_drop"):
+        for k in ("threshold", saving, "quality_drop"):
             if not _finite(pt.get(k)):
                 raise ArtifactError(f"{where}.{k}: expected a finite number, got {pt.get(k)!r}")
-        if not 0 <= pt["threshold"] <= _KNOBS["threshold"] or not 0 <= pt["cost_advantage"] <= 100:
-            raise ArtifactError(f"{where}: threshold or cost_advantage out of range")
-        if prev is not None and (pt["cost_advantage"] < prev["cost_advantage"] or pt["threshold"] > prev["threshold"]):
-            raise ArtifactError(f"{where}: points not ordered by rising cost advantage and falling threshold")
+        if not 0 <= pt["threshold"] <= _KNOBS["threshold"] or not 0 <= pt[saving] <= 100 + 1e-6:
+            raise ArtifactError(f"{where}: threshold or {saving} out of range")
+        if prev is not None and (sign * (pt[saving] - prev[saving]) < -1e-9 or pt["threshold"] > prev["threshold"]):
+            raise ArtifactError(f"{where}: points not ordered by falling threshold and rising savings")
         prev = pt
+    knobs = {**_KNOBS, "budget": 100.0} if fleet else _KNOBS
     op = cfg["default_operating_point"]
-    if not isinstance(op, dict) or op.get("kind") not in _KNOBS:
-        raise ArtifactError(f"{f}: field 'default_operating_point.kind': expected one of {', '.join(_KNOBS)}")
-    if not _finite(op.get("value")) or not 0 <= op["value"] <= _KNOBS[op["kind"]]:
+    if not isinstance(op, dict) or op.get("kind") not in knobs:
+        raise ArtifactError(f"{f}: field 'default_operating_point.kind': expected one of {', '.join(knobs)}")
+    if not _finite(op.get("value")) or not 0 <= op["value"] <= knobs[op["kind"]]:
         raise ArtifactError(
-            f"{f}: field 'default_operating_point.value': expected a number in 0..{_KNOBS[op['kind']]:g}"
+            f"{f}: field 'default_operating_point.value': expected a number in 0..{knobs[op['kind']]:g}"
         )
     if cfg.get("prompt_turns", "all") not in ("all", "last"):
         raise ArtifactError(f"{f}: field 'prompt_turns': expected 'all' or 'last'")
@@ -134,18 +158,22 @@ def load_tensors(directory: str | Path) -> dict[str, np.ndarray]:
     unknown = set(t) - set(_HEAD_SHAPES) - set(_LINEAR_SHAPES)
     if unknown:
         raise ArtifactError(f"{f}: unknown tensors {', '.join(sorted(unknown))}")
+    multi = "w2" in t and t["w2"].ndim == 3  # a head scoring K models: w2 [E, h, K]
     for name, ndim in _HEAD_SHAPES.items():
         if name not in t:
             raise ArtifactError(f"{f}: tensor {name!r} missing")
+        ndim += int(multi and name in ("w2", "b2"))
         if t[name].ndim != ndim:
             raise ArtifactError(f"{f}: tensor {name!r}: expected {ndim} dimensions, got shape {tuple(t[name].shape)}")
     e, d, h = t["w1"].shape
-    want = {"b1": (e, h), "w2": (e, h), "b2": (e,), "mu": (d,), "sd": (d,)}
-    linear = [k for k in _LINEAR_SHAPES if k in t]
+    k = t["w2"].shape[2] if multi else None
+    want = {"b1": (e, h), "w2": (e, h) + ((k,) if k else ()), "b2": (e,) + ((k,) if k else ()), "mu": (d,), "sd": (d,)}
+    linear = [x for x in _LINEAR_SHAPES if x in t]
     if linear:
         if len(linear) != len(_LINEAR_SHAPES):
             raise ArtifactError(f"{f}: linear member incomplete (has {', '.join(linear)})")
-        want.update({"lin_w": (d,), "lin_b": (1,), "lin_mu": (d,), "lin_sd": (d,), "mix": (1,)})
+        lin_w, lin_b = ((d, k), (k,)) if k else ((d,), (1,))
+        want.update({"lin_w": lin_w, "lin_b": lin_b, "lin_mu": (d,), "lin_sd": (d,), "mix": (1,)})
     for name, shape in want.items():
         if tuple(t[name].shape) != shape:
             raise ArtifactError(f"{f}: tensor {name!r}: expected shape {shape}, got {tuple(t[name].shape)}")

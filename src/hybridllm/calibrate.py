@@ -51,7 +51,8 @@ def calibration_table(scores: np.ndarray, qs: np.ndarray, ql: np.ndarray, max_ro
     if len(rows) > max_rows:
         keep = np.unique(np.linspace(0, len(rows) - 1, max_rows).round().astype(int))
         rows = [rows[i] for i in keep]
-    return [{k: round(v, 8) for k, v in r.items()} for r in rows]
+    # thresholds stay exact: one rounded up past a query's score would route that query differently
+    return [{k: (v if k == "threshold" else round(v, 8)) for k, v in r.items()} for r in rows]
 
 
 def threshold_for_quality_drop(table: list[dict], max_quality_drop: float) -> dict:

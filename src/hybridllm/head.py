@@ -71,16 +71,26 @@ class HeadWeights:
     def from_tensors(cls, t: dict[str, np.ndarray]) -> HeadWeights:
         return cls(**{k: np.asarray(v, dtype=np.float32) for k, v in t.items() if k in cls.__dataclass_fields__})
 
+    @property
+    def outputs(self) -> int:
+        """1 for a two-model router (w2 [E, h]); K for one scoring K models (w2 [E, h, K])."""
+        return 1 if self.w2.ndim == 2 else int(self.w2.shape[2])
+
     def predict_mlp(self, x: np.ndarray) -> np.ndarray:
         x = (np.asarray(x, dtype=np.float32) - self.mu) / self.sd
         h = _gelu(np.einsum("nd,edh->enh", x, self.w1) + self.b1[:, None, :])
-        logits = np.einsum("enh,eh->en", h, self.w2) + self.b2[:, None]
+        if self.w2.ndim == 2:
+            logits = np.einsum("enh,eh->en", h, self.w2) + self.b2[:, None]
+        else:  # [E, n, K]
+            logits = np.einsum("enh,ehk->enk", h, self.w2) + self.b2[:, None, :]
         return _sigmoid(logits).mean(axis=0)
 
     def predict_linear(self, x: np.ndarray) -> np.ndarray:
         assert self.lin_w is not None and self.lin_b is not None
         z = (np.asarray(x, dtype=np.float32) - self.lin_mu) / self.lin_sd
-        return _sigmoid(z @ self.lin_w + self.lin_b[0])
+        if self.lin_w.ndim == 1:
+            return _sigmoid(z @ self.lin_w + self.lin_b[0])
+        return _sigmoid(z @ self.lin_w + self.lin_b)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """p(x) in [0, 1]: the MLP members' mean probability, mixed with the linear member's."""
@@ -109,7 +119,22 @@ def train_linear(
     # a soft label y is the same as a positive copy weighted y and a negative copy weighted 1 - y
     zz = np.concatenate([z, z])
     yy = np.concatenate([np.ones(len(z)), np.zeros(len(z))])
-    ww = np.concatenate([y_train, 1 - y_train])
+    ww = np.concatenate([y_train, 1 - y_train]) if y_train.ndim == 1 else None
+    if y_train.ndim == 2:  # one logistic model per output, one C for all (chosen on the mean)
+        best_multi: tuple[float, list[object], float] | None = None
+        for c in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0):
+            fits = []
+            for k in range(y_train.shape[1]):
+                wk = np.concatenate([y_train[:, k], 1 - y_train[:, k]])
+                fits.append(LogisticRegression(C=c, max_iter=3000).fit(zz, yy, sample_weight=wk))
+            p = np.stack([f.predict_proba(zv)[:, 1] for f in fits], axis=1)
+            a = val_metric(p, qs_val, ql_val)
+            if best_multi is None or a > best_multi[0] + 1e-9:
+                best_multi = (a, fits, c)
+        assert best_multi is not None
+        w = np.stack([f.coef_[0] for f in best_multi[1]], axis=1).astype(np.float32)
+        b = np.array([f.intercept_[0] for f in best_multi[1]], np.float32)
+        return w, b, mu, sd, best_multi[2], best_multi[0]
     best: tuple[float, object, float] | None = None
     for c in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0):
         m = LogisticRegression(C=c, max_iter=3000).fit(zz, yy, sample_weight=ww)
@@ -124,6 +149,14 @@ def train_linear(
 def _val_apgr(p: np.ndarray, qs: np.ndarray, ql: np.ndarray) -> float:
     a = apgr(quality_curve(p, qs, ql), float(qs.mean()), float(ql.mean()))
     return -1.0 if a is None else a
+
+
+def val_metric(p: np.ndarray, qs: np.ndarray, ql: np.ndarray) -> float:
+    """Checkpoint-selection metric: validation APGR; with K outputs (``p`` [n, K], ``qs`` [n, K]
+    the K scored models' qualities, ``ql`` [n] the reference's), the mean of the K APGRs."""
+    if p.ndim == 1:
+        return _val_apgr(p, qs, ql)
+    return float(np.mean([_val_apgr(p[:, k], qs[:, k], ql) for k in range(p.shape[1])]))
 
 
 def train_head(
@@ -143,7 +176,9 @@ def train_head(
     mu = x_train.mean(axis=0)
     sd = x_train.std(axis=0) + 1e-6
     xt = torch.from_numpy((x_train - mu) / sd)
-    yt = torch.from_numpy(np.asarray(y_train, dtype=np.float32))
+    y_train = np.asarray(y_train, dtype=np.float32)
+    k_out = 1 if y_train.ndim == 1 else y_train.shape[1]
+    yt = torch.from_numpy(y_train)
     xv = torch.from_numpy((np.asarray(x_val, dtype=np.float32) - mu) / sd)
     d = xt.shape[1]
     members = []
@@ -156,7 +191,7 @@ def train_head(
             torch.nn.Linear(d, cfg.hidden),
             torch.nn.GELU(approximate="tanh"),
             torch.nn.Dropout(cfg.dropout),
-            torch.nn.Linear(cfg.hidden, 1),
+            torch.nn.Linear(cfg.hidden, k_out),
         )
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -167,13 +202,15 @@ def train_head(
             for i in range(0, len(xt), cfg.batch_size):
                 idx = perm[i : i + cfg.batch_size]
                 opt.zero_grad()
-                loss = loss_fn(net(xt[idx]).squeeze(-1), yt[idx])
+                out = net(xt[idx])
+                loss = loss_fn(out.squeeze(-1) if k_out == 1 and yt.ndim == 1 else out, yt[idx])
                 loss.backward()
                 opt.step()
             net.eval()
             with torch.no_grad():
-                pv = torch.sigmoid(net(xv).squeeze(-1)).numpy()
-            score = _val_apgr(pv, qs_val, ql_val)
+                out = torch.sigmoid(net(xv))
+                pv = (out.squeeze(-1) if yt.ndim == 1 else out).numpy()
+            score = val_metric(pv, qs_val, ql_val)
             if score > best + 1e-9:
                 best, best_epoch, bad = score, epoch, 0
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -189,8 +226,11 @@ def train_head(
     weights = HeadWeights(
         w1=np.stack([m["1.weight"].numpy().T for m in members]),
         b1=np.stack([m["1.bias"].numpy() for m in members]),
-        w2=np.stack([m["4.weight"].numpy()[0] for m in members]),
-        b2=np.array([float(m["4.bias"].numpy()[0]) for m in members], dtype=np.float32),
+        w2=np.stack([m["4.weight"].numpy()[0] if yt.ndim == 1 else m["4.weight"].numpy().T for m in members]),
+        b2=np.array(
+            [float(m["4.bias"].numpy()[0]) if yt.ndim == 1 else m["4.bias"].numpy() for m in members],
+            dtype=np.float32,
+        ),
         mu=mu.astype(np.float32),
         sd=sd.astype(np.float32),
     )
@@ -203,7 +243,7 @@ def train_head(
         weights.lin_w, weights.lin_b, weights.lin_mu, weights.lin_sd = lw, lb, lmu, lsd
         p_mlp = weights.predict_mlp(x_val)
         p_lin = weights.predict_linear(x_val)
-        scores = {a: _val_apgr((1 - a) * p_mlp + a * p_lin, qs_val, ql_val) for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
+        scores = {a: val_metric((1 - a) * p_mlp + a * p_lin, qs_val, ql_val) for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
         mix = max(scores, key=lambda a: (round(scores[a], 9), -abs(a - 0.5)))
         weights.mix = np.array([mix], np.float32)
         info["linear"] = {"C": c, "val_apgr": lin_apgr, "mix": mix, "mix_val_apgr": scores}

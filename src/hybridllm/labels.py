@@ -106,3 +106,17 @@ def make_labels(
         res = trans_labels(qualities, t=t)
         return res.labels, res.t_star
     raise ValueError(f"unknown label type {kind!r}; expected one of {', '.join(LABEL_TYPES)}")
+
+
+def fleet_labels(
+    rows: Sequence[dict], models: Sequence[str], reference: str, label_type: str
+) -> tuple[np.ndarray, list]:
+    """Labels for a router over several models: column k is the two-model label of ``models[k]``
+    against ``reference`` (is its answer good enough compared with the best model's on this query?),
+    each with its own t* for ``trans``. Returns (Y [n, K], [t* per model])."""
+    cols, stars = [], []
+    for m in models:
+        y, t = make_labels([(r["quality"][m], r["quality"][reference]) for r in rows], label_type)
+        cols.append(y)
+        stars.append(t)
+    return np.stack(cols, axis=1), stars

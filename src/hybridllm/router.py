@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 
 from .artifact import ArtifactError, load_config, load_tensors
-from .calibrate import resolve_knob
+from .calibrate import CalibrationError, resolve_knob
 from .encoder import EmbeddingCache, Encoder, embed_texts, make_encoder
 from .head import HeadWeights
+from .policy import Fleet, choose
+from .policy import resolve as resolve_fleet_knob
 from .routing_text import routing_text
 
 
@@ -21,10 +23,11 @@ class Decision:
     """Which model answers and why: the score, the threshold it was compared with, and the knob."""
 
     model: str
-    use_small: bool
-    score: float
+    use_small: bool  # a model other than the reference (the large / best one) answers
+    score: float  # the chosen model's score (the best candidate's when the reference answers)
     threshold: float
     knob: str
+    scores: dict[str, float] | None = None  # every scored model's score (a router over N models)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +104,16 @@ class Router:
             )
 
     @property
+    def fleet(self) -> Fleet | None:
+        """The models of a router over N models (cost order, reference); None for a pair."""
+        return Fleet.from_dict(self.config["fleet"]) if self.config.get("kind") == "fleet" else None
+
+    @property
+    def models(self) -> list[str]:
+        fl = self.fleet
+        return list(fl.models) if fl else [self.small, self.large]
+
+    @property
     def small(self) -> str:
         return self.config["small"]
 
@@ -111,28 +124,55 @@ class Router:
     def score(
         self, prompts: Sequence[str | list[dict[str, Any]]], batch_size: int = 64, show_progress: bool = False
     ) -> np.ndarray:
-        """p(x) per prompt: the predicted chance that the small model's answer is good enough."""
+        """p(x) per prompt: the predicted chance that the small model's answer is good enough; for a
+        router over N models, [n, K]: one column per model cheaper than the reference (cost order)."""
         texts = [routing_text(p, self.turns, self.harden) for p in prompts]
         feats = featurize(self.encoder, texts, self.extra, batch_size=batch_size, show_progress=show_progress)
-        return self.head.predict(feats)
+        p = self.head.predict(feats)
+        return p.reshape(len(texts), -1) if self.config.get("kind") == "fleet" else p
 
     def threshold(
         self,
         max_quality_drop: float | None = None,
         cost_advantage: float | None = None,
         threshold: float | None = None,
+        budget: float | None = None,
     ) -> tuple[float, str]:
+        """One knob → (threshold, description). ``cost_advantage`` (share to the small model, %) is
+        a two-model knob; ``budget`` (average cost, % of always using the best model) needs costs,
+        so it is a knob of routers over N models."""
+        cal, default = self.config["calibration"], self.config["default_operating_point"]
+        if self.fleet is not None:
+            if cost_advantage is not None:
+                raise CalibrationError(
+                    "a router over several models takes budget (% of always-best), not cost_advantage"
+                )
+            return resolve_fleet_knob(cal, default, max_quality_drop, budget, threshold)
+        if budget is not None:
+            raise CalibrationError(
+                "budget needs model costs: train over --models with costs (two-model: cost_advantage)"
+            )
         return resolve_knob(
-            self.config["calibration"],
-            self.config["default_operating_point"],
-            max_quality_drop=max_quality_drop,
-            cost_advantage=cost_advantage,
-            threshold=threshold,
+            cal, default, max_quality_drop=max_quality_drop, cost_advantage=cost_advantage, threshold=threshold
         )
 
-    def decide(self, score: float, threshold: float, knob: str) -> Decision:
-        use_small = bool(score >= threshold)
-        return Decision(self.small if use_small else self.large, use_small, float(score), float(threshold), knob)
+    def decide(self, score: float | np.ndarray, threshold: float, knob: str) -> Decision:
+        fl = self.fleet
+        if fl is None:
+            use_small = bool(float(score) >= threshold)
+            return Decision(self.small if use_small else self.large, use_small, float(score), float(threshold), knob)
+        row = np.asarray(score, dtype=np.float64).reshape(-1)
+        cands = self.config["candidates"]
+        pick = int(choose(row[None, :], fl, threshold)[0])
+        chosen = float(row[pick]) if pick < len(cands) else float(row.max())
+        return Decision(
+            fl.models[pick],
+            pick != fl.ref,
+            chosen,
+            float(threshold),
+            knob,
+            {m: float(v) for m, v in zip(cands, row, strict=True)},
+        )
 
     def route(
         self,
@@ -140,9 +180,10 @@ class Router:
         max_quality_drop: float | None = None,
         cost_advantage: float | None = None,
         threshold: float | None = None,
+        budget: float | None = None,
     ) -> Decision:
-        thr, knob = self.threshold(max_quality_drop, cost_advantage, threshold)
-        return self.decide(float(self.score([prompt])[0]), thr, knob)
+        thr, knob = self.threshold(max_quality_drop, cost_advantage, threshold, budget)
+        return self.decide(self.score([prompt])[0], thr, knob)
 
     def route_batch(
         self,
@@ -150,9 +191,10 @@ class Router:
         max_quality_drop: float | None = None,
         cost_advantage: float | None = None,
         threshold: float | None = None,
+        budget: float | None = None,
     ) -> list[Decision]:
-        thr, knob = self.threshold(max_quality_drop, cost_advantage, threshold)
-        return [self.decide(float(s), thr, knob) for s in self.score(prompts)]
+        thr, knob = self.threshold(max_quality_drop, cost_advantage, threshold, budget)
+        return [self.decide(s, thr, knob) for s in self.score(prompts)]
 
 
 def load_router(directory: str | Path, backend: str = "auto") -> Router:

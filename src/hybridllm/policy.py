@@ -1,0 +1,172 @@
+"""Routing among N models with one knob.
+
+A router scores, for each model m and query x, s_m(x): the predicted chance that m's answer is good
+enough compared with the reference model's (the best model on average, which is always good enough
+for itself). With models in cost order, the policy at threshold t sends x to the cheapest model whose
+score is at least t, and to the reference model when none is. Lowering t moves traffic to cheaper
+models; one threshold is the whole knob, and with two models it is exactly the two-model router's.
+
+The knob is answered from a calibration table measured on validation data: every distinct score is
+a threshold at which some query changes model, so a sweep over the sorted scores gives, for every
+achievable operating point, the average cost (as % of always using the reference model) and the
+quality drop (vs always using it), in O(nK log nK).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .calibrate import NEVER, CalibrationError
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The models a router chooses among: names in cost order (cheapest first), relative costs, and
+    the reference model (the best on average; never routed away from when nothing else qualifies)."""
+
+    models: tuple[str, ...]
+    costs: tuple[float, ...]
+    reference: str
+
+    def __post_init__(self) -> None:
+        if len(self.models) < 2 or len(set(self.models)) != len(self.models):
+            raise CalibrationError(f"a fleet needs at least two distinct models, got {list(self.models)}")
+        if len(self.costs) != len(self.models) or any(not (c > 0 and math.isfinite(c)) for c in self.costs):
+            raise CalibrationError("every model needs a positive, finite cost")
+        if list(self.costs) != sorted(self.costs):
+            raise CalibrationError("models must be given cheapest first")
+        if self.reference not in self.models:
+            raise CalibrationError(f"reference model {self.reference!r} is not in the fleet")
+
+    @property
+    def ref(self) -> int:
+        return self.models.index(self.reference)
+
+    @property
+    def candidates(self) -> list[int]:
+        """Indices of the models the router scores: those cheaper than the reference."""
+        return list(range(self.ref))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"models": list(self.models), "costs": list(self.costs), "reference": self.reference}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Fleet:
+        return cls(tuple(d["models"]), tuple(float(c) for c in d["costs"]), str(d["reference"]))
+
+
+def choose(scores: np.ndarray, fleet: Fleet, threshold: float) -> np.ndarray:
+    """Index (into ``fleet.models``) of the model each query goes to. ``scores``: [n, K] for the K
+    candidate models (cost order), as the router predicts them."""
+    s = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
+    ok = s >= threshold
+    first = np.argmax(ok, axis=1)
+    return np.where(ok.any(axis=1), first, fleet.ref)
+
+
+def sweep(scores: np.ndarray, quality: np.ndarray, fleet: Fleet, max_rows: int = 1001) -> list[dict[str, Any]]:
+    """Calibration table of the policy: ``scores`` [n, K] (candidates), ``quality`` [n, M] (expected
+    quality of every model per query, cost order). Rows ordered by falling threshold (rising savings)."""
+    s = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
+    q = np.asarray(quality, dtype=np.float64)
+    n, k = s.shape
+    if n == 0:
+        raise CalibrationError("calibration needs at least one validation row")
+    costs = np.asarray(fleet.costs, dtype=np.float64)
+    ref = fleet.ref
+    c_ref = costs[ref]
+    q_ref = float(q[:, ref].mean())
+    denom = abs(q_ref) if q_ref != 0 else 1.0
+    cur = np.full(n, ref)
+    total_cost = n * c_ref
+    total_q = float(q[:, ref].sum())
+    counts = np.zeros(len(fleet.models), dtype=np.int64)
+    counts[ref] = n
+    flat = s.ravel()
+    order = np.argsort(-flat, kind="stable")
+
+    def row(threshold: float) -> dict[str, Any]:
+        return {
+            "threshold": float(threshold),
+            "cost": total_cost / (n * c_ref) * 100.0,
+            "quality_drop": (q_ref - total_q / n) / denom * 100.0,
+            "shares": [float(c) / n * 100.0 for c in counts],
+        }
+
+    rows = [row(NEVER)]
+    i = 0
+    while i < len(order):
+        value = flat[order[i]]
+        j = i
+        while j < len(order) and flat[order[j]] == value:
+            qi, m = divmod(int(order[j]), k)
+            if m < cur[qi]:
+                total_cost += costs[m] - costs[cur[qi]]
+                total_q += q[qi, m] - q[qi, cur[qi]]
+                counts[cur[qi]] -= 1
+                counts[m] += 1
+                cur[qi] = m
+            j += 1
+        rows.append(row(value))
+        i = j
+    if len(rows) > max_rows:
+        keep = np.unique(np.linspace(0, len(rows) - 1, max_rows).round().astype(int))
+        rows = [rows[x] for x in keep]
+    return [
+        {
+            "threshold": r["threshold"],  # exact: rounded up it would exclude the query it came from
+            "cost": round(r["cost"], 6),
+            "quality_drop": round(r["quality_drop"], 6),
+            "shares": [round(x, 4) for x in r["shares"]],
+        }
+        for r in rows
+    ]
+
+
+def resolve(
+    table: Sequence[dict[str, Any]],
+    default: dict[str, Any],
+    max_quality_drop: float | None = None,
+    budget: float | None = None,
+    threshold: float | None = None,
+) -> tuple[float, str]:
+    """One knob → (threshold, description); none given = the default point.
+
+    ``max_quality_drop``: the cheapest point whose validation quality drop is at most this (%).
+    ``budget``: the best-quality point whose average cost is at most this % of always using the
+    reference model (the cheapest point when none is that cheap). ``threshold``: used as is."""
+    given = [
+        k
+        for k, v in (("max_quality_drop", max_quality_drop), ("budget", budget), ("threshold", threshold))
+        if v is not None
+    ]
+    if len(given) > 1:
+        raise CalibrationError(f"give at most one quality knob, got {', '.join(given)}")
+    if threshold is not None:
+        if math.isnan(threshold) or not 0.0 <= threshold <= NEVER:
+            raise CalibrationError(f"threshold must be within 0..1, got {threshold}")
+        return float(threshold), f"threshold={threshold:g}"
+    if max_quality_drop is not None:
+        if math.isnan(max_quality_drop) or max_quality_drop < 0:
+            raise CalibrationError(f"max quality drop must be >= 0 percent, got {max_quality_drop}")
+        ok = [r for r in table if r["quality_drop"] <= max_quality_drop + 1e-9]
+        best = min(ok, key=lambda r: (r["cost"], -r["threshold"]))
+        return best["threshold"], f"max_quality_drop={max_quality_drop:g}%"
+    if budget is not None:
+        if math.isnan(budget) or not 0 <= budget <= 100:
+            raise CalibrationError(f"budget must be within 0..100 percent of always-best, got {budget}")
+        ok = [r for r in table if r["cost"] <= budget + 1e-9]
+        best = (
+            min(ok, key=lambda r: (r["quality_drop"], r["cost"]))
+            if ok
+            else min(table, key=lambda r: (r["cost"], r["quality_drop"]))
+        )
+        return best["threshold"], f"budget={budget:g}%"
+    kind, value = default["kind"], default["value"]
+    thr, _ = resolve(table, default, **{kind: value})
+    return thr, f"default ({kind}={value:g}{'' if kind == 'threshold' else '%'})"

@@ -1,0 +1,132 @@
+"""Routing among N models: the policy's calibration sweep against brute force, the two-model special
+case equal to the two-model router, and a three-model router on real MMLU-Pro outcomes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hybridllm import Router, TrainOptions, read_table, train_router
+from hybridllm.artifact import ArtifactError
+from hybridllm.fleet import FleetOptions, fit_fleet, quality_matrix
+from hybridllm.head import HeadConfig
+from hybridllm.policy import Fleet, choose, resolve, sweep
+
+from .conftest import LARGE, SMALL
+
+THREE = ["Phi-3-mini-4k-instruct", "Meta-Llama-3_1-8B-Instruct", "Meta-Llama-3_1-70B-Instruct"]
+# relative costs: parameter counts in billions (3.8B, 8B, 70B)
+THREE_COSTS = {"Phi-3-mini-4k-instruct": 3.8, "Meta-Llama-3_1-8B-Instruct": 8.0, "Meta-Llama-3_1-70B-Instruct": 70.0}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 12),
+    k=st.integers(1, 3),
+    seed=st.integers(0, 10_000),
+    ties=st.booleans(),
+)
+def test_sweep_equals_brute_force(n, k, seed, ties):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 4, size=(n, k)) / 4 if ties else rng.random((n, k))
+    quality = rng.integers(0, 2, size=(n, k + 1)).astype(float)
+    fleet = Fleet(tuple(f"m{i}" for i in range(k + 1)), tuple(float(2**i) for i in range(k + 1)), f"m{k}")
+    costs = np.array(fleet.costs)
+    for row in sweep(scores, quality, fleet):
+        pick = choose(scores, fleet, row["threshold"])
+        cost = costs[pick].mean() / costs[k] * 100
+        q = quality[np.arange(n), pick].mean()
+        q_ref = quality[:, k].mean()
+        qd = (q_ref - q) / (abs(q_ref) if q_ref else 1.0) * 100
+        assert row["cost"] == pytest.approx(cost, abs=1e-4) and row["quality_drop"] == pytest.approx(qd, abs=1e-4)
+        shares = np.bincount(pick, minlength=k + 1) / n * 100
+        assert row["shares"] == pytest.approx(shares.tolist(), abs=1e-3)
+
+
+def test_knobs_pick_the_cheapest_point_within_the_limit():
+    table = [
+        {"threshold": 1.000001, "cost": 100.0, "quality_drop": 0.0},
+        {"threshold": 0.8, "cost": 70.0, "quality_drop": 0.5},
+        {"threshold": 0.6, "cost": 40.0, "quality_drop": 3.0},
+        {"threshold": 0.2, "cost": 10.0, "quality_drop": 9.0},
+    ]
+    default = {"kind": "max_quality_drop", "value": 1.0}
+    assert resolve(table, default, max_quality_drop=1)[0] == 0.8
+    assert resolve(table, default, max_quality_drop=5)[0] == 0.6
+    assert resolve(table, default, budget=50)[0] == 0.6  # best quality within half the cost
+    assert resolve(table, default, budget=5)[0] == 0.2  # nothing that cheap: the cheapest point
+    assert resolve(table, default) == (0.8, "default (max_quality_drop=1%)")
+
+
+@pytest.fixture(scope="module")
+def rows(mmlu_slice):
+    return read_table(mmlu_slice)
+
+
+def small_head():
+    return HeadConfig(members=2, epochs=6, extra=["log_tokens"])
+
+
+def test_two_models_equal_the_two_model_router(rows, cache_env, tmp_path):
+    pair = train_router(
+        rows, TrainOptions(small=SMALL, large=LARGE, head=small_head()), tmp_path / "pair", show_progress=False
+    )
+    fitted = fit_fleet(rows, FleetOptions([SMALL, LARGE], costs={SMALL: 1.0, LARGE: 6.0}, head=small_head()))
+    fitted.save(tmp_path / "fleet")
+    a, b = Router(tmp_path / "pair"), Router(tmp_path / "fleet")
+    prompts = [r["prompt"] for r in rows]
+    sa, sb = a.score(prompts), b.score(prompts)
+    assert sb.shape == (len(rows), 1)
+    np.testing.assert_allclose(sa, sb[:, 0], atol=1e-6)
+    np.testing.assert_allclose(pair.val_scores, fitted.val_scores[:, 0], atol=1e-6)
+    for qd in (0.0, 1.0, 2.0, 5.0, 20.0):
+        ta, tb = a.threshold(max_quality_drop=qd)[0], b.threshold(max_quality_drop=qd)[0]
+        assert ta == pytest.approx(tb, abs=1e-8)
+        da = [d.model for d in a.route_batch(prompts, max_quality_drop=qd)]
+        db = [d.model for d in b.route_batch(prompts, max_quality_drop=qd)]
+        assert da == db
+    # the same points: quality drop at each threshold (cost differs only in its unit)
+    qa = [(p["threshold"], p["quality_drop"]) for p in a.config["calibration"]]
+    qb = [(p["threshold"], p["quality_drop"]) for p in b.config["calibration"]]
+    np.testing.assert_allclose(np.array(qa), np.array(qb), atol=1e-6)
+
+
+def test_three_model_router_on_real_outcomes(rows, cache_env, tmp_path):
+    fitted = fit_fleet(rows, FleetOptions(THREE, costs=THREE_COSTS, head=small_head()))
+    out = fitted.save(tmp_path / "r3")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["fleet"]["reference"] == "Meta-Llama-3_1-70B-Instruct"
+    assert cfg["candidates"] == THREE[:2] and set(cfg["t_star"]) == set(THREE[:2])
+    router = Router(out)
+    prompts = [r["prompt"] for r in rows[:50]]
+    s = router.score(prompts)
+    assert s.shape == (50, 2) and np.all((s >= 0) & (s <= 1))
+    d = router.route(prompts[0], budget=50)
+    assert d.model in THREE and set(d.scores) == set(THREE[:2]) and d.knob == "budget=50%"
+    # the budget knob keeps its promise on the data it was calibrated on
+    val = [p for p in cfg["calibration"]]
+    for budget in (20, 40, 60, 80):
+        thr = router.threshold(budget=budget)[0]
+        point = next(p for p in val if p["threshold"] == thr)
+        assert point["cost"] <= budget + 1e-9 or point["cost"] == min(p["cost"] for p in val)
+    # lower budgets send more traffic to cheaper models
+    picks = {b: [x.model for x in router.route_batch(prompts, budget=b)] for b in (10, 100)}
+    assert picks[10].count(THREE[2]) <= picks[100].count(THREE[2])
+    with pytest.raises(ValueError, match="budget"):
+        router.threshold(cost_advantage=30)
+    q = quality_matrix(rows, THREE)
+    assert q.shape == (len(rows), 3)
+
+
+def test_fleet_artifact_with_wrong_candidates_is_refused(rows, cache_env, tmp_path):
+    fitted = fit_fleet(rows, FleetOptions(THREE, costs=THREE_COSTS, head=HeadConfig(members=1, epochs=2)))
+    out = fitted.save(tmp_path / "r3")
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["candidates"] = [THREE[1]]
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="candidates"):
+        Router(out)
