@@ -126,10 +126,19 @@ def summary_table(report: dict, title: str) -> Table:
 
 @app.command()
 def train(
-    table: Annotated[Path, typer.Argument(help="routing table (.jsonl or .parquet) with both models' quality")],
-    small: Annotated[str, typer.Option(help="name of the small model in the table's quality")],
-    large: Annotated[str, typer.Option(help="name of the large model in the table's quality")],
+    table: Annotated[Path, typer.Argument(help="routing table (.jsonl or .parquet) with the models' quality")],
     output: Annotated[Path, typer.Option(help="directory for the router artifact")],
+    small: Annotated[str | None, typer.Option(help="two models: the small one's name in the table")] = None,
+    large: Annotated[str | None, typer.Option(help="two models: the large one's name in the table")] = None,
+    models: Annotated[
+        str | None, typer.Option(help="any number of models, comma-separated (cheapest first without costs)")
+    ] = None,
+    cost: Annotated[
+        list[str] | None, typer.Option(help="NAME=X: a model's relative cost (repeat); or use --models-file")
+    ] = None,
+    models_file: Annotated[
+        Path | None, typer.Option(help="models.toml with each model's cost (see docs/fleet.md)")
+    ] = None,
     labels: Annotated[
         Labels, typer.Option(help="label type: det, prob or trans (docs/method.md, Labels)")
     ] = Labels.trans,
@@ -153,8 +162,8 @@ def train(
     shard_rows: ShardRowsOpt = 1024,
     work_dir: WorkDirOpt = None,
 ) -> None:
-    """Train a router on a routing table and save a calibrated artifact. With --engine ray the
-    embedding pass (head mode) runs on Ray; the head trains here."""
+    """Train a router on a routing table and save a calibrated artifact: between --small and
+    --large, or among --models. With --engine ray the embedding pass (head mode) runs on Ray."""
     from .head import HeadConfig
     from .table import read_table
     from .train import DEFAULT_EXTRA, TrainOptions, train_router
@@ -162,6 +171,17 @@ def train(
     rows = read_table(table)
     vrows = read_table(validation) if validation else None
     head = HeadConfig(extra=list(DEFAULT_EXTRA), members=members, seed=seed)
+    if epochs is not None and mode == Mode.head:
+        head.epochs = epochs
+    if models is not None:
+        if small or large:
+            _fail("give --models, or --small and --large, not both")
+        if mode != Mode.head or engine is not Engine.local:
+            _fail("--models trains in head mode with the local engine")
+        _train_fleet(rows, vrows, models, cost, models_file, labels.value, encoder, max_length, seed, head, output)
+        return
+    if not small or not large:
+        _fail("give --small and --large (two models) or --models M1,M2,... (any number)")
     opts = TrainOptions(
         small=small,
         large=large,
@@ -172,11 +192,8 @@ def train(
         seed=seed,
         head=head,
     )
-    if epochs is not None:
-        if mode == Mode.head:
-            head.epochs = epochs
-        else:
-            opts.finetune_epochs = epochs
+    if epochs is not None and mode != Mode.head:
+        opts.finetune_epochs = epochs
     ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
     featurizer = None
     if ray_opts is not None:
@@ -198,6 +215,49 @@ def train(
         f"default operating point (max 1% quality drop on validation): threshold {dop['threshold']:.4f}, "
         f"cost advantage {dop['cost_advantage']:.1f}%"
     )
+    out.print(f"saved router to {output}")
+
+
+def _train_fleet(rows, vrows, models, cost, models_file, labels, encoder, max_length, seed, head, output) -> None:
+    from .fleet import FleetOptions, fit_fleet
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        _fail(f"--models needs at least two distinct names, got {models!r}")
+    costs: dict[str, float] | None = None
+    if models_file is not None:
+        from .registry import Registry
+
+        costs = Registry.load(models_file).costs(names)
+    for item in cost or []:
+        name, sep, value = item.partition("=")
+        try:
+            x = float(value)
+        except ValueError:
+            x = float("nan")
+        if not sep or name not in names or not x > 0 or x == float("inf"):
+            _fail(f"--cost {item!r}: expected NAME=X with NAME in --models and X > 0")
+        costs = {**(costs or {}), name: x}
+    opts = FleetOptions(names, costs, labels=labels, encoder=encoder, max_length=max_length, seed=seed, head=head)
+    fitted = fit_fleet(rows, opts, validation=vrows, progress=_progress, show_progress=True)
+    fitted.save(output)
+    cfg = fitted.config
+    fl = cfg["fleet"]
+    t = Table(title=f"validation ({cfg['data']['validation_rows']} rows): operating points")
+    t.add_column("max quality drop")
+    t.add_column("threshold", justify="right")
+    t.add_column("cost, % of always-best", justify="right")
+    for m in fl["models"]:
+        t.add_column(f"% {m}", justify="right")
+    from .policy import resolve
+
+    for qd in (0, 1, 2, 5, 10):
+        thr, _ = resolve(cfg["calibration"], cfg["default_operating_point"], max_quality_drop=qd)
+        p = next(x for x in cfg["calibration"] if x["threshold"] == thr)
+        t.add_row(f"{qd}%", f"{thr:.4f}", f"{p['cost']:.1f}", *[f"{s:.1f}" for s in p["shares"]])
+    out.print(t)
+    costs_txt = ", ".join(f"{m} {c:g}" for m, c in zip(fl["models"], fl["costs"], strict=True))
+    out.print(f"models by cost: {costs_txt}; reference (best on training rows): {fl['reference']}")
     out.print(f"saved router to {output}")
 
 
@@ -364,12 +424,17 @@ def route(
     max_quality_drop: Annotated[float | None, typer.Option(help="max quality drop, percent")] = None,
     cost_advantage: Annotated[float | None, typer.Option(help="share of small-model queries, percent")] = None,
     threshold: Annotated[float | None, typer.Option(help="raw score threshold in 0..1")] = None,
+    budget: Annotated[
+        float | None, typer.Option(help="routers over N models: average cost, percent of always-best")
+    ] = None,
 ) -> None:
     """Decide which model should answer one prompt; prints JSON."""
     from .router import Router
 
     router = Router(router_dir)
-    d = router.route(prompt, max_quality_drop=max_quality_drop, cost_advantage=cost_advantage, threshold=threshold)
+    d = router.route(
+        prompt, max_quality_drop=max_quality_drop, cost_advantage=cost_advantage, threshold=threshold, budget=budget
+    )
     out.print_json(json.dumps(d.to_dict()))
 
 
