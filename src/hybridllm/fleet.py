@@ -141,6 +141,8 @@ def fit_fleet(
         "kind": "fleet",
         "fleet": fleet.to_dict(),
         "candidates": cands,
+        # mean validation quality per model (cost order): the serving fallback order
+        "fleet_quality": [round(float(x), 6) for x in q_val.mean(axis=0)],
         # small/large name the cheapest and the reference model, for tools that show a pair
         "small": fleet.models[0],
         "large": fleet.reference,

@@ -20,6 +20,7 @@ from typing import Any
 from .batcher import MicroBatcher
 from .knobs import KnobError, forced_names, parse_knob, routing_names
 from .protocol import RequestError, check_request, error_body, error_type, parse_json, read_body
+from .routing import Routing
 from .upstream import Answer, Failure, StreamBroke, Upstream, call_http, call_local, probe
 
 log = logging.getLogger("hybridllm.access")
@@ -65,6 +66,7 @@ class _Record:
     threshold: float | None = None
     usage: dict[str, Any] = field(default_factory=dict)
     fallback_from: str | None = None
+    scores: dict[str, float] | None = None  # every scored model's score (routers over N models)
     stream: bool = False
     error: str | None = None
     prompt: Any = None
@@ -113,6 +115,8 @@ class _Metrics:
         }
         if rec.fallback_from:
             line["fallback_from"] = rec.fallback_from
+        if rec.scores is not None:
+            line["scores"] = rec.scores
         if rec.error:
             line["error"] = rec.error[:300]
         if log_prompts and rec.prompt is not None:
@@ -131,8 +135,11 @@ async def _cancel_on_disconnect(request: Any, task: Any, left: list[bool]) -> No
             return
 
 
-def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOptions | None = None) -> Any:
-    """The ASGI app. ``router`` needs ``score(texts)``, ``threshold(...)``, ``small``, ``large``, ``turns``."""
+def create_app(router: Any, *upstreams: Upstream | ServeOptions, options: ServeOptions | None = None) -> Any:
+    """The ASGI app: ``create_app(router, small, large[, options])`` for a two-model router, or
+    ``create_app(router, *upstreams[, options])`` with one upstream per model of a router over N
+    models (any order; matched by name). ``router`` needs ``score(texts)``, ``threshold(...)``,
+    ``turns`` and, for N models, ``fleet``."""
     import httpx
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -140,10 +147,11 @@ def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOpti
     from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse, Response, StreamingResponse
 
-    opts = options or ServeOptions()
+    opts = options or next((u for u in upstreams if isinstance(u, ServeOptions)), None) or ServeOptions()
+    routing = Routing(router, [u for u in upstreams if isinstance(u, Upstream)])
+    ups = routing.ups
     metrics = _Metrics()
-    ups = {"small": small, "large": large}
-    forced = forced_names(small.name, large.name, small.model, large.model)
+    forced = forced_names([(u.name, u.model) for u in ups], pair=routing.pair)
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -158,7 +166,7 @@ def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOpti
                 # httpx's defaults (100 connections, 20 kept alive): a larger pool measured more CPU per
                 # request here (httpcore scans its connections on every request)
             )
-            for k, u in ups.items()
+            for k, u in enumerate(ups)
         }
         yield
         await state["batcher"].stop()
@@ -204,8 +212,8 @@ def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOpti
     async def ready(request: Request) -> Any:
         if not (opts.public_metrics or authorised(request)):
             return unauthorised()
-        got = await asyncio.gather(*(probe(state["clients"][k], u) for k, u in ups.items()))
-        report = {u.name: g for u, g in zip(ups.values(), got, strict=True)}
+        got = await asyncio.gather(*(probe(state["clients"][k], u) for k, u in enumerate(ups)))
+        report = {u.name: g for u, g in zip(ups, got, strict=True)}
         ok = all(g["ok"] for g in got)
         return JSONResponse({"status": "ready" if ok else "not ready", "upstreams": report}, 200 if ok else 503)
 
@@ -221,35 +229,40 @@ def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOpti
             return unauthorised()
         return {
             "object": "list",
-            "data": [{"id": n, "object": "model", "owned_by": "hybridllm"} for n in routing_names(forced)],
+            "data": [
+                {"id": n, "object": "model", "owned_by": "hybridllm"} for n in routing_names(forced, routing.pair)
+            ],
         }
 
-    async def route(rec: _Record, model: str, extra: Any, text: str) -> tuple[str, str, bool]:
-        """(target "small"/"large", reason, may fall back)."""
+    async def route(rec: _Record, model: str, extra: Any, text: str) -> tuple[int, str, bool]:
+        """(index of the target upstream, reason, may fall back)."""
         if model == "hybrid" and opts.default_knob:
             model = opts.default_knob
         knob = parse_knob(model, extra, forced)
         if knob.force:
-            metrics.decisions.labels(ups[knob.force].name, "forced").inc()
-            return knob.force, f"forced {knob.force}", bool(knob.fallback)
+            target = forced[knob.force]
+            metrics.decisions.labels(ups[target].name, "forced").inc()
+            return target, f"forced {routing.label(target)}", bool(knob.fallback)
         try:
-            threshold, reason = router.threshold(
-                max_quality_drop=knob.max_quality_drop, cost_advantage=knob.cost_advantage, threshold=knob.threshold
-            )
+            kw = {"max_quality_drop": knob.max_quality_drop, "cost_advantage": knob.cost_advantage}
+            if knob.budget is not None:
+                kw["budget"] = knob.budget
+            threshold, reason = router.threshold(threshold=knob.threshold, **kw)
         except ValueError as exc:
             raise RequestError(400, str(exc), "model") from None
         r0 = time.perf_counter()
         try:
-            score = await state["batcher"].score(text)
+            scores = await state["batcher"].score(text)
         except Exception as exc:
             raise RequestError(400, f"the router could not read this prompt ({type(exc).__name__})") from None
         metrics.router.observe(time.perf_counter() - r0)
-        rec.score, rec.threshold = score, threshold
-        target = "small" if score >= threshold else "large"
+        target, chosen = routing.decide(scores, threshold)
+        rec.score, rec.threshold = chosen, threshold
+        rec.scores = routing.named_scores(scores)
         metrics.decisions.labels(ups[target].name, "router").inc()
         return target, reason, opts.fallback if knob.fallback is None else knob.fallback
 
-    async def attempts(order: list[str], body: dict[str, Any], kind: str, stream: bool, rec: _Record) -> Any:
+    async def attempts(order: list[int], body: dict[str, Any], kind: str, stream: bool, rec: _Record) -> Any:
         path = "/chat/completions" if kind == "chat" else "/completions"
         failure: Failure | None = None
         for which in order:
@@ -295,8 +308,9 @@ def create_app(router: Any, small: Upstream, large: Upstream, options: ServeOpti
             if rec.score is not None:
                 headers["x-hybridllm-score"] = f"{rec.score:.6f}"
                 headers["x-hybridllm-threshold"] = f"{rec.threshold:.6f}"
-            other = "large" if target == "small" else "small"
-            order = [target, other] if may_fall_back else [target]
+            if rec.scores is not None:
+                headers["x-hybridllm-scores"] = ",".join(f"{m}={v:.6f}" for m, v in rec.scores.items())
+            order = routing.fallback_order(target) if may_fall_back else [target]
             # the upstream calls run while a watcher listens to the client: one that leaves
             # cancels them (and no fallback is paid for nobody)
             left: list[bool] = []

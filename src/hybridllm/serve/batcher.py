@@ -15,7 +15,7 @@ class MicroBatcher:
     def __init__(self, router: Any, window_s: float = 0.0) -> None:
         self.router = router
         self.window_s = window_s  # 0: no waiting; what arrives while a batch is scored forms the next
-        self.queue: asyncio.Queue[tuple[str, asyncio.Future[float]]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[str, asyncio.Future[Any]]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -25,16 +25,17 @@ class MicroBatcher:
         if self.task is not None:
             self.task.cancel()
 
-    async def score(self, text: str) -> float:
-        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    async def score(self, text: str) -> Any:
+        """The router's score of ``text``: a float (two models) or an array, one per scored model."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self.queue.put((text, fut))
         return await fut
 
-    def _score_each(self, texts: list[str]) -> list[float | BaseException]:
-        out: list[float | BaseException] = []
+    def _score_each(self, texts: list[str]) -> list[Any]:
+        out: list[Any] = []
         for t in texts:
             try:
-                out.append(float(self.router.score([t])[0]))
+                out.append(self.router.score([t])[0])
             except Exception as exc:  # kept with its own request
                 out.append(exc)
         return out
@@ -47,9 +48,7 @@ class MicroBatcher:
                 items.append(self.queue.get_nowait())
             texts = [t for t, _ in items]
             try:
-                scores: list[float | BaseException] = [
-                    float(s) for s in await asyncio.to_thread(self.router.score, texts)
-                ]
+                scores: list[Any] = list(await asyncio.to_thread(self.router.score, texts))
             except Exception:
                 scores = await asyncio.to_thread(self._score_each, texts)
             for (_, fut), s in zip(items, scores, strict=True):

@@ -15,15 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import HybridLLMError
 from ..specs import key_envs, parse_spec, read_key, redact_url
 from .app import ServeOptions
-from .knobs import KnobError, forced_names, parse_name
+from .errors import ServeConfigError
+from .knobs import KnobError, parse_name
 from .upstream import Upstream
-
-
-class ServeConfigError(HybridLLMError, ValueError):
-    """A serving setting is wrong: one line naming the file (or flag) and the key."""
 
 
 class ServeConfig(BaseModel):
@@ -149,7 +145,7 @@ class ServeConfig(BaseModel):
         parsed = {k: parse_spec(v) for k, v in specs.items()}
         names = {"small": router.small, "large": router.large}
         http = [names[k] for k, p in parsed.items() if p.is_http]
-        aliases = {alias: names[k] for k, alias in forced_names("small", "large").items()}
+        aliases = {"small": names["small"], "large": names["large"]}
         aliases.update({p.model: names[k] for k, p in parsed.items()})
         try:
             envs = key_envs(self.api_key_env, http, aliases)

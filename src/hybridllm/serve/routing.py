@@ -1,0 +1,70 @@
+"""Which upstream answers: the router's scores through the policy, for a two-model router
+(upstreams small, large) or a router over N models (one upstream per model, matched by name), and
+where a failed call falls back to (the next better model, then the next worse)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..policy import Fleet, choose
+from .errors import ServeConfigError
+from .upstream import Upstream
+
+
+class Routing:
+    def __init__(self, router: Any, upstreams: Sequence[Upstream]) -> None:
+        fleet = getattr(router, "fleet", None)
+        if fleet is None:
+            if len(upstreams) != 2:
+                raise ServeConfigError(f"a two-model router needs two upstreams (small, large), got {len(upstreams)}")
+            self.pair = True
+            self.ups = list(upstreams)
+            self.fleet = Fleet((self.ups[0].name, self.ups[1].name), (1.0, 2.0), self.ups[1].name)
+            self.candidates: list[str] = [self.ups[0].name]
+            quality = [0.0, 1.0]
+        else:
+            self.pair = False
+            by_name = {u.name: u for u in upstreams}
+            missing = [m for m in fleet.models if m not in by_name]
+            extra = [n for n in by_name if n not in fleet.models]
+            if missing or extra or len(by_name) != len(upstreams):
+                raise ServeConfigError(
+                    f"upstreams must be one per model of the router ({', '.join(fleet.models)}); "
+                    f"missing: {', '.join(missing) or 'none'}; unknown: {', '.join(extra) or 'none'}"
+                )
+            self.ups = [by_name[m] for m in fleet.models]
+            self.fleet = fleet
+            self.candidates = list(router.config["candidates"])
+            quality = list(router.config.get("fleet_quality") or range(len(fleet.models)))
+        self.quality = [float(q) for q in quality]
+
+    def label(self, index: int) -> str:
+        if self.pair:
+            return "small" if index == 0 else "large"
+        return self.ups[index].name
+
+    def decide(self, scores: Any, threshold: float) -> tuple[int, float]:
+        """(index of the chosen upstream, the score shown for the decision)."""
+        row = np.asarray(scores, dtype=np.float64).reshape(-1)
+        index = int(choose(row[None, :], self.fleet, threshold)[0])
+        if self.pair:
+            return index, float(row[0])
+        return index, float(row[index]) if index < len(row) else float(row.max())
+
+    def named_scores(self, scores: Any) -> dict[str, float] | None:
+        if self.pair:
+            return None
+        row = np.asarray(scores, dtype=np.float64).reshape(-1)
+        return {m: float(v) for m, v in zip(self.candidates, row, strict=True)}
+
+    def fallback_order(self, target: int) -> list[int]:
+        """``target``, then the models better than it from the nearest up, then the worse ones from
+        the nearest down (two models: the other one)."""
+        q = self.quality[target]
+        others = [i for i in range(len(self.ups)) if i != target]
+        better = sorted((i for i in others if self.quality[i] >= q), key=lambda i: (self.quality[i], i))
+        worse = sorted((i for i in others if self.quality[i] < q), key=lambda i: (-self.quality[i], i))
+        return [target, *better, *worse]
