@@ -130,3 +130,72 @@ def test_fleet_artifact_with_wrong_candidates_is_refused(rows, cache_env, tmp_pa
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ArtifactError, match="candidates"):
         Router(out)
+
+
+def test_serve_three_upstreams_with_the_openai_client(rows, cache_env, tmp_path):
+    """`hybridllm serve` with a three-model router and three real upstreams: every knob, streaming,
+    fallback to the next better model, and each request's estimated cost in /metrics."""
+    import httpx
+    import openai
+
+    from .fake_openai import FakeOpenAI, _free_port
+    from .procs import running_serve
+
+    out = fit_fleet(rows, FleetOptions(THREE, costs=THREE_COSTS, head=small_head())).save(tmp_path / "r3")
+    cfg = json.loads((out / "config.json").read_text())
+    with FakeOpenAI() as a, FakeOpenAI() as b, FakeOpenAI() as c:
+        ups = dict(zip(THREE, (a, b, c), strict=True))
+        for name, up in ups.items():
+            up.reply = lambda p, name=name: f"{name} says {p}"
+        models = tmp_path / "models.toml"
+        prices = {THREE[0]: (0.1, 0.1), THREE[1]: (0.2, 0.2), THREE[2]: (0.9, 0.9)}
+        models.write_text(
+            "".join(
+                f'[models."{m}"]\nspec = "{m.lower()}@{ups[m].url}"\nprice_in = {prices[m][0]}\n'
+                f"price_out = {prices[m][1]}\n"
+                for m in THREE
+            )
+        )
+        port = _free_port()
+        args = ["--router", str(out), "--models-file", str(models), "--port", str(port)]
+        with running_serve(args, port):
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+
+            def ask(model, **kw):
+                return client.chat.completions.with_raw_response.create(
+                    model=model, messages=[{"role": "user", "content": "What is 2+2?"}], **kw
+                )
+
+            r = ask("hybrid-t-0")  # every model qualifies: the cheapest answers
+            assert r.headers["x-hybridllm-model"] == THREE[0]
+            assert r.parse().choices[0].message.content == f"{THREE[0]} says What is 2+2?"
+            scores = dict(kv.split("=") for kv in r.headers["x-hybridllm-scores"].split(","))
+            assert set(scores) == set(THREE[:2])
+            assert ask("hybrid-t-1.000001").headers["x-hybridllm-model"] == THREE[2]  # none: the reference
+            for name in ("hybrid", "hybrid-qd-1", "hybrid-budget-30", "hybrid-budget-100"):
+                assert ask(name).headers["x-hybridllm-model"] in THREE
+            assert ask(THREE[1]).headers["x-hybridllm-model"] == THREE[1]  # forced by name
+            assert ask("meta-llama-3_1-8b-instruct").headers["x-hybridllm-model"] == THREE[1]  # by upstream name
+            with pytest.raises(openai.BadRequestError):
+                ask("hybrid-ca-30")  # a two-model knob: refused with the reason
+            stream = client.chat.completions.create(
+                model="hybrid-t-0", messages=[{"role": "user", "content": "one two"}], stream=True
+            )
+            text = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+            assert text == f"{THREE[0]} says one two"
+            # the cheapest fails: the next better model (by validation quality) answers
+            q = dict(zip(cfg["fleet"]["models"], cfg["fleet_quality"], strict=True))
+            better = sorted((m for m in THREE[1:] if q[m] >= q[THREE[0]]), key=lambda m: q[m])
+            a.faults.append("500")
+            r = ask("hybrid-t-0")
+            assert r.headers["x-hybridllm-fallback-from"] == THREE[0]
+            assert r.headers["x-hybridllm-model"] == (better[0] if better else THREE[2])
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        costs = {
+            line.split("{")[1].split('"')[1]: float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("hybridllm_cost_total{")
+        }
+        assert costs[THREE[0]] > 0 and costs[THREE[2]] > 0
+        saving = float(next(x for x in metrics.splitlines() if x.startswith("hybridllm_saving_ratio ")).split()[1])
+        assert 0 < saving < 1

@@ -771,6 +771,10 @@ def serve(
     large: Annotated[
         str | None, typer.Option(help="large upstream: MODEL@BASE_URL, a local model name or .gguf")
     ] = None,
+    model: Annotated[list[str] | None, typer.Option(help="routers over N models: NAME=SPEC, once per model")] = None,
+    models_file: Annotated[
+        Path | None, typer.Option(help="models.toml: each model's SPEC, key variable and price")
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="TOML file with any of the settings below (see docs/serve.md)")
     ] = None,
@@ -809,6 +813,8 @@ def serve(
         router=router_dir,
         small=small,
         large=large,
+        model=model or None,
+        models_file=models_file,
         host=host,
         port=port,
         api_key_env=api_key_env or None,
@@ -822,17 +828,16 @@ def serve(
     router = _load_router(cfg.router)
     if cfg.route_on is not None:
         router.turns = cfg.route_on
-    small_up, large_up = cfg.upstreams(router, lambda spec, name: _progress(f"loading local model {spec} for {name}"))
-    app_ = create_app(router, small_up, large_up, options)
+    ups = cfg.upstreams(router, lambda spec, name: _progress(f"loading local model {spec} for {name}"))
+    options.prices = cfg.prices([u.name for u in ups])
+    app_ = create_app(router, *ups, options=options)
 
     def banner(bound: int) -> None:
         base = f"http://{cfg.host}:{bound}"
-        _progress(f"routing {router.small} | {router.large} on {base}/v1")
-        _progress(f"upstreams: {cfg.describe_upstreams(small_up, large_up)}")
-        _progress(
-            f"models: hybrid (= {cfg.default_point(router)}), hybrid-qd-<pct>, hybrid-ca-<pct>, hybrid-t-<x>, "
-            "small, large"
-        )
+        _progress(f"routing {' | '.join(router.models)} on {base}/v1")
+        _progress(f"upstreams: {cfg.describe_upstreams(ups)}")
+        share = "hybrid-ca-<pct>, hybrid-t-<x>, small, large" if router.fleet is None else "hybrid-budget-<pct>"
+        _progress(f"models: hybrid (= {cfg.default_point(router)}), hybrid-qd-<pct>, {share}, each model's name")
         _progress(
             f"try: curl -s {base}/v1/chat/completions -H 'content-type: application/json' "
             """-d '{"model": "hybrid", "messages": [{"role": "user", "content": "What is 2+3?"}]}' -i"""

@@ -41,6 +41,9 @@ class ServeOptions:
     log_prompts: bool = False
     batch_window_s: float = 0.0
     default_knob: str | None = None  # what plain "hybrid" means, as another routing name
+    # price per 1M (input, output) tokens per model: /metrics then counts each request's estimated
+    # cost and what always using the reference (best) model would have cost
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def openai_error(status: int, message: str, param: str | None = None, code: Any = None, headers: Any = None) -> Any:
@@ -67,14 +70,15 @@ class _Record:
     usage: dict[str, Any] = field(default_factory=dict)
     fallback_from: str | None = None
     scores: dict[str, float] | None = None  # every scored model's score (routers over N models)
+    cost: float | None = None  # estimated, when prices are known
     stream: bool = False
     error: str | None = None
     prompt: Any = None
 
 
 class _Metrics:
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+    def __init__(self, prices: dict[str, tuple[float, float]] | None = None, reference: str | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = reg = CollectorRegistry()
         self.requests = Counter(
@@ -89,6 +93,18 @@ class _Metrics:
             ["from_model", "to_model"],
             registry=reg,
         )
+        self.prices, self.reference = prices or {}, reference
+        self.cost = Counter(
+            "hybridllm_cost",
+            "estimated cost of answered requests (usage x price per 1M tokens)",
+            ["model"],
+            registry=reg,
+        )
+        self.cost_best = Counter(
+            "hybridllm_cost_always_best", "what the same requests would have cost on the best model", registry=reg
+        )
+        self.saving = Gauge("hybridllm_saving_ratio", "1 - cost / cost on the best model, so far", registry=reg)
+        self._spent = self._best = 0.0
         self.router = Histogram(
             "hybridllm_router_seconds",
             "router decision latency",
@@ -96,8 +112,28 @@ class _Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
         )
 
+    def _price(self, rec: _Record) -> None:
+        """Estimated cost of one answered request and the always-best counterfactual (same tokens)."""
+        pin = rec.usage.get("prompt_tokens")
+        pout = rec.usage.get("completion_tokens")
+        if rec.model not in self.prices or self.reference not in self.prices:
+            return
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (pin, pout)):
+            return
+        cost = (pin * self.prices[rec.model][0] + pout * self.prices[rec.model][1]) / 1e6
+        best = (pin * self.prices[self.reference][0] + pout * self.prices[self.reference][1]) / 1e6
+        self.cost.labels(rec.model).inc(cost)
+        self.cost_best.inc(best)
+        self._spent += cost
+        self._best += best
+        if self._best > 0:
+            self.saving.set(1 - self._spent / self._best)
+        rec.cost = cost
+
     def record(self, rec: _Record, log_prompts: bool) -> None:
         self.requests.labels(rec.model, str(rec.status)).inc()
+        if rec.status == 200:
+            self._price(rec)
         for k in ("prompt_tokens", "completion_tokens"):
             v = rec.usage.get(k)
             if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
@@ -113,6 +149,8 @@ class _Metrics:
             "prompt_tokens": rec.usage.get("prompt_tokens"),
             "completion_tokens": rec.usage.get("completion_tokens"),
         }
+        if rec.cost is not None:
+            line["cost"] = round(rec.cost, 8)
         if rec.fallback_from:
             line["fallback_from"] = rec.fallback_from
         if rec.scores is not None:
@@ -150,7 +188,7 @@ def create_app(router: Any, *upstreams: Upstream | ServeOptions, options: ServeO
     opts = options or next((u for u in upstreams if isinstance(u, ServeOptions)), None) or ServeOptions()
     routing = Routing(router, [u for u in upstreams if isinstance(u, Upstream)])
     ups = routing.ups
-    metrics = _Metrics()
+    metrics = _Metrics(opts.prices, routing.fleet.reference)
     forced = forced_names([(u.name, u.model) for u in ups], pair=routing.pair)
     state: dict[str, Any] = {}
 

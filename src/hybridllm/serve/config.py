@@ -28,6 +28,8 @@ class ServeConfig(BaseModel):
     router: Path | None = None
     small: str | None = None  # SPEC: MODEL@BASE_URL, a local model name, or a .gguf path
     large: str | None = None
+    model: list[str] | None = None  # routers over N models: NAME=SPEC per model
+    models_file: Path | None = None  # models.toml: specs, key variables, prices
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     # per model: {small = "VAR"} / {"gpt-4o" = "VAR"}, or ["large=VAR"]; a bare "VAR" only with one HTTP model
@@ -138,22 +140,74 @@ class ServeConfig(BaseModel):
             raise ServeConfigError("give --small and --large (MODEL@BASE_URL), or a --config file naming them")
         return small, large
 
-    def upstreams(self, router: Any, load_local: Any = None) -> tuple[Upstream, Upstream]:
-        """Small and large upstreams, each with its own key. ``load_local(spec, name)`` is called
-        before an in-process model is loaded (progress output)."""
-        specs = dict(zip(("small", "large"), self.upstream_specs(router), strict=True))
-        parsed = {k: parse_spec(v) for k, v in specs.items()}
-        names = {"small": router.small, "large": router.large}
-        http = [names[k] for k, p in parsed.items() if p.is_http]
-        aliases = {"small": names["small"], "large": names["large"]}
-        aliases.update({p.model: names[k] for k, p in parsed.items()})
+    def model_specs(self, router: Any) -> dict[str, str]:
+        """Router model name → SPEC: a two-model router's small and large; for N models, every model
+        of the router from ``model`` (NAME=SPEC items) or the models file."""
+        fleet = getattr(router, "fleet", None)
+        if fleet is None:
+            small, large = self.upstream_specs(router)
+            return {router.small: small, router.large: large}
+        specs: dict[str, str] = {}
+        if self.models_file is not None:
+            from ..registry import Registry
+
+            reg = Registry.load(self.models_file)
+            specs.update({n: e.spec for n, e in reg.models.items() if e.spec and n in fleet.models})
+        for item in self.model or []:
+            name, sep, spec = item.partition("=")
+            if not sep or not name or not spec:
+                raise ServeConfigError(f"model {item!r}: expected NAME=SPEC")
+            if name not in fleet.models:
+                raise ServeConfigError(f"model {name!r} is not one of the router's: {', '.join(fleet.models)}")
+            specs[name] = spec
+        missing = [m for m in fleet.models if m not in specs]
+        if missing:
+            raise ServeConfigError(f"no upstream for {', '.join(missing)}: give --model NAME=SPEC or a models file")
+        return {m: specs[m] for m in fleet.models}
+
+    def registry_key_envs(self) -> dict[str, str]:
+        if self.models_file is None:
+            return {}
+        from ..registry import Registry
+
+        return {n: e.api_key_env for n, e in Registry.load(self.models_file).models.items() if e.api_key_env}
+
+    def prices(self, names: list[str]) -> dict[str, tuple[float, float]]:
+        """Price per 1M (input, output) tokens per model, from the models file (a bare ``cost`` is
+        taken as both); empty without one."""
+        if self.models_file is None:
+            return {}
+        from ..registry import Registry
+
+        reg = Registry.load(self.models_file)
+        out = {}
+        for n in names:
+            e = reg.models.get(n)
+            if e is not None:
+                pin = e.price_in if e.price_in is not None else e.relative_cost
+                pout = e.price_out if e.price_out is not None else e.relative_cost
+                out[n] = (float(pin), float(pout))
+        return out
+
+    def upstreams(self, router: Any, load_local: Any = None) -> list[Upstream]:
+        """One upstream per model of the router (cost order for N models; small, large for two),
+        each with its own key. ``load_local(spec, name)`` is called before an in-process model loads."""
+        specs = self.model_specs(router)
+        parsed = {n: parse_spec(v) for n, v in specs.items()}
+        http = [n for n, p in parsed.items() if p.is_http]
+        aliases = {p.model: n for n, p in parsed.items()}
+        if getattr(router, "fleet", None) is None:
+            aliases.update({"small": router.small, "large": router.large})
+        given: Any = self.api_key_env
+        from_file = {n: v for n, v in self.registry_key_envs().items() if n in http}
+        if from_file:
+            given = {**from_file, **(dict(key_envs(given, http, aliases)) if given else {})}
         try:
-            envs = key_envs(self.api_key_env, http, aliases)
+            envs = key_envs(given, http, aliases)
         except ValueError as exc:
             raise ServeConfigError(f"api_key_env: {exc}") from None
         out = []
-        for k in ("small", "large"):
-            p, name = parsed[k], names[k]
+        for name, p in parsed.items():
             if p.is_http:
                 try:
                     key = read_key(name, envs.get(name))
@@ -170,11 +224,11 @@ class ServeConfig(BaseModel):
                 out.append(
                     Upstream(name, "http://in-process.invalid/v1", p.model, local=local, timeout_s=self.timeout_s)
                 )
-        return out[0], out[1]
+        return out
 
-    def describe_upstreams(self, small: Upstream, large: Upstream) -> str:
+    def describe_upstreams(self, upstreams: list[Upstream]) -> str:
         return " | ".join(
             f"{u.name} → {'in-process ' + u.model if u.local is not None else redact_url(u.base_url)}"
             + (" (with key)" if u.api_key else "")
-            for u in (small, large)
+            for u in upstreams
         )
