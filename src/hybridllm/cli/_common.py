@@ -1,0 +1,121 @@
+"""What every command shares: the Typer app, the consoles, option types and one-line failures."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import HybridLLMError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Route LLM queries between a small and a large model (Hybrid LLM, ICLR 2024).",
+)
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+class Labels(str, Enum):
+    det = "det"
+    prob = "prob"
+    trans = "trans"
+
+
+class Mode(str, Enum):
+    head = "head"
+    finetune = "finetune"
+
+
+class CLIError(HybridLLMError):
+    """A user-facing failure with a one-line reason."""
+
+
+def _fail(msg: str) -> None:
+    raise CLIError(msg)
+
+
+def _progress(msg: str) -> None:
+    err.print(f"[dim]·[/dim] {msg}", highlight=False, soft_wrap=True)  # commands in it stay copyable
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+# the engine options every pipeline stage takes (collect, score, train, evaluate)
+EngineOpt = Annotated[
+    Engine, typer.Option(help="local: in this process; ray: Ray Data over a cluster", rich_help_panel="Engine")
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster to join (auto, HOST:6379, ray://HOST:10001); default: start a local one",
+        rich_help_panel="Engine",
+    ),
+]
+WorkersOpt = Annotated[int, typer.Option(help="Ray: actors / concurrent tasks per stage", rich_help_panel="Engine")]
+ShardRowsOpt = Annotated[
+    int, typer.Option(help="Ray: rows per shard (unit of work and of resume)", rich_help_panel="Engine")
+]
+WorkDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Ray: shard directory (shared storage on a cluster); default beside the output or in the cache",
+        rich_help_panel="Engine",
+    ),
+]
+
+
+def _ray_options(engine: Engine, address: str | None, workers: int, shard_rows: int, work_dir: Path | None) -> Any:
+    if engine is Engine.local:
+        if address is not None or work_dir is not None:
+            _fail("--ray-address / --work-dir need --engine ray")
+        return None
+    from ..engine import RayOptions
+
+    if workers < 1 or shard_rows < 1:
+        _fail("--workers and --shard-rows must be >= 1")
+    return RayOptions(address=address, workers=workers, shard_rows=shard_rows, work_dir=work_dir)
+
+
+def _load_router(router_dir: Path | None) -> Any:
+    from ..router import Router, default_router_dir
+
+    if router_dir is None:
+        try:
+            router_dir = default_router_dir()
+        except FileNotFoundError as exc:
+            _fail(str(exc))
+    return Router(router_dir)
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def summary_table(report: dict, title: str) -> Table:
+    t = Table(title=title)
+    t.add_column("router")
+    t.add_column("APGR", justify="right")
+    for ca in ("10", "20", "40", "60"):
+        t.add_column(f"QD@CA{ca}%", justify="right")
+    for qd in ("0", "0.5", "1", "2", "5"):
+        t.add_column(f"CA@QD≤{qd}%", justify="right")
+    for name in ("router", "random", "oracle"):
+        r = report[name]
+        t.add_row(
+            name,
+            _fmt(r["apgr"]),
+            *[_fmt(r["quality_drop_at_cost_advantage"][k], 2) for k in ("10", "20", "40", "60")],
+            *[_fmt(r["cost_advantage_at_quality_drop"][k], 1) for k in ("0", "0.5", "1", "2", "5")],
+        )
+    return t

@@ -1,0 +1,348 @@
+"""Commands for tables: collect, score, stats, split."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ._common import (
+    Engine,
+    EngineOpt,
+    RayAddressOpt,
+    ShardRowsOpt,
+    WorkDirOpt,
+    WorkersOpt,
+    _fail,
+    _fmt,
+    _progress,
+    _ray_options,
+    app,
+    out,
+)
+
+
+@app.command()
+def collect(
+    prompts: Annotated[Path, typer.Argument(help="table of prompts (.jsonl/.parquet; id + prompt per row)")],
+    model: Annotated[list[str], typer.Option(help="NAME=MODEL@BASE_URL, once per model")],
+    output: Annotated[Path, typer.Option(help="routing table to write (resumable)")],
+    samples: Annotated[int, typer.Option(help="sampled responses per model and prompt")] = 3,
+    temperature: Annotated[float, typer.Option()] = 0.7,
+    top_p: Annotated[float, typer.Option()] = 0.95,
+    max_tokens: Annotated[int, typer.Option()] = 512,
+    seed: Annotated[int, typer.Option(help="base seed; each sample's seed derives from it")] = 0,
+    concurrency: Annotated[int, typer.Option(help="parallel requests per backend")] = 8,
+    timeout: Annotated[float, typer.Option(help="per-request timeout, seconds")] = 120.0,
+    api_key_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=VAR: model NAME's API key is in $VAR (sent to that model's endpoint only); repeat per "
+            "model. A bare VAR only when one model is HTTP"
+        ),
+    ] = None,
+    endpoint: Annotated[str, typer.Option(help="chat or completion")] = "chat",
+    limit: Annotated[int | None, typer.Option(help="only the first N prompts")] = None,
+    template: Annotated[
+        str | None, typer.Option(help="wrap string prompts, e.g. 'Solve step by step; end with #### N.\\n\\n{prompt}'")
+    ] = None,
+    system: Annotated[
+        str | None,
+        typer.Option(help="system turn sent before every prompt (replaces the chat template's default one)"),
+    ] = None,
+    batch: Annotated[
+        int, typer.Option(help="local models: samples decoded together (about 2x throughput at 6 on 2 cores)")
+    ] = 1,
+    local_threads: Annotated[
+        int | None,
+        typer.Option(
+            help="local models: CPU threads each (default: all cores, models take turns); "
+            "fewer let several models decode side by side"
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace a finished table at --output made with other settings")
+    ] = False,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    shard_rows: ShardRowsOpt = 64,
+    work_dir: WorkDirOpt = None,
+) -> None:
+    """Sample responses from each model for every prompt; safe to kill and rerun (it resumes; a
+    finished identical run is a no-op)."""
+    import asyncio
+    import time
+
+    from tqdm.auto import tqdm
+
+    from ..backends import SamplingParams, make_backend
+    from ..collect import collect_async, format_prompt
+    from ..table import read_table
+
+    if samples < 1:
+        _fail(f"--samples must be >= 1, got {samples}")
+    if batch < 1:
+        _fail(f"--batch must be >= 1, got {batch}")
+    if local_threads is not None and local_threads < 1:
+        _fail(f"--local-threads must be >= 1, got {local_threads}")
+    if endpoint not in ("chat", "completion"):
+        _fail(f"--endpoint must be chat or completion, got {endpoint!r}")
+    from ..specs import key_envs, parse_spec
+
+    backends, specs = {}, {}
+    for item in model:
+        name, sep, spec = item.partition("=")
+        if not sep or not name:
+            _fail(f"--model: expected NAME=SPEC, got {item!r}")
+        if not spec:
+            _fail(f"--model {name}: empty SPEC (MODEL@BASE_URL, a local model name, or a .gguf path)")
+        specs[name] = spec
+    envs = key_envs(api_key_env or None, [n for n, sp in specs.items() if parse_spec(sp).is_http])
+    for name, spec in specs.items():
+        backends[name] = make_backend(
+            spec,
+            api_key_env=envs.get(name),
+            local_threads=local_threads,
+            concurrency=concurrency,
+            timeout_s=timeout,
+            endpoint=endpoint,
+        )
+    rows = read_table(prompts)[:limit]
+    if template is not None and "{prompt}" not in template:
+        _fail("--template must contain {prompt}")
+    sent = [format_prompt(r, template, system) for r in rows]
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
+    if ray_opts is not None:
+        from ..engine import collect_ray
+
+        per_task = max(1, -(-concurrency // ray_opts.workers))  # global limit = --concurrency
+        _, rst = collect_ray(
+            rows,
+            specs,
+            output,
+            samples,
+            params,
+            seed,
+            ray_opts,
+            template=template,
+            system=system,
+            batch=batch,
+            key_envs=envs,
+            overwrite=overwrite,
+            backend_kw={
+                "concurrency": per_task,
+                "timeout_s": timeout,
+                "endpoint": endpoint,
+            },
+        )
+        out.print(
+            f"wrote {output}: {len(rows)} rows × {len(backends)} models × {samples} samples on Ray "
+            f"({rst.shards - rst.resumed} shards now, {rst.resumed} resumed; "
+            f"{rst.tokens / max(rst.seconds, 1e-9):.1f} tok/s)"
+        )
+        return
+    total = len(rows) * len(backends) * samples
+    disable = os.environ.get("HYBRIDLLM_NO_PROGRESS") == "1"
+    bar = tqdm(total=total, desc="collect", unit="sample", disable=disable)
+    t0 = time.perf_counter()
+    tokens = [0]
+
+    def on_start(stats) -> None:
+        if stats.resumed:
+            _progress(f"resuming from {output.name}.journal.jsonl ({stats.resumed} of {total} samples done)")
+            bar.update(stats.resumed)
+
+    def on_sample(rec: dict) -> None:
+        tokens[0] += rec.get("completion_tokens") or 0
+        bar.update(1)
+        bar.set_postfix(tok_s=f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):.1f}")
+
+    _, stats = asyncio.run(
+        collect_async(
+            sent,
+            backends,
+            output,
+            samples,
+            params,
+            seed,
+            on_sample,
+            keep=rows,
+            batch=batch,
+            on_start=on_start,
+            overwrite=overwrite,
+        )
+    )
+    bar.close()
+    out.print(
+        f"wrote {output}: {len(rows)} rows × {len(backends)} models × {samples} samples "
+        f"({stats.requested} requested now, {stats.resumed} resumed)"
+    )
+
+
+@app.command()
+def score(
+    table: Annotated[Path, typer.Argument(help="table with responses")],
+    metric: Annotated[
+        str, typer.Option(help="exact-match, choice, rouge-l, embedding-similarity, bartscore, reward-model or judge")
+    ],
+    output: Annotated[Path, typer.Option(help="table to write with quality filled in")],
+    judge: Annotated[str | None, typer.Option(help="judge backend SPEC for --metric judge")] = None,
+    model_path: Annotated[
+        str | None,
+        typer.Option(help="local checkpoint for bartscore / reward-model (encoder for embedding-similarity)"),
+    ] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="environment variable with the judge's API key")] = None,
+    rubric: Annotated[
+        Path | None,
+        typer.Option(help="judge prompt file with {prompt}, {reference}, {response} (default: a 1-10 rubric)"),
+    ] = None,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    shard_rows: ShardRowsOpt = 256,
+    work_dir: WorkDirOpt = None,
+) -> None:
+    """Turn responses into per-sample quality with a metric."""
+    from ..backends import make_backend
+    from ..score import check_rubric, score_rows
+    from ..table import read_table, write_table
+
+    rubric_text = None
+    if rubric is not None:
+        if metric != "judge":
+            _fail("--rubric is for --metric judge")
+        try:
+            rubric_text = check_rubric(rubric.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            _fail(f"{rubric}: {exc}")
+    ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
+    if ray_opts is not None:
+        from ..engine import score_ray
+
+        rows, rst = score_ray(
+            read_table(table),
+            metric,
+            ray_opts,
+            judge=judge,
+            model_path=model_path,
+            judge_kw={"api_key_env": api_key_env},
+            rubric=rubric_text,
+        )
+        _progress(f"scored on Ray: {rst.shards - rst.resumed} shards now, {rst.resumed} resumed")
+    else:
+        judge_backend = make_backend(judge, api_key_env=api_key_env) if judge else None
+        rows = score_rows(read_table(table), metric, judge=judge_backend, model_path=model_path, rubric=rubric_text)
+    write_table(rows, output)
+    out.print(f"wrote {output}: {len(rows)} rows scored with {metric}")
+
+
+@app.command()
+def stats(
+    table: Annotated[Path, typer.Argument(help="routing table, or a collect journal (TABLE.journal.jsonl)")],
+    small: Annotated[str | None, typer.Option(help="small model: adds the pair's oracle and random figures")] = None,
+    large: Annotated[str | None, typer.Option(help="large model (with --small)")] = None,
+    by: Annotated[str | None, typer.Option(help="break down by a dotted field (meta.category) or id-prefix")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+) -> None:
+    """What a table holds: each model's quality, how often the small one is good enough, and what
+    a perfect router could save (worth knowing before training one)."""
+    from ..collect import is_journal, read_journal
+    from ..stats import journal_stats, table_stats
+    from ..table import read_table
+
+    if bool(small) != bool(large):
+        _fail("--small and --large go together")
+    if table.is_file() and is_journal(table):
+        _journal_report(table, journal_stats(read_journal(table)[1]), json_out)
+        return
+    report = table_stats(read_table(table), small, large, by)
+    t = Table(title=f"{table.name}: {report['n']} rows")
+    for col in ("model", "rows", "samples", "quality", "per-query quality", "completion tokens"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for m, s in report["models"].items():
+        t.add_row(
+            m, str(s["rows"]), str(s["samples"]), _fmt(s["quality"]), _fmt(s["query_quality"]),
+            _fmt(s["completion_tokens"], 1),
+        )  # fmt: skip
+    out.print(t)
+    if not report["models"]:
+        out.print("no quality values yet: run `hybridllm score` on it")
+    p = report.get("pair")
+    if p:
+        o, r = p["oracle"], p["random"]
+        out.print(
+            f"{p['small']} → {p['large']} on {p['n']} rows ({p['skipped']} skipped): "
+            f"Q_small {p['Q_small']:.4f}, Q_large {p['Q_large']:.4f}; small good enough "
+            f"{p['small_good_enough_prob'] * 100:.1f} % (prob), {p['small_good_enough_det'] * 100:.1f} % (det), "
+            f"strictly better {p['small_strictly_better'] * 100:.1f} %\n"
+            f"cost advantage at quality drop ≤ 0 / 1 %: oracle {o['cost_advantage_at_quality_drop']['0']:.1f} / "
+            f"{o['cost_advantage_at_quality_drop']['1']:.1f}, random {r['cost_advantage_at_quality_drop']['0']:.1f} / "
+            f"{r['cost_advantage_at_quality_drop']['1']:.1f}",
+            highlight=False,
+        )
+    if report.get("groups"):
+        g = Table(title=f"by {by}")
+        g.add_column(str(by))
+        g.add_column("rows", justify="right")
+        models = [p["small"], p["large"]] if p else list(report["models"])
+        for m in models:
+            g.add_column(m, justify="right")
+        if p:
+            g.add_column("oracle CA@QD≤0", justify="right")
+        for name, e in report["groups"].items():
+            cells = [_fmt(e["models"].get(m, {}).get("query_quality")) for m in models]
+            if p:
+                cells.append(_fmt(e.get("pair", {}).get("oracle_ca_at_qd0"), 1))
+            g.add_row(name, str(e["n"]), *cells)
+        out.print(g)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def _journal_report(path: Path, report: dict[str, dict[str, Any]], json_out: Path | None) -> None:
+    """A collection still in its journal: how far each model got and how fast it decoded."""
+    t = Table(title=f"{path.name}: collection in progress (journal)")
+    for col in ("model", "samples", "completion tokens", "decode seconds", "tokens/s"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for m, s in report.items():
+        t.add_row(m, str(s["samples"]), str(s["completion_tokens"]), f"{s['seconds']:.1f}", _fmt(s["tokens_per_s"], 1))
+    out.print(t)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"journal": str(path), "models": report}, indent=1) + "\n")
+
+
+@app.command()
+def split(
+    table: Annotated[Path, typer.Argument(help="routing table to split")],
+    output_dir: Annotated[Path, typer.Option(help="directory for the parts (NAME.jsonl each)")],
+    into: Annotated[str, typer.Option(help="NAME=FRACTION,... summing to 1")] = "train=0.6,val=0.2,test=0.2",
+    salt: Annotated[str, typer.Option(help="hash salt; change it for a different deterministic split")] = "split",
+) -> None:
+    """Split a table deterministically by hashed id (stable under reordering and appends)."""
+    from ..table import read_table, split_rows, write_table
+
+    names, fracs = [], []
+    for part in into.split(","):
+        name, sep, frac = part.partition("=")
+        try:
+            value = float(frac)
+        except ValueError:
+            value = -1.0
+        if not sep or not name or value <= 0:
+            _fail(f"--into: expected NAME=FRACTION with FRACTION > 0, got {part!r}")
+        names.append(name.strip())
+        fracs.append(value)
+    if abs(sum(fracs) - 1) > 1e-6:
+        _fail(f"--into: fractions must sum to 1, got {sum(fracs):g}")
+    rows = read_table(table)
+    for name, part in zip(names, split_rows(rows, fracs, salt), strict=True):
+        write_table(part, output_dir / f"{name}.jsonl")
+        out.print(f"{output_dir / (name + '.jsonl')}: {len(part)} rows")

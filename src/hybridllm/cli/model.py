@@ -1,0 +1,342 @@
+"""Commands for routers: train, evaluate, crossval, calibrate, route."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ._common import (
+    Engine,
+    EngineOpt,
+    Labels,
+    Mode,
+    RayAddressOpt,
+    ShardRowsOpt,
+    WorkDirOpt,
+    WorkersOpt,
+    _fail,
+    _fmt,
+    _progress,
+    _ray_options,
+    app,
+    out,
+    summary_table,
+)
+
+
+@app.command()
+def train(
+    table: Annotated[Path, typer.Argument(help="routing table (.jsonl or .parquet) with the models' quality")],
+    output: Annotated[Path, typer.Option(help="directory for the router artifact")],
+    small: Annotated[str | None, typer.Option(help="two models: the small one's name in the table")] = None,
+    large: Annotated[str | None, typer.Option(help="two models: the large one's name in the table")] = None,
+    models: Annotated[
+        str | None, typer.Option(help="any number of models, comma-separated (cheapest first without costs)")
+    ] = None,
+    cost: Annotated[
+        list[str] | None, typer.Option(help="NAME=X: a model's relative cost (repeat); or use --models-file")
+    ] = None,
+    models_file: Annotated[
+        Path | None, typer.Option(help="models.toml with each model's cost (see docs/fleet.md)")
+    ] = None,
+    labels: Annotated[
+        Labels, typer.Option(help="label type: det, prob or trans (docs/method.md, Labels)")
+    ] = Labels.trans,
+    validation: Annotated[Path | None, typer.Option(help="validation table; default: hold out 20% by id")] = None,
+    mode: Annotated[
+        Mode, typer.Option(help="head: frozen encoder + MLP ensemble; finetune: whole encoder")
+    ] = Mode.head,
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="static (fast, default), minilm (full transformer via ONNX), or a local Hugging Face encoder directory"
+        ),
+    ] = "static",
+    max_length: Annotated[int, typer.Option(help="encoder token limit")] = 256,
+    seed: Annotated[int, typer.Option(help="random seed (runs are repeatable)")] = 0,
+    epochs: Annotated[int | None, typer.Option(help="max epochs (head default 40, finetune default 3)")] = None,
+    members: Annotated[int, typer.Option(help="ensemble members in head mode")] = 5,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    shard_rows: ShardRowsOpt = 1024,
+    work_dir: WorkDirOpt = None,
+) -> None:
+    """Train a router on a routing table and save a calibrated artifact: between --small and
+    --large, or among --models. With --engine ray the embedding pass (head mode) runs on Ray."""
+    from ..head import HeadConfig
+    from ..table import read_table
+    from ..train import DEFAULT_EXTRA, TrainOptions, train_router
+
+    rows = read_table(table)
+    vrows = read_table(validation) if validation else None
+    head = HeadConfig(extra=list(DEFAULT_EXTRA), members=members, seed=seed)
+    if epochs is not None and mode == Mode.head:
+        head.epochs = epochs
+    if models is not None:
+        if small or large:
+            _fail("give --models, or --small and --large, not both")
+        if mode != Mode.head or engine is not Engine.local:
+            _fail("--models trains in head mode with the local engine")
+        _train_fleet(rows, vrows, models, cost, models_file, labels.value, encoder, max_length, seed, head, output)
+        return
+    if not small or not large:
+        _fail("give --small and --large (two models) or --models M1,M2,... (any number)")
+    opts = TrainOptions(
+        small=small,
+        large=large,
+        labels=labels.value,
+        mode=mode.value,
+        encoder=encoder,
+        max_length=max_length,
+        seed=seed,
+        head=head,
+    )
+    if epochs is not None and mode != Mode.head:
+        opts.finetune_epochs = epochs
+    ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
+    featurizer = None
+    if ray_opts is not None:
+        if mode != Mode.head:
+            _fail("--engine ray covers the head-mode embedding pass; finetune trains in one process")
+        from ..engine import featurize_ray
+
+        def featurizer(texts):
+            x, st = featurize_ray(texts, encoder, max_length, head.extra, ray_opts)
+            _progress(f"ray embedding pass: {st.items} texts in {st.seconds:.1f} s ({st.resumed} shards resumed)")
+            return x
+
+    res = train_router(rows, opts, output, validation=vrows, progress=_progress, featurizer=featurizer)
+    out.print(
+        summary_table(res.config["validation_metrics"], f"validation ({res.config['data']['validation_rows']} rows)")
+    )
+    dop = res.config["operating_points"]["max_quality_drop"]["1"]
+    out.print(
+        f"default operating point (max 1% quality drop on validation): threshold {dop['threshold']:.4f}, "
+        f"cost advantage {dop['cost_advantage']:.1f}%"
+    )
+    out.print(f"saved router to {output}")
+
+
+def _train_fleet(rows, vrows, models, cost, models_file, labels, encoder, max_length, seed, head, output) -> None:
+    from ..fleet import FleetOptions, fit_fleet
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        _fail(f"--models needs at least two distinct names, got {models!r}")
+    costs: dict[str, float] | None = None
+    if models_file is not None:
+        from ..registry import Registry
+
+        costs = Registry.load(models_file).costs(names)
+    for item in cost or []:
+        name, sep, value = item.partition("=")
+        try:
+            x = float(value)
+        except ValueError:
+            x = float("nan")
+        if not sep or name not in names or not x > 0 or x == float("inf"):
+            _fail(f"--cost {item!r}: expected NAME=X with NAME in --models and X > 0")
+        costs = {**(costs or {}), name: x}
+    opts = FleetOptions(names, costs, labels=labels, encoder=encoder, max_length=max_length, seed=seed, head=head)
+    fitted = fit_fleet(rows, opts, validation=vrows, progress=_progress, show_progress=True)
+    fitted.save(output)
+    cfg = fitted.config
+    fl = cfg["fleet"]
+    t = Table(title=f"validation ({cfg['data']['validation_rows']} rows): operating points")
+    t.add_column("max quality drop")
+    t.add_column("threshold", justify="right")
+    t.add_column("cost, % of always-best", justify="right")
+    for m in fl["models"]:
+        t.add_column(f"% {m}", justify="right")
+    from ..policy import resolve
+
+    for qd in (0, 1, 2, 5, 10):
+        thr, _ = resolve(cfg["calibration"], cfg["default_operating_point"], max_quality_drop=qd)
+        p = next(x for x in cfg["calibration"] if x["threshold"] == thr)
+        t.add_row(f"{qd}%", f"{thr:.4f}", f"{p['cost']:.1f}", *[f"{s:.1f}" for s in p["shares"]])
+    out.print(t)
+    costs_txt = ", ".join(f"{m} {c:g}" for m, c in zip(fl["models"], fl["costs"], strict=True))
+    out.print(f"models by cost: {costs_txt}; reference (best on training rows): {fl['reference']}")
+    out.print(f"saved router to {output}")
+
+
+@app.command()
+def evaluate(
+    router_dir: Annotated[Path, typer.Argument(metavar="DIR", help="router artifact")],
+    table: Annotated[Path, typer.Argument(help="table with both models' quality")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+    predictions: Annotated[Path | None, typer.Option(help="write JSONL {id, score} per row")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write a PNG of quality drop vs cost advantage")] = None,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    shard_rows: ShardRowsOpt = 1024,
+    work_dir: WorkDirOpt = None,
+) -> None:
+    """Evaluate a router on a table: router vs random vs oracle."""
+    from ..evaluate import evaluate_router, plot_curves, write_predictions
+    from ..metrics import expected_quality
+    from ..router import Router
+    from ..table import read_table
+
+    router = Router(router_dir)
+    rows = read_table(table)
+    ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
+    scorer = None
+    if ray_opts is not None:
+        from ..engine import router_scores_ray
+
+        def scorer(prompts):
+            return router_scores_ray(router_dir, prompts, ray_opts)[0]
+
+    report, used, scores, skipped = evaluate_router(router, rows, scorer=scorer)
+    if skipped:
+        _progress(f"skipped {skipped} rows without quality for both {router.small} and {router.large}")
+    out.print(summary_table(report, f"{router.small} → {router.large} on {table.name} ({report['n']} rows)"))
+    out.print(f"Q_small {report['Q_small']:.4f}   Q_large {report['Q_large']:.4f}")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1) + "\n")
+    if predictions:
+        write_predictions(predictions, used, scores)
+    if plot:
+        qs, ql = expected_quality(used, router.small, router.large)
+        plot_curves(plot, scores, qs, ql, f"{router.small} → {router.large} ({report['n']} queries)")
+
+
+@app.command()
+def crossval(
+    table: Annotated[Path, typer.Argument(help="routing table with both models' quality")],
+    small: Annotated[str, typer.Option(help="name of the small model in the table's quality")],
+    large: Annotated[str, typer.Option(help="name of the large model in the table's quality")],
+    folds: Annotated[int, typer.Option(help="number of folds (by hashed id)")] = 5,
+    labels: Annotated[
+        Labels, typer.Option(help="label type: det, prob or trans (docs/method.md, Labels)")
+    ] = Labels.trans,
+    encoder: Annotated[str, typer.Option(help="as in train")] = "static",
+    seed: Annotated[int, typer.Option(help="fold f trains with seed + f")] = 0,
+    salt: Annotated[str, typer.Option(help="hash salt of the folds")] = "crossval",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+    predictions: Annotated[Path | None, typer.Option(help="write JSONL {id, score} of out-of-fold scores")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write a PNG of quality drop vs cost advantage")] = None,
+) -> None:
+    """Cross-validate the training recipe: every row scored by a router trained on the other
+    folds. For tables too small to spare a test split."""
+    from ..crossval import cross_validate
+    from ..evaluate import plot_curves, write_predictions
+    from ..head import HeadConfig
+    from ..metrics import expected_quality
+    from ..table import read_table
+    from ..train import DEFAULT_EXTRA, TrainOptions
+
+    opts = TrainOptions(
+        small=small,
+        large=large,
+        labels=labels.value,
+        encoder=encoder,
+        seed=seed,
+        head=HeadConfig(extra=list(DEFAULT_EXTRA), seed=seed),
+    )
+    res = cross_validate(read_table(table), opts, folds=folds, salt=salt, progress=_progress)
+    rep = res.report
+    if rep["skipped"]:
+        _progress(f"skipped {rep['skipped']} rows without quality for both {small} and {large}")
+    out.print(summary_table(rep, f"{small} → {large}: {folds}-fold cross-validation on {table.name} ({rep['n']} rows)"))
+    fold_apgr = ", ".join(_fmt(p["apgr"]) for p in rep["per_fold"])
+    out.print(
+        f"Q_small {rep['Q_small']:.4f}   Q_large {rep['Q_large']:.4f}   per-fold APGR {fold_apgr} "
+        f"(mean {_fmt(rep['fold_apgr_mean'])} ± {_fmt(rep['fold_apgr_std'])} sd)",
+        highlight=False,
+    )
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(rep, indent=1) + "\n")
+    if predictions:
+        write_predictions(predictions, res.rows, res.scores)
+    if plot:
+        qs, ql = expected_quality(res.rows, small, large)
+        plot_curves(plot, res.scores, qs, ql, f"{small} → {large} ({rep['n']} queries, {folds}-fold out-of-fold)")
+
+
+@app.command()
+def calibrate(
+    router_dir: Annotated[Path, typer.Argument(metavar="DIR", help="router artifact")],
+    table: Annotated[Path, typer.Argument(help="calibration table with both models' quality")],
+    max_quality_drop: Annotated[float | None, typer.Option(help="target max quality drop, percent")] = None,
+    cost_advantage: Annotated[float | None, typer.Option(help="target share of small-model queries, percent")] = None,
+    save: Annotated[bool, typer.Option(help="store this table's calibration and the point as the default")] = False,
+) -> None:
+    """Find the threshold that meets a quality or cost target on a table."""
+    from ..artifact import save_config
+    from ..calibrate import (
+        calibration_table,
+        operating_points,
+        threshold_for_cost_advantage,
+        threshold_for_quality_drop,
+    )
+    from ..metrics import expected_quality
+    from ..router import Router
+    from ..table import read_table, select_pair
+
+    if (max_quality_drop is None) == (cost_advantage is None):
+        _fail("give exactly one of --max-quality-drop or --cost-advantage")
+    router = Router(router_dir)
+    pair = select_pair(read_table(table), router.small, router.large)
+    scores = router.score([r["prompt"] for r in pair.rows], show_progress=len(pair.rows) > 256)
+    qs, ql = expected_quality(pair.rows, router.small, router.large)
+    tab = calibration_table(scores, qs, ql)
+    if max_quality_drop is not None:
+        if max_quality_drop < 0:
+            _fail(f"--max-quality-drop must be >= 0, got {max_quality_drop}")
+        point = threshold_for_quality_drop(tab, max_quality_drop)
+        default = {"kind": "max_quality_drop", "value": max_quality_drop}
+    else:
+        assert cost_advantage is not None
+        if not 0 <= cost_advantage <= 100:
+            _fail(f"--cost-advantage must be within 0..100, got {cost_advantage}")
+        point = threshold_for_cost_advantage(tab, cost_advantage)
+        default = {"kind": "cost_advantage", "value": cost_advantage}
+    out.print(
+        json.dumps(
+            {
+                "n": len(pair.rows),
+                "threshold": point["threshold"],
+                "cost_advantage": point["cost_advantage"],
+                "quality_drop": point["quality_drop"],
+            }
+        )
+    )
+    if save:
+        cfg = dict(router.config)
+        cfg["calibration"] = tab
+        cfg["operating_points"] = operating_points(tab)
+        cfg["default_operating_point"] = default
+        cfg["calibration_source"] = {"table": str(table), "rows": len(pair.rows)}
+        save_config(router_dir, cfg)
+        _progress(f"saved calibration ({len(pair.rows)} rows) and default point {default} to {router_dir}")
+
+
+@app.command()
+def route(
+    router_dir: Annotated[Path, typer.Argument(metavar="DIR", help="router artifact")],
+    prompt: Annotated[str, typer.Argument(help="the query")],
+    max_quality_drop: Annotated[float | None, typer.Option(help="max quality drop, percent")] = None,
+    cost_advantage: Annotated[float | None, typer.Option(help="share of small-model queries, percent")] = None,
+    threshold: Annotated[float | None, typer.Option(help="raw score threshold in 0..1")] = None,
+    budget: Annotated[
+        float | None, typer.Option(help="routers over N models: average cost, percent of always-best")
+    ] = None,
+) -> None:
+    """Decide which model should answer one prompt; prints JSON."""
+    from ..router import Router
+
+    router = Router(router_dir)
+    d = router.route(
+        prompt, max_quality_drop=max_quality_drop, cost_advantage=cost_advantage, threshold=threshold, budget=budget
+    )
+    out.print_json(json.dumps(d.to_dict()))

@@ -1,0 +1,159 @@
+"""Commands that answer questions: serve, chat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import (
+    _load_router,
+    _progress,
+    app,
+    err,
+)
+
+
+@app.command()
+def serve(
+    router_dir: Annotated[
+        Path | None, typer.Option("--router", help="router artifact (default: $HYBRIDLLM_ROUTER or the shipped one)")
+    ] = None,
+    small: Annotated[
+        str | None, typer.Option(help="small upstream: MODEL@BASE_URL, a local model name or .gguf")
+    ] = None,
+    large: Annotated[
+        str | None, typer.Option(help="large upstream: MODEL@BASE_URL, a local model name or .gguf")
+    ] = None,
+    model: Annotated[list[str] | None, typer.Option(help="routers over N models: NAME=SPEC, once per model")] = None,
+    models_file: Annotated[
+        Path | None, typer.Option(help="models.toml: each model's SPEC, key variable and price")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file with any of the settings below (see docs/serve.md)")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)", envvar="HYBRIDLLM_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8000)", envvar="HYBRIDLLM_PORT")] = None,
+    api_key_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=VAR: the upstream NAME (small, large or its model name) gets the key in $VAR; "
+            "repeat per upstream. A bare VAR only when one upstream is HTTP"
+        ),
+    ] = None,
+    serve_api_key_env: Annotated[
+        str | None, typer.Option(help="env var with comma-separated keys clients must send (Bearer)")
+    ] = None,
+    allow_unauthenticated: Annotated[
+        bool | None, typer.Option(help="allow a non-loopback --host with no client key")
+    ] = None,
+    public_metrics: Annotated[
+        bool | None, typer.Option(help="serve /metrics and /ready without the client key")
+    ] = None,
+    fallback: Annotated[
+        bool | None, typer.Option(help="retry a routed request on the other model when an upstream fails")
+    ] = None,
+    route_on: Annotated[
+        str | None, typer.Option(help="what the router reads: 'all' user turns or the 'last' one")
+    ] = None,
+    verbose: Annotated[bool, typer.Option(help="also log the HTTP client's per-request lines")] = False,
+) -> None:
+    """Serve an OpenAI-compatible endpoint that routes each request to the small or the large model."""
+    from ..serve import ServeConfig, create_app
+    from ..serve.runner import run
+
+    cfg = ServeConfig.load(
+        config,
+        router=router_dir,
+        small=small,
+        large=large,
+        model=model or None,
+        models_file=models_file,
+        host=host,
+        port=port,
+        api_key_env=api_key_env or None,
+        serve_api_key_env=serve_api_key_env,
+        allow_unauthenticated=allow_unauthenticated,
+        public_metrics=public_metrics,
+        fallback=fallback,
+        route_on=route_on,
+    )
+    options = cfg.options()  # refuses an open non-loopback bind before anything loads
+    router = _load_router(cfg.router)
+    if cfg.route_on is not None:
+        router.turns = cfg.route_on
+    ups = cfg.upstreams(router, lambda spec, name: _progress(f"loading local model {spec} for {name}"))
+    options.prices = cfg.prices([u.name for u in ups])
+    app_ = create_app(router, *ups, options=options)
+
+    def banner(bound: int) -> None:
+        base = f"http://{cfg.host}:{bound}"
+        _progress(f"routing {' | '.join(router.models)} on {base}/v1")
+        _progress(f"upstreams: {cfg.describe_upstreams(ups)}")
+        share = "hybrid-ca-<pct>, hybrid-t-<x>, small, large" if router.fleet is None else "hybrid-budget-<pct>"
+        _progress(f"models: hybrid (= {cfg.default_point(router)}), hybrid-qd-<pct>, {share}, each model's name")
+        _progress(
+            f"try: curl -s {base}/v1/chat/completions -H 'content-type: application/json' "
+            """-d '{"model": "hybrid", "messages": [{"role": "user", "content": "What is 2+3?"}]}' -i"""
+        )
+
+    run(app_, cfg, on_bound=banner, verbose=verbose)
+
+
+@app.command()
+def chat(
+    question: Annotated[str | None, typer.Argument(help="the question; omit for an interactive session")] = None,
+    router_dir: Annotated[
+        Path | None, typer.Option("--router", help="router artifact (default: $HYBRIDLLM_ROUTER or the shipped one)")
+    ] = None,
+    small: Annotated[str | None, typer.Option(help="small model: local name, .gguf path or MODEL@BASE_URL")] = None,
+    large: Annotated[str | None, typer.Option(help="large model: local name, .gguf path or MODEL@BASE_URL")] = None,
+    max_quality_drop: Annotated[float | None, typer.Option(help="max quality drop, percent")] = None,
+    cost_advantage: Annotated[float | None, typer.Option(help="share of small-model queries, percent")] = None,
+    threshold: Annotated[float | None, typer.Option(help="raw score threshold in 0..1")] = None,
+    max_tokens: Annotated[int, typer.Option()] = 512,
+    temperature: Annotated[float, typer.Option()] = 0.7,
+    api_key_env: Annotated[
+        list[str] | None,
+        typer.Option(help="small=VAR / large=VAR: that model's API key is in $VAR (bare VAR: the one HTTP model)"),
+    ] = None,
+) -> None:
+    """Ask through the router: shows which model answered, its score and the threshold."""
+    import asyncio
+
+    from ..backends import SamplingParams, make_backend
+    from ..specs import key_envs, parse_spec
+
+    router = _load_router(router_dir)
+    specs = {"small": small or router.small, "large": large or router.large}
+    http = [k for k, v in specs.items() if parse_spec(v).is_http]
+    envs = key_envs(api_key_env or None, http, {router.small: "small", router.large: "large"})
+    backends = {k: make_backend(v, api_key_env=envs.get(k)) for k, v in specs.items()}
+    params = SamplingParams(temperature=temperature, max_tokens=max_tokens)
+
+    async def answer(q: str) -> None:
+        d = router.route(q, max_quality_drop=max_quality_drop, cost_advantage=cost_advantage, threshold=threshold)
+        which = "small" if d.use_small else "large"
+        err.print(
+            f"[bold]{d.model}[/bold] answers (score {d.score:.3f} vs threshold {d.threshold:.3f}, {d.knob})",
+            highlight=False,
+        )
+        async with backends[which] as b:
+            s = await b.generate(q, params, on_text=lambda piece: print(piece, end="", flush=True))
+        print(flush=True)
+        tokens = s.completion_tokens or 0
+        err.print(f"[dim]{tokens or '?'} tokens in {s.latency_s:.1f} s[/dim]", highlight=False)
+
+    if question is not None:
+        asyncio.run(answer(question))
+        return
+    err.print("interactive: one question per line, empty line or Ctrl-D to quit")
+    while True:
+        try:
+            q = input("> ").strip()
+        except EOFError:
+            break
+        if not q:
+            break
+        asyncio.run(answer(q))
