@@ -199,3 +199,24 @@ def test_serve_three_upstreams_with_the_openai_client(rows, cache_env, tmp_path)
         assert costs[THREE[0]] > 0 and costs[THREE[2]] > 0
         saving = float(next(x for x in metrics.splitlines() if x.startswith("hybridllm_saving_ratio ")).split()[1])
         assert 0 < saving < 1
+
+
+def test_cli_trains_and_evaluates_a_fleet(mmlu_slice, cache_env, tmp_path):
+    from .test_cli import run
+
+    models = tmp_path / "models.toml"
+    models.write_text("".join(f'[models."{m}"]\ncost = {c}\n' for m, c in THREE_COSTS.items()))
+    out = tmp_path / "r"
+    proc = run("train", str(mmlu_slice), "--models", ",".join(THREE), "--models-file", str(models),
+               "--output", str(out), "--members", "2", "--epochs", "4")  # fmt: skip
+    assert "saved router to" in proc.stdout and "reference (best on training rows)" in proc.stdout
+    proc = run(
+        "evaluate", str(out), str(mmlu_slice), "--json", str(tmp_path / "e.json"), "--plot", str(tmp_path / "e.png")
+    )
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert {"router", "hull", "random", "oracle", "singles"} <= set(report) and report["n"] == 400
+    assert report["router"]["aiq"] > 0 and (tmp_path / "e.png").stat().st_size > 10_000
+    d = json.loads(run("route", str(out), "What is 2+2?", "--budget", "40").stdout)
+    assert d["model"] in THREE and set(d["scores"]) == set(THREE[:2])
+    bad = run("train", str(mmlu_slice), "--models", ",".join(THREE), "--cost", "nope=3", "--output", str(out), ok=False)
+    assert bad.returncode == 1 and "--cost 'nope=3'" in bad.stderr

@@ -132,7 +132,14 @@ def plot_fleet(path: str, report: dict[str, Any], title: str = "") -> None:
             c[:, 0], c[:, 1], style, label=f"{name} (AIQ {report[name]['aiq']:.3f})", lw=2 if name == "router" else 1
         )
     h = np.array(report["hull"]["points"])
-    ax.plot(h[:, 0], h[:, 1], "--", color="grey", label=f"best fixed mix (AIQ {report['hull']['aiq']:.3f})")
+    hx = np.linspace(h[0, 0], h[-1, 0], 400)  # a mix is linear in cost: dense points keep it so on a log axis
+    ax.plot(
+        hx,
+        np.interp(hx, h[:, 0], h[:, 1]),
+        "--",
+        color="grey",
+        label=f"best fixed mix (AIQ {report['hull']['aiq']:.3f})",
+    )
     for s in report["singles"]:
         ax.scatter([s["cost"]], [s["quality"]], color="black", s=18, zorder=3)
         ax.annotate(s["model"], (s["cost"], s["quality"]), fontsize=7, xytext=(3, -8), textcoords="offset points")

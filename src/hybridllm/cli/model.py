@@ -186,6 +186,11 @@ def evaluate(
 
     router = Router(router_dir)
     rows = read_table(table)
+    if router.fleet is not None:
+        if engine is not Engine.local or predictions:
+            _fail("routers over N models evaluate with the local engine, without --predictions")
+        _evaluate_fleet(router, rows, table, json_out, plot)
+        return
     ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
     scorer = None
     if ray_opts is not None:
@@ -207,6 +212,36 @@ def evaluate(
     if plot:
         qs, ql = expected_quality(used, router.small, router.large)
         plot_curves(plot, scores, qs, ql, f"{router.small} → {router.large} ({report['n']} queries)")
+
+
+def _evaluate_fleet(router, rows, table, json_out, plot) -> None:
+    from ..fleet import fleet_rows, quality_matrix
+    from ..fleet_eval import evaluate_fleet, plot_fleet
+
+    fl = router.fleet
+    used, skipped = fleet_rows(rows, list(fl.models))
+    if skipped:
+        _progress(f"skipped {skipped} rows without quality for every model")
+    report = evaluate_fleet(router.score([r["prompt"] for r in used]), quality_matrix(used, list(fl.models)), fl)
+    t = Table(title=f"{' | '.join(fl.models)} on {table.name} ({report['n']} rows); cost in % of {fl.reference}")
+    t.add_column("method")
+    t.add_column("AIQ", justify="right")
+    t.add_column("cost at <= 1% quality drop", justify="right")
+    for name in ("router", "hull", "random"):
+        label = {"hull": "best fixed mix of models", "random": "random (cheapest | best)"}.get(name, name)
+        t.add_row(label, f"{report[name]['aiq']:.4f}", f"{report[name]['cost_at_1pct_drop']:.1f}%")
+    o = report["oracle"]
+    t.add_row("oracle", "", f"{o['cost']:.1f}% (quality {o['quality']:.3f})")
+    out.print(t)
+    for s_ in report["singles"]:
+        out.print(f"  {s_['model']}: cost {s_['cost']:.1f}%, quality {s_['quality']:.4f}")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1) + "\n")
+        _progress(f"wrote {json_out}")
+    if plot:
+        plot_fleet(str(plot), report, f"{table.name}: {report['n']} queries")
+        _progress(f"wrote {plot}")
 
 
 @app.command()
