@@ -13,13 +13,14 @@ from .crossval import cross_validate
 from .encoder import EmbeddingCache, EncoderError, TransformerEncoder
 from .engine import RayOptions, collect_ray, featurize_ray, router_scores_ray, score_ray
 from .errors import HybridLLMError
+from .fleet import FittedFleet, FleetOptions, fit_fleet
 from .labels import det_labels, make_labels, prob_labels, trans_labels
 from .metrics import evaluate_scores, expected_quality
 from .router import Decision, Router, default_router_dir, load_router
 from .score import score_rows
 from .stats import table_stats
 from .table import TableError, read_table, select_pair, split_rows, validate_row, write_table
-from .train import TrainOptions, train_router
+from .train import FittedRouter, TrainOptions, fit_router, train_router
 
 __all__ = [
     "ArtifactError",
@@ -27,6 +28,9 @@ __all__ = [
     "Decision",
     "EmbeddingCache",
     "EncoderError",
+    "FittedFleet",
+    "FittedRouter",
+    "FleetOptions",
     "HybridLLMError",
     "RayOptions",
     "Router",
@@ -42,6 +46,8 @@ __all__ = [
     "evaluate_scores",
     "expected_quality",
     "featurize_ray",
+    "fit_fleet",
+    "fit_router",
     "load_router",
     "make_labels",
     "prob_labels",

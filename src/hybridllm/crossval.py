@@ -10,7 +10,6 @@ pooled out-of-fold scores; the per-fold spread is reported beside them so the no
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,7 +20,7 @@ from .encoder import EmbeddingCache
 from .metrics import evaluate_scores, expected_quality
 from .router import Router
 from .table import Row, TableError, select_pair, split_rows
-from .train import TrainOptions, train_router
+from .train import TrainOptions, fit_router
 
 
 @dataclass
@@ -55,9 +54,8 @@ def cross_validate(
         train = [r for g, part in enumerate(parts) if g != f for r in part]
         if progress is not None:
             progress(f"fold {f + 1}/{folds}: train on {len(train)} rows, score {len(test)}")
-        with tempfile.TemporaryDirectory(prefix="hybridllm-cv-") as d:
-            train_router(train, replace(options, seed=options.seed + f), d, cache=cache, show_progress=False)
-            s = Router(d).score([r["prompt"] for r in test])
+        fitted = fit_router(train, replace(options, seed=options.seed + f), cache=cache, show_progress=False)
+        s = Router.from_fitted(fitted).score([r["prompt"] for r in test])  # in memory, no files
         scores.update({r["id"]: float(x) for r, x in zip(test, s, strict=True)})
         qs, ql = expected_quality(test, options.small, options.large)
         m = evaluate_scores(np.asarray(s), qs, ql, with_curve=False)

@@ -86,8 +86,11 @@ class FittedFleet:
     weights: HeadWeights
     val_scores: np.ndarray
 
+    def tensors(self) -> dict[str, np.ndarray]:
+        return self.weights.tensors()
+
     def save(self, directory: str | Path) -> Path:
-        return save_artifact(directory, self.config, self.weights.tensors())
+        return save_artifact(directory, self.config, self.tensors())
 
 
 def fit_fleet(

@@ -81,8 +81,22 @@ class Router:
 
     def __init__(self, directory: str | Path, encoder: Encoder | None = None, backend: str = "auto") -> None:
         self.directory = Path(directory)
-        self.config = load_config(self.directory)
-        self.head = HeadWeights.from_tensors(load_tensors(self.directory))
+        self._setup(load_config(self.directory), load_tensors(self.directory), encoder, backend)
+
+    @classmethod
+    def from_fitted(cls, fitted: Any, encoder: Encoder | None = None, backend: str = "auto") -> Router:
+        """A router straight from a fitted model in memory (``fit_router`` / ``fit_fleet``), no files:
+        ``crossval`` scores each fold this way. A fine-tuned encoder is read from its work directory."""
+        self = cls.__new__(cls)
+        self.directory = Path(getattr(fitted, "work_dir", None) or ".")
+        self._setup(fitted.config, fitted.tensors(), encoder, backend)
+        return self
+
+    def _setup(
+        self, config: dict[str, Any], tensors: dict[str, np.ndarray], encoder: Encoder | None, backend: str
+    ) -> None:
+        self.config = config
+        self.head = HeadWeights.from_tensors(tensors)
         enc_cfg = self.config["encoder"]
         if encoder is None:
             spec = enc_cfg.get("spec")

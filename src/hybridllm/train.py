@@ -63,6 +63,33 @@ def pair_qualities(rows: Sequence[Row], small: str, large: str) -> list[tuple[li
     return [(r["quality"][small], r["quality"][large]) for r in rows]
 
 
+@dataclass
+class FittedRouter:
+    """A trained two-model router in memory: ``save(dir)`` writes the artifact, and
+    ``Router.from_fitted`` scores with it directly. ``work_dir``: the fine-tuned encoder's weights
+    (finetune mode only), copied into the artifact on save."""
+
+    config: dict[str, Any]
+    weights: Any  # HeadWeights, or the fine-tuned head's tensors
+    val_scores: np.ndarray
+    skipped_train: int
+    skipped_val: int
+    work_dir: Path | None = None
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return self.weights.tensors() if isinstance(self.weights, HeadWeights) else self.weights
+
+    def save(self, directory: str | Path) -> Path:
+        out = Path(directory)
+        if self.work_dir is not None:
+            enc = out / "encoder"
+            if enc.exists():
+                shutil.rmtree(enc)
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(self.work_dir / "encoder", enc)
+        return save_artifact(out, self.config, self.tensors())
+
+
 def train_router(
     rows: Sequence[Row],
     options: TrainOptions,
@@ -73,10 +100,26 @@ def train_router(
     show_progress: bool = True,
     featurizer: Callable[[Sequence[str]], np.ndarray] | None = None,
 ) -> TrainResult:
-    """Train, select, calibrate and save a router. Returns the saved config and validation scores.
-    ``featurizer``: computes the head's inputs for a list of texts in place of the in-process
-    embedding pass (the Ray engine passes :func:`hybridllm.engine.featurize_ray`); it must return
-    what ``featurize(encoder, texts, options.head.extra)`` would."""
+    """:func:`fit_router`, then save the artifact at ``output``."""
+    fitted = fit_router(rows, options, validation, progress, cache, show_progress, featurizer)
+    out = fitted.save(output)
+    _log(progress, f"saved {out} (validation APGR {fitted.config['validation_metrics']['router']['apgr']})")
+    return TrainResult(out, fitted.config, fitted.val_scores, fitted.skipped_train, fitted.skipped_val)
+
+
+def fit_router(
+    rows: Sequence[Row],
+    options: TrainOptions,
+    validation: Sequence[Row] | None = None,
+    progress: Callable[[str], None] | None = None,
+    cache: EmbeddingCache | None = None,
+    show_progress: bool = True,
+    featurizer: Callable[[Sequence[str]], np.ndarray] | None = None,
+) -> FittedRouter:
+    """Train, select and calibrate a router in memory. ``featurizer``: computes the head's inputs
+    for a list of texts in place of the in-process embedding pass (the Ray engine passes
+    :func:`hybridllm.engine.featurize_ray`); it must return what ``featurize(encoder, texts,
+    options.head.extra)`` would."""
     if options.labels not in LABEL_TYPES:
         raise ValueError(f"unknown label type {options.labels!r}; expected one of {', '.join(LABEL_TYPES)}")
     if options.mode not in ("head", "finetune"):
@@ -108,7 +151,7 @@ def train_router(
     qs_val, ql_val = expected_quality(val_rows, options.small, options.large)
     train_texts = [routing_text(r["prompt"], options.prompt_turns) for r in train_rows]
     val_texts = [routing_text(r["prompt"], options.prompt_turns) for r in val_rows]
-    out = Path(output)
+    work_dir: Path | None = None
     if options.mode == "head":
         encoder = make_encoder(options.encoder, max_length=options.max_length)
         cache = cache if cache is not None else EmbeddingCache()
@@ -133,12 +176,12 @@ def train_router(
         bundled = False
         enc_name, enc_spec, enc_fp = encoder.name, options.encoder, encoder.fingerprint
     else:
+        import tempfile
+
         from .finetune import finetune
 
-        out.mkdir(parents=True, exist_ok=True)
-        enc_dir = out / "encoder"
-        if enc_dir.exists():
-            shutil.rmtree(enc_dir)
+        work_dir = Path(tempfile.mkdtemp(prefix="hybridllm-finetune-"))
+        enc_dir = work_dir / "encoder"
         base_spec = options.encoder
         if base_spec is not None and (base_spec == "static" or base_spec.endswith(":static")):
             base_spec = None if base_spec == "static" else base_spec[: -len(":static")]
@@ -201,6 +244,4 @@ def train_router(
         "default_operating_point": {"kind": "max_quality_drop", "value": options.default_max_quality_drop},
         "train_seconds": round(time.perf_counter() - t0, 2),
     }
-    save_artifact(out, config, weights.tensors() if isinstance(weights, HeadWeights) else weights)
-    _log(progress, f"saved {out} (validation APGR {metrics['router']['apgr']})")
-    return TrainResult(out, config, val_scores, pair.skipped, skipped_val)
+    return FittedRouter(config, weights, val_scores, pair.skipped, skipped_val, work_dir)
