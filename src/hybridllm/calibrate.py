@@ -8,6 +8,7 @@ the cost advantage and quality drop it achieved on validation; knobs are answere
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -116,3 +117,37 @@ def resolve_knob(
     if kind == "cost_advantage":
         return resolve_knob(table, default, cost_advantage=value)[0], f"default (cost_advantage={value:g}%)"
     return resolve_knob(table, default, max_quality_drop=value)[0], f"default (max_quality_drop={value:g}%)"
+
+
+def recalibrate(
+    router: Any, rows: Sequence[dict], max_quality_drop: float | None = None, cost_advantage: float | None = None
+) -> tuple[dict, dict, int]:
+    """Calibrate a two-model router on ``rows`` for one target: (the chosen point, the router's
+    config with this calibration and that target as its default point, rows used)."""
+    from .metrics import expected_quality
+    from .table import select_pair
+
+    if (max_quality_drop is None) == (cost_advantage is None):
+        raise CalibrationError("give exactly one of max quality drop or cost advantage")
+    if router.config.get("kind") == "fleet":
+        raise CalibrationError("recalibrating a router over N models is not supported yet; retrain it")
+    pair = select_pair(rows, router.small, router.large)
+    scores = router.score([r["prompt"] for r in pair.rows], show_progress=len(pair.rows) > 256)
+    qs, ql = expected_quality(pair.rows, router.small, router.large)
+    table = calibration_table(scores, qs, ql)
+    if max_quality_drop is not None:
+        if math.isnan(max_quality_drop) or max_quality_drop < 0:
+            raise CalibrationError(f"max quality drop must be >= 0, got {max_quality_drop}")
+        point = threshold_for_quality_drop(table, max_quality_drop)
+        default = {"kind": "max_quality_drop", "value": max_quality_drop}
+    else:
+        assert cost_advantage is not None
+        point = threshold_for_cost_advantage(table, cost_advantage)
+        default = {"kind": "cost_advantage", "value": cost_advantage}
+    cfg = {
+        **router.config,
+        "calibration": table,
+        "operating_points": operating_points(table),
+        "default_operating_point": default,
+    }
+    return point, cfg, len(pair.rows)

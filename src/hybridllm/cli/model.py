@@ -308,52 +308,19 @@ def calibrate(
 ) -> None:
     """Find the threshold that meets a quality or cost target on a table."""
     from ..artifact import save_config
-    from ..calibrate import (
-        calibration_table,
-        operating_points,
-        threshold_for_cost_advantage,
-        threshold_for_quality_drop,
-    )
-    from ..metrics import expected_quality
+    from ..calibrate import recalibrate
     from ..router import Router
-    from ..table import read_table, select_pair
+    from ..table import read_table
 
     if (max_quality_drop is None) == (cost_advantage is None):
         _fail("give exactly one of --max-quality-drop or --cost-advantage")
     router = Router(router_dir)
-    pair = select_pair(read_table(table), router.small, router.large)
-    scores = router.score([r["prompt"] for r in pair.rows], show_progress=len(pair.rows) > 256)
-    qs, ql = expected_quality(pair.rows, router.small, router.large)
-    tab = calibration_table(scores, qs, ql)
-    if max_quality_drop is not None:
-        if max_quality_drop < 0:
-            _fail(f"--max-quality-drop must be >= 0, got {max_quality_drop}")
-        point = threshold_for_quality_drop(tab, max_quality_drop)
-        default = {"kind": "max_quality_drop", "value": max_quality_drop}
-    else:
-        assert cost_advantage is not None
-        if not 0 <= cost_advantage <= 100:
-            _fail(f"--cost-advantage must be within 0..100, got {cost_advantage}")
-        point = threshold_for_cost_advantage(tab, cost_advantage)
-        default = {"kind": "cost_advantage", "value": cost_advantage}
-    out.print(
-        json.dumps(
-            {
-                "n": len(pair.rows),
-                "threshold": point["threshold"],
-                "cost_advantage": point["cost_advantage"],
-                "quality_drop": point["quality_drop"],
-            }
-        )
-    )
+    point, cfg, n = recalibrate(router, read_table(table), max_quality_drop, cost_advantage)
+    keys = ("threshold", "cost_advantage", "quality_drop")
+    out.print(json.dumps({"n": n, **{k: point[k] for k in keys}}))
     if save:
-        cfg = dict(router.config)
-        cfg["calibration"] = tab
-        cfg["operating_points"] = operating_points(tab)
-        cfg["default_operating_point"] = default
-        cfg["calibration_source"] = {"table": str(table), "rows": len(pair.rows)}
-        save_config(router_dir, cfg)
-        _progress(f"saved calibration ({len(pair.rows)} rows) and default point {default} to {router_dir}")
+        save_config(router_dir, {**cfg, "calibration_source": {"table": str(table), "rows": n}})
+        _progress(f"saved calibration ({n} rows) and default point {cfg['default_operating_point']} to {router_dir}")
 
 
 @app.command()
