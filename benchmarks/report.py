@@ -72,9 +72,39 @@ def reroute_robustness(point: str = "30% to small") -> str:
     return "\n".join(out)
 
 
+def nmodel_quality() -> str:
+    d = json.loads((RESULTS / "nmodel_quality.json").read_text())
+    out = []
+    for r in d["runs"]:
+        ref = r["fleet"]["reference"]
+        out.append(f"\n**{r['name']}** (test n = {r['n']}; reference {ref}; cost = % of always using it)\n")
+        out.append("| method | AIQ | cost at ≤ 1 % quality drop |")
+        out.append("| --- | ---: | ---: |")
+        names = {
+            "router": "**hybridllm router**",
+            "hull": "best fixed mix of models",
+            "random": "random (cheapest or best)",
+        }
+        for k in ("router", "hull", "random", *[k for k in r if k.startswith("peer:")]):
+            out.append(f"| {names.get(k, k)} | {r[k]['aiq']:.4f} | {r[k]['cost_at_1pct_drop']:.1f} % |")
+        o = r["oracle"]
+        out.append(f"| oracle | | {o['cost']:.1f} % (quality {o['quality']:.3f}) |")
+        singles = ", ".join(f"{x['model']} {x['cost']:.1f} % / {x['quality']:.3f}" for x in r["singles"])
+        out.append(f"\nSingle models (cost / quality): {singles}.")
+        lo, hi = r["router_minus_hull_ci95"]
+        p = r["router_minus_best_peer"]
+        out.append(
+            f"Router − best fixed mix: AIQ 95 % CI [{lo:+.4f}, {hi:+.4f}]; router − {p['peer']}: "
+            f"[{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}] (paired bootstrap, 500 resamples)."
+        )
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     print(routing_quality())
     print()
     print(router_speed())
     print()
     print(reroute_robustness())
+    print()
+    print(nmodel_quality())
