@@ -134,18 +134,9 @@ def fit_fleet(
     extra = options.head.extra
     x_train = featurize(encoder, fit_texts, extra, cache, show_progress)
     x_val = featurize(encoder, val_texts, extra, cache, show_progress)
-    metric = None
-    if len(cands) > 1:  # select checkpoints on what the policy achieves: validation AIQ
-        from .fleet_eval import area, curve_points
-
-        lo = fleet.costs[0] / fleet.costs[fleet.ref] * 100
-
-        def metric(p: np.ndarray) -> float:
-            cx, cy = curve_points(p.reshape(len(val_rows), -1), q_val, fleet)
-            return area(cx, cy, lo, 100.0)
-
-    head_cfg = replace(options.head, seed=options.seed)
-    weights, info = train_head(x_train, y_fit, x_val, qs_val, ql_val, head_cfg, progress, metric)
+    weights, info = train_head(
+        x_train, y_fit, x_val, qs_val, ql_val, replace(options.head, seed=options.seed), progress
+    )
     val_scores = weights.predict(x_val).reshape(len(val_rows), -1)  # [n, K]
     table = sweep(val_scores, q_val, fleet)
     config: dict[str, Any] = {

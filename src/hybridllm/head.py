@@ -102,13 +102,7 @@ class HeadWeights:
 
 
 def train_linear(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    qs_val: np.ndarray,
-    ql_val: np.ndarray,
-    n_embed: int,
-    metric: Callable[[np.ndarray], float] | None = None,
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, qs_val: np.ndarray, ql_val: np.ndarray, n_embed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
     """L2 logistic regression on soft labels (as sample weights), C picked by validation APGR.
 
@@ -134,7 +128,7 @@ def train_linear(
                 wk = np.concatenate([y_train[:, k], 1 - y_train[:, k]])
                 fits.append(LogisticRegression(C=c, max_iter=3000).fit(zz, yy, sample_weight=wk))
             p = np.stack([f.predict_proba(zv)[:, 1] for f in fits], axis=1)
-            a = metric(p) if metric is not None else val_metric(p, qs_val, ql_val)
+            a = val_metric(p, qs_val, ql_val)
             if best_multi is None or a > best_multi[0] + 1e-9:
                 best_multi = (a, fits, c)
         assert best_multi is not None
@@ -144,8 +138,7 @@ def train_linear(
     best: tuple[float, object, float] | None = None
     for c in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0):
         m = LogisticRegression(C=c, max_iter=3000).fit(zz, yy, sample_weight=ww)
-        pv = m.predict_proba(zv)[:, 1]
-        a = metric(pv) if metric is not None else _val_apgr(pv, qs_val, ql_val)
+        a = _val_apgr(m.predict_proba(zv)[:, 1], qs_val, ql_val)
         if best is None or a > best[0] + 1e-9:
             best = (a, m, c)
     assert best is not None
@@ -174,16 +167,8 @@ def train_head(
     ql_val: np.ndarray,
     config: HeadConfig | None = None,
     progress: Callable[[str], None] | None = None,
-    metric: Callable[[np.ndarray], float] | None = None,
 ) -> tuple[HeadWeights, dict]:
-    """Train the ensemble with BCE on (soft) labels; each member keeps its best-validation epoch.
-    ``metric``: the validation score of predictions (default: APGR, or the mean APGR over outputs);
-    a router over N models passes its policy's validation AIQ."""
-    if metric is None:
-
-        def metric(p: np.ndarray) -> float:
-            return val_metric(p, qs_val, ql_val)
-
+    """Train the ensemble with BCE on (soft) labels; each member keeps its best-validation-APGR epoch."""
     import torch
 
     cfg = config or HeadConfig()
@@ -225,7 +210,7 @@ def train_head(
             with torch.no_grad():
                 out = torch.sigmoid(net(xv))
                 pv = (out.squeeze(-1) if yt.ndim == 1 else out).numpy()
-            score = metric(pv)
+            score = val_metric(pv, qs_val, ql_val)
             if score > best + 1e-9:
                 best, best_epoch, bad = score, epoch, 0
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -253,12 +238,12 @@ def train_head(
     if cfg.linear:
         n_embed = x_train.shape[1] - len(cfg.extra)
         lw, lb, lmu, lsd, c, lin_apgr = train_linear(
-            x_train, np.asarray(y_train), np.asarray(x_val, np.float32), qs_val, ql_val, n_embed, metric
+            x_train, np.asarray(y_train), np.asarray(x_val, np.float32), qs_val, ql_val, n_embed
         )
         weights.lin_w, weights.lin_b, weights.lin_mu, weights.lin_sd = lw, lb, lmu, lsd
         p_mlp = weights.predict_mlp(x_val)
         p_lin = weights.predict_linear(x_val)
-        scores = {a: metric((1 - a) * p_mlp + a * p_lin) for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
+        scores = {a: val_metric((1 - a) * p_mlp + a * p_lin, qs_val, ql_val) for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
         mix = max(scores, key=lambda a: (round(scores[a], 9), -abs(a - 0.5)))
         weights.mix = np.array([mix], np.float32)
         info["linear"] = {"C": c, "val_apgr": lin_apgr, "mix": mix, "mix_val_apgr": scores}
