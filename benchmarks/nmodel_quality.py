@@ -1,6 +1,7 @@
 """Routing among N models on real outcomes: MMLU-Pro, 7 open models, 12,032 questions.
 
-    python benchmarks/nmodel_quality.py            # 3-model subset and all 7; ~10 min on 2 cores
+    python benchmarks/nmodel_quality.py            # 3-model subset and all 7; ~15 min on 2 cores
+    python benchmarks/nmodel_quality.py --replot   # redraw docs/img/nmodel_*.png from the JSON
 
 60/20/20 split by hashed id. The router (hybridllm's defaults: one multi-output head, filler
 augmentation) trains on 60 %, selects checkpoints and calibrates on 20 %, and everything below is
@@ -140,7 +141,17 @@ def run(models, rows, name):
 
 def main() -> None:
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
+    import sys
+
+    from hybridllm.fleet_eval import plot_fleet
     from hybridllm.table import read_table
+
+    if "--replot" in sys.argv:  # redraw the PNGs from the JSON of the last run
+        d = json.loads((REPO / "benchmarks" / "results" / "nmodel_quality.json").read_text())
+        for r in d["runs"]:
+            path = REPO / "docs" / "img" / f"nmodel_{len(r['singles'])}.png"
+            plot_fleet(str(path), r, f"{r['name']}: {r['n']} test questions")
+        return
 
     rows = read_table(MMLU)
     out = {"benchmark": "nmodel_quality", "costs": COSTS, "runs": []}
