@@ -237,3 +237,23 @@ def test_finished_collection_is_never_re_requested_or_overwritten(tmp_path):
         refused = run("collect", str(prompts), "--model", f"a=ma@{up.url}", "--output", str(foreign), ok=False)
         assert refused.returncode == 1 and "not this collection's finished table" in refused.stderr
         assert foreign.read_text() == '{"id": "x", "prompt": "hand-made"}\n'
+
+
+def test_collect_takes_specs_and_keys_from_the_models_file(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": str(i), "prompt": f"q{i}"}) + "\n" for i in range(2)))
+    with FakeOpenAI() as a, FakeOpenAI() as b:
+        models = tmp_path / "models.toml"
+        models.write_text(
+            f'[models.a]\nspec = "ma@{a.url}"\ncost = 1\n'
+            f'[models.b]\nspec = "mb@{b.url}"\ncost = 9\napi_key_env = "B_KEY"\n'
+        )
+        env = {**os.environ, "B_KEY": "sk-b"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "hybridllm.cli", "collect", str(prompts), "--models-file", str(models),
+             "--model", "a", "--model", "b", "--samples", "1", "--output", str(tmp_path / "t.jsonl")],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert a.auth == [None, None] and b.auth == ["Bearer sk-b"] * 2
+        assert [r["model"] for r in b.requests] == ["mb", "mb"]

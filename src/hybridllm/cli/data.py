@@ -29,8 +29,11 @@ from ._common import (
 @app.command()
 def collect(
     prompts: Annotated[Path, typer.Argument(help="table of prompts (.jsonl/.parquet; id + prompt per row)")],
-    model: Annotated[list[str], typer.Option(help="NAME=MODEL@BASE_URL, once per model")],
+    model: Annotated[list[str], typer.Option(help="NAME=SPEC once per model (or just NAME with --models-file)")],
     output: Annotated[Path, typer.Option(help="routing table to write (resumable)")],
+    models_file: Annotated[
+        Path | None, typer.Option(help="models.toml: SPEC and key variable of each --model NAME")
+    ] = None,
     samples: Annotated[int, typer.Option(help="sampled responses per model and prompt")] = 3,
     temperature: Annotated[float, typer.Option()] = 0.7,
     top_p: Annotated[float, typer.Option()] = 0.95,
@@ -94,15 +97,26 @@ def collect(
         _fail(f"--endpoint must be chat or completion, got {endpoint!r}")
     from ..specs import key_envs, parse_spec
 
+    registry = None
+    if models_file is not None:
+        from ..registry import Registry
+
+        registry = Registry.load(models_file)
     backends, specs = {}, {}
     for item in model:
         name, sep, spec = item.partition("=")
+        if not sep and registry is not None and name in registry.models and registry.models[name].spec:
+            spec, sep = registry.models[name].spec or "", "="
         if not sep or not name:
-            _fail(f"--model: expected NAME=SPEC, got {item!r}")
+            _fail(f"--model: expected NAME=SPEC (or a NAME with a spec in --models-file), got {item!r}")
         if not spec:
             _fail(f"--model {name}: empty SPEC (MODEL@BASE_URL, a local model name, or a .gguf path)")
         specs[name] = spec
-    envs = key_envs(api_key_env or None, [n for n, sp in specs.items() if parse_spec(sp).is_http])
+    http = [n for n, sp in specs.items() if parse_spec(sp).is_http]
+    given: dict[str, str] = {}
+    if registry is not None:  # each model's own key variable from the file; flags win
+        given = {n: e.api_key_env for n, e in registry.models.items() if n in http and e.api_key_env}
+    envs = {**key_envs(given or None, http), **key_envs(api_key_env or None, http)}
     for name, spec in specs.items():
         backends[name] = make_backend(
             spec,
