@@ -220,3 +220,29 @@ def test_cli_trains_and_evaluates_a_fleet(mmlu_slice, cache_env, tmp_path):
     assert d["model"] in THREE and set(d["scores"]) == set(THREE[:2])
     bad = run("train", str(mmlu_slice), "--models", ",".join(THREE), "--cost", "nope=3", "--output", str(out), ok=False)
     assert bad.returncode == 1 and "--cost 'nope=3'" in bad.stderr
+
+
+def test_crossval_of_a_fleet_scores_every_row_out_of_fold(rows, cache_env, tmp_path):
+    from hybridllm.crossval import cross_validate_fleet
+
+    from .test_cli import run
+
+    opts = FleetOptions(THREE, costs=THREE_COSTS, head=HeadConfig(members=1, epochs=3, extra=["log_tokens"]))
+    report, used, scores = cross_validate_fleet(rows, opts, folds=3)
+    assert len(used) == report["n"] == 400 and scores.shape == (400, 2) and len(report["per_fold"]) == 3
+    # fold 1 rebuilt by hand: the same out-of-fold scores
+    from hybridllm.table import split_rows
+
+    parts = split_rows(used, [1 / 3] * 3, "crossval")
+    train = parts[1] + parts[2]
+    from dataclasses import replace
+
+    again = Router.from_fitted(fit_fleet(train, replace(opts, seed=0))).score([r["prompt"] for r in parts[0]])
+    index = {r["id"]: i for i, r in enumerate(used)}
+    np.testing.assert_allclose(scores[[index[r["id"]] for r in parts[0]]], again, atol=1e-6)
+    costs = ["--cost", f"{THREE[0]}=3.8", "--cost", f"{THREE[1]}=8", "--cost", f"{THREE[2]}=70"]
+    out = tmp_path / "cv.json"
+    table = tmp_path / "t.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run("crossval", str(table), "--models", ",".join(THREE), *costs, "--folds", "2", "--json", str(out))
+    assert "router AIQ" in proc.stdout and json.loads(out.read_text())["folds"] == 2

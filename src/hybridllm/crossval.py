@@ -84,3 +84,45 @@ def cross_validate(
     report["fold_apgr_mean"] = float(np.mean(apgrs)) if apgrs else None
     report["fold_apgr_std"] = float(np.std(apgrs, ddof=1)) if len(apgrs) > 1 else None
     return CrossValResult(report, used, all_scores)
+
+
+def cross_validate_fleet(
+    rows: Sequence[Row],
+    options: Any,
+    folds: int = 5,
+    salt: str = "crossval",
+    progress: Callable[[str], None] | None = None,
+    cache: EmbeddingCache | None = None,
+) -> tuple[dict[str, Any], list[Row], np.ndarray]:
+    """``cross_validate`` for a router over N models (``options``: a ``FleetOptions``): every row
+    scored by a fleet router trained on the other folds (in memory), then the N-model evaluation
+    (AIQ, best fixed mix, oracle) over the pooled out-of-fold scores. The fleet (cost order and
+    reference) is the one trained on all rows, so every fold's scores line up."""
+    from .fleet import fit_fleet, fleet_rows, make_fleet, quality_matrix
+    from .fleet_eval import evaluate_fleet
+
+    if folds < 2:
+        raise ValueError(f"--folds must be at least 2, got {folds}")
+    used, skipped = fleet_rows(rows, options.models)
+    fleet = make_fleet(used, options.models, options.costs)
+    parts = split_rows(used, [1 / folds] * folds, salt)
+    if min(len(p) for p in parts) == 0:
+        raise TableError(f"{len(used)} rows cannot fill {folds} folds; use fewer folds")
+    cache = cache if cache is not None else EmbeddingCache()
+    scores: dict[str, np.ndarray] = {}
+    per_fold = []
+    for f, test in enumerate(parts):
+        train = [r for g, part in enumerate(parts) if g != f for r in part]
+        if progress is not None:
+            progress(f"fold {f + 1}/{folds}: train on {len(train)} rows, score {len(test)}")
+        fitted = fit_fleet(train, replace(options, seed=options.seed + f), cache=cache)
+        if fitted.config["fleet"]["reference"] != fleet.reference:
+            raise TableError(f"fold {f + 1}: another model is best on its training rows; use more rows or folds")
+        s = Router.from_fitted(fitted).score([r["prompt"] for r in test])
+        scores.update({r["id"]: row for r, row in zip(test, s, strict=True)})
+        fold_report = evaluate_fleet(s, quality_matrix(test, list(fleet.models)), fleet)
+        per_fold.append({"fold": f, "n": len(test), "aiq": fold_report["router"]["aiq"]})
+    all_scores = np.stack([scores[r["id"]] for r in used])
+    report = evaluate_fleet(all_scores, quality_matrix(used, list(fleet.models)), fleet)
+    report.update({"skipped": skipped, "folds": folds, "salt": salt, "per_fold": per_fold})
+    return report, used, all_scores

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -125,6 +125,16 @@ def train(
 def _train_fleet(rows, vrows, models, cost, models_file, labels, encoder, max_length, seed, head, output) -> None:
     from ..fleet import FleetOptions, fit_fleet
 
+    names, costs = _fleet_costs(models, cost, models_file)
+    opts = FleetOptions(names, costs, labels=labels, encoder=encoder, max_length=max_length, seed=seed, head=head)
+    fitted = fit_fleet(rows, opts, validation=vrows, progress=_progress, show_progress=True)
+    _print_fleet(fitted.config)
+    fitted.save(output)
+    out.print(f"saved router to {output}")
+
+
+def _fleet_costs(models: str, cost: list[str] | None, models_file: Path | None) -> tuple[list[str], Any]:
+    """The --models names and their costs (--models-file, then --cost flags; None = order given)."""
     names = [m.strip() for m in models.split(",") if m.strip()]
     if len(names) < 2 or len(set(names)) != len(names):
         _fail(f"--models needs at least two distinct names, got {models!r}")
@@ -142,10 +152,10 @@ def _train_fleet(rows, vrows, models, cost, models_file, labels, encoder, max_le
         if not sep or name not in names or not x > 0 or x == float("inf"):
             _fail(f"--cost {item!r}: expected NAME=X with NAME in --models and X > 0")
         costs = {**(costs or {}), name: x}
-    opts = FleetOptions(names, costs, labels=labels, encoder=encoder, max_length=max_length, seed=seed, head=head)
-    fitted = fit_fleet(rows, opts, validation=vrows, progress=_progress, show_progress=True)
-    fitted.save(output)
-    cfg = fitted.config
+    return names, costs
+
+
+def _print_fleet(cfg: dict) -> None:
     fl = cfg["fleet"]
     t = Table(title=f"validation ({cfg['data']['validation_rows']} rows): operating points")
     t.add_column("max quality drop")
@@ -162,7 +172,33 @@ def _train_fleet(rows, vrows, models, cost, models_file, labels, encoder, max_le
     out.print(t)
     costs_txt = ", ".join(f"{m} {c:g}" for m, c in zip(fl["models"], fl["costs"], strict=True))
     out.print(f"models by cost: {costs_txt}; reference (best on training rows): {fl['reference']}")
-    out.print(f"saved router to {output}")
+
+
+def _crossval_fleet(table, models, cost, models_file, labels, encoder, seed, folds, salt, json_out, plot) -> None:
+    from ..crossval import cross_validate_fleet
+    from ..fleet import FleetOptions
+    from ..fleet_eval import plot_fleet
+    from ..head import HeadConfig
+    from ..table import read_table
+    from ..train import DEFAULT_EXTRA
+
+    names, costs = _fleet_costs(models, cost, models_file)
+    opts = FleetOptions(
+        names, costs, labels=labels, encoder=encoder, seed=seed, head=HeadConfig(extra=list(DEFAULT_EXTRA))
+    )
+    rep, _, _ = cross_validate_fleet(read_table(table), opts, folds=folds, salt=salt, progress=_progress)
+    out.print(
+        f"{folds}-fold out-of-fold on {table.name} ({rep['n']} rows): router AIQ {rep['router']['aiq']:.4f}, "
+        f"best fixed mix {rep['hull']['aiq']:.4f}, random {rep['random']['aiq']:.4f}; cost at <= 1% drop "
+        f"{rep['router']['cost_at_1pct_drop']:.1f}% (oracle {rep['oracle']['cost']:.1f}%); per-fold AIQ "
+        + ", ".join(f"{p['aiq']:.4f}" for p in rep["per_fold"]),
+        highlight=False,
+    )
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(rep, indent=1) + "\n")
+    if plot:
+        plot_fleet(str(plot), rep, f"{table.name}: {rep['n']} queries, {folds}-fold out-of-fold")
 
 
 @app.command()
@@ -246,9 +282,12 @@ def _evaluate_fleet(router, rows, table, json_out, plot) -> None:
 
 @app.command()
 def crossval(
-    table: Annotated[Path, typer.Argument(help="routing table with both models' quality")],
-    small: Annotated[str, typer.Option(help="name of the small model in the table's quality")],
-    large: Annotated[str, typer.Option(help="name of the large model in the table's quality")],
+    table: Annotated[Path, typer.Argument(help="routing table with the models' quality")],
+    small: Annotated[str | None, typer.Option(help="two models: the small one's name in the table")] = None,
+    large: Annotated[str | None, typer.Option(help="two models: the large one's name in the table")] = None,
+    models: Annotated[str | None, typer.Option(help="any number of models, comma-separated, as in train")] = None,
+    cost: Annotated[list[str] | None, typer.Option(help="NAME=X: a model's relative cost, as in train")] = None,
+    models_file: Annotated[Path | None, typer.Option(help="models.toml with each model's cost")] = None,
     folds: Annotated[int, typer.Option(help="number of folds (by hashed id)")] = 5,
     labels: Annotated[
         Labels, typer.Option(help="label type: det, prob or trans (docs/method.md, Labels)")
@@ -269,6 +308,13 @@ def crossval(
     from ..table import read_table
     from ..train import DEFAULT_EXTRA, TrainOptions
 
+    if models is not None:
+        if small or large or predictions:
+            _fail("--models cross-validates a router over N models: no --small/--large/--predictions")
+        _crossval_fleet(table, models, cost, models_file, labels.value, encoder, seed, folds, salt, json_out, plot)
+        return
+    if not small or not large:
+        _fail("give --small and --large (two models) or --models M1,M2,... (any number)")
     opts = TrainOptions(
         small=small,
         large=large,
