@@ -164,3 +164,11 @@ def test_chat_answers_through_the_router(artifact):
             timeout=120,
         )
         assert inter.returncode == 0 and "small: first q" in inter.stdout and "small: second q" in inter.stdout
+
+
+def test_version_and_help_in_pipeline_order():
+    assert run("--version").stdout.strip().startswith("hybridllm ")
+    helptext = run("--help").stdout
+    order = ["collect", "score", "stats", "split", "train", "evaluate", "crossval", "calibrate", "route", "serve"]
+    positions = [helptext.index(f" {c} ") for c in order]
+    assert positions == sorted(positions)

@@ -17,8 +17,31 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Route LLM queries between a small and a large model (Hybrid LLM, ICLR 2024).",
+    # markdown: a docstring's lines are joined into paragraphs, so help never breaks mid-sentence
+    rich_markup_mode="markdown",
+    help="Route each LLM query to the cheapest model that will answer it well enough: two models or any number.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"hybridllm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Route each LLM query to the cheapest model that will answer it well enough: two models or any
+    number. Commands in pipeline order: collect, score, stats, split, train, evaluate, crossval,
+    calibrate, route, serve, chat."""
+
+
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 

@@ -59,7 +59,8 @@ def serve(
     ] = None,
     verbose: Annotated[bool, typer.Option(help="also log the HTTP client's per-request lines")] = False,
 ) -> None:
-    """Serve an OpenAI-compatible endpoint that routes each request to the small or the large model."""
+    """Serve an OpenAI-compatible endpoint that routes each request to the model the router picks
+    (small or large, or any of N models)."""
     from ..serve import ServeConfig, create_app
     from ..serve.runner import run
 
