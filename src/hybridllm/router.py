@@ -96,6 +96,9 @@ class Router:
         self, config: dict[str, Any], tensors: dict[str, np.ndarray], encoder: Encoder | None, backend: str
     ) -> None:
         self.config = config
+        # the models of a router over N models (cost order, reference); None for a pair. Read once
+        # here: threshold() and decide() run on every request
+        self.fleet: Fleet | None = Fleet.from_dict(config["fleet"]) if config.get("kind") == "fleet" else None
         self.head = HeadWeights.from_tensors(tensors)
         enc_cfg = self.config["encoder"]
         if encoder is None:
@@ -116,11 +119,6 @@ class Router:
                 f"{self.directory / 'head.safetensors'}: the head takes {self.head.mu.shape[0]} inputs but the "
                 f"encoder gives {width} (encoder {enc_cfg.get('spec')!r} + {len(self.extra)} extra features)"
             )
-
-    @property
-    def fleet(self) -> Fleet | None:
-        """The models of a router over N models (cost order, reference); None for a pair."""
-        return Fleet.from_dict(self.config["fleet"]) if self.config.get("kind") == "fleet" else None
 
     @property
     def models(self) -> list[str]:

@@ -63,16 +63,19 @@ def key_envs(
     given: str | Iterable[str] | Mapping[str, str] | None,
     http_models: Sequence[str],
     aliases: Mapping[str, str] | None = None,
+    defaults: Mapping[str, str | None] | None = None,
 ) -> dict[str, str]:
-    """Bind API-key variables to models: ``{model: VAR}``.
+    """Bind API-key variables to models: ``{model: VAR}``. ``defaults``: each model's own variable
+    from the models file, used where ``given`` names none for that model.
 
     ``given``: ``NAME=VAR`` items (or a mapping NAME → VAR), NAME a model name or an alias
     (``small``/``large``); a bare ``VAR`` only when exactly one model is an HTTP endpoint.
     ``http_models``: the names of the models reached over HTTP (only they can receive a key).
     """
     aliases = dict(aliases or {})
+    base = {m: v for m, v in (defaults or {}).items() if v and m in http_models}
     if given is None:
-        return {}
+        return base
     items: list[tuple[str | None, str]] = []
     if isinstance(given, Mapping):
         items = [(str(k), str(v)) for k, v in given.items()]
@@ -101,4 +104,4 @@ def key_envs(
         if name in out and out[name] != var:
             raise ValueError(f"two API-key variables for {name}: {out[name]} and {var}")
         out[name] = var
-    return out
+    return {**base, **out}

@@ -113,10 +113,9 @@ def collect(
             _fail(f"--model {name}: empty SPEC (MODEL@BASE_URL, a local model name, or a .gguf path)")
         specs[name] = spec
     http = [n for n, sp in specs.items() if parse_spec(sp).is_http]
-    given: dict[str, str] = {}
-    if registry is not None:  # each model's own key variable from the file; flags win
-        given = {n: e.api_key_env for n, e in registry.models.items() if n in http and e.api_key_env}
-    envs = {**key_envs(given or None, http), **key_envs(api_key_env or None, http)}
+    # each model's own key variable from the file; flags win
+    defaults = {n: e.api_key_env for n, e in registry.models.items()} if registry is not None else None
+    envs = key_envs(api_key_env or None, http, defaults=defaults)
     for name, spec in specs.items():
         backends[name] = make_backend(
             spec,

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from ..specs import key_envs, parse_spec, read_key, redact_url
 from .app import ServeOptions
@@ -24,6 +24,7 @@ from .upstream import Upstream
 
 class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    _registry: Any = PrivateAttr(default=None)
 
     router: Path | None = None
     small: str | None = None  # SPEC: MODEL@BASE_URL, a local model name, or a .gguf path
@@ -148,10 +149,8 @@ class ServeConfig(BaseModel):
             small, large = self.upstream_specs(router)
             return {router.small: small, router.large: large}
         specs: dict[str, str] = {}
-        if self.models_file is not None:
-            from ..registry import Registry
-
-            reg = Registry.load(self.models_file)
+        reg = self.registry()
+        if reg is not None:
             specs.update({n: e.spec for n, e in reg.models.items() if e.spec and n in fleet.models})
         for item in self.model or []:
             name, sep, spec = item.partition("=")
@@ -165,21 +164,22 @@ class ServeConfig(BaseModel):
             raise ServeConfigError(f"no upstream for {', '.join(missing)}: give --model NAME=SPEC or a models file")
         return {m: specs[m] for m in fleet.models}
 
-    def registry_key_envs(self) -> dict[str, str]:
+    def registry(self) -> Any:
+        """The models file, read once (None without one)."""
         if self.models_file is None:
-            return {}
-        from ..registry import Registry
+            return None
+        if self._registry is None:
+            from ..registry import Registry
 
-        return {n: e.api_key_env for n, e in Registry.load(self.models_file).models.items() if e.api_key_env}
+            self._registry = Registry.load(self.models_file)
+        return self._registry
 
     def prices(self, names: list[str]) -> dict[str, tuple[float, float]]:
         """Price per 1M (input, output) tokens per model, from the models file (a bare ``cost`` is
         taken as both); empty without one."""
-        if self.models_file is None:
+        reg = self.registry()
+        if reg is None:
             return {}
-        from ..registry import Registry
-
-        reg = Registry.load(self.models_file)
         out = {}
         for n in names:
             e = reg.models.get(n)
@@ -198,12 +198,10 @@ class ServeConfig(BaseModel):
         aliases = {p.model: n for n, p in parsed.items()}
         if getattr(router, "fleet", None) is None:
             aliases.update({"small": router.small, "large": router.large})
-        given: Any = self.api_key_env
-        from_file = {n: v for n, v in self.registry_key_envs().items() if n in http}
-        if from_file:
-            given = {**from_file, **(dict(key_envs(given, http, aliases)) if given else {})}
+        reg = self.registry()
+        defaults = {n: e.api_key_env for n, e in reg.models.items()} if reg is not None else None
         try:
-            envs = key_envs(given, http, aliases)
+            envs = key_envs(self.api_key_env, http, aliases, defaults)
         except ValueError as exc:
             raise ServeConfigError(f"api_key_env: {exc}") from None
         out = []
