@@ -69,13 +69,19 @@ def run_proxy(port: int, upstream_port: int, router_dir: str, src: str | None = 
 
     import uvicorn
 
+    from hybridllm.backends import HTTPBackend
     from hybridllm.router import Router
-    from hybridllm.serve import ServeOptions, Upstream, create_app
+    from hybridllm.serve import ServeOptions, create_app
 
     logging.getLogger("hybridllm.access").setLevel(logging.WARNING)
     url = f"http://127.0.0.1:{upstream_port}/v1"
     router = Router(router_dir)
-    app = create_app(router, Upstream(SMALL, url, "s"), Upstream(LARGE, url, "l"), ServeOptions())
+    app = create_app(
+        router,
+        HTTPBackend(model="s", base_url=url, name=SMALL, concurrency=None),
+        HTTPBackend(model="l", base_url=url, name=LARGE, concurrency=None),
+        ServeOptions(),
+    )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
 
 

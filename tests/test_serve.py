@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from typing import Any
 
 import httpx
 import openai
@@ -12,11 +13,17 @@ import pytest
 import uvicorn
 
 from hybridllm import Router, TrainOptions, read_table, train_router
+from hybridllm.backends import HTTPBackend
 from hybridllm.head import HeadConfig
-from hybridllm.serve import ServeOptions, Upstream, create_app
+from hybridllm.serve import ServeOptions, create_app
 
 from .conftest import LARGE, SMALL
 from .fake_openai import FakeOpenAI, _free_port
+
+
+def upstream(name: str, url: str, model: str, **kw: Any) -> HTTPBackend:
+    """An OpenAI-protocol endpoint as the proxy builds it (httpx's default pool, one attempt)."""
+    return HTTPBackend(model=model, base_url=url, name=name, concurrency=None, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +62,8 @@ def stack(router):
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         s_up.reply = lambda p: f"small says {p}"
         l_up.reply = lambda p: f"large says {p}"
-        small = Upstream(SMALL, s_up.url, "s-model", timeout_s=2.0)
-        large = Upstream(LARGE, l_up.url, "l-model", timeout_s=2.0)
+        small = upstream(SMALL, s_up.url, "s-model", timeout_s=2.0)
+        large = upstream(LARGE, l_up.url, "l-model", timeout_s=2.0)
         app = create_app(router, small, large, ServeOptions())
         with Proxy(app) as proxy:
             yield proxy, s_up, l_up
@@ -122,8 +129,8 @@ def test_fallback_on_500_timeout_and_refused(stack, router):
     assert r.headers["x-hybridllm-fallback-from"] == SMALL
     s_up.faults.append("sleep:3")  # over the 2 s upstream timeout
     assert ask(c, "hybrid-t-0").headers["x-hybridllm-model"] == LARGE
-    dead = Upstream(SMALL, "http://127.0.0.1:9/v1", "s")
-    app = create_app(router, dead, Upstream(LARGE, l_up.url, "l"), ServeOptions())
+    dead = upstream(SMALL, "http://127.0.0.1:9/v1", "s")
+    app = create_app(router, dead, upstream(LARGE, l_up.url, "l"), ServeOptions())
     with Proxy(app) as p2:
         assert ask(client(p2), "hybrid-t-0").headers["x-hybridllm-model"] == LARGE
         # a forced model does not fall back unless the request asks for it
@@ -132,7 +139,7 @@ def test_fallback_on_500_timeout_and_refused(stack, router):
         assert info.value.status_code == 502
         r = ask(client(p2), "small", extra_body={"hybridllm": {"fallback": True}})
         assert r.headers["x-hybridllm-model"] == LARGE and r.headers["x-hybridllm-fallback-from"] == SMALL
-    app = create_app(router, dead, Upstream(LARGE, l_up.url, "l"), ServeOptions(fallback=False))
+    app = create_app(router, dead, upstream(LARGE, l_up.url, "l"), ServeOptions(fallback=False))
     with Proxy(app) as p3, pytest.raises(openai.APIStatusError) as info:
         ask(client(p3), "hybrid-t-0")
     assert info.value.status_code == 502
@@ -155,8 +162,8 @@ def test_auth_and_bad_requests(router):
     with FakeOpenAI() as up:
         app = create_app(
             router,
-            Upstream(SMALL, up.url, "s"),
-            Upstream(LARGE, up.url, "l"),
+            upstream(SMALL, up.url, "s"),
+            upstream(LARGE, up.url, "l"),
             ServeOptions(api_keys=["k1"], max_body_bytes=2000, max_messages=3),
         )
         with Proxy(app) as p:
@@ -257,10 +264,8 @@ def test_in_process_local_model_as_upstream(router):
     from hybridllm.backends import LocalBackend
 
     with FakeOpenAI() as l_up:
-        local = Upstream(
-            SMALL, "http://in-process.invalid/v1", "gemma-3-270m", local=LocalBackend("gemma-3-270m", n_ctx=512)
-        )
-        app = create_app(router, local, Upstream(LARGE, l_up.url, "l"), ServeOptions())
+        local = LocalBackend("gemma-3-270m", n_ctx=512, name=SMALL)
+        app = create_app(router, local, upstream(LARGE, l_up.url, "l"), ServeOptions())
         with Proxy(app) as p:
             c = client(p)
             r = c.completions.with_raw_response.create(

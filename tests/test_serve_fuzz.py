@@ -7,11 +7,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hybridllm.serve import ServeOptions, Upstream, create_app
+from hybridllm.serve import ServeOptions, create_app
 
 from .conftest import LARGE, SMALL
 from .fake_openai import FakeOpenAI
-from .test_serve import Proxy, router  # noqa: F401  (module fixture reused)
+from .test_serve import Proxy, router, upstream  # noqa: F401  (module fixture reused)
 
 # the classes that once gave 500s: lone surrogates, non-finite and huge numbers, deep nesting (the
 # last two as placeholders replaced in the raw text, since json.dumps cannot write them)
@@ -86,7 +86,7 @@ bodies = (
 def proxy(router):  # noqa: F811
     with FakeOpenAI() as up:
         app = create_app(
-            router, Upstream(SMALL, up.url, "s", timeout_s=5), Upstream(LARGE, up.url, "l", timeout_s=5), ServeOptions()
+            router, upstream(SMALL, up.url, "s", timeout_s=5), upstream(LARGE, up.url, "l", timeout_s=5), ServeOptions()
         )
         with Proxy(app) as p:
             yield p

@@ -11,11 +11,11 @@ import time
 import httpx
 import pytest
 
-from hybridllm.serve import ServeOptions, Upstream, create_app
+from hybridllm.serve import ServeOptions, create_app
 
 from .conftest import LARGE, SMALL
 from .fake_openai import FakeOpenAI
-from .test_serve import Proxy, router  # noqa: F401  (module fixture reused)
+from .test_serve import Proxy, router, upstream  # noqa: F401  (module fixture reused)
 
 MSG = [{"role": "user", "content": "What is 2+2?"}]
 
@@ -23,8 +23,8 @@ MSG = [{"role": "user", "content": "What is 2+2?"}]
 @pytest.fixture
 def stack(router):  # noqa: F811
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
-        small = Upstream(SMALL, s_up.url, "s-model", timeout_s=2.0)
-        large = Upstream(LARGE, l_up.url, "l-model", timeout_s=2.0)
+        small = upstream(SMALL, s_up.url, "s-model", timeout_s=2.0)
+        large = upstream(LARGE, l_up.url, "l-model", timeout_s=2.0)
         with Proxy(create_app(router, small, large, ServeOptions(max_body_bytes=200_000))) as proxy:
             yield proxy, s_up, l_up
 
@@ -132,7 +132,7 @@ def test_one_bad_request_does_not_fail_its_batch_neighbours(router):  # noqa: F8
     with FakeOpenAI() as up:
         up.delay = 0.0
         opts = ServeOptions(batch_window_s=0.05)  # make them share micro-batches
-        app = create_app(poisoned, Upstream(SMALL, up.url, "s"), Upstream(LARGE, up.url, "l"), opts)
+        app = create_app(poisoned, upstream(SMALL, up.url, "s"), upstream(LARGE, up.url, "l"), opts)
         with Proxy(app) as proxy:
 
             async def burst():
@@ -154,7 +154,7 @@ def test_router_reads_a_bounded_text(router):  # noqa: F811
     seen = PoisonRouter(router)
     with FakeOpenAI() as up:
         opts = ServeOptions(max_body_bytes=3_000_000, max_router_chars=4000)
-        with Proxy(create_app(seen, Upstream(SMALL, up.url, "s"), Upstream(LARGE, up.url, "l"), opts)) as proxy:
+        with Proxy(create_app(seen, upstream(SMALL, up.url, "s"), upstream(LARGE, up.url, "l"), opts)) as proxy:
             long = "word " * 200_000 + "What is the capital of France?"
             r = post(proxy, {"model": "hybrid", "messages": [{"role": "user", "content": long}]})
     assert r.status_code == 200
@@ -257,7 +257,7 @@ def test_refusals_are_logged_and_counted(stack, caplog):
 def test_keys_guard_metrics_and_ready_and_401_is_counted(router):  # noqa: F811
     with FakeOpenAI() as up:
         opts = ServeOptions(api_keys=["k1"])
-        app = create_app(router, Upstream(SMALL, up.url, "s"), Upstream(LARGE, "http://127.0.0.1:9/v1", "l"), opts)
+        app = create_app(router, upstream(SMALL, up.url, "s"), upstream(LARGE, "http://127.0.0.1:9/v1", "l"), opts)
         with Proxy(app) as proxy:
             base = proxy.url.replace("/v1", "")
             assert httpx.get(base + "/health").json() == {"status": "ok"}  # liveness stays open
@@ -273,8 +273,8 @@ def test_keys_guard_metrics_and_ready_and_401_is_counted(router):  # noqa: F811
             assert 'hybridllm_requests_total{model="none",status="401"} 1.0' in metrics
         app = create_app(
             router,
-            Upstream(SMALL, up.url, "s"),
-            Upstream(LARGE, up.url, "l"),
+            upstream(SMALL, up.url, "s"),
+            upstream(LARGE, up.url, "l"),
             ServeOptions(api_keys=["k1"], public_metrics=True),
         )
         with Proxy(app) as proxy:

@@ -18,19 +18,12 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from .backends import Sample, SamplingParams
+from .backends import Backend, SamplingParams
 from .errors import HybridLLMError
 from .fsutil import atomic_write
-from .specs import redact_url
 from .table import Row, read_table, write_table
-
-
-class Backend(Protocol):
-    async def __aenter__(self) -> Any: ...
-    async def __aexit__(self, *exc: object) -> None: ...
-    async def generate(self, prompt: str | list[dict[str, Any]], params: SamplingParams) -> Sample: ...
 
 
 def sample_seed(seed: int, row_id: str, model: str, k: int) -> int:
@@ -186,10 +179,7 @@ def collect_settings(
 ) -> dict[str, Any]:
     """What a resumed run must share with the run it continues (journal first line, Ray job file)."""
     return {
-        "models": {
-            name: getattr(b, "spec", None) or redact_url(f"{getattr(b, 'model', '')}@{getattr(b, 'base_url', '')}")
-            for name, b in backends.items()
-        },
+        "models": {name: b.identity for name, b in backends.items()},
         "samples": samples,
         "seed": seed,
         "params": {k: v for k, v in params.__dict__.items() if k != "seed"},
@@ -279,7 +269,7 @@ async def sample_groups(
             (r["prompt"], SamplingParams(**{**params.__dict__, "seed": sample_seed(seed, r["id"], m, k)}))
             for r, m, k in group
         ]
-        if batch > 1 and hasattr(backend, "generate_many"):
+        if batch > 1 and backend.batched:
             got = await backend.generate_many(items)
         else:
             got = [await backend.generate(*items[0])]
@@ -391,7 +381,7 @@ def _groups(
     out: list[tuple[int, int, list[tuple[Row, str, int]]]] = []
     every = [(i, r, k) for i, r in enumerate(rows) for k in range(samples)]
     for mi, (m, b) in enumerate(backends.items()):
-        size = batch if batch > 1 and hasattr(b, "generate_many") else 1
+        size = batch if batch > 1 and b.batched else 1
         for start in range(0, len(every), size):
             g = [(r, m, k) for _, r, k in every[start : start + size] if (r["id"], m, k) not in done]
             if g:

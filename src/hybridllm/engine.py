@@ -308,7 +308,7 @@ def collect_ray(
         return read_table(output), RunStats()
     settings = {"stage": "collect", **table_settings, "batch": batch, "shard_rows": options.shard_rows}
     store = ShardStore(work, settings)
-    local = any(not hasattr(b, "base_url") for b in probe.values())
+    local = any(b.in_process for b in probe.values())
     if local:  # each actor's llama.cpp gets the CPUs Ray reserved for it, not every core of the node
         backend_kw["local_threads"] = max(1, int(options.cpus_per_worker))
     stats = run_shards(

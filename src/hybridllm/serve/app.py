@@ -13,15 +13,15 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..backends import Answer, Backend, Failure, StreamBroke
 from .batcher import MicroBatcher
 from .knobs import KnobError, forced_names, parse_knob, routing_names
 from .protocol import RequestError, check_request, error_body, error_type, parse_json, read_body
 from .routing import Routing
-from .upstream import Answer, Failure, StreamBroke, Upstream, call_http, call_local, probe
 
 log = logging.getLogger("hybridllm.access")
 
@@ -173,12 +173,11 @@ async def _cancel_on_disconnect(request: Any, task: Any, left: list[bool]) -> No
             return
 
 
-def create_app(router: Any, *upstreams: Upstream | ServeOptions, options: ServeOptions | None = None) -> Any:
+def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOptions | None = None) -> Any:
     """The ASGI app: ``create_app(router, small, large[, options])`` for a two-model router, or
     ``create_app(router, *upstreams[, options])`` with one upstream per model of a router over N
-    models (any order; matched by name). ``router`` needs ``score(texts)``, ``threshold(...)``,
+    models (any order; matched by each backend's ``name``). ``router`` needs ``score(texts)``, ``threshold(...)``,
     ``turns`` and, for N models, ``fleet``."""
-    import httpx
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -186,30 +185,21 @@ def create_app(router: Any, *upstreams: Upstream | ServeOptions, options: ServeO
     from starlette.responses import JSONResponse, Response, StreamingResponse
 
     opts = options or next((u for u in upstreams if isinstance(u, ServeOptions)), None) or ServeOptions()
-    routing = Routing(router, [u for u in upstreams if isinstance(u, Upstream)])
+    routing = Routing(router, [u for u in upstreams if isinstance(u, Backend)])
     ups = routing.ups
     metrics = _Metrics(opts.prices, routing.fleet.reference)
-    forced = forced_names([(u.name, u.model) for u in ups], pair=routing.pair)
+    forced = forced_names([(u.who, u.model) for u in ups], pair=routing.pair)
     state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         state["batcher"] = MicroBatcher(router, opts.batch_window_s)
         state["batcher"].start()
-        state["clients"] = {
-            k: httpx.AsyncClient(
-                base_url=u.base_url,
-                timeout=u.timeout_s,
-                headers={"Authorization": f"Bearer {u.api_key}"} if u.api_key else {},
-                # httpx's defaults (100 connections, 20 kept alive): a larger pool measured more CPU per
-                # request here (httpcore scans its connections on every request)
-            )
-            for k, u in enumerate(ups)
-        }
-        yield
-        await state["batcher"].stop()
-        for c in state["clients"].values():
-            await c.aclose()
+        async with AsyncExitStack() as stack:
+            for u in ups:
+                await stack.enter_async_context(u)
+            yield
+            await state["batcher"].stop()
 
     docs = opts.api_docs
     app = FastAPI(
@@ -250,8 +240,8 @@ def create_app(router: Any, *upstreams: Upstream | ServeOptions, options: ServeO
     async def ready(request: Request) -> Any:
         if not (opts.public_metrics or authorised(request)):
             return unauthorised()
-        got = await asyncio.gather(*(probe(state["clients"][k], u) for k, u in enumerate(ups)))
-        report = {u.name: g for u, g in zip(ups, got, strict=True)}
+        got = await asyncio.gather(*(u.probe() for u in ups))
+        report = {u.who: g for u, g in zip(ups, got, strict=True)}
         ok = all(g["ok"] for g in got)
         return JSONResponse({"status": "ready" if ok else "not ready", "upstreams": report}, 200 if ok else 503)
 
@@ -279,7 +269,7 @@ def create_app(router: Any, *upstreams: Upstream | ServeOptions, options: ServeO
         knob = parse_knob(model, extra, forced)
         if knob.force:
             target = forced[knob.force]
-            metrics.decisions.labels(ups[target].name, "forced").inc()
+            metrics.decisions.labels(ups[target].who, "forced").inc()
             return target, f"forced {routing.label(target)}", bool(knob.fallback)
         try:
             kw = {"max_quality_drop": knob.max_quality_drop, "cost_advantage": knob.cost_advantage}
@@ -297,28 +287,23 @@ def create_app(router: Any, *upstreams: Upstream | ServeOptions, options: ServeO
         target, chosen = routing.decide(scores, threshold)
         rec.score, rec.threshold = chosen, threshold
         rec.scores = routing.named_scores(scores)
-        metrics.decisions.labels(ups[target].name, "router").inc()
+        metrics.decisions.labels(ups[target].who, "router").inc()
         return target, reason, opts.fallback if knob.fallback is None else knob.fallback
 
     async def attempts(order: list[int], body: dict[str, Any], kind: str, stream: bool, rec: _Record) -> Any:
-        path = "/chat/completions" if kind == "chat" else "/completions"
         failure: Failure | None = None
         for which in order:
             up = ups[which]
-            send = dict(body, model=up.model)
-            if up.local is not None:
-                got = await call_local(up, send, kind, stream)
-            else:
-                got = await call_http(state["clients"][which], up, path, send, stream)
+            got = await up.forward(kind, dict(body, model=up.model), stream)
             if isinstance(got, Answer):
-                if up.name != ups[order[0]].name:
-                    rec.fallback_from = ups[order[0]].name
-                    metrics.fallbacks.labels(rec.fallback_from, up.name).inc()
-                rec.model = up.name
+                if which != order[0]:
+                    rec.fallback_from = ups[order[0]].who
+                    metrics.fallbacks.labels(rec.fallback_from, up.who).inc()
+                rec.model = up.who
                 return got
-            metrics.errors.labels(up.name).inc()
+            metrics.errors.labels(up.who).inc()
             failure = got
-        rec.model = ups[order[0]].name
+        rec.model = ups[order[0]].who
         return failure
 
     async def handle(request: Request, kind: str) -> Any:
@@ -359,7 +344,7 @@ def create_app(router: Any, *upstreams: Upstream | ServeOptions, options: ServeO
                 if not left:
                     raise
                 rec.status, rec.error = 499, "client disconnected"
-                rec.model = ups[target].name
+                rec.model = ups[target].who
                 return Response(status_code=499)
             finally:
                 watcher.cancel()

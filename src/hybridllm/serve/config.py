@@ -15,11 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from ..specs import key_envs, parse_spec, read_key, redact_url
+from ..backends import Backend, make_backend
+from ..specs import key_envs, parse_spec
 from .app import ServeOptions
 from .errors import ServeConfigError
 from .knobs import KnobError, parse_name
-from .upstream import Upstream
 
 
 class ServeConfig(BaseModel):
@@ -189,7 +189,7 @@ class ServeConfig(BaseModel):
                 out[n] = (float(pin), float(pout))
         return out
 
-    def upstreams(self, router: Any, load_local: Any = None) -> list[Upstream]:
+    def upstreams(self, router: Any, load_local: Any = None) -> list[Backend]:
         """One upstream per model of the router (cost order for N models; small, large for two),
         each with its own key. ``load_local(spec, name)`` is called before an in-process model loads."""
         specs = self.model_specs(router)
@@ -206,27 +206,19 @@ class ServeConfig(BaseModel):
             raise ServeConfigError(f"api_key_env: {exc}") from None
         out = []
         for name, p in parsed.items():
-            if p.is_http:
-                try:
-                    key = read_key(name, envs.get(name))
-                except ValueError as exc:
-                    raise ServeConfigError(str(exc)) from None
-                out.append(Upstream(name, p.base_url or "", p.model, api_key=key, timeout_s=self.timeout_s))
-            else:
-                from ..backends import LocalBackend
-
-                local = LocalBackend(p.model)
+            try:
+                # the proxy's pool: httpx's defaults (concurrency None), one attempt per request
+                backend = make_backend(
+                    specs[name], envs.get(name), name=name, concurrency=None, timeout_s=self.timeout_s
+                )
+            except ValueError as exc:
+                raise ServeConfigError(str(exc)) from None
+            if backend.in_process:
                 if load_local is not None:
                     load_local(p.model, name)
-                local.load()
-                out.append(
-                    Upstream(name, "http://in-process.invalid/v1", p.model, local=local, timeout_s=self.timeout_s)
-                )
+                backend.load()  # type: ignore[attr-defined]
+            out.append(backend)
         return out
 
-    def describe_upstreams(self, upstreams: list[Upstream]) -> str:
-        return " | ".join(
-            f"{u.name} → {'in-process ' + u.model if u.local is not None else redact_url(u.base_url)}"
-            + (" (with key)" if u.api_key else "")
-            for u in upstreams
-        )
+    def describe_upstreams(self, upstreams: list[Backend]) -> str:
+        return " | ".join(f"{u.who} → {u.where}" + (" (with key)" if u.has_key else "") for u in upstreams)

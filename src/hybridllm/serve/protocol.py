@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..backends._types import within
 from ..routing_text import flatten
 from ..table import lone_surrogate
-from .upstream import within
 
 
 class RequestError(Exception):

@@ -9,25 +9,25 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import Backend
 from ..policy import Fleet, choose
 from .errors import ServeConfigError
-from .upstream import Upstream
 
 
 class Routing:
-    def __init__(self, router: Any, upstreams: Sequence[Upstream]) -> None:
+    def __init__(self, router: Any, upstreams: Sequence[Backend]) -> None:
         fleet = getattr(router, "fleet", None)
         if fleet is None:
             if len(upstreams) != 2:
                 raise ServeConfigError(f"a two-model router needs two upstreams (small, large), got {len(upstreams)}")
             self.pair = True
             self.ups = list(upstreams)
-            self.fleet = Fleet((self.ups[0].name, self.ups[1].name), (1.0, 2.0), self.ups[1].name)
-            self.candidates: list[str] = [self.ups[0].name]
+            self.fleet = Fleet((self.ups[0].who, self.ups[1].who), (1.0, 2.0), self.ups[1].who)
+            self.candidates: list[str] = [self.ups[0].who]
             quality = [0.0, 1.0]
         else:
             self.pair = False
-            by_name = {u.name: u for u in upstreams}
+            by_name = {u.who: u for u in upstreams}
             missing = [m for m in fleet.models if m not in by_name]
             extra = [n for n in by_name if n not in fleet.models]
             if missing or extra or len(by_name) != len(upstreams):
@@ -44,7 +44,7 @@ class Routing:
     def label(self, index: int) -> str:
         if self.pair:
             return "small" if index == 0 else "large"
-        return self.ups[index].name
+        return self.ups[index].who
 
     def decide(self, scores: Any, threshold: float) -> tuple[int, float]:
         """(index of the chosen upstream, the score shown for the decision)."""
