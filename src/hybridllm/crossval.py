@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .encoder import EmbeddingCache
+from .evaluate import pair_report, prompt_lengths
 from .metrics import evaluate_scores, expected_quality
 from .router import Router
 from .table import Row, TableError, select_pair, split_rows
@@ -28,6 +29,7 @@ class CrossValResult:
     report: dict[str, Any]
     rows: list[Row]  # the rows evaluated (both models' quality), in table order
     scores: np.ndarray  # each row's out-of-fold router score
+    band: np.ndarray | None = None  # the curve's bootstrap band (hybridllm.bootstrap.GRID)
 
 
 def cross_validate(
@@ -78,12 +80,13 @@ def cross_validate(
         "folds": folds,
         "salt": salt,
     }
-    report.update({k: v for k, v in evaluate_scores(all_scores, qs, ql).items() if k != "n"})
+    body, boot = pair_report(all_scores, qs, ql, prompt_lengths(used, options.prompt_turns))
+    report.update({k: v for k, v in body.items() if k != "n"})
     apgrs = [p["apgr"] for p in per_fold if p["apgr"] is not None]
     report["per_fold"] = per_fold
     report["fold_apgr_mean"] = float(np.mean(apgrs)) if apgrs else None
     report["fold_apgr_std"] = float(np.std(apgrs, ddof=1)) if len(apgrs) > 1 else None
-    return CrossValResult(report, used, all_scores)
+    return CrossValResult(report, used, all_scores, boot.band)
 
 
 def cross_validate_fleet(

@@ -1,4 +1,6 @@
-"""Evaluating a router on a table: section-5 metrics, predictions, and the cost/quality plot."""
+"""Evaluating a two-model router on a table: the metrics of docs/method.md for the router, random,
+the oracle and prompt-length baselines, the saved operating point as realised on the table beside
+what calibration promised, and bootstrap 95 % intervals (:mod:`hybridllm.bootstrap`)."""
 
 from __future__ import annotations
 
@@ -9,24 +11,96 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import evaluate_scores, expected_quality, quality_curve, quality_drop, random_curve
+from .bootstrap import Bootstrap, bootstrap_pair, realised, separation_warning
+from .calibrate import threshold_for_cost_advantage, threshold_for_quality_drop
+from .metrics import evaluate_scores, expected_quality, quality_curve, summarize
 from .router import Router
+from .routing_text import flatten
 from .table import Row, select_pair
+
+#: baselines that need nothing but the prompt: its length (characters of the text the router reads)
+LENGTH_BASELINES = {"shorter_prompts_to_small": -1.0, "longer_prompts_to_small": 1.0}
+
+
+def promised_point(config: dict[str, Any]) -> dict[str, Any]:
+    """The artifact's default operating point and what calibration (on validation) promised for it."""
+    default, table = config["default_operating_point"], config["calibration"]
+    if default["kind"] == "max_quality_drop":
+        row = threshold_for_quality_drop(table, float(default["value"]))
+        knob = f"max_quality_drop={float(default['value']):g}%"
+    elif default["kind"] == "cost_advantage":
+        row = threshold_for_cost_advantage(table, float(default["value"]))
+        knob = f"cost_advantage={float(default['value']):g}%"
+    else:
+        row = {"threshold": float(default["value"]), "cost_advantage": None, "quality_drop": None}
+        knob = f"threshold={float(default['value']):g}"
+    return {
+        "knob": knob,
+        "threshold": float(row["threshold"]),
+        "promised": {"cost_advantage": row["cost_advantage"], "quality_drop": row["quality_drop"]},
+    }
+
+
+def prompt_lengths(rows: Sequence[Row], turns: str = "all") -> np.ndarray:
+    return np.array([len(flatten(r["prompt"], turns, harden=False)) for r in rows], dtype=np.float64)
+
+
+def pair_report(
+    scores: np.ndarray,
+    qs: np.ndarray,
+    ql: np.ndarray,
+    lengths: np.ndarray,
+    point: dict[str, Any] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[dict[str, Any], Bootstrap]:
+    """The report body for one set of scores: router, random, oracle, length baselines, the
+    operating point (``point``: :func:`promised_point`) realised, ``ci95`` and ``warnings``."""
+    report = evaluate_scores(scores, qs, ql)
+    q_small, q_large = float(qs.mean()), float(ql.mean())
+    report["baselines"] = {
+        name: summarize(quality_curve(sign * lengths, qs, ql), q_small, q_large).to_dict()
+        for name, sign in LENGTH_BASELINES.items()
+    }
+    threshold = None
+    if point is not None:
+        threshold = point["threshold"]
+        report["operating_point"] = dict(point, realised=realised(scores, qs, ql, threshold))
+    boot = bootstrap_pair(scores, qs, ql, threshold, n_boot=n_boot, seed=seed)
+    report["ci95"] = boot.ci95
+    warnings = []
+    w = separation_warning(boot.ci95, len(qs))
+    if w:
+        warnings.append(w)
+    report["warnings"] = warnings
+    return report, boot
 
 
 def evaluate_router(
-    router: Router, rows: Sequence[Row], scorer: Callable[[list[Any]], np.ndarray] | None = None
-) -> tuple[dict[str, Any], list[Row], np.ndarray, int]:
-    """Score every row that has both models' quality; returns (report, rows used, scores, skipped).
-    ``scorer``: router scores for a list of prompts computed elsewhere (the Ray engine)."""
+    router: Router,
+    rows: Sequence[Row],
+    scorer: Callable[[list[Any]], np.ndarray] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[dict[str, Any], list[Row], np.ndarray, Bootstrap]:
+    """Score every row that has both models' quality; returns (report, rows used, scores,
+    bootstrap). ``scorer``: router scores for a list of prompts computed elsewhere (the Ray engine)."""
     pair = select_pair(rows, router.small, router.large)
     prompts = [r["prompt"] for r in pair.rows]
     scores = scorer(prompts) if scorer is not None else router.score(prompts, show_progress=len(pair.rows) > 256)
     qs, ql = expected_quality(pair.rows, router.small, router.large)
-    report = evaluate_scores(scores, qs, ql)
-    ordered = {"n": report["n"], "small": router.small, "large": router.large, "skipped": pair.skipped}
-    ordered.update({k: v for k, v in report.items() if k != "n"})
-    return ordered, pair.rows, scores, pair.skipped
+    body, boot = pair_report(
+        np.asarray(scores, dtype=np.float64),
+        qs,
+        ql,
+        prompt_lengths(pair.rows, getattr(router, "turns", "all")),
+        promised_point(router.config),
+        n_boot,
+        seed,
+    )
+    report = {"n": body["n"], "small": router.small, "large": router.large, "skipped": pair.skipped}
+    report.update({k: v for k, v in body.items() if k != "n"})
+    return report, pair.rows, scores, boot
 
 
 def write_predictions(path: str | Path, rows: Sequence[Row], scores: np.ndarray) -> None:
@@ -37,30 +111,46 @@ def write_predictions(path: str | Path, rows: Sequence[Row], scores: np.ndarray)
             fh.write(json.dumps({"id": r["id"], "score": round(float(s), 6)}) + "\n")
 
 
-def plot_curves(path: str | Path, scores: np.ndarray, qs: np.ndarray, ql: np.ndarray, title: str = "") -> Path:
-    """Quality drop vs cost advantage for router, random and oracle (lower is better)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(qs)
-    ca = np.arange(n + 1) / max(n, 1) * 100
-    q_large = float(ql.mean())
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    ax.plot(ca, quality_drop(quality_curve(scores, qs, ql), q_large), label="router", lw=2)
-    ax.plot(ca, quality_drop(random_curve(qs, ql), q_large), label="random", ls="--", color="gray")
-    ax.plot(ca, quality_drop(quality_curve(qs - ql, qs, ql), q_large), label="oracle", ls=":", color="green")
-    ax.axhline(0, color="black", lw=0.6)
-    ax.axhline(1, color="red", lw=0.6, ls="-.", label="1% quality drop")
-    ax.set_xlabel("cost advantage: % of queries answered by the small model")
-    ax.set_ylabel("quality drop vs all-at-large (%)")
-    ax.set_title(title or "hybridllm router: cost vs quality")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p)
-    plt.close(fig)
-    return p
+def breakdown_by_meta(
+    rows: Sequence[Row],
+    scores: np.ndarray,
+    qs: np.ndarray,
+    ql: np.ndarray,
+    threshold: float | None,
+    max_values: int = 25,
+    min_rows: int = 5,
+) -> dict[str, list[dict[str, Any]]]:
+    """The router per group of a ``meta`` field with a few scalar values (a subject, a source): rows,
+    APGR, cost advantage at ≤ 1 % quality drop and, with ``threshold``, the operating point realised
+    in that group. Groups under ``min_rows`` rows are left out, fields with more than ``max_values``
+    values too (an id is not a breakdown)."""
+    fields: dict[str, dict[str, list[int]]] = {}
+    for i, r in enumerate(rows):
+        for k, v in (r.get("meta") or {}).items():
+            if isinstance(v, (str, int, bool)) and not isinstance(v, float):
+                fields.setdefault(k, {}).setdefault(str(v), []).append(i)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for field_name, groups in sorted(fields.items()):
+        if not 2 <= len(groups) <= max_values:
+            continue
+        entries = []
+        for value, idx_list in sorted(groups.items(), key=lambda g: -len(g[1])):
+            if len(idx_list) < min_rows:
+                continue
+            idx = np.asarray(idx_list)
+            s, a, l_ = scores[idx], qs[idx], ql[idx]
+            summ = summarize(quality_curve(s, a, l_), float(a.mean()), float(l_.mean()))
+            entry = {
+                "value": value,
+                "n": len(idx),
+                "Q_small": float(a.mean()),
+                "Q_large": float(l_.mean()),
+                "apgr": summ.apgr,
+                "cost_advantage_at_quality_drop_1": summ.cost_advantage_at_quality_drop["1"],
+            }
+            if threshold is not None:
+                entry["operating_point"] = realised(s, a, l_, threshold)
+            entries.append(entry)
+        if len(entries) >= 2:
+            out[field_name] = entries
+    return out

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from ..errors import HybridLLMError
 
@@ -123,22 +122,3 @@ def _load_router(router_dir: Path | None) -> Any:
 
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
-
-
-def summary_table(report: dict, title: str) -> Table:
-    t = Table(title=title)
-    t.add_column("router")
-    t.add_column("APGR", justify="right")
-    for ca in ("10", "20", "40", "60"):
-        t.add_column(f"QD@CA{ca}%", justify="right")
-    for qd in ("0", "0.5", "1", "2", "5"):
-        t.add_column(f"CA@QD≤{qd}%", justify="right")
-    for name in ("router", "random", "oracle"):
-        r = report[name]
-        t.add_row(
-            name,
-            _fmt(r["apgr"]),
-            *[_fmt(r["quality_drop_at_cost_advantage"][k], 2) for k in ("10", "20", "40", "60")],
-            *[_fmt(r["cost_advantage_at_quality_drop"][k], 1) for k in ("0", "0.5", "1", "2", "5")],
-        )
-    return t

@@ -24,8 +24,8 @@ from ._common import (
     _ray_options,
     app,
     out,
-    summary_table,
 )
+from ._report import summary_table
 
 
 @app.command()
@@ -204,27 +204,35 @@ def _crossval_fleet(table, models, cost, models_file, labels, encoder, seed, fol
 @app.command()
 def evaluate(
     router_dir: Annotated[Path, typer.Argument(metavar="DIR", help="router artifact")],
-    table: Annotated[Path, typer.Argument(help="table with both models' quality")],
+    table: Annotated[Path, typer.Argument(help="table with both models' quality (a test split)")],
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
     predictions: Annotated[Path | None, typer.Option(help="write JSONL {id, score} per row")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a PNG of quality drop vs cost advantage")] = None,
+    html_out: Annotated[
+        Path | None,
+        typer.Option("--html", help="write one self-contained HTML report (plot, table, breakdown by meta field)"),
+    ] = None,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95 % intervals")] = 1000,
     engine: EngineOpt = Engine.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 2,
     shard_rows: ShardRowsOpt = 1024,
     work_dir: WorkDirOpt = None,
 ) -> None:
-    """Evaluate a router on a table: router vs random vs oracle."""
-    from ..evaluate import evaluate_router, plot_curves, write_predictions
-    from ..metrics import expected_quality
+    """Evaluate a router on a table: the router with 95 % intervals against random, the oracle and
+    prompt-length baselines, and its saved operating point as realised on the table."""
+    from ..evaluate import evaluate_router, write_predictions
     from ..router import Router
     from ..table import read_table
+    from ._report import show_pair_report, write_pair_outputs
 
+    if bootstrap < 100:
+        _fail("--bootstrap must be at least 100 resamples")
     router = Router(router_dir)
     rows = read_table(table)
     if router.fleet is not None:
-        if engine is not Engine.local or predictions:
-            _fail("routers over N models evaluate with the local engine, without --predictions")
+        if engine is not Engine.local or predictions or html_out:
+            _fail("routers over N models evaluate with the local engine, without --predictions or --html")
         _evaluate_fleet(router, rows, table, json_out, plot)
         return
     ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
@@ -235,19 +243,15 @@ def evaluate(
         def scorer(prompts):
             return router_scores_ray(router_dir, prompts, ray_opts)[0]
 
-    report, used, scores, skipped = evaluate_router(router, rows, scorer=scorer)
-    if skipped:
-        _progress(f"skipped {skipped} rows without quality for both {router.small} and {router.large}")
-    out.print(summary_table(report, f"{router.small} → {router.large} on {table.name} ({report['n']} rows)"))
-    out.print(f"Q_small {report['Q_small']:.4f}   Q_large {report['Q_large']:.4f}")
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=1) + "\n")
+    report, used, scores, boot = evaluate_router(router, rows, scorer=scorer, n_boot=bootstrap)
+    if report["skipped"]:
+        _progress(f"skipped {report['skipped']} rows without quality for both {router.small} and {router.large}")
+    title = f"{router.small} → {router.large} on {table.name} ({report['n']} rows)"
+    show_pair_report(report, title)
     if predictions:
         write_predictions(predictions, used, scores)
-    if plot:
-        qs, ql = expected_quality(used, router.small, router.large)
-        plot_curves(plot, scores, qs, ql, f"{router.small} → {router.large} ({report['n']} queries)")
+        _progress(f"wrote {predictions}")
+    write_pair_outputs(report, used, scores, boot.band, title, json_out, plot, html_out, router.turns)
 
 
 def _evaluate_fleet(router, rows, table, json_out, plot) -> None:
@@ -302,11 +306,11 @@ def crossval(
     """Cross-validate the training recipe: every row scored by a router trained on the other
     folds. For tables too small to spare a test split."""
     from ..crossval import cross_validate
-    from ..evaluate import plot_curves, write_predictions
+    from ..evaluate import write_predictions
     from ..head import HeadConfig
-    from ..metrics import expected_quality
     from ..table import read_table
     from ..train import DEFAULT_EXTRA, TrainOptions
+    from ._report import show_pair_report, write_pair_outputs
 
     if models is not None:
         if small or large or predictions:
@@ -327,21 +331,18 @@ def crossval(
     rep = res.report
     if rep["skipped"]:
         _progress(f"skipped {rep['skipped']} rows without quality for both {small} and {large}")
-    out.print(summary_table(rep, f"{small} → {large}: {folds}-fold cross-validation on {table.name} ({rep['n']} rows)"))
+    title = f"{small} → {large}: {folds}-fold cross-validation on {table.name} ({rep['n']} rows)"
+    show_pair_report(rep, title)
     fold_apgr = ", ".join(_fmt(p["apgr"]) for p in rep["per_fold"])
     out.print(
         f"Q_small {rep['Q_small']:.4f}   Q_large {rep['Q_large']:.4f}   per-fold APGR {fold_apgr} "
         f"(mean {_fmt(rep['fold_apgr_mean'])} ± {_fmt(rep['fold_apgr_std'])} sd)",
         highlight=False,
     )
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(rep, indent=1) + "\n")
     if predictions:
         write_predictions(predictions, res.rows, res.scores)
-    if plot:
-        qs, ql = expected_quality(res.rows, small, large)
-        plot_curves(plot, res.scores, qs, ql, f"{small} → {large} ({rep['n']} queries, {folds}-fold out-of-fold)")
+        _progress(f"wrote {predictions}")
+    write_pair_outputs(rep, res.rows, res.scores, res.band, title, json_out, plot, None)
 
 
 @app.command()
