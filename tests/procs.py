@@ -8,19 +8,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 
 
 @contextlib.contextmanager
 def running_serve(
-    args: list[str], port: int, env: dict[str, str] | None = None, timeout: float = 60
+    args: list[str], port: int, env: dict[str, str] | None = None, timeout: float = 60, log: Any = None
 ) -> Iterator[subprocess.Popen]:
     """Start `hybridllm serve ARGS`, wait for /health, yield the process; the caller reads its
-    combined output from ``proc.stdout`` after the block (the process is stopped by then)."""
+    combined output from ``proc.stdout`` after the block (the process is stopped by then). Heavy
+    traffic would fill that pipe and stall the server: pass ``log`` (an open file) instead."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "hybridllm.cli", "serve", *args],
-        stdout=subprocess.PIPE,
+        stdout=log if log is not None else subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "HYBRIDLLM_NO_PROGRESS": "1", **(env or {})},
     )
@@ -33,7 +35,7 @@ def running_serve(
             except httpx.HTTPError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
-                out = proc.stdout.read().decode() if proc.poll() is not None else ""
+                out = proc.stdout.read().decode() if proc.poll() is not None and proc.stdout else ""
                 raise AssertionError(f"serve did not come up: {out[-2000:]}")
             time.sleep(0.2)
         yield proc

@@ -85,7 +85,7 @@ def serve(
     if cfg.route_on is not None:
         router.turns = cfg.route_on
     ups = cfg.upstreams(router, lambda spec, name: _progress(f"loading local model {spec} for {name}"))
-    options.prices = cfg.prices([u.name for u in ups])
+    options.prices = cfg.prices([u.who for u in ups])
     app_ = create_app(router, *ups, options=options)
 
     def banner(bound: int) -> None:

@@ -8,7 +8,6 @@ and a count in ``/metrics``.
 
 import asyncio
 import hmac
-import json
 import logging
 import time
 import uuid
@@ -19,11 +18,11 @@ from typing import Any
 
 from ..backends import Answer, Backend, Failure, StreamBroke
 from .batcher import MicroBatcher
+from .dashboard import KnobControl, mount_dashboard
 from .knobs import KnobError, forced_names, parse_knob, routing_names
+from .metrics import Metrics, Record
 from .protocol import RequestError, check_request, error_body, error_type, parse_json, read_body
 from .routing import Routing
-
-log = logging.getLogger("hybridllm.access")
 
 
 @dataclass
@@ -57,111 +56,6 @@ def openai_error(status: int, message: str, param: str | None = None, code: Any 
     )
 
 
-@dataclass
-class _Record:
-    """What one request's access-log line and metrics say."""
-
-    rid: str
-    t0: float
-    model: str = "none"
-    status: int = 0
-    score: float | None = None
-    threshold: float | None = None
-    usage: dict[str, Any] = field(default_factory=dict)
-    fallback_from: str | None = None
-    scores: dict[str, float] | None = None  # every scored model's score (routers over N models)
-    cost: float | None = None  # estimated, when prices are known
-    stream: bool = False
-    error: str | None = None
-    prompt: Any = None
-
-
-class _Metrics:
-    def __init__(self, prices: dict[str, tuple[float, float]] | None = None, reference: str | None = None) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = reg = CollectorRegistry()
-        self.requests = Counter(
-            "hybridllm_requests", "requests answered, by upstream model and status", ["model", "status"], registry=reg
-        )
-        self.decisions = Counter("hybridllm_routing_decisions", "routing decisions", ["model", "reason"], registry=reg)
-        self.tokens = Counter("hybridllm_tokens", "tokens reported by upstreams", ["model", "kind"], registry=reg)
-        self.errors = Counter("hybridllm_upstream_errors", "failed upstream calls", ["model"], registry=reg)
-        self.fallbacks = Counter(
-            "hybridllm_fallbacks",
-            "requests answered by another model after a failure",
-            ["from_model", "to_model"],
-            registry=reg,
-        )
-        self.prices, self.reference = prices or {}, reference
-        self.cost = Counter(
-            "hybridllm_cost",
-            "estimated cost of answered requests (usage x price per 1M tokens)",
-            ["model"],
-            registry=reg,
-        )
-        self.cost_best = Counter(
-            "hybridllm_cost_always_best", "what the same requests would have cost on the best model", registry=reg
-        )
-        self.saving = Gauge("hybridllm_saving_ratio", "1 - cost / cost on the best model, so far", registry=reg)
-        self._spent = self._best = 0.0
-        self.router = Histogram(
-            "hybridllm_router_seconds",
-            "router decision latency",
-            registry=reg,
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
-        )
-
-    def _price(self, rec: _Record) -> None:
-        """Estimated cost of one answered request and the always-best counterfactual (same tokens)."""
-        pin = rec.usage.get("prompt_tokens")
-        pout = rec.usage.get("completion_tokens")
-        if rec.model not in self.prices or self.reference not in self.prices:
-            return
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (pin, pout)):
-            return
-        cost = (pin * self.prices[rec.model][0] + pout * self.prices[rec.model][1]) / 1e6
-        best = (pin * self.prices[self.reference][0] + pout * self.prices[self.reference][1]) / 1e6
-        self.cost.labels(rec.model).inc(cost)
-        self.cost_best.inc(best)
-        self._spent += cost
-        self._best += best
-        if self._best > 0:
-            self.saving.set(1 - self._spent / self._best)
-        rec.cost = cost
-
-    def record(self, rec: _Record, log_prompts: bool) -> None:
-        self.requests.labels(rec.model, str(rec.status)).inc()
-        if rec.status == 200:
-            self._price(rec)
-        for k in ("prompt_tokens", "completion_tokens"):
-            v = rec.usage.get(k)
-            if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
-                self.tokens.labels(rec.model, k.split("_")[0]).inc(v)
-        line: dict[str, Any] = {
-            "id": rec.rid,
-            "model": rec.model,
-            "status": rec.status,
-            "latency_ms": round((time.perf_counter() - rec.t0) * 1000, 1),
-            "score": rec.score,
-            "threshold": rec.threshold,
-            "stream": rec.stream,
-            "prompt_tokens": rec.usage.get("prompt_tokens"),
-            "completion_tokens": rec.usage.get("completion_tokens"),
-        }
-        if rec.cost is not None:
-            line["cost"] = round(rec.cost, 8)
-        if rec.fallback_from:
-            line["fallback_from"] = rec.fallback_from
-        if rec.scores is not None:
-            line["scores"] = rec.scores
-        if rec.error:
-            line["error"] = rec.error[:300]
-        if log_prompts and rec.prompt is not None:
-            line["prompt"] = rec.prompt
-        log.info(json.dumps(line, ensure_ascii=False))
-
-
 async def _cancel_on_disconnect(request: Any, task: Any, left: list[bool]) -> None:
     """Cancel ``task`` when the client goes (the body is already read, so only that message is
     left to receive); ``left`` records why the task was cancelled."""
@@ -187,7 +81,7 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
     opts = options or next((u for u in upstreams if isinstance(u, ServeOptions)), None) or ServeOptions()
     routing = Routing(router, [u for u in upstreams if isinstance(u, Backend)])
     ups = routing.ups
-    metrics = _Metrics(opts.prices, routing.fleet.reference)
+    metrics = Metrics(opts.prices, routing.fleet.reference, [u.who for u in ups])
     forced = forced_names([(u.who, u.model) for u in ups], pair=routing.pair)
     state: dict[str, Any] = {}
 
@@ -216,6 +110,10 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
             exc.status_code, str(exc.detail)
         )
         return openai_error(exc.status_code, msg, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, exc: RequestError) -> Any:
+        return openai_error(exc.status, exc.message, exc.param, exc.code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Any:
@@ -262,7 +160,7 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
             ],
         }
 
-    async def route(rec: _Record, model: str, extra: Any, text: str) -> tuple[int, str, bool]:
+    async def route(rec: Record, model: str, extra: Any, text: str) -> tuple[int, str, bool]:
         """(index of the target upstream, reason, may fall back)."""
         if model == "hybrid" and opts.default_knob:
             model = opts.default_knob
@@ -290,7 +188,7 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
         metrics.decisions.labels(ups[target].who, "router").inc()
         return target, reason, opts.fallback if knob.fallback is None else knob.fallback
 
-    async def attempts(order: list[int], body: dict[str, Any], kind: str, stream: bool, rec: _Record) -> Any:
+    async def attempts(order: list[int], body: dict[str, Any], kind: str, stream: bool, rec: Record) -> Any:
         failure: Failure | None = None
         for which in order:
             up = ups[which]
@@ -307,7 +205,7 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
         return failure
 
     async def handle(request: Request, kind: str) -> Any:
-        rec = _Record("req-" + uuid.uuid4().hex[:12], time.perf_counter())
+        rec = Record("req-" + uuid.uuid4().hex[:12], time.perf_counter())
         headers = {"x-hybridllm-request-id": rec.rid}
         relaying = False
         try:
@@ -375,7 +273,7 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
             if not relaying:
                 metrics.record(rec, opts.log_prompts)
 
-    async def relay(stream: AsyncIterator[bytes], rec: _Record) -> AsyncIterator[bytes]:
+    async def relay(stream: AsyncIterator[bytes], rec: Record) -> AsyncIterator[bytes]:
         """Relay the chunks; a failure mid-stream ends with an error event instead of a hang."""
         try:
             async for chunk in stream:
@@ -399,6 +297,9 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
     async def completions(request: Request) -> Any:
         return await handle(request, "completion")
 
+    control = KnobControl(router, routing, forced, opts)
+    mount_dashboard(app, control, metrics, authorised, unauthorised)
     app.state.metrics = metrics
+    app.state.knob = control
     app.state.options = opts
     return app

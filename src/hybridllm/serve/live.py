@@ -1,0 +1,96 @@
+"""The last minutes of traffic, for people (the dashboard) rather than for scrapers (/metrics):
+a bounded window of recent requests plus running totals, summarised on demand."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+WINDOW_S = 60  # requests/s series length
+BINS = 20  # score histogram bins over 0..1
+
+
+@dataclass(frozen=True)
+class Event:
+    t: float  # time.time() at the end of the request
+    model: str
+    status: int
+    latency_s: float
+    score: float | None
+    fallback: bool
+
+
+class LiveStats:
+    """Fed once per finished request; :meth:`snapshot` is what ``/dashboard/data`` returns."""
+
+    def __init__(self, models: list[str], keep: int = 5000) -> None:
+        self.models = list(models)
+        self.recent: deque[Event] = deque(maxlen=keep)
+        self.started = time.time()
+        self.by_model: dict[str, int] = dict.fromkeys(self.models, 0)
+        self.by_status: dict[str, int] = {}
+        self.fallbacks = 0
+        self.total = 0
+        self.spent = 0.0
+        self.always_best = 0.0
+        self._lock = threading.Lock()  # snapshots may run while a request finishes (thread pools)
+
+    def add(self, event: Event, cost: float | None = None, best: float | None = None) -> None:
+        with self._lock:
+            self.recent.append(event)
+            self.total += 1
+            if event.status == 200:
+                self.by_model[event.model] = self.by_model.get(event.model, 0) + 1
+            key = str(event.status)
+            self.by_status[key] = self.by_status.get(key, 0) + 1
+            self.fallbacks += event.fallback
+            if cost is not None and best is not None:
+                self.spent += cost
+                self.always_best += best
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        with self._lock:
+            events = list(self.recent)
+            by_model, by_status = dict(self.by_model), dict(self.by_status)
+            total, fallbacks, spent, best = self.total, self.fallbacks, self.spent, self.always_best
+        # requests/s per model over the last WINDOW_S whole seconds (oldest first)
+        end = int(now)
+        series = {m: [0] * WINDOW_S for m in self.models}
+        for e in events:
+            age = end - int(e.t)
+            if 0 <= age < WINDOW_S and e.status == 200 and e.model in series:
+                series[e.model][WINDOW_S - 1 - age] += 1
+        latency: dict[str, dict[str, float]] = {}
+        for m in self.models:
+            lat = np.array([e.latency_s for e in events if e.model == m and e.status == 200])
+            if len(lat):
+                p50, p95 = np.percentile(lat, [50, 95]) * 1000
+                latency[m] = {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "n": len(lat)}
+        scores = np.array([e.score for e in events if e.score is not None], dtype=np.float64)
+        hist = np.histogram(np.clip(scores, 0, 1), bins=BINS, range=(0.0, 1.0))[0] if len(scores) else np.zeros(BINS)
+        answered = sum(by_model.values())
+        return {
+            "uptime_s": round(now - self.started, 1),
+            "requests": total,
+            "answered": answered,
+            "by_model": by_model,
+            "share": {m: (by_model.get(m, 0) / answered * 100.0 if answered else 0.0) for m in self.models},
+            "by_status": by_status,
+            "errors": sum(v for k, v in by_status.items() if not k.startswith("2")),
+            "fallbacks": fallbacks,
+            "rps": {"window_s": WINDOW_S, "series": series},
+            "latency": latency,
+            "score_histogram": {"bins": BINS, "counts": [int(c) for c in hist]},
+            "cost": {
+                "spent": spent,
+                "always_best": best,
+                "saved": best - spent,
+                "saved_ratio": (1 - spent / best) if best > 0 else None,
+            },
+        }

@@ -1,0 +1,132 @@
+"""What the proxy counts and logs: one :class:`Record` per request, turned into Prometheus
+metrics, one JSON access-log line, and the live window the dashboard reads (:mod:`.live`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .live import Event, LiveStats
+
+log = logging.getLogger("hybridllm.access")
+
+
+@dataclass
+class Record:
+    """What one request's access-log line and metrics say."""
+
+    rid: str
+    t0: float
+    model: str = "none"
+    status: int = 0
+    score: float | None = None
+    threshold: float | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    fallback_from: str | None = None
+    scores: dict[str, float] | None = None  # every scored model's score (routers over N models)
+    cost: float | None = None  # estimated, when prices are known
+    best_cost: float | None = None  # the same tokens on the best model
+    stream: bool = False
+    error: str | None = None
+    prompt: Any = None
+
+
+class Metrics:
+    def __init__(
+        self,
+        prices: dict[str, tuple[float, float]] | None = None,
+        reference: str | None = None,
+        models: list[str] | None = None,
+    ) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = reg = CollectorRegistry()
+        self.requests = Counter(
+            "hybridllm_requests", "requests answered, by upstream model and status", ["model", "status"], registry=reg
+        )
+        self.decisions = Counter("hybridllm_routing_decisions", "routing decisions", ["model", "reason"], registry=reg)
+        self.tokens = Counter("hybridllm_tokens", "tokens reported by upstreams", ["model", "kind"], registry=reg)
+        self.errors = Counter("hybridllm_upstream_errors", "failed upstream calls", ["model"], registry=reg)
+        self.fallbacks = Counter(
+            "hybridllm_fallbacks",
+            "requests answered by another model after a failure",
+            ["from_model", "to_model"],
+            registry=reg,
+        )
+        self.prices, self.reference = prices or {}, reference
+        self.live = LiveStats(models or [])
+        self.cost = Counter(
+            "hybridllm_cost",
+            "estimated cost of answered requests (usage x price per 1M tokens)",
+            ["model"],
+            registry=reg,
+        )
+        self.cost_best = Counter(
+            "hybridllm_cost_always_best", "what the same requests would have cost on the best model", registry=reg
+        )
+        self.saving = Gauge("hybridllm_saving_ratio", "1 - cost / cost on the best model, so far", registry=reg)
+        self._spent = self._best = 0.0
+        self.router = Histogram(
+            "hybridllm_router_seconds",
+            "router decision latency",
+            registry=reg,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+        )
+
+    def _price(self, rec: Record) -> None:
+        """Estimated cost of one answered request and the always-best counterfactual (same tokens)."""
+        pin = rec.usage.get("prompt_tokens")
+        pout = rec.usage.get("completion_tokens")
+        if rec.model not in self.prices or self.reference not in self.prices:
+            return
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (pin, pout)):
+            return
+        cost = (pin * self.prices[rec.model][0] + pout * self.prices[rec.model][1]) / 1e6
+        best = (pin * self.prices[self.reference][0] + pout * self.prices[self.reference][1]) / 1e6
+        self.cost.labels(rec.model).inc(cost)
+        self.cost_best.inc(best)
+        self._spent += cost
+        self._best += best
+        if self._best > 0:
+            self.saving.set(1 - self._spent / self._best)
+        rec.cost, rec.best_cost = cost, best
+
+    def record(self, rec: Record, log_prompts: bool) -> None:
+        self.requests.labels(rec.model, str(rec.status)).inc()
+        if rec.status == 200:
+            self._price(rec)
+        for k in ("prompt_tokens", "completion_tokens"):
+            v = rec.usage.get(k)
+            if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+                self.tokens.labels(rec.model, k.split("_")[0]).inc(v)
+        latency = time.perf_counter() - rec.t0
+        self.live.add(
+            Event(time.time(), rec.model, rec.status, latency, rec.score, rec.fallback_from is not None),
+            rec.cost,
+            rec.best_cost,
+        )
+        line: dict[str, Any] = {
+            "id": rec.rid,
+            "model": rec.model,
+            "status": rec.status,
+            "latency_ms": round(latency * 1000, 1),
+            "score": rec.score,
+            "threshold": rec.threshold,
+            "stream": rec.stream,
+            "prompt_tokens": rec.usage.get("prompt_tokens"),
+            "completion_tokens": rec.usage.get("completion_tokens"),
+        }
+        if rec.cost is not None:
+            line["cost"] = round(rec.cost, 8)
+        if rec.fallback_from:
+            line["fallback_from"] = rec.fallback_from
+        if rec.scores is not None:
+            line["scores"] = rec.scores
+        if rec.error:
+            line["error"] = rec.error[:300]
+        if log_prompts and rec.prompt is not None:
+            line["prompt"] = rec.prompt
+        log.info(json.dumps(line, ensure_ascii=False))

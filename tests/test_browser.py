@@ -1,0 +1,123 @@
+"""The dashboard of a running `hybridllm serve` and the `evaluate --html` report, in a real
+headless Chromium: they load with no console error, show the numbers, and the knob control works."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from hybridllm import default_router_dir
+
+from .browser import browser_page
+from .conftest import REPO
+from .fake_openai import FakeOpenAI, _free_port
+from .procs import running_serve
+from .test_cli import run
+
+SMALL, LARGE = "qwen2.5-0.5b", "qwen2.5-1.5b"  # the shipped default router's pair
+QUESTIONS = [
+    "What is 2 + 3?",
+    "Prove that there are infinitely many primes.",
+    "Translate 'good morning' into French.",
+    "A train leaves at 3 pm at 60 km/h; another at 4 pm at 90 km/h. When does the second catch up?",
+]
+
+
+def _chat(port: int, model: str, text: str, key: str | None = None) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 8}
+    return httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+
+def test_dashboard_shows_live_traffic_and_its_knob_steers_routing(tmp_path):
+    port = _free_port()
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+        models = tmp_path / "models.toml"
+        models.write_text(
+            f'[models."{SMALL}"]\nspec = "s@{s_up.url}"\nprice_in = 0.1\nprice_out = 0.2\n'
+            f'[models."{LARGE}"]\nspec = "l@{l_up.url}"\nprice_in = 1.0\nprice_out = 2.0\n'
+        )
+        args = ["--router", str(default_router_dir()), "--small", f"s@{s_up.url}", "--large", f"l@{l_up.url}"]
+        with running_serve([*args, "--models-file", str(models), "--port", str(port)], port) as proc:
+            base = f"http://127.0.0.1:{port}"
+            with browser_page() as (page, errors):
+                page.goto(f"{base}/dashboard")
+                page.wait_for_function("document.getElementById('status').textContent.startsWith('live')")
+                assert page.inner_text("#total-requests") == "0"
+                for i in range(24):
+                    assert _chat(port, "hybrid" if i % 2 else SMALL, QUESTIONS[i % 4]).status_code == 200
+                # the page polls once a second: it shows what went through the proxy
+                page.wait_for_function("document.getElementById('total-requests').textContent === '24'")
+                page.wait_for_function("document.querySelectorAll('#latency tbody tr').length === 2")
+                saved = page.inner_text("#cost-saved")
+                assert saved != "n/a" and "%" in saved  # prices known: a saving versus always-large
+                data = httpx.get(f"{base}/dashboard/data").json()
+                assert data["requests"] == 24 and data["by_model"][SMALL] >= 12
+                assert sum(data["score_histogram"]["counts"]) == 12  # only routed requests have a score
+                assert len(data["router"]["curve"]["points"]) > 10 and data["router"]["point"] is not None
+                page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+
+                # the knob: everything to the small model (threshold 0), set from the page
+                page.fill("#knob-input", "hybrid-t-0")
+                page.click("#knob-apply")
+                page.wait_for_function("document.getElementById('knob-msg').textContent.includes('hybrid-t-0')")
+                routed = [_chat(port, "hybrid", q) for q in QUESTIONS]
+                assert {r.headers["x-hybridllm-model"] for r in routed} == {SMALL}
+                assert {r.headers["x-hybridllm-threshold"] for r in routed} == {"0.000000"}
+                # and back to the strictest point: a threshold above every score sends all to large
+                page.fill("#knob-input", "hybrid-t-1")
+                page.click("#knob-apply")
+                page.wait_for_function("document.getElementById('knob-msg').textContent.includes('hybrid-t-1')")
+                assert {_chat(port, "hybrid", q).headers["x-hybridllm-model"] for q in QUESTIONS} == {LARGE}
+                # a bad name is refused on the page, and routing keeps the last good knob
+                page.fill("#knob-input", "hybrid-qd-lots")
+                page.click("#knob-apply")
+                page.wait_for_function("document.getElementById('knob-msg').className === 'error'")
+                assert "hybrid-qd-lots" in page.inner_text("#knob-msg")
+                page.wait_for_function("document.getElementById('knob-current').textContent.includes('hybrid-t-1')")
+                assert errors == [] or all("400" in e for e in errors), errors  # only the refused knob
+        log = proc.stdout.read().decode()
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{") and '"event"' in line]
+    assert [e["to"] for e in events] == ["hybrid-t-0", "hybrid-t-1"]
+
+
+def test_dashboard_behind_a_key(tmp_path):
+    """With client keys, data and knob need a key; the page asks for it and then works."""
+    port = _free_port()
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+        args = ["--router", str(default_router_dir()), "--small", f"s@{s_up.url}", "--large", f"l@{l_up.url}"]
+        env = {"HYBRID_KEYS": "sk-dash-1"}
+        with running_serve([*args, "--serve-api-key-env", "HYBRID_KEYS", "--port", str(port)], port, env=env):
+            base = f"http://127.0.0.1:{port}"
+            assert httpx.get(f"{base}/dashboard/data").status_code == 401
+            r = httpx.post(f"{base}/dashboard/knob", json={"model": "hybrid-t-0"})
+            assert r.status_code == 401 and r.json()["error"]["type"]
+            assert _chat(port, "hybrid", "hi", key="sk-dash-1").status_code == 200
+            with browser_page() as (page, _errors):
+                page.goto(f"{base}/dashboard")
+                page.wait_for_function("document.getElementById('status').textContent.includes('API key')")
+                page.fill("#api-key", "sk-dash-1")
+                page.dispatch_event("#api-key", "change")
+                page.wait_for_function("document.getElementById('total-requests').textContent === '1'")
+                page.fill("#knob-input", "hybrid-t-0")
+                page.click("#knob-apply")
+                page.wait_for_function("document.getElementById('knob-msg').className === 'ok'")
+            assert _chat(port, "hybrid", QUESTIONS[1], key="sk-dash-1").headers["x-hybridllm-model"] == SMALL
+
+
+def test_html_report_opens_in_the_browser(tmp_path, cache_env):
+    report = tmp_path / "report.html"
+    test_split = REPO / "data/default-pair/split/test.jsonl"
+    run("evaluate", str(default_router_dir()), str(test_split), "--html", str(report), "--bootstrap", "300")
+    text = report.read_text()
+    assert "<script" not in text and "http://" not in text and "https://" not in text  # self-contained
+    with browser_page() as (page, errors):
+        page.goto(report.as_uri())
+        assert page.locator("#summary tr").count() == 6  # header + router, random, oracle, 2 length baselines
+        assert page.locator("#operating-point tr").count() == 3
+        assert page.locator("table.breakdown").count() >= 1
+        assert page.evaluate("document.querySelector('img').naturalWidth") > 400  # the inlined plot decoded
+        assert "[" in page.inner_text("#summary")  # intervals shown
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        assert errors == [], errors
