@@ -15,7 +15,7 @@ import httpx
 
 @contextlib.contextmanager
 def running_serve(
-    args: list[str], port: int, env: dict[str, str] | None = None, timeout: float = 60, log: Any = None
+    args: list[str], port: int, env: dict[str, str] | None = None, timeout: float = 60, log: Any = None, cwd: Any = None
 ) -> Iterator[subprocess.Popen]:
     """Start `hybridllm serve ARGS`, wait for /health, yield the process; the caller reads its
     combined output from ``proc.stdout`` after the block (the process is stopped by then). Heavy
@@ -24,6 +24,7 @@ def running_serve(
         [sys.executable, "-m", "hybridllm.cli", "serve", *args],
         stdout=log if log is not None else subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        cwd=cwd,
         env={**os.environ, "HYBRIDLLM_NO_PROGRESS": "1", **(env or {})},
     )
     try:

@@ -116,3 +116,13 @@ def test_unknown_format_version_is_refused(trained, tmp_path):
         Router(d)
     with pytest.raises(ArtifactError, match="not a router artifact"):
         Router(tmp_path)
+
+
+def test_augmentation_of_single_line_prompts():
+    """A corpus without any multi-line prompt (every GSM8K question) used to crash training."""
+    from hybridllm.routing_text import distractor_copies
+
+    texts = [f"Tom has {i} apples and buys {i + 3} more. How many apples does he have now?" for i in range(40)]
+    out, src = distractor_copies(texts, 4, seed=1)
+    assert len(out) == 160 and src == [i for i in range(40) for _ in range(4)]
+    assert all(o.startswith(texts[i][:20]) and len(o) > len(texts[i]) for o, i in zip(out, src, strict=True))

@@ -81,8 +81,9 @@ def distractor_copies(texts: list[str], copies: int, seed: int = 0) -> tuple[lis
             elif kind < 0.75:  # a sentence or two of another prompt
                 tail = " ".join(rng.choices(sentences, k=rng.randint(1, 2)))
             else:  # the last lines of another multi-line prompt (a list, a table, options)
-                lines = rng.choice(blocks)
-                tail = "\n".join(lines[-rng.randint(2, min(10, len(lines))) :])
+                lines = rng.choice(blocks)  # one word each when no prompt has several lines
+                keep = rng.randint(2, min(10, len(lines))) if len(lines) >= 2 else len(lines)
+                tail = "\n".join(lines[-keep:])
             out.append(normalize(f"{t}{rng.choice([' ', ' ', chr(10)])}{tail}"))
             src.append(i)
     return out, src
