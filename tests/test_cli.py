@@ -172,3 +172,49 @@ def test_version_and_help_in_pipeline_order():
     order = ["collect", "score", "stats", "split", "train", "evaluate", "crossval", "calibrate", "route", "serve"]
     positions = [helptext.index(f" {c} ") for c in order]
     assert positions == sorted(positions)
+
+
+def test_metric_choices_match_the_library():
+    from hybridllm.cli._common import Metric
+    from hybridllm.score import available_metrics
+
+    assert sorted(m.value for m in Metric) == available_metrics()
+    proc = run("score", "x.jsonl", "--metric", "bleu", "--output", "y.jsonl", ok=False)
+    assert proc.returncode != 0 and "exact-match" in proc.stderr and "judge" in proc.stderr
+
+
+def test_every_option_is_described():
+    """No option of any command without a help text (the defaults alone do not say what a knob does)."""
+    from typer.main import get_command
+
+    from hybridllm.cli import app
+
+    root = get_command(app)
+    missing = [
+        f"{name} {p.opts[0]}"
+        for name, cmd in root.commands.items()
+        for p in cmd.params
+        if getattr(p, "opts", None) and p.opts[0].startswith("--") and p.opts[0] != "--help" and not p.help
+    ]
+    assert missing == []
+
+
+def test_progress_in_a_log_file_is_whole_lines(tmp_path):
+    """Not a terminal: occasional complete lines, no carriage-return frames."""
+    from .fake_openai import FakeOpenAI
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"what is {i}+1?"}) + "\n" for i in range(30)))
+    with FakeOpenAI() as up:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hybridllm.cli", "collect", str(prompts), "--model", f"a=m@{up.url}",
+             "--samples", "2", "--output", str(tmp_path / "t.jsonl")],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "HYBRIDLLM_NO_PROGRESS": "0"},
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr and "collect: 60/60 sample (100%)" in proc.stderr
+
+
+def test_chat_without_upstreams_says_what_it_needs(tmp_path, artifact):
+    proc = run("chat", "hi", "--router", str(artifact), ok=False)
+    assert proc.returncode != 0 and "give --small and --large" in proc.stderr

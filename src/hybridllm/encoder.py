@@ -351,7 +351,8 @@ class StaticEncoder:
 def distill_static_table(path: Path, batch_size: int = 512) -> np.ndarray:
     """Run every vocabulary token through the encoder alone ([CLS] tok [SEP]); keep its pooled vector."""
     import onnxruntime as ort
-    from tqdm.auto import tqdm
+
+    from .progress import progress_iter
 
     tokenizer = _Tokenizer(path, 8)
     target = cache_dir() / "onnx" / f"{path.name}-{encoder_fingerprint(path, 8)}-static-src.onnx"
@@ -367,8 +368,8 @@ def distill_static_table(path: Path, batch_size: int = 512) -> np.ndarray:
     if cls_id is None or sep_id is None:
         raise EncoderError(f"static distillation needs a BERT-style tokenizer with [CLS]/[SEP] ({path})")
     table = np.zeros((vocab, int(sess.get_outputs()[0].shape[-1] or 384)), dtype=np.float32)
-    disable = os.environ.get("HYBRIDLLM_NO_PROGRESS") == "1"
-    for start in tqdm(range(0, vocab, batch_size), desc="distilling static encoder (once)", disable=disable):
+    starts = range(0, vocab, batch_size)
+    for start in progress_iter(starts, len(starts), "distilling static encoder (once)", "batch"):
         ids = np.arange(start, min(vocab, start + batch_size), dtype=np.int64)
         batch = np.stack([np.full_like(ids, cls_id), ids, np.full_like(ids, sep_id)], axis=1)
         table[ids] = sess.run(None, {"input_ids": batch, "attention_mask": np.ones_like(batch)})[0]
@@ -431,7 +432,7 @@ def embed_texts(
 ) -> np.ndarray:
     """Embed texts, reading and filling the on-disk cache; computed chunks are stored as they finish,
     so an interrupted run keeps what it already paid for."""
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     texts = list(texts)
     out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
@@ -446,8 +447,7 @@ def embed_texts(
     for i in todo:
         unique.setdefault(texts[i], []).append(i)
     utexts = list(unique)
-    disable = not show_progress or os.environ.get("HYBRIDLLM_NO_PROGRESS") == "1"
-    with tqdm(total=len(utexts), desc=desc, unit="text", disable=disable, leave=False) as bar:
+    with progress_bar(len(utexts), desc, "text", enabled=show_progress, leave=False) as bar:
         for start in range(0, len(utexts), chunk):
             part = utexts[start : start + chunk]
             vecs = encoder.encode(part, batch_size=batch_size, progress=bar.update)

@@ -16,7 +16,6 @@ per-task concurrency is the global limit on requests in flight.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -219,7 +218,7 @@ def run_shards(
     """Send every shard not yet in ``store`` through ``worker`` on Ray Data; return when all are
     written. ``actors``: a fixed pool of ``options.workers`` actors; otherwise plain tasks, at most
     ``options.workers`` at a time."""
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     init_ray(options)
     import ray.data
@@ -249,10 +248,9 @@ def run_shards(
 
         out = ds.map_batches(task, compute=ray.data.TaskPoolStrategy(size=size), **kw)
     total = sum(count(shards[i]) for i in todo)
-    disable = not options.show_progress or os.environ.get("HYBRIDLLM_NO_PROGRESS") == "1"
     t0 = time.perf_counter()
     finished = stats.resumed
-    with tqdm(total=total, desc=f"{desc} [ray]", unit=unit, disable=disable) as bar:
+    with progress_bar(total, f"{desc} [ray]", unit, enabled=options.show_progress) as bar:
         try:
             for rec in out.iter_rows():
                 n = count(shards[int(rec["shard"])])

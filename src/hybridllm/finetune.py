@@ -48,7 +48,8 @@ def finetune(
 ) -> tuple[HeadWeights, np.ndarray, dict]:
     import torch
     from tokenizers import Tokenizer
-    from tqdm.auto import tqdm
+
+    from .progress import progress_iter
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -100,7 +101,8 @@ def finetune(
         enc.train()
         head.train()
         perm = torch.randperm(len(train_texts), generator=gen).tolist()
-        for i in tqdm(range(0, len(perm), batch_size), desc=f"finetune epoch {epoch + 1}/{epochs}", leave=False):
+        starts = range(0, len(perm), batch_size)
+        for i in progress_iter(starts, len(starts), f"finetune epoch {epoch + 1}/{epochs}", "batch"):
             idx = perm[i : i + batch_size]
             ids, mask = batch([train_texts[j] for j in idx])
             loss = loss_fn(head(enc(ids, mask)).squeeze(-1), yt[idx].to(device))

@@ -103,7 +103,6 @@ def train_router(
     """:func:`fit_router`, then save the artifact at ``output``."""
     fitted = fit_router(rows, options, validation, progress, cache, show_progress, featurizer)
     out = fitted.save(output)
-    _log(progress, f"saved {out} (validation APGR {fitted.config['validation_metrics']['router']['apgr']})")
     return TrainResult(out, fitted.config, fitted.val_scores, fitted.skipped_train, fitted.skipped_val)
 
 

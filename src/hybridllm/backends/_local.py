@@ -93,10 +93,9 @@ def _assembly_bar(name: str) -> Any:
 
     def update(done: int, total: int) -> None:
         if not bar:
-            from tqdm.auto import tqdm
+            from ..progress import progress_bar
 
-            disable = os.environ.get("HYBRIDLLM_NO_PROGRESS") == "1"
-            bar.append(tqdm(total=total, unit="B", unit_scale=True, desc=f"assembling {name}", disable=disable))
+            bar.append(progress_bar(total, f"assembling {name}", "B", unit_scale=True))
         bar[0].update(done - bar[0].n)
         if done >= total:
             bar[0].close()

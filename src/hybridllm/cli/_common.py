@@ -68,6 +68,23 @@ def _progress(msg: str) -> None:
     err.print(f"[dim]·[/dim] {msg}", highlight=False, soft_wrap=True)  # commands in it stay copyable
 
 
+class Endpoint(str, Enum):
+    chat = "chat"
+    completion = "completion"
+
+
+class Metric(str, Enum):
+    """The metrics of :mod:`hybridllm.score` (a test keeps the two lists equal)."""
+
+    exact_match = "exact-match"
+    choice = "choice"
+    rouge_l = "rouge-l"
+    embedding_similarity = "embedding-similarity"
+    bartscore = "bartscore"
+    reward_model = "reward-model"
+    judge = "judge"
+
+
 class Engine(str, Enum):
     local = "local"
     ray = "ray"

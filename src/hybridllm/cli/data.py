@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,8 +10,10 @@ import typer
 from rich.table import Table
 
 from ._common import (
+    Endpoint,
     Engine,
     EngineOpt,
+    Metric,
     RayAddressOpt,
     ShardRowsOpt,
     WorkDirOpt,
@@ -35,9 +36,9 @@ def collect(
         Path | None, typer.Option(help="models.toml: SPEC and key variable of each --model NAME")
     ] = None,
     samples: Annotated[int, typer.Option(help="sampled responses per model and prompt")] = 3,
-    temperature: Annotated[float, typer.Option()] = 0.7,
-    top_p: Annotated[float, typer.Option()] = 0.95,
-    max_tokens: Annotated[int, typer.Option()] = 512,
+    temperature: Annotated[float, typer.Option(help="sampling temperature; > 0 for several distinct samples")] = 0.7,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling: keep the smallest token set with this mass")] = 0.95,
+    max_tokens: Annotated[int, typer.Option(help="most tokens per response")] = 512,
     seed: Annotated[int, typer.Option(help="base seed; each sample's seed derives from it")] = 0,
     concurrency: Annotated[int, typer.Option(help="parallel requests per backend")] = 8,
     timeout: Annotated[float, typer.Option(help="per-request timeout, seconds")] = 120.0,
@@ -48,7 +49,9 @@ def collect(
             "model. A bare VAR only when one model is HTTP"
         ),
     ] = None,
-    endpoint: Annotated[str, typer.Option(help="chat or completion")] = "chat",
+    endpoint: Annotated[
+        Endpoint, typer.Option(help="chat (messages) or completion (raw prompt, for base models)")
+    ] = Endpoint.chat,
     limit: Annotated[int | None, typer.Option(help="only the first N prompts")] = None,
     template: Annotated[
         str | None, typer.Option(help="wrap string prompts, e.g. 'Solve step by step; end with #### N.\\n\\n{prompt}'")
@@ -81,10 +84,9 @@ def collect(
     import asyncio
     import time
 
-    from tqdm.auto import tqdm
-
     from ..backends import SamplingParams, make_backend
     from ..collect import collect_async, format_prompt
+    from ..progress import progress_bar
     from ..table import read_table
 
     if samples < 1:
@@ -93,8 +95,6 @@ def collect(
         _fail(f"--batch must be >= 1, got {batch}")
     if local_threads is not None and local_threads < 1:
         _fail(f"--local-threads must be >= 1, got {local_threads}")
-    if endpoint not in ("chat", "completion"):
-        _fail(f"--endpoint must be chat or completion, got {endpoint!r}")
     from ..specs import key_envs, parse_spec
 
     registry = None
@@ -123,7 +123,7 @@ def collect(
             local_threads=local_threads,
             concurrency=concurrency,
             timeout_s=timeout,
-            endpoint=endpoint,
+            endpoint=endpoint.value,
         )
     rows = read_table(prompts)[:limit]
     if template is not None and "{prompt}" not in template:
@@ -151,7 +151,7 @@ def collect(
             backend_kw={
                 "concurrency": per_task,
                 "timeout_s": timeout,
-                "endpoint": endpoint,
+                "endpoint": endpoint.value,
             },
         )
         out.print(
@@ -161,8 +161,7 @@ def collect(
         )
         return
     total = len(rows) * len(backends) * samples
-    disable = os.environ.get("HYBRIDLLM_NO_PROGRESS") == "1"
-    bar = tqdm(total=total, desc="collect", unit="sample", disable=disable)
+    bar = progress_bar(total, "collect", "sample")
     t0 = time.perf_counter()
     tokens = [0]
 
@@ -174,7 +173,7 @@ def collect(
     def on_sample(rec: dict) -> None:
         tokens[0] += rec.get("completion_tokens") or 0
         bar.update(1)
-        bar.set_postfix(tok_s=f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):.1f}")
+        bar.set_postfix({"tok/s": f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):.1f}"})
 
     _, stats = asyncio.run(
         collect_async(
@@ -202,7 +201,11 @@ def collect(
 def score(
     table: Annotated[Path, typer.Argument(help="table with responses")],
     metric: Annotated[
-        str, typer.Option(help="exact-match, choice, rouge-l, embedding-similarity, bartscore, reward-model or judge")
+        Metric,
+        typer.Option(
+            help="exact-match (final number), choice (option letter), rouge-l, embedding-similarity or bartscore "
+            "(against the reference), reward-model or judge (a grader)"
+        ),
     ],
     output: Annotated[Path, typer.Option(help="table to write with quality filled in")],
     judge: Annotated[str | None, typer.Option(help="judge backend SPEC for --metric judge")] = None,
@@ -226,9 +229,10 @@ def score(
     from ..score import check_rubric, score_rows
     from ..table import read_table, write_table
 
+    metric_name = metric.value
     rubric_text = None
     if rubric is not None:
-        if metric != "judge":
+        if metric_name != "judge":
             _fail("--rubric is for --metric judge")
         try:
             rubric_text = check_rubric(rubric.read_text(encoding="utf-8"))
@@ -240,7 +244,7 @@ def score(
 
         rows, rst = score_ray(
             read_table(table),
-            metric,
+            metric_name,
             ray_opts,
             judge=judge,
             model_path=model_path,
@@ -250,9 +254,11 @@ def score(
         _progress(f"scored on Ray: {rst.shards - rst.resumed} shards now, {rst.resumed} resumed")
     else:
         judge_backend = make_backend(judge, api_key_env=api_key_env) if judge else None
-        rows = score_rows(read_table(table), metric, judge=judge_backend, model_path=model_path, rubric=rubric_text)
+        rows = score_rows(
+            read_table(table), metric_name, judge=judge_backend, model_path=model_path, rubric=rubric_text
+        )
     write_table(rows, output)
-    out.print(f"wrote {output}: {len(rows)} rows scored with {metric}")
+    out.print(f"wrote {output}: {len(rows)} rows scored with {metric_name}")
 
 
 @app.command()

@@ -114,12 +114,19 @@ def train(
     out.print(
         summary_table(res.config["validation_metrics"], f"validation ({res.config['data']['validation_rows']} rows)")
     )
-    dop = res.config["operating_points"]["max_quality_drop"]["1"]
-    out.print(
-        f"default operating point (max 1% quality drop on validation): threshold {dop['threshold']:.4f}, "
-        f"cost advantage {dop['cost_advantage']:.1f}%"
-    )
-    out.print(f"saved router to {output}")
+    from ..evaluate import promised_point
+
+    point = promised_point(res.config)
+    promised = point["promised"]
+    if promised["cost_advantage"] is not None:
+        out.print(
+            f"default operating point {point['knob']} (calibrated on validation): threshold "
+            f"{point['threshold']:.4f}, {promised['cost_advantage']:.1f}% to {opts.small}, "
+            f"quality drop {promised['quality_drop']:.2f}%",
+            highlight=False,
+        )
+    apgr = res.config["validation_metrics"]["router"]["apgr"]
+    out.print(f"saved router to {res.output} (validation APGR {_fmt(apgr)})", highlight=False)
 
 
 def _train_fleet(rows, vrows, models, cost, models_file, labels, encoder, max_length, seed, head, output) -> None:
@@ -363,8 +370,17 @@ def calibrate(
         _fail("give exactly one of --max-quality-drop or --cost-advantage")
     router = Router(router_dir)
     point, cfg, n = recalibrate(router, read_table(table), max_quality_drop, cost_advantage)
-    keys = ("threshold", "cost_advantage", "quality_drop")
-    out.print(json.dumps({"n": n, **{k: point[k] for k in keys}}))
+    out.print(
+        json.dumps(
+            {
+                "n": n,
+                "threshold": round(float(point["threshold"]), 6),
+                "cost_advantage": round(float(point["cost_advantage"]), 2),
+                "quality_drop": round(float(point["quality_drop"]), 2),
+            }
+        ),
+        highlight=False,
+    )
     if save:
         save_config(router_dir, {**cfg, "calibration_source": {"table": str(table), "rows": n}})
         _progress(f"saved calibration ({n} rows) and default point {cfg['default_operating_point']} to {router_dir}")

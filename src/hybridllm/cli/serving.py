@@ -113,8 +113,8 @@ def chat(
     max_quality_drop: Annotated[float | None, typer.Option(help="max quality drop, percent")] = None,
     cost_advantage: Annotated[float | None, typer.Option(help="share of small-model queries, percent")] = None,
     threshold: Annotated[float | None, typer.Option(help="raw score threshold in 0..1")] = None,
-    max_tokens: Annotated[int, typer.Option()] = 512,
-    temperature: Annotated[float, typer.Option()] = 0.7,
+    max_tokens: Annotated[int, typer.Option(help="most tokens in the answer")] = 512,
+    temperature: Annotated[float, typer.Option(help="sampling temperature (0: greedy)")] = 0.7,
     api_key_env: Annotated[
         list[str] | None,
         typer.Option(help="small=VAR / large=VAR: that model's API key is in $VAR (bare VAR: the one HTTP model)"),
@@ -124,10 +124,13 @@ def chat(
     import asyncio
 
     from ..backends import SamplingParams, make_backend
+    from ..serve import ServeConfig
     from ..specs import key_envs, parse_spec
 
     router = _load_router(router_dir)
-    specs = {"small": small or router.small, "large": large or router.large}
+    # the same rule as serve: named local models run in-process, anything else must be given
+    small, large = ServeConfig(small=small, large=large).upstream_specs(router)
+    specs = {"small": small, "large": large}
     http = [k for k, v in specs.items() if parse_spec(v).is_http]
     envs = key_envs(api_key_env or None, http, {router.small: "small", router.large: "large"})
     backends = {k: make_backend(v, api_key_env=envs.get(k)) for k, v in specs.items()}
@@ -143,8 +146,8 @@ def chat(
         async with backends[which] as b:
             s = await b.generate(q, params, on_text=lambda piece: print(piece, end="", flush=True))
         print(flush=True)
-        tokens = s.completion_tokens or 0
-        err.print(f"[dim]{tokens or '?'} tokens in {s.latency_s:.1f} s[/dim]", highlight=False)
+        tokens = f"{s.completion_tokens} tokens in " if s.completion_tokens else ""
+        err.print(f"[dim]{tokens}{s.latency_s:.1f} s[/dim]", highlight=False)
 
     if question is not None:
         asyncio.run(answer(question))
