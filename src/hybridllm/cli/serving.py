@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ._common import (
+    _fail,
     _load_router,
     _progress,
     app,
@@ -57,11 +58,14 @@ def serve(
     route_on: Annotated[
         str | None, typer.Option(help="what the router reads: 'all' user turns or the 'last' one")
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="processes on the one port (default 1); each loads the router and its models")
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="also log the HTTP client's per-request lines")] = False,
 ) -> None:
     """Serve an OpenAI-compatible endpoint that routes each request to the model the router picks
     (small or large, or any of N models)."""
-    from ..serve import ServeConfig, create_app
+    from ..serve import ServeConfig
     from ..serve.runner import run
 
     cfg = ServeConfig.load(
@@ -79,14 +83,20 @@ def serve(
         public_metrics=public_metrics,
         fallback=fallback,
         route_on=route_on,
+        workers=workers,
     )
-    options = cfg.options()  # refuses an open non-loopback bind before anything loads
-    router = _load_router(cfg.router)
-    if cfg.route_on is not None:
-        router.turns = cfg.route_on
-    ups = cfg.upstreams(router, lambda spec, name: _progress(f"loading local model {spec} for {name}"))
-    options.prices = cfg.prices([u.who for u in ups])
-    app_ = create_app(router, *ups, options=options)
+    from ..serve.build import build, load_router
+
+    cfg.options()  # refuses an open non-loopback bind before anything loads
+    try:
+        router = load_router(cfg)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    if cfg.workers > 1:  # each worker builds its own app; this process only binds and supervises
+        app_, ups = None, cfg.upstreams(router, load=False)
+    else:
+        built = build(cfg, _progress, router=router)
+        app_, ups = built.app, built.upstreams
 
     def banner(bound: int) -> None:
         base = f"http://{cfg.host}:{bound}"

@@ -43,6 +43,8 @@ class ServeOptions:
     # price per 1M (input, output) tokens per model: /metrics then counts each request's estimated
     # cost and what always using the reference (best) model would have cost
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # the workers of one `--workers N` server share the default knob and the live window here
+    state_dir: str | None = None
 
 
 def openai_error(status: int, message: str, param: str | None = None, code: Any = None, headers: Any = None) -> Any:
@@ -54,6 +56,17 @@ def openai_error(status: int, message: str, param: str | None = None, code: Any 
         headers=headers,
         media_type="application/json",
     )
+
+
+async def _share(metrics: Metrics, control: Any, every_s: float = 0.5) -> None:
+    """A worker of ``--workers N``: publish the live window for the others' dashboards."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await asyncio.to_thread(metrics.live.publish)
+            control.sync()
+        except OSError:
+            logging.getLogger("hybridllm.serve").warning("could not share the live window", exc_info=True)
 
 
 async def _cancel_on_disconnect(request: Any, task: Any, left: list[bool]) -> None:
@@ -74,15 +87,16 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
     ``turns`` and, for N models, ``fleet``."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST
     from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse, Response, StreamingResponse
 
     opts = options or next((u for u in upstreams if isinstance(u, ServeOptions)), None) or ServeOptions()
     routing = Routing(router, [u for u in upstreams if isinstance(u, Backend)])
     ups = routing.ups
-    metrics = Metrics(opts.prices, routing.fleet.reference, [u.who for u in ups])
+    metrics = Metrics(opts.prices, routing.fleet.reference, [u.who for u in ups], opts.state_dir)
     forced = forced_names([(u.who, u.model) for u in ups], pair=routing.pair)
+    control = KnobControl(router, routing, forced, opts)
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -92,7 +106,10 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
         async with AsyncExitStack() as stack:
             for u in ups:
                 await stack.enter_async_context(u)
+            sharing = asyncio.ensure_future(_share(metrics, control)) if opts.state_dir else None
             yield
+            if sharing is not None:
+                sharing.cancel()
             await state["batcher"].stop()
 
     docs = opts.api_docs
@@ -147,7 +164,7 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
     async def metrics_page(request: Request) -> Response:
         if not (opts.public_metrics or authorised(request)):
             return unauthorised()
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
@@ -162,6 +179,8 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
 
     async def route(rec: Record, model: str, extra: Any, text: str) -> tuple[int, str, bool]:
         """(index of the target upstream, reason, may fall back)."""
+        if model == "hybrid" and opts.state_dir:
+            control.sync()  # another worker may have changed it
         if model == "hybrid" and opts.default_knob:
             model = opts.default_knob
         knob = parse_knob(model, extra, forced)
@@ -297,7 +316,6 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
     async def completions(request: Request) -> Any:
         return await handle(request, "completion")
 
-    control = KnobControl(router, routing, forced, opts)
     mount_dashboard(app, control, metrics, authorised, unauthorised)
     app.state.metrics = metrics
     app.state.knob = control

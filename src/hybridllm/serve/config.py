@@ -50,6 +50,7 @@ class ServeConfig(BaseModel):
     default_knob: str | None = None
     log_prompts: bool = False
     batch_window_s: float = Field(0.0, ge=0)
+    workers: int = Field(1, ge=1, le=64)  # processes on one port (each loads the router and its upstreams)
 
     @field_validator("default_knob")
     @classmethod
@@ -189,9 +190,11 @@ class ServeConfig(BaseModel):
                 out[n] = (float(pin), float(pout))
         return out
 
-    def upstreams(self, router: Any, load_local: Any = None) -> list[Backend]:
+    def upstreams(self, router: Any, load_local: Any = None, load: bool = True) -> list[Backend]:
         """One upstream per model of the router (cost order for N models; small, large for two),
-        each with its own key. ``load_local(spec, name)`` is called before an in-process model loads."""
+        each with its own key. ``load_local(spec, name)`` is called before an in-process model loads;
+        ``load=False`` leaves in-process models unloaded (the parent of ``--workers N`` only describes
+        them)."""
         specs = self.model_specs(router)
         parsed = {n: parse_spec(v) for n, v in specs.items()}
         http = [n for n, p in parsed.items() if p.is_http]
@@ -213,7 +216,7 @@ class ServeConfig(BaseModel):
                 )
             except ValueError as exc:
                 raise ServeConfigError(str(exc)) from None
-            if backend.in_process:
+            if backend.in_process and load:
                 if load_local is not None:
                     load_local(p.model, name)
                 backend.load()  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ keys are set, since it changes where traffic goes.
 
 import json
 import logging
+import os
 from importlib import resources
 from typing import Any
 
@@ -34,6 +35,10 @@ class KnobControl:
             f"% of queries to {routing.ups[0].who}" if routing.pair else f"cost, % of always {routing.fleet.reference}"
         )
         self.curve = [[float(r[self.x_key]), float(r["quality_drop"]), float(r["threshold"])] for r in cal]
+        # the workers of one server share the knob through a file: a change made on one worker is
+        # seen by the others at their next `hybrid` request (one stat call each)
+        self.path = os.path.join(opts.state_dir, "knob") if opts.state_dir else None
+        self._seen: int | None = None
 
     @property
     def name(self) -> str:
@@ -53,9 +58,29 @@ class KnobControl:
         self.resolve(name)  # refuse what would fail every request
         before = self.name
         self.opts.default_knob = None if name == "hybrid" else name
+        if self.path is not None:
+            from ..fsutil import atomic_write
+
+            atomic_write(self.path, name, durable=False)
+            self.sync()
         log.info(json.dumps({"event": "default_knob", "from": before, "to": self.name}))
 
+    def sync(self) -> None:
+        """Take the shared knob when another worker changed it."""
+        if self.path is None:
+            return
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            return
+        if mtime != self._seen:
+            self._seen = mtime
+            with open(self.path, encoding="utf-8") as fh:
+                name = fh.read().strip()
+            self.opts.default_knob = None if name == "hybrid" else name
+
     def view(self) -> dict[str, Any]:
+        self.sync()
         threshold, reason = self.resolve(self.name)
         point = None
         if threshold is not None and self.curve:

@@ -3,6 +3,8 @@ a bounded window of recent requests plus running totals, summarised on demand.""
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections import deque
@@ -28,8 +30,11 @@ class Event:
 class LiveStats:
     """Fed once per finished request; :meth:`snapshot` is what ``/dashboard/data`` returns."""
 
-    def __init__(self, models: list[str], keep: int = 5000) -> None:
+    def __init__(self, models: list[str], keep: int = 5000, share_dir: str | None = None) -> None:
+        """``share_dir``: the workers of one server publish their window there (:meth:`publish`)
+        and each snapshot adds up all of them."""
         self.models = list(models)
+        self.share_dir = share_dir
         self.recent: deque[Event] = deque(maxlen=keep)
         self.started = time.time()
         self.by_model: dict[str, int] = dict.fromkeys(self.models, 0)
@@ -53,12 +58,54 @@ class LiveStats:
                 self.spent += cost
                 self.always_best += best
 
+    def _state(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "events": [[e.t, e.model, e.status, e.latency_s, e.score, e.fallback] for e in self.recent],
+                "by_model": dict(self.by_model),
+                "by_status": dict(self.by_status),
+                "totals": [self.total, self.fallbacks, self.spent, self.always_best, self.started],
+            }
+
+    def publish(self) -> None:
+        """This worker's window, for the other workers' snapshots (no fsync: it lives as long as the server)."""
+        from ..fsutil import atomic_write
+
+        if self.share_dir is not None:
+            atomic_write(os.path.join(self.share_dir, f"{os.getpid()}.json"), json.dumps(self._state()), durable=False)
+
+    def _states(self) -> list[dict[str, Any]]:
+        states = [self._state()]
+        if self.share_dir is None:
+            return states
+        mine = f"{os.getpid()}.json"
+        for name in os.listdir(self.share_dir):
+            if name.endswith(".json") and name != mine:
+                try:
+                    with open(os.path.join(self.share_dir, name), encoding="utf-8") as fh:
+                        states.append(json.load(fh))
+                except (OSError, ValueError):
+                    continue  # a worker that just went away
+        return states
+
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
-        with self._lock:
-            events = list(self.recent)
-            by_model, by_status = dict(self.by_model), dict(self.by_status)
-            total, fallbacks, spent, best = self.total, self.fallbacks, self.spent, self.always_best
+        events: list[Event] = []
+        by_model: dict[str, int] = dict.fromkeys(self.models, 0)
+        by_status: dict[str, int] = {}
+        total = fallbacks = 0
+        spent = best = 0.0
+        started = self.started
+        for st in self._states():
+            events.extend(Event(*e) for e in st["events"])
+            for k, v in st["by_model"].items():
+                by_model[k] = by_model.get(k, 0) + v
+            for k, v in st["by_status"].items():
+                by_status[k] = by_status.get(k, 0) + v
+            t, f, s, b, s0 = st["totals"]
+            total, fallbacks, spent, best, started = total + t, fallbacks + f, spent + s, best + b, min(started, s0)
+        events.sort(key=lambda e: e.t)
+        events = events[-self.recent.maxlen :] if self.recent.maxlen else events
         # requests/s per model over the last WINDOW_S whole seconds (oldest first)
         end = int(now)
         series = {m: [0] * WINDOW_S for m in self.models}
@@ -76,7 +123,7 @@ class LiveStats:
         hist = np.histogram(np.clip(scores, 0, 1), bins=BINS, range=(0.0, 1.0))[0] if len(scores) else np.zeros(BINS)
         answered = sum(by_model.values())
         return {
-            "uptime_s": round(now - self.started, 1),
+            "uptime_s": round(now - started, 1),
             "requests": total,
             "answered": answered,
             "by_model": by_model,

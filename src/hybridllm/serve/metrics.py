@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +41,12 @@ class Metrics:
         prices: dict[str, tuple[float, float]] | None = None,
         reference: str | None = None,
         models: list[str] | None = None,
+        state_dir: str | None = None,
     ) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        """``state_dir``: set for the workers of one ``--workers N`` server; their counters are
+        then prometheus-client's multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set by the
+        runner) and /metrics adds them up."""
+        from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = reg = CollectorRegistry()
         self.requests = Counter(
@@ -57,7 +62,11 @@ class Metrics:
             registry=reg,
         )
         self.prices, self.reference = prices or {}, reference
-        self.live = LiveStats(models or [])
+        share = os.path.join(state_dir, "live") if state_dir else None
+        if share:
+            os.makedirs(share, exist_ok=True)
+        self.live = LiveStats(models or [], share_dir=share)
+        self.multiprocess = bool(state_dir and os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.cost = Counter(
             "hybridllm_cost",
             "estimated cost of answered requests (usage x price per 1M tokens)",
@@ -67,8 +76,6 @@ class Metrics:
         self.cost_best = Counter(
             "hybridllm_cost_always_best", "what the same requests would have cost on the best model", registry=reg
         )
-        self.saving = Gauge("hybridllm_saving_ratio", "1 - cost / cost on the best model, so far", registry=reg)
-        self._spent = self._best = 0.0
         self.router = Histogram(
             "hybridllm_router_seconds",
             "router decision latency",
@@ -88,11 +95,38 @@ class Metrics:
         best = (pin * self.prices[self.reference][0] + pout * self.prices[self.reference][1]) / 1e6
         self.cost.labels(rec.model).inc(cost)
         self.cost_best.inc(best)
-        self._spent += cost
-        self._best += best
-        if self._best > 0:
-            self.saving.set(1 - self._spent / self._best)
         rec.cost, rec.best_cost = cost, best
+
+    def exposition(self) -> bytes:
+        """The /metrics body: this process's counters, or every worker's added up; then the saving
+        ratio, computed from the (summed) cost counters at scrape time so it is right across workers."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.core import GaugeMetricFamily
+
+        reg = self.registry
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            reg = CollectorRegistry()
+            multiprocess.MultiProcessCollector(reg)
+        spent = best = 0.0
+        for family in reg.collect():
+            for s in family.samples:
+                if s.name == "hybridllm_cost_total":
+                    spent += s.value
+                elif s.name == "hybridllm_cost_always_best_total":
+                    best += s.value
+        saving = GaugeMetricFamily("hybridllm_saving_ratio", "1 - cost / cost on the best model, so far")
+        if best > 0:
+            saving.add_metric([], 1 - spent / best)
+
+        class _Saving:
+            def collect(self) -> list[Any]:
+                return [saving] if best > 0 else []
+
+        extra = CollectorRegistry()
+        extra.register(_Saving())  # type: ignore[arg-type]
+        return generate_latest(reg) + generate_latest(extra)
 
     def record(self, rec: Record, log_prompts: bool) -> None:
         self.requests.labels(rec.model, str(rec.status)).inc()

@@ -6,9 +6,13 @@ credentials masked in anything else, and connections cut off when their headers 
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import os
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -37,49 +41,19 @@ def configure_logging(verbose: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("hybridllm.access").setLevel(logging.INFO)
-    for name in ("httpx", "httpcore"):
+    for name in ("aiohttp.client", "aiohttp.internal"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def header_timeout_protocol(timeout_s: float) -> type:
-    """uvicorn's httptools protocol with a deadline for each request's headers: a client that
-    connects and trickles (or sends nothing) is disconnected after ``timeout_s``. The body's own
-    deadline is the app's (``client_timeout_s``)."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+def header_timeout_protocol(timeout_s: float) -> str:
+    """uvicorn's httptools protocol with a deadline for each request's headers (see
+    :mod:`._deadline`), as the import path uvicorn takes (so ``--workers N`` can hand it to its
+    worker processes)."""
+    from . import _deadline
 
-    class HeaderDeadline(HttpToolsProtocol):
-        _deadline: Any = None
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._deadline = self.loop.call_later(timeout_s, self._too_slow)
-
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _too_slow(self) -> None:
-            if not self.transport.is_closing():
-                self.transport.close()
-
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._arm()
-
-        def on_headers_complete(self) -> None:
-            self._disarm()
-            super().on_headers_complete()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-    return HeaderDeadline
+    _deadline.HEADER_TIMEOUT_S = timeout_s
+    os.environ[_deadline.ENV] = repr(timeout_s)
+    return "hybridllm.serve._deadline:HeaderDeadline"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -100,22 +74,51 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+WORKER_ENV = "HYBRIDLLM_SERVE_WORKER"
+
+
+def worker_app() -> Any:
+    """The app of one ``--workers N`` worker process (a uvicorn factory): the parent's settings
+    arrive in the environment as JSON."""
+    from .build import build
+
+    spec = json.loads(os.environ[WORKER_ENV])
+    configure_logging(spec["verbose"])
+    return build(ServeConfig.model_validate(spec["config"]), state_dir=spec["state_dir"]).app
+
+
 def run(app: Any, config: ServeConfig, on_bound: Callable[[int], None] | None = None, verbose: bool = False) -> None:
-    """Bind, tell ``on_bound`` the port, serve until interrupted."""
+    """Bind, tell ``on_bound`` the port, serve until interrupted: ``app`` in this process, or with
+    ``config.workers > 1`` that many worker processes on the one socket, each building its own app
+    from ``config`` (uvicorn's supervisor restarts one that dies). The workers share /metrics
+    (prometheus-client's multiprocess mode), the default knob and the dashboard's live window
+    through a private directory removed on exit."""
     import uvicorn
 
     sock = bind(config.host, config.port)
     configure_logging(verbose)
     if on_bound is not None:
         on_bound(sock.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_level="info" if verbose else "warning",
-            access_log=False,
-            log_config=None,
-            http=header_timeout_protocol(config.header_timeout_s),
-            timeout_keep_alive=5,
+    kw: dict[str, Any] = {
+        "log_level": "info" if verbose else "warning",
+        "access_log": False,
+        "log_config": None,
+        "http": header_timeout_protocol(config.header_timeout_s),
+        "timeout_keep_alive": 5,
+    }
+    if config.workers == 1:
+        uvicorn.Server(uvicorn.Config(app, **kw)).run(sockets=[sock])
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    state = tempfile.mkdtemp(prefix="hybridllm-serve-")
+    try:
+        os.makedirs(os.path.join(state, "metrics"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(state, "metrics")
+        os.environ[WORKER_ENV] = json.dumps(
+            {"config": config.model_dump(mode="json"), "verbose": verbose, "state_dir": state}
         )
-    )
-    server.run(sockets=[sock])
+        uv = uvicorn.Config("hybridllm.serve.runner:worker_app", factory=True, workers=config.workers, **kw)
+        Multiprocess(uv, sockets=[sock]).run()
+    finally:
+        shutil.rmtree(state, ignore_errors=True)

@@ -1,0 +1,47 @@
+"""From one :class:`~hybridllm.serve.config.ServeConfig` to the running app's parts: the router, one
+backend per model (each with its own key), prices, and the ASGI app. Used by ``hybridllm serve`` in
+its one process and by each worker process of ``--workers N``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .app import ServeOptions, create_app
+from .config import ServeConfig
+
+
+@dataclass
+class Built:
+    app: Any
+    router: Any
+    upstreams: list[Any]
+    options: ServeOptions
+
+
+def load_router(cfg: ServeConfig) -> Any:
+    from ..router import Router, default_router_dir
+
+    router = Router(cfg.router if cfg.router is not None else default_router_dir())
+    if cfg.route_on is not None:
+        router.turns = cfg.route_on
+    return router
+
+
+def build(
+    cfg: ServeConfig,
+    progress: Callable[[str], None] | None = None,
+    state_dir: str | None = None,
+    router: Any = None,
+    load: bool = True,
+) -> Built:
+    """The app for ``cfg``. ``state_dir``: where the workers of one ``--workers N`` server share the
+    default knob and the dashboard's live window (None: one process, nothing shared)."""
+    options = cfg.options()  # refuses an open non-loopback bind before anything loads
+    options.state_dir = state_dir
+    router = router if router is not None else load_router(cfg)
+    load_local = (lambda spec, name: progress(f"loading local model {spec} for {name}")) if progress else None
+    ups = cfg.upstreams(router, load_local, load)
+    options.prices = cfg.prices([u.who for u in ups])
+    return Built(create_app(router, *ups, options=options), router, ups, options)
