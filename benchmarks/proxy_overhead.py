@@ -1,23 +1,32 @@
-"""Proxy overhead under load: the same requests sent straight to a fast upstream and through
-`hybridllm serve`, in one run.
+"""Proxy overhead: the same requests sent straight to a fast upstream, through `hybridllm serve`
+(one process and --workers N) and through LiteLLM's proxy as a plain pass-through, in one run with
+one load generator (wrk, C, one thread, 1,000 different GSM8K prompts; or --client python).
 
-    python benchmarks/proxy_overhead.py --requests 5000 --concurrency 64
+    python benchmarks/proxy_overhead.py                # wrk, 64 clients, 15 s per path
+    python benchmarks/proxy_overhead.py --client python --requests 5000
 
-The upstream is a minimal OpenAI-protocol server (uvicorn, its own process, answers at once); the
-proxy runs in its own process with a router trained on a slice of MMLU-Pro (static encoder), using
-the model name `hybrid` (a real routing decision on every request). Writes
-benchmarks/results/proxy_overhead.json.
+The upstream is a minimal OpenAI-protocol server (uvicorn, its own process, answers at once). Each
+proxy runs as its users run it, in its own process(es), and is started, measured and stopped in turn:
+`hybridllm serve` with a router trained on a slice of MMLU-Pro (static encoder), model name `hybrid`
+(a real routing decision on every request, the JSON access log written); LiteLLM 1.x from its own
+virtualenv (`python -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'`)
+with a master key, model `hybrid` mapped to the same upstream, no routing. Per path: p50 with one
+client, then requests/s, p50, p99, errors and timeouts ("lost") at --concurrency; for `hybridllm`
+also its RSS over --rss-requests requests. Writes benchmarks/results/proxy_overhead.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,33 +68,7 @@ def run_upstream(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
 
 
-def run_proxy(port: int, upstream_port: int, router_dir: str, src: str | None = None) -> None:
-    """The proxy in this process; ``src``: another checkout's ``src`` directory to import hybridllm
-    from (the code before a change, for a side-by-side in one run)."""
-    import logging
-
-    if src is not None:
-        sys.path.insert(0, src)
-
-    import uvicorn
-
-    from hybridllm.backends import HTTPBackend
-    from hybridllm.router import Router
-    from hybridllm.serve import ServeOptions, create_app
-
-    logging.getLogger("hybridllm.access").setLevel(logging.WARNING)
-    url = f"http://127.0.0.1:{upstream_port}/v1"
-    router = Router(router_dir)
-    app = create_app(
-        router,
-        HTTPBackend(model="s", base_url=url, name=SMALL, concurrency=None),
-        HTTPBackend(model="l", base_url=url, name=LARGE, concurrency=None),
-        ServeOptions(),
-    )
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
-
-
-async def load(url: str, prompts: list[str], concurrency: int) -> tuple[list[float], int, float]:
+async def load(url: str, prompts: list[str], concurrency: int, auth: str = "") -> tuple[list[float], int, float]:
     import httpx
 
     lat: list[float] = []
@@ -94,7 +77,8 @@ async def load(url: str, prompts: list[str], concurrency: int) -> tuple[list[flo
     for p in prompts:
         queue.put_nowait(p)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    headers = {"authorization": f"Bearer {auth}"} if auth else {}
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=headers) as client:
 
         async def worker() -> None:
             nonlocal errors
@@ -120,6 +104,8 @@ async def load(url: str, prompts: list[str], concurrency: int) -> tuple[list[flo
 WRK_LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+local auth = os.getenv("AUTH")
+if auth ~= nil and auth ~= "" then wrk.headers["Authorization"] = "Bearer " .. auth end
 local prompts = {}
 for line in io.lines(os.getenv("PROMPTS_FILE")) do prompts[#prompts + 1] = line end
 local i = 0
@@ -135,7 +121,7 @@ end
 """
 
 
-def run_wrk(port: int, prompts: list[str], concurrency: int, seconds: int, tmp: str) -> dict:
+def run_wrk(port: int, prompts: list[str], concurrency: int, seconds: float, tmp: str, auth: str = "") -> dict:
     """wrk (C, one thread) drives the load so the Python servers get the CPU, not the client."""
     import subprocess
 
@@ -154,7 +140,7 @@ def run_wrk(port: int, prompts: list[str], concurrency: int, seconds: int, tmp: 
             "wrk",
             "-t1",
             f"-c{concurrency}",
-            f"-d{seconds}s",
+            f"-d{seconds:g}s",
             "--timeout",
             "10s",
             "-s",
@@ -163,7 +149,7 @@ def run_wrk(port: int, prompts: list[str], concurrency: int, seconds: int, tmp: 
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "PROMPTS_FILE": str(bodies)},
+        env={**os.environ, "PROMPTS_FILE": str(bodies), "AUTH": auth},
         check=True,
     ).stdout
     line = next(x for x in out.splitlines() if x.startswith("JSON "))
@@ -185,114 +171,214 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_up(port: int) -> None:
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (the workers of --workers N), in MB."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            kids = (task / "children").read_text().split()
+            for k in kids:
+                out += [int(k), *_children(int(k))]
+    return out
+
+
+def start_server(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+    )
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_up(port: int, auth: str = "", model: str = "hybrid") -> None:
     import httpx
 
-    deadline = time.time() + 120
+    deadline = time.time() + 180
+    headers = {"authorization": f"Bearer {auth}"} if auth else {}
     while time.time() < deadline:
         try:
-            httpx.post(
+            r = httpx.post(
                 f"http://127.0.0.1:{port}/v1/chat/completions",
-                json={"model": "large", "messages": [{"role": "user", "content": "warm"}]},
+                json={"model": model, "messages": [{"role": "user", "content": "warm"}]},
+                headers=headers,
                 timeout=5,
             )
-            return
+            if r.status_code == 200:
+                return
         except httpx.HTTPError:
-            time.sleep(0.3)
+            pass
+        time.sleep(0.5)
     raise RuntimeError(f"server on port {port} did not start")
+
+
+def measure(name: str, port: int, args: argparse.Namespace, prompts: list[str], tmp: str, auth: str = "") -> dict:
+    """One path: a 1-client run (the added latency) and a run at --concurrency (throughput)."""
+    if args.client == "wrk":
+        run_wrk(port, prompts[:1000], args.concurrency, 2, tmp, auth)  # warm-up
+        one = run_wrk(port, prompts[:1000], 1, args.seconds / 2, tmp, auth)
+        many = run_wrk(port, prompts[:1000], args.concurrency, args.seconds, tmp, auth)
+    else:
+        asyncio.run(load(f"http://127.0.0.1:{port}/v1", prompts[:200], args.concurrency, auth))
+        one = _python_run(port, prompts[:500], 1, auth)
+        many = _python_run(port, prompts, args.concurrency, auth)
+    out = {
+        "p50_ms_1_client": one["p50_ms"],
+        "requests_per_s": many["requests_per_s"],
+        "p50_ms": many["p50_ms"],
+        "p99_ms": many["p99_ms"],
+        "requests": many["requests"],
+        "errors": many["errors"],
+        "lost": many["lost"],
+    }
+    print(f"  {name}: {out}", flush=True)
+    return out
+
+
+def _python_run(port: int, prompts: list[str], concurrency: int, auth: str) -> dict:
+    lat, errors, wall = asyncio.run(load(f"http://127.0.0.1:{port}/v1", prompts, concurrency, auth))
+    ms = np.asarray(lat) * 1000
+    return {
+        "requests": len(lat),
+        "errors": errors,
+        "lost": len(prompts) - len(lat),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "requests_per_s": round(len(lat) / wall, 1),
+    }
+
+
+def rss_over(port: int, pid: int, total: int, tmp: str, prompts: list[str], concurrency: int) -> list[list[float]]:
+    """RSS of the proxy while it answers ``total`` requests: [requests so far, MB] per step."""
+    done, series = 0, [[0, round(rss_mb(pid), 1)]]
+    while done < total:
+        r = run_wrk(port, prompts[:1000], concurrency, 4, tmp)
+        done += r["requests"]
+        series.append([done, round(rss_mb(pid), 1)])
+    return series
+
+
+LITELLM_CONFIG = """model_list:
+  - model_name: hybrid
+    litellm_params:
+      model: openai/s
+      api_base: {url}
+      api_key: sk-upstream
+general_settings:
+  master_key: {key}
+litellm_settings:
+  telemetry: false
+"""
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--requests", type=int, default=5000)
+    ap.add_argument("--requests", type=int, default=5000, help="python client: requests per run")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
-    ap.add_argument("--seconds", type=int, default=20, help="wrk run length per path")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "proxy_overhead.json"))
+    ap.add_argument("--seconds", type=float, default=15, help="wrk: length of the loaded run per path")
+    ap.add_argument("--workers", type=int, default=2, help="also run hybridllm serve --workers N (0: skip)")
     ap.add_argument(
-        "--baseline-src",
-        help="also run the proxy from another checkout's src/ (e.g. `git worktree add /tmp/old <commit>`, "
-        "then /tmp/old/src), reported as 'baseline proxy'",
+        "--litellm",
+        default=shutil.which("litellm") or "/tmp/litellm-venv/bin/litellm",
+        help="LiteLLM's proxy executable (pip install 'litellm[proxy]' in its own virtualenv); skipped if absent",
     )
+    ap.add_argument("--rss-requests", type=int, default=20000, help="requests for the RSS check (0: skip)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "proxy_overhead.json"))
     args = ap.parse_args()
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     from hybridllm import TrainOptions, read_table, train_router
     from hybridllm.head import HeadConfig
 
     tmp = tempfile.mkdtemp()
+    router = Path(tmp) / "router"
     rows = read_table(SHARED / "mmlu_pro.jsonl")[:2000]
-    train_router(
-        rows,
-        TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(extra=["log_tokens"])),
-        Path(tmp) / "router",
-        show_progress=False,
-    )
+    train_router(rows, TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(extra=["log_tokens"])), router,
+                 show_progress=False)  # fmt: skip
     prompts = [json.loads(line)["prompt"] for line in (SHARED / "gsm8k" / "test.jsonl").open()]
     prompts = (prompts * (args.requests // len(prompts) + 1))[: args.requests]
-    up_port, proxy_port, base_port = free_port(), free_port(), free_port()
-    ctx = mp.get_context("spawn")
-    procs = [
-        ctx.Process(target=run_upstream, args=(up_port,), daemon=True),
-        ctx.Process(target=run_proxy, args=(proxy_port, up_port, str(Path(tmp) / "router")), daemon=True),
-    ]
-    paths = [("direct", up_port), ("through proxy", proxy_port)]
-    owner = {"direct": 0, "through proxy": 1, "baseline proxy": 2}
-    if args.baseline_src:
-        base_args = (base_port, up_port, str(Path(tmp) / "router"), str(Path(args.baseline_src).resolve()))
-        procs.append(ctx.Process(target=run_proxy, args=base_args, daemon=True))
-        paths.append(("baseline proxy", base_port))
-    for p in procs:
-        p.start()
+    up_port = free_port()
+    url = f"http://127.0.0.1:{up_port}/v1"
+    upstream = mp.get_context("spawn").Process(target=run_upstream, args=(up_port,), daemon=True)
+    upstream.start()
+    serve = [sys.executable, "-m", "hybridllm.cli", "serve", "--router", str(router), "--small", f"s@{url}",
+             "--large", f"l@{url}"]  # fmt: skip
+    results: dict[str, dict] = {}
+    rss: list[list[float]] = []
     try:
-        for _, port in paths:
-            wait_up(port)
-        results = {}
-        for name, port in paths:
-            asyncio.run(load(f"http://127.0.0.1:{port}/v1", prompts[:200], args.concurrency))  # warm-up
-            if args.client == "wrk":
-                results[name] = run_wrk(port, prompts[:1000], args.concurrency, args.seconds, tmp)
-                continue
-            cpu0 = cpu_seconds(procs[owner[name]].pid)
-            lat, errors, wall = asyncio.run(load(f"http://127.0.0.1:{port}/v1", prompts, args.concurrency))
-            cpu = cpu_seconds(procs[owner[name]].pid) - cpu0
-            ms = np.asarray(lat) * 1000
-            results[name] = {
-                "server_cpu_ms_per_request": round(cpu / max(len(lat), 1) * 1000, 3),
-                "requests": len(lat),
-                "errors": errors,
-                "lost": args.requests - len(lat),
-                "p50_ms": round(float(np.percentile(ms, 50)), 2),
-                "p99_ms": round(float(np.percentile(ms, 99)), 2),
-                "requests_per_s": round(len(lat) / wall, 1),
-            }
+        wait_up(up_port)
+        results["direct"] = measure("direct", up_port, args, prompts, tmp)
+        runs: list[tuple[str, list[str], dict[str, str], str]] = [("hybridllm", serve, {}, "")]
+        if args.workers > 1:
+            runs.append((f"hybridllm --workers {args.workers}", [*serve, "--workers", str(args.workers)], {}, ""))
+        if Path(args.litellm).exists():
+            key = "sk-bench-master"
+            cfg = Path(tmp) / "litellm.yaml"
+            cfg.write_text(LITELLM_CONFIG.format(url=url, key=key))
+            cmd = [args.litellm, "--config", str(cfg), "--host", "127.0.0.1"]
+            runs.append(("LiteLLM proxy (pass-through)", cmd, {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}, key))
+        else:
+            print(f"LiteLLM not found at {args.litellm}: skipped", flush=True)
+        for name, cmd, env, auth in runs:
+            port = free_port()
+            proc = start_server([*cmd, "--port", str(port)], Path(tmp) / f"{name.split()[0]}-{port}.log", env)
+            try:
+                wait_up(port, auth)
+                results[name] = measure(name, port, args, prompts, tmp, auth)
+                if name == "hybridllm" and args.rss_requests and args.client == "wrk":
+                    rss = rss_over(port, proc.pid, args.rss_requests, tmp, prompts, args.concurrency)
+                    print(f"  RSS over {rss[-1][0]} requests: {rss}", flush=True)
+            finally:
+                stop_server(proc)
     finally:
-        for p in procs:
-            p.terminate()
-    d, px = results["direct"], results["through proxy"]
+        upstream.terminate()
+    d = results["direct"]
     payload = {
         "benchmark": "proxy_overhead",
+        "client": args.client,
         "concurrency": args.concurrency,
         "cpus": os.cpu_count(),
         "results": results,
-        "added_p50_ms": round(px["p50_ms"] - d["p50_ms"], 2),
-        "added_p99_ms": round(px["p99_ms"] - d["p99_ms"], 2),
+        "added_p50_ms_1_client": {
+            k: round(v["p50_ms_1_client"] - d["p50_ms_1_client"], 3) for k, v in results.items() if k != "direct"
+        },
+        "added_p50_ms_loaded": {k: round(v["p50_ms"] - d["p50_ms"], 2) for k, v in results.items() if k != "direct"},
+        "share_of_direct_requests_per_s": {
+            k: round(v["requests_per_s"] / d["requests_per_s"], 3) for k, v in results.items() if k != "direct"
+        },
+        "rss_mb_over_requests": rss,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
-    if args.baseline_src:
-        payload["baseline_src"] = args.baseline_src
-        Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
     print(
-        f"{'path':14s} {'requests':>8s} {'errors':>6s} {'lost':>4s} {'p50 ms':>7s} {'p99 ms':>7s} {'req/s':>7s} "
-        f"{'server CPU ms/req':>17s}"
+        f"\n{'path':32s} {'req/s':>8s} {'of direct':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'errors':>6s} {'lost':>4s} "
+        f"{'1-client p50 ms':>15s} {'added':>7s}"
     )
     for name, r in results.items():
-        cpu = r.get("server_cpu_ms_per_request")
+        share = "" if name == "direct" else f"{payload['share_of_direct_requests_per_s'][name] * 100:8.1f}%"
+        added = "" if name == "direct" else f"{payload['added_p50_ms_1_client'][name]:7.3f}"
         print(
-            f"{name:14s} {r['requests']:8d} {r['errors']:6d} {r['lost']:4d} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
-            f"{r['requests_per_s']:7.1f} {'' if cpu is None else f'{cpu:17.3f}'}"
+            f"{name:32s} {r['requests_per_s']:8.1f} {share:>9s} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} {r['errors']:6d} "
+            f"{r['lost']:4d} {r['p50_ms_1_client']:15.3f} {added:>7s}"
         )
-    print(f"added latency: p50 {payload['added_p50_ms']} ms, p99 {payload['added_p99_ms']} ms")
+    if rss:
+        print(f"hybridllm RSS: {rss[0][1]} MB at start, {rss[-1][1]} MB after {rss[-1][0]} requests")
     sys.exit(0)
 
 

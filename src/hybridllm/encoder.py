@@ -10,6 +10,7 @@ works the same way (e.g. DeBERTa-v3, as in the paper).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sqlite3
@@ -301,6 +302,12 @@ class StaticEncoder:
         self.dim = int(self.table.shape[1])
         specials = {self.tokenizer.tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>")}
         self._specials = np.array(sorted(i for i in specials if i is not None), dtype=np.int64)
+        # without character offsets when the tokenizers release has it: a fifth faster, same ids
+        raw = self.tokenizer.raw
+        self._encode_batch = getattr(raw, "encode_batch_fast", raw.encode_batch)
+        self._dense = np.asarray(self.table)  # a plain view of the (memory-mapped) table
+        self._is_special = np.zeros(self.table.shape[0], dtype=bool)
+        self._is_special[self._specials] = True
 
     def _load_table(self) -> np.ndarray:
         target = cache_dir() / "static" / f"{self.name}-{encoder_fingerprint(self.path, 0)}.npy"
@@ -329,20 +336,33 @@ class StaticEncoder:
         second pass with truncation toggled on the shared tokenizer was both slower and unsafe
         across threads. Truncation is applied here exactly as the tokenizer's right truncation
         would: the first ``max_length - n_special`` content tokens."""
+        from scipy.sparse import csr_matrix
+
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         lengths = np.zeros(len(texts), dtype=np.int64)
         keep = self.max_length - self.tokenizer.n_added
         step = max(batch_size, 256)
         for start in range(0, len(texts), step):
             part = texts[start : start + step]
-            encs = self.tokenizer.raw.encode_batch([t or " " for t in part], add_special_tokens=False)
-            for i, e in enumerate(encs):
-                lengths[start + i] = len(e.ids) + self.tokenizer.n_added
-                ids = np.asarray(e.ids[:keep], dtype=np.int64)
-                ids = ids[~np.isin(ids, self._specials)]
-                if len(ids):
-                    v = self.table[ids].mean(axis=0)
-                    out[start + i] = v / (np.linalg.norm(v) + 1e-12)
+            encs = self._encode_batch([t or " " for t in part], add_special_tokens=False)
+            ids = [e.ids for e in encs]
+            lengths[start : start + len(part)] = [len(x) + self.tokenizer.n_added for x in ids]
+            # the whole batch in one sparse product (token counts per text @ table), not a NumPy
+            # gather per text: the serving hot path scores micro-batches of prompts
+            kept = [x[:keep] for x in ids]
+            counts = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept))
+            flat = np.fromiter(itertools.chain.from_iterable(kept), dtype=np.int64, count=int(counts.sum()))
+            real = ~self._is_special[flat]
+            seg = np.repeat(np.arange(len(kept)), counts)[real]
+            flat = flat[real]
+            n_real = np.bincount(seg, minlength=len(kept)).astype(np.float32)
+            has = np.flatnonzero(n_real)
+            if len(has):
+                tokens = csr_matrix(
+                    (np.ones(len(flat), dtype=np.float32), (seg, flat)), shape=(len(kept), self._dense.shape[0])
+                )
+                v = np.asarray(tokens @ self._dense)[has] / n_real[has, None]
+                out[start + has] = v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-12)
             if progress is not None:
                 progress(len(part))
         return out, lengths

@@ -20,6 +20,15 @@ class Built:
     options: ServeOptions
 
 
+def limit_blas_threads() -> None:
+    """One BLAS thread per serving process: the router's products are small, and extra BLAS threads
+    fought the event loop, the upstream and the other workers for the cores (measured on 2 cores,
+    64 clients: 1,778 requests/s with two workers at one thread each, 755 with the default two)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def load_router(cfg: ServeConfig) -> Any:
     from ..router import Router, default_router_dir
 
@@ -40,6 +49,7 @@ def build(
     default knob and the dashboard's live window (None: one process, nothing shared)."""
     options = cfg.options()  # refuses an open non-loopback bind before anything loads
     options.state_dir = state_dir
+    limit_blas_threads()
     router = router if router is not None else load_router(cfg)
     load_local = (lambda spec, name: progress(f"loading local model {spec} for {name}")) if progress else None
     ups = cfg.upstreams(router, load_local, load)

@@ -210,7 +210,7 @@ class ServeConfig(BaseModel):
         out = []
         for name, p in parsed.items():
             try:
-                # the proxy's pool: httpx's defaults (concurrency None), one attempt per request
+                # the proxy's pool: no limit of ours (concurrency None), one attempt per request
                 backend = make_backend(
                     specs[name], envs.get(name), name=name, concurrency=None, timeout_s=self.timeout_s
                 )

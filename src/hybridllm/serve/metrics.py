@@ -67,6 +67,7 @@ class Metrics:
             os.makedirs(share, exist_ok=True)
         self.live = LiveStats(models or [], share_dir=share)
         self.multiprocess = bool(state_dir and os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.worker = os.getpid() if state_dir else None  # named in the access log of --workers N
         self.cost = Counter(
             "hybridllm_cost",
             "estimated cost of answered requests (usage x price per 1M tokens)",
@@ -155,6 +156,8 @@ class Metrics:
         }
         if rec.cost is not None:
             line["cost"] = round(rec.cost, 8)
+        if self.worker is not None:
+            line["worker"] = self.worker
         if rec.fallback_from:
             line["fallback_from"] = rec.fallback_from
         if rec.scores is not None:

@@ -40,6 +40,7 @@ class Routing:
             self.candidates = list(router.config["candidates"])
             quality = list(router.config.get("fleet_quality") or range(len(fleet.models)))
         self.quality = [float(q) for q in quality]
+        self._orders = [self._fallback_order(i) for i in range(len(self.ups))]  # fixed: computed once
 
     def label(self, index: int) -> str:
         if self.pair:
@@ -63,6 +64,9 @@ class Routing:
     def fallback_order(self, target: int) -> list[int]:
         """``target``, then the models better than it from the nearest up, then the worse ones from
         the nearest down (two models: the other one)."""
+        return self._orders[target]
+
+    def _fallback_order(self, target: int) -> list[int]:
         q = self.quality[target]
         others = [i for i in range(len(self.ups)) if i != target]
         better = sorted((i for i in others if self.quality[i] >= q), key=lambda i: (self.quality[i], i))
