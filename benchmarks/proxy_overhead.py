@@ -299,6 +299,10 @@ def main() -> None:
         default=shutil.which("litellm") or "/tmp/litellm-venv/bin/litellm",
         help="LiteLLM's proxy executable (pip install 'litellm[proxy]' in its own virtualenv); skipped if absent",
     )
+    ap.add_argument(
+        "--baseline-src",
+        help="also run the proxy from another checkout's src/ (`git worktree add /tmp/old COMMIT`, then /tmp/old/src)",
+    )
     ap.add_argument("--rss-requests", type=int, default=20000, help="requests for the RSS check (0: skip)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "proxy_overhead.json"))
     args = ap.parse_args()
@@ -325,6 +329,9 @@ def main() -> None:
         wait_up(up_port)
         results["direct"] = measure("direct", up_port, args, prompts, tmp)
         runs: list[tuple[str, list[str], dict[str, str], str]] = [("hybridllm", serve, {}, "")]
+        if args.baseline_src:
+            src = str(Path(args.baseline_src).resolve())
+            runs.insert(0, ("hybridllm (baseline)", serve, {"PYTHONPATH": src}, ""))
         if args.workers > 1:
             runs.append((f"hybridllm --workers {args.workers}", [*serve, "--workers", str(args.workers)], {}, ""))
         if Path(args.litellm).exists():
