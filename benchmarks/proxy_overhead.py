@@ -140,7 +140,7 @@ def run_wrk(port: int, prompts: list[str], concurrency: int, seconds: float, tmp
             "wrk",
             "-t1",
             f"-c{concurrency}",
-            f"-d{seconds:g}s",
+            f"-d{max(1, round(seconds))}s",
             "--timeout",
             "10s",
             "-s",
