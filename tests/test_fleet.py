@@ -216,6 +216,11 @@ def test_cli_trains_and_evaluates_a_fleet(mmlu_slice, cache_env, tmp_path):
     report = json.loads((tmp_path / "e.json").read_text())
     assert {"router", "hull", "random", "oracle", "singles"} <= set(report) and report["n"] == 400
     assert report["router"]["aiq"] > 0 and (tmp_path / "e.png").stat().st_size > 10_000
+    ci = report["ci95"]  # paired bootstrap: router and best fixed mix on the same resamples
+    assert ci["router_aiq"][0] <= report["router"]["aiq"] <= ci["router_aiq"][1]
+    lo, hi = ci["router_minus_hull_aiq"]
+    assert lo <= report["router"]["aiq"] - report["hull"]["aiq"] <= hi
+    assert bool(report["warnings"]) == (lo <= 0)  # warned exactly when the interval includes 0
     d = json.loads(run("route", str(out), "What is 2+2?", "--budget", "40").stdout)
     assert d["model"] in THREE and set(d["scores"]) == set(THREE[:2])
     bad = run("train", str(mmlu_slice), "--models", ",".join(THREE), "--cost", "nope=3", "--output", str(out), ok=False)

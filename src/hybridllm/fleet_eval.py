@@ -17,16 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from .policy import Fleet, sweep
+from .policy import Fleet, sweep_arrays
 
 
 def curve_points(scores: np.ndarray, quality: np.ndarray, fleet: Fleet) -> tuple[np.ndarray, np.ndarray]:
     """(cost %, quality) of every operating point of the policy on this table, by rising cost."""
-    rows = sweep(scores, quality, fleet, max_rows=10**9)
+    _, cost, drop, _ = sweep_arrays(scores, quality, fleet)
     q_ref = float(quality[:, fleet.ref].mean())
     denom = abs(q_ref) if q_ref else 1.0
-    cost = np.array([r["cost"] for r in rows])
-    q = np.array([q_ref - r["quality_drop"] / 100 * denom for r in rows])
+    q = q_ref - drop / 100 * denom
     order = np.argsort(cost, kind="stable")
     return cost[order], q[order]
 
@@ -111,6 +110,43 @@ def evaluate_fleet(
         px, py = curve_points(s, quality, fleet)
         out[name] = {**summary(px, py), "curve": _thin(px, py)}
     return out
+
+
+def bootstrap_fleet(
+    scores: np.ndarray, quality: np.ndarray, fleet: Fleet, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Percentile-bootstrap 95 % intervals over queries (paired: router and best fixed mix on the
+    same resamples) for the router's AIQ, the mix's, their difference and the router's cost at a
+    1 % quality drop."""
+    from .bootstrap import _interval
+
+    rng = np.random.default_rng(seed)
+    n = len(quality)
+    aiq, hull_aiq, diff, cost1 = [], [], [], []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        rep = evaluate_fleet(scores[idx], quality[idx], fleet)
+        aiq.append(rep["router"]["aiq"])
+        hull_aiq.append(rep["hull"]["aiq"])
+        diff.append(rep["router"]["aiq"] - rep["hull"]["aiq"])
+        cost1.append(rep["router"]["cost_at_1pct_drop"])
+    return {
+        "method": f"percentile bootstrap over queries, {n_boot} resamples, seed {seed} (paired)",
+        "router_aiq": _interval(aiq),
+        "hull_aiq": _interval(hull_aiq),
+        "router_minus_hull_aiq": _interval(diff),
+        "router_cost_at_1pct_drop": _interval(cost1),
+    }
+
+
+def separation_warning_fleet(ci95: dict[str, Any], n: int) -> str | None:
+    d = ci95.get("router_minus_hull_aiq")
+    if d is None or d[0] > 0:
+        return None
+    return (
+        f"{n} queries do not separate the router from the best fixed mix of models: the 95 % interval of "
+        f"their AIQ difference ({d[0]:+.4f} to {d[1]:+.4f}) includes 0; evaluate on more rows"
+    )
 
 
 def _thin(x: np.ndarray, y: np.ndarray, n: int = 200) -> list[list[float]]:

@@ -69,9 +69,11 @@ def choose(scores: np.ndarray, fleet: Fleet, threshold: float) -> np.ndarray:
     return np.where(ok.any(axis=1), first, fleet.ref)
 
 
-def sweep(scores: np.ndarray, quality: np.ndarray, fleet: Fleet, max_rows: int = 1001) -> list[dict[str, Any]]:
-    """Calibration table of the policy: ``scores`` [n, K] (candidates), ``quality`` [n, M] (expected
-    quality of every model per query, cost order). Rows ordered by falling threshold (rising savings)."""
+def sweep_arrays(
+    scores: np.ndarray, quality: np.ndarray, fleet: Fleet
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every operating point of the policy, as arrays by falling threshold: (thresholds, cost in %
+    of always-reference, quality drop in %, share of each model in %)."""
     s = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
     q = np.asarray(quality, dtype=np.float64)
     n, k = s.shape
@@ -82,49 +84,59 @@ def sweep(scores: np.ndarray, quality: np.ndarray, fleet: Fleet, max_rows: int =
     c_ref = costs[ref]
     q_ref = float(q[:, ref].mean())
     denom = abs(q_ref) if q_ref != 0 else 1.0
-    cur = np.full(n, ref)
-    total_cost = n * c_ref
-    total_q = float(q[:, ref].sum())
-    counts = np.zeros(len(fleet.models), dtype=np.int64)
-    counts[ref] = n
-    flat = s.ravel()
-    order = np.argsort(-flat, kind="stable")
+    m_count = len(fleet.models)
+    # Vectorised (the bootstrap of `evaluate` sweeps hundreds of resamples): as the threshold falls
+    # past an entry (query i, model m), query i moves to m if m is cheaper than where it is, so per
+    # query its model is the running minimum of model indices over its entries by falling score.
+    # Ties: entries are taken by (falling score, flat index), as one pass over them would.
+    by_score = np.argsort(-s, axis=1, kind="stable")  # per query: its entries by falling score
+    runmin = np.minimum.accumulate(np.concatenate([np.full((n, 1), ref), by_score], axis=1), axis=1)
+    before, after = runmin[:, :-1], runmin[:, 1:]
+    moved = after < before
+    qi, pos = np.nonzero(moved)
+    src, dst = before[moved], after[moved]
+    value = s[qi, by_score[qi, pos]]
+    flat_index = qi * k + by_score[qi, pos]
+    ev = np.lexsort((flat_index, -value))  # falling score, then flat order
+    value, qi, src, dst = value[ev], qi[ev], src[ev], dst[ev]
+    d_cost = np.cumsum(costs[dst] - costs[src])
+    d_q = np.cumsum(q[qi, dst] - q[qi, src])
+    delta = np.zeros((len(ev), m_count), dtype=np.int64)
+    np.add.at(delta, (np.arange(len(ev)), dst), 1)
+    np.add.at(delta, (np.arange(len(ev)), src), -1)
+    counts_after = np.cumsum(delta, axis=0)
+    base_counts = np.zeros(m_count, dtype=np.int64)
+    base_counts[ref] = n
+    # one row per distinct score value an entry has (whether or not it moved a query), with the
+    # totals once every entry at or above it is taken
+    values = np.unique(s)[::-1]
+    upto = np.searchsorted(-value, -values, side="right")  # events with score >= each value
 
-    def row(threshold: float) -> dict[str, Any]:
-        return {
-            "threshold": float(threshold),
-            "cost": total_cost / (n * c_ref) * 100.0,
-            "quality_drop": (q_ref - total_q / n) / denom * 100.0,
-            "shares": [float(c) / n * 100.0 for c in counts],
-        }
+    e = np.concatenate([[0], upto])  # events taken by each row (the first row: none, threshold NEVER)
+    taken_cost = np.concatenate([[0.0], d_cost])[e]
+    taken_q = np.concatenate([[0.0], d_q])[e]
+    counts = base_counts + np.concatenate([np.zeros((1, m_count), dtype=np.int64), counts_after])[e]
+    thresholds = np.concatenate([[NEVER], values])
+    cost = (n * c_ref + taken_cost) / (n * c_ref) * 100.0
+    quality_drop = (q_ref - (float(q[:, ref].sum()) + taken_q) / n) / denom * 100.0
+    return thresholds, cost, quality_drop, counts / n * 100.0
 
-    rows = [row(NEVER)]
-    i = 0
-    while i < len(order):
-        value = flat[order[i]]
-        j = i
-        while j < len(order) and flat[order[j]] == value:
-            qi, m = divmod(int(order[j]), k)
-            if m < cur[qi]:
-                total_cost += costs[m] - costs[cur[qi]]
-                total_q += q[qi, m] - q[qi, cur[qi]]
-                counts[cur[qi]] -= 1
-                counts[m] += 1
-                cur[qi] = m
-            j += 1
-        rows.append(row(value))
-        i = j
-    if len(rows) > max_rows:
-        keep = np.unique(np.linspace(0, len(rows) - 1, max_rows).round().astype(int))
-        rows = [rows[x] for x in keep]
+
+def sweep(scores: np.ndarray, quality: np.ndarray, fleet: Fleet, max_rows: int = 1001) -> list[dict[str, Any]]:
+    """Calibration table of the policy: ``scores`` [n, K] (candidates), ``quality`` [n, M] (expected
+    quality of every model per query, cost order). Rows ordered by falling threshold (rising savings)."""
+    thresholds, cost, quality_drop, shares = sweep_arrays(scores, quality, fleet)
+    keep = np.arange(len(thresholds))
+    if len(keep) > max_rows:
+        keep = np.unique(np.linspace(0, len(keep) - 1, max_rows).round().astype(int))
     return [
         {
-            "threshold": r["threshold"],  # exact: rounded up it would exclude the query it came from
-            "cost": round(r["cost"], 6),
-            "quality_drop": round(r["quality_drop"], 6),
-            "shares": [round(x, 4) for x in r["shares"]],
+            "threshold": float(thresholds[x]),  # exact: rounded up it would exclude the query it came from
+            "cost": round(float(cost[x]), 6),
+            "quality_drop": round(float(quality_drop[x]), 6),
+            "shares": [round(v, 4) for v in shares[x].tolist()],
         }
-        for r in rows
+        for x in keep
     ]
 
 

@@ -23,6 +23,7 @@ from ._common import (
     _progress,
     _ray_options,
     app,
+    err,
     out,
 )
 from ._report import summary_table
@@ -240,7 +241,7 @@ def evaluate(
     if router.fleet is not None:
         if engine is not Engine.local or predictions or html_out:
             _fail("routers over N models evaluate with the local engine, without --predictions or --html")
-        _evaluate_fleet(router, rows, table, json_out, plot)
+        _evaluate_fleet(router, rows, table, json_out, plot, bootstrap)
         return
     ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
     scorer = None
@@ -261,27 +262,42 @@ def evaluate(
     write_pair_outputs(report, used, scores, boot.band, title, json_out, plot, html_out, router.turns)
 
 
-def _evaluate_fleet(router, rows, table, json_out, plot) -> None:
+def _evaluate_fleet(router, rows, table, json_out, plot, n_boot: int = 1000) -> None:
     from ..fleet import fleet_rows, quality_matrix
-    from ..fleet_eval import evaluate_fleet, plot_fleet
+    from ..fleet_eval import bootstrap_fleet, evaluate_fleet, plot_fleet, separation_warning_fleet
 
     fl = router.fleet
     used, skipped = fleet_rows(rows, list(fl.models))
     if skipped:
         _progress(f"skipped {skipped} rows without quality for every model")
-    report = evaluate_fleet(router.score([r["prompt"] for r in used]), quality_matrix(used, list(fl.models)), fl)
+    scores, quality = router.score([r["prompt"] for r in used]), quality_matrix(used, list(fl.models))
+    report = evaluate_fleet(scores, quality, fl)
+    report["ci95"] = ci = bootstrap_fleet(scores, quality, fl, n_boot)
+    warning = separation_warning_fleet(ci, report["n"])
+    report["warnings"] = [warning] if warning else []
     t = Table(title=f"{' | '.join(fl.models)} on {table.name} ({report['n']} rows); cost in % of {fl.reference}")
     t.add_column("method")
     t.add_column("AIQ", justify="right")
     t.add_column("cost at <= 1% quality drop", justify="right")
+    ci_of = {"router": ("router_aiq", "router_cost_at_1pct_drop"), "hull": ("hull_aiq", None)}
     for name in ("router", "hull", "random"):
         label = {"hull": "best fixed mix of models", "random": "random (cheapest | best)"}.get(name, name)
-        t.add_row(label, f"{report[name]['aiq']:.4f}", f"{report[name]['cost_at_1pct_drop']:.1f}%")
+        a_ci, c_ci = (ci.get(k) if k else None for k in ci_of.get(name, (None, None)))
+        t.add_row(
+            label,
+            f"{report[name]['aiq']:.4f}" + (f" [{a_ci[0]:.4f}, {a_ci[1]:.4f}]" if a_ci else ""),
+            f"{report[name]['cost_at_1pct_drop']:.1f}%" + (f" [{c_ci[0]:.1f}, {c_ci[1]:.1f}]" if c_ci else ""),
+        )
     o = report["oracle"]
     t.add_row("oracle", "", f"{o['cost']:.1f}% (quality {o['quality']:.3f})")
     out.print(t)
     for s_ in report["singles"]:
         out.print(f"  {s_['model']}: cost {s_['cost']:.1f}%, quality {s_['quality']:.4f}")
+    d = ci["router_minus_hull_aiq"]
+    if d:
+        out.print(f"router minus best fixed mix, AIQ: 95 % interval [{d[0]:+.4f}, {d[1]:+.4f}]", highlight=False)
+    for w in report["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=1) + "\n")
