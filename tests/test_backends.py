@@ -154,3 +154,19 @@ def test_stream_retries_before_its_first_piece_but_not_after(upstream):
     with pytest.raises(BackendError, match="stream broke"):
         run(go())
     assert pieces == ["echo:a", " b"] and len(upstream.requests) == 1
+
+
+def test_proxy_from_the_environment_applies_per_host(monkeypatch):
+    """HTTPS_PROXY is used for a remote endpoint and NO_PROXY keeps local ones direct, as most HTTP
+    clients do; looked up once per backend, not per request."""
+    from hybridllm.backends._http import _env_proxy
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1,.corp")
+    assert _env_proxy("https://api.openai.com/v1") == "http://proxy.internal:3128"
+    assert _env_proxy("http://127.0.0.1:8000/v1") is None
+    assert _env_proxy("http://vllm.corp:8000/v1") is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.delenv("HTTP_PROXY")
+    assert _env_proxy("https://api.openai.com/v1") is None

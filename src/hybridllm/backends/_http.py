@@ -46,6 +46,18 @@ _JSON = {"Content-Type": "application/json"}
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)  # + aiohttp.ClientError
 
 
+def _env_proxy(base_url: str) -> str | None:
+    """The HTTP(S)_PROXY that applies to ``base_url`` (None under NO_PROXY), looked up once per
+    backend: aiohttp's own per-request lookup (``trust_env``) cost 0.22 ms of CPU per request."""
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    parts = urlsplit(base_url)
+    if not parts.hostname or proxy_bypass(parts.hostname):
+        return None
+    return getproxies().get(parts.scheme)
+
+
 def _transport_errors() -> tuple[type[BaseException], ...]:
     import aiohttp
 
@@ -70,6 +82,7 @@ class HTTPBackend(Backend):
     _client: Any = field(default=None, init=False, repr=False)
     _sem: Any = field(default=None, init=False, repr=False)
     _base: str = field(default="", init=False, repr=False)
+    _proxy: str | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_spec(cls, spec: str, api_key_env: str | None = None, **kw: Any) -> HTTPBackend:
@@ -105,6 +118,7 @@ class HTTPBackend(Backend):
         # bounds its whole call with the same figure
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
         self._client = aiohttp.ClientSession(headers=headers, connector=connector, timeout=timeout)
+        self._proxy = _env_proxy(self.base_url)
         self._base = self.base_url.rstrip("/")
         return self
 
@@ -120,7 +134,7 @@ class HTTPBackend(Backend):
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         data = json.dumps(body, ensure_ascii=False).encode()
-        return self._live().post(self._base + path, data=data, headers=_JSON)
+        return self._live().post(self._base + path, data=data, headers=_JSON, proxy=self._proxy)
 
     def _request(self, prompt: Prompt, params: SamplingParams) -> tuple[str, dict[str, Any]]:
         body = {"model": self.model, **params.body()}
@@ -286,7 +300,7 @@ class HTTPBackend(Backend):
         """``GET /models`` answered 200 within the timeout."""
 
         async def get() -> dict[str, Any]:
-            async with self._live().get(self._base + "/models") as r:
+            async with self._live().get(self._base + "/models", proxy=self._proxy) as r:
                 await r.read()
                 return {"ok": r.status == 200, "status": r.status}
 
