@@ -107,3 +107,18 @@ def test_token_counts_are_untruncated_for_every_encoder(cache_env):
     assert ids.shape[1] == 8  # the model still sees at most max_length tokens
     assert tok.lengths([text]) == [len(text.split()) + 2]  # [CLS] + 12 words + [SEP]
     assert tok.tok.truncation["max_length"] == 8
+
+
+def test_static_vectors_do_not_depend_on_the_batch(cache_env):
+    """A prompt gets the same vector alone or in any micro-batch (the proxy scores both ways), and
+    the batched pooling equals the plain mean of the prompt's token vectors."""
+    enc = StaticEncoder(max_length=64)
+    texts = ["What is 2 + 2?", "", "[CLS] [SEP]", "the the the " * 40, "Prove that sqrt(2) is irrational."]
+    batch, lengths = enc.encode_with_lengths(texts)
+    for i, t in enumerate(texts):
+        alone, n = enc.encode_with_lengths([t])
+        assert np.array_equal(alone[0], batch[i]) and n[0] == lengths[i]
+    ids = [i for i in enc.tokenizer.raw.encode(texts[0], add_special_tokens=False).ids if not enc._is_special[i]]
+    v = np.asarray(enc.table)[ids].mean(axis=0)
+    assert np.allclose(batch[0], v / np.linalg.norm(v), atol=1e-6)
+    assert not batch[1].any() and not batch[2].any()  # nothing but special tokens: a zero vector

@@ -353,15 +353,18 @@ class StaticEncoder:
             counts = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept))
             flat = np.fromiter(itertools.chain.from_iterable(kept), dtype=np.int64, count=int(counts.sum()))
             real = ~self._is_special[flat]
-            seg = np.repeat(np.arange(len(kept)), counts)[real]
+            row = np.repeat(np.arange(len(kept)), counts)[real]
             flat = flat[real]
-            n_real = np.bincount(seg, minlength=len(kept)).astype(np.float32)
+            n_real = np.bincount(row, minlength=len(kept))
             has = np.flatnonzero(n_real)
             if len(has):
+                # CSR built directly (each row's tokens in text order; a repeated token is summed
+                # twice, which is exact): no COO conversion on the per-request path
+                indptr = np.concatenate([[0], np.cumsum(n_real)])
                 tokens = csr_matrix(
-                    (np.ones(len(flat), dtype=np.float32), (seg, flat)), shape=(len(kept), self._dense.shape[0])
+                    (np.ones(len(flat), dtype=np.float32), flat, indptr), shape=(len(kept), self._dense.shape[0])
                 )
-                v = np.asarray(tokens @ self._dense)[has] / n_real[has, None]
+                v = np.asarray(tokens @ self._dense)[has] / n_real[has, None].astype(np.float32)
                 out[start + has] = v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-12)
             if progress is not None:
                 progress(len(part))
