@@ -1,0 +1,138 @@
+"""Does the proxy delay a stream? Per-chunk delay of a server-sent-event stream, straight from the
+upstream and through `hybridllm serve`, in one run.
+
+    python benchmarks/stream_relay.py [--streams 20 --chunks 100 --interval-ms 10]
+
+The upstream (its own process) streams OpenAI chat chunks at a fixed interval, each carrying the
+time it was written; the client (aiohttp) notes when each chunk arrives. Delay = arrival - write, per
+chunk, on one machine clock. Writes benchmarks/results/stream_relay.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proxy_overhead import LARGE, SHARED, SMALL, free_port, start_server, stop_server, wait_up
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_upstream(port: int, chunks: int, interval: float) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    async def chat(request):  # type: ignore[no-untyped-def]
+        body = await request.json()
+        if not body.get("stream"):
+            return JSONResponse({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]})
+
+        async def events():  # type: ignore[no-untyped-def]
+            for _ in range(chunks):
+                delta = {"content": f"{time.time():.6f} "}
+                chunk = {"id": "s", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+                await asyncio.sleep(interval)
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
+
+
+async def delays(port: int, streams: int) -> list[float]:
+    import aiohttp
+
+    out: list[float] = []
+    body = {"model": "hybrid", "messages": [{"role": "user", "content": "Count."}], "stream": True}
+    async with aiohttp.ClientSession() as s:
+        for _ in range(streams):
+            async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as r:
+                buf = b""
+                async for piece in r.content.iter_any():
+                    now = time.time()
+                    buf += piece
+                    while b"\n\n" in buf:
+                        event, buf = buf.split(b"\n\n", 1)
+                        data = event.decode().removeprefix("data: ")
+                        if data == "[DONE]":
+                            continue
+                        for c in json.loads(data)["choices"]:
+                            sent = (c.get("delta") or {}).get("content")
+                            if sent:
+                                out.append(now - float(sent))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--streams", type=int, default=20)
+    ap.add_argument("--chunks", type=int, default=100)
+    ap.add_argument("--interval-ms", type=float, default=10)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "stream_relay.json"))
+    args = ap.parse_args()
+    os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
+    from hybridllm import TrainOptions, read_table, train_router
+    from hybridllm.head import HeadConfig
+
+    tmp = tempfile.mkdtemp()
+    router = Path(tmp) / "router"
+    rows = read_table(SHARED / "mmlu_pro.jsonl")[:600]
+    train_router(rows, TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(extra=["log_tokens"])), router,
+                 show_progress=False)  # fmt: skip
+    up_port, px_port = free_port(), free_port()
+    up = mp.get_context("spawn").Process(
+        target=run_upstream, args=(up_port, args.chunks, args.interval_ms / 1000), daemon=True
+    )
+    up.start()
+    url = f"http://127.0.0.1:{up_port}/v1"
+    cmd = [sys.executable, "-m", "hybridllm.cli", "serve", "--router", str(router), "--small", f"s@{url}",
+           "--large", f"l@{url}", "--port", str(px_port)]  # fmt: skip
+    proxy = start_server(cmd, Path(tmp) / "serve.log")
+    results = {}
+    try:
+        wait_up(up_port)
+        wait_up(px_port)
+        for name, port in (("direct", up_port), ("through hybridllm", px_port)):
+            d = np.asarray(asyncio.run(delays(port, args.streams))) * 1000
+            results[name] = {
+                "chunks": len(d),
+                "p50_ms": round(float(np.percentile(d, 50)), 3),
+                "p99_ms": round(float(np.percentile(d, 99)), 3),
+                "max_ms": round(float(d.max()), 3),
+            }
+    finally:
+        stop_server(proxy)
+        up.terminate()
+    a, b = results["direct"], results["through hybridllm"]
+    payload = {
+        "benchmark": "stream_relay",
+        "streams": args.streams,
+        "chunks_per_stream": args.chunks,
+        "interval_ms": args.interval_ms,
+        "results": results,
+        "added_p50_ms": round(b["p50_ms"] - a["p50_ms"], 3),
+        "added_p99_ms": round(b["p99_ms"] - a["p99_ms"], 3),
+    }
+    Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"{'path':20s} {'chunks':>7s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s}")
+    for name, r in results.items():
+        print(f"{name:20s} {r['chunks']:7d} {r['p50_ms']:7.3f} {r['p99_ms']:7.3f} {r['max_ms']:7.3f}")
+    print(f"added per chunk: p50 {payload['added_p50_ms']} ms, p99 {payload['added_p99_ms']} ms")
+
+
+if __name__ == "__main__":
+    main()
