@@ -301,3 +301,29 @@ def test_many_requests_with_faults_interleaved_never_5xx_for_good_ones(stack):
     good, bad = asyncio.run(run())
     assert [r.status_code for r in good] == [200] * 20
     assert all(400 <= r.status_code < 500 for r in bad)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 2000 + b"]" * 2000,
+        b'{"model": 5}',
+        b'{"model": ["hybrid-t-0"]}',
+        b'"hybrid-t-0"',
+        b'{"model": "hybrid-qd-' + b"0" * 300 + b'1"}',
+        b'{"model": "hybrid-budget-30"}',  # a fleet knob on a two-model router
+        b'{"model": "hybrid-t-0\\n"}',
+        b'{"model": "hybrid-t-0", "x": "' + b"a" * 20_000 + b'"}',
+        b"\xff\xfe not json",
+        b'{"model": "hybrid-t-\\ud800"}',
+    ],
+)
+def test_dashboard_knob_refuses_hostile_bodies_and_keeps_the_knob(stack, body):
+    proxy, *_ = stack
+    base = proxy.url.removesuffix("/v1")
+    before = httpx.get(base + "/dashboard/data", timeout=10).json()["router"]["knob"]
+    r = httpx.post(base + "/dashboard/knob", content=body, headers={"content-type": "application/json"}, timeout=10)
+    assert 400 <= r.status_code < 500 and is_openai_error(r), (r.status_code, r.text[:200])
+    assert httpx.get(base + "/dashboard/data", timeout=10).json()["router"]["knob"] == before
+    ok = post(proxy, {"model": "hybrid", "messages": MSG})
+    assert ok.status_code == 200
