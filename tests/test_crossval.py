@@ -29,6 +29,13 @@ def test_out_of_fold_scores_come_from_the_other_folds(mmlu_slice, cache_env, tmp
     np.testing.assert_allclose([by_id[r["id"]] for r in parts[1]], expect, rtol=1e-6)
     # the pooled metrics are the section-5 metrics of the pooled scores
     assert res.report["router"]["apgr"] is not None and res.report["oracle"]["apgr"] > res.report["router"]["apgr"]
+    # the default point out of fold: each row decided at the threshold of the router that did not see it
+    thr = {f: p["operating_point"]["threshold"] for f, p in enumerate(res.report["per_fold"])}
+    fold_of = {r["id"]: f for f, part in enumerate(split_rows(rows, [1 / 3] * 3, "t")) for r in part}
+    small = [by_id[r["id"]] >= thr[fold_of[r["id"]]] for r in res.rows]
+    op = res.report["operating_point"]
+    assert op["realised"]["cost_advantage"] == pytest.approx(np.mean(small) * 100)
+    assert op["knob"] == "max_quality_drop=1%" and "ci95" in res.report and "baselines" in res.report
 
 
 def test_too_many_folds_is_a_clear_error(mmlu_slice):
@@ -51,3 +58,4 @@ def test_cli(mmlu_slice, cache_env, tmp_path):
     assert len(ids) == len(set(ids)) == 400
     assert (tmp_path / "cv.png").stat().st_size > 10_000
     assert "2-fold cross-validation" in proc.stdout and "per-fold APGR" in proc.stdout
+    assert "each fold router's own, out of fold" in proc.stdout and rep["operating_point"]["realised"]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .encoder import EmbeddingCache
-from .evaluate import pair_report, prompt_lengths
+from .evaluate import pair_report, promised_point, prompt_lengths
 from .metrics import evaluate_scores, expected_quality
 from .router import Router
 from .table import Row, TableError, select_pair, split_rows
@@ -51,6 +51,8 @@ def cross_validate(
         raise TableError(f"{len(pair.rows)} rows cannot fill {folds} folds; use fewer folds")
     cache = cache if cache is not None else EmbeddingCache()
     scores: dict[str, float] = {}
+    small_here: dict[str, bool] = {}  # each row's decision at its fold router's default point
+    promised: list[dict[str, Any]] = []
     per_fold = []
     for f, test in enumerate(parts):
         train = [r for g, part in enumerate(parts) if g != f for r in part]
@@ -61,12 +63,16 @@ def cross_validate(
         scores.update({r["id"]: float(x) for r, x in zip(test, s, strict=True)})
         qs, ql = expected_quality(test, options.small, options.large)
         m = evaluate_scores(np.asarray(s), qs, ql, with_curve=False)
+        point = promised_point(fitted.config)  # the fold router's own default point
+        small_here.update({r["id"]: bool(x >= point["threshold"]) for r, x in zip(test, s, strict=True)})
+        promised.append(point["promised"])
         per_fold.append(
             {
                 "fold": f,
                 "n": len(test),
                 "apgr": m["router"]["apgr"],
                 "cost_advantage_at_quality_drop_1": m["router"]["cost_advantage_at_quality_drop"]["1"],
+                "operating_point": {"knob": point["knob"], "threshold": point["threshold"], **point["promised"]},
             }
         )
     used = list(pair.rows)
@@ -82,6 +88,21 @@ def cross_validate(
     }
     body, boot = pair_report(all_scores, qs, ql, prompt_lengths(used, options.prompt_turns))
     report.update({k: v for k, v in body.items() if k != "n"})
+    # the default operating point out of fold: every row decided by the router that did not see it
+    small = np.array([small_here[r["id"]] for r in used])
+    q = float(np.where(small, qs, ql).mean())
+    report["operating_point"] = {
+        "knob": per_fold[0]["operating_point"]["knob"],
+        "promised": {  # mean over the fold routers of what their own calibration promised
+            k: float(np.mean([p[k] for p in promised if p[k] is not None])) if promised else None
+            for k in ("cost_advantage", "quality_drop")
+        },
+        "realised": {
+            "cost_advantage": float(small.mean() * 100.0),
+            "quality_drop": float((ql.mean() - q) / (abs(ql.mean()) or 1.0) * 100.0),
+            "quality": q,
+        },
+    }
     apgrs = [p["apgr"] for p in per_fold if p["apgr"] is not None]
     report["per_fold"] = per_fold
     report["fold_apgr_mean"] = float(np.mean(apgrs)) if apgrs else None

@@ -71,8 +71,9 @@ def show_pair_report(report: dict[str, Any], title: str) -> None:
             if p.get("cost_advantage") is not None
             else "no calibration promise (raw threshold)"
         )
+        where = f"threshold {op['threshold']:.4f}" if "threshold" in op else "each fold router's own, out of fold"
         out.print(
-            f"operating point {op['knob']} (threshold {op['threshold']:.4f}): "
+            f"operating point {op['knob']} ({where}): "
             f"{r['cost_advantage']:.1f}% small"
             + (f" [{ca_ci[0]:.1f}, {ca_ci[1]:.1f}]" if ca_ci else "")
             + f", quality drop {r['quality_drop']:.2f}%"
