@@ -36,10 +36,13 @@ class LineProgress:
     def _line(self) -> str:
         elapsed = time.monotonic() - self.t0
         rate = self.n / elapsed if elapsed > 0 else 0.0
-        done = f"{self.n}/{self.total}" if self.total else str(self.n)
+        n, total, unit = self.n, self.total, self.unit
+        if unit == "B":  # bytes read as megabytes
+            n, total, rate, unit = round(n / 1e6), round(total / 1e6) if total else total, rate / 1e6, "MB"
+        done = f"{n}/{total}" if total else str(n)
         pct = f" ({self.n / self.total * 100:.0f}%)" if self.total else ""
         extra = f", {self.postfix}" if self.postfix else ""
-        return f"{self.desc}: {done} {self.unit}{pct} in {elapsed:.0f} s, {rate:.1f} {self.unit}/s{extra}"
+        return f"{self.desc}: {done} {unit}{pct} in {elapsed:.0f} s, {rate:.1f} {unit}/s{extra}"
 
     def update(self, n: int = 1) -> None:
         self.n += n
