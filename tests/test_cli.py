@@ -218,3 +218,28 @@ def test_progress_in_a_log_file_is_whole_lines(tmp_path):
 def test_chat_without_upstreams_says_what_it_needs(tmp_path, artifact):
     proc = run("chat", "hi", "--router", str(artifact), ok=False)
     assert proc.returncode != 0 and "give --small and --large" in proc.stderr
+
+
+def test_train_with_head_features(mmlu_slice, cache_env, tmp_path):
+    """--features log_tokens,head_embed: the router also reads the prompt's first words alone, a
+    block of its inputs that appended text cannot move."""
+    import numpy as np
+
+    from hybridllm import Router
+    from hybridllm.router import HEAD_WORDS, featurize
+
+    out = tmp_path / "r"
+    run("train", str(mmlu_slice), "--small", SMALL, "--large", LARGE, "--output", str(out),
+        "--features", "log_tokens,head_embed", "--members", "2")  # fmt: skip
+    router = Router(out)
+    assert router.extra == ["log_tokens", "head_embed"]
+    prompt = " ".join(f"word{i}" for i in range(HEAD_WORDS)) + " What is the capital of France?"
+    x = featurize(router.encoder, [prompt, prompt + " (A) Paris (B) Rome (C) Oslo (D) Bern"], router.extra)
+    dim = router.encoder.dim
+    assert x.shape[1] == 2 * dim + 1
+    assert np.array_equal(x[0, dim + 1 :], x[1, dim + 1 :]) and not np.array_equal(x[0, :dim], x[1, :dim])
+    d = json.loads(run("route", str(out), "What is 2+2?").stdout)
+    assert d["model"] in (SMALL, LARGE) and 0 <= d["score"] <= 1
+    bad = run("train", str(mmlu_slice), "--small", SMALL, "--large", LARGE, "--output", str(tmp_path / "x"),
+              "--features", "log_tokens,colour", ok=False)  # fmt: skip
+    assert bad.returncode != 0 and "--features: expected some of log_tokens, head_embed" in bad.stderr

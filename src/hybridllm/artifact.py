@@ -134,7 +134,7 @@ def _check_config(cfg: dict[str, Any], f: Path) -> None:
     if not isinstance(head, dict) or not isinstance(head.get("extra", []), list):
         raise ArtifactError(f"{f}: field 'head.extra': expected a list of feature names")
     for name in head.get("extra", []):
-        if name not in ("log_tokens",):
+        if name not in ("log_tokens", "head_embed"):
             raise ArtifactError(f"{f}: field 'head.extra': unknown feature {name!r}")
 
 

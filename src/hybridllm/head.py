@@ -104,19 +104,45 @@ class HeadWeights:
         return (1 - a) * p + a * self.predict_linear(x)
 
 
+#: extra features that are one number each (standardised for the linear member); the others are
+#: embeddings of the encoder's width (``head_embed``: the prompt's first words alone)
+SCALAR_EXTRAS = ("log_tokens",)
+
+
+def scalar_columns(width: int, extra: list[str]) -> np.ndarray:
+    """Which of the ``width`` input columns are scalar extras. Layout: the prompt's embedding, then
+    each extra in order (an embedding extra as wide as the prompt's embedding)."""
+    n_scalar = sum(1 for e in extra if e in SCALAR_EXTRAS)
+    dim = (width - n_scalar) // (1 + len(extra) - n_scalar)
+    mask = np.zeros(width, dtype=bool)
+    at = dim
+    for e in extra:
+        if e in SCALAR_EXTRAS:
+            mask[at] = True
+            at += 1
+        else:
+            at += dim
+    return mask
+
+
 def train_linear(
-    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, qs_val: np.ndarray, ql_val: np.ndarray, n_embed: int
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    qs_val: np.ndarray,
+    ql_val: np.ndarray,
+    scaled: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
     """L2 logistic regression on soft labels (as sample weights), C picked by validation APGR.
 
-    Embedding dimensions are used as they are (already on the unit sphere); extra features are
-    standardised so the penalty treats them alike."""
+    Embedding dimensions are used as they are (already on the unit sphere); the ``scaled`` columns
+    (scalar extra features) are standardised so the penalty treats them alike."""
     from sklearn.linear_model import LogisticRegression
 
     mu = np.zeros(x_train.shape[1], dtype=np.float32)
     sd = np.ones(x_train.shape[1], dtype=np.float32)
-    mu[n_embed:] = x_train[:, n_embed:].mean(axis=0)
-    sd[n_embed:] = x_train[:, n_embed:].std(axis=0) + 1e-6
+    mu[scaled] = x_train[:, scaled].mean(axis=0)
+    sd[scaled] = x_train[:, scaled].std(axis=0) + 1e-6
     z = (x_train - mu) / sd
     zv = (x_val - mu) / sd
     # a soft label y is the same as a positive copy weighted y and a negative copy weighted 1 - y
@@ -239,9 +265,9 @@ def train_head(
     )
     info: dict = {"members": history}
     if cfg.linear:
-        n_embed = x_train.shape[1] - len(cfg.extra)
+        scaled = scalar_columns(x_train.shape[1], list(cfg.extra))
         lw, lb, lmu, lsd, c, lin_apgr = train_linear(
-            x_train, np.asarray(y_train), np.asarray(x_val, np.float32), qs_val, ql_val, n_embed
+            x_train, np.asarray(y_train), np.asarray(x_val, np.float32), qs_val, ql_val, scaled
         )
         weights.lin_w, weights.lin_b, weights.lin_mu, weights.lin_sd = lw, lb, lmu, lsd
         p_mlp = weights.predict_mlp(x_val)

@@ -33,23 +33,32 @@ class Decision:
         return asdict(self)
 
 
+#: ``head_embed`` reads the prompt's first words alone: text appended to a prompt cannot move it
+HEAD_WORDS = 24
+
+
 def extra_features(
     encoder: Encoder, texts: Sequence[str], names: Sequence[str], lengths: np.ndarray | None = None
 ) -> np.ndarray:
     """Query features beside the embedding. ``log_tokens``: the encoder's token count before
     truncation (log-scaled); long prompts are harder for small models, and mean pooling hides length.
-    ``lengths``: those counts when the encoder already produced them with the vectors."""
+    ``head_embed``: the embedding of the prompt's first ``HEAD_WORDS`` words alone, which a suffix
+    cannot move (a router that weighs it resists appended text). ``lengths``: the token counts when
+    the encoder already produced them with the vectors."""
     cols = []
     for name in names:
         if name == "log_tokens":
             if lengths is None:
                 lengths = _token_lengths(encoder, texts)
-            cols.append(np.log1p(np.asarray(lengths, dtype=np.float32)))
+            cols.append(np.log1p(np.asarray(lengths, dtype=np.float32))[:, None])
+        elif name == "head_embed":
+            heads = [" ".join(t.split()[:HEAD_WORDS]) for t in texts]
+            cols.append(np.asarray(encoder.encode(heads), dtype=np.float32))
         else:
             raise ValueError(f"unknown extra feature {name!r}")
     if not cols:
         return np.zeros((len(texts), 0), dtype=np.float32)
-    return np.stack(cols, axis=1).astype(np.float32)
+    return np.concatenate(cols, axis=1).astype(np.float32)
 
 
 def _token_lengths(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:

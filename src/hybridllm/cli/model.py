@@ -28,6 +28,25 @@ from ._common import (
 )
 from ._report import summary_table
 
+FeaturesOpt = Annotated[
+    str,
+    typer.Option(
+        help="features beside the prompt's embedding, comma-separated: log_tokens (its length), head_embed (its "
+        "first words alone: text appended to a prompt cannot move them; see the robustness benchmark)"
+    ),
+]
+
+
+def _features(spec: str) -> list[str]:
+    from ..head import SCALAR_EXTRAS
+
+    names = [x.strip() for x in spec.split(",") if x.strip()]
+    known = (*SCALAR_EXTRAS, "head_embed")
+    bad = [n for n in names if n not in known]
+    if bad or len(set(names)) != len(names):
+        _fail(f"--features: expected some of {', '.join(known)} (each once), got {spec!r}")
+    return names
+
 
 @app.command()
 def train(
@@ -61,6 +80,7 @@ def train(
     seed: Annotated[int, typer.Option(help="random seed (runs are repeatable)")] = 0,
     epochs: Annotated[int | None, typer.Option(help="max epochs (head default 40, finetune default 3)")] = None,
     members: Annotated[int, typer.Option(help="ensemble members in head mode")] = 5,
+    features: FeaturesOpt = "log_tokens",
     engine: EngineOpt = Engine.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 2,
@@ -71,11 +91,11 @@ def train(
     --large, or among --models. With --engine ray the embedding pass (head mode) runs on Ray."""
     from ..head import HeadConfig
     from ..table import read_table
-    from ..train import DEFAULT_EXTRA, TrainOptions, train_router
+    from ..train import TrainOptions, train_router
 
     rows = read_table(table)
     vrows = read_table(validation) if validation else None
-    head = HeadConfig(extra=list(DEFAULT_EXTRA), members=members, seed=seed)
+    head = HeadConfig(extra=_features(features), members=members, seed=seed)
     if epochs is not None and mode == Mode.head:
         head.epochs = epochs
     if models is not None:
@@ -182,17 +202,18 @@ def _print_fleet(cfg: dict) -> None:
     out.print(f"models by cost: {costs_txt}; reference (best on training rows): {fl['reference']}")
 
 
-def _crossval_fleet(table, models, cost, models_file, labels, encoder, seed, folds, salt, json_out, plot) -> None:
+def _crossval_fleet(
+    table, models, cost, models_file, labels, encoder, seed, folds, salt, json_out, plot, features="log_tokens"
+) -> None:
     from ..crossval import cross_validate_fleet
     from ..fleet import FleetOptions
     from ..fleet_eval import plot_fleet
     from ..head import HeadConfig
     from ..table import read_table
-    from ..train import DEFAULT_EXTRA
 
     names, costs = _fleet_costs(models, cost, models_file)
     opts = FleetOptions(
-        names, costs, labels=labels, encoder=encoder, seed=seed, head=HeadConfig(extra=list(DEFAULT_EXTRA))
+        names, costs, labels=labels, encoder=encoder, seed=seed, head=HeadConfig(extra=_features(features))
     )
     rep, _, _ = cross_validate_fleet(read_table(table), opts, folds=folds, salt=salt, progress=_progress)
     out.print(
@@ -321,6 +342,7 @@ def crossval(
     ] = Labels.trans,
     encoder: Annotated[str, typer.Option(help="as in train")] = "static",
     seed: Annotated[int, typer.Option(help="fold f trains with seed + f")] = 0,
+    features: FeaturesOpt = "log_tokens",
     salt: Annotated[str, typer.Option(help="hash salt of the folds")] = "crossval",
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
     predictions: Annotated[Path | None, typer.Option(help="write JSONL {id, score} of out-of-fold scores")] = None,
@@ -332,13 +354,15 @@ def crossval(
     from ..evaluate import write_predictions
     from ..head import HeadConfig
     from ..table import read_table
-    from ..train import DEFAULT_EXTRA, TrainOptions
+    from ..train import TrainOptions
     from ._report import show_pair_report, write_pair_outputs
 
     if models is not None:
         if small or large or predictions:
             _fail("--models cross-validates a router over N models: no --small/--large/--predictions")
-        _crossval_fleet(table, models, cost, models_file, labels.value, encoder, seed, folds, salt, json_out, plot)
+        _crossval_fleet(
+            table, models, cost, models_file, labels.value, encoder, seed, folds, salt, json_out, plot, features
+        )
         return
     if not small or not large:
         _fail("give --small and --large (two models) or --models M1,M2,... (any number)")
@@ -348,7 +372,7 @@ def crossval(
         labels=labels.value,
         encoder=encoder,
         seed=seed,
-        head=HeadConfig(extra=list(DEFAULT_EXTRA), seed=seed),
+        head=HeadConfig(extra=_features(features), seed=seed),
     )
     res = cross_validate(read_table(table), opts, folds=folds, salt=salt, progress=_progress)
     rep = res.report
