@@ -251,3 +251,47 @@ def test_crossval_of_a_fleet_scores_every_row_out_of_fold(rows, cache_env, tmp_p
     table.write_text("".join(json.dumps(r) + "\n" for r in rows))
     proc = run("crossval", str(table), "--models", ",".join(THREE), *costs, "--folds", "2", "--json", str(out))
     assert "router AIQ" in proc.stdout and json.loads(out.read_text())["folds"] == 2
+
+
+def _sweep_by_loop(s, q, fleet):
+    """The policy sweep the plain way (one entry at a time), to check the vectorised one against."""
+    n, k = s.shape
+    costs, ref = np.asarray(fleet.costs), fleet.ref
+    cur = np.full(n, ref)
+    total_cost, total_q = n * costs[ref], float(q[:, ref].sum())
+    flat = s.ravel()
+    order = np.argsort(-flat, kind="stable")
+    rows, i = [(float("inf"), total_cost, total_q)], 0
+    while i < len(order):
+        value, j = flat[order[i]], i
+        while j < len(order) and flat[order[j]] == value:
+            qi, m = divmod(int(order[j]), k)
+            if m < cur[qi]:
+                total_cost += costs[m] - costs[cur[qi]]
+                total_q += q[qi, m] - q[qi, cur[qi]]
+                cur[qi] = m
+            j += 1
+        rows.append((float(value), total_cost, total_q))
+        i = j
+    return rows
+
+
+def test_vectorised_sweep_equals_the_plain_loop():
+    from hybridllm.policy import Fleet, sweep_arrays
+
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        n, m = int(rng.integers(1, 200)), int(rng.integers(2, 7))
+        q = rng.random((n, m)) if trial % 2 else (rng.random((n, m)) < 0.5).astype(float)
+        fleet = Fleet(tuple(f"m{i}" for i in range(m)), tuple(sorted(rng.random(m) * 10 + 0.1)), f"m{m - 1}")
+        s = rng.random((n, m - 1))
+        if trial % 3 == 0:
+            s = np.round(s, 1)  # ties within and across queries
+        thr, cost, drop, shares = sweep_arrays(s, q, fleet)
+        ref = _sweep_by_loop(s, q, fleet)
+        assert len(thr) == len(ref) and np.allclose(shares.sum(axis=1), 100)
+        c_ref, q_ref = fleet.costs[fleet.ref], q[:, fleet.ref].mean()
+        for t, c, d, (rt, rc, rq) in zip(thr[1:], cost[1:], drop[1:], ref[1:], strict=True):
+            assert t == rt
+            assert c == pytest.approx(rc / (n * c_ref) * 100, abs=1e-9)
+            assert d == pytest.approx((q_ref - rq / n) / (abs(q_ref) or 1) * 100, abs=1e-9)
