@@ -6,6 +6,7 @@ when keys are set, unless ``public_metrics``); ``POST /dashboard/knob`` always n
 keys are set, since it changes where traffic goes.
 """
 
+import asyncio
 import json
 import logging
 import os
@@ -117,7 +118,9 @@ def mount_dashboard(app: Any, control: KnobControl, metrics: Any, authorised: An
     async def data(request: Request) -> Any:
         if not (opts.public_metrics or authorised(request)):
             return unauthorised()
-        return JSONResponse({**metrics.live.snapshot(), "router": control.view(), "auth": bool(opts.api_keys)})
+        # summarised in a thread: the proxy's event loop keeps serving meanwhile
+        live = await asyncio.to_thread(metrics.live.snapshot)
+        return JSONResponse({**live, "router": control.view(), "auth": bool(opts.api_keys)})
 
     @app.post("/dashboard/knob", include_in_schema=False)
     async def knob(request: Request) -> Any:

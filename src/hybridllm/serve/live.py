@@ -90,36 +90,42 @@ class LiveStats:
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
-        events: list[Event] = []
+        events: list[Any] = []  # [t, model, status, latency_s, score, fallback] rows of every worker
         by_model: dict[str, int] = dict.fromkeys(self.models, 0)
         by_status: dict[str, int] = {}
         total = fallbacks = 0
         spent = best = 0.0
         started = self.started
         for st in self._states():
-            events.extend(Event(*e) for e in st["events"])
+            events.extend(st["events"])
             for k, v in st["by_model"].items():
                 by_model[k] = by_model.get(k, 0) + v
             for k, v in st["by_status"].items():
                 by_status[k] = by_status.get(k, 0) + v
             t, f, s, b, s0 = st["totals"]
             total, fallbacks, spent, best, started = total + t, fallbacks + f, spent + s, best + b, min(started, s0)
-        events.sort(key=lambda e: e.t)
-        events = events[-self.recent.maxlen :] if self.recent.maxlen else events
+        # the window as columns (numpy, not a Python loop per event: this runs once a second per open page)
+        events.sort(key=lambda e: e[0])
+        keep = self.recent.maxlen or len(events)
+        events = events[-keep:]
+        t_col = np.array([e[0] for e in events], dtype=np.float64)
+        model_col = np.array([e[1] for e in events], dtype=object)
+        ok = np.array([e[2] == 200 for e in events], dtype=bool)
+        lat_col = np.array([e[3] for e in events], dtype=np.float64)
         # requests/s per model over the last WINDOW_S whole seconds (oldest first)
-        end = int(now)
-        series = {m: [0] * WINDOW_S for m in self.models}
-        for e in events:
-            age = end - int(e.t)
-            if 0 <= age < WINDOW_S and e.status == 200 and e.model in series:
-                series[e.model][WINDOW_S - 1 - age] += 1
+        age = int(now) - t_col.astype(np.int64) if len(events) else np.zeros(0, dtype=np.int64)
+        recent = ok & (age >= 0) & (age < WINDOW_S)
+        series: dict[str, list[int]] = {}
         latency: dict[str, dict[str, float]] = {}
         for m in self.models:
-            lat = np.array([e.latency_s for e in events if e.model == m and e.status == 200])
+            mine = model_col == m
+            counts = np.bincount(WINDOW_S - 1 - age[recent & mine], minlength=WINDOW_S)
+            series[m] = [int(c) for c in counts]
+            lat = lat_col[mine & ok]
             if len(lat):
                 p50, p95 = np.percentile(lat, [50, 95]) * 1000
                 latency[m] = {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "n": len(lat)}
-        scores = np.array([e.score for e in events if e.score is not None], dtype=np.float64)
+        scores = np.array([e[4] for e in events if e[4] is not None], dtype=np.float64)
         hist = np.histogram(np.clip(scores, 0, 1), bins=BINS, range=(0.0, 1.0))[0] if len(scores) else np.zeros(BINS)
         answered = sum(by_model.values())
         return {
