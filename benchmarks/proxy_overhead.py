@@ -276,6 +276,17 @@ def rss_over(port: int, pid: int, total: int, tmp: str, prompts: list[str], conc
     return series
 
 
+def bench_router(directory: Path, rows: int) -> Path:
+    """The router the proxy benchmarks serve: static encoder, trained on the first ``rows`` rows of
+    MMLU-Pro (Mistral-7B -> Mixtral-8x7B)."""
+    from hybridllm import TrainOptions, read_table, train_router
+    from hybridllm.head import HeadConfig
+
+    opts = TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(extra=["log_tokens"]))
+    train_router(read_table(SHARED / "mmlu_pro.jsonl")[:rows], opts, directory / "router", show_progress=False)
+    return directory / "router"
+
+
 LITELLM_CONFIG = """model_list:
   - model_name: hybrid
     litellm_params:
@@ -309,14 +320,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "proxy_overhead.json"))
     args = ap.parse_args()
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
-    from hybridllm import TrainOptions, read_table, train_router
-    from hybridllm.head import HeadConfig
-
     tmp = tempfile.mkdtemp()
-    router = Path(tmp) / "router"
-    rows = read_table(SHARED / "mmlu_pro.jsonl")[:2000]
-    train_router(rows, TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(extra=["log_tokens"])), router,
-                 show_progress=False)  # fmt: skip
+    router = bench_router(Path(tmp), 2000)
     prompts = [json.loads(line)["prompt"] for line in (SHARED / "gsm8k" / "test.jsonl").open()]
     prompts = (prompts * (args.requests // len(prompts) + 1))[: args.requests]
     up_port = free_port()

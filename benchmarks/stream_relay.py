@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_overhead import LARGE, SHARED, SMALL, free_port, start_server, stop_server, wait_up
+from proxy_overhead import bench_router, free_port, start_server, stop_server, wait_up
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,14 +85,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "stream_relay.json"))
     args = ap.parse_args()
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
-    from hybridllm import TrainOptions, read_table, train_router
-    from hybridllm.head import HeadConfig
-
     tmp = tempfile.mkdtemp()
-    router = Path(tmp) / "router"
-    rows = read_table(SHARED / "mmlu_pro.jsonl")[:600]
-    train_router(rows, TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(extra=["log_tokens"])), router,
-                 show_progress=False)  # fmt: skip
+    router = bench_router(Path(tmp), 600)
     up_port, px_port = free_port(), free_port()
     up = mp.get_context("spawn").Process(
         target=run_upstream, args=(up_port, args.chunks, args.interval_ms / 1000), daemon=True

@@ -26,7 +26,7 @@ class Bootstrap:
     band: np.ndarray  # [3, len(GRID)]: 2.5th, 50th, 97.5th percentile of the quality drop on GRID
 
 
-def _interval(values: list[float] | np.ndarray) -> list[float] | None:
+def interval95(values: list[float] | np.ndarray) -> list[float] | None:
     v = np.asarray([x for x in values if x is not None], dtype=np.float64)
     if len(v) == 0:
         return None
@@ -36,7 +36,11 @@ def _interval(values: list[float] | np.ndarray) -> list[float] | None:
 
 def realised(scores: np.ndarray, qs: np.ndarray, ql: np.ndarray, threshold: float) -> dict[str, float]:
     """What a threshold gives on a table: share sent to the small model and the quality drop."""
-    small = scores >= threshold
+    return realised_decisions(scores >= threshold, qs, ql)
+
+
+def realised_decisions(small: np.ndarray, qs: np.ndarray, ql: np.ndarray) -> dict[str, float]:
+    """What routing decisions (True: the small model) give on a table."""
     q = float(np.where(small, qs, ql).mean())
     q_large = float(ql.mean())
     return {
@@ -80,26 +84,26 @@ def bootstrap_pair(
             r = realised(s, a, l_, threshold)
             op_ca.append(r["cost_advantage"])
             op_qd.append(r["quality_drop"])
-    apgr_ci = _interval(apgrs)
+    apgr_ci = interval95(apgrs)
     ci: dict[str, Any] = {
         "method": f"percentile bootstrap over queries, {n_boot} resamples, seed {seed}",
         "apgr": apgr_ci,
         "router_minus_random_apgr": None if apgr_ci is None else [round(v - 0.5, 6) for v in apgr_ci],
-        "cost_advantage_at_quality_drop": {k: _interval(v) for k, v in at_qd.items()},
-        "quality_drop_at_cost_advantage": {k: _interval(v) for k, v in at_ca.items()},
+        "cost_advantage_at_quality_drop": {k: interval95(v) for k, v in at_qd.items()},
+        "quality_drop_at_cost_advantage": {k: interval95(v) for k, v in at_ca.items()},
     }
     if threshold is not None:
-        ci["operating_point"] = {"cost_advantage": _interval(op_ca), "quality_drop": _interval(op_qd)}
+        ci["operating_point"] = {"cost_advantage": interval95(op_ca), "quality_drop": interval95(op_qd)}
     band = np.percentile(curves, [2.5, 50.0, 97.5], axis=0)
     return Bootstrap(ci, band)
 
 
-def separation_warning(ci95: dict[str, Any], n: int) -> str | None:
-    """A warning when the table cannot tell the router from random routing."""
-    diff = ci95.get("router_minus_random_apgr")
+def separation_warning(diff: list[float] | None, n: int, rival: str, measure: str, digits: int = 3) -> str | None:
+    """A warning when the 95 % interval ``diff`` of the router's margin over ``rival`` reaches 0:
+    the table cannot tell them apart."""
     if diff is None or diff[0] > 0:
         return None
     return (
-        f"{n} queries are too few to separate the router from random routing: the 95 % interval of "
-        f"APGR minus random's ({diff[0]:+.3f} to {diff[1]:+.3f}) includes 0; evaluate on more rows"
+        f"{n} queries are too few to separate the router from {rival}: the 95 % interval of "
+        f"{measure} ({diff[0]:+.{digits}f} to {diff[1]:+.{digits}f}) includes 0; evaluate on more rows"
     )

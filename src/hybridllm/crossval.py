@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .bootstrap import realised_decisions
 from .encoder import EmbeddingCache
 from .evaluate import pair_report, promised_point, prompt_lengths
 from .metrics import evaluate_scores, expected_quality
@@ -90,18 +91,13 @@ def cross_validate(
     report.update({k: v for k, v in body.items() if k != "n"})
     # the default operating point out of fold: every row decided by the router that did not see it
     small = np.array([small_here[r["id"]] for r in used])
-    q = float(np.where(small, qs, ql).mean())
     report["operating_point"] = {
         "knob": per_fold[0]["operating_point"]["knob"],
         "promised": {  # mean over the fold routers of what their own calibration promised
             k: float(np.mean([p[k] for p in promised if p[k] is not None])) if promised else None
             for k in ("cost_advantage", "quality_drop")
         },
-        "realised": {
-            "cost_advantage": float(small.mean() * 100.0),
-            "quality_drop": float((ql.mean() - q) / (abs(ql.mean()) or 1.0) * 100.0),
-            "quality": q,
-        },
+        "realised": realised_decisions(small, qs, ql),
     }
     apgrs = [p["apgr"] for p in per_fold if p["apgr"] is not None]
     report["per_fold"] = per_fold

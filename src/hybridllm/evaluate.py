@@ -69,7 +69,7 @@ def pair_report(
     boot = bootstrap_pair(scores, qs, ql, threshold, n_boot=n_boot, seed=seed)
     report["ci95"] = boot.ci95
     warnings = []
-    w = separation_warning(boot.ci95, len(qs))
+    w = separation_warning(boot.ci95["router_minus_random_apgr"], len(qs), "random routing", "APGR minus random's")
     if w:
         warnings.append(w)
     report["warnings"] = warnings

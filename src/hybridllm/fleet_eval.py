@@ -118,7 +118,7 @@ def bootstrap_fleet(
     """Percentile-bootstrap 95 % intervals over queries (paired: router and best fixed mix on the
     same resamples) for the router's AIQ, the mix's, their difference and the router's cost at a
     1 % quality drop."""
-    from .bootstrap import _interval
+    from .bootstrap import interval95
 
     rng = np.random.default_rng(seed)
     n = len(quality)
@@ -132,21 +132,11 @@ def bootstrap_fleet(
         cost1.append(rep["router"]["cost_at_1pct_drop"])
     return {
         "method": f"percentile bootstrap over queries, {n_boot} resamples, seed {seed} (paired)",
-        "router_aiq": _interval(aiq),
-        "hull_aiq": _interval(hull_aiq),
-        "router_minus_hull_aiq": _interval(diff),
-        "router_cost_at_1pct_drop": _interval(cost1),
+        "router_aiq": interval95(aiq),
+        "hull_aiq": interval95(hull_aiq),
+        "router_minus_hull_aiq": interval95(diff),
+        "router_cost_at_1pct_drop": interval95(cost1),
     }
-
-
-def separation_warning_fleet(ci95: dict[str, Any], n: int) -> str | None:
-    d = ci95.get("router_minus_hull_aiq")
-    if d is None or d[0] > 0:
-        return None
-    return (
-        f"{n} queries do not separate the router from the best fixed mix of models: the 95 % interval of "
-        f"their AIQ difference ({d[0]:+.4f} to {d[1]:+.4f}) includes 0; evaluate on more rows"
-    )
 
 
 def _thin(x: np.ndarray, y: np.ndarray, n: int = 200) -> list[list[float]]:

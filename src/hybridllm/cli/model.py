@@ -284,8 +284,9 @@ def evaluate(
 
 
 def _evaluate_fleet(router, rows, table, json_out, plot, n_boot: int = 1000) -> None:
+    from ..bootstrap import separation_warning
     from ..fleet import fleet_rows, quality_matrix
-    from ..fleet_eval import bootstrap_fleet, evaluate_fleet, plot_fleet, separation_warning_fleet
+    from ..fleet_eval import bootstrap_fleet, evaluate_fleet, plot_fleet
 
     fl = router.fleet
     used, skipped = fleet_rows(rows, list(fl.models))
@@ -294,7 +295,8 @@ def _evaluate_fleet(router, rows, table, json_out, plot, n_boot: int = 1000) -> 
     scores, quality = router.score([r["prompt"] for r in used]), quality_matrix(used, list(fl.models))
     report = evaluate_fleet(scores, quality, fl)
     report["ci95"] = ci = bootstrap_fleet(scores, quality, fl, n_boot)
-    warning = separation_warning_fleet(ci, report["n"])
+    rival, measure = "the best fixed mix of models", "their AIQ difference"
+    warning = separation_warning(ci["router_minus_hull_aiq"], report["n"], rival, measure, digits=4)
     report["warnings"] = [warning] if warning else []
     t = Table(title=f"{' | '.join(fl.models)} on {table.name} ({report['n']} rows); cost in % of {fl.reference}")
     t.add_column("method")

@@ -97,7 +97,6 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
     metrics = Metrics(opts.prices, routing.fleet.reference, [u.who for u in ups], opts.state_dir)
     forced = forced_names([(u.who, u.model) for u in ups], pair=routing.pair)
     control = KnobControl(router, routing, forced, opts)
-    thresholds: dict[tuple[Any, ...], tuple[float, str]] = {}  # knob -> (threshold, reason); calibration is fixed
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -189,20 +188,10 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
             target = forced[knob.force]
             metrics.decisions.labels(ups[target].who, "forced").inc()
             return target, f"forced {routing.label(target)}", bool(knob.fallback)
-        key = (knob.max_quality_drop, knob.cost_advantage, knob.threshold, knob.budget)
-        got = thresholds.get(key)
-        if got is None:
-            try:
-                kw = {"max_quality_drop": knob.max_quality_drop, "cost_advantage": knob.cost_advantage}
-                if knob.budget is not None:
-                    kw["budget"] = knob.budget
-                got = router.threshold(threshold=knob.threshold, **kw)
-            except ValueError as exc:
-                raise RequestError(400, str(exc), "model") from None
-            if len(thresholds) > 4096:  # knob values come from clients: keep the memo bounded
-                thresholds.clear()
-            thresholds[key] = got
-        threshold, reason = got
+        try:
+            threshold, reason = control.threshold(knob)
+        except ValueError as exc:
+            raise RequestError(400, str(exc), "model") from None
         r0 = time.perf_counter()
         try:
             scores = await state["batcher"].score(text)

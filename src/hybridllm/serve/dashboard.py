@@ -13,7 +13,7 @@ import os
 from importlib import resources
 from typing import Any
 
-from .knobs import KnobError, parse_knob
+from .knobs import Knob, KnobError, parse_knob
 from .protocol import RequestError, parse_json, read_body
 
 _ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
@@ -40,6 +40,7 @@ class KnobControl:
         # seen by the others at their next `hybrid` request (one stat call each)
         self.path = os.path.join(opts.state_dir, "knob") if opts.state_dir else None
         self._seen: int | None = None
+        self._thresholds: dict[tuple[Any, ...], tuple[float, str]] = {}
 
     @property
     def name(self) -> str:
@@ -50,10 +51,22 @@ class KnobControl:
         knob = parse_knob(name, None, self.forced)
         if knob.force:
             return None, f"forced {knob.force}"
-        kw: dict[str, Any] = {"max_quality_drop": knob.max_quality_drop, "cost_advantage": knob.cost_advantage}
-        if knob.budget is not None:
-            kw["budget"] = knob.budget
-        return self.router.threshold(threshold=knob.threshold, **kw)
+        return self.threshold(knob)
+
+    def threshold(self, knob: Knob) -> tuple[float, str]:
+        """(threshold, description) of a routed knob, memoised (the calibration is fixed);
+        ValueError when the router cannot meet it."""
+        key = (knob.max_quality_drop, knob.cost_advantage, knob.threshold, knob.budget)
+        got = self._thresholds.get(key)
+        if got is None:
+            kw: dict[str, Any] = {"max_quality_drop": knob.max_quality_drop, "cost_advantage": knob.cost_advantage}
+            if knob.budget is not None:
+                kw["budget"] = knob.budget
+            got = self.router.threshold(threshold=knob.threshold, **kw)
+            if len(self._thresholds) > 4096:  # knob values come from clients: keep the memo bounded
+                self._thresholds.clear()
+            self._thresholds[key] = got
+        return got
 
     def set(self, name: str) -> None:
         self.resolve(name)  # refuse what would fail every request
