@@ -58,13 +58,13 @@ def openai_error(status: int, message: str, param: str | None = None, code: Any 
     )
 
 
-async def _share(metrics: Metrics, control: Any, every_s: float = 0.5) -> None:
-    """A worker of ``--workers N``: publish the live window for the others' dashboards."""
+async def _share(metrics: Metrics, every_s: float = 0.5) -> None:
+    """A worker of ``--workers N``: publish the live window for the others' dashboards (the knob
+    needs no polling: its readers sync before they use it)."""
     while True:
         await asyncio.sleep(every_s)
         try:
             await asyncio.to_thread(metrics.live.publish)
-            control.sync()
         except OSError:
             logging.getLogger("hybridllm.serve").warning("could not share the live window", exc_info=True)
 
@@ -106,7 +106,7 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
         async with AsyncExitStack() as stack:
             for u in ups:
                 await stack.enter_async_context(u)
-            sharing = asyncio.ensure_future(_share(metrics, control)) if opts.state_dir else None
+            sharing = asyncio.ensure_future(_share(metrics)) if opts.state_dir else None
             yield
             if sharing is not None:
                 sharing.cancel()
