@@ -126,3 +126,34 @@ def test_augmentation_of_single_line_prompts():
     out, src = distractor_copies(texts, 4, seed=1)
     assert len(out) == 160 and src == [i for i in range(40) for _ in range(4)]
     assert all(o.startswith(texts[i][:20]) and len(o) > len(texts[i]) for o, i in zip(out, src, strict=True))
+
+
+@pytest.mark.parametrize("outputs", [1, 4])
+@pytest.mark.parametrize("mix", [None, 0.0, 0.25, 1.0])
+def test_folded_head_equals_the_plain_one(outputs, mix):
+    """The head's inference form (standardisation folded into the first layer, members side by
+    side, the mixed-out part skipped) computes what the plain member-by-member formula does."""
+    from hybridllm.head import HeadWeights
+
+    rng = np.random.default_rng(outputs)
+    e, d, h = 3, 17, 8
+    w2 = rng.normal(size=(e, h)) if outputs == 1 else rng.normal(size=(e, h, outputs))
+    lin_w = rng.normal(size=d) if outputs == 1 else rng.normal(size=(d, outputs))
+    w = HeadWeights(
+        w1=rng.normal(size=(e, d, h)), b1=rng.normal(size=(e, h)), w2=w2, b2=rng.normal(size=(e, *w2.shape[2:])),
+        mu=rng.normal(size=d), sd=rng.uniform(0.5, 2, size=d), lin_w=lin_w,
+        lin_b=rng.normal(size=outputs), lin_mu=rng.normal(size=d), lin_sd=rng.uniform(0.5, 2, size=d),
+        mix=None if mix is None else np.array([mix]),
+    )  # fmt: skip
+    w = HeadWeights.from_tensors(w.tensors())
+    x = rng.normal(size=(50, d)).astype(np.float32)
+    a = 0.0 if mix is None else mix
+    plain = (1 - a) * w.predict_mlp(x) + a * w.predict_linear(x)
+    got = w.predict(x)
+    assert got.shape == plain.shape == ((50,) if outputs == 1 else (50, outputs))
+    np.testing.assert_allclose(got, plain, rtol=0, atol=2e-6)
+    # one prompt alone gets the score it gets in a batch (the proxy scores both ways)
+    np.testing.assert_allclose(w.predict(x[:1])[0], got[0], rtol=0, atol=1e-6)
+    # weights changed after a first prediction (training sets the linear member late) are seen
+    w.mix = np.array([1.0 - a])
+    np.testing.assert_allclose(w.predict(x), a * w.predict_mlp(x) + (1 - a) * w.predict_linear(x), atol=2e-6)

@@ -96,12 +96,69 @@ class HeadWeights:
         return _sigmoid(z @ self.lin_w + self.lin_b)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """p(x) in [0, 1]: the MLP members' mean probability, mixed with the linear member's."""
-        p = self.predict_mlp(x)
-        if self.mix is None or self.lin_w is None or float(self.mix[0]) == 0.0:
-            return p
-        a = float(self.mix[0])
-        return (1 - a) * p + a * self.predict_linear(x)
+        """p(x) in [0, 1]: the MLP members' mean probability, mixed with the linear member's.
+
+        Runs the folded form (:class:`_Folded`): the same function as ``predict_mlp`` and
+        ``predict_linear`` mixed, in a handful of array operations, and without the part the mix
+        weight zeroes."""
+        key = (id(self.w1), id(self.w2), id(self.lin_w), id(self.mix), None if self.mix is None else float(self.mix[0]))
+        folded = self.__dict__.get("_folded")
+        if folded is None or folded.key != key:
+            folded = _Folded(self, key)
+            self.__dict__["_folded"] = folded
+        return folded(np.asarray(x, dtype=np.float32))
+
+
+class _Folded:
+    """A head prepared for inference: each member's input standardisation folded into its first
+    layer (x @ (w1 / sd) + (b1 - (mu / sd) @ w1)), all members' first layers side by side in one
+    matrix with the linear member's columns after them, and the second layers as one
+    block-diagonal matrix. A routing decision scores one prompt at a time, where the cost is the
+    number of NumPy calls, not the arithmetic: this form halves the head's time for one prompt and
+    agrees with the plain one to float32 rounding (tested)."""
+
+    def __init__(self, w: HeadWeights, key: tuple) -> None:
+        self.key = key
+        a = 0.0 if w.mix is None or w.lin_w is None else float(w.mix[0])
+        self.a = a
+        e, d, h = w.w1.shape
+        k = w.outputs
+        self.e, self.h, self.k = e, h, k
+        self.mlp = a < 1.0
+        cols, bias = [], []
+        if self.mlp:
+            inv = (1.0 / w.sd.astype(np.float64))[:, None]
+            w1 = w.w1.astype(np.float64) * inv[None]  # [E, d, h]
+            b1 = w.b1.astype(np.float64) - np.einsum("d,edh->eh", w.mu.astype(np.float64), w1)
+            cols.append(w1.transpose(1, 0, 2).reshape(d, e * h))
+            bias.append(b1.reshape(e * h))
+            w2 = w.w2.reshape(e, h, k).astype(np.float64)
+            blk = np.zeros((e * h, e * k))
+            for m in range(e):
+                blk[m * h : (m + 1) * h, m * k : (m + 1) * k] = w2[m]
+            self.w2 = blk.astype(np.float32)
+            self.b2 = w.b2.reshape(e * k).astype(np.float32)
+        if a > 0.0:
+            assert w.lin_w is not None and w.lin_b is not None and w.lin_mu is not None and w.lin_sd is not None
+            lw = w.lin_w.reshape(d, k).astype(np.float64) / w.lin_sd.astype(np.float64)[:, None]
+            cols.append(lw)
+            bias.append(w.lin_b.reshape(k).astype(np.float64) - w.lin_mu.astype(np.float64) @ lw)
+        self.w1 = np.ascontiguousarray(np.concatenate(cols, axis=1), dtype=np.float32)
+        self.b1 = np.concatenate(bias).astype(np.float32)
+        self.squeeze = w.w2.ndim == 2
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        z = x @ self.w1 + self.b1
+        n, eh, k = len(x), self.e * self.h, self.k
+        p = None
+        if self.mlp:
+            logits = _gelu(z[:, :eh]) @ self.w2 + self.b2
+            p = _sigmoid(logits).reshape(n, self.e, k).mean(axis=1)
+        if self.a > 0.0:
+            lin = _sigmoid(z[:, -k:])
+            p = lin if p is None else (1 - self.a) * p + self.a * lin
+        assert p is not None
+        return p[:, 0] if self.squeeze else p
 
 
 #: extra features that are one number each (standardised for the linear member); the others are

@@ -46,7 +46,10 @@ _QUERY_SECRET = re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access_token|pass
 
 def redact_url(text: str) -> str:
     """Mask credentials in every URL inside ``text``: ``user:pass@`` and secret-looking query values."""
-    return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub(r"\1***@", str(text)))
+    text = str(text)
+    if "://" not in text and "=" not in text:  # nothing to mask (every access-log line passes here)
+        return text
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
 
 
 def read_key(model: str, env: str | None) -> str | None:

@@ -11,9 +11,10 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ..backends import Answer, Backend, Failure, StreamBroke
@@ -80,12 +81,37 @@ async def _cancel_on_disconnect(request: Any, task: Any, left: list[bool]) -> No
             return
 
 
+def _hot_path_app() -> Any:
+    from fastapi import FastAPI
+    from starlette.requests import Request
+
+    class HotPathApp(FastAPI):
+        """FastAPI with the two proxied routes served before its middleware stack and router: their
+        handler reads and checks the body itself and turns every failure into an OpenAI-shaped
+        response, so the stack (error and exception middlewares, route matching over every route,
+        the request/response wrapper) would only add work to every proxied request."""
+
+        hot: Mapping[str, Any] = MappingProxyType({})  # path -> handler, set by create_app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["method"] == "POST":
+                handler = self.hot.get(scope["path"])
+                if handler is not None:
+                    scope["app"] = self
+                    response = await handler(Request(scope, receive, send))
+                    await response(scope, receive, send)
+                    return
+            await super().__call__(scope, receive, send)
+
+    return HotPathApp
+
+
 def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOptions | None = None) -> Any:
     """The ASGI app: ``create_app(router, small, large[, options])`` for a two-model router, or
     ``create_app(router, *upstreams[, options])`` with one upstream per model of a router over N
     models (any order; matched by each backend's ``name``). ``router`` needs ``score(texts)``, ``threshold(...)``,
     ``turns`` and, for N models, ``fleet``."""
-    from fastapi import FastAPI, Request
+    from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from prometheus_client import CONTENT_TYPE_LATEST
     from starlette.exceptions import HTTPException
@@ -113,7 +139,7 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
             await state["batcher"].stop()
 
     docs = opts.api_docs
-    app = FastAPI(
+    app = _hot_path_app()(
         title="hybridllm",
         lifespan=lifespan,
         docs_url="/docs" if docs else None,
@@ -311,10 +337,11 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
     async def completions(request: Request) -> Any:
         return await handle(request, "completion")
 
-    # plain Starlette routes on the hot path: the handler reads and checks the body itself, so
-    # FastAPI's dependency solving would only add per-request work
+    # the hot path: POSTs to these two paths go straight to their handler (see _HotPathApp); the
+    # routes are also registered so that other methods get the usual 405 through the full stack
     app.add_route("/v1/chat/completions", chat, methods=["POST"])
     app.add_route("/v1/completions", completions, methods=["POST"])
+    app.hot = {"/v1/chat/completions": chat, "/v1/completions": completions}
 
     mount_dashboard(app, control, metrics, authorised, unauthorised)
     app.state.metrics = metrics
