@@ -123,7 +123,7 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
     metrics = Metrics(opts.prices, routing.fleet.reference, [u.who for u in ups], opts.state_dir)
     forced = forced_names([(u.who, u.model) for u in ups], pair=routing.pair)
     control = KnobControl(router, routing, forced, opts)
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"in_flight": 0}  # requests between their first byte read and their answer
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -220,7 +220,7 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
             raise RequestError(400, str(exc), "model") from None
         r0 = time.perf_counter()
         try:
-            scores = await state["batcher"].score(text)
+            scores = await state["batcher"].score(text, alone=state["in_flight"] == 1)
         except Exception as exc:
             raise RequestError(400, f"the router could not read this prompt ({type(exc).__name__})") from None
         metrics.router.observe(time.perf_counter() - r0)
@@ -250,6 +250,7 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
         rec = Record("req-" + uuid.uuid4().hex[:12], time.perf_counter())
         headers = {"x-hybridllm-request-id": rec.rid}
         relaying = False
+        state["in_flight"] += 1
         try:
             if not authorised(request):
                 raise RequestError(401, "invalid or missing API key", headers={"WWW-Authenticate": "Bearer"})
@@ -312,6 +313,7 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
             rec.status, rec.error = 500, f"internal error ({type(exc).__name__})"
             return openai_error(500, f"internal error ({type(exc).__name__}); request id {rec.rid}")
         finally:
+            state["in_flight"] -= 1
             if not relaying:
                 metrics.record(rec, opts.log_prompts)
 

@@ -25,8 +25,12 @@ class MicroBatcher:
         if self.task is not None:
             self.task.cancel()
 
-    async def score(self, text: str) -> Any:
-        """The router's score of ``text``: a float (two models) or an array, one per scored model."""
+    async def score(self, text: str, alone: bool = False) -> Any:
+        """The router's score of ``text``: a float (two models) or an array, one per scored model.
+        ``alone``: the caller knows no other request is in flight, so nothing could share a batch;
+        it is scored at once, without the hops through the queue and the batching task."""
+        if alone and self.queue.empty():
+            return self.router.score([text])[0]
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self.queue.put((text, fut))
         return await fut
