@@ -115,10 +115,11 @@ def fit_fleet(
     fleet = make_fleet(train_rows, options.models, options.costs)
     cands = [fleet.models[i] for i in fleet.candidates]
     y, stars = fleet_labels(train_rows, cands, fleet.reference, options.labels)
+    y_val, _ = fleet_labels(val_rows, cands, fleet.reference, options.labels, stars)
     q_val = quality_matrix(val_rows, fleet.models)
     qs_val, ql_val = q_val[:, fleet.candidates], q_val[:, fleet.ref]
     if len(cands) == 1:  # the two-model router, exactly
-        y, qs_val = y[:, 0], qs_val[:, 0]
+        y, y_val, qs_val = y[:, 0], y_val[:, 0], qs_val[:, 0]
     if progress:
         progress(
             f"{len(train_rows)} train rows, {len(val_rows)} validation rows; skipped {skipped}; reference "
@@ -135,7 +136,7 @@ def fit_fleet(
     x_train = featurize(encoder, fit_texts, extra, cache, show_progress)
     x_val = featurize(encoder, val_texts, extra, cache, show_progress)
     weights, info = train_head(
-        x_train, y_fit, x_val, qs_val, ql_val, replace(options.head, seed=options.seed), progress
+        x_train, y_fit, x_val, qs_val, ql_val, replace(options.head, seed=options.seed), progress, y_val
     )
     val_scores = weights.predict(x_val).reshape(len(val_rows), -1)  # [n, K]
     table = sweep(val_scores, q_val, fleet)

@@ -3,7 +3,9 @@
 Why an ensemble with validation-selected checkpoints: routing labels are very noisy (one sampled
 answer per model often decides a label), so a single MLP's ranking varies a lot with its seed and its
 stopping epoch. Averaging a few members trained from different seeds, each stopped where its
-validation APGR peaks, is cheap on CPU and gives a steadier ranking than any single member.
+validation log-likelihood peaks, is cheap on CPU and gives a steadier ranking than any single member.
+The same smooth criterion picks the logistic member's C and the mix weight (``HeadConfig.select``;
+validation APGR, the reported metric, is too flat and noisy near its optimum to choose by).
 
 Training uses torch; inference is plain numpy, so serving needs neither torch nor a GPU.
 """
@@ -32,6 +34,10 @@ class HeadConfig:
     patience: int = 8
     seed: int = 0
     linear: bool = True  # add an L2-logistic member, mixed in with a weight chosen on validation
+    # what validation choices (each member's epoch, the linear member's C, the mix weight) maximise:
+    # "loss" (the negative log-loss against the validation labels: smooth, so the choice follows the
+    # data, not the noise) or "apgr" (the ranking metric itself; flat and noisy near its optimum)
+    select: str = "loss"
     extra: list[str] = field(default_factory=list)  # names of extra features appended to the embedding
 
     def to_dict(self) -> dict:
@@ -182,15 +188,33 @@ def scalar_columns(width: int, extra: list[str]) -> np.ndarray:
     return mask
 
 
+def neg_log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    """Minus the binary cross-entropy of predictions ``p`` against (soft) labels ``y``, averaged
+    over rows and outputs: higher is better, like the APGR it stands in for."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(y, dtype=np.float64).reshape(p.shape)
+    return float(np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def selection_metric(
+    qs_val: np.ndarray, ql_val: np.ndarray, y_val: np.ndarray | None, select: str
+) -> Callable[[np.ndarray], float]:
+    """The validation score that the head's choices maximise (see ``HeadConfig.select``)."""
+    if select == "loss" and y_val is not None:
+        return lambda p: neg_log_loss(p, y_val)
+    if select not in ("loss", "apgr"):
+        raise ValueError(f"unknown selection metric {select!r}; expected loss or apgr")
+    return lambda p: val_metric(p, qs_val, ql_val)
+
+
 def train_linear(
     x_train: np.ndarray,
     y_train: np.ndarray,
     x_val: np.ndarray,
-    qs_val: np.ndarray,
-    ql_val: np.ndarray,
+    metric: Callable[[np.ndarray], float],
     scaled: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
-    """L2 logistic regression on soft labels (as sample weights), C picked by validation APGR.
+    """L2 logistic regression on soft labels (as sample weights), C picked by the validation ``metric``.
 
     Embedding dimensions are used as they are (already on the unit sphere); the ``scaled`` columns
     (scalar extra features) are standardised so the penalty treats them alike."""
@@ -214,7 +238,7 @@ def train_linear(
                 wk = np.concatenate([y_train[:, k], 1 - y_train[:, k]])
                 fits.append(LogisticRegression(C=c, max_iter=3000).fit(zz, yy, sample_weight=wk))
             p = np.stack([f.predict_proba(zv)[:, 1] for f in fits], axis=1)
-            a = val_metric(p, qs_val, ql_val)
+            a = metric(p)
             if best_multi is None or a > best_multi[0] + 1e-9:
                 best_multi = (a, fits, c)
         assert best_multi is not None
@@ -224,7 +248,7 @@ def train_linear(
     best: tuple[float, object, float] | None = None
     for c in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0):
         m = LogisticRegression(C=c, max_iter=3000).fit(zz, yy, sample_weight=ww)
-        a = _val_apgr(m.predict_proba(zv)[:, 1], qs_val, ql_val)
+        a = metric(m.predict_proba(zv)[:, 1])
         if best is None or a > best[0] + 1e-9:
             best = (a, m, c)
     assert best is not None
@@ -253,11 +277,14 @@ def train_head(
     ql_val: np.ndarray,
     config: HeadConfig | None = None,
     progress: Callable[[str], None] | None = None,
+    y_val: np.ndarray | None = None,
 ) -> tuple[HeadWeights, dict]:
-    """Train the ensemble with BCE on (soft) labels; each member keeps its best-validation-APGR epoch."""
+    """Train the ensemble with BCE on (soft) labels; each member keeps its best validation epoch
+    (by ``config.select``: log-loss against ``y_val``, the validation rows' labels, or APGR)."""
     import torch
 
     cfg = config or HeadConfig()
+    metric = selection_metric(qs_val, ql_val, y_val, cfg.select)
     x_train = np.asarray(x_train, dtype=np.float32)
     mu = x_train.mean(axis=0)
     sd = x_train.std(axis=0) + 1e-6
@@ -296,7 +323,7 @@ def train_head(
             with torch.no_grad():
                 out = torch.sigmoid(net(xv))
                 pv = (out.squeeze(-1) if yt.ndim == 1 else out).numpy()
-            score = val_metric(pv, qs_val, ql_val)
+            score = metric(pv)
             if score > best + 1e-9:
                 best, best_epoch, bad = score, epoch, 0
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -306,9 +333,9 @@ def train_head(
                     break
         assert best_state is not None
         members.append(best_state)
-        history.append({"member": e, "best_epoch": best_epoch, "val_apgr": best})
+        history.append({"member": e, "best_epoch": best_epoch, "val_score": best})
         if progress is not None:
-            progress(f"member {e + 1}/{cfg.members}: val APGR {best:.4f} at epoch {best_epoch + 1}")
+            progress(f"member {e + 1}/{cfg.members}: val score {best:.4f} at epoch {best_epoch + 1}")
     weights = HeadWeights(
         w1=np.stack([m["1.weight"].numpy().T for m in members]),
         b1=np.stack([m["1.bias"].numpy() for m in members]),
@@ -323,16 +350,18 @@ def train_head(
     info: dict = {"members": history}
     if cfg.linear:
         scaled = scalar_columns(x_train.shape[1], list(cfg.extra))
-        lw, lb, lmu, lsd, c, lin_apgr = train_linear(
-            x_train, np.asarray(y_train), np.asarray(x_val, np.float32), qs_val, ql_val, scaled
+        lw, lb, lmu, lsd, c, lin_score = train_linear(
+            x_train, np.asarray(y_train), np.asarray(x_val, np.float32), metric, scaled
         )
         weights.lin_w, weights.lin_b, weights.lin_mu, weights.lin_sd = lw, lb, lmu, lsd
         p_mlp = weights.predict_mlp(x_val)
         p_lin = weights.predict_linear(x_val)
-        scores = {a: val_metric((1 - a) * p_mlp + a * p_lin, qs_val, ql_val) for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
+        scores = {a: metric((1 - a) * p_mlp + a * p_lin) for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
         mix = max(scores, key=lambda a: (round(scores[a], 9), -abs(a - 0.5)))
         weights.mix = np.array([mix], np.float32)
-        info["linear"] = {"C": c, "val_apgr": lin_apgr, "mix": mix, "mix_val_apgr": scores}
+        info["linear"] = {"C": c, "val_score": lin_score, "mix": mix, "mix_val_score": scores, "select": cfg.select}
         if progress is not None:
-            progress(f"linear member: C={c:g}, val APGR {lin_apgr:.4f}; mix weight {mix} (val APGR {scores[mix]:.4f})")
+            progress(
+                f"linear member: C={c:g}, val score {lin_score:.4f}; mix weight {mix} (val score {scores[mix]:.4f})"
+            )
     return weights, info

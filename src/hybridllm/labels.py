@@ -109,14 +109,20 @@ def make_labels(
 
 
 def fleet_labels(
-    rows: Sequence[dict], models: Sequence[str], reference: str, label_type: str
+    rows: Sequence[dict],
+    models: Sequence[str],
+    reference: str,
+    label_type: str,
+    t_stars: Sequence[float | None] | None = None,
 ) -> tuple[np.ndarray, list]:
     """Labels for a router over several models: column k is the two-model label of ``models[k]``
     against ``reference`` (is its answer good enough compared with the best model's on this query?),
-    each with its own t* for ``trans``. Returns (Y [n, K], [t* per model])."""
+    each with its own t* for ``trans`` (found on ``rows``, or the given ``t_stars``: validation rows
+    get the training rows' margins). Returns (Y [n, K], [t* per model])."""
     cols, stars = [], []
-    for m in models:
-        y, t = make_labels([(r["quality"][m], r["quality"][reference]) for r in rows], label_type)
+    for k, m in enumerate(models):
+        t = None if t_stars is None else t_stars[k]
+        y, t = make_labels([(r["quality"][m], r["quality"][reference]) for r in rows], label_type, t)
         cols.append(y)
         stars.append(t)
     return np.stack(cols, axis=1), stars

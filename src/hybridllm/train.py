@@ -170,7 +170,9 @@ def fit_router(
             x_train = featurize(encoder, fit_texts, extra, cache, show_progress)
             x_val = featurize(encoder, val_texts, extra, cache, show_progress)
         cfg_head = replace(options.head, seed=options.seed)
-        weights, info = train_head(x_train, y_fit, x_val, qs_val, ql_val, cfg_head, progress)
+        # the validation rows' labels, with the training rows' t*: what the head's choices are scored on
+        y_val, _ = make_labels(pair_qualities(val_rows, options.small, options.large), options.labels, t_star)
+        weights, info = train_head(x_train, y_fit, x_val, qs_val, ql_val, cfg_head, progress, y_val)
         val_scores = weights.predict(x_val)
         bundled = False
         enc_name, enc_spec, enc_fp = encoder.name, options.encoder, encoder.fingerprint
