@@ -70,6 +70,26 @@ async def _share(metrics: Metrics, every_s: float = 0.5) -> None:
             logging.getLogger("hybridllm.serve").warning("could not share the live window", exc_info=True)
 
 
+WATCH_AFTER_S = 0.005
+
+
+class _Watcher:
+    """:func:`_cancel_on_disconnect` for ``task``, started ``WATCH_AFTER_S`` from now (a timer
+    costs far less than a task, and most fast answers are done before it fires)."""
+
+    def __init__(self, request: Any, task: Any, left: list[bool]) -> None:
+        self._task: asyncio.Future[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start, request, task, left)
+
+    def _start(self, request: Any, task: Any, left: list[bool]) -> None:
+        self._task = asyncio.ensure_future(_cancel_on_disconnect(request, task, left))
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+
 async def _cancel_on_disconnect(request: Any, task: Any, left: list[bool]) -> None:
     """Cancel ``task`` when the client goes (the body is already read, so only that message is
     left to receive); ``left`` records why the task was cancelled."""
@@ -276,9 +296,10 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
                 headers["x-hybridllm-scores"] = ",".join(f"{m}={v:.6f}" for m, v in rec.scores.items())
             order = routing.fallback_order(target) if may_fall_back else [target]
             # the upstream calls run while a watcher listens to the client: one that leaves
-            # cancels them (and no fallback is paid for nobody)
+            # cancels them (and no fallback is paid for nobody). The watcher starts after
+            # WATCH_AFTER_S: an answer that comes sooner never pays for a task of its own
             left: list[bool] = []
-            watcher = asyncio.ensure_future(_cancel_on_disconnect(request, asyncio.current_task(), left))
+            watcher = _Watcher(request, asyncio.current_task(), left)
             try:
                 got = await attempts(order, req.body, kind, req.stream, rec)
             except asyncio.CancelledError:
