@@ -183,6 +183,13 @@ def test_metric_choices_match_the_library():
     assert proc.returncode != 0 and "exact-match" in proc.stderr and "judge" in proc.stderr
 
 
+def test_select_choices_match_the_library():
+    from hybridllm.cli._common import Select
+    from hybridllm.head import SELECTION_METRICS
+
+    assert [s.value for s in Select] == list(SELECTION_METRICS)
+
+
 def test_every_option_is_described():
     """No option of any command without a help text (the defaults alone do not say what a knob does)."""
     from typer.main import get_command

@@ -196,13 +196,17 @@ def neg_log_loss(p: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
+#: what ``HeadConfig.select`` may name
+SELECTION_METRICS = ("loss", "apgr")
+
+
 def selection_metric(
     qs_val: np.ndarray, ql_val: np.ndarray, y_val: np.ndarray | None, select: str
 ) -> Callable[[np.ndarray], float]:
     """The validation score that the head's choices maximise (see ``HeadConfig.select``)."""
     if select == "loss" and y_val is not None:
         return lambda p: neg_log_loss(p, y_val)
-    if select not in ("loss", "apgr"):
+    if select not in SELECTION_METRICS:
         raise ValueError(f"unknown selection metric {select!r}; expected loss or apgr")
     return lambda p: val_metric(p, qs_val, ql_val)
 

@@ -51,6 +51,11 @@ class Labels(str, Enum):
     trans = "trans"
 
 
+class Select(str, Enum):
+    loss = "loss"
+    apgr = "apgr"
+
+
 class Mode(str, Enum):
     head = "head"
     finetune = "finetune"

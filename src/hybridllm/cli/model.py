@@ -15,6 +15,7 @@ from ._common import (
     Labels,
     Mode,
     RayAddressOpt,
+    Select,
     ShardRowsOpt,
     WorkDirOpt,
     WorkersOpt,
@@ -33,6 +34,14 @@ FeaturesOpt = Annotated[
     typer.Option(
         help="features beside the prompt's embedding, comma-separated: log_tokens (its length), head_embed (its "
         "first words alone: text appended to a prompt cannot move them; see the robustness benchmark)"
+    ),
+]
+
+SelectOpt = Annotated[
+    Select,
+    typer.Option(
+        help="what the head's validation choices (each member's epoch, the logistic member's C, the mix "
+        "weight) maximise: loss (validation log-likelihood, steadier) or apgr (docs/method.md, The router model)"
     ),
 ]
 
@@ -81,6 +90,7 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="max epochs (head default 40, finetune default 3)")] = None,
     members: Annotated[int, typer.Option(help="ensemble members in head mode")] = 5,
     features: FeaturesOpt = "log_tokens",
+    select: SelectOpt = Select.loss,
     engine: EngineOpt = Engine.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 2,
@@ -95,7 +105,7 @@ def train(
 
     rows = read_table(table)
     vrows = read_table(validation) if validation else None
-    head = HeadConfig(extra=_features(features), members=members, seed=seed)
+    head = HeadConfig(extra=_features(features), members=members, seed=seed, select=select.value)
     if epochs is not None and mode == Mode.head:
         head.epochs = epochs
     if models is not None:
@@ -203,8 +213,9 @@ def _print_fleet(cfg: dict) -> None:
 
 
 def _crossval_fleet(
-    table, models, cost, models_file, labels, encoder, seed, folds, salt, json_out, plot, features="log_tokens"
-) -> None:
+    table, models, cost, models_file, labels, encoder, seed, folds, salt, json_out, plot, features="log_tokens",
+    select="loss",
+) -> None:  # fmt: skip
     from ..crossval import cross_validate_fleet
     from ..fleet import FleetOptions
     from ..fleet_eval import plot_fleet
@@ -212,9 +223,8 @@ def _crossval_fleet(
     from ..table import read_table
 
     names, costs = _fleet_costs(models, cost, models_file)
-    opts = FleetOptions(
-        names, costs, labels=labels, encoder=encoder, seed=seed, head=HeadConfig(extra=_features(features))
-    )
+    head = HeadConfig(extra=_features(features), select=select)
+    opts = FleetOptions(names, costs, labels=labels, encoder=encoder, seed=seed, head=head)
     rep, _, _ = cross_validate_fleet(read_table(table), opts, folds=folds, salt=salt, progress=_progress)
     out.print(
         f"{folds}-fold out-of-fold on {table.name} ({rep['n']} rows): router AIQ {rep['router']['aiq']:.4f}, "
@@ -345,6 +355,7 @@ def crossval(
     encoder: Annotated[str, typer.Option(help="as in train")] = "static",
     seed: Annotated[int, typer.Option(help="fold f trains with seed + f")] = 0,
     features: FeaturesOpt = "log_tokens",
+    select: SelectOpt = Select.loss,
     salt: Annotated[str, typer.Option(help="hash salt of the folds")] = "crossval",
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
     predictions: Annotated[Path | None, typer.Option(help="write JSONL {id, score} of out-of-fold scores")] = None,
@@ -363,8 +374,9 @@ def crossval(
         if small or large or predictions:
             _fail("--models cross-validates a router over N models: no --small/--large/--predictions")
         _crossval_fleet(
-            table, models, cost, models_file, labels.value, encoder, seed, folds, salt, json_out, plot, features
-        )
+            table, models, cost, models_file, labels.value, encoder, seed, folds, salt, json_out, plot, features,
+            select.value,
+        )  # fmt: skip
         return
     if not small or not large:
         _fail("give --small and --large (two models) or --models M1,M2,... (any number)")
@@ -374,7 +386,7 @@ def crossval(
         labels=labels.value,
         encoder=encoder,
         seed=seed,
-        head=HeadConfig(extra=_features(features), seed=seed),
+        head=HeadConfig(extra=_features(features), seed=seed, select=select.value),
     )
     res = cross_validate(read_table(table), opts, folds=folds, salt=salt, progress=_progress)
     rep = res.report
