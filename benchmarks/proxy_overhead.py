@@ -276,6 +276,16 @@ def rss_over(port: int, pid: int, total: int, tmp: str, prompts: list[str], conc
     return series
 
 
+def _commit(checkout: Path) -> str | None:
+    """The commit a checkout is at (the JSON says which code each row measured)."""
+    try:
+        cmd = ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"]
+        got = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError:
+        return None
+    return got.stdout.strip() or None
+
+
 def bench_router(directory: Path, rows: int) -> Path:
     """The router the proxy benchmarks serve: static encoder, trained on the first ``rows`` rows of
     MMLU-Pro (Mistral-7B -> Mixtral-8x7B)."""
@@ -377,6 +387,8 @@ def main() -> None:
             k: round(v["requests_per_s"] / d["requests_per_s"], 3) for k, v in results.items() if k != "direct"
         },
         "rss_mb_over_requests": rss,
+        "commit": _commit(REPO),
+        "baseline_commit": _commit(Path(args.baseline_src).parent) if args.baseline_src else None,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
