@@ -107,12 +107,14 @@ class HeadWeights:
         Runs the folded form (:class:`_Folded`): the same function as ``predict_mlp`` and
         ``predict_linear`` mixed, in a handful of array operations, and without the part the mix
         weight zeroes."""
-        key = (id(self.w1), id(self.w2), id(self.lin_w), id(self.mix), None if self.mix is None else float(self.mix[0]))
         folded = self.__dict__.get("_folded")
-        if folded is None or folded.key != key:
-            folded = _Folded(self, key)
-            self.__dict__["_folded"] = folded
+        if folded is None:  # built on first use; assigning any weight drops it (__setattr__)
+            folded = self.__dict__["_folded"] = _Folded(self)
         return folded(np.asarray(x, dtype=np.float32))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        self.__dict__.pop("_folded", None)  # training sets the linear member and the mix after the MLPs
+        super().__setattr__(name, value)
 
 
 class _Folded:
@@ -123,8 +125,7 @@ class _Folded:
     number of NumPy calls, not the arithmetic: this form halves the head's time for one prompt and
     agrees with the plain one to float32 rounding (tested)."""
 
-    def __init__(self, w: HeadWeights, key: tuple) -> None:
-        self.key = key
+    def __init__(self, w: HeadWeights) -> None:
         a = 0.0 if w.mix is None or w.lin_w is None else float(w.mix[0])
         self.a = a
         e, d, h = w.w1.shape
