@@ -298,3 +298,25 @@ def test_odd_upstream_bodies_are_relayed_not_500(stack):
         proxy.url + "/chat/completions", json={"model": "hybrid-t-0", "messages": [{"role": "user", "content": "x"}]}
     )
     assert r.status_code == 200 and r.headers["x-hybridllm-model"] == LARGE  # routed: fell back
+
+
+def test_user_middleware_sees_proxied_requests(router):
+    """The proxied routes skip FastAPI's own stack, but not middleware a user adds to the app."""
+    seen: list[str] = []
+
+    class Tag:
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] == "http":
+                seen.append(f"{scope['method']} {scope['path']}")
+            await self.app(scope, receive, send)
+
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+        app = create_app(router, upstream(SMALL, s_up.url, "s"), upstream(LARGE, l_up.url, "l"), ServeOptions())
+        app.add_middleware(Tag)
+        with Proxy(app) as proxy:
+            r = ask(client(proxy), "hybrid")
+            assert r.headers["x-hybridllm-model"] in (SMALL, LARGE)
+    assert seen == ["POST /v1/chat/completions"]

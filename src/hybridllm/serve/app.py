@@ -109,12 +109,13 @@ def _hot_path_app() -> Any:
         """FastAPI with the two proxied routes served before its middleware stack and router: their
         handler reads and checks the body itself and turns every failure into an OpenAI-shaped
         response, so the stack (error and exception middlewares, route matching over every route,
-        the request/response wrapper) would only add work to every proxied request."""
+        the request/response wrapper) would only add work to every proxied request. Middleware
+        that a user adds (``app.add_middleware``) turns the shortcut off, so it sees every request."""
 
         hot: Mapping[str, Any] = MappingProxyType({})  # path -> handler, set by create_app
 
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] == "http" and scope["method"] == "POST":
+            if scope["type"] == "http" and scope["method"] == "POST" and not self.user_middleware:
                 handler = self.hot.get(scope["path"])
                 if handler is not None:
                     scope["app"] = self
@@ -360,7 +361,7 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
     async def completions(request: Request) -> Any:
         return await handle(request, "completion")
 
-    # the hot path: POSTs to these two paths go straight to their handler (see _HotPathApp); the
+    # the hot path: POSTs to these two paths go straight to their handler (see _hot_path_app); the
     # routes are also registered so that other methods get the usual 405 through the full stack
     app.add_route("/v1/chat/completions", chat, methods=["POST"])
     app.add_route("/v1/completions", completions, methods=["POST"])
