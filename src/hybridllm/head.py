@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -205,11 +206,11 @@ def selection_metric(
     qs_val: np.ndarray, ql_val: np.ndarray, y_val: np.ndarray | None, select: str
 ) -> Callable[[np.ndarray], float]:
     """The validation score that the head's choices maximise (see ``HeadConfig.select``)."""
+    if select not in SELECTION_METRICS:
+        raise ValueError(f"unknown selection metric {select!r}; expected one of {', '.join(SELECTION_METRICS)}")
     if select == "loss" and y_val is not None:
         return lambda p: neg_log_loss(p, y_val)
-    if select not in SELECTION_METRICS:
-        raise ValueError(f"unknown selection metric {select!r}; expected loss or apgr")
-    return lambda p: val_metric(p, qs_val, ql_val)
+    return lambda p: val_metric(p, qs_val, ql_val)  # "apgr", or no validation labels given
 
 
 def train_linear(
@@ -234,31 +235,20 @@ def train_linear(
     # a soft label y is the same as a positive copy weighted y and a negative copy weighted 1 - y
     zz = np.concatenate([z, z])
     yy = np.concatenate([np.ones(len(z)), np.zeros(len(z))])
-    ww = np.concatenate([y_train, 1 - y_train]) if y_train.ndim == 1 else None
-    if y_train.ndim == 2:  # one logistic model per output, one C for all (chosen on the mean)
-        best_multi: tuple[float, list[object], float] | None = None
-        for c in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0):
-            fits = []
-            for k in range(y_train.shape[1]):
-                wk = np.concatenate([y_train[:, k], 1 - y_train[:, k]])
-                fits.append(LogisticRegression(C=c, max_iter=3000).fit(zz, yy, sample_weight=wk))
-            p = np.stack([f.predict_proba(zv)[:, 1] for f in fits], axis=1)
-            a = metric(p)
-            if best_multi is None or a > best_multi[0] + 1e-9:
-                best_multi = (a, fits, c)
-        assert best_multi is not None
-        w = np.stack([f.coef_[0] for f in best_multi[1]], axis=1).astype(np.float32)
-        b = np.array([f.intercept_[0] for f in best_multi[1]], np.float32)
-        return w, b, mu, sd, best_multi[2], best_multi[0]
-    best: tuple[float, object, float] | None = None
+    y2 = y_train[:, None] if y_train.ndim == 1 else y_train  # one logistic model per output, one C for all
+    best: tuple[float, list[Any], float] | None = None
     for c in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0):
-        m = LogisticRegression(C=c, max_iter=3000).fit(zz, yy, sample_weight=ww)
-        a = metric(m.predict_proba(zv)[:, 1])
+        fits = [
+            LogisticRegression(C=c, max_iter=3000).fit(zz, yy, sample_weight=np.concatenate([y, 1 - y])) for y in y2.T
+        ]
+        p = np.stack([f.predict_proba(zv)[:, 1] for f in fits], axis=1)
+        a = metric(p[:, 0] if y_train.ndim == 1 else p)
         if best is None or a > best[0] + 1e-9:
-            best = (a, m, c)
+            best = (a, fits, c)
     assert best is not None
-    m = best[1]
-    return (m.coef_[0].astype(np.float32), np.array([m.intercept_[0]], np.float32), mu, sd, best[2], best[0])
+    w = np.stack([f.coef_[0] for f in best[1]], axis=1).astype(np.float32)
+    b = np.array([f.intercept_[0] for f in best[1]], np.float32)
+    return (w[:, 0] if y_train.ndim == 1 else w), b, mu, sd, best[2], best[0]
 
 
 def _val_apgr(p: np.ndarray, qs: np.ndarray, ql: np.ndarray) -> float:
