@@ -9,7 +9,8 @@ measured on the last 20 %. Costs are active parameters per token in billions (pu
 Phi-3-mini 3.8, Mistral-7B 7.2, Qwen1.5-7B 7.7, Llama-3.1-8B 8.0, Mixtral-8x7B 12.9 of its 46.7,
 Llama-3.1-70B 70.6, Qwen1.5-72B 72.3): compute per generated token, the cost that matters for a
 self-hosted fleet. Peers, on the same embeddings and the same labels, run through the same policy:
-kNN (k) and logistic regression (C) per model, hyper-parameters chosen on validation AIQ. The best
+kNN (cosine on the prompt embedding; k and uniform or similarity weights) and logistic regression
+(C) per model, hyper-parameters chosen on validation AIQ. The best
 fixed mix is the upper convex hull of the single models. Paired bootstrap (500 resamples of the test
 questions) for router minus hull and router minus best peer. Writes
 benchmarks/results/nmodel_quality.json and docs/img/nmodel_{3,7}.png.
@@ -38,35 +39,39 @@ COSTS = {
 THREE = ["Phi-3-mini-4k-instruct", "Meta-Llama-3_1-8B-Instruct", "Meta-Llama-3_1-70B-Instruct"]
 
 
-def peer_scores(x_tr, y_tr, x_va, x_te, q_va, fleet, kind):
-    """Per-model kNN or logistic scores; the hyper-parameter with the best validation AIQ."""
+def peer_scores(x_tr, y_tr, x_va, x_te, q_va, fleet, kind, dim=None):
+    """Per-model kNN (k, uniform or similarity weights; on the first ``dim`` columns) or logistic
+    scores (C); the hyper-parameters with the best validation AIQ."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsRegressor
 
     from hybridllm.fleet_eval import evaluate_fleet
 
-    grid = (10, 25, 50, 100, 200) if kind == "knn" else (0.01, 0.1, 1.0, 10.0)
+    grid = (
+        [(k, w) for k in (10, 25, 50, 100, 200, 400, 800) for w in ("uniform", "distance")]
+        if kind == "knn"
+        else (0.01, 0.1, 1.0, 10.0)
+    )
     best = None
     for h in grid:
-        va, te = [], []
-        for k in range(y_tr.shape[1]):
-            if kind == "knn":
-                m = KNeighborsRegressor(n_neighbors=h).fit(x_tr, y_tr[:, k])
-                va.append(m.predict(x_va))
-                te.append(m.predict(x_te))
-            else:
+        if kind == "knn":  # all models at once, on the prompt embedding alone (cosine), not the scalar features
+            m = KNeighborsRegressor(n_neighbors=h[0], weights=h[1], metric="cosine").fit(x_tr[:, :dim], y_tr)
+            va_s, te_s = m.predict(x_va[:, :dim]), m.predict(x_te[:, :dim])
+        else:
+            va, te = [], []
+            for k in range(y_tr.shape[1]):
                 z = np.concatenate([x_tr, x_tr])
                 lab = np.concatenate([np.ones(len(x_tr)), np.zeros(len(x_tr))])
                 w = np.concatenate([y_tr[:, k], 1 - y_tr[:, k]])
                 m = LogisticRegression(C=h, max_iter=2000).fit(z, lab, sample_weight=w)
                 va.append(m.predict_proba(x_va)[:, 1])
                 te.append(m.predict_proba(x_te)[:, 1])
-        va_s, te_s = np.stack(va, 1), np.stack(te, 1)
+            va_s, te_s = np.stack(va, 1), np.stack(te, 1)
         aiq = evaluate_fleet(va_s, q_va, fleet)["router"]["aiq"]
         if best is None or aiq > best[0]:
             best = (aiq, h, te_s)
     assert best is not None
-    name = f"peer: kNN (k={best[1]})" if kind == "knn" else f"peer: logistic (C={best[1]:g})"
+    name = f"peer: kNN (k={best[1][0]}, {best[1][1]})" if kind == "knn" else f"peer: logistic (C={best[1]:g})"
     return name, best[2]
 
 
@@ -96,6 +101,7 @@ def run(models, rows, name):
     from hybridllm.encoder import EmbeddingCache, make_encoder
     from hybridllm.fleet import FleetOptions, fit_fleet, fleet_rows, quality_matrix
     from hybridllm.fleet_eval import evaluate_fleet, plot_fleet
+    from hybridllm.head import embedding_width
     from hybridllm.labels import fleet_labels
     from hybridllm.router import featurize
     from hybridllm.routing_text import routing_text
@@ -121,7 +127,8 @@ def run(models, rows, name):
     q_va, q_te = quality_matrix(val, fleet.models), quality_matrix(test, fleet.models)
     cands = [fleet.models[i] for i in fleet.candidates]
     y_tr, _ = fleet_labels(train, cands, fleet.reference, "trans")
-    peers = dict(peer_scores(x_tr, y_tr, x_va, x_te, q_va, fleet, k) for k in ("knn", "logistic"))
+    dim = embedding_width(x_tr.shape[1], list(extra))
+    peers = dict(peer_scores(x_tr, y_tr, x_va, x_te, q_va, fleet, k, dim) for k in ("knn", "logistic"))
     report = evaluate_fleet(scores, q_te, fleet, peers)
     best_peer = max(peers, key=lambda p: report[p]["aiq"])
     ci_hull, ci_peer = bootstrap(scores, peers, q_te, fleet, best_peer)

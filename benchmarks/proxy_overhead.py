@@ -10,7 +10,9 @@ proxy runs as its users run it, in its own process(es), and is started, measured
 `hybridllm serve` with a router trained on a slice of MMLU-Pro (static encoder), model name `hybrid`
 (a real routing decision on every request, the JSON access log written); LiteLLM 1.x from its own
 virtualenv (`python -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'`)
-with a master key, model `hybrid` mapped to the same upstream, no routing. Per path: p50 with one
+with a master key, model `hybrid` mapped to the same upstream, no routing; and the floor of the stack:
+`benchmarks/bare_relay.py`, a bare ASGI relay on the same server and client (alone, then with one
+routing decision per request). Per path: p50 with one
 client, then requests/s, p50, p99, errors and timeouts ("lost") at --concurrency; for `hybridllm`
 also its RSS over --rss-requests requests. Writes benchmarks/results/proxy_overhead.json.
 """
@@ -326,6 +328,7 @@ def main() -> None:
         "--baseline-src",
         help="also run the proxy from another checkout's src/ (`git worktree add /tmp/old COMMIT`, then /tmp/old/src)",
     )
+    ap.add_argument("--no-floor", action="store_true", help="skip the bare ASGI relay (benchmarks/bare_relay.py) rows")
     ap.add_argument("--rss-requests", type=int, default=20000, help="requests for the RSS check (0: skip)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "proxy_overhead.json"))
     args = ap.parse_args()
@@ -349,6 +352,10 @@ def main() -> None:
         if args.baseline_src:
             src = str(Path(args.baseline_src).resolve())
             runs.insert(0, ("hybridllm (baseline)", serve, {"PYTHONPATH": src}, ""))
+        if not args.no_floor:
+            bare = [sys.executable, str(REPO / "benchmarks" / "bare_relay.py"), "--upstream", url[: -len("/v1")]]
+            runs.insert(0, ("floor: bare relay + router", [*bare, "--route", str(router)], {}, ""))
+            runs.insert(0, ("floor: bare ASGI relay", bare, {}, ""))
         if args.workers > 1:
             runs.append((f"hybridllm --workers {args.workers}", [*serve, "--workers", str(args.workers)], {}, ""))
         if Path(args.litellm).exists():

@@ -52,12 +52,13 @@ def fit_peers(xtr, ytr, xva, qsv, qlv, seed: int) -> dict[str, object]:
     yb = (ytr >= 0.5).astype(int)
     peers: dict[str, object] = {}
     best = None
-    for k in (10, 25, 50, 100, 200):
-        m = KNeighborsRegressor(n_neighbors=k, metric="cosine").fit(xtr, ytr)
-        a = val_apgr(m.predict(xva), qsv, qlv)
-        if best is None or a > best[0]:
-            best = (a, m, k)
-    peers[f"kNN (k={best[2]})"] = best[1]
+    for k in (10, 25, 50, 100, 200, 400, 800):
+        for weights in ("uniform", "distance"):
+            m = KNeighborsRegressor(n_neighbors=min(k, len(xtr)), weights=weights, metric="cosine").fit(xtr, ytr)
+            a = val_apgr(m.predict(xva), qsv, qlv)
+            if best is None or a > best[0]:
+                best = (a, m, f"k={k}, {weights}")
+    peers[f"kNN ({best[2]})"] = best[1]
     best = None
     for c in (0.01, 0.1, 1.0, 10.0):
         m = LogisticRegression(C=c, max_iter=2000).fit(xtr, yb)

@@ -37,7 +37,8 @@ def test_artifact_contents(trained):
     files = sorted(p.name for p in res.output.iterdir())
     assert files == ["config.json", "head.safetensors"]
     cfg = json.loads((res.output / "config.json").read_text())
-    assert cfg["format_version"] == 1
+    # version 2 exactly when the head keeps a memory member (which a version-1 reader would drop)
+    assert cfg["format_version"] == (2 if cfg["head"]["training"]["knn"]["mix"] > 0 else 1)
     assert cfg["small"] == SMALL and cfg["large"] == LARGE
     assert cfg["labels"] == "trans" and cfg["t_star"] == 0.0  # binary qualities: t* = 0
     assert cfg["encoder"]["name"] == "all-MiniLM-L6-v2-static" and cfg["encoder"]["spec"] == "static"
@@ -157,3 +158,50 @@ def test_folded_head_equals_the_plain_one(outputs, mix):
     # weights changed after a first prediction (training sets the linear member late) are seen
     w.mix = np.array([1.0 - a])
     np.testing.assert_allclose(w.predict(x), a * w.predict_mlp(x) + (1 - a) * w.predict_linear(x), atol=2e-6)
+
+
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_memory_member_is_similarity_weighted_knn(outputs):
+    """The memory member is k-nearest-neighbour regression with cosine similarity and 1 / distance
+    weights (what scikit-learn computes with weights="distance", metric="cosine"); a prompt seen in
+    training all but gets its own label back."""
+    from sklearn.neighbors import KNeighborsRegressor
+
+    from hybridllm.head import knn_predict, train_knn
+
+    rng = np.random.default_rng(outputs)
+    mem = rng.normal(size=(300, 12)).astype(np.float32)
+    y = rng.uniform(size=300 if outputs == 1 else (300, outputs)).astype(np.float32)
+    x = rng.normal(size=(40, 14)).astype(np.float32)  # two appended scalar columns the member ignores
+    unit = mem / np.linalg.norm(mem, axis=1, keepdims=True)
+    got = knn_predict(unit, y, x, 25)
+    ref = KNeighborsRegressor(n_neighbors=25, weights="distance", metric="cosine").fit(mem, y).predict(x[:, :12])
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    seen = knn_predict(unit, y, np.c_[mem[:5] * 3.0, np.zeros((5, 2), np.float32)], 25)
+    np.testing.assert_allclose(seen, y[:5], atol=0.02)
+    # k is chosen by the validation metric it is given
+    _, _, k, _ = train_knn(mem, y, x, lambda p: -float(np.abs(p - ref).mean()), 12)
+    assert k == 25
+
+
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_folded_head_mixes_in_the_memory_member(outputs):
+    from hybridllm.head import HeadWeights, knn_predict
+
+    rng = np.random.default_rng(7)
+    e, d, h = 2, 10, 4
+    w2 = rng.normal(size=(e, h)) if outputs == 1 else rng.normal(size=(e, h, outputs))
+    mem = rng.normal(size=(60, d - 1))
+    mem /= np.linalg.norm(mem, axis=1, keepdims=True)
+    w = HeadWeights(
+        w1=rng.normal(size=(e, d, h)), b1=rng.normal(size=(e, h)), w2=w2, b2=rng.normal(size=(e, *w2.shape[2:])),
+        mu=rng.normal(size=d), sd=rng.uniform(0.5, 2, size=d), knn_x=mem,
+        knn_y=rng.uniform(size=60 if outputs == 1 else (60, outputs)), knn_k=np.array([9.0]),
+        knn_mix=np.array([0.3]),
+    )  # fmt: skip
+    w = HeadWeights.from_tensors(w.tensors())
+    x = rng.normal(size=(20, d)).astype(np.float32)
+    want = 0.7 * w.predict_mlp(x) + 0.3 * knn_predict(w.knn_x, w.knn_y, x, 9)
+    np.testing.assert_allclose(w.predict(x), want, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(w.predict(x[:1])[0], want[0], rtol=0, atol=2e-6)

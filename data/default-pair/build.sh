@@ -22,12 +22,12 @@ hybridllm stats $D/mmlu_scored.jsonl --small $S --large $L --json $D/stats_mmlu.
 hybridllm split $D/table.jsonl --output-dir $D/split --into train=0.8,test=0.2 --salt default-pair-split
 # --select apgr: the shipped router predates log-likelihood selection (the default since 2026-11-30);
 # benchmarks/head_selection.py measures both on this table (cross-validated APGR 0.709 vs 0.738)
-hybridllm train $D/split/train.jsonl --small $S --large $L --labels trans --select apgr --output $R
+hybridllm train $D/split/train.jsonl --small $S --large $L --labels trans --select apgr --no-knn --output $R
 hybridllm evaluate $R $D/split/test.jsonl --json $D/eval.json \
   --predictions $D/test_predictions.jsonl --plot docs/img/default_pair.png
 grep '^{"id": "gsm8k-' $D/split/test.jsonl > $D/split/test_gsm8k.jsonl
 grep '^{"id": "mmlu-pro-' $D/split/test.jsonl > $D/split/test_mmlu.jsonl
 hybridllm evaluate $R $D/split/test_gsm8k.jsonl --json $D/eval_gsm8k.json
 hybridllm evaluate $R $D/split/test_mmlu.jsonl --json $D/eval_mmlu.json
-hybridllm crossval $D/table.jsonl --small $S --large $L --labels trans --folds 5 --select apgr \
+hybridllm crossval $D/table.jsonl --small $S --large $L --labels trans --folds 5 --select apgr --no-knn \
   --json $D/crossval.json --plot $D/crossval.png

@@ -15,7 +15,9 @@ import numpy as np
 from .errors import HybridLLMError
 from .fsutil import atomic_write
 
-FORMAT_VERSION = 1
+#: 2: a head with a memory member (tensors ``knn_*``), which a reader of version 1 would drop
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 CONFIG = "config.json"
 HEAD = "head.safetensors"
 
@@ -29,7 +31,7 @@ def save_artifact(directory: str | Path, config: dict[str, Any], tensors: dict[s
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    cfg = {"format_version": FORMAT_VERSION, **config}
+    cfg = {"format_version": FORMAT_VERSION if "knn_x" in tensors else 1, **config}
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(d / HEAD))
     atomic_write(d / CONFIG, json.dumps(cfg, indent=2, sort_keys=False) + "\n")
     return d
@@ -49,10 +51,10 @@ def load_config(directory: str | Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ArtifactError(f"{f}: expected a JSON object, got {type(cfg).__name__}")
     version = cfg.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
         raise ArtifactError(
             f"{f}: format_version {version!r} is not supported by this hybridllm "
-            f"(supports {FORMAT_VERSION}); upgrade hybridllm or retrain the router"
+            f"(supports {', '.join(map(str, SUPPORTED_VERSIONS))}); upgrade hybridllm or retrain the router"
         )
     for key in ("small", "large", "encoder", "calibration", "default_operating_point"):
         if key not in cfg:
@@ -141,6 +143,7 @@ def _check_config(cfg: dict[str, Any], f: Path) -> None:
 # name → number of dimensions; E members, d inputs, h hidden
 _HEAD_SHAPES = {"w1": 3, "b1": 2, "w2": 2, "b2": 1, "mu": 1, "sd": 1}
 _LINEAR_SHAPES = {"lin_w": 1, "lin_b": 1, "lin_mu": 1, "lin_sd": 1, "mix": 1}
+_KNN = ("knn_x", "knn_y", "knn_k", "knn_mix")  # the memory member: N prompts' embeddings and labels
 
 
 def load_tensors(directory: str | Path) -> dict[str, np.ndarray]:
@@ -155,7 +158,7 @@ def load_tensors(directory: str | Path) -> dict[str, np.ndarray]:
         t = load_file(str(f))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"{f}: not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
-    unknown = set(t) - set(_HEAD_SHAPES) - set(_LINEAR_SHAPES)
+    unknown = set(t) - set(_HEAD_SHAPES) - set(_LINEAR_SHAPES) - set(_KNN)
     if unknown:
         raise ArtifactError(f"{f}: unknown tensors {', '.join(sorted(unknown))}")
     multi = "w2" in t and t["w2"].ndim == 3  # a head scoring K models: w2 [E, h, K]
@@ -174,6 +177,14 @@ def load_tensors(directory: str | Path) -> dict[str, np.ndarray]:
             raise ArtifactError(f"{f}: linear member incomplete (has {', '.join(linear)})")
         lin_w, lin_b = ((d, k), (k,)) if k else ((d,), (1,))
         want.update({"lin_w": lin_w, "lin_b": lin_b, "lin_mu": (d,), "lin_sd": (d,), "mix": (1,)})
+    memory = [x for x in _KNN if x in t]
+    if memory:
+        if len(memory) != len(_KNN):
+            raise ArtifactError(f"{f}: memory member incomplete (has {', '.join(memory)})")
+        n, dim = t["knn_x"].shape if t["knn_x"].ndim == 2 else (0, 0)
+        if not n or dim > d:
+            raise ArtifactError(f"{f}: tensor 'knn_x': expected shape (N, <= {d}), got {tuple(t['knn_x'].shape)}")
+        want.update({"knn_y": (n, k) if k else (n,), "knn_k": (1,), "knn_mix": (1,)})
     for name, shape in want.items():
         if tuple(t[name].shape) != shape:
             raise ArtifactError(f"{f}: tensor {name!r}: expected shape {shape}, got {tuple(t[name].shape)}")
@@ -183,8 +194,11 @@ def load_tensors(directory: str | Path) -> dict[str, np.ndarray]:
     for name in ("sd", "lin_sd"):
         if name in t and np.any(t[name] == 0):
             raise ArtifactError(f"{f}: tensor {name!r} has zeros (division by zero)")
-    if linear and not 0 <= float(t["mix"][0]) <= 1:
-        raise ArtifactError(f"{f}: tensor 'mix' must be within 0..1")
+    for name in ("mix", "knn_mix"):
+        if name in t and not 0 <= float(t[name][0]) <= 1:
+            raise ArtifactError(f"{f}: tensor {name!r} must be within 0..1")
+    if memory and not 1 <= float(t["knn_k"][0]) <= len(t["knn_x"]):
+        raise ArtifactError(f"{f}: tensor 'knn_k' must be within 1..{len(t['knn_x'])}")
     return t
 
 

@@ -136,7 +136,15 @@ def fit_fleet(
     x_train = featurize(encoder, fit_texts, extra, cache, show_progress)
     x_val = featurize(encoder, val_texts, extra, cache, show_progress)
     weights, info = train_head(
-        x_train, y_fit, x_val, qs_val, ql_val, replace(options.head, seed=options.seed), progress, y_val
+        x_train,
+        y_fit,
+        x_val,
+        qs_val,
+        ql_val,
+        replace(options.head, seed=options.seed),
+        progress,
+        y_val,
+        memory_rows=len(train_texts),
     )
     val_scores = weights.predict(x_val).reshape(len(val_rows), -1)  # [n, K]
     table = sweep(val_scores, q_val, fleet)

@@ -12,7 +12,7 @@ import numpy as np
 from .artifact import ArtifactError, load_config, load_tensors
 from .calibrate import CalibrationError, resolve_knob
 from .encoder import EmbeddingCache, Encoder, embed_texts, make_encoder
-from .head import HeadWeights
+from .head import HeadWeights, embedding_width
 from .policy import Fleet, choose
 from .policy import resolve as resolve_fleet_knob
 from .routing_text import routing_text
@@ -127,6 +127,12 @@ class Router:
             raise ArtifactError(
                 f"{self.directory / 'head.safetensors'}: the head takes {self.head.mu.shape[0]} inputs but the "
                 f"encoder gives {width} (encoder {enc_cfg.get('spec')!r} + {len(self.extra)} extra features)"
+            )
+        mem = self.head.knn_x
+        if mem is not None and mem.shape[1] != embedding_width(width, self.extra):
+            raise ArtifactError(
+                f"{self.directory / 'head.safetensors'}: the memory member holds {mem.shape[1]}-d prompts but the "
+                f"encoder's embedding is {embedding_width(width, self.extra)}-d"
             )
 
     @property

@@ -172,7 +172,9 @@ def fit_router(
         cfg_head = replace(options.head, seed=options.seed)
         # the validation rows' labels, with the training rows' t*: what the head's choices are scored on
         y_val, _ = make_labels(pair_qualities(val_rows, options.small, options.large), options.labels, t_star)
-        weights, info = train_head(x_train, y_fit, x_val, qs_val, ql_val, cfg_head, progress, y_val)
+        weights, info = train_head(
+            x_train, y_fit, x_val, qs_val, ql_val, cfg_head, progress, y_val, memory_rows=len(train_texts)
+        )
         val_scores = weights.predict(x_val)
         bundled = False
         enc_name, enc_spec, enc_fp = encoder.name, options.encoder, encoder.fingerprint

@@ -45,6 +45,15 @@ SelectOpt = Annotated[
     ),
 ]
 
+KnnOpt = Annotated[
+    bool,
+    typer.Option(
+        "--knn/--no-knn",
+        help="mix in a nearest-neighbour member: the training prompts' embeddings and labels, stored in the "
+        "artifact, with k and its weight chosen on validation (weight 0 keeps it out; docs/method.md)",
+    ),
+]
+
 
 def _features(spec: str) -> list[str]:
     from ..head import SCALAR_EXTRAS
@@ -91,6 +100,7 @@ def train(
     members: Annotated[int, typer.Option(help="ensemble members in head mode")] = 5,
     features: FeaturesOpt = "log_tokens",
     select: SelectOpt = Select.loss,
+    knn: KnnOpt = True,
     engine: EngineOpt = Engine.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 2,
@@ -105,7 +115,7 @@ def train(
 
     rows = read_table(table)
     vrows = read_table(validation) if validation else None
-    head = HeadConfig(extra=_features(features), members=members, seed=seed, select=select.value)
+    head = HeadConfig(extra=_features(features), members=members, seed=seed, select=select.value, knn=knn)
     if epochs is not None and mode == Mode.head:
         head.epochs = epochs
     if models is not None:
@@ -214,7 +224,7 @@ def _print_fleet(cfg: dict) -> None:
 
 def _crossval_fleet(
     table, models, cost, models_file, labels, encoder, seed, folds, salt, json_out, plot, features="log_tokens",
-    select="loss",
+    select="loss", knn=True,
 ) -> None:  # fmt: skip
     from ..crossval import cross_validate_fleet
     from ..fleet import FleetOptions
@@ -223,7 +233,7 @@ def _crossval_fleet(
     from ..table import read_table
 
     names, costs = _fleet_costs(models, cost, models_file)
-    head = HeadConfig(extra=_features(features), select=select)
+    head = HeadConfig(extra=_features(features), select=select, knn=knn)
     opts = FleetOptions(names, costs, labels=labels, encoder=encoder, seed=seed, head=head)
     rep, _, _ = cross_validate_fleet(read_table(table), opts, folds=folds, salt=salt, progress=_progress)
     out.print(
@@ -356,6 +366,7 @@ def crossval(
     seed: Annotated[int, typer.Option(help="fold f trains with seed + f")] = 0,
     features: FeaturesOpt = "log_tokens",
     select: SelectOpt = Select.loss,
+    knn: KnnOpt = True,
     salt: Annotated[str, typer.Option(help="hash salt of the folds")] = "crossval",
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
     predictions: Annotated[Path | None, typer.Option(help="write JSONL {id, score} of out-of-fold scores")] = None,
@@ -375,7 +386,7 @@ def crossval(
             _fail("--models cross-validates a router over N models: no --small/--large/--predictions")
         _crossval_fleet(
             table, models, cost, models_file, labels.value, encoder, seed, folds, salt, json_out, plot, features,
-            select.value,
+            select.value, knn,
         )  # fmt: skip
         return
     if not small or not large:
@@ -386,7 +397,7 @@ def crossval(
         labels=labels.value,
         encoder=encoder,
         seed=seed,
-        head=HeadConfig(extra=_features(features), seed=seed, select=select.value),
+        head=HeadConfig(extra=_features(features), seed=seed, select=select.value, knn=knn),
     )
     res = cross_validate(read_table(table), opts, folds=folds, salt=salt, progress=_progress)
     rep = res.report

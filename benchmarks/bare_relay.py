@@ -1,0 +1,82 @@
+"""The floor under any Python proxy built on this stack: a bare ASGI relay on the same server
+(uvicorn, httptools, uvloop) and the same upstream client (one pooled aiohttp session) as
+`hybridllm serve`, that reads the body, posts it to one upstream and returns the upstream's bytes.
+No parsing, no auth, no routing, no logging, no metrics. `proxy_overhead.py` runs it beside the real
+proxy, so the table shows how much of the gap to the upstream is the stack and how much is hybridllm.
+
+    python benchmarks/bare_relay.py --port 8001 --upstream http://127.0.0.1:8000
+    python benchmarks/bare_relay.py ... --route DIR   # plus one routing decision per request (DIR: a router)
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def make_app(upstream: str, router_dir: str | None = None) -> Any:
+    import aiohttp
+
+    target = upstream.rstrip("/") + "/v1/chat/completions"
+    session: list[aiohttp.ClientSession] = []
+    route = None
+    if router_dir:
+        import json
+
+        from hybridllm import load_router
+
+        router = load_router(router_dir)
+
+        def route(body: bytes) -> None:
+            msgs = json.loads(body)["messages"]
+            router.score([msgs[-1]["content"]])
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    session.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await session[0].close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        chunks = []
+        more = True
+        while more:
+            msg = await receive()
+            chunks.append(msg.get("body", b""))
+            more = msg.get("more_body", False)
+        body = b"".join(chunks)
+        if route is not None:
+            route(body)
+        async with session[0].post(target, data=body, headers={"content-type": "application/json"}) as r:
+            data = await r.read()
+            status = r.status
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:8000")
+    ap.add_argument("--route", help="a router directory: score each request's last user turn")
+    args = ap.parse_args()
+    app = make_app(args.upstream, args.route)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, http="httptools")
+
+
+if __name__ == "__main__":
+    main()
