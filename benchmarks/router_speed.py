@@ -36,7 +36,8 @@ FLEET_LABEL = "static, 7 models"
 
 
 def fleet_speed(mmlu: list[dict], prompts: list[str], n_single: int) -> dict:
-    """One decision of a router over the 7 MMLU-Pro models (6 scored outputs) with the budget knob.
+    """One decision of a router over the 7 MMLU-Pro models (one output per model cheaper than the
+    reference) with the budget knob.
     Trained briefly (3 epochs) on 9,000 rows: inference cost depends on the head's shape and on how
     many prompts its memory member keeps (about 7,200 here, as in nmodel_quality.py), not on training."""
     from nmodel_quality import COSTS as costs  # active parameters (billions), the same costs as there

@@ -176,7 +176,19 @@ BAD_ARTIFACTS = {
                 "default_operating_point.kind"),
     "width": (_edit_tensors(lambda t: {k: (v[..., :10, :] if k == "w1" else v[:10] if k in ("mu", "sd", "lin_w",
               "lin_mu", "lin_sd") else v) for k, v in t.items()}), "the head takes 10 inputs"),
+    "memory-part": (_edit_tensors(lambda t: {**t, "knn_x": np.zeros((5, 4), np.float32)}),
+                    "memory member incomplete (has knn_x)"),
+    "memory-dims": (_edit_tensors(lambda t: {**t, **_memory(10)}), "the memory member compares 10-d prompt embeddings"),
+    "memory-k": (_edit_tensors(lambda t: {**t, **_memory(384), "knn_k": np.array([9.0], np.float32)}),
+                 "tensor 'knn_k' must be within 1..5"),
 }  # fmt: skip
+
+
+def _memory(dim: int) -> dict[str, np.ndarray]:
+    """A memory member of 5 prompts compared in a 4-d subspace of ``dim``-d embeddings."""
+    return {"knn_x": np.eye(5, 4, dtype=np.float32), "knn_y": np.full(5, 0.5, np.float32),
+            "knn_mu": np.zeros(dim, np.float32), "knn_proj": np.eye(dim, 4, dtype=np.float32),
+            "knn_k": np.array([3.0], np.float32), "knn_mix": np.array([0.5], np.float32)}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", sorted(BAD_ARTIFACTS))

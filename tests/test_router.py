@@ -163,45 +163,60 @@ def test_folded_head_equals_the_plain_one(outputs, mix):
 @pytest.mark.parametrize("outputs", [1, 3])
 def test_memory_member_is_similarity_weighted_knn(outputs):
     """The memory member is k-nearest-neighbour regression with cosine similarity and 1 / distance
-    weights (what scikit-learn computes with weights="distance", metric="cosine"); a prompt seen in
-    training all but gets its own label back."""
+    weights (what scikit-learn computes with weights="distance", metric="cosine"), in a principal
+    subspace of the training prompts; a prompt seen in training all but gets its own label back."""
     from sklearn.neighbors import KNeighborsRegressor
 
-    from hybridllm.head import knn_predict, train_knn
+    from hybridllm.memory import fit_memory, keys, recall
 
     rng = np.random.default_rng(outputs)
     mem = rng.normal(size=(300, 12)).astype(np.float32)
     y = rng.uniform(size=300 if outputs == 1 else (300, outputs)).astype(np.float32)
-    x = rng.normal(size=(40, 14)).astype(np.float32)  # two appended scalar columns the member ignores
-    unit = mem / np.linalg.norm(mem, axis=1, keepdims=True)
-    got = knn_predict(unit, y, x, 25)
-    ref = KNeighborsRegressor(n_neighbors=25, weights="distance", metric="cosine").fit(mem, y).predict(x[:, :12])
+    q = rng.normal(size=(40, 12)).astype(np.float32)
+    got = recall(mem / np.linalg.norm(mem, axis=1, keepdims=True), y, q / np.linalg.norm(q, axis=1, keepdims=True), 25)
+    ref = KNeighborsRegressor(n_neighbors=25, weights="distance", metric="cosine").fit(mem, y).predict(q)
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
-    seen = knn_predict(unit, y, np.c_[mem[:5] * 3.0, np.zeros((5, 2), np.float32)], 25)
-    np.testing.assert_allclose(seen, y[:5], atol=0.02)
-    # k is chosen by the validation metric it is given
-    _, _, k, _ = train_knn(mem, y, x, lambda p: -float(np.abs(p - ref).mean()), 12)
-    assert k == 25
+    # fitted: prompts compared in a subspace of the first 12 columns (two appended scalars ignored)
+    x = np.c_[mem, rng.normal(size=(300, 2))].astype(np.float32)
+    x_val = np.c_[q, rng.normal(size=(40, 2))].astype(np.float32)
+    member, _ = fit_memory(x, y, x_val, lambda p: 0.0, 12)
+    assert member.proj.shape == (12, 12) and member.x.shape == (300, 12)  # r = min(64, d, N)
+    target = recall(member.x, member.y, keys(x_val, member.mu, member.proj), 100)
+    member, score = fit_memory(x, y, x_val, lambda p: -float(np.abs(p - target).mean()), 12)
+    assert member.k == 100 and score == 0.0  # k: the one the validation metric prefers
+    member.k = 25
+    # a full-rank subspace is a rotation: the cosines are those of the centred unit embeddings
+    unit = mem / np.linalg.norm(mem, axis=1, keepdims=True)
+    centred = KNeighborsRegressor(n_neighbors=25, weights="distance", metric="cosine").fit(unit - unit.mean(0), y)
+    want = centred.predict(q / np.linalg.norm(q, axis=1, keepdims=True) - unit.mean(0))
+    np.testing.assert_allclose(member(x_val), want, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(member(x[:5] * 3.0), y[:5], atol=0.02)  # seen prompts: their own labels
+    big = rng.normal(size=(500, 100)).astype(np.float32)
+    member, _ = fit_memory(big, rng.uniform(size=500), big[:10], lambda p: 0.0, 100)
+    assert member.proj.shape == (100, 64) and member.x.shape == (500, 64)
+    np.testing.assert_allclose(np.linalg.norm(keys(big, member.mu, member.proj), axis=1), 1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize("outputs", [1, 3])
 def test_folded_head_mixes_in_the_memory_member(outputs):
-    from hybridllm.head import HeadWeights, knn_predict
+    from hybridllm.head import HeadWeights
+    from hybridllm.memory import fit_memory
 
     rng = np.random.default_rng(7)
     e, d, h = 2, 10, 4
     w2 = rng.normal(size=(e, h)) if outputs == 1 else rng.normal(size=(e, h, outputs))
-    mem = rng.normal(size=(60, d - 1))
-    mem /= np.linalg.norm(mem, axis=1, keepdims=True)
+    x_mem = rng.normal(size=(60, d)).astype(np.float32)
+    mem, _ = fit_memory(x_mem, rng.uniform(size=60 if outputs == 1 else (60, outputs)), x_mem[:5], lambda p: 0.0, d - 1)
     w = HeadWeights(
         w1=rng.normal(size=(e, d, h)), b1=rng.normal(size=(e, h)), w2=w2, b2=rng.normal(size=(e, *w2.shape[2:])),
-        mu=rng.normal(size=d), sd=rng.uniform(0.5, 2, size=d), knn_x=mem,
-        knn_y=rng.uniform(size=60 if outputs == 1 else (60, outputs)), knn_k=np.array([9.0]),
-        knn_mix=np.array([0.3]),
+        mu=rng.normal(size=d), sd=rng.uniform(0.5, 2, size=d), knn_x=mem.x, knn_y=mem.y, knn_mu=mem.mu,
+        knn_proj=mem.proj, knn_k=np.array([9.0]), knn_mix=np.array([0.3]),
     )  # fmt: skip
     w = HeadWeights.from_tensors(w.tensors())
     x = rng.normal(size=(20, d)).astype(np.float32)
-    want = 0.7 * w.predict_mlp(x) + 0.3 * knn_predict(w.knn_x, w.knn_y, x, 9)
+    member = w.memory()
+    assert member is not None and member.k == 9
+    want = 0.7 * w.predict_mlp(x) + 0.3 * member(x)
     np.testing.assert_allclose(w.predict(x), want, rtol=0, atol=2e-6)
     np.testing.assert_allclose(w.predict(x[:1])[0], want[0], rtol=0, atol=2e-6)

@@ -143,7 +143,8 @@ def _check_config(cfg: dict[str, Any], f: Path) -> None:
 # name → number of dimensions; E members, d inputs, h hidden
 _HEAD_SHAPES = {"w1": 3, "b1": 2, "w2": 2, "b2": 1, "mu": 1, "sd": 1}
 _LINEAR_SHAPES = {"lin_w": 1, "lin_b": 1, "lin_mu": 1, "lin_sd": 1, "mix": 1}
-_KNN = ("knn_x", "knn_y", "knn_k", "knn_mix")  # the memory member: N prompts' embeddings and labels
+# the memory member (hybridllm.memory): N prompts' keys and labels, the subspace they live in
+_KNN = ("knn_x", "knn_y", "knn_mu", "knn_proj", "knn_k", "knn_mix")
 
 
 def load_tensors(directory: str | Path) -> dict[str, np.ndarray]:
@@ -181,10 +182,13 @@ def load_tensors(directory: str | Path) -> dict[str, np.ndarray]:
     if memory:
         if len(memory) != len(_KNN):
             raise ArtifactError(f"{f}: memory member incomplete (has {', '.join(memory)})")
-        n, dim = t["knn_x"].shape if t["knn_x"].ndim == 2 else (0, 0)
-        if not n or dim > d:
-            raise ArtifactError(f"{f}: tensor 'knn_x': expected shape (N, <= {d}), got {tuple(t['knn_x'].shape)}")
-        want.update({"knn_y": (n, k) if k else (n,), "knn_k": (1,), "knn_mix": (1,)})
+        dim, r = t["knn_proj"].shape if t["knn_proj"].ndim == 2 else (0, 0)
+        if not 0 < r <= dim <= d:
+            raise ArtifactError(f"{f}: tensor 'knn_proj': expected shape (<= {d}, r), got {tuple(t['knn_proj'].shape)}")
+        n = t["knn_x"].shape[0] if t["knn_x"].ndim else 0
+        want.update(
+            {"knn_x": (max(n, 1), r), "knn_y": (n, k) if k else (n,), "knn_mu": (dim,), "knn_k": (1,), "knn_mix": (1,)}
+        )
     for name, shape in want.items():
         if tuple(t[name].shape) != shape:
             raise ArtifactError(f"{f}: tensor {name!r}: expected shape {shape}, got {tuple(t[name].shape)}")

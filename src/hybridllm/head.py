@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .memory import MIXES as MEMORY_MIXES
+from .memory import Memory, fit_memory
 from .metrics import apgr, quality_curve
 
 
@@ -77,6 +79,8 @@ class HeadWeights:
     mix: np.ndarray | None = None
     knn_x: np.ndarray | None = None
     knn_y: np.ndarray | None = None
+    knn_mu: np.ndarray | None = None
+    knn_proj: np.ndarray | None = None
     knn_k: np.ndarray | None = None
     knn_mix: np.ndarray | None = None
 
@@ -109,9 +113,11 @@ class HeadWeights:
             return _sigmoid(z @ self.lin_w + self.lin_b[0])
         return _sigmoid(z @ self.lin_w + self.lin_b)
 
-    def predict_knn(self, x: np.ndarray) -> np.ndarray:
-        assert self.knn_x is not None and self.knn_y is not None and self.knn_k is not None
-        return knn_predict(self.knn_x, self.knn_y, np.asarray(x, dtype=np.float32), int(self.knn_k[0]))
+    def memory(self) -> Memory | None:
+        """The memory member (:mod:`hybridllm.memory`), or None when the head has none."""
+        if self.knn_x is None or self.knn_y is None or self.knn_mu is None or self.knn_proj is None:
+            return None
+        return Memory(self.knn_x, self.knn_y, self.knn_mu, self.knn_proj, int(self.knn_k[0]))  # type: ignore[index]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """p(x) in [0, 1]: the MLP members' mean probability, mixed with the linear member's, then
@@ -166,11 +172,8 @@ class _Folded:
         self.w1 = np.ascontiguousarray(np.concatenate(cols, axis=1), dtype=np.float32)
         self.b1 = np.concatenate(bias).astype(np.float32)
         self.squeeze = w.w2.ndim == 2
-        self.b = 0.0 if w.knn_mix is None or w.knn_x is None else float(w.knn_mix[0])
-        if self.b > 0.0:
-            assert w.knn_y is not None and w.knn_k is not None
-            self.mem_x, self.mem_k = w.knn_x, int(w.knn_k[0])
-            self.mem_y = w.knn_y.reshape(len(w.knn_y), k)
+        self.memory = w.memory()
+        self.b = 0.0 if w.knn_mix is None or self.memory is None else float(w.knn_mix[0])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         z = x @ self.w1 + self.b1
@@ -184,7 +187,9 @@ class _Folded:
             p = lin if p is None else (1 - self.a) * p + self.a * lin
         assert p is not None
         if self.b > 0.0:
-            p = (1 - self.b) * p + self.b * knn_predict(self.mem_x, self.mem_y, x, self.mem_k)
+            assert self.memory is not None
+            m = self.memory(x)
+            p = (1 - self.b) * p + self.b * (m[:, None] if m.ndim == 1 else m)
         return p[:, 0] if self.squeeze else p
 
 
@@ -197,41 +202,6 @@ def embedding_width(width: int, extra: list[str]) -> int:
     """How many of the ``width`` input columns are the prompt's own embedding (the first ones)."""
     n_scalar = sum(1 for e in extra if e in SCALAR_EXTRAS)
     return (width - n_scalar) // (1 + len(extra) - n_scalar)
-
-
-#: the memory member's neighbourhood sizes tried on validation, and its weights in the mix
-KNN_SIZES = (25, 50, 100, 200, 400, 800)
-KNN_MIXES = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7)
-
-
-def knn_predict(mem_x: np.ndarray, mem_y: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
-    """The memory member: for each row of ``x``, the mean label of the ``k`` memory prompts most
-    similar to it (cosine on the prompt embedding, the first ``mem_x.shape[1]`` columns of ``x``),
-    each weighted by 1 / (1 - cosine). A prompt seen in training (cosine 1) all but takes its own
-    label; far ones count little. [n] labels give [n], [n, K] give [n, K]."""
-    e = x[:, : mem_x.shape[1]]
-    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-    sims = e @ mem_x.T
-    k = min(k, len(mem_x))
-    idx = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < len(mem_x) else np.argsort(-sims, axis=1)
-    w = 1.0 / np.maximum(1.0 - np.take_along_axis(sims, idx, axis=1), 1e-4)
-    y = mem_y.reshape(len(mem_y), -1)[idx]  # [n, k, K]
-    out = (np.einsum("nk,nkj->nj", w, y) / w.sum(axis=1, keepdims=True)).astype(np.float32)
-    return out[:, 0] if mem_y.ndim == 1 else out
-
-
-def train_knn(
-    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, metric: Callable[[np.ndarray], float], dim: int
-) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """The memory member: unit-length prompt embeddings and their labels; k by the validation ``metric``."""
-    mem = np.asarray(x_train[:, :dim], dtype=np.float32)
-    mem = mem / np.maximum(np.linalg.norm(mem, axis=1, keepdims=True), 1e-12)
-    y = np.asarray(y_train, dtype=np.float32)
-    scores = {k: metric(knn_predict(mem, y, x_val, k)) for k in KNN_SIZES if k <= len(mem)}
-    if not scores:
-        scores = {len(mem): metric(knn_predict(mem, y, x_val, len(mem)))}
-    k = max(scores, key=lambda c: round(scores[c], 9))
-    return mem, y, k, scores[k]
 
 
 def scalar_columns(width: int, extra: list[str]) -> np.ndarray:
@@ -425,14 +395,15 @@ def train_head(
         n = len(x_train) if memory_rows is None else memory_rows
         dim = embedding_width(x_train.shape[1], list(cfg.extra))
         x_val = np.asarray(x_val, np.float32)
-        mem_x, mem_y, k, knn_score = train_knn(x_train[:n], np.asarray(y_train)[:n], x_val, metric, dim)
-        p_head, p_mem = weights.predict(x_val), knn_predict(mem_x, mem_y, x_val, k)
-        bscores = {b: metric((1 - b) * p_head + b * p_mem) for b in KNN_MIXES}
+        mem, knn_score = fit_memory(x_train[:n], np.asarray(y_train)[:n], x_val, metric, dim)
+        p_head, p_mem = weights.predict(x_val), mem(x_val)
+        bscores = {b: metric((1 - b) * p_head + b * p_mem) for b in MEMORY_MIXES}
         b = max(bscores, key=lambda v: (round(bscores[v], 9), -v))
         if b > 0.0:
-            weights.knn_x, weights.knn_y = mem_x, mem_y
-            weights.knn_k, weights.knn_mix = np.array([k], np.float32), np.array([b], np.float32)
-        info["knn"] = {"k": k, "rows": n, "val_score": knn_score, "mix": b, "mix_val_score": bscores}
+            weights.knn_x, weights.knn_y, weights.knn_mu, weights.knn_proj = mem.x, mem.y, mem.mu, mem.proj
+            weights.knn_k, weights.knn_mix = np.array([mem.k], np.float32), np.array([b], np.float32)
+        info["knn"] = {"k": mem.k, "rows": n, "dims": mem.x.shape[1], "val_score": knn_score, "mix": b,
+                       "mix_val_score": bscores}  # fmt: skip
         if progress is not None:
-            progress(f"memory member: k={k} of {n} prompts, val score {knn_score:.4f}; mix weight {b}")
+            progress(f"memory member: k={mem.k} of {n} prompts, val score {knn_score:.4f}; mix weight {b}")
     return weights, info

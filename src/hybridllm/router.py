@@ -128,11 +128,11 @@ class Router:
                 f"{self.directory / 'head.safetensors'}: the head takes {self.head.mu.shape[0]} inputs but the "
                 f"encoder gives {width} (encoder {enc_cfg.get('spec')!r} + {len(self.extra)} extra features)"
             )
-        mem = self.head.knn_x
-        if mem is not None and mem.shape[1] != embedding_width(width, self.extra):
+        mem = self.head.knn_mu
+        if mem is not None and len(mem) != embedding_width(width, self.extra):
             raise ArtifactError(
-                f"{self.directory / 'head.safetensors'}: the memory member holds {mem.shape[1]}-d prompts but the "
-                f"encoder's embedding is {embedding_width(width, self.extra)}-d"
+                f"{self.directory / 'head.safetensors'}: the memory member compares {len(mem)}-d prompt embeddings "
+                f"but the encoder's are {embedding_width(width, self.extra)}-d"
             )
 
     @property
