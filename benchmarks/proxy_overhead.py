@@ -8,13 +8,14 @@ one load generator (wrk, C, one thread, 1,000 different GSM8K prompts; or --clie
 The upstream is a minimal OpenAI-protocol server (uvicorn, its own process, answers at once). Each
 proxy runs as its users run it, in its own process(es), and is started, measured and stopped in turn:
 `hybridllm serve` with a router trained on a slice of MMLU-Pro (static encoder), model name `hybrid`
-(a real routing decision on every request, the JSON access log written); LiteLLM 1.x from its own
-virtualenv (`python -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'`)
-with a master key, model `hybrid` mapped to the same upstream, no routing; and the floor of the stack:
-`benchmarks/bare_relay.py`, a bare ASGI relay on the same server and client (alone, then with one
-routing decision per request). Per path: p50 with one
-client, then requests/s, p50, p99, errors and timeouts ("lost") at --concurrency; for `hybridllm`
-also its RSS over --rss-requests requests. Writes benchmarks/results/proxy_overhead.json.
+(a real routing decision on every request, the JSON access log written); with --baseline-src also
+the proxy of another checkout and this one, both with a router trained without the memory member
+(which versions before it cannot read); LiteLLM 1.x from its own virtualenv (`python -m venv
+/tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'`) with a master key, model
+`hybrid` mapped to the same upstream, no routing; and the floor of the stack: `benchmarks/bare_relay.py`,
+a bare ASGI relay on the same server and client, alone and with one routing decision per request.
+Per path: p50 with one client, then requests/s, p50, p99, errors and timeouts ("lost") at
+--concurrency; for `hybridllm` also its RSS over --rss-requests requests. Writes benchmarks/results/proxy_overhead.json.
 """
 
 from __future__ import annotations
@@ -288,15 +289,17 @@ def _commit(checkout: Path) -> str | None:
     return got.stdout.strip() or None
 
 
-def bench_router(directory: Path, rows: int) -> Path:
+def bench_router(directory: Path, rows: int, knn: bool = True) -> Path:
     """The router the proxy benchmarks serve: static encoder, trained on the first ``rows`` rows of
-    MMLU-Pro (Mistral-7B -> Mixtral-8x7B)."""
+    MMLU-Pro (Mistral-7B -> Mixtral-8x7B); ``knn=False``: without the memory member, a router that
+    hybridllm versions before it can read (the --baseline-src run)."""
     from hybridllm import TrainOptions, read_table, train_router
     from hybridllm.head import HeadConfig
 
-    opts = TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(extra=["log_tokens"]))
-    train_router(read_table(SHARED / "mmlu_pro.jsonl")[:rows], opts, directory / "router", show_progress=False)
-    return directory / "router"
+    out = directory / ("router" if knn else "router-no-memory")
+    opts = TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(extra=["log_tokens"], knn=knn))
+    train_router(read_table(SHARED / "mmlu_pro.jsonl")[:rows], opts, out, show_progress=False)
+    return out
 
 
 LITELLM_CONFIG = """model_list:
@@ -351,7 +354,10 @@ def main() -> None:
         runs: list[tuple[str, list[str], dict[str, str], str]] = [("hybridllm", serve, {}, "")]
         if args.baseline_src:
             src = str(Path(args.baseline_src).resolve())
-            runs.insert(0, ("hybridllm (baseline)", serve, {"PYTHONPATH": src}, ""))
+            plain = bench_router(Path(tmp), 2000, knn=False)
+            serve_plain = [*serve[:5], str(plain), *serve[6:]]
+            runs.insert(0, ("hybridllm, router without memory", serve_plain, {}, ""))
+            runs.insert(0, ("hybridllm (baseline)", serve_plain, {"PYTHONPATH": src}, ""))
         if not args.no_floor:
             bare = [sys.executable, str(REPO / "benchmarks" / "bare_relay.py"), "--upstream", url[: -len("/v1")]]
             runs.insert(0, ("floor: bare relay + router", [*bare, "--route", str(router)], {}, ""))

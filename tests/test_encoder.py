@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from hybridllm.encoder import EmbeddingCache, EncoderError, StaticEncoder, TransformerEncoder, embed_texts
+from hybridllm.encoder import EmbeddingCache, EncoderError, TransformerEncoder, embed_texts
+from hybridllm.static_encoder import StaticEncoder
 
 TEXTS = [
     "hello",
