@@ -1,11 +1,13 @@
 """What the head's validation choices should maximise: validation log-likelihood (the default) or
-validation APGR (the metric we report), on the default pair's whole table by cross-validation.
+validation APGR (the metric we report), and what the memory member adds, on the default pair's whole
+table by cross-validation.
 
-    python benchmarks/head_selection.py            # 2 criteria x 3 seeds x 5 folds, ~4 min
+    python benchmarks/head_selection.py            # 3 recipes x 3 seeds x 5 folds, ~6 min
 
 Each run is `hybridllm crossval` (5 folds by hashed id, every row scored by a router that did not
-see it) with `HeadConfig(select=...)`; the seed changes the members' initialisation and the
-filler augmentation. The MMLU-Pro side of the same comparison is in `benchmarks/routing_quality.py`
+see it) with `HeadConfig(select=..., knn=...)`: "apgr" and "loss" without the memory member, and
+"loss+memory", today's default; the seed changes the members' initialisation and the filler
+augmentation. The MMLU-Pro side of the same comparison is in `benchmarks/routing_quality.py`
 and `benchmarks/nmodel_quality.py` (README, "Routing quality"). Writes
 benchmarks/results/head_selection.json.
 """
@@ -22,6 +24,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 TABLE = REPO / "data" / "default-pair" / "table.jsonl"
 SEEDS = (0, 10, 20)
+#: name -> (HeadConfig.select, HeadConfig.knn)
+RECIPES = {"apgr": ("apgr", False), "loss": ("loss", False), "loss+memory": ("loss", True)}
 
 
 def main() -> None:
@@ -35,25 +39,25 @@ def main() -> None:
     cache = EmbeddingCache()
     out: dict = {"table": str(TABLE.relative_to(REPO)), "folds": 5, "runs": []}
     t0 = time.perf_counter()
-    print(f"{'select':8s} {'seed':>4s} {'out-of-fold APGR':>17s} {'95% CI':>18s} {'fold mean':>10s}")
-    for select in ("apgr", "loss"):
+    print(f"{'recipe':12s} {'seed':>4s} {'out-of-fold APGR':>17s} {'95% CI':>18s} {'fold mean':>10s}")
+    for recipe, (select, knn) in RECIPES.items():
         for seed in SEEDS:
-            head = HeadConfig(extra=["log_tokens"], select=select)
+            head = HeadConfig(extra=["log_tokens"], select=select, knn=knn)
             opts = TrainOptions(small="qwen2.5-0.5b", large="qwen2.5-1.5b", head=head, seed=seed)
             rep = cross_validate(rows, opts, cache=cache).report
             ci = rep["ci95"]["apgr"]
-            run = {"select": select, "seed": seed, "apgr": rep["router"]["apgr"], "ci95": ci}
+            run = {"recipe": recipe, "seed": seed, "apgr": rep["router"]["apgr"], "ci95": ci}
             run["fold_apgr_mean"] = rep["fold_apgr_mean"]
             out["runs"].append(run)
             print(
-                f"{select:8s} {seed:4d} {run['apgr']:17.4f} {f'[{ci[0]:.3f}, {ci[1]:.3f}]':>18s} "
+                f"{recipe:12s} {seed:4d} {run['apgr']:17.4f} {f'[{ci[0]:.3f}, {ci[1]:.3f}]':>18s} "
                 f"{run['fold_apgr_mean']:10.4f}",
                 flush=True,
             )
-    for select in ("apgr", "loss"):
-        a = [r["apgr"] for r in out["runs"] if r["select"] == select]
-        out[f"mean_{select}"] = float(np.mean(a))
-        print(f"{select}: mean out-of-fold APGR over seeds {np.mean(a):.4f} (spread {min(a):.4f}-{max(a):.4f})")
+    for recipe in RECIPES:
+        a = [r["apgr"] for r in out["runs"] if r["recipe"] == recipe]
+        out[f"mean_{recipe}"] = float(np.mean(a))
+        print(f"{recipe}: mean out-of-fold APGR over seeds {np.mean(a):.4f} (spread {min(a):.4f}-{max(a):.4f})")
     out["seconds"] = round(time.perf_counter() - t0, 1)
     path = REPO / "benchmarks" / "results" / "head_selection.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
