@@ -115,9 +115,10 @@ class HeadWeights:
 
     def memory(self) -> Memory | None:
         """The memory member (:mod:`hybridllm.memory`), or None when the head has none."""
-        if self.knn_x is None or self.knn_y is None or self.knn_mu is None or self.knn_proj is None:
+        x, y, mu, proj, k = self.knn_x, self.knn_y, self.knn_mu, self.knn_proj, self.knn_k
+        if x is None or y is None or mu is None or proj is None or k is None:
             return None
-        return Memory(self.knn_x, self.knn_y, self.knn_mu, self.knn_proj, int(self.knn_k[0]))  # type: ignore[index]
+        return Memory(x, y, mu, proj, int(k[0]))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """p(x) in [0, 1]: the MLP members' mean probability, mixed with the linear member's, then
