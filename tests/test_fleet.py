@@ -47,6 +47,36 @@ def test_sweep_equals_brute_force(n, k, seed, ties):
         assert row["shares"] == pytest.approx(shares.tolist(), abs=1e-3)
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    k=st.integers(1, 4),
+    ref_at=st.integers(0, 4),
+    row=st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, float("nan")]), min_size=4, max_size=4),
+    threshold=st.sampled_from([0.0, 0.25, 0.5, 0.9, 1.0, float("inf")]),
+)
+def test_the_proxys_decision_is_the_policys(k, ref_at, row, threshold):
+    """serve.Routing decides one request on plain floats; it must pick what policy.choose picks
+    (scores equal to the threshold qualify, NaN never does, nothing qualifying: the reference)."""
+    from hybridllm.serve.routing import Routing
+
+    class Up:
+        def __init__(self, who):
+            self.who = self.model = who
+
+    ref = max(1, min(ref_at, k))  # candidates are the models cheaper than the reference
+    fleet = Fleet(tuple(f"m{i}" for i in range(k + 1)), tuple(float(2**i) for i in range(k + 1)), f"m{ref}")
+
+    class FleetRouter:
+        def __init__(self):
+            self.config = {"candidates": [f"m{i}" for i in range(ref)], "fleet_quality": list(range(k + 1))}
+            self.fleet = fleet
+
+    scores = np.array(row[:ref], dtype=np.float64)
+    routing = Routing(FleetRouter(), [Up(m) for m in fleet.models])
+    index, _ = routing.decide(scores, threshold)
+    assert index == int(choose(scores[None, :], fleet, threshold)[0])
+
+
 def test_knobs_pick_the_cheapest_point_within_the_limit():
     table = [
         {"threshold": 1.000001, "cost": 100.0, "quality_drop": 0.0},

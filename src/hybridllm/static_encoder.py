@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .encoder import EncoderError, _export_onnx, _Tokenizer, cache_dir, encoder_fingerprint, resolve_encoder_path
+from .wordpiece_cache import WordpieceCache
 
 
 class StaticEncoder:
@@ -37,9 +38,8 @@ class StaticEncoder:
         self.dim = int(self.table.shape[1])
         specials = {self.tokenizer.tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>")}
         self._specials = np.array(sorted(i for i in specials if i is not None), dtype=np.int64)
-        # without character offsets when the tokenizers release has it: a fifth faster, same ids
-        raw = self.tokenizer.raw
-        self._encode_batch = getattr(raw, "encode_batch_fast", raw.encode_batch)
+        # ASCII text by a per-word cache, the rest by the tokenizer: same ids, a fraction of the work
+        self._ids = WordpieceCache(self.tokenizer.raw).ids
         self._dense = np.asarray(self.table)  # a plain view of the (memory-mapped) table
         self._is_special = np.zeros(self.table.shape[0], dtype=bool)
         self._is_special[self._specials] = True
@@ -77,8 +77,7 @@ class StaticEncoder:
         step = max(batch_size, 256)
         for start in range(0, len(texts), step):
             part = texts[start : start + step]
-            encs = self._encode_batch([t or " " for t in part], add_special_tokens=False)
-            ids = [e.ids for e in encs]
+            ids = self._ids(part)
             lengths[start : start + len(part)] = [len(x) + self.tokenizer.n_added for x in ids]
             kept = [x[:keep] for x in ids]
             few = len(kept) <= _GATHER_MAX

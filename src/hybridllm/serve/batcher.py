@@ -1,5 +1,9 @@
-"""Micro-batching of routing decisions: requests that arrive together share one encoder pass, run
-in a worker thread so the event loop never blocks on the router.
+"""Micro-batching of routing decisions: requests that arrive together share one encoder pass.
+
+A batch is scored on the event loop itself while batches are quick to score (the static encoder: a
+few milliseconds for dozens of prompts, where the hop to a thread and back cost more than it saved,
+since the scoring holds the interpreter lock for much of its time anyway), and in a worker thread
+once they are not (a transformer encoder), so a slow router never stalls the other connections.
 
 A batch that fails is scored again one request at a time, so a request that makes the router raise
 fails alone; its neighbours get their scores.
@@ -8,12 +12,20 @@ fails alone; its neighbours get their scores.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
+
+#: a batch expected to take longer than this is scored in a worker thread
+INLINE_MAX_S = 0.01
 
 
 class MicroBatcher:
     def __init__(self, router: Any, window_s: float = 0.0) -> None:
         self.router = router
+        # running estimate of the scoring time per prompt, from batches of several; until one is
+        # measured, batches go to the thread
+        self.per_prompt_s = INLINE_MAX_S
+        self._measured = False
         self.window_s = window_s  # 0: no waiting; what arrives while a batch is scored forms the next
         self.queue: asyncio.Queue[tuple[str, asyncio.Future[Any]]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
@@ -35,6 +47,13 @@ class MicroBatcher:
         await self.queue.put((text, fut))
         return await fut
 
+    def _learn(self, n: int, seconds: float) -> None:
+        """Update the per-prompt estimate from a batch of several (a lone prompt pays fixed costs a
+        batch shares, so it would overstate what a batch costs)."""
+        if n > 1:
+            first, self._measured = not self._measured, True
+            self.per_prompt_s = seconds / n if first else 0.8 * self.per_prompt_s + 0.2 * seconds / n
+
     def _score_each(self, texts: list[str]) -> list[Any]:
         out: list[Any] = []
         for t in texts:
@@ -52,12 +71,12 @@ class MicroBatcher:
                 items.append(self.queue.get_nowait())
             texts = [t for t, _ in items]
             try:
-                if len(texts) == 1:
-                    # alone: score here (about 0.3 ms), sparing the hop to a thread and back; with
-                    # company, a thread lets the event loop serve other requests meanwhile
+                t0 = time.perf_counter()
+                if len(texts) * self.per_prompt_s <= INLINE_MAX_S:
                     scores: list[Any] = list(self.router.score(texts))
                 else:
                     scores = list(await asyncio.to_thread(self.router.score, texts))
+                self._learn(len(texts), time.perf_counter() - t0)
             except Exception:
                 scores = await asyncio.to_thread(self._score_each, texts)
             for (_, fut), s in zip(items, scores, strict=True):

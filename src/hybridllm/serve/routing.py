@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import Backend
-from ..policy import Fleet, choose
+from ..policy import Fleet
 from .errors import ServeConfigError
 
 
@@ -41,6 +41,7 @@ class Routing:
             quality = list(router.config.get("fleet_quality") or range(len(fleet.models)))
         self.quality = [float(q) for q in quality]
         self._orders = [self._fallback_order(i) for i in range(len(self.ups))]  # fixed: computed once
+        self._ref = self.fleet.ref
 
     def label(self, index: int) -> str:
         if self.pair:
@@ -48,12 +49,15 @@ class Routing:
         return self.ups[index].who
 
     def decide(self, scores: Any, threshold: float) -> tuple[int, float]:
-        """(index of the chosen upstream, the score shown for the decision)."""
-        row = np.asarray(scores, dtype=np.float64).reshape(-1)
-        index = int(choose(row[None, :], self.fleet, threshold)[0])
+        """(index of the chosen upstream, the score shown for the decision): the policy's choice
+        (:func:`hybridllm.policy.choose`, the first model in cost order whose score reaches the
+        threshold, else the reference), taken here on plain floats: one request's row is a few
+        numbers, where NumPy's per-call cost is the whole cost."""
+        row = np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
+        index = next((i for i, v in enumerate(row) if v >= threshold), self._ref)
         if self.pair:
-            return index, float(row[0])
-        return index, float(row[index]) if index < len(row) else float(row.max())
+            return index, row[0]
+        return index, row[index] if index < len(row) else max(row)
 
     def named_scores(self, scores: Any) -> dict[str, float] | None:
         if self.pair:
