@@ -118,6 +118,9 @@ class HTTPBackend(Backend):
         # bounds its whole call with the same figure
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
         self._client = aiohttp.ClientSession(headers=headers, connector=connector, timeout=timeout)
+        # a relay is bounded by forward()'s own deadline: no per-read timer of the client's beside
+        # it (re-armed on every chunk received, it cost more than the rest of the client call)
+        self._relay_timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=None)
         self._proxy = _env_proxy(self.base_url)
         self._base = self.base_url.rstrip("/")
         return self
@@ -132,9 +135,10 @@ class HTTPBackend(Backend):
             raise RuntimeError("use the backend inside 'async with'")
         return self._client
 
-    def _post(self, path: str, body: dict[str, Any]) -> Any:
+    def _post(self, path: str, body: dict[str, Any], timeout: Any = None) -> Any:
         data = json.dumps(body, ensure_ascii=False).encode()
-        return self._live().post(self._base + path, data=data, headers=_JSON, proxy=self._proxy)
+        kw = {} if timeout is None else {"timeout": timeout}
+        return self._live().post(self._base + path, data=data, headers=_JSON, proxy=self._proxy, **kw)
 
     def _request(self, prompt: Prompt, params: SamplingParams) -> tuple[str, dict[str, Any]]:
         body = {"model": self.model, **params.body()}
@@ -231,7 +235,7 @@ class HTTPBackend(Backend):
         errors = _transport_errors()
         deadline = time.monotonic() + self.timeout_s
         try:
-            resp = await within(self._post(_PATHS[kind], body), remaining(deadline))
+            resp = await within(self._post(_PATHS[kind], body, self._relay_timeout), remaining(deadline))
         except asyncio.TimeoutError:
             return Failure(504, f"upstream {self.who} did not answer within {self.timeout_s:g} s")
         except errors as exc:
