@@ -135,6 +135,7 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from prometheus_client import CONTENT_TYPE_LATEST
+    from starlette.background import BackgroundTask
     from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -268,10 +269,28 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
         return failure
 
     async def handle(request: Request, kind: str) -> Any:
+        """One proxied request. Its access-log line and counts are recorded after the answer has
+        been sent (the response's background step), off the client's critical path; a request
+        that ends without an answer (cancelled) is recorded at once, a stream when it ends."""
         rec = Record("req-" + uuid.uuid4().hex[:12], time.perf_counter())
-        headers = {"x-hybridllm-request-id": rec.rid}
-        relaying = False
         state["in_flight"] += 1
+        response: Any = None
+        try:
+            response = await answer(request, kind, rec)
+        finally:
+            state["in_flight"] -= 1
+            if response is None:
+                metrics.record(rec, opts.log_prompts)
+        if not isinstance(response, StreamingResponse):  # a relay records itself when it ends
+
+            async def record() -> None:
+                metrics.record(rec, opts.log_prompts)
+
+            response.background = BackgroundTask(record)
+        return response
+
+    async def answer(request: Request, kind: str, rec: Record) -> Any:
+        headers = {"x-hybridllm-request-id": rec.rid}
         try:
             if not authorised(request):
                 raise RequestError(401, "invalid or missing API key", headers={"WWW-Authenticate": "Bearer"})
@@ -320,7 +339,6 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
                 headers["x-hybridllm-reason"] = f"{reason}; fallback after {rec.fallback_from} failed"
             if got.stream is not None:
                 rec.status = 200
-                relaying = True
                 return StreamingResponse(relay(got.stream, rec), media_type="text/event-stream", headers=headers)
             rec.status = got.status
             usage = got.payload.get("usage") if isinstance(got.payload, dict) else None
@@ -334,10 +352,6 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
             logging.getLogger("hybridllm.serve").exception("internal error in %s", rec.rid)
             rec.status, rec.error = 500, f"internal error ({type(exc).__name__})"
             return openai_error(500, f"internal error ({type(exc).__name__}); request id {rec.rid}")
-        finally:
-            state["in_flight"] -= 1
-            if not relaying:
-                metrics.record(rec, opts.log_prompts)
 
     async def relay(stream: AsyncIterator[bytes], rec: Record) -> AsyncIterator[bytes]:
         """Relay the chunks; a failure mid-stream ends with an error event instead of a hang."""

@@ -96,10 +96,15 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+#: one decoder with the strict hooks, built once: ``json.loads`` with hooks builds a new one per call
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
+
+
 def parse_json(raw: bytes) -> dict[str, Any]:
     """Strict JSON: an object, finite numbers, integers of sane size, no lone surrogates."""
     try:
-        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
+        # what json.loads does with bytes (UTF-8, -16 or -32 by its first bytes), then the decoder
+        body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except RecursionError:
         raise RequestError(400, "malformed JSON: nested too deeply") from None
     except UnicodeDecodeError:
