@@ -64,6 +64,10 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return (aiohttp.ClientError, *_TRANSPORT_ERRORS)
 
 
+#: built once (json.dumps with a non-default option builds an encoder per call)
+_BODY = json.JSONEncoder(ensure_ascii=False)
+
+
 @dataclass
 class HTTPBackend(Backend):
     """``MODEL@BASE_URL``: chat (default) or completion endpoint of an OpenAI-compatible server.
@@ -136,7 +140,7 @@ class HTTPBackend(Backend):
         return self._client
 
     def _post(self, path: str, body: dict[str, Any], timeout: Any = None) -> Any:
-        data = json.dumps(body, ensure_ascii=False).encode()
+        data = _BODY.encode(body).encode()
         kw = {} if timeout is None else {"timeout": timeout}
         return self._live().post(self._base + path, data=data, headers=_JSON, proxy=self._proxy, **kw)
 

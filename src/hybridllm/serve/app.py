@@ -9,8 +9,8 @@ and a count in ``/metrics``.
 import asyncio
 import hmac
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -272,7 +272,7 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
         """One proxied request. Its access-log line and counts are recorded after the answer has
         been sent (the response's background step), off the client's critical path; a request
         that ends without an answer (cancelled) is recorded at once, a stream when it ends."""
-        rec = Record("req-" + uuid.uuid4().hex[:12], time.perf_counter())
+        rec = Record("req-" + os.urandom(6).hex(), time.perf_counter())  # 48 random bits, as uuid4()[:12] gave
         state["in_flight"] += 1
         response: Any = None
         try:

@@ -13,6 +13,8 @@ from typing import Any
 from .live import Event, LiveStats
 
 log = logging.getLogger("hybridllm.access")
+#: built once (json.dumps with a non-default option builds an encoder per call)
+_JSON_LINE = json.JSONEncoder(ensure_ascii=False)
 
 
 @dataclass
@@ -166,4 +168,4 @@ class Metrics:
             line["error"] = rec.error[:300]
         if log_prompts and rec.prompt is not None:
             line["prompt"] = rec.prompt
-        log.info(json.dumps(line, ensure_ascii=False))
+        log.info(_JSON_LINE.encode(line))
