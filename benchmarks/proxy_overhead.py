@@ -4,6 +4,7 @@ one load generator (wrk, C, one thread, 1,000 different GSM8K prompts; or --clie
 
     python benchmarks/proxy_overhead.py                # wrk, 64 clients, 15 s per path
     python benchmarks/proxy_overhead.py --client python --requests 5000
+    python benchmarks/proxy_overhead.py --rounds 3     # every path 3 times, interleaved; the median round
 
 The upstream is a minimal OpenAI-protocol server (uvicorn, its own process, answers at once). Each
 proxy runs as its users run it, in its own process(es), and is started, measured and stopped in turn:
@@ -256,6 +257,21 @@ def measure(name: str, port: int, args: argparse.Namespace, prompts: list[str], 
     return out
 
 
+def median_round(runs: list[dict]) -> dict:
+    """A path's figures over its rounds: the loaded figures of the round with the median throughput,
+    the median one-client p50, each round's throughput and one-client p50 beside them, and errors
+    and losses summed over all rounds."""
+    by_rate = sorted(runs, key=lambda r: r["requests_per_s"])
+    out = dict(by_rate[(len(by_rate) - 1) // 2])
+    if len(runs) > 1:
+        out["p50_ms_1_client"] = float(np.median([r["p50_ms_1_client"] for r in runs]))
+        out["rounds_requests_per_s"] = [r["requests_per_s"] for r in runs]
+        out["rounds_p50_ms_1_client"] = [r["p50_ms_1_client"] for r in runs]
+        out["errors"] = sum(r["errors"] for r in runs)
+        out["lost"] = sum(r["lost"] for r in runs)
+    return out
+
+
 def _python_run(port: int, prompts: list[str], concurrency: int, auth: str) -> dict:
     lat, errors, wall = asyncio.run(load(f"http://127.0.0.1:{port}/v1", prompts, concurrency, auth))
     ms = np.asarray(lat) * 1000
@@ -332,6 +348,9 @@ def main() -> None:
         help="also run the proxy from another checkout's src/ (`git worktree add /tmp/old COMMIT`, then /tmp/old/src)",
     )
     ap.add_argument("--no-floor", action="store_true", help="skip the bare ASGI relay (benchmarks/bare_relay.py) rows")
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="measure every path this many times, interleaved; report the median round"
+    )
     ap.add_argument("--rss-requests", type=int, default=20000, help="requests for the RSS check (0: skip)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "proxy_overhead.json"))
     args = ap.parse_args()
@@ -346,11 +365,10 @@ def main() -> None:
     upstream.start()
     serve = [sys.executable, "-m", "hybridllm.cli", "serve", "--router", str(router), "--small", f"s@{url}",
              "--large", f"l@{url}"]  # fmt: skip
-    results: dict[str, dict] = {}
     rss: list[list[float]] = []
+    rounds: dict[str, list[dict]] = {}
     try:
         wait_up(up_port)
-        results["direct"] = measure("direct", up_port, args, prompts, tmp)
         runs: list[tuple[str, list[str], dict[str, str], str]] = [("hybridllm", serve, {}, "")]
         if args.baseline_src:
             src = str(Path(args.baseline_src).resolve())
@@ -372,24 +390,30 @@ def main() -> None:
             runs.append(("LiteLLM proxy (pass-through)", cmd, {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}, key))
         else:
             print(f"LiteLLM not found at {args.litellm}: skipped", flush=True)
-        for name, cmd, env, auth in runs:
-            port = free_port()
-            proc = start_server([*cmd, "--port", str(port)], Path(tmp) / f"{name.split()[0]}-{port}.log", env)
-            try:
-                wait_up(port, auth)
-                results[name] = measure(name, port, args, prompts, tmp, auth)
-                if name == "hybridllm" and args.rss_requests and args.client == "wrk":
-                    rss = rss_over(port, proc.pid, args.rss_requests, tmp, prompts, args.concurrency)
-                    print(f"  RSS over {rss[-1][0]} requests: {rss}", flush=True)
-            finally:
-                stop_server(proc)
+        for rnd in range(args.rounds):
+            if args.rounds > 1:
+                print(f"round {rnd + 1} of {args.rounds}", flush=True)
+            rounds.setdefault("direct", []).append(measure("direct", up_port, args, prompts, tmp))
+            for name, cmd, env, auth in runs:
+                port = free_port()
+                proc = start_server([*cmd, "--port", str(port)], Path(tmp) / f"{name.split()[0]}-{port}.log", env)
+                try:
+                    wait_up(port, auth)
+                    rounds.setdefault(name, []).append(measure(name, port, args, prompts, tmp, auth))
+                    if name == "hybridllm" and rnd == 0 and args.rss_requests and args.client == "wrk":
+                        rss = rss_over(port, proc.pid, args.rss_requests, tmp, prompts, args.concurrency)
+                        print(f"  RSS over {rss[-1][0]} requests: {rss}", flush=True)
+                finally:
+                    stop_server(proc)
     finally:
         upstream.terminate()
+    results = {name: median_round(runs_of) for name, runs_of in rounds.items()}
     d = results["direct"]
     payload = {
         "benchmark": "proxy_overhead",
         "client": args.client,
         "concurrency": args.concurrency,
+        "rounds": args.rounds,
         "cpus": os.cpu_count(),
         "results": results,
         "added_p50_ms_1_client": {
