@@ -1,6 +1,7 @@
 """The floor under any Python proxy built on this stack: a bare ASGI relay on the same server
 (uvicorn, httptools, uvloop) and the same upstream client (one pooled aiohttp session) as
-`hybridllm serve`, that reads the body, posts it to one upstream and returns the upstream's bytes.
+`hybridllm serve`, that reads the body, posts it to one upstream and returns the upstream's bytes (a server-sent-event
+stream chunk by chunk, as it arrives).
 No parsing, no auth, no routing, no logging, no metrics. `proxy_overhead.py` runs it beside the real
 proxy, so the table shows how much of the gap to the upstream is the stack and how much is hybridllm.
 
@@ -52,6 +53,13 @@ def make_app(upstream: str, router_dir: str | None = None) -> Any:
         if route is not None:
             route(body)
         async with session[0].post(target, data=body, headers={"content-type": "application/json"}) as r:
+            if r.content_type == "text/event-stream":  # a stream: each chunk passed on as it arrives
+                start = {"type": "http.response.start", "status": r.status}
+                await send({**start, "headers": [(b"content-type", b"text/event-stream")]})
+                async for chunk in r.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+                return
             data = await r.read()
             status = r.status
         await send(

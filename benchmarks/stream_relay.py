@@ -1,5 +1,6 @@
 """Does the proxy delay a stream? Per-chunk delay of a server-sent-event stream, straight from the
-upstream and through `hybridllm serve`, in one run.
+upstream, through the bare ASGI relay of `bare_relay.py` (the floor of the stack: same server, same
+upstream client, nothing else) and through `hybridllm serve`, in one run.
 
     python benchmarks/stream_relay.py [--streams 20 --chunks 100 --interval-ms 10]
 
@@ -87,7 +88,7 @@ def main() -> None:
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     tmp = tempfile.mkdtemp()
     router = bench_router(Path(tmp), 600)
-    up_port, px_port = free_port(), free_port()
+    up_port, px_port, bare_port = free_port(), free_port(), free_port()
     up = mp.get_context("spawn").Process(
         target=run_upstream, args=(up_port, args.chunks, args.interval_ms / 1000), daemon=True
     )
@@ -96,11 +97,15 @@ def main() -> None:
     cmd = [sys.executable, "-m", "hybridllm.cli", "serve", "--router", str(router), "--small", f"s@{url}",
            "--large", f"l@{url}", "--port", str(px_port)]  # fmt: skip
     proxy = start_server(cmd, Path(tmp) / "serve.log")
+    bare_cmd = [sys.executable, str(REPO / "benchmarks" / "bare_relay.py"), "--upstream", url[: -len("/v1")]]
+    bare = start_server([*bare_cmd, "--port", str(bare_port)], Path(tmp) / "bare.log")
     results = {}
     try:
         wait_up(up_port)
         wait_up(px_port)
-        for name, port in (("direct", up_port), ("through hybridllm", px_port)):
+        wait_up(bare_port)
+        paths = (("direct", up_port), ("bare ASGI relay", bare_port), ("through hybridllm", px_port))
+        for name, port in paths:
             d = np.asarray(asyncio.run(delays(port, args.streams))) * 1000
             results[name] = {
                 "chunks": len(d),
@@ -110,8 +115,9 @@ def main() -> None:
             }
     finally:
         stop_server(proxy)
+        stop_server(bare)
         up.terminate()
-    a, b = results["direct"], results["through hybridllm"]
+    a, b, f = results["direct"], results["through hybridllm"], results["bare ASGI relay"]
     payload = {
         "benchmark": "stream_relay",
         "streams": args.streams,
@@ -120,12 +126,18 @@ def main() -> None:
         "results": results,
         "added_p50_ms": round(b["p50_ms"] - a["p50_ms"], 3),
         "added_p99_ms": round(b["p99_ms"] - a["p99_ms"], 3),
+        "bare_relay_added_p50_ms": round(f["p50_ms"] - a["p50_ms"], 3),
+        "bare_relay_added_p99_ms": round(f["p99_ms"] - a["p99_ms"], 3),
     }
     Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
     print(f"{'path':20s} {'chunks':>7s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s}")
     for name, r in results.items():
         print(f"{name:20s} {r['chunks']:7d} {r['p50_ms']:7.3f} {r['p99_ms']:7.3f} {r['max_ms']:7.3f}")
     print(f"added per chunk: p50 {payload['added_p50_ms']} ms, p99 {payload['added_p99_ms']} ms")
+    print(
+        f"bare relay added per chunk: p50 {payload['bare_relay_added_p50_ms']} ms, "
+        f"p99 {payload['bare_relay_added_p99_ms']} ms"
+    )
 
 
 if __name__ == "__main__":
