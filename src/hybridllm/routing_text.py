@@ -12,6 +12,7 @@ A prompt without such runs is left exactly as it is.
 
 from __future__ import annotations
 
+import operator
 import re
 from typing import Any
 
@@ -27,19 +28,39 @@ def _cut_punct(m: re.Match[str]) -> str:
     return "".join(kept) + (" " if m.group(0)[-1].isspace() else "")
 
 
-_WORDS = re.compile(r"\w+")
+#: each word with the first character of the separator run after it ("" when none follows)
+_WORD_SEP = re.compile(r"(\w+)([\s,;:.!?]?)")
+#: in the bytes of "item i equals item i + k": the same k items three times in a row (2k hits)
+_RUN = {k: b"\x01" * (2 * k) for k in (1, 2, 3, 4)}
 
 
-def _has_repeats(text: str) -> bool:
-    """Cheap pre-check (the phrase pattern backtracks): some 1-4 word phrase three times in a row."""
-    w = _WORDS.findall(text.lower())
-    return any(a == b == c for k in (1, 2, 3, 4) for a, b, c in zip(w, w[k:], w[2 * k :], strict=False))
+def _found(items: list[str], shifts: tuple[int, ...]) -> bool:
+    """Whether the same k consecutive items occur three times in a row, for some k in ``shifts``
+    (the equalities items[i] == items[i + k] computed in C, as bytes, and searched)."""
+    return any(_RUN[k] in bytes(map(operator.eq, items, items[k:])) for k in shifts)
+
+
+def _may_repeat(text: str) -> tuple[bool, bool]:
+    """Cheap necessary conditions for _PHRASE and _WORD_AT_END to match (both backtrack, and on
+    long prompts they cost more than the rest of a routing decision): 1-4 consecutive word units
+    three times in a row, and one word three times in a row. A unit is compared by its word and the
+    first character after it, which is all the copies _PHRASE finds must share (the last copy's
+    separators may run longer). Only for ASCII text, where lower-casing is the patterns' own case
+    rule character for character: elsewhere it can split words differently (``İ`` lower-cases to
+    two characters) or differ from it, so non-ASCII text always goes through both patterns."""
+    if not text.isascii():
+        return True, True
+    pairs = _WORD_SEP.findall(text.lower())
+    words = [w for w, _ in pairs]
+    return _found([w + sep for w, sep in pairs], (1, 2, 3, 4)), _found(words, (1,))
 
 
 def normalize(text: str) -> str:
     """Collapse repeated words/phrases and punctuation runs; other text unchanged."""
-    if _has_repeats(text):
+    phrase, word = _may_repeat(text)
+    if phrase:
         text = _PHRASE.sub(r"\1\1", text)
+    if word:  # collapsing a phrase makes no new run of one word, so the test on the text before holds
         text = _WORD_AT_END.sub(r"\1 \1", text)
     return _PUNCT.sub(_cut_punct, text)
 
