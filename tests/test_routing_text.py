@@ -1,4 +1,5 @@
-"""The router's text normalisation: its cheap gates must never skip a collapse the patterns make."""
+"""The router's text normalisation: its cheap gates must never skip a collapse or a punctuation cut
+that the patterns make."""
 
 import json
 
@@ -19,6 +20,7 @@ def _ungated(text: str) -> str:
 
 WORDS = ["go", "Go", "GO", "the", "a", "900", "x1", "naïve", "İx", "ß", "東京", "_"]
 SEPS = [" ", "  ", ", ", ". ", ",  ", "\n", "\t", "; ", "!", "?? ", "-", "(", ") ", ""]
+SEPS += ["..", "! ?", "\x0b", "\x1c", "…"]  # punctuation split by space, ASCII whitespace \s knows, non-ASCII
 PIECE = st.tuples(st.sampled_from(WORDS), st.sampled_from(SEPS)).map("".join)
 
 

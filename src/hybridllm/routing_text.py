@@ -55,6 +55,17 @@ def _may_repeat(text: str) -> tuple[bool, bool]:
     return _found([w + sep for w, sep in pairs], (1, 2, 3, 4)), _found(words, (1,))
 
 
+#: ASCII bytes as _PUNCT sees them: word characters "a", whitespace deleted, the rest "."
+_PUNCT_VIEW = bytes((ord("a") if re.match(r"\w", chr(i)) else ord(".")) if i < 128 else ord("a") for i in range(256))
+_SPACE_BYTES = bytes(i for i in range(128) if re.match(r"\s", chr(i)))
+
+
+def _may_punct(text: str) -> bool:
+    """A necessary condition for _PUNCT to match, in C: four non-word characters with nothing but
+    whitespace between them (ASCII text; other text always goes through the pattern)."""
+    return not text.isascii() or b"...." in text.encode("ascii").translate(_PUNCT_VIEW, _SPACE_BYTES)
+
+
 def normalize(text: str) -> str:
     """Collapse repeated words/phrases and punctuation runs; other text unchanged."""
     phrase, word = _may_repeat(text)
@@ -62,7 +73,7 @@ def normalize(text: str) -> str:
         text = _PHRASE.sub(r"\1\1", text)
     if word:  # collapsing a phrase makes no new run of one word, so the test on the text before holds
         text = _WORD_AT_END.sub(r"\1 \1", text)
-    return _PUNCT.sub(_cut_punct, text)
+    return _PUNCT.sub(_cut_punct, text) if _may_punct(text) else text
 
 
 def routing_text(prompt: str | list[dict[str, Any]], turns: str = "all", harden: bool = True) -> str:
