@@ -257,6 +257,11 @@ def measure(name: str, port: int, args: argparse.Namespace, prompts: list[str], 
     return out
 
 
+def bare_relay_cmd(url: str) -> list[str]:
+    """The command that starts ``benchmarks/bare_relay.py`` in front of the upstream at ``url`` (…/v1)."""
+    return [sys.executable, str(REPO / "benchmarks" / "bare_relay.py"), "--upstream", url.removesuffix("/v1")]
+
+
 def median_round(runs: list[dict]) -> dict:
     """A path's figures over its rounds: the loaded figures of the round with the median throughput,
     the median one-client p50, each round's throughput and one-client p50 beside them, and errors
@@ -377,7 +382,7 @@ def main() -> None:
             runs.insert(0, ("hybridllm, router without memory", serve_plain, {}, ""))
             runs.insert(0, ("hybridllm (baseline)", serve_plain, {"PYTHONPATH": src}, ""))
         if not args.no_floor:
-            bare = [sys.executable, str(REPO / "benchmarks" / "bare_relay.py"), "--upstream", url[: -len("/v1")]]
+            bare = bare_relay_cmd(url)
             runs.insert(0, ("floor: bare relay + router", [*bare, "--route", str(router)], {}, ""))
             runs.insert(0, ("floor: bare ASGI relay", bare, {}, ""))
         if args.workers > 1:

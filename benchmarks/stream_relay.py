@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_overhead import bench_router, free_port, start_server, stop_server, wait_up
+from proxy_overhead import bare_relay_cmd, bench_router, free_port, start_server, stop_server, wait_up
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,8 +97,7 @@ def main() -> None:
     cmd = [sys.executable, "-m", "hybridllm.cli", "serve", "--router", str(router), "--small", f"s@{url}",
            "--large", f"l@{url}", "--port", str(px_port)]  # fmt: skip
     proxy = start_server(cmd, Path(tmp) / "serve.log")
-    bare_cmd = [sys.executable, str(REPO / "benchmarks" / "bare_relay.py"), "--upstream", url[: -len("/v1")]]
-    bare = start_server([*bare_cmd, "--port", str(bare_port)], Path(tmp) / "bare.log")
+    bare = start_server([*bare_relay_cmd(url), "--port", str(bare_port)], Path(tmp) / "bare.log")
     results = {}
     try:
         wait_up(up_port)

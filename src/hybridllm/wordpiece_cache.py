@@ -33,7 +33,6 @@ class WordpieceCache:
     generated text). ``tokenizer`` is a ``tokenizers.Tokenizer`` without truncation."""
 
     def __init__(self, tokenizer: Any, max_words: int = MAX_WORDS) -> None:
-        self._tok = tokenizer
         self._encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
         self.enabled = _is_plain_wordpiece(tokenizer)
         added = [t.content for t in tokenizer.get_added_tokens_decoder().values()]

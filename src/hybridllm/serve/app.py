@@ -282,12 +282,12 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
             if response is None:
                 metrics.record(rec, opts.log_prompts)
         if not isinstance(response, StreamingResponse):  # a relay records itself when it ends
-
-            async def record() -> None:
-                metrics.record(rec, opts.log_prompts)
-
-            response.background = BackgroundTask(record)
+            response.background = BackgroundTask(record_after, rec)
         return response
+
+    async def record_after(rec: Record) -> None:
+        """Coroutine on purpose: Starlette runs a plain function's background task in a thread."""
+        metrics.record(rec, opts.log_prompts)
 
     async def answer(request: Request, kind: str, rec: Record) -> Any:
         headers = {"x-hybridllm-request-id": rec.rid}
