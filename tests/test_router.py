@@ -199,6 +199,25 @@ def test_memory_member_is_similarity_weighted_knn(outputs):
 
 
 @pytest.mark.parametrize("outputs", [1, 3])
+def test_memory_member_scores_one_prompt_as_in_a_batch(outputs):
+    """The proxy's lone decisions take the member's vector path (Memory._one): the same value as
+    the batch form, to float32 rounding, for every prompt, with k below and at the memory's size."""
+    from hybridllm.memory import fit_memory
+
+    rng = np.random.default_rng(7 + outputs)
+    x = rng.normal(size=(400, 20)).astype(np.float32)
+    y = rng.uniform(size=400 if outputs == 1 else (400, outputs)).astype(np.float32)
+    q = np.c_[rng.normal(size=(60, 20)), rng.normal(size=(60, 1))].astype(np.float32)
+    member, _ = fit_memory(np.c_[x, np.zeros(400)].astype(np.float32), y, q, lambda p: 0.0, 20)
+    for k in (25, 400):
+        member.k = k
+        batch = member(q)
+        one = np.concatenate([member(q[i : i + 1]) for i in range(len(q))])
+        assert one.shape == batch.shape and one.dtype == np.float32
+        np.testing.assert_allclose(one, batch, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("outputs", [1, 3])
 def test_folded_head_mixes_in_the_memory_member(outputs):
     from hybridllm.head import HeadWeights
     from hybridllm.memory import fit_memory

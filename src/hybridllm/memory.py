@@ -9,8 +9,9 @@ reads a sixth of the memory per decision, which is what a decision's time is spe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,9 +53,30 @@ class Memory:
     mu: np.ndarray
     proj: np.ndarray
     k: int
+    _c: np.ndarray | None = field(default=None, repr=False, compare=False)  # mu @ proj, on first use
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if len(x) == 1:
+            return self._one(x[0])
         return recall(self.x, self.y, keys(x, self.mu, self.proj), self.k)
+
+    def _one(self, x: np.ndarray) -> np.ndarray:
+        """:func:`keys` and :func:`recall` for one prompt (the proxy's lone decisions) on vectors
+        instead of [1, d] matrices: the same arithmetic in half the NumPy calls, as float32 as the
+        batch form (``mu @ proj`` taken out of the projection once). Agrees with the batch form to
+        float32 rounding (tested)."""
+        if self._c is None:
+            self._c = (self.mu @ self.proj).astype(np.float32)
+        c = self._c
+        u = np.asarray(x[: len(self.mu)], dtype=np.float32)
+        z = (u @ self.proj) / np.float32(max(math.sqrt(float(u @ u)), 1e-12)) - c
+        z = z / np.float32(max(math.sqrt(float(z @ z)), 1e-12))
+        sims = self.x @ z
+        k = min(self.k, len(sims))
+        idx = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.argsort(-sims)
+        w = 1.0 / np.maximum(1.0 - sims[idx], 1e-4)
+        out = (w @ self.y[idx]) / w.sum()
+        return np.asarray(out, dtype=np.float32).reshape(1, *self.y.shape[1:])
 
 
 def fit_memory(

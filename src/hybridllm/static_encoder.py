@@ -71,9 +71,13 @@ class StaticEncoder:
         second pass with truncation toggled on the shared tokenizer was both slower and unsafe
         across threads. Truncation is applied here exactly as the tokenizer's right truncation
         would: the first ``max_length - n_special`` content tokens."""
+        keep = self.max_length - self.tokenizer.n_added
+        if len(texts) <= _GATHER_MAX and progress is None:  # the proxy's lone prompts: no batch set-up
+            ids = self._ids(texts)
+            lengths = np.array([len(x) + self.tokenizer.n_added for x in ids], dtype=np.int64)
+            return np.stack([self._pool(x[:keep]) for x in ids]), lengths
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         lengths = np.zeros(len(texts), dtype=np.int64)
-        keep = self.max_length - self.tokenizer.n_added
         step = max(batch_size, 256)
         for start in range(0, len(texts), step):
             part = texts[start : start + step]
