@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 #: characters for which lower-casing, accent stripping and control-character removal change nothing
@@ -25,6 +26,7 @@ _UNSAFE = re.compile(r"[^\t\n\r\x20-\x7e]")
 _WORDS = re.compile(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]")
 #: words remembered at most (text a client controls must not grow memory without bound)
 MAX_WORDS = 100_000
+_chain = chain.from_iterable
 
 
 class WordpieceCache:
@@ -56,6 +58,11 @@ class WordpieceCache:
                 whole.append(i)
                 continue
             pieces = _WORDS.findall(text)
+            try:  # every word already known (most prompts, once the cache is warm): one pass in C
+                out[i] = list(_chain(map(words.__getitem__, pieces)))
+                continue
+            except KeyError:
+                pass
             fresh: dict[str, list[int]] = {}
             missing = [w for w in dict.fromkeys(pieces) if w not in words]
             if missing:  # tokenised in one call; kept while there is room (a full cache still answers)
