@@ -7,6 +7,10 @@ proxy, so the table shows how much of the gap to the upstream is the stack and h
 
     python benchmarks/bare_relay.py --port 8001 --upstream http://127.0.0.1:8000
     python benchmarks/bare_relay.py ... --route DIR   # plus one routing decision per request (DIR: a router)
+
+For `router_side_effect.py`: ``--spin-us N`` spends N µs of plain CPU per request before the upstream
+call, ``--sweep-kb N`` writes N KB of memory per request, and ``--timings FILE`` writes the median
+time of the upstream call (post to the last byte) at shutdown.
 """
 
 from __future__ import annotations
@@ -15,15 +19,20 @@ import argparse
 from typing import Any
 
 
-def make_app(upstream: str, router_dir: str | None = None) -> Any:
+def make_app(
+    upstream: str, router_dir: str | None = None, spin_us: float = 0, sweep_kb: int = 0, timings: str | None = None
+) -> Any:
+    import json
+    import time
+    from pathlib import Path
+
     import aiohttp
+    import numpy as np
 
     target = upstream.rstrip("/") + "/v1/chat/completions"
     session: list[aiohttp.ClientSession] = []
     route = None
     if router_dir:
-        import json
-
         from hybridllm import load_router
 
         router = load_router(router_dir)
@@ -31,6 +40,9 @@ def make_app(upstream: str, router_dir: str | None = None) -> Any:
         def route(body: bytes) -> None:
             msgs = json.loads(body)["messages"]
             router.score([msgs[-1]["content"]])
+
+    sweep = np.ones(sweep_kb * 256, dtype=np.float32)
+    calls: list[float] = []
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -41,6 +53,9 @@ def make_app(upstream: str, router_dir: str | None = None) -> Any:
                     await send({"type": "lifespan.startup.complete"})
                 else:
                     await session[0].close()
+                    if timings:
+                        got = {"requests": len(calls), "upstream_call_p50_ms": 1e3 * float(np.median(calls))}
+                        Path(timings).write_text(json.dumps(got))
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         chunks = []
@@ -52,6 +67,13 @@ def make_app(upstream: str, router_dir: str | None = None) -> Any:
         body = b"".join(chunks)
         if route is not None:
             route(body)
+        if spin_us:
+            end = time.perf_counter() + spin_us / 1e6
+            while time.perf_counter() < end:
+                pass
+        if sweep_kb:
+            np.add(sweep, 1, out=sweep)
+        t0 = time.perf_counter()
         async with session[0].post(target, data=body, headers={"content-type": "application/json"}) as r:
             if r.content_type == "text/event-stream":  # a stream: each chunk passed on as it arrives
                 start = {"type": "http.response.start", "status": r.status}
@@ -62,6 +84,8 @@ def make_app(upstream: str, router_dir: str | None = None) -> Any:
                 return
             data = await r.read()
             status = r.status
+        if timings:
+            calls.append(time.perf_counter() - t0)
         await send(
             {
                 "type": "http.response.start",
@@ -81,8 +105,11 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:8000")
     ap.add_argument("--route", help="a router directory: score each request's last user turn")
+    ap.add_argument("--spin-us", type=float, default=0, help="plain CPU work per request, in µs")
+    ap.add_argument("--sweep-kb", type=int, default=0, help="memory written per request, in KB")
+    ap.add_argument("--timings", help="write the upstream call's median time here at shutdown")
     args = ap.parse_args()
-    app = make_app(args.upstream, args.route)
+    app = make_app(args.upstream, args.route, args.spin_us, args.sweep_kb, args.timings)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, http="httptools")
 
 

@@ -234,16 +234,26 @@ def wait_up(port: int, auth: str = "", model: str = "hybrid") -> None:
     raise RuntimeError(f"server on port {port} did not start")
 
 
-def measure(name: str, port: int, args: argparse.Namespace, prompts: list[str], tmp: str, auth: str = "") -> dict:
-    """One path: a 1-client run (the added latency) and a run at --concurrency (throughput)."""
+def _cpu_tree(pid: int) -> float:
+    return sum(cpu_seconds(p) for p in [pid, *_children(pid)])
+
+
+def measure(
+    name: str, port: int, args: argparse.Namespace, prompts: list[str], tmp: str, auth: str = "", pid: int = 0
+) -> dict:
+    """One path: a 1-client run (the added latency) and a run at --concurrency (throughput); with
+    ``pid``, the CPU time that process and its children spent per request in the loaded run."""
     if args.client == "wrk":
         run_wrk(port, prompts[:1000], args.concurrency, 2, tmp, auth)  # warm-up
         one = run_wrk(port, prompts[:1000], 1, args.seconds / 2, tmp, auth)
+        cpu0 = _cpu_tree(pid) if pid else 0.0
         many = run_wrk(port, prompts[:1000], args.concurrency, args.seconds, tmp, auth)
     else:
         asyncio.run(load(f"http://127.0.0.1:{port}/v1", prompts[:200], args.concurrency, auth))
         one = _python_run(port, prompts[:500], 1, auth)
+        cpu0 = _cpu_tree(pid) if pid else 0.0
         many = _python_run(port, prompts, args.concurrency, auth)
+    cpu = round(1e3 * (_cpu_tree(pid) - cpu0) / max(many["requests"], 1), 3) if pid else None
     out = {
         "p50_ms_1_client": one["p50_ms"],
         "requests_per_s": many["requests_per_s"],
@@ -252,6 +262,7 @@ def measure(name: str, port: int, args: argparse.Namespace, prompts: list[str], 
         "requests": many["requests"],
         "errors": many["errors"],
         "lost": many["lost"],
+        "cpu_ms_per_request": cpu,
     }
     print(f"  {name}: {out}", flush=True)
     return out
@@ -398,13 +409,13 @@ def main() -> None:
         for rnd in range(args.rounds):
             if args.rounds > 1:
                 print(f"round {rnd + 1} of {args.rounds}", flush=True)
-            rounds.setdefault("direct", []).append(measure("direct", up_port, args, prompts, tmp))
+            rounds.setdefault("direct", []).append(measure("direct", up_port, args, prompts, tmp, pid=upstream.pid))
             for name, cmd, env, auth in runs:
                 port = free_port()
                 proc = start_server([*cmd, "--port", str(port)], Path(tmp) / f"{name.split()[0]}-{port}.log", env)
                 try:
                     wait_up(port, auth)
-                    rounds.setdefault(name, []).append(measure(name, port, args, prompts, tmp, auth))
+                    rounds.setdefault(name, []).append(measure(name, port, args, prompts, tmp, auth, proc.pid))
                     if name == "hybridllm" and rnd == 0 and args.rss_requests and args.client == "wrk":
                         rss = rss_over(port, proc.pid, args.rss_requests, tmp, prompts, args.concurrency)
                         print(f"  RSS over {rss[-1][0]} requests: {rss}", flush=True)
@@ -436,14 +447,14 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
     print(
         f"\n{'path':32s} {'req/s':>8s} {'of direct':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'errors':>6s} {'lost':>4s} "
-        f"{'1-client p50 ms':>15s} {'added':>7s}"
+        f"{'1-client p50 ms':>15s} {'added':>7s} {'CPU ms/req':>10s}"
     )
     for name, r in results.items():
         share = "" if name == "direct" else f"{payload['share_of_direct_requests_per_s'][name] * 100:8.1f}%"
         added = "" if name == "direct" else f"{payload['added_p50_ms_1_client'][name]:7.3f}"
         print(
             f"{name:32s} {r['requests_per_s']:8.1f} {share:>9s} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} {r['errors']:6d} "
-            f"{r['lost']:4d} {r['p50_ms_1_client']:15.3f} {added:>7s}"
+            f"{r['lost']:4d} {r['p50_ms_1_client']:15.3f} {added:>7s} {r.get('cpu_ms_per_request') or 0:10.3f}"
         )
     if rss:
         print(f"hybridllm RSS: {rss[0][1]} MB at start, {rss[-1][1]} MB after {rss[-1][0]} requests")
