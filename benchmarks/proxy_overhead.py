@@ -268,6 +268,19 @@ def measure(
     return out
 
 
+def gsm8k_prompts() -> list[str]:
+    """The GSM8K test questions the proxy benchmarks send (``../shared/data``)."""
+    return [json.loads(line)["prompt"] for line in (SHARED / "gsm8k" / "test.jsonl").open()]
+
+
+def write_result(out: str | Path, payload: dict) -> None:
+    """A benchmark's JSON, written where ``--out`` says; says where."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def bare_relay_cmd(url: str) -> list[str]:
     """The command that starts ``benchmarks/bare_relay.py`` in front of the upstream at ``url`` (…/v1)."""
     return [sys.executable, str(REPO / "benchmarks" / "bare_relay.py"), "--upstream", url.removesuffix("/v1")]
@@ -373,7 +386,7 @@ def main() -> None:
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     tmp = tempfile.mkdtemp()
     router = bench_router(Path(tmp), 2000)
-    prompts = [json.loads(line)["prompt"] for line in (SHARED / "gsm8k" / "test.jsonl").open()]
+    prompts = gsm8k_prompts()
     prompts = (prompts * (args.requests // len(prompts) + 1))[: args.requests]
     up_port = free_port()
     url = f"http://127.0.0.1:{up_port}/v1"
@@ -443,8 +456,7 @@ def main() -> None:
         "commit": _commit(REPO),
         "baseline_commit": _commit(Path(args.baseline_src).parent) if args.baseline_src else None,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
+    write_result(args.out, payload)
     print(
         f"\n{'path':32s} {'req/s':>8s} {'of direct':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'errors':>6s} {'lost':>4s} "
         f"{'1-client p50 ms':>15s} {'added':>7s} {'CPU ms/req':>10s}"

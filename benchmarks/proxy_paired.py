@@ -14,7 +14,6 @@ how many rounds this checkout was faster.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -24,20 +23,21 @@ from pathlib import Path
 import numpy as np
 from proxy_overhead import (
     REPO,
-    SHARED,
     _commit,
     bench_router,
     free_port,
+    gsm8k_prompts,
     run_upstream,
     run_wrk,
     start_server,
     stop_server,
     wait_up,
+    write_result,
 )
 
 
 def paired(router: Path, url: str, baseline_src: str, rounds: int, seconds: float, tmp: str) -> dict:
-    prompts = [json.loads(line)["prompt"] for line in (SHARED / "gsm8k" / "test.jsonl").open()][:1000]
+    prompts = gsm8k_prompts()[:1000]
     serve = [sys.executable, "-m", "hybridllm.cli", "serve", "--router", str(router), "--small", f"s@{url}",
              "--large", f"l@{url}"]  # fmt: skip
     sides = {"baseline": {"PYTHONPATH": baseline_src}, "this checkout": {}}
@@ -106,10 +106,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "results": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out, payload)
 
 
 if __name__ == "__main__":

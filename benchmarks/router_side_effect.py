@@ -24,16 +24,17 @@ from pathlib import Path
 
 from proxy_overhead import (
     REPO,
-    SHARED,
     _commit,
     bare_relay_cmd,
     bench_router,
     free_port,
+    gsm8k_prompts,
     run_upstream,
     run_wrk,
     start_server,
     stop_server,
     wait_up,
+    write_result,
 )
 
 
@@ -60,7 +61,7 @@ def main() -> None:
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     tmp = tempfile.mkdtemp()
     router = bench_router(Path(tmp), 2000)
-    prompts = [json.loads(line)["prompt"] for line in (SHARED / "gsm8k" / "test.jsonl").open()][:1000]
+    prompts = gsm8k_prompts()[:1000]
     decision_ms = warm_decision_ms(router, prompts)
     up_port = free_port()
     url = f"http://127.0.0.1:{up_port}/v1"
@@ -106,10 +107,7 @@ def main() -> None:
         "decision_warm_ms": decision_ms,
         "results": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out, payload)
 
 
 if __name__ == "__main__":
