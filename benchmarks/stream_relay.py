@@ -2,11 +2,14 @@
 upstream, through the bare ASGI relay of `bare_relay.py` (the floor of the stack: same server, same
 upstream client, nothing else) and through `hybridllm serve`, in one run.
 
-    python benchmarks/stream_relay.py [--streams 20 --chunks 100 --interval-ms 10]
+    python benchmarks/stream_relay.py [--rounds 10 --streams 4 --chunks 100 --interval-ms 10]
 
 The upstream (its own process) streams OpenAI chat chunks at a fixed interval, each carrying the
 time it was written; the client (aiohttp) notes when each chunk arrives. Delay = arrival - write, per
-chunk, on one machine clock. Writes benchmarks/results/stream_relay.json.
+chunk, on one machine clock. The three paths are measured in rounds, their order flipped every round
+(on this shared machine the per-chunk delay drifts between minutes by as much as the paths differ);
+each path's p50 is the median of its per-round p50s, its p99 that of all its chunks, and the proxy
+is compared with the bare relay round by round. Writes benchmarks/results/stream_relay.json.
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ async def delays(port: int, streams: int) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--streams", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--streams", type=int, default=4, help="streams per path and round")
     ap.add_argument("--chunks", type=int, default=100)
     ap.add_argument("--interval-ms", type=float, default=10)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "stream_relay.json"))
@@ -98,28 +102,37 @@ def main() -> None:
            "--large", f"l@{url}", "--port", str(px_port)]  # fmt: skip
     proxy = start_server(cmd, Path(tmp) / "serve.log")
     bare = start_server([*bare_relay_cmd(url), "--port", str(bare_port)], Path(tmp) / "bare.log")
-    results = {}
+    paths = {"direct": up_port, "bare ASGI relay": bare_port, "through hybridllm": px_port}
+    chunks: dict[str, list[float]] = {name: [] for name in paths}
+    rounds: dict[str, list[float]] = {name: [] for name in paths}
     try:
-        wait_up(up_port)
-        wait_up(px_port)
-        wait_up(bare_port)
-        paths = (("direct", up_port), ("bare ASGI relay", bare_port), ("through hybridllm", px_port))
-        for name, port in paths:
-            d = np.asarray(asyncio.run(delays(port, args.streams))) * 1000
-            results[name] = {
-                "chunks": len(d),
-                "p50_ms": round(float(np.percentile(d, 50)), 3),
-                "p99_ms": round(float(np.percentile(d, 99)), 3),
-                "max_ms": round(float(d.max()), 3),
-            }
+        for port in paths.values():
+            wait_up(port)
+        for rnd in range(args.rounds):
+            for name in list(paths) if rnd % 2 == 0 else list(paths)[::-1]:
+                d = np.asarray(asyncio.run(delays(paths[name], args.streams))) * 1000
+                chunks[name] += d.tolist()
+                rounds[name].append(round(float(np.percentile(d, 50)), 3))
     finally:
         stop_server(proxy)
         stop_server(bare)
         up.terminate()
+    results = {
+        name: {
+            "chunks": len(chunks[name]),
+            "p50_ms": round(float(np.median(rounds[name])), 3),
+            "p99_ms": round(float(np.percentile(chunks[name], 99)), 3),
+            "max_ms": round(float(np.max(chunks[name])), 3),
+            "rounds_p50_ms": rounds[name],
+        }
+        for name in paths
+    }
     a, b, f = results["direct"], results["through hybridllm"], results["bare ASGI relay"]
+    over_floor = np.subtract(rounds["through hybridllm"], rounds["bare ASGI relay"])
     payload = {
         "benchmark": "stream_relay",
-        "streams": args.streams,
+        "rounds": args.rounds,
+        "streams_per_round": args.streams,
         "chunks_per_stream": args.chunks,
         "interval_ms": args.interval_ms,
         "results": results,
@@ -127,6 +140,8 @@ def main() -> None:
         "added_p99_ms": round(b["p99_ms"] - a["p99_ms"], 3),
         "bare_relay_added_p50_ms": round(f["p50_ms"] - a["p50_ms"], 3),
         "bare_relay_added_p99_ms": round(f["p99_ms"] - a["p99_ms"], 3),
+        "over_bare_relay_median_paired_p50_ms": round(float(np.median(over_floor)), 3),
+        "rounds_proxy_faster_than_bare_relay": int((over_floor < 0).sum()),
     }
     Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
     print(f"{'path':20s} {'chunks':>7s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s}")
@@ -136,6 +151,10 @@ def main() -> None:
     print(
         f"bare relay added per chunk: p50 {payload['bare_relay_added_p50_ms']} ms, "
         f"p99 {payload['bare_relay_added_p99_ms']} ms"
+    )
+    print(
+        f"hybridllm over the bare relay, per round: median {payload['over_bare_relay_median_paired_p50_ms']:+.3f} ms; "
+        f"faster in {payload['rounds_proxy_faster_than_bare_relay']} of {args.rounds} rounds"
     )
 
 
