@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_overhead import bare_relay_cmd, bench_router, free_port, start_server, stop_server, wait_up
+from proxy_overhead import bare_relay_cmd, bench_router, free_port, start_server, stop_server, wait_up, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,7 +143,7 @@ def main() -> None:
         "over_bare_relay_median_paired_p50_ms": round(float(np.median(over_floor)), 3),
         "rounds_proxy_faster_than_bare_relay": int((over_floor < 0).sum()),
     }
-    Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
+    write_result(args.out, payload)
     print(f"{'path':20s} {'chunks':>7s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s}")
     for name, r in results.items():
         print(f"{name:20s} {r['chunks']:7d} {r['p50_ms']:7.3f} {r['p99_ms']:7.3f} {r['max_ms']:7.3f}")

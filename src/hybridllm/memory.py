@@ -53,7 +53,10 @@ class Memory:
     mu: np.ndarray
     proj: np.ndarray
     k: int
-    _c: np.ndarray | None = field(default=None, repr=False, compare=False)  # mu @ proj, on first use
+    _c: np.ndarray = field(init=False, repr=False, compare=False)  # mu @ proj, for _one
+
+    def __post_init__(self) -> None:
+        self._c = (self.mu @ self.proj).astype(np.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if len(x) == 1:
@@ -65,11 +68,8 @@ class Memory:
         instead of [1, d] matrices: the same arithmetic in half the NumPy calls, as float32 as the
         batch form (``mu @ proj`` taken out of the projection once). Agrees with the batch form to
         float32 rounding (tested)."""
-        if self._c is None:
-            self._c = (self.mu @ self.proj).astype(np.float32)
-        c = self._c
         u = np.asarray(x[: len(self.mu)], dtype=np.float32)
-        z = (u @ self.proj) / np.float32(max(math.sqrt(float(u @ u)), 1e-12)) - c
+        z = (u @ self.proj) / np.float32(max(math.sqrt(float(u @ u)), 1e-12)) - self._c
         z = z / np.float32(max(math.sqrt(float(z @ z)), 1e-12))
         sims = self.x @ z
         k = min(self.k, len(sims))

@@ -83,9 +83,7 @@ class StaticEncoder:
             part = texts[start : start + step]
             ids = self._ids(part)
             lengths[start : start + len(part)] = [len(x) + self.tokenizer.n_added for x in ids]
-            kept = [x[:keep] for x in ids]
-            few = len(kept) <= _GATHER_MAX
-            out[start : start + len(part)] = np.stack([self._pool(x) for x in kept]) if few else self._pool_many(kept)
+            out[start : start + len(part)] = self._pool_many([x[:keep] for x in ids])
             if progress is not None:
                 progress(len(part))
         return out, lengths

@@ -52,7 +52,7 @@ class MicroBatcher:
         ``alone``: the caller knows no other request is in flight, so nothing could share a batch;
         it is scored at once, without the hops through the queue and the batching task, unless
         it is expected to be slow (then the batching task sends it to the thread)."""
-        if alone and self.queue.empty() and (len(text) + FIXED_CHARS) * self.per_char_s <= INLINE_MAX_S:
+        if alone and self.queue.empty() and self._quick([text]):
             t0 = time.perf_counter()
             score = self.router.score([text])[0]
             self._learn([text], time.perf_counter() - t0)
@@ -60,6 +60,10 @@ class MicroBatcher:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self.queue.put((text, fut))
         return await fut
+
+    def _quick(self, texts: list[str]) -> bool:
+        """Whether scoring ``texts`` is expected to take at most INLINE_MAX_S (then on the loop)."""
+        return _size(texts) * self.per_char_s <= INLINE_MAX_S
 
     def _learn(self, texts: list[str], seconds: float) -> None:
         """Update the per-character estimate from a scored batch (a lone prompt pays fixed costs a
@@ -86,7 +90,7 @@ class MicroBatcher:
             texts = [t for t, _ in items]
             try:
                 t0 = time.perf_counter()
-                if _size(texts) * self.per_char_s <= INLINE_MAX_S:
+                if self._quick(texts):
                     scores: list[Any] = list(self.router.score(texts))
                 else:
                     scores = list(await asyncio.to_thread(self.router.score, texts))
