@@ -8,6 +8,7 @@ an MLP; plus the rule-based prompt-length router (longer prompt → large model)
 
     python benchmarks/routing_quality.py            # all pairs, writes benchmarks/results/routing_quality.json
     python benchmarks/routing_quality.py --pairs 1  # first pair only
+    python benchmarks/routing_quality.py --labels trans --splits 5   # the default over 5 different splits
 """
 
 from __future__ import annotations
@@ -99,12 +100,142 @@ def bootstrap_diff(a: np.ndarray, b: np.ndarray, qs: np.ndarray, ql: np.ndarray,
     return [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
 
 
+def run_pair(rows, emb, by_id, encoder, cache, small, large, salt: str, args, quiet: bool = False) -> dict:
+    """One pair on one split: peers and the router trained, every method scored on the test part."""
+    pair = select_pair(rows, small, large)
+    tr, va, te = split_rows(pair.rows, [0.6, 0.2, 0.2], salt=salt)
+    qsv, qlv = expected_quality(va, small, large)
+    qst, qlt = expected_quality(te, small, large)
+    xtr, xva, xte = (emb[[by_id[r["id"]] for r in part]] for part in (tr, va, te))
+    ytr, _ = make_labels(pair_qualities(tr, small, large), "det")
+    entry = {
+        "small": small,
+        "large": large,
+        "salt": salt,
+        "n_train": len(tr),
+        "n_val": len(va),
+        "n_test": len(te),
+        "Q_small": float(qst.mean()),
+        "Q_large": float(qlt.mean()),
+        "methods": {},
+    }
+    rep = evaluate_scores(qst, qst, qlt, with_curve=False)  # for random/oracle
+    entry["methods"]["random"] = rep["random"]
+    entry["methods"]["oracle"] = rep["oracle"]
+    lengths = encoder.token_lengths([r["prompt"] for r in te]).astype(float)
+    entry["methods"]["prompt length"] = evaluate_scores(-lengths, qst, qlt, with_curve=False)["router"]
+    test_scores = {"prompt length": -lengths}
+    for name, model in fit_peers(xtr, ytr, xva, qsv, qlv, args.seed).items():
+        test_scores[name] = peer_scores(model, xte)
+        entry["methods"][name] = evaluate_scores(test_scores[name], qst, qlt, with_curve=False)["router"]
+    for labels in args.labels.split(","):
+        t1 = time.perf_counter()
+        opts = TrainOptions(
+            small=small,
+            large=large,
+            labels=labels,
+            max_length=args.max_length,
+            seed=args.seed,
+            encoder=None if args.encoder == "minilm" else args.encoder,
+            head=HeadConfig(extra=list(DEFAULT_EXTRA)),
+        )
+        out = REPO / "runs" / "bench" / f"{encoder.name}__{small}__{large}__{labels}"
+        res = train_router(tr, opts, out, validation=va, cache=cache, show_progress=False)
+        router = Router(out, encoder=encoder)
+        scores = router.score([r["prompt"] for r in te])
+        name = f"hybridllm head/{labels}" + (" (default)" if labels == "trans" else "")
+        entry["methods"][name] = evaluate_scores(scores, qst, qlt, with_curve=False)["router"]
+        entry["methods"][name]["t_star"] = res.config["t_star"]
+        entry["methods"][name]["train_seconds"] = round(time.perf_counter() - t1, 1)
+        if labels == "trans":
+            best_peer = max(test_scores, key=lambda k: entry["methods"][k]["apgr"])
+            entry["default_vs_best_peer"] = {
+                "peer": best_peer,
+                "apgr_diff": entry["methods"][name]["apgr"] - entry["methods"][best_peer]["apgr"],
+                "bootstrap_95ci": bootstrap_diff(scores, test_scores[best_peer], qst, qlt),
+            }
+    if not quiet:
+        print_pair(entry)
+        if "default_vs_best_peer" in entry:
+            d = entry["default_vs_best_peer"]
+            print(
+                f"default - best peer ({d['peer']}): {d['apgr_diff']:+.4f} APGR, "
+                f"paired bootstrap 95% CI [{d['bootstrap_95ci'][0]:+.4f}, {d['bootstrap_95ci'][1]:+.4f}]"
+            )
+    return entry
+
+
+def split_summary(entry: dict) -> dict:
+    """What the repeated-split summary keeps of one pair on one split: each method's test APGR."""
+    return {
+        "small": entry["small"],
+        "large": entry["large"],
+        "apgr": {k: v["apgr"] for k, v in entry["methods"].items() if k not in ("random", "oracle")},
+        "default_vs_best_peer": entry.get("default_vs_best_peer"),
+    }
+
+
+def summarise_splits(splits: list[dict]) -> list[dict]:
+    """Per pair over the splits: the default's APGR minus the split's best peer (chosen on that
+    split's test part, the strictest comparison) and minus each peer family's, mean and range, and
+    a t interval of the mean difference."""
+    default = "hybridllm head/trans (default)"
+    out = []
+    for i, first in enumerate(splits[0]["pairs"]):
+        per = [s["pairs"][i] for s in splits]
+        if default not in first["apgr"]:
+            continue
+        best = np.array(
+            [p["apgr"][default] - max(v for k, v in p["apgr"].items() if not k.startswith("hybridllm")) for p in per]
+        )
+        fam = {}
+        for fam_name in ("kNN", "logistic", "MLP", "prompt length"):
+            d = np.array(
+                [p["apgr"][default] - next(v for k, v in p["apgr"].items() if k.startswith(fam_name)) for p in per]
+            )
+            fam[fam_name] = {"mean": float(d.mean()), "min": float(d.min()), "max": float(d.max())}
+        half = float(_t975(len(best) - 1) * best.std(ddof=1) / np.sqrt(len(best))) if len(best) > 1 else float("nan")
+        out.append(
+            {
+                "small": first["small"],
+                "large": first["large"],
+                "default_apgr": [p["apgr"][default] for p in per],
+                "minus_best_peer": {
+                    "per_split": best.tolist(),
+                    "mean": float(best.mean()),
+                    "t95": [float(best.mean()) - half, float(best.mean()) + half],
+                    "splits_not_below": int((best >= 0).sum()),
+                },
+                "minus_peer_family": fam,
+            }
+        )
+    return out
+
+
+def _t975(df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def print_splits(summary: list[dict], n: int) -> None:
+    print(f"\nover {n} splits (60/20/20 by hashed id, one salt per split): default - best peer of each split")
+    print(f"{'pair':58s} {'mean':>8s} {'95% t interval':>20s} {'not below':>10s} {'vs kNN':>8s} {'vs logistic':>11s}")
+    for e in summary:
+        d, f = e["minus_best_peer"], e["minus_peer_family"]
+        print(
+            f"{e['small'] + ' → ' + e['large']:58s} {d['mean']:+8.4f} [{d['t95'][0]:+.4f}, {d['t95'][1]:+.4f}] "
+            f"{d['splits_not_below']:>6d}/{n:<3d} {f['kNN']['mean']:+8.4f} {f['logistic']['mean']:+11.4f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=len(PAIRS))
     ap.add_argument("--labels", default="det,prob,trans")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--splits", type=int, default=1, help="repeat over this many hashed-id splits (different salts)")
     ap.add_argument("--encoder", default="static", help="encoder spec: static (default), minilm, or a path")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "routing_quality.json"))
     args = ap.parse_args()
@@ -115,67 +246,19 @@ def main() -> None:
     texts = [r["prompt"] for r in rows]
     emb = embed_texts(encoder, texts, cache, desc=f"{encoder.name} embeddings (cached)")
     by_id = {r["id"]: i for i, r in enumerate(rows)}
-    results = []
-    for small, large in PAIRS[: args.pairs]:
-        pair = select_pair(rows, small, large)
-        tr, va, te = split_rows(pair.rows, [0.6, 0.2, 0.2], salt="benchmark")
-        qsv, qlv = expected_quality(va, small, large)
-        qst, qlt = expected_quality(te, small, large)
-        xtr, xva, xte = (emb[[by_id[r["id"]] for r in part]] for part in (tr, va, te))
-        ytr, _ = make_labels(pair_qualities(tr, small, large), "det")
-        entry = {
-            "small": small,
-            "large": large,
-            "n_train": len(tr),
-            "n_val": len(va),
-            "n_test": len(te),
-            "Q_small": float(qst.mean()),
-            "Q_large": float(qlt.mean()),
-            "methods": {},
-        }
-        rep = evaluate_scores(qst, qst, qlt, with_curve=False)  # for random/oracle
-        entry["methods"]["random"] = rep["random"]
-        entry["methods"]["oracle"] = rep["oracle"]
-        lengths = encoder.token_lengths([r["prompt"] for r in te]).astype(float)
-        entry["methods"]["prompt length"] = evaluate_scores(-lengths, qst, qlt, with_curve=False)["router"]
-        test_scores = {"prompt length": -lengths}
-        for name, model in fit_peers(xtr, ytr, xva, qsv, qlv, args.seed).items():
-            test_scores[name] = peer_scores(model, xte)
-            entry["methods"][name] = evaluate_scores(test_scores[name], qst, qlt, with_curve=False)["router"]
-        for labels in args.labels.split(","):
-            t1 = time.perf_counter()
-            opts = TrainOptions(
-                small=small,
-                large=large,
-                labels=labels,
-                max_length=args.max_length,
-                seed=args.seed,
-                encoder=None if args.encoder == "minilm" else args.encoder,
-                head=HeadConfig(extra=list(DEFAULT_EXTRA)),
-            )
-            out = REPO / "runs" / "bench" / f"{encoder.name}__{small}__{large}__{labels}"
-            res = train_router(tr, opts, out, validation=va, cache=cache, show_progress=False)
-            router = Router(out, encoder=encoder)
-            scores = router.score([r["prompt"] for r in te])
-            name = f"hybridllm head/{labels}" + (" (default)" if labels == "trans" else "")
-            entry["methods"][name] = evaluate_scores(scores, qst, qlt, with_curve=False)["router"]
-            entry["methods"][name]["t_star"] = res.config["t_star"]
-            entry["methods"][name]["train_seconds"] = round(time.perf_counter() - t1, 1)
-            if labels == "trans":
-                best_peer = max(test_scores, key=lambda k: entry["methods"][k]["apgr"])
-                entry["default_vs_best_peer"] = {
-                    "peer": best_peer,
-                    "apgr_diff": entry["methods"][name]["apgr"] - entry["methods"][best_peer]["apgr"],
-                    "bootstrap_95ci": bootstrap_diff(scores, test_scores[best_peer], qst, qlt),
-                }
-        results.append(entry)
-        print_pair(entry)
-        if "default_vs_best_peer" in entry:
-            d = entry["default_vs_best_peer"]
-            print(
-                f"default - best peer ({d['peer']}): {d['apgr_diff']:+.4f} APGR, "
-                f"paired bootstrap 95% CI [{d['bootstrap_95ci'][0]:+.4f}, {d['bootstrap_95ci'][1]:+.4f}]"
-            )
+    results, splits = [], []
+    for split in range(args.splits):
+        salt = "benchmark" if split == 0 else f"benchmark-{split}"
+        entries = [
+            run_pair(rows, emb, by_id, encoder, cache, small, large, salt, args, quiet=split > 0)
+            for small, large in PAIRS[: args.pairs]
+        ]
+        if split == 0:
+            results = entries
+        splits.append({"salt": salt, "pairs": [split_summary(e) for e in entries]})
+    summary = summarise_splits(splits) if args.splits > 1 else None
+    if summary:
+        print_splits(summary, args.splits)
     payload = {
         "benchmark": "routing_quality",
         "data": str(DATA.relative_to(REPO.parent)),
@@ -192,6 +275,7 @@ def main() -> None:
         },
         "seconds": round(time.perf_counter() - t0, 1),
         "pairs": results,
+        "splits": {"n": args.splits, "per_split": splits, "summary": summary} if args.splits > 1 else None,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
