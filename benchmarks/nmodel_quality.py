@@ -2,6 +2,7 @@
 
     python benchmarks/nmodel_quality.py            # 3-model subset and all 7; ~15 min on 2 cores
     python benchmarks/nmodel_quality.py --replot   # redraw docs/img/nmodel_*.png from the JSON
+    python benchmarks/nmodel_quality.py --splits 5 # also four more hashed-id splits: mean differences
 
 60/20/20 split by hashed id. The router (hybridllm's defaults: one multi-output head, filler
 augmentation) trains on 60 %, selects checkpoints and calibrates on 20 %, and everything below is
@@ -20,12 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 MMLU = REPO.parent / "shared" / "data" / "mmlu_pro.jsonl"
 COSTS = {
     "Phi-3-mini-4k-instruct": 3.8,
@@ -97,7 +100,7 @@ def bootstrap(scores, peers, q, fleet, best_peer, n_boot=500, seed=0):
     ]
 
 
-def run(models, rows, name):
+def run(models, rows, name, salt: str = "hybridllm", plot: bool = True):
     from hybridllm.encoder import EmbeddingCache, make_encoder
     from hybridllm.fleet import FleetOptions, fit_fleet, fleet_rows, quality_matrix
     from hybridllm.fleet_eval import evaluate_fleet, plot_fleet
@@ -109,7 +112,7 @@ def run(models, rows, name):
 
     t0 = time.perf_counter()
     kept, _ = fleet_rows(rows, models)
-    train, val, test = split_rows(kept, [0.6, 0.2, 0.2])
+    train, val, test = split_rows(kept, [0.6, 0.2, 0.2], salt=salt)
     costs = {m: COSTS[m] for m in models}
     fitted = fit_fleet(train, FleetOptions(list(models), costs), validation=val)
     from hybridllm.policy import Fleet
@@ -142,18 +145,46 @@ def run(models, rows, name):
             "seconds": round(time.perf_counter() - t0, 1),
         }
     )
-    plot_fleet(str(REPO / "docs" / "img" / f"nmodel_{len(models)}.png"), report, f"{name}: {len(test)} test questions")
+    if plot:
+        plot_fleet(
+            str(REPO / "docs" / "img" / f"nmodel_{len(models)}.png"), report, f"{name}: {len(test)} test questions"
+        )
     return report
 
 
+def summarise_splits(per_split: list[dict]) -> dict:
+    """Router AIQ minus the best peer of each split (picked on that split's test part), minus each
+    peer family and minus the best fixed mix, over the splits: mean, a 95 % t interval, how many
+    splits are not below."""
+    from routing_quality import split_stats
+
+    def peer(r: dict, fam: str) -> float:
+        return next(v["aiq"] for k, v in r.items() if k.startswith(f"peer: {fam}"))
+
+    router = np.array([r["router"]["aiq"] for r in per_split])
+    return {
+        "router_aiq": router.tolist(),
+        "minus_best_peer": split_stats(
+            router - np.array([max(peer(r, "kNN"), peer(r, "logistic")) for r in per_split])
+        ),
+        "minus_knn": split_stats(router - np.array([peer(r, "kNN") for r in per_split])),
+        "minus_logistic": split_stats(router - np.array([peer(r, "logistic") for r in per_split])),
+        "minus_hull": split_stats(router - np.array([r["hull"]["aiq"] for r in per_split])),
+    }
+
+
 def main() -> None:
-    os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
-    import sys
+    import argparse
 
     from hybridllm.fleet_eval import plot_fleet
     from hybridllm.table import read_table
 
-    if "--replot" in sys.argv:  # redraw the PNGs from the JSON of the last run
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--replot", action="store_true", help="redraw the PNGs from the JSON of the last run")
+    ap.add_argument("--splits", type=int, default=1, help="repeat over this many hashed-id splits (different salts)")
+    args = ap.parse_args()
+    os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
+    if args.replot:
         d = json.loads((REPO / "benchmarks" / "results" / "nmodel_quality.json").read_text())
         for r in d["runs"]:
             path = REPO / "docs" / "img" / f"nmodel_{len(r['singles'])}.png"
@@ -162,24 +193,46 @@ def main() -> None:
 
     rows = read_table(MMLU)
     out = {"benchmark": "nmodel_quality", "costs": COSTS, "runs": []}
-    for models, name in ((THREE, "3 models"), (sorted(COSTS, key=COSTS.get), "7 models")):
-        r = run(models, rows, name)
+    fleets = ((THREE, "3 models"), (sorted(COSTS, key=COSTS.get), "7 models"))
+    for models, name in fleets:
+        r = run(models, rows, name, plot=args.splits == 1)  # the figures stay those of the one-split run
         out["runs"].append({k: v for k, v in r.items()})
-        print(f"\n{name} (test n = {r['n']}; reference {r['fleet']['reference']})")
-        print(f"{'method':34s} {'AIQ':>7s} {'cost @ QD<=1%':>14s}")
-        methods = ["router", "hull", "random", *[k for k in r if k.startswith("peer:")]]
-        for m in methods:
-            print(f"{m:34s} {r[m]['aiq']:7.4f} {r[m]['cost_at_1pct_drop']:13.1f}%")
-        print(f"{'oracle':34s} {'':7s} {r['oracle']['cost']:13.1f}%  (quality {r['oracle']['quality']:.3f})")
-        for s in r["singles"]:
-            print(f"  single {s['model']:28s} cost {s['cost']:6.1f}%  quality {s['quality']:.3f}")
-        lo, hi = r["router_minus_hull_ci95"]
-        p = r["router_minus_best_peer"]
-        print(f"router - hull AIQ 95% CI [{lo:+.4f}, {hi:+.4f}]")
-        print(f"router - {p['peer']} AIQ 95% CI [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]")
-    path = REPO / "benchmarks" / "results" / "nmodel_quality.json"
+        print_run(r, name)
+    if args.splits > 1:
+        out["splits"] = {}
+        for models, name in fleets:
+            per = [out["runs"][[n for _, n in fleets].index(name)]]
+            per += [run(models, rows, name, salt=f"hybridllm-{i}", plot=False) for i in range(1, args.splits)]
+            out["splits"][name] = summarise_splits(per)
+        print(f"\nover {args.splits} splits (60/20/20 by hashed id, one salt per split): router AIQ minus")
+        print(f"{'fleet':10s} {'':16s} {'mean':>8s} {'95% t interval':>20s} {'not below':>10s}")
+        for name, sm in out["splits"].items():
+            for key in ("minus_best_peer", "minus_knn", "minus_logistic", "minus_hull"):
+                d = sm[key]
+                print(
+                    f"{name:10s} {key[6:]:16s} {d['mean']:+8.4f} [{d['t95'][0]:+.4f}, {d['t95'][1]:+.4f}] "
+                    f"{d['splits_not_below']:>6d}/{args.splits}"
+                )
+    path = (
+        REPO / "benchmarks" / "results" / ("nmodel_quality.json" if args.splits == 1 else "nmodel_quality_splits.json")
+    )
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"\nwrote {path}")
+
+
+def print_run(r: dict, name: str) -> None:
+    print(f"\n{name} (test n = {r['n']}; reference {r['fleet']['reference']})")
+    print(f"{'method':34s} {'AIQ':>7s} {'cost @ QD<=1%':>14s}")
+    methods = ["router", "hull", "random", *[k for k in r if k.startswith("peer:")]]
+    for m in methods:
+        print(f"{m:34s} {r[m]['aiq']:7.4f} {r[m]['cost_at_1pct_drop']:13.1f}%")
+    print(f"{'oracle':34s} {'':7s} {r['oracle']['cost']:13.1f}%  (quality {r['oracle']['quality']:.3f})")
+    for s in r["singles"]:
+        print(f"  single {s['model']:28s} cost {s['cost']:6.1f}%  quality {s['quality']:.3f}")
+    lo, hi = r["router_minus_hull_ci95"]
+    p = r["router_minus_best_peer"]
+    print(f"router - hull AIQ 95% CI [{lo:+.4f}, {hi:+.4f}]")
+    print(f"router - {p['peer']} AIQ 95% CI [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]")
 
 
 if __name__ == "__main__":

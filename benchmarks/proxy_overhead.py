@@ -5,6 +5,7 @@ one load generator (wrk, C, one thread, 1,000 different GSM8K prompts; or --clie
     python benchmarks/proxy_overhead.py                # wrk, 64 clients, 15 s per path
     python benchmarks/proxy_overhead.py --client python --requests 5000
     python benchmarks/proxy_overhead.py --rounds 3     # every path 3 times, interleaved; the median round
+    python benchmarks/proxy_overhead.py --shipped      # also `hybridllm serve` with the shipped router
 
 The upstream is a minimal OpenAI-protocol server (uvicorn, its own process, answers at once). Each
 proxy runs as its users run it, in its own process(es), and is started, measured and stopped in turn:
@@ -376,6 +377,7 @@ def main() -> None:
         "--baseline-src",
         help="also run the proxy from another checkout's src/ (`git worktree add /tmp/old COMMIT`, then /tmp/old/src)",
     )
+    ap.add_argument("--shipped", action="store_true", help="also serve the shipped default router")
     ap.add_argument("--no-floor", action="store_true", help="skip the bare ASGI relay (benchmarks/bare_relay.py) rows")
     ap.add_argument(
         "--rounds", type=int, default=1, help="measure every path this many times, interleaved; report the median round"
@@ -399,6 +401,8 @@ def main() -> None:
     try:
         wait_up(up_port)
         runs: list[tuple[str, list[str], dict[str, str], str]] = [("hybridllm", serve, {}, "")]
+        if args.shipped:  # `hybridllm serve` with no --router: the shipped router (linear member only)
+            runs.append(("hybridllm, shipped router", [*serve[:4], *serve[6:]], {}, ""))
         if args.baseline_src:
             src = str(Path(args.baseline_src).resolve())
             plain = bench_router(Path(tmp), 2000, knn=False)

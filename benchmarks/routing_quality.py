@@ -194,28 +194,31 @@ def summarise_splits(splits: list[dict]) -> list[dict]:
                 [p["apgr"][default] - next(v for k, v in p["apgr"].items() if k.startswith(fam_name)) for p in per]
             )
             fam[fam_name] = {"mean": float(d.mean()), "min": float(d.min()), "max": float(d.max())}
-        half = float(_t975(len(best) - 1) * best.std(ddof=1) / np.sqrt(len(best))) if len(best) > 1 else float("nan")
         out.append(
             {
                 "small": first["small"],
                 "large": first["large"],
                 "default_apgr": [p["apgr"][default] for p in per],
-                "minus_best_peer": {
-                    "per_split": best.tolist(),
-                    "mean": float(best.mean()),
-                    "t95": [float(best.mean()) - half, float(best.mean()) + half],
-                    "splits_not_below": int((best >= 0).sum()),
-                },
+                "minus_best_peer": split_stats(best),
                 "minus_peer_family": fam,
             }
         )
     return out
 
 
-def _t975(df: int) -> float:
+def split_stats(d: np.ndarray) -> dict:
+    """A difference measured on each of several splits: the values, their mean, a 95 % t interval
+    of the mean, and how many are not below zero."""
     from scipy.stats import t
 
-    return float(t.ppf(0.975, df))
+    half = float(t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    mean = float(d.mean())
+    return {
+        "per_split": d.tolist(),
+        "mean": mean,
+        "t95": [mean - half, mean + half],
+        "splits_not_below": int((d >= 0).sum()),
+    }
 
 
 def print_splits(summary: list[dict], n: int) -> None:
