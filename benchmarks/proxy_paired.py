@@ -9,6 +9,7 @@ how many rounds this checkout was faster.
 
     git worktree add /tmp/prev <commit>
     python benchmarks/proxy_paired.py --baseline-src /tmp/prev/src        # 12 rounds of 2 s per side
+    python benchmarks/proxy_paired.py --routers    # this checkout: benchmark router vs the shipped one
 """
 
 from __future__ import annotations
@@ -36,17 +37,17 @@ from proxy_overhead import (
 )
 
 
-def paired(router: Path, url: str, baseline_src: str, rounds: int, seconds: float, tmp: str) -> dict:
+def paired(sides: dict[str, tuple[list[str], dict[str, str]]], rounds: int, seconds: float, tmp: str) -> dict:
+    """Two servers, ``{name: (command, environment)}``, the first the baseline: both up at once,
+    one-client runs alternated, the order flipped every round."""
     prompts = gsm8k_prompts()[:1000]
-    serve = [sys.executable, "-m", "hybridllm.cli", "serve", "--router", str(router), "--small", f"s@{url}",
-             "--large", f"l@{url}"]  # fmt: skip
-    sides = {"baseline": {"PYTHONPATH": baseline_src}, "this checkout": {}}
     ports, procs = {}, {}
     try:
-        for name, env in sides.items():
+        for i, (name, (cmd, env)) in enumerate(sides.items()):
             ports[name] = free_port()
-            log = Path(tmp) / f"{name.replace(' ', '_')}-{router.name}.log"
-            procs[name] = start_server([*serve, "--port", str(ports[name])], log, env)
+            procs[name] = start_server(
+                [*cmd, "--port", str(ports[name])], Path(tmp) / f"side{i}-{ports[name]}.log", env
+            )
         for port in ports.values():
             wait_up(port)
             run_wrk(port, prompts, 8, 2, tmp)  # warm-up
@@ -58,9 +59,10 @@ def paired(router: Path, url: str, baseline_src: str, rounds: int, seconds: floa
     finally:
         for proc in procs.values():
             stop_server(proc)
-    base, now = np.array(p50["baseline"]), np.array(p50["this checkout"])
+    (first, base), (second, now) = ((k, np.array(v)) for k, v in p50.items())
     return {
-        "router": "with memory member" if router.name == "router" else "without memory member",
+        "baseline": first,
+        "compared": second,
         "rounds": rounds,
         "baseline_p50_ms": float(np.median(base)),
         "p50_ms": float(np.median(now)),
@@ -71,42 +73,73 @@ def paired(router: Path, url: str, baseline_src: str, rounds: int, seconds: floa
     }
 
 
+def serve_cmd(url: str, router: Path | None) -> list[str]:
+    """`hybridllm serve` in front of ``url`` for both models; ``router`` None: the shipped router."""
+    chosen = [] if router is None else ["--router", str(router)]
+    return [sys.executable, "-m", "hybridllm.cli", "serve", *chosen, "--small", f"s@{url}", "--large", f"l@{url}"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--baseline-src", required=True, help="the other checkout's src/ (git worktree add DIR COMMIT)")
+    ap.add_argument("--baseline-src", help="the other checkout's src/ (git worktree add DIR COMMIT)")
+    ap.add_argument(
+        "--routers",
+        action="store_true",
+        help="instead: this checkout with the benchmark router against the shipped one",
+    )
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--seconds", type=float, default=2.0, help="length of each one-client run")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "proxy_paired.json"))
+    ap.add_argument("--out", help="JSON (default: benchmarks/results/proxy_paired[_routers].json)")
     args = ap.parse_args()
+    if bool(args.baseline_src) == args.routers:
+        ap.error("give --baseline-src DIR (two checkouts) or --routers (two routers), one of them")
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     tmp = tempfile.mkdtemp()
-    routers = [bench_router(Path(tmp), 2000), bench_router(Path(tmp), 2000, knn=False)]
+    routers = [bench_router(Path(tmp), 2000)]
+    if not args.routers:
+        routers.append(bench_router(Path(tmp), 2000, knn=False))
     up_port = free_port()
+    url = f"http://127.0.0.1:{up_port}/v1"
     upstream = mp.get_context("spawn").Process(target=run_upstream, args=(up_port,), daemon=True)
     upstream.start()
     try:
         wait_up(up_port)
-        results = [
-            paired(r, f"http://127.0.0.1:{up_port}/v1", args.baseline_src, args.rounds, args.seconds, tmp)
-            for r in routers
-        ]
+        if args.routers:
+            pairs = {
+                "shipped router vs the benchmark router": {
+                    "benchmark router (MMLU-Pro, with memory)": (serve_cmd(url, routers[0]), {}),
+                    "shipped router": (serve_cmd(url, None), {}),
+                }
+            }
+        else:
+            pairs = {
+                f"{'with' if r is routers[0] else 'without'} memory member": {
+                    "baseline": (serve_cmd(url, r), {"PYTHONPATH": args.baseline_src}),
+                    "this checkout": (serve_cmd(url, r), {}),
+                }
+                for r in routers
+            }
+        results = []
+        for label, sides in pairs.items():
+            results.append({"router": label, **paired(sides, args.rounds, args.seconds, tmp)})
     finally:
         upstream.terminate()
-    print(f"\n{'router':22s} {'baseline p50':>13s} {'this p50':>9s} {'paired diff':>12s} {'faster':>8s}")
+    print(f"\n{'router':42s} {'baseline p50':>13s} {'its p50':>9s} {'paired diff':>12s} {'faster':>8s}")
     for r in results:
         print(
-            f"{r['router']:22s} {r['baseline_p50_ms']:10.3f} ms {r['p50_ms']:6.3f} ms "
+            f"{r['router']:42.42s} {r['baseline_p50_ms']:10.3f} ms {r['p50_ms']:6.3f} ms "
             f"{r['median_paired_diff_ms']:+9.3f} ms {r['rounds_faster']:4d}/{r['rounds']}"
         )
     payload = {
         "benchmark": "proxy_paired",
         "client": "wrk, 1 connection",
         "commit": _commit(REPO),
-        "baseline_commit": _commit(Path(args.baseline_src).resolve().parent),
+        "baseline_commit": _commit(Path(args.baseline_src).resolve().parent) if args.baseline_src else None,
         "cpus": os.cpu_count(),
         "results": results,
     }
-    write_result(args.out, payload)
+    name = "proxy_paired_routers.json" if args.routers else "proxy_paired.json"
+    write_result(args.out or str(REPO / "benchmarks" / "results" / name), payload)
 
 
 if __name__ == "__main__":
