@@ -97,6 +97,7 @@ class Router:
         """A router straight from a fitted model in memory (``fit_router`` / ``fit_fleet``), no files:
         ``crossval`` scores each fold this way. A fine-tuned encoder is read from its work directory."""
         self = cls.__new__(cls)
+        self._fitted = fitted  # keeps a fine-tuned encoder's work directory for as long as this router
         self.directory = Path(getattr(fitted, "work_dir", None) or ".")
         self._setup(fitted.config, fitted.tensors(), encoder, backend)
         return self

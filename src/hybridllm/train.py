@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,6 +77,15 @@ class FittedRouter:
     skipped_val: int
     work_dir: Path | None = None
 
+    def __post_init__(self) -> None:
+        # the fine-tuned encoder's temporary directory lives as long as this object, or until close()
+        self._remove = None if self.work_dir is None else weakref.finalize(self, shutil.rmtree, self.work_dir, True)
+
+    def close(self) -> None:
+        """Remove the fine-tuned encoder's temporary directory now (a saved artifact has its own copy)."""
+        if self._remove is not None:
+            self._remove()
+
     def tensors(self) -> dict[str, np.ndarray]:
         return self.weights.tensors() if isinstance(self.weights, HeadWeights) else self.weights
 
@@ -102,7 +112,10 @@ def train_router(
 ) -> TrainResult:
     """:func:`fit_router`, then save the artifact at ``output``."""
     fitted = fit_router(rows, options, validation, progress, cache, show_progress, featurizer)
-    out = fitted.save(output)
+    try:
+        out = fitted.save(output)
+    finally:
+        fitted.close()
     return TrainResult(out, fitted.config, fitted.val_scores, fitted.skipped_train, fitted.skipped_val)
 
 
@@ -184,27 +197,31 @@ def fit_router(
         from .finetune import finetune
 
         work_dir = Path(tempfile.mkdtemp(prefix="hybridllm-finetune-"))
-        enc_dir = work_dir / "encoder"
-        base_spec = options.encoder
-        if base_spec is not None and (base_spec == "static" or base_spec.endswith(":static")):
-            base_spec = None if base_spec == "static" else base_spec[: -len(":static")]
-        weights, val_scores, info = finetune(
-            base_spec,
-            train_texts,
-            y,
-            val_texts,
-            qs_val,
-            ql_val,
-            enc_dir,
-            max_length=options.max_length,
-            epochs=options.finetune_epochs,
-            batch_size=options.finetune_batch_size,
-            lr=options.finetune_lr,
-            seed=options.seed,
-            progress=progress,
-        )
+        try:  # a failed fine-tune leaves no directory behind (a finished one: FittedRouter.close)
+            enc_dir = work_dir / "encoder"
+            base_spec = options.encoder
+            if base_spec is not None and (base_spec == "static" or base_spec.endswith(":static")):
+                base_spec = None if base_spec == "static" else base_spec[: -len(":static")]
+            weights, val_scores, info = finetune(
+                base_spec,
+                train_texts,
+                y,
+                val_texts,
+                qs_val,
+                ql_val,
+                enc_dir,
+                max_length=options.max_length,
+                epochs=options.finetune_epochs,
+                batch_size=options.finetune_batch_size,
+                lr=options.finetune_lr,
+                seed=options.seed,
+                progress=progress,
+            )
+            encoder = TransformerEncoder(str(enc_dir), max_length=options.max_length)
+        except BaseException:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
         bundled = True
-        encoder = TransformerEncoder(str(enc_dir), max_length=options.max_length)
         enc_name, enc_spec, enc_fp = encoder.name, base_spec, encoder.fingerprint
         extra = []
     metrics = evaluate_scores(val_scores, qs_val, ql_val, with_curve=False)
