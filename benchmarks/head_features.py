@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proxy_overhead import scratch_dir
 from reroute_robustness import DEFAULT_TEST, LARGE, MMLU, SMALL, run_router, word_pool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def main() -> None:
          None, read_table(DEFAULT_TEST)),
         ("MMLU-Pro", SMALL, LARGE, m_train, m_val, m_test),
     ]  # fmt: skip
-    tmp = Path(tempfile.mkdtemp())
+    tmp = Path(scratch_dir())
     out: dict = {}
     for label, small, large, train, val, test in pairs:
         out[label] = {}

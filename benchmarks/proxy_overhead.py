@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import json
 import multiprocessing as mp
@@ -274,6 +275,14 @@ def gsm8k_prompts() -> list[str]:
     return [json.loads(line)["prompt"] for line in (SHARED / "gsm8k" / "test.jsonl").open()]
 
 
+def scratch_dir() -> str:
+    """A temporary directory for this run (routers, request bodies, server logs), removed when the
+    process exits."""
+    d = tempfile.mkdtemp(prefix="hybridllm-bench-")
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
 def write_result(out: str | Path, payload: dict) -> None:
     """A benchmark's JSON, written where ``--out`` says; says where."""
     path = Path(out)
@@ -386,7 +395,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "proxy_overhead.json"))
     args = ap.parse_args()
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
-    tmp = tempfile.mkdtemp()
+    tmp = scratch_dir()
     router = bench_router(Path(tmp), 2000)
     prompts = gsm8k_prompts()
     prompts = (prompts * (args.requests // len(prompts) + 1))[: args.requests]

@@ -18,7 +18,6 @@ import argparse
 import multiprocessing as mp
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from proxy_overhead import (
     gsm8k_prompts,
     run_upstream,
     run_wrk,
+    scratch_dir,
     start_server,
     stop_server,
     wait_up,
@@ -94,7 +94,7 @@ def main() -> None:
     if bool(args.baseline_src) == args.routers:
         ap.error("give --baseline-src DIR (two checkouts) or --routers (two routers), one of them")
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
-    tmp = tempfile.mkdtemp()
+    tmp = scratch_dir()
     routers = [bench_router(Path(tmp), 2000)]
     if not args.routers:
         routers.append(bench_router(Path(tmp), 2000, knn=False))

@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reroute_robustness as rr
+from proxy_overhead import scratch_dir
 
 CLAIMS = ["This is an easy question.", "(easy)", "This is a hard question.", "(hard)", "Think carefully.",
           "Answer briefly.", "(simple)", "Very difficult!"]  # fmt: skip
@@ -155,8 +156,6 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=rr.REPO / "benchmarks" / "results" / "reroute_defences.json")
     args = ap.parse_args()
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
-    import tempfile
-
     from hybridllm.router import default_router_dir
     from hybridllm.table import read_table
 
@@ -164,7 +163,7 @@ def main() -> None:
     vocab = rr.word_pool(seed=7)[:3000]
     default_test = read_table(rr.DEFAULT_TEST)
     rows = default_test[: args.n]
-    tmp = Path(tempfile.mkdtemp())
+    tmp = Path(scratch_dir())
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
     for name, kinds in (("default pair: shipped recipe, retrained", []), ("+ option-list copies", ["options"]),

@@ -18,7 +18,6 @@ import json
 import multiprocessing as mp
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from proxy_overhead import (
     gsm8k_prompts,
     run_upstream,
     run_wrk,
+    scratch_dir,
     start_server,
     stop_server,
     wait_up,
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "router_side_effect.json"))
     args = ap.parse_args()
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
-    tmp = tempfile.mkdtemp()
+    tmp = scratch_dir()
     router = bench_router(Path(tmp), 2000)
     prompts = gsm8k_prompts()[:1000]
     decision_ms = warm_decision_ms(router, prompts)

@@ -20,14 +20,22 @@ import json
 import multiprocessing as mp
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_overhead import bare_relay_cmd, bench_router, free_port, start_server, stop_server, wait_up, write_result
+from proxy_overhead import (
+    bare_relay_cmd,
+    bench_router,
+    free_port,
+    scratch_dir,
+    start_server,
+    stop_server,
+    wait_up,
+    write_result,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,7 +98,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "stream_relay.json"))
     args = ap.parse_args()
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
-    tmp = tempfile.mkdtemp()
+    tmp = scratch_dir()
     router = bench_router(Path(tmp), 600)
     up_port, px_port, bare_port = free_port(), free_port(), free_port()
     up = mp.get_context("spawn").Process(
