@@ -291,6 +291,19 @@ def write_result(out: str | Path, payload: dict) -> None:
     print(f"wrote {path}")
 
 
+def start_upstream() -> tuple[mp.process.BaseProcess, int]:
+    """The benchmarks' upstream (:func:`run_upstream`) in its own process on a free port, answering."""
+    port = free_port()
+    proc = mp.get_context("spawn").Process(target=run_upstream, args=(port,), daemon=True)
+    proc.start()
+    try:
+        wait_up(port)
+    except BaseException:
+        proc.terminate()
+        raise
+    return proc, port
+
+
 def bare_relay_cmd(url: str) -> list[str]:
     """The command that starts ``benchmarks/bare_relay.py`` in front of the upstream at ``url`` (…/v1)."""
     return [sys.executable, str(REPO / "benchmarks" / "bare_relay.py"), "--upstream", url.removesuffix("/v1")]
@@ -399,16 +412,13 @@ def main() -> None:
     router = bench_router(Path(tmp), 2000)
     prompts = gsm8k_prompts()
     prompts = (prompts * (args.requests // len(prompts) + 1))[: args.requests]
-    up_port = free_port()
+    upstream, up_port = start_upstream()
     url = f"http://127.0.0.1:{up_port}/v1"
-    upstream = mp.get_context("spawn").Process(target=run_upstream, args=(up_port,), daemon=True)
-    upstream.start()
     serve = [sys.executable, "-m", "hybridllm.cli", "serve", "--router", str(router), "--small", f"s@{url}",
              "--large", f"l@{url}"]  # fmt: skip
     rss: list[list[float]] = []
     rounds: dict[str, list[dict]] = {}
     try:
-        wait_up(up_port)
         runs: list[tuple[str, list[str], dict[str, str], str]] = [("hybridllm", serve, {}, "")]
         if args.shipped:  # `hybridllm serve` with no --router: the shipped router (linear member only)
             runs.append(("hybridllm, shipped router", [*serve[:4], *serve[6:]], {}, ""))

@@ -15,7 +15,6 @@ how many rounds this checkout was faster.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import sys
 from pathlib import Path
@@ -27,10 +26,10 @@ from proxy_overhead import (
     bench_router,
     free_port,
     gsm8k_prompts,
-    run_upstream,
     run_wrk,
     scratch_dir,
     start_server,
+    start_upstream,
     stop_server,
     wait_up,
     write_result,
@@ -98,12 +97,9 @@ def main() -> None:
     routers = [bench_router(Path(tmp), 2000)]
     if not args.routers:
         routers.append(bench_router(Path(tmp), 2000, knn=False))
-    up_port = free_port()
+    upstream, up_port = start_upstream()
     url = f"http://127.0.0.1:{up_port}/v1"
-    upstream = mp.get_context("spawn").Process(target=run_upstream, args=(up_port,), daemon=True)
-    upstream.start()
     try:
-        wait_up(up_port)
         if args.routers:
             pairs = {
                 "shipped router vs the benchmark router": {

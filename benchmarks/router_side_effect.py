@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import statistics
 import time
@@ -28,10 +27,10 @@ from proxy_overhead import (
     bench_router,
     free_port,
     gsm8k_prompts,
-    run_upstream,
     run_wrk,
     scratch_dir,
     start_server,
+    start_upstream,
     stop_server,
     wait_up,
     write_result,
@@ -63,10 +62,8 @@ def main() -> None:
     router = bench_router(Path(tmp), 2000)
     prompts = gsm8k_prompts()[:1000]
     decision_ms = warm_decision_ms(router, prompts)
-    up_port = free_port()
+    upstream, up_port = start_upstream()
     url = f"http://127.0.0.1:{up_port}/v1"
-    upstream = mp.get_context("spawn").Process(target=run_upstream, args=(up_port,), daemon=True)
-    upstream.start()
     modes = {
         "bare relay": [],
         f"+ {1e3 * decision_ms:.0f} µs of plain CPU work": ["--spin-us", f"{1e3 * decision_ms:.0f}"],
@@ -75,7 +72,6 @@ def main() -> None:
     }
     runs: dict[str, list[dict]] = {name: [] for name in modes}
     try:
-        wait_up(up_port)
         for _ in range(2):
             for name, extra in modes.items():
                 port, timings = free_port(), Path(tmp) / "timings.json"
