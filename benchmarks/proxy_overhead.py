@@ -15,7 +15,8 @@ the proxy of another checkout and this one, both with a router trained without t
 (which versions before it cannot read); LiteLLM 1.x from its own virtualenv (`python -m venv
 /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'`) with a master key, model
 `hybrid` mapped to the same upstream, no routing; and the floor of the stack: `benchmarks/bare_relay.py`,
-a bare ASGI relay on the same server and client, alone and with one routing decision per request.
+a bare ASGI relay on the same server and client, alone, with one routing decision per request, and
+with the decisions of concurrent requests scored together (one process, and --workers N processes).
 Per path: p50 with one client, then requests/s, p50, p99, errors and timeouts ("lost") at
 --concurrency; for `hybridllm` also its RSS over --rss-requests requests. Writes benchmarks/results/proxy_overhead.json.
 """
@@ -430,9 +431,13 @@ def main() -> None:
             runs.insert(0, ("hybridllm (baseline)", serve_plain, {"PYTHONPATH": src}, ""))
         if not args.no_floor:
             bare = bare_relay_cmd(url)
+            runs.insert(0, ("floor: bare relay + batched router", [*bare, "--route", str(router), "--batch"], {}, ""))
             runs.insert(0, ("floor: bare relay + router", [*bare, "--route", str(router)], {}, ""))
             runs.insert(0, ("floor: bare ASGI relay", bare, {}, ""))
         if args.workers > 1:
+            if not args.no_floor:
+                batched = [*bare_relay_cmd(url), "--route", str(router), "--batch", "--workers", str(args.workers)]
+                runs.append((f"floor: bare relay + batched router, {args.workers} workers", batched, {}, ""))
             runs.append((f"hybridllm --workers {args.workers}", [*serve, "--workers", str(args.workers)], {}, ""))
         if Path(args.litellm).exists():
             key = "sk-bench-master"

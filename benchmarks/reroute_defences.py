@@ -12,7 +12,10 @@ to the small model, the default point beside it):
 2. routing on the question without a trailing block of lettered options (default pair, retrained);
 3. the median score of three prefixes of the routing text: the whole, its first 85 % and its first
    70 % of words (the shipped router on the default pair, and the MMLU-Pro router of
-   ``reroute_robustness.py``; no retraining).
+   ``reroute_robustness.py``; no retraining);
+4. a trimmed mean of the prompt's token vectors instead of their mean (per dimension, the highest
+   and lowest 20 % of the tokens' values left out), so that a few appended tokens move the pooled
+   vector less; both routers retrained on it.
 """
 
 from __future__ import annotations
@@ -120,6 +123,47 @@ def median_of_prefixes(fracs: tuple[float, ...] = (1.0, 0.85, 0.7)) -> Iterator[
         Router.score = orig  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def trimmed_pooling(trim: float = 0.2) -> Iterator[None]:
+    """The static encoder pools a text by a per-dimension trimmed mean of its token vectors (its
+    embeddings cached apart from the plain mean's)."""
+    from hybridllm.static_encoder import StaticEncoder
+
+    saved = StaticEncoder._pool, StaticEncoder._pool_many, StaticEncoder.__init__
+
+    def pool(self, ids):  # type: ignore[no-untyped-def]
+        a = np.asarray(ids, dtype=np.int64)
+        a = a[~self._is_special[a]]
+        if not len(a):
+            return np.zeros(self.dim, dtype=np.float32)
+        k = int(trim * len(a)) if len(a) >= 3 else 0
+        v = np.sort(self._dense[a], axis=0)[k : len(a) - k].mean(axis=0).astype(np.float32)
+        return v / (np.linalg.norm(v) + 1e-12)
+
+    def pool_many(self, kept):  # type: ignore[no-untyped-def]
+        return np.stack([pool(self, k) for k in kept]) if kept else np.zeros((0, self.dim), np.float32)
+
+    def init(self, *a, **k):  # type: ignore[no-untyped-def]
+        saved[2](self, *a, **k)
+        self.fingerprint += f"-trim{trim}"
+
+    StaticEncoder._pool, StaticEncoder._pool_many, StaticEncoder.__init__ = pool, pool_many, init
+    try:
+        yield
+    finally:
+        StaticEncoder._pool, StaticEncoder._pool_many, StaticEncoder.__init__ = saved
+
+
+def mmlu_router(out: Path) -> Path:
+    """The MMLU-Pro router of ``reroute_robustness.py``, trained again (into ``out``)."""
+    from hybridllm import TrainOptions, read_table, split_rows, train_router
+
+    train, val, _ = split_rows(read_table(rr.MMLU), [0.6, 0.2, 0.2])
+    train_router(train, TrainOptions(small=rr.SMALL, large=rr.LARGE, augment=1), out, validation=val,
+                 show_progress=False)  # fmt: skip
+    return out
+
+
 def default_pair_router(out: Path) -> Path:
     """The shipped router's recipe (``train --select apgr --no-knn``) on the default pair's train split."""
     from hybridllm import TrainOptions, read_table, train_router
@@ -181,6 +225,12 @@ def main() -> None:
         results[f"{label}: whole text"] = measure(router_dir, test[: args.n], words, args.tries, test)
         with median_of_prefixes():
             results[f"{label}: median of 3 prefixes"] = measure(router_dir, test[: args.n], words, args.tries, test)
+    with trimmed_pooling():
+        d = default_pair_router(tmp / "trim")
+        results["default pair: trimmed-mean pooling, retrained"] = measure(d, rows, words, args.tries, default_test)
+        m = mmlu_router(tmp / "trim-mmlu")
+        results["MMLU-Pro: trimmed-mean pooling, retrained"] = measure(m, mmlu_test[: args.n], words, args.tries,
+                                                                       mmlu_test)  # fmt: skip
     print(f"\n{'defence':58s} {'APGR':>6s} {'full':>6s}  families over 10 % at 30 % to small (to large / to small)")
     for name, r in results.items():
         m = r["30% to small"]
