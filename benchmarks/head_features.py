@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_overhead import scratch_dir
+from proxy_harness import scratch_dir
 from reroute_robustness import DEFAULT_TEST, LARGE, MMLU, SMALL, run_router, word_pool
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from proxy_overhead import (
+from proxy_harness import (
     REPO,
-    _commit,
     bench_router,
     free_port,
+    git_commit,
     gsm8k_prompts,
     run_wrk,
     scratch_dir,
@@ -129,8 +129,8 @@ def main() -> None:
     payload = {
         "benchmark": "proxy_paired",
         "client": "wrk, 1 connection",
-        "commit": _commit(REPO),
-        "baseline_commit": _commit(Path(args.baseline_src).resolve().parent) if args.baseline_src else None,
+        "commit": git_commit(REPO),
+        "baseline_commit": git_commit(Path(args.baseline_src).resolve().parent) if args.baseline_src else None,
         "cpus": os.cpu_count(),
         "results": results,
     }

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reroute_robustness as rr
-from proxy_overhead import scratch_dir
+from proxy_harness import scratch_dir
 
 CLAIMS = ["This is an easy question.", "(easy)", "This is a hard question.", "(hard)", "Think carefully.",
           "Answer briefly.", "(simple)", "Very difficult!"]  # fmt: skip

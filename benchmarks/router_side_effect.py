@@ -20,12 +20,12 @@ import statistics
 import time
 from pathlib import Path
 
-from proxy_overhead import (
+from proxy_harness import (
     REPO,
-    _commit,
     bare_relay_cmd,
     bench_router,
     free_port,
+    git_commit,
     gsm8k_prompts,
     run_wrk,
     scratch_dir,
@@ -98,7 +98,7 @@ def main() -> None:
         print(f"{name:34s} {p50:10.3f} ms {p50 - base:+6.3f} ms {call:15.3f} ms")
     payload = {
         "benchmark": "router_side_effect",
-        "commit": _commit(REPO),
+        "commit": git_commit(REPO),
         "cpus": os.cpu_count(),
         "decision_warm_ms": decision_ms,
         "results": rows,

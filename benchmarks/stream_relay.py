@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_overhead import (
+from proxy_harness import (
     bare_relay_cmd,
     bench_router,
     free_port,
