@@ -26,58 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import time
 from pathlib import Path
 
 import numpy as np
 
+from hybridllm.steering import steer_check, word_pool
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TEST = REPO / "data" / "default-pair" / "split" / "test.jsonl"
 MMLU = REPO.parent / "shared" / "data" / "mmlu_pro.jsonl"
 SMALL, LARGE = "Mistral-7B-Instruct-v0.2", "Mixtral-8x7B-Instruct-v0.1"
-
-FAMILIES = {
-    "repeat 'the' x50": " " + " ".join(["the"] * 50),
-    "repeat 'please' x40": " " + " ".join(["please"] * 40),
-    "'!' x100": " " + "!" * 100,
-    "'?' x50": "?" * 50,
-    "'.' x50": " " + "." * 50,
-    "mixed punctuation": " " + "?!.,;:" * 8,
-    "option list A-D": "\nOptions: (A) yes (B) no (C) maybe (D) none of the above",
-    "option list A-J": "\n" + "\n".join(f"({c}) option {c}" for c in "ABCDEFGHIJ"),
-    "claim: easy": " This is an easy question; a short answer is enough.",
-    "claim: trivial": " (trivial)",
-    "claim: hard": " This is an extremely hard question that needs expert, step-by-step reasoning.",
-    "claim: difficult": " (very difficult, think carefully)",
-}
-EARLIER_TURN = (
-    "Here is some background I wrote earlier about my garden, the weather this week, and a long list of "
-    "chores: water the tomatoes, repair the fence, clean the gutters, sort the tools, buy seeds. " * 6
-)
-
-
-def word_pool(seed: int = 0) -> list[str]:
-    """Whole words from the encoder's vocabulary (what a random-token search would draw)."""
-    from hybridllm.encoder import resolve_encoder_path
-
-    _, path = resolve_encoder_path(None)
-    vocab = [w.strip() for w in (path / "vocab.txt").read_text().splitlines()]
-    words = [w for w in vocab if w.isalpha() and len(w) >= 3 and w.isascii()]
-    random.Random(seed).shuffle(words)
-    return words[:5000]
-
-
-def decisions(router, prompts, threshold: float) -> np.ndarray:
-    return router.score(prompts) >= threshold
-
-
-def flip_rates(base: np.ndarray, moved: np.ndarray) -> dict[str, float]:
-    small, large = base, ~base
-    return {
-        "to_large": float((small & ~moved).sum() / max(small.sum(), 1)),
-        "to_small": float((large & moved).sum() / max(large.sum(), 1)),
-    }
 
 
 def run_router(router, rows, hardened: bool, words: list[str], tries: int, point: dict | None) -> dict:
@@ -88,37 +47,13 @@ def run_router(router, rows, hardened: bool, words: list[str], tries: int, point
     router.harden = hardened
     router.turns = "last" if hardened else "all"
     report, used, clean, _ = evaluate_router(router, rows)
-    prompts = [r["prompt"] for r in used]
     if point is None:
         thr, _ = router.threshold()
     else:  # the same share to small for every router: comparable flip rates
         thr = float(np.quantile(clean, 1 - point["cost_advantage"] / 100))
-    base = decisions(router, prompts, thr)
-    out: dict = {"apgr": report["router"]["apgr"], "n": len(prompts), "to_small_share": float(base.mean())}
-    fam = {}
-    for name, suffix in FAMILIES.items():
-        fam[name] = flip_rates(base, decisions(router, [p + suffix for p in prompts], thr))
-    chats = [
-        [
-            {"role": "user", "content": EARLIER_TURN},
-            {"role": "assistant", "content": "Noted."},
-            {"role": "user", "content": p},
-        ]
-        for p in prompts
-    ]
-    fam["earlier turn"] = flip_rates(base, decisions(router, chats, thr))
-    rng = random.Random(1)
-    worst = base.copy()
-    flipped = np.zeros(len(prompts), dtype=bool)
-    for _ in range(tries):
-        suffixes = [" " + " ".join(rng.choices(words, k=rng.randint(5, 15))) for _ in prompts]
-        d = decisions(router, [p + s for p, s in zip(prompts, suffixes, strict=True)], thr)
-        flipped |= d != base
-    worst = np.where(flipped, ~base, base)
-    fam[f"random search ({tries} tries)"] = flip_rates(base, worst)
-    out["families"] = fam
-    out["max_flip"] = max(max(v.values()) for v in fam.values())
-    return out
+    got = steer_check(router, [r["prompt"] for r in used], thr, tries, words)
+    return {"apgr": report["router"]["apgr"], "n": got.n, "to_small_share": got.to_small_share,
+            "families": got.families, "max_flip": got.max_flip}  # fmt: skip
 
 
 def mmlu_routers(runs: Path):

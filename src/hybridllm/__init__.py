@@ -3,7 +3,8 @@ from the query alone.
 
 The public API is what a user of the library needs: load a router and route (:class:`Router`), fit
 one in memory and save it (:func:`fit_router` for two models, :func:`fit_fleet` for N), check it on
-held-out folds (:func:`cross_validate`), and read or write tables. The pipeline's stage functions
+held-out folds (:func:`cross_validate`), and read or write tables. Whether appended text can steer a
+router: :mod:`hybridllm.steering`. The pipeline's stage functions
 (rows in, rows out) live in their modules: :mod:`hybridllm.collect`, :mod:`hybridllm.score`,
 :mod:`hybridllm.labels`, :mod:`hybridllm.metrics`; the Ray engine in :mod:`hybridllm.engine`; model
 backends in :mod:`hybridllm.backends`; the proxy in :mod:`hybridllm.serve`.
