@@ -107,9 +107,10 @@ def main() -> None:
             serve_plain = [*serve[:5], str(plain), *serve[6:]]
             runs.insert(0, ("hybridllm, router without memory", serve_plain, {}, ""))
             runs.insert(0, ("hybridllm (baseline)", serve_plain, {"PYTHONPATH": src}, ""))
+        bare = bare_relay_cmd(url)
+        batched = [*bare, "--route", str(router), "--batch"]
         if not args.no_floor:
-            bare = bare_relay_cmd(url)
-            runs.insert(0, ("floor: bare relay + batched router", [*bare, "--route", str(router), "--batch"], {}, ""))
+            runs.insert(0, ("floor: bare relay + batched router", batched, {}, ""))
             if args.shipped:
                 from hybridllm.router import default_router_dir
 
@@ -119,8 +120,8 @@ def main() -> None:
             runs.insert(0, ("floor: bare ASGI relay", bare, {}, ""))
         if args.workers > 1:
             if not args.no_floor:
-                batched = [*bare_relay_cmd(url), "--route", str(router), "--batch", "--workers", str(args.workers)]
-                runs.append((f"floor: bare relay + batched router, {args.workers} workers", batched, {}, ""))
+                several = [*batched, "--workers", str(args.workers)]
+                runs.append((f"floor: bare relay + batched router, {args.workers} workers", several, {}, ""))
             runs.append((f"hybridllm --workers {args.workers}", [*serve, "--workers", str(args.workers)], {}, ""))
         if Path(args.litellm).exists():
             key = "sk-bench-master"

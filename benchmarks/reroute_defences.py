@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import random
@@ -39,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reroute_robustness as rr
-from proxy_harness import scratch_dir
+from proxy_harness import scratch_dir, write_result
 
 CLAIMS = ["This is an easy question.", "(easy)", "This is a hard question.", "(hard)", "Think carefully.",
           "Answer briefly.", "(simple)", "Very difficult!"]  # fmt: skip
@@ -183,25 +182,16 @@ def finetune_with_copies(copies: int = 2, option_copies: int = 1) -> Iterator[No
         ft.finetune = orig
 
 
-def mmlu_router(out: Path) -> Path:
-    """The MMLU-Pro router of ``reroute_robustness.py``, trained again (into ``out``)."""
-    from hybridllm import TrainOptions, read_table, split_rows, train_router
-
-    train, val, _ = split_rows(read_table(rr.MMLU), [0.6, 0.2, 0.2])
-    train_router(train, TrainOptions(small=rr.SMALL, large=rr.LARGE, augment=1), out, validation=val,
-                 show_progress=False)  # fmt: skip
-    return out
-
-
-def default_pair_router(out: Path) -> Path:
-    """The shipped router's recipe (``train --select apgr --no-knn``) on the default pair's train split."""
+def default_pair_router(out: Path, **changes: object) -> Path:
+    """The shipped router's recipe (``train --select apgr --no-knn``) on the default pair's train
+    split; ``changes``: other training options (e.g. ``mode="finetune"``)."""
     from hybridllm import TrainOptions, read_table, train_router
     from hybridllm.head import HeadConfig
 
     rows = read_table(rr.REPO / "data" / "default-pair" / "split" / "train.jsonl")
     opts = TrainOptions(
         small="qwen2.5-0.5b", large="qwen2.5-1.5b", labels="trans",
-        head=HeadConfig(extra=["log_tokens"], select="apgr", knn=False),
+        head=HeadConfig(extra=["log_tokens"], select="apgr", knn=False), **changes,  # type: ignore[arg-type]
     )  # fmt: skip
     train_router(rows, opts, out, show_progress=False)
     return out
@@ -249,7 +239,8 @@ def main() -> None:
     with without_options():
         d = default_pair_router(tmp / "strip")
         results["default pair: question without its option block"] = measure(d, rows, words, args.tries)
-    mmlu, _, mmlu_test = rr.mmlu_routers(rr.REPO / "runs")
+    mmlu_train, mmlu_val, mmlu_test = split = rr.mmlu_split()
+    mmlu, _, _ = rr.mmlu_routers(rr.REPO / "runs", split)
     for label, router_dir, test in (("default pair, shipped", default_router_dir(), default_test),
                                     ("MMLU-Pro", mmlu, mmlu_test)):  # fmt: skip
         results[f"{label}: whole text"] = measure(router_dir, test[: args.n], words, args.tries, test)
@@ -258,19 +249,13 @@ def main() -> None:
     with trimmed_pooling():
         d = default_pair_router(tmp / "trim")
         results["default pair: trimmed-mean pooling, retrained"] = measure(d, rows, words, args.tries, default_test)
-        m = mmlu_router(tmp / "trim-mmlu")
+        m = rr.train_mmlu_router(tmp / "trim-mmlu", mmlu_train, mmlu_val)
         results["MMLU-Pro: trimmed-mean pooling, retrained"] = measure(m, mmlu_test[: args.n], words, args.tries,
                                                                        mmlu_test)  # fmt: skip
     if args.finetune:
-        from hybridllm import TrainOptions, train_router
-
         with finetune_with_copies():
-            opts = TrainOptions(small="qwen2.5-0.5b", large="qwen2.5-1.5b", labels="trans", mode="finetune",
-                                max_length=128)  # fmt: skip
-            train = read_table(rr.REPO / "data" / "default-pair" / "split" / "train.jsonl")
-            train_router(train, opts, tmp / "finetuned", show_progress=False)
-        results["default pair: encoder fine-tuned with copies"] = measure(tmp / "finetuned", rows, words, args.tries,
-                                                                          default_test)  # fmt: skip
+            d = default_pair_router(tmp / "finetuned", mode="finetune", max_length=128)
+        results["default pair: encoder fine-tuned with copies"] = measure(d, rows, words, args.tries, default_test)
     print(f"\n{'defence':58s} {'APGR':>6s} {'full':>6s}  families over 10 % at 30 % to small (to large / to small)")
     for name, r in results.items():
         m = r["30% to small"]
@@ -281,9 +266,7 @@ def main() -> None:
         print(f"{name:58s} {m['apgr']:6.3f} {full:>6s}  {bad or '-'}")
     payload = {"benchmark": "reroute_defences", "n": args.n, "tries": args.tries,
                "seconds": round(time.perf_counter() - t0, 1), "results": results}  # fmt: skip
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"\nwrote {args.json} ({payload['seconds']} s)")
+    write_result(args.json, payload)
 
 
 if __name__ == "__main__":

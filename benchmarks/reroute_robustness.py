@@ -56,19 +56,32 @@ def run_router(router, rows, hardened: bool, words: list[str], tries: int, point
             "families": got.families, "max_flip": got.max_flip}  # fmt: skip
 
 
-def mmlu_routers(runs: Path):
-    """Head-mode routers for Mistral-7B -> Mixtral-8x7B on the 60 % train part (cached): as trained
-    by default (with filler augmentation) and without it (``augment=0``, the "before")."""
-    from hybridllm import TrainOptions, read_table, split_rows, train_router
+def mmlu_split() -> tuple[list, list, list]:
+    """MMLU-Pro's 60 / 20 / 20 train / validation / test split (by hashed id)."""
+    from hybridllm import read_table, split_rows
 
-    rows = read_table(MMLU)
-    train, val, test = split_rows(rows, [0.6, 0.2, 0.2])
+    train, val, test = split_rows(read_table(MMLU), [0.6, 0.2, 0.2])
+    return train, val, test
+
+
+def train_mmlu_router(out: Path, train: list, val: list, augment: int = 1) -> Path:
+    """The head-mode router for Mistral-7B -> Mixtral-8x7B on the train part (validation: ``val``)."""
+    from hybridllm import TrainOptions, train_router
+
+    train_router(train, TrainOptions(small=SMALL, large=LARGE, augment=augment), out, validation=val,
+                 show_progress=False)  # fmt: skip
+    return out
+
+
+def mmlu_routers(runs: Path, split: tuple[list, list, list] | None = None):
+    """The MMLU-Pro routers, cached under ``runs``: as trained by default (with filler augmentation)
+    and without it (``augment=0``, the "before"); and the test part."""
+    train, val, test = split or mmlu_split()
     out = {}
     for name, augment in (("reroute-mmlu-router", 1), ("reroute-mmlu-router-plain", 0)):
         out[name] = runs / name
         if not (out[name] / "config.json").exists():
-            opts = TrainOptions(small=SMALL, large=LARGE, augment=augment)
-            train_router(train, opts, out[name], validation=val, show_progress=False)
+            train_mmlu_router(out[name], train, val, augment)
     return out["reroute-mmlu-router"], out["reroute-mmlu-router-plain"], test
 
 

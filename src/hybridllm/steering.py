@@ -88,6 +88,15 @@ def word_pool(vocab_file: Path | None = None, seed: int = 0, size: int = 5000) -
     return words[:size]
 
 
+def search_words(router: Any, prompts: Sequence[Any]) -> list[str]:
+    """What the random search draws for ``router``: its encoder's WordPiece vocabulary, or, for an
+    encoder without one, the words of the prompts themselves."""
+    path = getattr(getattr(router, "encoder", None), "path", None)
+    if path is not None and (Path(path) / "vocab.txt").exists():
+        return word_pool(Path(path) / "vocab.txt")
+    return sorted({w for p in prompts if isinstance(p, str) for w in p.split() if w.isalpha()}) or ["the"]
+
+
 def flip_rates(base: np.ndarray, moved: np.ndarray) -> dict[str, float]:
     """``base``, ``moved``: decisions (True = small) on the clean and on the altered prompts."""
     small, large = base, ~base
@@ -124,11 +133,11 @@ def steer_check(
     """Flip rates of ``router`` (``score(prompts) -> array``, higher = small suffices) at
     ``threshold`` on ``prompts`` (strings, or chats whose last user turn gets the suffix): each of
     ``families`` (default :data:`FAMILIES`) appended, a long earlier user turn, and a
-    ``tries``-try random search over ``words``."""
+    ``tries``-try random search over ``words`` (default: :func:`search_words`)."""
     prompts = list(prompts)
     if not prompts:
         raise ValueError("steer check needs at least one prompt")
-    words = list(words) if words is not None else word_pool()
+    words = list(words) if words is not None else search_words(router, prompts)
 
     def decide(texts: Sequence[Any]) -> np.ndarray:
         return np.asarray(router.score(list(texts))) >= threshold

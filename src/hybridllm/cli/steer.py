@@ -35,7 +35,6 @@ def steer_check(
 
     from ..router import Router
     from ..steering import steer_check as check
-    from ..steering import word_pool
     from ..table import read_table
 
     if n < 1 or tries < 0:
@@ -47,21 +46,15 @@ def steer_check(
         _fail("steer-check takes a two-model router (this one routes over several models)")
     thr, point = router.threshold(max_quality_drop, cost_advantage, threshold)
     prompts = [r["prompt"] for r in read_table(table)[:n]]
-    vocab = getattr(router.encoder, "path", None)
-    words = word_pool(vocab / "vocab.txt") if vocab is not None and (vocab / "vocab.txt").exists() else None
-    if words is None:  # an encoder without a WordPiece vocabulary: the words of the prompts themselves
-        words = sorted({w for p in prompts if isinstance(p, str) for w in p.split() if w.isalpha()}) or ["the"]
     _progress(f"{len(prompts)} prompts, threshold {thr:.4f} ({point}), {tries} random tries per prompt")
-    report = check(router, prompts, thr, tries, words)
-    limit = None if fail_above is None else fail_above / 100
+    report = check(router, prompts, thr, tries)
+    over = [] if fail_above is None else report.over(fail_above / 100)
     t = Table(title=f"{router.small} → {router.large}, {report.n} prompts")
     t.add_column("suffix family")
     t.add_column("to large", justify="right")
     t.add_column("to small", justify="right")
     for name, v in report.families.items():
-        bad = limit is not None and max(v.values()) > limit
-        style = "red" if bad else None
-        t.add_row(name, f"{v['to_large']:.1%}", f"{v['to_small']:.1%}", style=style)
+        t.add_row(name, f"{v['to_large']:.1%}", f"{v['to_small']:.1%}", style="red" if name in over else None)
     out.print(t)
     out.print(
         f"{report.to_small_share:.0%} of the clean prompts go to small; "
@@ -72,6 +65,5 @@ def steer_check(
         payload = {"router": str(router_dir), "table": str(table), "operating_point": point, **report.as_dict()}
         json_out.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
         _progress(f"wrote {json_out}")
-    if limit is not None and report.over(limit):
-        over = report.over(limit)
+    if over:
         _fail(f"{len(over)} suffix families flip more than {fail_above:g} % of prompts: {', '.join(over)}")
