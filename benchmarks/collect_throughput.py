@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     from hybridllm.backends import LocalBackend, SamplingParams
-    from hybridllm.collect import collect_async, sample_seed
+    from hybridllm.stages.collect import collect_async, sample_seed
 
     rows = [json.loads(line) for line in (SHARED / "gsm8k" / "test.jsonl").open()][: args.prompts]
     backend = LocalBackend(args.model, n_threads=args.threads)

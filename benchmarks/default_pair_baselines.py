@@ -25,10 +25,10 @@ TEST = REPO / "data" / "default-pair" / "split" / "test.jsonl"
 
 def main() -> None:
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
-    from hybridllm.evaluate import evaluate_router
-    from hybridllm.metrics import evaluate_scores, expected_quality
-    from hybridllm.router import Router, default_router_dir
-    from hybridllm.table import prompt_text, read_table
+    from hybridllm.evaluate.metrics import evaluate_scores, expected_quality
+    from hybridllm.model.evaluation import evaluate_router
+    from hybridllm.model.router import Router, default_router_dir
+    from hybridllm.tables.format import prompt_text, read_table
 
     router = Router(default_router_dir())
     ev, rows, _, _ = evaluate_router(router, read_table(TEST))

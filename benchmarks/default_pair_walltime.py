@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
-    from hybridllm.router import Router, default_router_dir
+    from hybridllm.model.router import Router, default_router_dir
 
     router = Router(default_router_dir())
     if args.from_journals:
@@ -79,9 +79,9 @@ def main() -> None:
 def generate(router: Any, test: Path, n: int) -> list[dict[str, Any]]:
     """Answers the first ``n`` test prompts (by hashed id) once with each model, one at a time."""
     from hybridllm.backends import LocalBackend, SamplingParams
-    from hybridllm.collect import format_prompt, sample_seed
-    from hybridllm.score import choice, exact_match
-    from hybridllm.table import hash_fraction, read_table
+    from hybridllm.stages.collect import format_prompt, sample_seed
+    from hybridllm.stages.score import choice, exact_match
+    from hybridllm.tables.format import hash_fraction, read_table
 
     rows = sorted(read_table(test), key=lambda r: hash_fraction(r["id"], "walltime"))[:n]
     models = {router.small: LocalBackend(router.small), router.large: LocalBackend(router.large)}
@@ -114,7 +114,7 @@ def generate(router: Any, test: Path, n: int) -> list[dict[str, Any]]:
 def from_journals(router: Any, test: Path, journals: list[Path]) -> list[dict[str, Any]]:
     """Every test prompt, priced with the collection's recorded per-sample seconds and the table's
     mean quality per model; the router's decisions are timed in one batch and shared out."""
-    from hybridllm.table import read_table
+    from hybridllm.tables.format import read_table
 
     seconds: dict[tuple[str, str], list[float]] = {}
     for path in journals:

@@ -56,11 +56,10 @@ def main() -> None:
     import ray
 
     from hybridllm.backends import SamplingParams, make_backend
-    from hybridllm.collect import collect_async
-    from hybridllm.encoder import make_encoder
-    from hybridllm.engine import RayOptions, collect_ray, featurize_ray
-    from hybridllm.router import featurize
-    from hybridllm.train import DEFAULT_EXTRA
+    from hybridllm.engine.jobs import RayOptions, collect_ray, featurize_ray
+    from hybridllm.features.featurize import featurize, make_encoder
+    from hybridllm.model.fit import DEFAULT_EXTRA
+    from hybridllm.stages.collect import collect_async
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     from hybridllm import Router, TrainOptions, read_table, split_rows, train_router
-    from hybridllm.head import HeadConfig
+    from hybridllm.model.head import HeadConfig
 
     words = word_pool()
     mmlu = read_table(MMLU)

@@ -31,9 +31,9 @@ RECIPES = {"apgr": ("apgr", False), "loss": ("loss", False), "loss+memory": ("lo
 def main() -> None:
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     from hybridllm import TrainOptions, read_table
-    from hybridllm.crossval import cross_validate
-    from hybridllm.encoder import EmbeddingCache
-    from hybridllm.head import HeadConfig
+    from hybridllm.features.cache import EmbeddingCache
+    from hybridllm.model.crossval import cross_validate
+    from hybridllm.model.head import HeadConfig
 
     rows = read_table(TABLE)
     cache = EmbeddingCache()

@@ -48,7 +48,7 @@ def peer_scores(x_tr, y_tr, x_va, x_te, q_va, fleet, kind, dim=None):
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsRegressor
 
-    from hybridllm.fleet_eval import evaluate_fleet
+    from hybridllm.evaluate.fleet import evaluate_fleet
 
     grid = (
         [(k, w) for k in (10, 25, 50, 100, 200, 400, 800) for w in ("uniform", "distance")]
@@ -79,7 +79,7 @@ def peer_scores(x_tr, y_tr, x_va, x_te, q_va, fleet, kind, dim=None):
 
 
 def bootstrap(scores, peers, q, fleet, best_peer, n_boot=500, seed=0):
-    from hybridllm.fleet_eval import area, curve_points, singles, upper_hull
+    from hybridllm.evaluate.fleet import area, curve_points, singles, upper_hull
 
     rng = np.random.default_rng(seed)
     lo = fleet.costs[0] / fleet.costs[fleet.ref] * 100
@@ -101,21 +101,21 @@ def bootstrap(scores, peers, q, fleet, best_peer, n_boot=500, seed=0):
 
 
 def run(models, rows, name, salt: str = "hybridllm", plot: bool = True):
-    from hybridllm.encoder import EmbeddingCache, make_encoder
-    from hybridllm.fleet import FleetOptions, fit_fleet, fleet_rows, quality_matrix
-    from hybridllm.fleet_eval import evaluate_fleet, plot_fleet
-    from hybridllm.head import embedding_width
-    from hybridllm.labels import fleet_labels
-    from hybridllm.router import featurize
-    from hybridllm.routing_text import routing_text
-    from hybridllm.table import split_rows
+    from hybridllm.evaluate.fleet import evaluate_fleet, plot_fleet
+    from hybridllm.features.cache import EmbeddingCache
+    from hybridllm.features.featurize import featurize, make_encoder
+    from hybridllm.features.text import routing_text
+    from hybridllm.model.fit import TrainOptions, fit_router, quality_matrix, usable_rows
+    from hybridllm.model.head import embedding_width
+    from hybridllm.stages.labels import fleet_labels
+    from hybridllm.tables.format import split_rows
 
     t0 = time.perf_counter()
-    kept, _ = fleet_rows(rows, models)
+    kept, _ = usable_rows(rows, models)
     train, val, test = split_rows(kept, [0.6, 0.2, 0.2], salt=salt)
     costs = {m: COSTS[m] for m in models}
-    fitted = fit_fleet(train, FleetOptions(list(models), costs), validation=val)
-    from hybridllm.policy import Fleet
+    fitted = fit_router(train, TrainOptions(models=list(models), costs=costs), validation=val)
+    from hybridllm.routing.policy import Fleet
 
     fleet = Fleet.from_dict(fitted.config["fleet"])
     enc = make_encoder("static")
@@ -176,8 +176,8 @@ def summarise_splits(per_split: list[dict]) -> dict:
 def main() -> None:
     import argparse
 
-    from hybridllm.fleet_eval import plot_fleet
-    from hybridllm.table import read_table
+    from hybridllm.evaluate.fleet import plot_fleet
+    from hybridllm.tables.format import read_table
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--replot", action="store_true", help="redraw the PNGs from the JSON of the last run")

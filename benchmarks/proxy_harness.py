@@ -348,7 +348,7 @@ def bench_router(directory: Path, rows: int, knn: bool = True) -> Path:
     MMLU-Pro (Mistral-7B -> Mixtral-8x7B); ``knn=False``: without the memory member, a router that
     hybridllm versions before it can read (the --baseline-src run)."""
     from hybridllm import TrainOptions, read_table, train_router
-    from hybridllm.head import HeadConfig
+    from hybridllm.model.head import HeadConfig
 
     out = directory / ("router" if knn else "router-no-memory")
     opts = TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(extra=["log_tokens"], knn=knn))

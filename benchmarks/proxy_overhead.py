@@ -112,7 +112,7 @@ def main() -> None:
         if not args.no_floor:
             runs.insert(0, ("floor: bare relay + batched router", batched, {}, ""))
             if args.shipped:
-                from hybridllm.router import default_router_dir
+                from hybridllm.model.router import default_router_dir
 
                 shipped = [*bare, "--route", str(default_router_dir()), "--batch"]
                 runs.insert(0, ("floor: bare relay + batched shipped router", shipped, {}, ""))

@@ -56,8 +56,9 @@ def options_block(rng: random.Random, words: list[str]) -> str:
 @contextlib.contextmanager
 def copies_with(kinds: list[str], vocab: list[str]) -> Iterator[None]:
     """Training also gets, per prompt and per filler copy, one copy with a suffix of ``kinds``."""
-    import hybridllm.routing_text as rt
-    import hybridllm.train as train_mod
+    import hybridllm.model.train as train_mod
+
+    import hybridllm.features.text as rt
 
     orig = train_mod.distractor_copies
 
@@ -88,7 +89,7 @@ def copies_with(kinds: list[str], vocab: list[str]) -> Iterator[None]:
 @contextlib.contextmanager
 def without_options() -> Iterator[None]:
     """The routing text loses a trailing block of lettered options (in training and routing)."""
-    import hybridllm.routing_text as rt
+    import hybridllm.features.text as rt
 
     orig = rt.normalize
 
@@ -105,8 +106,9 @@ def without_options() -> Iterator[None]:
 
 @contextlib.contextmanager
 def median_of_prefixes(fracs: tuple[float, ...] = (1.0, 0.85, 0.7)) -> Iterator[None]:
-    from hybridllm.router import Router, featurize
-    from hybridllm.routing_text import routing_text
+    from hybridllm.features.featurize import featurize
+    from hybridllm.features.text import routing_text
+    from hybridllm.model.router import Router
 
     orig = Router.score
 
@@ -129,7 +131,7 @@ def median_of_prefixes(fracs: tuple[float, ...] = (1.0, 0.85, 0.7)) -> Iterator[
 def trimmed_pooling(trim: float = 0.2) -> Iterator[None]:
     """The static encoder pools a text by a per-dimension trimmed mean of its token vectors (its
     embeddings cached apart from the plain mean's)."""
-    from hybridllm.static_encoder import StaticEncoder
+    from hybridllm.features.static import StaticEncoder
 
     saved = StaticEncoder._pool, StaticEncoder._pool_many, StaticEncoder.__init__
 
@@ -160,8 +162,8 @@ def trimmed_pooling(trim: float = 0.2) -> Iterator[None]:
 def finetune_with_copies(copies: int = 2, option_copies: int = 1) -> Iterator[None]:
     """``--mode finetune`` trains on each prompt, ``copies`` filler copies (as head mode does) and
     ``option_copies`` copies with an appended option list, all with the prompt's label."""
-    import hybridllm.finetune as ft
-    from hybridllm.routing_text import distractor_copies, normalize
+    import hybridllm.model.finetune as ft
+    from hybridllm.features.text import distractor_copies, normalize
 
     orig = ft.finetune
 
@@ -186,7 +188,7 @@ def default_pair_router(out: Path, **changes: object) -> Path:
     """The shipped router's recipe (``train --select apgr --no-knn``) on the default pair's train
     split; ``changes``: other training options (e.g. ``mode="finetune"``)."""
     from hybridllm import TrainOptions, read_table, train_router
-    from hybridllm.head import HeadConfig
+    from hybridllm.model.head import HeadConfig
 
     rows = read_table(rr.REPO / "data" / "default-pair" / "split" / "train.jsonl")
     opts = TrainOptions(
@@ -198,8 +200,8 @@ def default_pair_router(out: Path, **changes: object) -> Path:
 
 
 def measure(router_dir: Path, rows: list, words: list[str], tries: int, full_test: list | None = None) -> dict:
-    from hybridllm.evaluate import evaluate_router
-    from hybridllm.router import Router
+    from hybridllm.model.evaluation import evaluate_router
+    from hybridllm.model.router import Router
 
     out = {}
     for key, point in (("default point", None), ("30% to small", {"cost_advantage": 30})):
@@ -220,8 +222,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=rr.REPO / "benchmarks" / "results" / "reroute_defences.json")
     args = ap.parse_args()
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
-    from hybridllm.router import default_router_dir
-    from hybridllm.table import read_table
+    from hybridllm.model.router import default_router_dir
+    from hybridllm.tables.format import read_table
 
     words = rr.word_pool()
     vocab = rr.word_pool(seed=7)[:3000]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridllm.steering import steer_check, word_pool
+from hybridllm.evaluate.steering import steer_check, word_pool
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TEST = REPO / "data" / "default-pair" / "split" / "test.jsonl"
@@ -42,7 +42,7 @@ SMALL, LARGE = "Mistral-7B-Instruct-v0.2", "Mixtral-8x7B-Instruct-v0.1"
 def run_router(router, rows, hardened: bool, words: list[str], tries: int, point: dict | None) -> dict:
     """Flip rates at ``point`` (None: the router's default operating point; {"cost_advantage": 30}:
     the threshold that sends 30 % of these clean prompts to the small model)."""
-    from hybridllm.evaluate import evaluate_router
+    from hybridllm.model.evaluation import evaluate_router
 
     router.harden = hardened
     router.turns = "last" if hardened else "all"
@@ -95,8 +95,8 @@ def main() -> None:
     ap.add_argument("--after", type=Path, help="default pair: the router to report as 'after' (default: shipped)")
     args = ap.parse_args()
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
-    from hybridllm.router import Router, default_router_dir
-    from hybridllm.table import read_table
+    from hybridllm.model.router import Router, default_router_dir
+    from hybridllm.tables.format import read_table
 
     words = word_pool()
     after = args.after or default_router_dir()

@@ -42,13 +42,13 @@ def fleet_speed(mmlu: list[dict], prompts: list[str], n_single: int) -> dict:
     many prompts its memory member keeps (about 7,200 here, as in nmodel_quality.py), not on training."""
     from nmodel_quality import COSTS as costs  # active parameters (billions), the same costs as there
 
-    from hybridllm.fleet import FleetOptions, fit_fleet
-    from hybridllm.head import HeadConfig
-    from hybridllm.router import Router
+    from hybridllm.model.fit import TrainOptions, fit_router
+    from hybridllm.model.head import HeadConfig
+    from hybridllm.model.router import Router
 
     with tempfile.TemporaryDirectory() as tmp:
-        opts = FleetOptions(list(costs), costs, head=HeadConfig(members=5, epochs=3, extra=["log_tokens"]))
-        fit_fleet(mmlu[:9000], opts).save(Path(tmp) / "r7")
+        opts = TrainOptions(models=list(costs), costs=costs, head=HeadConfig(members=5, epochs=3, extra=["log_tokens"]))
+        fit_router(mmlu[:9000], opts).save(Path(tmp) / "r7")
         router = Router(Path(tmp) / "r7")
         for p in prompts[:20]:
             router.route(p, budget=50)
@@ -100,10 +100,10 @@ def main() -> None:
                 if spec in args.train_encoders.split(",")
                 else os.environ.get("HYBRIDLLM_BENCH_CACHE", str(Path.home() / ".cache" / "hybridllm"))
             )
-            from hybridllm.encoder import make_encoder
-            from hybridllm.head import HeadConfig
-            from hybridllm.router import Router
-            from hybridllm.train import DEFAULT_EXTRA, TrainOptions, train_router
+            from hybridllm.features.featurize import make_encoder
+            from hybridllm.model.fit import DEFAULT_EXTRA, TrainOptions, train_router
+            from hybridllm.model.head import HeadConfig
+            from hybridllm.model.router import Router
 
             entry: dict = {"encoder": spec}
             if spec in args.train_encoders.split(","):

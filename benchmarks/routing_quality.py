@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridllm.encoder import EmbeddingCache, embed_texts, make_encoder
-from hybridllm.head import HeadConfig
-from hybridllm.labels import make_labels
-from hybridllm.metrics import evaluate_scores, expected_quality
-from hybridllm.router import Router
-from hybridllm.table import read_table, select_pair, split_rows
-from hybridllm.train import DEFAULT_EXTRA, TrainOptions, pair_qualities, train_router
+from hybridllm.evaluate.metrics import evaluate_scores, expected_quality
+from hybridllm.features.cache import EmbeddingCache, embed_texts
+from hybridllm.features.featurize import make_encoder
+from hybridllm.model.fit import DEFAULT_EXTRA, TrainOptions, pair_qualities, train_router
+from hybridllm.model.head import HeadConfig
+from hybridllm.model.router import Router
+from hybridllm.stages.labels import make_labels
+from hybridllm.tables.format import read_table, select_pair, split_rows
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "mmlu_pro.jsonl"
@@ -87,7 +88,7 @@ def peer_scores(model, x):
 
 def bootstrap_diff(a: np.ndarray, b: np.ndarray, qs: np.ndarray, ql: np.ndarray, n: int = 1000, seed: int = 0):
     """95% interval of APGR(a) - APGR(b) over test rows resampled with replacement (paired)."""
-    from hybridllm.metrics import apgr, quality_curve
+    from hybridllm.evaluate.metrics import apgr, quality_curve
 
     rng = np.random.default_rng(seed)
     diffs = []

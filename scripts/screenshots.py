@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hybridllm import default_router_dir  # noqa: E402
-from hybridllm.table import read_table  # noqa: E402
+from hybridllm.tables.format import read_table  # noqa: E402
 from tests.browser import browser_page  # noqa: E402
 from tests.fake_openai import FakeOpenAI, _free_port  # noqa: E402
 from tests.procs import running_serve  # noqa: E402

@@ -1,14 +1,8 @@
 import numpy as np
 import pytest
 
-from hybridllm.calibrate import (
-    NEVER,
-    CalibrationError,
-    calibration_table,
-    resolve_knob,
-    threshold_for_cost_advantage,
-    threshold_for_quality_drop,
-)
+from hybridllm.routing.knob import point_for_cost_advantage, point_for_quality_drop, resolve
+from hybridllm.routing.policy import NEVER, CalibrationError, calibration_table
 
 
 def realised(scores, qs, ql, thr):
@@ -33,7 +27,7 @@ def data():
 def test_quality_drop_target_is_met_and_tight(data, target):
     scores, qs, ql = data
     table = calibration_table(scores, qs, ql)
-    point = threshold_for_quality_drop(table, target)
+    point = point_for_quality_drop(table, target)
     ca, qd = realised(scores, qs, ql, point["threshold"])
     assert qd <= target + 1e-9
     assert ca == pytest.approx(point["cost_advantage"])
@@ -48,7 +42,7 @@ def test_quality_drop_target_is_met_and_tight(data, target):
 def test_cost_advantage_target_is_hit_closely(data, target):
     scores, qs, ql = data
     table = calibration_table(scores, qs, ql)
-    point = threshold_for_cost_advantage(table, target)
+    point = point_for_cost_advantage(table, target)
     ca, _ = realised(scores, qs, ql, point["threshold"])
     gaps = [abs(realised(scores, qs, ql, t)[0] - target) for t in np.unique(scores)]
     assert abs(ca - target) <= min(gaps) + 1e-9
@@ -59,12 +53,12 @@ def test_route_nothing_row_and_knob_resolution(data):
     table = calibration_table(scores, qs, ql)
     assert table[0] == {"threshold": NEVER, "cost_advantage": 0.0, "quality_drop": 0.0}
     default = {"kind": "max_quality_drop", "value": 1.0}
-    thr, why = resolve_knob(table, default)
-    assert why.startswith("default") and thr == threshold_for_quality_drop(table, 1.0)["threshold"]
-    assert resolve_knob(table, default, threshold=0.3) == (0.3, "threshold=0.3")
+    thr, why = resolve(table, default)
+    assert why.startswith("default") and thr == point_for_quality_drop(table, 1.0)["threshold"]
+    assert resolve(table, default, threshold=0.3) == (0.3, "threshold=0.3")
     with pytest.raises(CalibrationError, match="at most one"):
-        resolve_knob(table, default, threshold=0.3, cost_advantage=10)
+        resolve(table, default, threshold=0.3, cost_advantage=10)
     with pytest.raises(CalibrationError, match=r"0\.\.100"):
-        resolve_knob(table, default, cost_advantage=120)
+        resolve(table, default, cost_advantage=120)
     with pytest.raises(CalibrationError, match=">= 0"):
-        resolve_knob(table, default, max_quality_drop=-1)
+        resolve(table, default, max_quality_drop=-1)

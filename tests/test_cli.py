@@ -180,7 +180,7 @@ def test_version_and_help_in_pipeline_order():
 
 def test_metric_choices_match_the_library():
     from hybridllm.cli._common import Metric
-    from hybridllm.score import available_metrics
+    from hybridllm.stages.score import available_metrics
 
     assert sorted(m.value for m in Metric) == available_metrics()
     proc = run("score", "x.jsonl", "--metric", "bleu", "--output", "y.jsonl", ok=False)
@@ -189,7 +189,7 @@ def test_metric_choices_match_the_library():
 
 def test_select_choices_match_the_library():
     from hybridllm.cli._common import Select
-    from hybridllm.head import SELECTION_METRICS
+    from hybridllm.model.head import SELECTION_METRICS
 
     assert [s.value for s in Select] == list(SELECTION_METRICS)
 
@@ -237,7 +237,7 @@ def test_train_with_head_features(mmlu_slice, cache_env, tmp_path):
     import numpy as np
 
     from hybridllm import Router
-    from hybridllm.router import HEAD_WORDS, featurize
+    from hybridllm.features.featurize import HEAD_WORDS, featurize
 
     out = tmp_path / "r"
     run("train", str(mmlu_slice), "--small", SMALL, "--large", LARGE, "--output", str(out),

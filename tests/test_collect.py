@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from hybridllm.table import read_table
+from hybridllm.tables.format import read_table
 
 from .conftest import SHARED
 from .fake_openai import FakeOpenAI
@@ -140,7 +140,7 @@ def test_collect_errors_are_one_line(prompts, tmp_path):
 
 
 def test_journal_drops_a_torn_last_line(tmp_path):
-    from hybridllm.collect import Journal
+    from hybridllm.stages.collect import Journal
 
     p = tmp_path / "j.jsonl"
     p.write_bytes(b'{"id": "a", "model": "s", "k": 0, "text": "x"}\n{"id": "a", "model": "s", "k": 1, "te')
@@ -181,7 +181,7 @@ def test_system_turn_goes_before_every_prompt_and_is_part_of_the_settings(prompt
 
 
 def test_format_prompt_template_then_system():
-    from hybridllm.collect import format_prompt
+    from hybridllm.stages.collect import format_prompt
 
     row = {"id": "a", "prompt": "2+2?"}
     assert format_prompt(row) is row
@@ -222,7 +222,7 @@ def test_resuming_with_other_settings_is_refused(prompts, upstream, tmp_path):
 def test_journal_put_back_when_its_file_is_swapped_under_the_run(tmp_path, how):
     """`git stash` once swapped a running collection's journal for a stale copy: every later
     sample went to the orphaned inode. Now the next append notices and rewrites the journal."""
-    from hybridllm.collect import Journal
+    from hybridllm.stages.collect import Journal
 
     p = tmp_path / "j.jsonl"
     j = Journal(p, settings={"s": 1})

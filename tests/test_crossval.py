@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from hybridllm.crossval import cross_validate
-from hybridllm.router import Router
-from hybridllm.table import TableError, read_table, split_rows
-from hybridllm.train import TrainOptions, train_router
+from hybridllm.model.crossval import cross_validate
+from hybridllm.model.fit import TrainOptions, train_router
+from hybridllm.model.router import Router
+from hybridllm.tables.format import TableError, read_table, split_rows
 
 from .conftest import LARGE, SMALL
 from .test_cli import run

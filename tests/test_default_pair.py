@@ -9,9 +9,11 @@ import sys
 
 import openai
 
-from hybridllm.models import LOCAL_MODELS
-from hybridllm.router import SHIPPED_ROUTER, Router, default_router_dir
+from hybridllm import read_table
+from hybridllm.backends.packages import LOCAL_MODELS
+from hybridllm.model.router import SHIPPED_ROUTER, Router, default_router_dir
 
+from .conftest import REPO
 from .procs import running_serve
 from .test_serve import _free_port
 
@@ -33,6 +35,24 @@ def test_the_shipped_router_is_the_default_pairs(monkeypatch):
     assert sum(p.stat().st_size for p in SHIPPED_ROUTER.iterdir()) < 5_000_000
     s = r.score(["What is 2 + 3?", "Which option is correct? A. x B. y"])
     assert s.shape == (2,) and s.min() >= 0 and s.max() <= 1
+
+
+def test_the_shipped_router_decides_as_the_release_did():
+    """Every row of the default pair's test split, at the default point and at every named knob:
+    the same score and the same model as the release that wrote the router (recorded by
+    scripts/shipped_decisions.py at the commit the file names), though the router is now read as a
+    fleet of two from its version-1 artifact and routes with the static encoder shipped in the
+    package."""
+    want = json.loads((REPO / "tests" / "data" / "shipped_decisions.json").read_text())
+    rows = {r["id"]: r for r in read_table(REPO / "data" / "default-pair" / "split" / "test.jsonl")}
+    assert list(rows) == want["ids"] and len(rows) == 214
+    r = Router(SHIPPED_ROUTER)
+    prompts = [rows[i]["prompt"] for i in want["ids"]]
+    assert r.score(prompts).tolist() == want["scores"]
+    for point in want["decisions"]:
+        decisions = r.route_batch(prompts, **point["knob"])
+        assert decisions[0].threshold == point["threshold"], point["knob"]
+        assert [d.model for d in decisions] == point["models"], point["knob"]
 
 
 def test_serve_with_no_arguments_answers_with_a_real_local_model(cache_env):

@@ -5,7 +5,7 @@ import contextlib
 import io
 import re
 
-from hybridllm.table import read_table, split_rows, write_table
+from hybridllm.tables.format import read_table, split_rows, write_table
 
 from .conftest import LARGE, REPO, SMALL
 from .fake_openai import FakeOpenAI
@@ -39,7 +39,7 @@ def test_python_api_example(mmlu_slice, cache_env, tmp_path, monkeypatch):
 
 
 def test_openai_client_example(mmlu_slice, cache_env, tmp_path):
-    from hybridllm.train import TrainOptions, train_router
+    from hybridllm.model.fit import TrainOptions, train_router
 
     router = tmp_path / "router"
     train_router(read_table(mmlu_slice), TrainOptions(small=SMALL, large=LARGE), router, show_progress=False)

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from hybridllm.encoder import EmbeddingCache, EncoderError, TransformerEncoder, embed_texts
-from hybridllm.static_encoder import StaticEncoder
+from hybridllm.features.base import EncoderError
+from hybridllm.features.cache import EmbeddingCache, embed_texts
+from hybridllm.features.static import StaticEncoder
+from hybridllm.features.transformer import TransformerEncoder
 
 TEXTS = [
     "hello",
@@ -100,9 +102,10 @@ def test_static_one_pass_equals_truncating_tokenizer(cache_env):
 def test_token_counts_are_untruncated_for_every_encoder(cache_env):
     """log_tokens counts the whole prompt whatever the encoder truncates to (the transformer's
     tokenizer truncates; its counts come from an untruncated twin, not from toggling it)."""
-    from hybridllm.encoder import _Tokenizer, resolve_encoder_path
+    from hybridllm.features.base import resolve_encoder_path
+    from hybridllm.features.tokenizer import Tokenizer as Tokenizer
 
-    tok = _Tokenizer(resolve_encoder_path(None)[1], max_length=8)
+    tok = Tokenizer(resolve_encoder_path(None)[1], max_length=8)
     text = "one two three four five six seven eight nine ten eleven twelve"
     ids, _ = tok([text])
     assert ids.shape[1] == 8  # the model still sees at most max_length tokens

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hybridllm.backends import SamplingParams, make_backend
-from hybridllm.table import read_table, write_table
+from hybridllm.tables.format import read_table, write_table
 
 from .conftest import SHARED
 from .fake_openai import FakeOpenAI
@@ -41,7 +41,7 @@ def gsm8k(n):
 
 
 def ray_opts(tmp_path, **kw):
-    from hybridllm.engine import RayOptions
+    from hybridllm.engine.jobs import RayOptions
 
     return RayOptions(
         workers=2, shard_rows=kw.pop("shard_rows", 7), work_dir=tmp_path / "shards", show_progress=False, **kw
@@ -51,8 +51,8 @@ def ray_opts(tmp_path, **kw):
 def test_collect_on_ray_equals_in_process(ray_cluster, upstream, tmp_path):
     import asyncio
 
-    from hybridllm.collect import collect_async, format_prompt
-    from hybridllm.engine import collect_ray
+    from hybridllm.engine.jobs import collect_ray
+    from hybridllm.stages.collect import collect_async, format_prompt
 
     rows = gsm8k(30)
     specs = {"small": f"tiny@{upstream.url}", "large": f"big@{upstream.url}"}
@@ -80,7 +80,7 @@ def test_collect_on_ray_equals_in_process(ray_cluster, upstream, tmp_path):
 
 
 def test_ray_store_refuses_other_settings(ray_cluster, upstream, tmp_path):
-    from hybridllm.engine import EngineError, collect_ray
+    from hybridllm.engine.jobs import EngineError, collect_ray
 
     rows = gsm8k(4)
     specs = {"small": f"tiny@{upstream.url}"}
@@ -90,8 +90,8 @@ def test_ray_store_refuses_other_settings(ray_cluster, upstream, tmp_path):
 
 
 def test_score_on_ray_equals_in_process(ray_cluster, tmp_path):
-    from hybridllm.engine import score_ray
-    from hybridllm.score import score_rows
+    from hybridllm.engine.jobs import score_ray
+    from hybridllm.stages.score import score_rows
 
     rows = gsm8k(20)
     for i, r in enumerate(rows):  # real GSM8K references; responses right, wrong and unparseable
@@ -103,10 +103,9 @@ def test_score_on_ray_equals_in_process(ray_cluster, tmp_path):
 
 
 def test_embedding_pass_and_training_on_ray_equal_in_process(ray_cluster, mmlu_slice, tmp_path):
-    from hybridllm.encoder import make_encoder
-    from hybridllm.engine import featurize_ray
-    from hybridllm.router import featurize
-    from hybridllm.train import DEFAULT_EXTRA, TrainOptions, train_router
+    from hybridllm.engine.jobs import featurize_ray
+    from hybridllm.features.featurize import featurize, make_encoder
+    from hybridllm.model.fit import DEFAULT_EXTRA, TrainOptions, train_router
 
     rows = read_table(mmlu_slice)
     texts = [r["prompt"] for r in rows[:300]]
@@ -128,10 +127,10 @@ def test_embedding_pass_and_training_on_ray_equal_in_process(ray_cluster, mmlu_s
 
 
 def test_evaluate_on_ray_equals_in_process(ray_cluster, mmlu_slice, tmp_path):
-    from hybridllm.engine import router_scores_ray
-    from hybridllm.evaluate import evaluate_router
-    from hybridllm.router import Router
-    from hybridllm.train import TrainOptions, train_router
+    from hybridllm.engine.jobs import router_scores_ray
+    from hybridllm.model.evaluation import evaluate_router
+    from hybridllm.model.fit import TrainOptions, train_router
+    from hybridllm.model.router import Router
 
     from .conftest import LARGE, SMALL
 
@@ -266,8 +265,8 @@ def test_collect_with_a_local_model_in_an_actor_pool(ray_cluster, tmp_path):
     import asyncio
 
     from hybridllm.backends import LocalBackend
-    from hybridllm.collect import collect_async
-    from hybridllm.engine import collect_ray
+    from hybridllm.engine.jobs import collect_ray
+    from hybridllm.stages.collect import collect_async
 
     rows = [{"id": f"p{i}", "prompt": p} for i, p in enumerate(["One, two,", "Paris is", "Water is", "Dogs are"])]
     params = SamplingParams(temperature=0.8, max_tokens=8)

@@ -3,10 +3,10 @@
 import pytest
 
 import hybridllm
-from hybridllm.artifact import ArtifactError, load_config
 from hybridllm.errors import HybridLLMError
+from hybridllm.model.artifact import ArtifactError, load_config
 from hybridllm.serve import KnobError, ServeConfig, ServeConfigError, parse_knob
-from hybridllm.table import TableError, read_table
+from hybridllm.tables.format import TableError, read_table
 
 
 def test_every_deliberate_error_is_a_hybridllm_error(tmp_path):

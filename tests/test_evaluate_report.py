@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from hybridllm import Router, default_router_dir
-from hybridllm.bootstrap import bootstrap_pair
-from hybridllm.evaluate import breakdown_by_meta, prompt_lengths
-from hybridllm.metrics import evaluate_scores, expected_quality
-from hybridllm.table import read_table
+from hybridllm.evaluate.bootstrap import bootstrap_pair
+from hybridllm.evaluate.metrics import evaluate_scores, expected_quality
+from hybridllm.evaluate.report import breakdown_by_meta, prompt_lengths
+from hybridllm.tables.format import read_table
 
 from .conftest import REPO
 from .test_cli import run

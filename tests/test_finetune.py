@@ -7,7 +7,7 @@ import tempfile
 import numpy as np
 
 from hybridllm import Router, TrainOptions, read_table, train_router
-from hybridllm.train import FittedRouter
+from hybridllm.model.fit import FittedRouter
 
 from .conftest import LARGE, SMALL
 
@@ -35,7 +35,7 @@ def test_finetune_round_trip(tmp_path, cache_env, mmlu_slice, monkeypatch):
     assert "model.safetensors" in files and "tokenizer.json" in files
     assert not any(p.suffix in (".pt", ".bin", ".pkl") for p in (tmp_path / "ft").rglob("*"))
     router = Router(tmp_path / "ft")
-    from hybridllm.table import select_pair, split_rows
+    from hybridllm.tables.format import select_pair, split_rows
 
     _, val = split_rows(select_pair(rows, SMALL, LARGE).rows, [0.8, 0.2], "hybridllm-val")
     # the served path (ONNX export of the fine-tuned encoder + numpy head) equals training's torch path

@@ -11,10 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hybridllm import Router, TrainOptions, read_table, train_router
-from hybridllm.artifact import ArtifactError
-from hybridllm.fleet import FleetOptions, fit_fleet, quality_matrix
-from hybridllm.head import HeadConfig
-from hybridllm.policy import Fleet, choose, resolve, sweep
+from hybridllm.model.artifact import ArtifactError
+from hybridllm.model.fit import fit_router, quality_matrix
+from hybridllm.model.head import HeadConfig
+from hybridllm.routing.knob import resolve
+from hybridllm.routing.policy import Fleet, choose, sweep
 
 from .conftest import LARGE, SMALL
 
@@ -105,7 +106,7 @@ def test_two_models_equal_the_two_model_router(rows, cache_env, tmp_path):
     pair = train_router(
         rows, TrainOptions(small=SMALL, large=LARGE, head=small_head()), tmp_path / "pair", show_progress=False
     )
-    fitted = fit_fleet(rows, FleetOptions([SMALL, LARGE], costs={SMALL: 1.0, LARGE: 6.0}, head=small_head()))
+    fitted = fit_router(rows, TrainOptions(models=[SMALL, LARGE], costs={SMALL: 1.0, LARGE: 6.0}, head=small_head()))
     fitted.save(tmp_path / "fleet")
     a, b = Router(tmp_path / "pair"), Router(tmp_path / "fleet")
     prompts = [r["prompt"] for r in rows]
@@ -126,7 +127,7 @@ def test_two_models_equal_the_two_model_router(rows, cache_env, tmp_path):
 
 
 def test_three_model_router_on_real_outcomes(rows, cache_env, tmp_path):
-    fitted = fit_fleet(rows, FleetOptions(THREE, costs=THREE_COSTS, head=small_head()))
+    fitted = fit_router(rows, TrainOptions(models=THREE, costs=THREE_COSTS, head=small_head()))
     out = fitted.save(tmp_path / "r3")
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["fleet"]["reference"] == "Meta-Llama-3_1-70B-Instruct"
@@ -153,7 +154,7 @@ def test_three_model_router_on_real_outcomes(rows, cache_env, tmp_path):
 
 
 def test_fleet_artifact_with_wrong_candidates_is_refused(rows, cache_env, tmp_path):
-    fitted = fit_fleet(rows, FleetOptions(THREE, costs=THREE_COSTS, head=HeadConfig(members=1, epochs=2)))
+    fitted = fit_router(rows, TrainOptions(models=THREE, costs=THREE_COSTS, head=HeadConfig(members=1, epochs=2)))
     out = fitted.save(tmp_path / "r3")
     cfg = json.loads((out / "config.json").read_text())
     cfg["candidates"] = [THREE[1]]
@@ -171,7 +172,7 @@ def test_serve_three_upstreams_with_the_openai_client(rows, cache_env, tmp_path)
     from .fake_openai import FakeOpenAI, _free_port
     from .procs import running_serve
 
-    out = fit_fleet(rows, FleetOptions(THREE, costs=THREE_COSTS, head=small_head())).save(tmp_path / "r3")
+    out = fit_router(rows, TrainOptions(models=THREE, costs=THREE_COSTS, head=small_head())).save(tmp_path / "r3")
     cfg = json.loads((out / "config.json").read_text())
     with FakeOpenAI() as a, FakeOpenAI() as b, FakeOpenAI() as c:
         ups = dict(zip(THREE, (a, b, c), strict=True))
@@ -258,21 +259,21 @@ def test_cli_trains_and_evaluates_a_fleet(mmlu_slice, cache_env, tmp_path):
 
 
 def test_crossval_of_a_fleet_scores_every_row_out_of_fold(rows, cache_env, tmp_path):
-    from hybridllm.crossval import cross_validate_fleet
+    from hybridllm.model.crossval import cross_validate_fleet
 
     from .test_cli import run
 
-    opts = FleetOptions(THREE, costs=THREE_COSTS, head=HeadConfig(members=1, epochs=3, extra=["log_tokens"]))
+    opts = TrainOptions(models=THREE, costs=THREE_COSTS, head=HeadConfig(members=1, epochs=3, extra=["log_tokens"]))
     report, used, scores = cross_validate_fleet(rows, opts, folds=3)
     assert len(used) == report["n"] == 400 and scores.shape == (400, 2) and len(report["per_fold"]) == 3
     # fold 1 rebuilt by hand: the same out-of-fold scores
-    from hybridllm.table import split_rows
+    from hybridllm.tables.format import split_rows
 
     parts = split_rows(used, [1 / 3] * 3, "crossval")
     train = parts[1] + parts[2]
     from dataclasses import replace
 
-    again = Router.from_fitted(fit_fleet(train, replace(opts, seed=0))).score([r["prompt"] for r in parts[0]])
+    again = Router.from_fitted(fit_router(train, replace(opts, seed=0))).score([r["prompt"] for r in parts[0]])
     index = {r["id"]: i for i, r in enumerate(used)}
     np.testing.assert_allclose(scores[[index[r["id"]] for r in parts[0]]], again, atol=1e-6)
     costs = ["--cost", f"{THREE[0]}=3.8", "--cost", f"{THREE[1]}=8", "--cost", f"{THREE[2]}=70"]
@@ -307,7 +308,7 @@ def _sweep_by_loop(s, q, fleet):
 
 
 def test_vectorised_sweep_equals_the_plain_loop():
-    from hybridllm.policy import Fleet, sweep_arrays
+    from hybridllm.routing.policy import Fleet, sweep_arrays
 
     rng = np.random.default_rng(7)
     for trial in range(40):

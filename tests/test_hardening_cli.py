@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from hybridllm.router import SHIPPED_ROUTER
+from hybridllm.model.router import SHIPPED_ROUTER
 
 from .fake_openai import FakeOpenAI, _free_port
 from .procs import running_serve

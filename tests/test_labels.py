@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hybridllm.labels import (
+from hybridllm.stages.labels import (
     candidate_margins,
     det_labels,
     make_labels,

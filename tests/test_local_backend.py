@@ -7,14 +7,14 @@ import time
 import pytest
 
 from hybridllm.backends import BackendError, LocalBackend, SamplingParams
-from hybridllm.models import LOCAL_MODELS, LocalModel, ModelError, model_path
+from hybridllm.backends.packages import LOCAL_MODELS, LocalModel, ModelError, model_path
 
 
 def test_fixture_model_is_assembled_once_and_verified(cache_env):
     p = model_path("gemma-3-270m")
     assert p.stat().st_size == LOCAL_MODELS["gemma-3-270m"].size
     mtime = os.stat(p).st_mtime_ns
-    from hybridllm import models
+    from hybridllm.backends import packages as models
 
     models._VERIFIED.clear()  # a new process: verifies the hash again, but does not re-assemble
     assert model_path("gemma-3-270m") == p and os.stat(p).st_mtime_ns == mtime
@@ -86,7 +86,7 @@ def test_batched_mixed_prompts_and_stop(cache_env):
 
 
 def test_prompt_prefix_shared_by_the_whole_batch_is_evaluated_once():
-    from hybridllm.batched import _prompt_entries
+    from hybridllm.backends._batched import _prompt_entries
 
     entries, last_of = _prompt_entries({(1, 2, 3, 4): [0, 1], (1, 2, 5): [2]})
     assert entries == [
@@ -126,8 +126,8 @@ def test_batched_context_too_small_is_a_clear_error(cache_env):
 def test_batched_collect_resumes_to_the_same_table(cache_env, tmp_path):
     """A decode group is journaled in one write and decoded deterministically, so a run that dies
     after its first group and is resumed writes the same table as an uninterrupted run."""
-    from hybridllm.collect import collect_async
-    from hybridllm.table import read_table
+    from hybridllm.stages.collect import collect_async
+    from hybridllm.tables.format import read_table
 
     rows = [{"id": f"p{i}", "prompt": p} for i, p in enumerate(["One, two,", "Paris is", "Water is", "Dogs are"])]
     params = SamplingParams(temperature=0.8, max_tokens=10)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hybridllm.metrics import apgr, evaluate_scores, quality_curve, random_curve, summarize
+from hybridllm.evaluate.metrics import apgr, evaluate_scores, quality_curve, random_curve, summarize
 
 
 def test_curve_hand_computed():

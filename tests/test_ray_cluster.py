@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridllm.router import SHIPPED_ROUTER
+from hybridllm.model.router import SHIPPED_ROUTER
 
 from .fake_openai import FakeOpenAI
 

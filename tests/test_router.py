@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from hybridllm import ArtifactError, Router, TrainOptions, read_table, train_router
-from hybridllm.head import HeadConfig
-from hybridllm.metrics import expected_quality
+from hybridllm.evaluate.metrics import expected_quality
+from hybridllm.model.head import HeadConfig
 
 from .conftest import LARGE, SMALL
 
@@ -55,7 +55,7 @@ def test_round_trip_scores_match_validation(trained):
     router = Router(res.output)
     val_ids = set()
     # the validation rows are the hashed-id holdout; rescoring them must reproduce training's scores
-    from hybridllm.table import select_pair, split_rows
+    from hybridllm.tables.format import select_pair, split_rows
 
     _, val = split_rows(select_pair(rows, SMALL, LARGE).rows, [0.8, 0.2], "hybridllm-val")
     val_ids = [r["id"] for r in val]
@@ -85,7 +85,7 @@ def test_route_knobs(trained):
 def test_calibration_meets_target_on_validation(trained):
     res, rows = trained
     router = Router(res.output)
-    from hybridllm.table import select_pair, split_rows
+    from hybridllm.tables.format import select_pair, split_rows
 
     _, val = split_rows(select_pair(rows, SMALL, LARGE).rows, [0.8, 0.2], "hybridllm-val")
     qs, ql = expected_quality(val, SMALL, LARGE)
@@ -121,7 +121,7 @@ def test_unknown_format_version_is_refused(trained, tmp_path):
 
 def test_augmentation_of_single_line_prompts():
     """A corpus without any multi-line prompt (every GSM8K question) used to crash training."""
-    from hybridllm.routing_text import distractor_copies
+    from hybridllm.features.text import distractor_copies
 
     texts = [f"Tom has {i} apples and buys {i + 3} more. How many apples does he have now?" for i in range(40)]
     out, src = distractor_copies(texts, 4, seed=1)
@@ -134,7 +134,7 @@ def test_augmentation_of_single_line_prompts():
 def test_folded_head_equals_the_plain_one(outputs, mix):
     """The head's inference form (standardisation folded into the first layer, members side by
     side, the mixed-out part skipped) computes what the plain member-by-member formula does."""
-    from hybridllm.head import HeadWeights
+    from hybridllm.model.head import HeadWeights
 
     rng = np.random.default_rng(outputs)
     e, d, h = 3, 17, 8
@@ -167,7 +167,7 @@ def test_memory_member_is_similarity_weighted_knn(outputs):
     subspace of the training prompts; a prompt seen in training all but gets its own label back."""
     from sklearn.neighbors import KNeighborsRegressor
 
-    from hybridllm.memory import fit_memory, keys, recall
+    from hybridllm.model.memory import fit_memory, keys, recall
 
     rng = np.random.default_rng(outputs)
     mem = rng.normal(size=(300, 12)).astype(np.float32)
@@ -202,7 +202,7 @@ def test_memory_member_is_similarity_weighted_knn(outputs):
 def test_memory_member_scores_one_prompt_as_in_a_batch(outputs):
     """The proxy's lone decisions take the member's vector path (Memory._one): the same value as
     the batch form, to float32 rounding, for every prompt, with k below and at the memory's size."""
-    from hybridllm.memory import fit_memory
+    from hybridllm.model.memory import fit_memory
 
     rng = np.random.default_rng(7 + outputs)
     x = rng.normal(size=(400, 20)).astype(np.float32)
@@ -219,8 +219,8 @@ def test_memory_member_scores_one_prompt_as_in_a_batch(outputs):
 
 @pytest.mark.parametrize("outputs", [1, 3])
 def test_folded_head_mixes_in_the_memory_member(outputs):
-    from hybridllm.head import HeadWeights
-    from hybridllm.memory import fit_memory
+    from hybridllm.model.head import HeadWeights
+    from hybridllm.model.memory import fit_memory
 
     rng = np.random.default_rng(7)
     e, d, h = 2, 10, 4

@@ -6,7 +6,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hybridllm.routing_text import _PHRASE, _PUNCT, _WORD_AT_END, _cut_punct, normalize
+from hybridllm.features.text import _PHRASE, _PUNCT, _WORD_AT_END, _cut_punct, normalize
 
 from .conftest import MMLU
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hybridllm.score import (
+from hybridllm.stages.score import (
     choice,
     embedding_similarity_batch,
     exact_match,
@@ -13,7 +13,7 @@ from hybridllm.score import (
     rouge_l,
     score_rows,
 )
-from hybridllm.table import TableError
+from hybridllm.tables.format import TableError
 
 from .conftest import SHARED
 
@@ -110,7 +110,7 @@ def test_embedding_similarity_orders_paraphrase_above_unrelated(cache_env):
 
 def test_judge_over_a_real_http_backend_parses_and_retries():
     from hybridllm.backends import HTTPBackend
-    from hybridllm.score import parse_rating
+    from hybridllm.stages.score import parse_rating
 
     from .fake_openai import FakeOpenAI
 
@@ -146,7 +146,7 @@ def test_exact_match_on_real_local_model_answers(tail, expected):
 def test_custom_rubric_from_the_cli(tmp_path):
     """`score --metric judge --rubric FILE`: the judge sees the user's rubric, filled in; a rubric
     with a typo in a placeholder is refused before any judge call."""
-    from hybridllm.table import read_table, write_table
+    from hybridllm.tables.format import read_table, write_table
 
     from .fake_openai import FakeOpenAI
     from .test_cli import run

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hybridllm.score import bartscore_batch, reward_model_batch, score_rows
+from hybridllm.stages.score import bartscore_batch, reward_model_batch, score_rows
 
 
 @pytest.fixture(scope="module")

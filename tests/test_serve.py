@@ -14,7 +14,7 @@ import uvicorn
 
 from hybridllm import Router, TrainOptions, read_table, train_router
 from hybridllm.backends import HTTPBackend
-from hybridllm.head import HeadConfig
+from hybridllm.model.head import HeadConfig
 from hybridllm.serve import ServeOptions, create_app
 
 from .conftest import LARGE, SMALL

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from hybridllm.stats import group_key, table_stats
-from hybridllm.table import read_table
+from hybridllm.evaluate.stats import group_key, table_stats
+from hybridllm.tables.format import read_table
 
 from .conftest import LARGE, MMLU, SMALL
 from .test_cli import run

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from hybridllm.steering import FAMILIES, flip_rates, steer_check, with_suffix
+from hybridllm.evaluate.steering import FAMILIES, flip_rates, steer_check, with_suffix
 
 from .conftest import REPO
 

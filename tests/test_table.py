@@ -2,14 +2,7 @@ import json
 
 import pytest
 
-from hybridllm.table import (
-    TableError,
-    prompt_text,
-    read_table,
-    select_pair,
-    split_rows,
-    write_table,
-)
+from hybridllm.tables.format import TableError, prompt_text, read_table, select_pair, split_rows, write_table
 
 GOOD = {"id": "a", "prompt": "hi", "quality": {"s": [1, 0], "l": [1.0]}}
 

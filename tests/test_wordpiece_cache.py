@@ -5,8 +5,9 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hybridllm.encoder import _Tokenizer, resolve_encoder_path
-from hybridllm.wordpiece_cache import WordpieceCache
+from hybridllm.features.base import resolve_encoder_path
+from hybridllm.features.tokenizer import Tokenizer as Tokenizer
+from hybridllm.features.wordpiece import WordpieceCache
 
 from .conftest import MMLU
 
@@ -14,7 +15,7 @@ GSM8K = MMLU.parent / "gsm8k" / "test.jsonl"
 
 
 def _raw():
-    return _Tokenizer(resolve_encoder_path(None)[1], 512).raw
+    return Tokenizer(resolve_encoder_path(None)[1], 512).raw
 
 
 RAW = _raw()

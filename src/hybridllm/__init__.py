@@ -2,38 +2,73 @@
 from the query alone.
 
 The public API is what a user of the library needs: load a router and route (:class:`Router`), fit
-one in memory and save it (:func:`fit_router` for two models, :func:`fit_fleet` for N), check it on
-held-out folds (:func:`cross_validate`), and read or write tables. Whether appended text can steer a
-router: :mod:`hybridllm.steering`. The pipeline's stage functions
-(rows in, rows out) live in their modules: :mod:`hybridllm.collect`, :mod:`hybridllm.score`,
-:mod:`hybridllm.labels`, :mod:`hybridllm.metrics`; the Ray engine in :mod:`hybridllm.engine`; model
-backends in :mod:`hybridllm.backends`; the proxy in :mod:`hybridllm.serve`.
+one in memory and save it (:func:`fit_router`, any number of models; a pair is a fleet of two),
+check it on held-out folds (:func:`cross_validate`), read or write tables, and catch any of its
+errors (:class:`HybridLLMError` and the tree under it, :mod:`hybridllm.errors`).
+
+The package is layered, each subpackage importing only those below it (``docs/architecture.md``,
+checked by import-linter): ``tables`` → ``features`` → ``backends`` → ``stages`` → ``routing`` →
+``evaluate`` → ``model`` → ``serve`` and ``engine`` → ``cli``.
 """
 
-__version__ = "0.1.0"
+from typing import Any
 
-from .artifact import ArtifactError
-from .crossval import cross_validate
-from .errors import HybridLLMError
-from .fleet import FittedFleet, FleetOptions, fit_fleet
-from .router import Decision, Router, default_router_dir, load_router
-from .table import TableError, read_table, split_rows, write_table
-from .train import FittedRouter, TrainOptions, fit_router, train_router
+from hybridllm.backends import BackendError, StreamBroke
+from hybridllm.backends.packages import ModelError
+from hybridllm.engine.shards import EngineError
+from hybridllm.features.base import EncoderError
+from hybridllm.model.artifact import ArtifactError, RouterNotFoundError
+from hybridllm.model.crossval import CrossValResult, cross_validate
+from hybridllm.model.fit import FittedRouter, TrainOptions, fit_router, train_router
+from hybridllm.model.router import Decision, Router, default_router_dir, load_router
+from hybridllm.routing.policy import CalibrationError
+from hybridllm.stages.collect import CollectionExists, JournalMismatch
+from hybridllm.tables.format import TableError, read_table, split_rows, write_table
+from hybridllm.tables.registry import RegistryError
+
+from ._version import __version__
+from .errors import HybridLLMError, MissingExtraError, UsageError
+
+#: the serving layer's errors, imported on first use (the server's stack is not loaded by `import hybridllm`)
+_SERVE_ERRORS = {"KnobError": "hybridllm.serve.knobs", "RequestError": "hybridllm.serve.errors",
+                 "ServeConfigError": "hybridllm.serve.errors"}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SERVE_ERRORS:
+        import importlib
+
+        return getattr(importlib.import_module(_SERVE_ERRORS[name]), name)
+    raise AttributeError(f"module 'hybridllm' has no attribute {name!r}")
+
 
 __all__ = [
     "ArtifactError",
+    "BackendError",
+    "CalibrationError",
+    "CollectionExists",
+    "CrossValResult",
     "Decision",
-    "FittedFleet",
+    "EncoderError",
+    "EngineError",
     "FittedRouter",
-    "FleetOptions",
     "HybridLLMError",
+    "JournalMismatch",
+    "KnobError",
+    "MissingExtraError",
+    "ModelError",
+    "RegistryError",
+    "RequestError",
     "Router",
+    "RouterNotFoundError",
+    "ServeConfigError",
+    "StreamBroke",
     "TableError",
     "TrainOptions",
+    "UsageError",
     "__version__",
     "cross_validate",
     "default_router_dir",
-    "fit_fleet",
     "fit_router",
     "load_router",
     "read_table",

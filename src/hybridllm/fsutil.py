@@ -1,4 +1,5 @@
-"""The one atomic-write helper: a file is either its old self or its new self, never half of each."""
+"""Files: the one atomic-write helper (a file is either its old self or its new self, never half of
+each) and the cache directory every derived file lives under."""
 
 from __future__ import annotations
 
@@ -21,3 +22,14 @@ def atomic_write(path: str | Path, data: bytes | str, durable: bool = True) -> P
             os.fsync(fh.fileno())
     tmp.replace(path)
     return path
+
+
+def cache_dir() -> Path:
+    """Where derived files live (ONNX exports, embedding cache, assembled models):
+    ``$HYBRIDLLM_CACHE``, else ``$XDG_CACHE_HOME/hybridllm`` (``~/.cache/hybridllm``)."""
+    root = os.environ.get("HYBRIDLLM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hybridllm"
+    )
+    p = Path(root)
+    p.mkdir(parents=True, exist_ok=True)
+    return p

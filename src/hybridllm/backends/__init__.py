@@ -4,14 +4,20 @@ in this process (:class:`LocalBackend`). A model SPEC becomes a backend in one p
 :func:`make_backend`.
 
 Layout: ``_types`` (samples, parameters, relay answers, errors), ``_base`` (the interface),
-``_http`` and ``_local`` (the two kinds).
+``_http`` and ``_local`` (the two kinds), ``_batched`` (several local samples decoded in one
+llama.cpp context), ``packages`` (the local models shipped as PyPI packages).
+
+May import :mod:`hybridllm.tables` (SPECs, keys) only. llama_cpp is imported inside the local
+backend, when a local model is first used.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..specs import parse_spec
+from hybridllm.errors import UsageError
+from hybridllm.tables.specs import parse_spec
+
 from ._base import Backend
 from ._http import RETRY_STATUS, HTTPBackend
 from ._local import LocalBackend, _CpuBudget
@@ -50,7 +56,7 @@ def make_backend(
     if parsed.base_url is not None:
         return HTTPBackend.from_spec(spec, api_key_env=api_key_env, name=name, **http_kw)
     if api_key_env:
-        raise ValueError(f"model {spec!r} runs in-process: an API key ({api_key_env}) is not sent to it")
+        raise UsageError(f"model {spec!r} runs in-process: an API key ({api_key_env}) is not sent to it")
     local = LocalBackend(spec, n_threads=local_threads, name=name)
     if "timeout_s" in http_kw:
         local.timeout_s = http_kw["timeout_s"]

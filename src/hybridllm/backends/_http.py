@@ -23,7 +23,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..specs import parse_spec, read_key, redact_url
+from hybridllm.errors import UsageError
+from hybridllm.tables.specs import parse_spec, read_key, redact_url
+
 from ._base import Backend
 from ._types import (
     Answer,
@@ -92,7 +94,7 @@ class HTTPBackend(Backend):
     def from_spec(cls, spec: str, api_key_env: str | None = None, **kw: Any) -> HTTPBackend:
         parsed = parse_spec(spec)
         if parsed.base_url is None:
-            raise ValueError(f"backend spec {redact_url(spec)!r}: expected MODEL@http(s)://HOST/v1")
+            raise UsageError(f"backend spec {redact_url(spec)!r}: expected MODEL@http(s)://HOST/v1")
         return cls(model=parsed.model, base_url=parsed.base_url, api_key=read_key(parsed.model, api_key_env), **kw)
 
     @property
@@ -136,7 +138,7 @@ class HTTPBackend(Backend):
 
     def _live(self) -> Any:
         if self._client is None:
-            raise RuntimeError("use the backend inside 'async with'")
+            raise BackendError("use the backend inside 'async with'")
         return self._client
 
     def _post(self, path: str, body: dict[str, Any], timeout: Any = None) -> Any:
@@ -148,7 +150,7 @@ class HTTPBackend(Backend):
         body = {"model": self.model, **params.body()}
         if self.endpoint == "completion":
             if not isinstance(prompt, str):
-                raise ValueError(f"backend {self.model}: the completion endpoint needs a string prompt")
+                raise UsageError(f"backend {self.model}: the completion endpoint needs a string prompt")
             return _PATHS["completion"], {**body, "prompt": prompt}
         return _PATHS["chat"], {**body, "messages": as_messages(prompt)}
 

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hybridllm.progress import progress_bar
+
 from ._base import Backend
+from ._batched import BatchedDecoder, BatchRequest, chat_prompt_tokens
 from ._types import (
     Answer,
     BackendError,
@@ -27,6 +30,7 @@ from ._types import (
     as_messages,
     piece,
 )
+from .packages import LOCAL_MODELS, model_path
 
 _SAMPLING_ARGS = {
     "temperature",
@@ -93,8 +97,6 @@ def _assembly_bar(name: str) -> Any:
 
     def update(done: int, total: int) -> None:
         if not bar:
-            from ..progress import progress_bar
-
             bar.append(progress_bar(total, f"assembling {name}", "B", unit_scale=True))
         bar[0].update(done - bar[0].n)
         if done >= total:
@@ -152,8 +154,6 @@ class LocalBackend(Backend):
                     "local models need llama-cpp-python: pip install 'hybridllm[local]' "
                     "(builds from source, ~6 min; CMAKE_ARGS=-DGGML_NATIVE=OFF for portable binaries)"
                 ) from None
-            from ..models import LOCAL_MODELS, model_path
-
             if self.spec in LOCAL_MODELS:
                 path = model_path(self.spec, progress=_assembly_bar(self.spec))
                 if self.chat is None:
@@ -247,8 +247,6 @@ class LocalBackend(Backend):
     def generate_many_sync(self, items: Sequence[tuple[Prompt, SamplingParams]]) -> list[Sample]:
         """Decode several samples together (see :mod:`hybridllm.batched`); each gets the batch's
         wall time as its latency, since that is how long it took to produce."""
-        from ..batched import BatchedDecoder, BatchRequest, chat_prompt_tokens
-
         llm = self.load()
         n = len(items)
         if self._decoder is None or self._decoder.n_seq < n:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import HybridLLMError
+from hybridllm.errors import HybridLLMError
 
 # receives each piece of text as the model produces it (``generate(..., on_text=...)``): an answer
 # at a few tokens/s on a CPU is read as it comes, not after a silent minute

@@ -4,7 +4,7 @@ failure is one line on stderr and a non-zero exit code; every success exits 0.
 Commands live by what they touch: ``data`` (tables: collect, score, stats, split), ``model``
 (routers: train, evaluate, crossval, calibrate, route), ``serving`` (serve, chat) and ``steer``
 (steer-check: what appended text does to a router's decisions); they register on one Typer app in
-that order.
+that order. The top layer: it may import any other.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import sys
 
 import typer
 
-from ..errors import HybridLLMError
+from hybridllm.errors import HybridLLMError
+
 from . import data, model, serving, steer  # noqa: F401  (registers the commands, in that order)
 from ._common import app, err
 

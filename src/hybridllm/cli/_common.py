@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from ..errors import HybridLLMError
+from hybridllm.errors import HybridLLMError
 
 app = typer.Typer(
     add_completion=False,
@@ -24,7 +24,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from .. import __version__
+        from hybridllm._version import __version__
 
         print(f"hybridllm {__version__}")
         raise typer.Exit()
@@ -124,7 +124,7 @@ def _ray_options(engine: Engine, address: str | None, workers: int, shard_rows: 
         if address is not None or work_dir is not None:
             _fail("--ray-address / --work-dir need --engine ray")
         return None
-    from ..engine import RayOptions
+    from hybridllm.engine.jobs import RayOptions
 
     if workers < 1 or shard_rows < 1:
         _fail("--workers and --shard-rows must be >= 1")
@@ -132,7 +132,7 @@ def _ray_options(engine: Engine, address: str | None, workers: int, shard_rows: 
 
 
 def _load_router(router_dir: Path | None) -> Any:
-    from ..router import Router, default_router_dir
+    from hybridllm.model.router import Router, default_router_dir
 
     if router_dir is None:
         try:

@@ -84,10 +84,10 @@ def collect(
     import asyncio
     import time
 
-    from ..backends import SamplingParams, make_backend
-    from ..collect import collect_async, format_prompt
-    from ..progress import progress_bar
-    from ..table import read_table
+    from hybridllm.backends import SamplingParams, make_backend
+    from hybridllm.progress import progress_bar
+    from hybridllm.stages.collect import collect_async, format_prompt
+    from hybridllm.tables.format import read_table
 
     if samples < 1:
         _fail(f"--samples must be >= 1, got {samples}")
@@ -95,11 +95,11 @@ def collect(
         _fail(f"--batch must be >= 1, got {batch}")
     if local_threads is not None and local_threads < 1:
         _fail(f"--local-threads must be >= 1, got {local_threads}")
-    from ..specs import key_envs, parse_spec
+    from hybridllm.tables.specs import key_envs, parse_spec
 
     registry = None
     if models_file is not None:
-        from ..registry import Registry
+        from hybridllm.tables.registry import Registry
 
         registry = Registry.load(models_file)
     backends, specs = {}, {}
@@ -132,7 +132,7 @@ def collect(
     params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
     if ray_opts is not None:
-        from ..engine import collect_ray
+        from hybridllm.engine.jobs import collect_ray
 
         per_task = max(1, -(-concurrency // ray_opts.workers))  # global limit = --concurrency
         _, rst = collect_ray(
@@ -225,9 +225,9 @@ def score(
     work_dir: WorkDirOpt = None,
 ) -> None:
     """Turn responses into per-sample quality with a metric."""
-    from ..backends import make_backend
-    from ..score import check_rubric, score_rows
-    from ..table import read_table, write_table
+    from hybridllm.backends import make_backend
+    from hybridllm.stages.score import check_rubric, score_rows
+    from hybridllm.tables.format import read_table, write_table
 
     metric_name = metric.value
     rubric_text = None
@@ -240,7 +240,7 @@ def score(
             _fail(f"{rubric}: {exc}")
     ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
     if ray_opts is not None:
-        from ..engine import score_ray
+        from hybridllm.engine.jobs import score_ray
 
         rows, rst = score_ray(
             read_table(table),
@@ -271,9 +271,9 @@ def stats(
 ) -> None:
     """What a table holds: each model's quality, how often the small one is good enough, and what
     a perfect router could save (worth knowing before training one)."""
-    from ..collect import is_journal, read_journal
-    from ..stats import journal_stats, table_stats
-    from ..table import read_table
+    from hybridllm.evaluate.stats import journal_stats, table_stats
+    from hybridllm.stages.collect import is_journal, read_journal
+    from hybridllm.tables.format import read_table
 
     if bool(small) != bool(large):
         _fail("--small and --large go together")
@@ -346,7 +346,7 @@ def split(
     salt: Annotated[str, typer.Option(help="hash salt; change it for a different deterministic split")] = "split",
 ) -> None:
     """Split a table deterministically by hashed id (stable under reordering and appends)."""
-    from ..table import read_table, split_rows, write_table
+    from hybridllm.tables.format import read_table, split_rows, write_table
 
     names, fracs = [], []
     for part in into.split(","):

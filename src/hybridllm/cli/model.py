@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from ._common import (
     Engine,
@@ -24,10 +23,9 @@ from ._common import (
     _progress,
     _ray_options,
     app,
-    err,
     out,
 )
-from ._report import summary_table
+from ._report import show_fit
 
 FeaturesOpt = Annotated[
     str,
@@ -56,7 +54,7 @@ KnnOpt = Annotated[
 
 
 def _features(spec: str) -> list[str]:
-    from ..head import SCALAR_EXTRAS
+    from hybridllm.model.head import SCALAR_EXTRAS
 
     names = [x.strip() for x in spec.split(",") if x.strip()]
     known = (*SCALAR_EXTRAS, "head_embed")
@@ -108,28 +106,23 @@ def train(
     work_dir: WorkDirOpt = None,
 ) -> None:
     """Train a router on a routing table and save a calibrated artifact: between --small and
-    --large, or among --models. With --engine ray the embedding pass (head mode) runs on Ray."""
-    from ..head import HeadConfig
-    from ..table import read_table
-    from ..train import TrainOptions, train_router
+    --large, or among --models (a pair is a fleet of two). With --engine ray the embedding pass (head
+    mode) runs on Ray."""
+    from hybridllm.model.fit import TrainOptions, train_router
+    from hybridllm.model.head import HeadConfig
+    from hybridllm.tables.format import read_table
 
+    names, costs = _model_args(small, large, models, cost, models_file)
     rows = read_table(table)
     vrows = read_table(validation) if validation else None
     head = HeadConfig(extra=_features(features), members=members, seed=seed, select=select.value, knn=knn)
     if epochs is not None and mode == Mode.head:
         head.epochs = epochs
-    if models is not None:
-        if small or large:
-            _fail("give --models, or --small and --large, not both")
-        if mode != Mode.head or engine is not Engine.local:
-            _fail("--models trains in head mode with the local engine")
-        _train_fleet(rows, vrows, models, cost, models_file, labels.value, encoder, max_length, seed, head, output)
-        return
-    if not small or not large:
-        _fail("give --small and --large (two models) or --models M1,M2,... (any number)")
     opts = TrainOptions(
-        small=small,
-        large=large,
+        small=small if names is None else None,
+        large=large if names is None else None,
+        models=names,
+        costs=costs,
         labels=labels.value,
         mode=mode.value,
         encoder=encoder,
@@ -142,9 +135,7 @@ def train(
     ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
     featurizer = None
     if ray_opts is not None:
-        if mode != Mode.head:
-            _fail("--engine ray covers the head-mode embedding pass; finetune trains in one process")
-        from ..engine import featurize_ray
+        from hybridllm.engine.jobs import featurize_ray
 
         def featurizer(texts):
             x, st = featurize_ray(texts, encoder, max_length, head.extra, ray_opts)
@@ -152,33 +143,26 @@ def train(
             return x
 
     res = train_router(rows, opts, output, validation=vrows, progress=_progress, featurizer=featurizer)
-    out.print(
-        summary_table(res.config["validation_metrics"], f"validation ({res.config['data']['validation_rows']} rows)")
-    )
-    from ..evaluate import promised_point
-
-    point = promised_point(res.config)
-    promised = point["promised"]
-    if promised["cost_advantage"] is not None:
-        out.print(
-            f"default operating point {point['knob']} (calibrated on validation): threshold "
-            f"{point['threshold']:.4f}, {promised['cost_advantage']:.1f}% to {opts.small}, "
-            f"quality drop {promised['quality_drop']:.2f}%",
-            highlight=False,
-        )
-    apgr = res.config["validation_metrics"]["router"]["apgr"]
-    out.print(f"saved router to {res.output} (validation APGR {_fmt(apgr)})", highlight=False)
+    show_fit(res.config)
+    apgr = (res.config.get("validation_metrics") or {}).get("router", {}).get("apgr")
+    tail = f" (validation APGR {_fmt(apgr)})" if apgr is not None else ""
+    out.print(f"saved router to {res.output}{tail}", highlight=False)
 
 
-def _train_fleet(rows, vrows, models, cost, models_file, labels, encoder, max_length, seed, head, output) -> None:
-    from ..fleet import FleetOptions, fit_fleet
-
-    names, costs = _fleet_costs(models, cost, models_file)
-    opts = FleetOptions(names, costs, labels=labels, encoder=encoder, max_length=max_length, seed=seed, head=head)
-    fitted = fit_fleet(rows, opts, validation=vrows, progress=_progress, show_progress=True)
-    _print_fleet(fitted.config)
-    fitted.save(output)
-    out.print(f"saved router to {output}")
+def _model_args(
+    small: str | None, large: str | None, models: str | None, cost: list[str] | None, models_file: Path | None
+) -> tuple[list[str] | None, Any]:
+    """(the --models names, or None for --small/--large; the models' costs or None): the two
+    spellings of one fleet."""
+    if models is not None:
+        if small or large:
+            _fail("give --models, or --small and --large, not both")
+        return _fleet_costs(models, cost, models_file)
+    if not small or not large:
+        _fail("give --small and --large (two models) or --models M1,M2,... (any number)")
+    if cost or models_file:  # a pair with prices: the large model stays the reference
+        return None, _fleet_costs(f"{small},{large}", cost, models_file)[1]
+    return None, None
 
 
 def _fleet_costs(models: str, cost: list[str] | None, models_file: Path | None) -> tuple[list[str], Any]:
@@ -188,7 +172,7 @@ def _fleet_costs(models: str, cost: list[str] | None, models_file: Path | None) 
         _fail(f"--models needs at least two distinct names, got {models!r}")
     costs: dict[str, float] | None = None
     if models_file is not None:
-        from ..registry import Registry
+        from hybridllm.tables.registry import Registry
 
         costs = Registry.load(models_file).costs(names)
     for item in cost or []:
@@ -201,53 +185,6 @@ def _fleet_costs(models: str, cost: list[str] | None, models_file: Path | None) 
             _fail(f"--cost {item!r}: expected NAME=X with NAME in --models and X > 0")
         costs = {**(costs or {}), name: x}
     return names, costs
-
-
-def _print_fleet(cfg: dict) -> None:
-    fl = cfg["fleet"]
-    t = Table(title=f"validation ({cfg['data']['validation_rows']} rows): operating points")
-    t.add_column("max quality drop")
-    t.add_column("threshold", justify="right")
-    t.add_column("cost, % of always-best", justify="right")
-    for m in fl["models"]:
-        t.add_column(f"% {m}", justify="right")
-    from ..policy import resolve
-
-    for qd in (0, 1, 2, 5, 10):
-        thr, _ = resolve(cfg["calibration"], cfg["default_operating_point"], max_quality_drop=qd)
-        p = next(x for x in cfg["calibration"] if x["threshold"] == thr)
-        t.add_row(f"{qd}%", f"{thr:.4f}", f"{p['cost']:.1f}", *[f"{s:.1f}" for s in p["shares"]])
-    out.print(t)
-    costs_txt = ", ".join(f"{m} {c:g}" for m, c in zip(fl["models"], fl["costs"], strict=True))
-    out.print(f"models by cost: {costs_txt}; reference (best on training rows): {fl['reference']}")
-
-
-def _crossval_fleet(
-    table, models, cost, models_file, labels, encoder, seed, folds, salt, json_out, plot, features="log_tokens",
-    select="loss", knn=True,
-) -> None:  # fmt: skip
-    from ..crossval import cross_validate_fleet
-    from ..fleet import FleetOptions
-    from ..fleet_eval import plot_fleet
-    from ..head import HeadConfig
-    from ..table import read_table
-
-    names, costs = _fleet_costs(models, cost, models_file)
-    head = HeadConfig(extra=_features(features), select=select, knn=knn)
-    opts = FleetOptions(names, costs, labels=labels, encoder=encoder, seed=seed, head=head)
-    rep, _, _ = cross_validate_fleet(read_table(table), opts, folds=folds, salt=salt, progress=_progress)
-    out.print(
-        f"{folds}-fold out-of-fold on {table.name} ({rep['n']} rows): router AIQ {rep['router']['aiq']:.4f}, "
-        f"best fixed mix {rep['hull']['aiq']:.4f}, random {rep['random']['aiq']:.4f}; cost at <= 1% drop "
-        f"{rep['router']['cost_at_1pct_drop']:.1f}% (oracle {rep['oracle']['cost']:.1f}%); per-fold AIQ "
-        + ", ".join(f"{p['aiq']:.4f}" for p in rep["per_fold"]),
-        highlight=False,
-    )
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(rep, indent=1) + "\n")
-    if plot:
-        plot_fleet(str(plot), rep, f"{table.name}: {rep['n']} queries, {folds}-fold out-of-fold")
 
 
 @app.command()
@@ -269,85 +206,36 @@ def evaluate(
     work_dir: WorkDirOpt = None,
 ) -> None:
     """Evaluate a router on a table: the router with 95 % intervals against random, the oracle and
-    prompt-length baselines, and its saved operating point as realised on the table."""
-    from ..evaluate import evaluate_router, write_predictions
-    from ..router import Router
-    from ..table import read_table
-    from ._report import show_pair_report, write_pair_outputs
+    prompt-length baselines, and its saved operating point as realised on the table (two models);
+    against every single model and the best fixed mix of them (more)."""
+    from hybridllm.evaluate.report import write_predictions
+    from hybridllm.model.evaluation import evaluate_router
+    from hybridllm.model.router import Router
+    from hybridllm.tables.format import read_table
+
+    from ._report import show_report, write_outputs
 
     if bootstrap < 100:
         _fail("--bootstrap must be at least 100 resamples")
     router = Router(router_dir)
     rows = read_table(table)
-    if router.fleet is not None:
-        if engine is not Engine.local or predictions or html_out:
-            _fail("routers over N models evaluate with the local engine, without --predictions or --html")
-        _evaluate_fleet(router, rows, table, json_out, plot, bootstrap)
-        return
     ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
     scorer = None
     if ray_opts is not None:
-        from ..engine import router_scores_ray
+        from hybridllm.engine.jobs import router_scores_ray
 
         def scorer(prompts):
             return router_scores_ray(router_dir, prompts, ray_opts)[0]
 
-    report, used, scores, boot = evaluate_router(router, rows, scorer=scorer, n_boot=bootstrap)
-    if report["skipped"]:
-        _progress(f"skipped {report['skipped']} rows without quality for both {router.small} and {router.large}")
-    title = f"{router.small} → {router.large} on {table.name} ({report['n']} rows)"
-    show_pair_report(report, title)
+    ev = evaluate_router(router, rows, scorer=scorer, n_boot=bootstrap)
+    if ev.report["skipped"]:
+        _progress(f"skipped {ev.report['skipped']} rows without quality for every one of {', '.join(router.models)}")
+    title = f"{' → '.join(router.models)} on {table.name} ({len(ev.rows)} rows)"
+    show_report(ev.report, title)
     if predictions:
-        write_predictions(predictions, used, scores)
+        write_predictions(predictions, ev.rows, ev.scores)
         _progress(f"wrote {predictions}")
-    write_pair_outputs(report, used, scores, boot.band, title, json_out, plot, html_out, router.turns)
-
-
-def _evaluate_fleet(router, rows, table, json_out, plot, n_boot: int = 1000) -> None:
-    from ..bootstrap import separation_warning
-    from ..fleet import fleet_rows, quality_matrix
-    from ..fleet_eval import bootstrap_fleet, evaluate_fleet, plot_fleet
-
-    fl = router.fleet
-    used, skipped = fleet_rows(rows, list(fl.models))
-    if skipped:
-        _progress(f"skipped {skipped} rows without quality for every model")
-    scores, quality = router.score([r["prompt"] for r in used]), quality_matrix(used, list(fl.models))
-    report = evaluate_fleet(scores, quality, fl)
-    report["ci95"] = ci = bootstrap_fleet(scores, quality, fl, n_boot)
-    rival, measure = "the best fixed mix of models", "their AIQ difference"
-    warning = separation_warning(ci["router_minus_hull_aiq"], report["n"], rival, measure, digits=4)
-    report["warnings"] = [warning] if warning else []
-    t = Table(title=f"{' | '.join(fl.models)} on {table.name} ({report['n']} rows); cost in % of {fl.reference}")
-    t.add_column("method")
-    t.add_column("AIQ", justify="right")
-    t.add_column("cost at <= 1% quality drop", justify="right")
-    ci_of = {"router": ("router_aiq", "router_cost_at_1pct_drop"), "hull": ("hull_aiq", None)}
-    for name in ("router", "hull", "random"):
-        label = {"hull": "best fixed mix of models", "random": "random (cheapest | best)"}.get(name, name)
-        a_ci, c_ci = (ci.get(k) if k else None for k in ci_of.get(name, (None, None)))
-        t.add_row(
-            label,
-            f"{report[name]['aiq']:.4f}" + (f" [{a_ci[0]:.4f}, {a_ci[1]:.4f}]" if a_ci else ""),
-            f"{report[name]['cost_at_1pct_drop']:.1f}%" + (f" [{c_ci[0]:.1f}, {c_ci[1]:.1f}]" if c_ci else ""),
-        )
-    o = report["oracle"]
-    t.add_row("oracle", "", f"{o['cost']:.1f}% (quality {o['quality']:.3f})")
-    out.print(t)
-    for s_ in report["singles"]:
-        out.print(f"  {s_['model']}: cost {s_['cost']:.1f}%, quality {s_['quality']:.4f}")
-    d = ci["router_minus_hull_aiq"]
-    if d:
-        out.print(f"router minus best fixed mix, AIQ: 95 % interval [{d[0]:+.4f}, {d[1]:+.4f}]", highlight=False)
-    for w in report["warnings"]:
-        err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=1) + "\n")
-        _progress(f"wrote {json_out}")
-    if plot:
-        plot_fleet(str(plot), report, f"{table.name}: {report['n']} queries")
-        _progress(f"wrote {plot}")
+    write_outputs(ev.report, ev.rows, ev.scores, ev.band, title, json_out, plot, html_out, router.turns)
 
 
 @app.command()
@@ -374,26 +262,20 @@ def crossval(
 ) -> None:
     """Cross-validate the training recipe: every row scored by a router trained on the other
     folds. For tables too small to spare a test split."""
-    from ..crossval import cross_validate
-    from ..evaluate import write_predictions
-    from ..head import HeadConfig
-    from ..table import read_table
-    from ..train import TrainOptions
-    from ._report import show_pair_report, write_pair_outputs
+    from hybridllm.evaluate.report import write_predictions
+    from hybridllm.model.crossval import cross_validate
+    from hybridllm.model.fit import TrainOptions
+    from hybridllm.model.head import HeadConfig
+    from hybridllm.tables.format import read_table
 
-    if models is not None:
-        if small or large or predictions:
-            _fail("--models cross-validates a router over N models: no --small/--large/--predictions")
-        _crossval_fleet(
-            table, models, cost, models_file, labels.value, encoder, seed, folds, salt, json_out, plot, features,
-            select.value, knn,
-        )  # fmt: skip
-        return
-    if not small or not large:
-        _fail("give --small and --large (two models) or --models M1,M2,... (any number)")
+    from ._report import show_report, write_outputs
+
+    names, costs = _model_args(small, large, models, cost, models_file)
     opts = TrainOptions(
-        small=small,
-        large=large,
+        small=small if names is None else None,
+        large=large if names is None else None,
+        models=names,
+        costs=costs,
         labels=labels.value,
         encoder=encoder,
         seed=seed,
@@ -402,19 +284,23 @@ def crossval(
     res = cross_validate(read_table(table), opts, folds=folds, salt=salt, progress=_progress)
     rep = res.report
     if rep["skipped"]:
-        _progress(f"skipped {rep['skipped']} rows without quality for both {small} and {large}")
-    title = f"{small} → {large}: {folds}-fold cross-validation on {table.name} ({rep['n']} rows)"
-    show_pair_report(rep, title)
-    fold_apgr = ", ".join(_fmt(p["apgr"]) for p in rep["per_fold"])
-    out.print(
-        f"Q_small {rep['Q_small']:.4f}   Q_large {rep['Q_large']:.4f}   per-fold APGR {fold_apgr} "
-        f"(mean {_fmt(rep['fold_apgr_mean'])} ± {_fmt(rep['fold_apgr_std'])} sd)",
-        highlight=False,
-    )
+        _progress(f"skipped {rep['skipped']} rows without quality for every model")
+    shown = " → ".join(names or [str(small), str(large)])
+    title = f"{shown}: {folds}-fold cross-validation on {table.name} ({len(res.rows)} rows)"
+    show_report(rep, title)
+    if "fold_apgr_mean" in rep:
+        fold_apgr = ", ".join(_fmt(p["apgr"]) for p in rep["per_fold"])
+        out.print(
+            f"Q_small {rep['Q_small']:.4f}   Q_large {rep['Q_large']:.4f}   per-fold APGR {fold_apgr} "
+            f"(mean {_fmt(rep['fold_apgr_mean'])} ± {_fmt(rep['fold_apgr_std'])} sd)",
+            highlight=False,
+        )
+    else:
+        out.print("per-fold AIQ " + ", ".join(f"{p['aiq']:.4f}" for p in rep["per_fold"]), highlight=False)
     if predictions:
         write_predictions(predictions, res.rows, res.scores)
         _progress(f"wrote {predictions}")
-    write_pair_outputs(rep, res.rows, res.scores, res.band, title, json_out, plot, None)
+    write_outputs(rep, res.rows, res.scores, res.band, title, json_out, plot, None)
 
 
 @app.command()
@@ -422,25 +308,29 @@ def calibrate(
     router_dir: Annotated[Path, typer.Argument(metavar="DIR", help="router artifact")],
     table: Annotated[Path, typer.Argument(help="calibration table with both models' quality")],
     max_quality_drop: Annotated[float | None, typer.Option(help="target max quality drop, percent")] = None,
-    cost_advantage: Annotated[float | None, typer.Option(help="target share of small-model queries, percent")] = None,
+    cost_advantage: Annotated[
+        float | None, typer.Option(help="target share of queries away from the reference model, percent")
+    ] = None,
+    budget: Annotated[float | None, typer.Option(help="target average cost, percent of always-best")] = None,
     save: Annotated[bool, typer.Option(help="store this table's calibration and the point as the default")] = False,
 ) -> None:
     """Find the threshold that meets a quality or cost target on a table."""
-    from ..artifact import save_config
-    from ..calibrate import recalibrate
-    from ..router import Router
-    from ..table import read_table
+    from hybridllm.model.artifact import save_config
+    from hybridllm.model.recalibrate import recalibrate
+    from hybridllm.model.router import Router
+    from hybridllm.tables.format import read_table
 
-    if (max_quality_drop is None) == (cost_advantage is None):
-        _fail("give exactly one of --max-quality-drop or --cost-advantage")
+    if sum(x is not None for x in (max_quality_drop, cost_advantage, budget)) != 1:
+        _fail("give exactly one of --max-quality-drop, --cost-advantage or --budget")
     router = Router(router_dir)
-    point, cfg, n = recalibrate(router, read_table(table), max_quality_drop, cost_advantage)
+    point, cfg, n = recalibrate(router, read_table(table), max_quality_drop, cost_advantage, budget)
     out.print(
         json.dumps(
             {
                 "n": n,
                 "threshold": round(float(point["threshold"]), 6),
                 "cost_advantage": round(float(point["cost_advantage"]), 2),
+                "cost": round(float(point["cost"]), 2),
                 "quality_drop": round(float(point["quality_drop"]), 2),
             }
         ),
@@ -456,14 +346,16 @@ def route(
     router_dir: Annotated[Path, typer.Argument(metavar="DIR", help="router artifact")],
     prompt: Annotated[str, typer.Argument(help="the query")],
     max_quality_drop: Annotated[float | None, typer.Option(help="max quality drop, percent")] = None,
-    cost_advantage: Annotated[float | None, typer.Option(help="share of small-model queries, percent")] = None,
+    cost_advantage: Annotated[
+        float | None, typer.Option(help="share of queries away from the reference model, percent")
+    ] = None,
     threshold: Annotated[float | None, typer.Option(help="raw score threshold in 0..1")] = None,
     budget: Annotated[
-        float | None, typer.Option(help="routers over N models: average cost, percent of always-best")
+        float | None, typer.Option(help="average cost, percent of always-best (needs the models' costs)")
     ] = None,
 ) -> None:
     """Decide which model should answer one prompt; prints JSON."""
-    from ..router import Router
+    from hybridllm.model.router import Router
 
     router = Router(router_dir)
     d = router.route(

@@ -7,13 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import (
-    _fail,
-    _load_router,
-    _progress,
-    app,
-    err,
-)
+from ._common import _fail, _load_router, _progress, app, err
 
 
 @app.command()
@@ -65,8 +59,8 @@ def serve(
 ) -> None:
     """Serve an OpenAI-compatible endpoint that routes each request to the model the router picks
     (small or large, or any of N models)."""
-    from ..serve import ServeConfig
-    from ..serve.runner import run
+    from hybridllm.serve import ServeConfig
+    from hybridllm.serve.runner import run
 
     cfg = ServeConfig.load(
         config,
@@ -85,7 +79,7 @@ def serve(
         route_on=route_on,
         workers=workers,
     )
-    from ..serve.build import build, load_router
+    from hybridllm.serve.build import build, load_router
 
     cfg.options()  # refuses an open non-loopback bind before anything loads
     try:
@@ -102,7 +96,8 @@ def serve(
         base = f"http://{cfg.host}:{bound}"
         _progress(f"routing {' | '.join(router.models)} on {base}/v1")
         _progress(f"upstreams: {cfg.describe_upstreams(ups)}")
-        share = "hybrid-ca-<pct>, hybrid-t-<x>, small, large" if router.fleet is None else "hybrid-budget-<pct>"
+        share = "hybrid-ca-<pct>, hybrid-t-<x>" + (", hybrid-budget-<pct>" if router.fleet.costs_given else "")
+        share += ", small, large" if len(router.models) == 2 else ""
         _progress(f"models: hybrid (= {cfg.default_point(router)}), hybrid-qd-<pct>, {share}, each model's name")
         _progress(
             f"try: curl -s {base}/v1/chat/completions -H 'content-type: application/json' "
@@ -133,9 +128,9 @@ def chat(
     """Ask through the router: shows which model answered, its score and the threshold."""
     import asyncio
 
-    from ..backends import SamplingParams, make_backend
-    from ..serve import ServeConfig
-    from ..specs import key_envs, parse_spec
+    from hybridllm.backends import SamplingParams, make_backend
+    from hybridllm.serve import ServeConfig
+    from hybridllm.tables.specs import key_envs, parse_spec
 
     router = _load_router(router_dir)
     # the same rule as serve: named local models run in-process, anything else must be given

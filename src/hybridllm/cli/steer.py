@@ -33,16 +33,16 @@ def steer_check(
     one given."""
     from rich.table import Table
 
-    from ..router import Router
-    from ..steering import steer_check as check
-    from ..table import read_table
+    from hybridllm.evaluate.steering import steer_check as check
+    from hybridllm.model.router import Router
+    from hybridllm.tables.format import read_table
 
     if n < 1 or tries < 0:
         _fail("--n must be at least 1 and --tries at least 0")
     if fail_above is not None and not 0 <= fail_above <= 100:
         _fail("--fail-above is a percent in 0..100")
     router = Router(router_dir)
-    if router.fleet is not None:
+    if len(router.models) != 2:
         _fail("steer-check takes a two-model router (this one routes over several models)")
     thr, point = router.threshold(max_quality_drop, cost_advantage, threshold)
     prompts = [r["prompt"] for r in read_table(table)[:n]]

@@ -3,7 +3,11 @@ upstream (a :class:`hybridllm.backends.Backend`) according to the router and the
 
 Layout: ``config`` (TOML + flags → one checked object), ``protocol`` (body limits, strict JSON,
 request checks, error shape), ``knobs`` (routing names), ``batcher`` (router micro-batches),
-``app`` (the ASGI routes), ``runner`` (bind, logging, uvicorn).
+``app`` (the ASGI routes), ``telemetry`` (Prometheus counters and spend), ``runner`` (bind,
+logging, uvicorn).
+
+May import :mod:`hybridllm.model` (the router) and the layers below it; never the Ray engine or the
+CLI.
 """
 
 from .app import ServeOptions, create_app, openai_error

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ..backends import Answer, Backend, Failure, StreamBroke
+from hybridllm.backends import Answer, Backend, Failure, StreamBroke
+
 from .batcher import MicroBatcher
 from .dashboard import KnobControl, mount_dashboard
+from .errors import RequestError
 from .knobs import KnobError, forced_names, parse_knob, routing_names
-from .metrics import Metrics, Record
-from .protocol import RequestError, check_request, error_body, error_type, parse_json, read_body
+from .protocol import check_request, error_body, error_type, parse_json, read_body
 from .routing import Routing
+from .telemetry import Metrics, Record
 
 
 @dataclass
@@ -221,7 +223,8 @@ def create_app(router: Any, *upstreams: Backend | ServeOptions, options: ServeOp
         return {
             "object": "list",
             "data": [
-                {"id": n, "object": "model", "owned_by": "hybridllm"} for n in routing_names(forced, routing.pair)
+                {"id": n, "object": "model", "owned_by": "hybridllm"}
+                for n in routing_names(forced, routing.fleet.costs_given)
             ],
         }
 

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hybridllm.model.router import Router, default_router_dir
+
 from .app import ServeOptions, create_app
 from .config import ServeConfig
 
@@ -30,8 +32,6 @@ def limit_blas_threads() -> None:
 
 
 def load_router(cfg: ServeConfig) -> Any:
-    from ..router import Router, default_router_dir
-
     router = Router(cfg.router if cfg.router is not None else default_router_dir())
     if cfg.route_on is not None:
         router.turns = cfg.route_on

@@ -15,8 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from ..backends import Backend, make_backend
-from ..specs import key_envs, parse_spec
+from hybridllm.backends import Backend, make_backend
+from hybridllm.backends.packages import LOCAL_MODELS
+from hybridllm.tables.registry import Registry
+from hybridllm.tables.specs import key_envs, parse_spec
+
 from .app import ServeOptions
 from .errors import ServeConfigError
 from .knobs import KnobError, parse_name
@@ -134,8 +137,6 @@ class ServeConfig(BaseModel):
 
     def upstream_specs(self, router: Any) -> tuple[str, str]:
         """The two SPECs; with none named, a router trained on named local models serves them."""
-        from ..models import LOCAL_MODELS
-
         small = self.small or (router.small if router.small in LOCAL_MODELS else None)
         large = self.large or (router.large if router.large in LOCAL_MODELS else None)
         if not small or not large:
@@ -143,12 +144,13 @@ class ServeConfig(BaseModel):
         return small, large
 
     def model_specs(self, router: Any) -> dict[str, str]:
-        """Router model name → SPEC: a two-model router's small and large; for N models, every model
-        of the router from ``model`` (NAME=SPEC items) or the models file."""
-        fleet = getattr(router, "fleet", None)
-        if fleet is None:
+        """Router model name → SPEC: every model of the router from ``model`` (NAME=SPEC items) or the
+        models file; a two-model router also takes ``small`` and ``large`` (or, with none named, its
+        own local models)."""
+        fleet = router.fleet
+        if len(fleet.models) == 2 and not self.model and (self.small or self.large or self.registry() is None):
             small, large = self.upstream_specs(router)
-            return {router.small: small, router.large: large}
+            return {fleet.models[0]: small, fleet.models[1]: large}
         specs: dict[str, str] = {}
         reg = self.registry()
         if reg is not None:
@@ -170,8 +172,6 @@ class ServeConfig(BaseModel):
         if self.models_file is None:
             return None
         if self._registry is None:
-            from ..registry import Registry
-
             self._registry = Registry.load(self.models_file)
         return self._registry
 
@@ -191,7 +191,7 @@ class ServeConfig(BaseModel):
         return out
 
     def upstreams(self, router: Any, load_local: Any = None, load: bool = True) -> list[Backend]:
-        """One upstream per model of the router (cost order for N models; small, large for two),
+        """One upstream per model of the router, in cost order (two models: small, large),
         each with its own key. ``load_local(spec, name)`` is called before an in-process model loads;
         ``load=False`` leaves in-process models unloaded (the parent of ``--workers N`` only describes
         them)."""
@@ -199,8 +199,8 @@ class ServeConfig(BaseModel):
         parsed = {n: parse_spec(v) for n, v in specs.items()}
         http = [n for n, p in parsed.items() if p.is_http]
         aliases = {p.model: n for n, p in parsed.items()}
-        if getattr(router, "fleet", None) is None:
-            aliases.update({"small": router.small, "large": router.large})
+        if len(router.fleet.models) == 2:
+            aliases.update({"small": router.fleet.models[0], "large": router.fleet.models[1]})
         reg = self.registry()
         defaults = {n: e.api_key_env for n, e in reg.models.items()} if reg is not None else None
         try:

@@ -6,6 +6,7 @@ when keys are set, unless ``public_metrics``); ``POST /dashboard/knob`` always n
 keys are set, since it changes where traffic goes.
 """
 
+
 import asyncio
 import json
 import logging
@@ -13,8 +14,11 @@ import os
 from importlib import resources
 from typing import Any
 
+from hybridllm.fsutil import atomic_write
+
+from .errors import RequestError
 from .knobs import Knob, KnobError, parse_knob
-from .protocol import RequestError, parse_json, read_body
+from .protocol import parse_json, read_body
 
 _ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 log = logging.getLogger("hybridllm.access")
@@ -31,10 +35,11 @@ class KnobControl:
     def __init__(self, router: Any, routing: Any, forced: dict[str, int], opts: Any) -> None:
         self.router, self.routing, self.forced, self.opts = router, routing, forced, opts
         cal = router.config.get("calibration") or []
-        self.x_key = "cost_advantage" if routing.pair else "cost"
-        self.x_label = (
-            f"% of queries to {routing.ups[0].who}" if routing.pair else f"cost, % of always {routing.fleet.reference}"
-        )
+        # the curve's x: spend when the models' costs are known, else the share away from the reference
+        fleet = routing.fleet
+        self.x_key = "cost" if fleet.costs_given else "cost_advantage"
+        away = f"% of queries not sent to {fleet.reference}"
+        self.x_label = f"cost, % of always {fleet.reference}" if fleet.costs_given else away
         self.curve = [[float(r[self.x_key]), float(r["quality_drop"]), float(r["threshold"])] for r in cal]
         # the workers of one server share the knob through a file: a change made on one worker is
         # seen by the others at their next `hybrid` request (one stat call each)
@@ -73,8 +78,6 @@ class KnobControl:
         before = self.name
         self.opts.default_knob = None if name == "hybrid" else name
         if self.path is not None:
-            from ..fsutil import atomic_write
-
             atomic_write(self.path, name, durable=False)
             self.sync()
         log.info(json.dumps({"event": "default_knob", "from": before, "to": self.name}))

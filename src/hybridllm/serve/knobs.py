@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import HybridLLMError
+from hybridllm.errors import HybridLLMError
 
 _PCT = r"(?:0|[1-9][0-9]{0,2})(?:\.[0-9]{1,4})?"
 _NAME = re.compile(rf"hybrid-(qd|ca|budget)-({_PCT})|hybrid-t-((?:0|1)(?:\.[0-9]{{1,6}})?)", re.ASCII)
@@ -59,9 +59,10 @@ def forced_names(models: list[tuple[str, str]], pair: bool) -> dict[str, int]:
     return out
 
 
-def routing_names(forced: dict[str, Any], pair: bool = True) -> list[str]:
-    """What ``/v1/models`` lists: the routing examples and every accepted forced name."""
-    share = ["hybrid-ca-20", "hybrid-ca-50"] if pair else ["hybrid-budget-30", "hybrid-budget-60"]
+def routing_names(forced: dict[str, Any], budget: bool = False) -> list[str]:
+    """What ``/v1/models`` lists: the routing examples (budgets when the router knows the models'
+    costs) and every accepted forced name."""
+    share = ["hybrid-budget-30", "hybrid-budget-60"] if budget else ["hybrid-ca-20", "hybrid-ca-50"]
     examples = ["hybrid", "hybrid-qd-0", "hybrid-qd-1", "hybrid-qd-5", *share, "hybrid-t-0.5"]
     return list(dict.fromkeys([*examples, *forced]))
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from hybridllm.fsutil import atomic_write
+
 WINDOW_S = 60  # requests/s series length
 BINS = 20  # score histogram bins over 0..1
 
@@ -69,8 +71,6 @@ class LiveStats:
 
     def publish(self) -> None:
         """This worker's window, for the other workers' snapshots (no fsync: it lives as long as the server)."""
-        from ..fsutil import atomic_write
-
         if self.share_dir is not None:
             atomic_write(os.path.join(self.share_dir, f"{os.getpid()}.json"), json.dumps(self._state()), durable=False)
 

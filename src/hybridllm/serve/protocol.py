@@ -15,26 +15,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..backends._types import within
-from ..routing_text import flatten
-from ..table import lone_surrogate
+from hybridllm.backends._types import within
+from hybridllm.features.text import flatten
+from hybridllm.tables.format import lone_surrogate
 
-
-class RequestError(Exception):
-    """A request refused with an OpenAI-shaped error: HTTP status, message, ``param``, ``code``."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        code: str | None = None,
-        etype: str = "invalid_request_error",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.etype = status, message, param, code, etype
-        self.headers = headers
+from .errors import RequestError
 
 
 def error_body(message: str, etype: str = "invalid_request_error", param: str | None = None, code: Any = None) -> bytes:

@@ -1,5 +1,5 @@
-"""Which upstream answers: the router's scores through the policy, for a two-model router
-(upstreams small, large) or a router over N models (one upstream per model, matched by name), and
+"""Which upstream answers: the router's scores through the policy, one upstream per model of the
+router (matched by name; a two-model router's ``--small``/``--large`` upstreams by position), and
 where a failed call falls back to (the next better model, then the next worse)."""
 
 from __future__ import annotations
@@ -9,36 +9,31 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import Backend
-from ..policy import Fleet
+from hybridllm.backends import Backend
+
 from .errors import ServeConfigError
 
 
 class Routing:
     def __init__(self, router: Any, upstreams: Sequence[Backend]) -> None:
-        fleet = getattr(router, "fleet", None)
-        if fleet is None:
-            if len(upstreams) != 2:
-                raise ServeConfigError(f"a two-model router needs two upstreams (small, large), got {len(upstreams)}")
-            self.pair = True
+        fleet = router.fleet
+        by_name = {u.who: u for u in upstreams}
+        if set(by_name) == set(fleet.models) and len(by_name) == len(upstreams):
+            self.ups = [by_name[m] for m in fleet.models]
+        elif len(fleet.models) == len(upstreams) == 2:  # --small, --large: the cheaper one first
             self.ups = list(upstreams)
-            self.fleet = Fleet((self.ups[0].who, self.ups[1].who), (1.0, 2.0), self.ups[1].who)
-            self.candidates: list[str] = [self.ups[0].who]
-            quality = [0.0, 1.0]
         else:
-            self.pair = False
-            by_name = {u.who: u for u in upstreams}
             missing = [m for m in fleet.models if m not in by_name]
             extra = [n for n in by_name if n not in fleet.models]
-            if missing or extra or len(by_name) != len(upstreams):
-                raise ServeConfigError(
-                    f"upstreams must be one per model of the router ({', '.join(fleet.models)}); "
-                    f"missing: {', '.join(missing) or 'none'}; unknown: {', '.join(extra) or 'none'}"
-                )
-            self.ups = [by_name[m] for m in fleet.models]
-            self.fleet = fleet
-            self.candidates = list(router.config["candidates"])
-            quality = list(router.config.get("fleet_quality") or range(len(fleet.models)))
+            raise ServeConfigError(
+                f"upstreams must be one per model of the router ({', '.join(fleet.models)}); "
+                f"missing: {', '.join(missing) or 'none'}; unknown: {', '.join(extra) or 'none'}"
+            )
+        self.fleet = fleet
+        #: two models keep their spelling: forced names small/large, labels small/large
+        self.pair = len(fleet.models) == 2
+        self.candidates: list[str] = list(router.config["candidates"])
+        quality = router.config.get("fleet_quality") or range(len(fleet.models))  # else the cost order
         self.quality = [float(q) for q in quality]
         self._orders = [self._fallback_order(i) for i in range(len(self.ups))]  # fixed: computed once
         self._ref = self.fleet.ref
@@ -50,19 +45,18 @@ class Routing:
 
     def decide(self, scores: Any, threshold: float) -> tuple[int, float]:
         """(index of the chosen upstream, the score shown for the decision): the policy's choice
-        (:func:`hybridllm.policy.choose`, the first model in cost order whose score reaches the
-        threshold, else the reference), taken here on plain floats: one request's row is a few
+        (:func:`hybridllm.routing.policy.choose`, the first model in cost order whose score reaches
+        the threshold, else the reference), taken here on plain floats: one request's row is a few
         numbers, where NumPy's per-call cost is the whole cost."""
         row = np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
         index = next((i for i, v in enumerate(row) if v >= threshold), self._ref)
-        if self.pair:
-            return index, row[0]
         return index, row[index] if index < len(row) else max(row)
 
     def named_scores(self, scores: Any) -> dict[str, float] | None:
-        if self.pair:
-            return None
+        """Every scored model's score, when the router scores more than one."""
         row = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if len(row) == 1:
+            return None
         return {m: float(v) for m, v in zip(self.candidates, row, strict=True)}
 
     def fallback_order(self, target: int) -> list[int]:

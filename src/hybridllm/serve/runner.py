@@ -16,7 +16,9 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from ..specs import redact_url
+from hybridllm.tables.specs import redact_url
+
+from .build import build
 from .config import ServeConfig, ServeConfigError
 
 
@@ -84,8 +86,6 @@ WORKER_ENV = "HYBRIDLLM_SERVE_WORKER"
 def worker_app() -> Any:
     """The app of one ``--workers N`` worker process (a uvicorn factory): the parent's settings
     arrive in the environment as JSON."""
-    from .build import build
-
     spec = json.loads(os.environ[WORKER_ENV])
     configure_logging(spec["verbose"])
     return build(ServeConfig.model_validate(spec["config"]), state_dir=spec["state_dir"]).app
