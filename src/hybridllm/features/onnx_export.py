@@ -8,6 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from hybridllm.errors import require
+
 from .base import EncoderError
 from .tokenizer import Tokenizer
 
@@ -33,7 +35,8 @@ def torch_pooled_module(model: Any) -> Any:
 
 def load_torch_encoder(path: Path) -> Any:
     """The encoder as a torch module (eager attention: exports cleanly and matches ONNX exactly)."""
-    from transformers import AutoModel, logging
+    require("torch", "train", f"loading the encoder weights of {path}")
+    from transformers import AutoModel, logging  # the train extra, checked above
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()  # a weights bar per load is noise in serve logs and CI output

@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy.sparse import csr_matrix
 
+from hybridllm.errors import require
 from hybridllm.fsutil import cache_dir
 from hybridllm.progress import progress_iter
 
@@ -126,8 +128,6 @@ class StaticEncoder:
     def _pool_many(self, kept: list[list[int]]) -> np.ndarray:
         """A batch's vectors in one sparse product (token counts per text @ table), not a NumPy
         gather per text: the serving hot path scores micro-batches of prompts."""
-        from scipy.sparse import csr_matrix
-
         out = np.zeros((len(kept), self.dim), dtype=np.float32)
         counts = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept))
         flat = np.fromiter(itertools.chain.from_iterable(kept), dtype=np.int64, count=int(counts.sum()))
@@ -154,7 +154,7 @@ _GATHER_MAX = 4
 
 def distill_static_table(path: Path, batch_size: int = 512) -> np.ndarray:
     """Run every vocabulary token through the encoder alone ([CLS] tok [SEP]); keep its pooled vector."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "train", f"distilling a static encoder from {path}")
 
     tokenizer = Tokenizer(path, 8)
     target = cache_dir() / "onnx" / f"{path.name}-{encoder_fingerprint(path, 8)}-static-src.onnx"

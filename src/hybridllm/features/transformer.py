@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from hybridllm.errors import require
 from hybridllm.fsutil import cache_dir
 
 from .base import DEFAULT_ENCODER, EncoderError, encoder_fingerprint, resolve_encoder_path
@@ -61,13 +62,12 @@ class TransformerEncoder:
                     raise EncoderError(f"ONNX export/load failed for {self.path}: {exc}") from exc
                 self.backend = "torch"
         if self.backend == "torch":
-            import torch
-
+            torch = require("torch", "train", f"running the encoder {self.name} with torch")
             torch.set_num_threads(self.threads)
             self._torch = torch_pooled_module(load_torch_encoder(self.path))
 
     def _onnx_session(self) -> Any:
-        import onnxruntime as ort
+        ort = require("onnxruntime", "train", f"the transformer encoder {self.name}")
 
         target = cache_dir() / "onnx" / f"{self.name}-{self.fingerprint}.onnx"
         target.parent.mkdir(parents=True, exist_ok=True)

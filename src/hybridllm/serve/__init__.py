@@ -1,25 +1,34 @@
 """The OpenAI-compatible routing proxy: each chat/completion request goes to the small or the large
 upstream (a :class:`hybridllm.backends.Backend`) according to the router and the request's knob (see :mod:`.knobs`).
 
-Layout: ``config`` (TOML + flags → one checked object), ``protocol`` (body limits, strict JSON,
-request checks, error shape), ``knobs`` (routing names), ``batcher`` (router micro-batches),
-``app`` (the ASGI routes), ``telemetry`` (Prometheus counters and spend), ``runner`` (bind,
-logging, uvicorn).
+Layout: ``config`` (TOML + flags → one checked object) and ``options`` (what the running proxy
+reads), ``protocol`` (body limits, strict JSON, request checks, error shape), ``knobs`` (routing
+names), ``control`` (the run-time default knob), ``routing`` (the router's models as upstreams,
+fallback order), ``batcher`` (router micro-batches), ``decision`` (the decision seam: a
+``Decider`` says where a request goes), ``proxy`` (the request path), ``app`` (the ASGI routes),
+``telemetry`` (Prometheus counters and spend), ``dashboard``, ``runner`` (bind, logging, uvicorn).
 
 May import :mod:`hybridllm.model` (the router) and the layers below it; never the Ray engine or the
 CLI.
 """
 
-from .app import ServeOptions, create_app, openai_error
+from .app import create_app
 from .config import ServeConfig, ServeConfigError
+from .decision import Decider, PolicyDecider, RouteDecision, ServingRouter
 from .knobs import Knob, KnobError, parse_knob
+from .options import ServeOptions
+from .protocol import openai_error
 
 __all__ = [
+    "Decider",
     "Knob",
     "KnobError",
+    "PolicyDecider",
+    "RouteDecision",
     "ServeConfig",
     "ServeConfigError",
     "ServeOptions",
+    "ServingRouter",
     "create_app",
     "openai_error",
     "parse_knob",

@@ -10,8 +10,9 @@ from typing import Any
 
 from hybridllm.model.router import Router, default_router_dir
 
-from .app import ServeOptions, create_app
+from .app import create_app
 from .config import ServeConfig
+from .options import ServeOptions
 
 
 @dataclass

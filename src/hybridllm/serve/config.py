@@ -20,9 +20,9 @@ from hybridllm.backends.packages import LOCAL_MODELS
 from hybridllm.tables.registry import Registry
 from hybridllm.tables.specs import key_envs, parse_spec
 
-from .app import ServeOptions
 from .errors import ServeConfigError
 from .knobs import KnobError, parse_name
+from .options import ServeOptions
 
 
 class ServeConfig(BaseModel):

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.responses import Response
+
 from hybridllm.backends._types import within
 from hybridllm.features.text import flatten
 from hybridllm.tables.format import lone_surrogate
@@ -171,3 +173,12 @@ def check_request(body: dict[str, Any], kind: str, max_messages: int, turns: str
             raise RequestError(400, "'prompt' must be a string or a list of strings", "prompt")
         text = p
     return ChatRequest(body, model, bound_text(text, max_chars), stream)
+
+
+def openai_error(status: int, message: str, param: str | None = None, code: Any = None, headers: Any = None) -> Any:
+    return Response(
+        error_body(message, error_type(status), param, code),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )

@@ -1,0 +1,103 @@
+"""The run-time knob: what plain ``hybrid`` means now. An operator changes it (the dashboard, the
+``--default-knob`` flag) without a restart; the workers of one ``--workers N`` server share it
+through a file. Resolving a knob into a threshold is memoised here (the calibration is fixed), so
+the request path pays for it once per distinct knob."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from hybridllm.fsutil import atomic_write
+
+from .knobs import Knob, parse_knob
+
+log = logging.getLogger("hybridllm.access")  # the knob change is an access-log event
+
+
+class KnobControl:
+    """The default knob (what plain ``hybrid`` means) and the router's view of it: threshold, the
+    validation cost–quality curve and the point on it."""
+
+    def __init__(self, router: Any, routing: Any, forced: dict[str, int], opts: Any) -> None:
+        self.router, self.routing, self.forced, self.opts = router, routing, forced, opts
+        cal = router.config.get("calibration") or []
+        # the curve's x: spend when the models' costs are known, else the share away from the reference
+        fleet = routing.fleet
+        self.x_key = "cost" if fleet.costs_given else "cost_advantage"
+        away = f"% of queries not sent to {fleet.reference}"
+        self.x_label = f"cost, % of always {fleet.reference}" if fleet.costs_given else away
+        self.curve = [[float(r[self.x_key]), float(r["quality_drop"]), float(r["threshold"])] for r in cal]
+        # the workers of one server share the knob through a file: a change made on one worker is
+        # seen by the others at their next `hybrid` request (one stat call each)
+        self.path = os.path.join(opts.state_dir, "knob") if opts.state_dir else None
+        self._seen: int | None = None
+        self._thresholds: dict[tuple[Any, ...], tuple[float, str]] = {}
+
+    @property
+    def name(self) -> str:
+        return self.opts.default_knob or "hybrid"
+
+    def resolve(self, name: str) -> tuple[float | None, str]:
+        """(threshold or None for a forced model, description); KnobError/ValueError when invalid."""
+        knob = parse_knob(name, None, self.forced)
+        if knob.force:
+            return None, f"forced {knob.force}"
+        return self.threshold(knob)
+
+    def threshold(self, knob: Knob) -> tuple[float, str]:
+        """(threshold, description) of a routed knob, memoised (the calibration is fixed);
+        ValueError when the router cannot meet it."""
+        key = (knob.max_quality_drop, knob.cost_advantage, knob.threshold, knob.budget)
+        got = self._thresholds.get(key)
+        if got is None:
+            kw: dict[str, Any] = {"max_quality_drop": knob.max_quality_drop, "cost_advantage": knob.cost_advantage}
+            if knob.budget is not None:
+                kw["budget"] = knob.budget
+            got = self.router.threshold(threshold=knob.threshold, **kw)
+            if len(self._thresholds) > 4096:  # knob values come from clients: keep the memo bounded
+                self._thresholds.clear()
+            self._thresholds[key] = got
+        return got
+
+    def set(self, name: str) -> None:
+        self.resolve(name)  # refuse what would fail every request
+        before = self.name
+        self.opts.default_knob = None if name == "hybrid" else name
+        if self.path is not None:
+            atomic_write(self.path, name, durable=False)
+            self.sync()
+        log.info(json.dumps({"event": "default_knob", "from": before, "to": self.name}))
+
+    def sync(self) -> None:
+        """Take the shared knob when another worker changed it."""
+        if self.path is None:
+            return
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            return
+        if mtime != self._seen:
+            self._seen = mtime
+            with open(self.path, encoding="utf-8") as fh:
+                name = fh.read().strip()
+            self.opts.default_knob = None if name == "hybrid" else name
+
+    def view(self) -> dict[str, Any]:
+        self.sync()
+        threshold, reason = self.resolve(self.name)
+        point = None
+        if threshold is not None and self.curve:
+            row = min(self.curve, key=lambda r: abs(r[2] - threshold))
+            point = {"x": row[0], "quality_drop": row[1]}
+        return {
+            "knob": self.name,
+            "reason": reason,
+            "threshold": threshold,
+            "curve": {"x_label": self.x_label, "points": [[r[0], r[1]] for r in self.curve]},
+            "point": point,
+            "pair": self.routing.pair,
+            "models": [u.who for u in self.routing.ups],
+        }

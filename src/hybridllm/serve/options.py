@@ -1,0 +1,29 @@
+"""The running proxy's settings: one object, built from a checked
+:class:`~hybridllm.serve.config.ServeConfig` (or by hand in a test), read by every piece of the
+request path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServeOptions:
+    """The running proxy's settings (built from a :class:`~hybridllm.serve.config.ServeConfig`)."""
+
+    fallback: bool = True  # routed requests retry on the other model when theirs fails
+    api_keys: list[str] = field(default_factory=list, repr=False)  # keys clients must send; [] = open
+    public_metrics: bool = False  # /metrics and /ready without a key even when keys are set
+    api_docs: bool = False  # /docs, /redoc, /openapi.json
+    max_body_bytes: int = 1_000_000
+    max_messages: int = 512
+    max_router_chars: int = 16_000  # what the router tokenises at most (head + tail beyond)
+    client_timeout_s: float = 30.0  # to send the whole body
+    log_prompts: bool = False
+    batch_window_s: float = 0.0
+    default_knob: str | None = None  # what plain "hybrid" means, as another routing name
+    # price per 1M (input, output) tokens per model: /metrics then counts each request's estimated
+    # cost and what always using the reference (best) model would have cost
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # the workers of one `--workers N` server share the default knob and the live window here
+    state_dir: str | None = None

@@ -1,0 +1,222 @@
+"""The request path of the two proxied routes (``/v1/chat/completions``, ``/v1/completions``): one
+:class:`Proxy` with typed collaborators, each step a method.
+
+``handle`` → ``answer`` (authorise, read and check the body, ask the :class:`Decider`, call the
+upstreams through ``attempts``, shape the response) → ``relay`` for a stream. Every request,
+refused or answered, ends as one :class:`~hybridllm.serve.telemetry.Record`: recorded after the
+answer has been sent (the response's background step), off the client's critical path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from hybridllm.backends import Answer, Backend, Failure, StreamBroke
+
+from .decision import Decider, RouteDecision, ServingRouter
+from .errors import RequestError
+from .knobs import KnobError
+from .options import ServeOptions
+from .protocol import check_request, error_body, openai_error, parse_json, read_body
+from .routing import Routing
+from .telemetry import Metrics, Record
+
+#: a watcher for the client's disconnect starts this long after the upstream call
+WATCH_AFTER_S = 0.005
+
+
+class Proxy:
+    """The proxied routes' handler. ``decider``: where each request goes (replace or wrap it to
+    change the decision; the rest of the path is unchanged)."""
+
+    def __init__(
+        self, router: ServingRouter, routing: Routing, decider: Decider, metrics: Metrics, options: ServeOptions
+    ) -> None:
+        self.router, self.routing, self.decider, self.metrics, self.options = router, routing, decider, metrics, options
+        self.ups: Sequence[Backend] = routing.ups
+        self.in_flight = 0  # requests between their first byte read and their answer
+        self._keys = [k.encode() for k in options.api_keys]
+
+    def authorised(self, request: Request) -> bool:
+        if not self._keys:
+            return True
+        auth = request.headers.get("authorization", "")
+        token = (auth[7:] if auth.lower().startswith("bearer ") else "").encode()
+        return any(hmac.compare_digest(token, k) for k in self._keys)
+
+    async def chat(self, request: Request) -> Response:
+        return await self.handle(request, "chat")
+
+    async def completions(self, request: Request) -> Response:
+        return await self.handle(request, "completion")
+
+    async def handle(self, request: Request, kind: str) -> Response:
+        """One proxied request; a request that ends without an answer (cancelled) is recorded at
+        once, a stream when it ends, any other after its response has been sent."""
+        rec = Record("req-" + os.urandom(6).hex(), time.perf_counter())  # 48 random bits, as uuid4()[:12] gave
+        self.in_flight += 1
+        response: Response | None = None
+        try:
+            response = await self.answer(request, kind, rec)
+        finally:
+            self.in_flight -= 1
+            if response is None:
+                self.metrics.record(rec, self.options.log_prompts)
+        if not isinstance(response, StreamingResponse):  # a relay records itself when it ends
+            response.background = BackgroundTask(self._record_after, rec)
+        return response
+
+    async def _record_after(self, rec: Record) -> None:
+        """Coroutine on purpose: Starlette runs a plain function's background task in a thread."""
+        self.metrics.record(rec, self.options.log_prompts)
+
+    async def answer(self, request: Request, kind: str, rec: Record) -> Response:
+        headers = {"x-hybridllm-request-id": rec.rid}
+        try:
+            decision, body, stream = await self._decide(request, kind, rec)
+            headers["x-hybridllm-reason"] = decision.reason
+            if decision.score is not None:
+                headers["x-hybridllm-score"] = f"{decision.score:.6f}"
+                headers["x-hybridllm-threshold"] = f"{decision.threshold:.6f}"
+            if decision.scores is not None:
+                headers["x-hybridllm-scores"] = ",".join(f"{m}={v:.6f}" for m, v in decision.scores.items())
+            target = decision.target
+            order = self.routing.fallback_order(target) if decision.may_fall_back else [target]
+            got = await self._call(request, order, body, kind, stream, rec)
+            if got is None:  # the client left
+                return Response(status_code=499)
+            if isinstance(got, Failure):
+                hdr = dict(headers, **({"retry-after": got.retry_after} if got.retry_after else {}))
+                raise RequestError(got.status, got.message, headers=hdr)
+            return self._respond(got, headers, decision, rec)
+        except RequestError as exc:
+            rec.status, rec.error = exc.status, exc.message
+            return openai_error(exc.status, exc.message, exc.param, exc.code, exc.headers or headers)
+        except Exception as exc:  # a bug: the request fails alone, shaped like every other error
+            logging.getLogger("hybridllm.serve").exception("internal error in %s", rec.rid)
+            rec.status, rec.error = 500, f"internal error ({type(exc).__name__})"
+            return openai_error(500, f"internal error ({type(exc).__name__}); request id {rec.rid}")
+
+    async def _decide(self, request: Request, kind: str, rec: Record) -> tuple[RouteDecision, dict[str, Any], bool]:
+        """Authorise, read and check the body, and ask the decider: (decision, body, stream)."""
+        opts = self.options
+        if not self.authorised(request):
+            raise RequestError(401, "invalid or missing API key", headers={"WWW-Authenticate": "Bearer"})
+        raw = await read_body(request, opts.max_body_bytes, opts.client_timeout_s)
+        body = parse_json(raw)
+        extra = body.pop("hybridllm", None)
+        req = check_request(body, kind, opts.max_messages, self.router.turns, opts.max_router_chars)
+        rec.stream = req.stream
+        if opts.log_prompts:
+            rec.prompt = req.text
+        try:
+            decision = await self.decider.decide(req.model, extra, req.text, self.in_flight == 1)
+        except KnobError as exc:
+            status = 404 if exc.unknown_model else 400
+            raise RequestError(status, str(exc), "model", "model_not_found" if exc.unknown_model else None) from None
+        rec.score, rec.threshold, rec.scores = decision.score, decision.threshold, decision.scores
+        return decision, req.body, req.stream
+
+    async def _call(
+        self, request: Request, order: list[int], body: dict[str, Any], kind: str, stream: bool, rec: Record
+    ) -> Answer | Failure | None:
+        """The upstream calls, while a watcher listens to the client: one that leaves cancels them
+        (and no fallback is paid for nobody); None then. The watcher starts after WATCH_AFTER_S: an
+        answer that comes sooner never pays for a task of its own."""
+        left: list[bool] = []
+        watcher = _Watcher(request, asyncio.current_task(), left)
+        try:
+            return await self.attempts(order, body, kind, stream, rec)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            rec.status, rec.error = 499, "client disconnected"
+            rec.model = self.ups[order[0]].who
+            return None
+        finally:
+            watcher.cancel()
+
+    async def attempts(self, order: list[int], body: dict[str, Any], kind: str, stream: bool, rec: Record) -> Any:
+        """Each upstream of ``order`` in turn until one answers: its answer, or the last failure."""
+        failure: Failure | None = None
+        for which in order:
+            up = self.ups[which]
+            got = await up.forward(kind, dict(body, model=up.model), stream)
+            if isinstance(got, Answer):
+                if which != order[0]:
+                    rec.fallback_from = self.ups[order[0]].who
+                    self.metrics.fallbacks.labels(rec.fallback_from, up.who).inc()
+                rec.model = up.who
+                return got
+            self.metrics.errors.labels(up.who).inc()
+            failure = got
+        rec.model = self.ups[order[0]].who
+        return failure
+
+    def _respond(self, got: Answer, headers: dict[str, str], decision: RouteDecision, rec: Record) -> Response:
+        headers["x-hybridllm-model"] = rec.model
+        if rec.fallback_from:
+            headers["x-hybridllm-fallback-from"] = rec.fallback_from
+            headers["x-hybridllm-reason"] = f"{decision.reason}; fallback after {rec.fallback_from} failed"
+        if got.stream is not None:
+            rec.status = 200
+            return StreamingResponse(self.relay(got.stream, rec), media_type="text/event-stream", headers=headers)
+        rec.status = got.status
+        usage = got.payload.get("usage") if isinstance(got.payload, dict) else None
+        rec.usage = usage if isinstance(usage, dict) else {}
+        # the upstream's bytes as they are: nothing re-serialised, nothing of the schema changed
+        return Response(got.data, status_code=got.status, headers=headers, media_type="application/json")
+
+    async def relay(self, stream: AsyncIterator[bytes], rec: Record) -> AsyncIterator[bytes]:
+        """Relay the chunks; a failure mid-stream ends with an error event instead of a hang."""
+        try:
+            async for chunk in stream:
+                yield chunk
+        except StreamBroke as exc:
+            rec.status, rec.error = 502, str(exc)
+            yield b"data: " + error_body(str(exc), "upstream_error") + b"\n\n"
+        except asyncio.CancelledError:
+            rec.status, rec.error = 499, "client disconnected"
+            raise
+        finally:
+            if hasattr(stream, "aclose"):
+                await stream.aclose()
+            self.metrics.record(rec, self.options.log_prompts)
+
+
+class _Watcher:
+    """:func:`_cancel_on_disconnect` for ``task``, started ``WATCH_AFTER_S`` from now (a timer
+    costs far less than a task, and most fast answers are done before it fires)."""
+
+    def __init__(self, request: Any, task: Any, left: list[bool]) -> None:
+        self._task: asyncio.Future[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start, request, task, left)
+
+    def _start(self, request: Any, task: Any, left: list[bool]) -> None:
+        self._task = asyncio.ensure_future(_cancel_on_disconnect(request, task, left))
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def _cancel_on_disconnect(request: Any, task: Any, left: list[bool]) -> None:
+    """Cancel ``task`` when the client goes (the body is already read, so only that message is
+    left to receive); ``left`` records why the task was cancelled."""
+    while True:
+        msg = await request.receive()
+        if msg["type"] == "http.disconnect":
+            left.append(True)
+            task.cancel()
+            return
