@@ -107,7 +107,7 @@ def run(models, rows, name, salt: str = "hybridllm", plot: bool = True):
     from hybridllm.features.text import routing_text
     from hybridllm.model.fit import TrainOptions, fit_router, quality_matrix, usable_rows
     from hybridllm.model.head import embedding_width
-    from hybridllm.stages.labels import fleet_labels
+    from hybridllm.stages.labels import label_matrix
     from hybridllm.tables.format import split_rows
 
     t0 = time.perf_counter()
@@ -129,7 +129,7 @@ def run(models, rows, name, salt: str = "hybridllm", plot: bool = True):
     scores = fitted.weights.predict(x_te).reshape(len(test), -1)
     q_va, q_te = quality_matrix(val, fleet.models), quality_matrix(test, fleet.models)
     cands = [fleet.models[i] for i in fleet.candidates]
-    y_tr, _ = fleet_labels(train, cands, fleet.reference, "trans")
+    y_tr, _ = label_matrix(train, cands, fleet.reference, "trans")
     dim = embedding_width(x_tr.shape[1], list(extra))
     peers = dict(peer_scores(x_tr, y_tr, x_va, x_te, q_va, fleet, k, dim) for k in ("knn", "logistic"))
     report = evaluate_fleet(scores, q_te, fleet, peers)

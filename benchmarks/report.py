@@ -1,110 +1,378 @@
-"""Turn benchmark JSON into the Markdown tables pasted into README.md.
+"""Write docs/benchmarks.md, and the figures in the README's headline, from the benchmark results in
+benchmarks/results/*.json: every figure in them comes from a JSON file a benchmark wrote, none is
+typed by hand.
 
-python benchmarks/report.py
+    python benchmarks/report.py            # rewrite docs/benchmarks.md
+    python benchmarks/report.py --check    # exit 1 when either is not what the JSON gives
+
+``tests/test_docs.py`` runs the check, so a rerun benchmark whose page was not regenerated fails CI.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DOC = HERE.parent / "docs" / "benchmarks.md"
+README = HERE.parent / "README.md"
+BEGIN, END = "<!-- headline:begin", "<!-- headline:end -->"
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def table(head: list[str], rows: list[list[Any]], align: str | None = None) -> str:
+    align = align or "l" + "r" * (len(head) - 1)
+    sep = ["---" if a == "l" else "---:" for a in align]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def pct(x: float, digits: int = 1) -> str:
+    return f"{x * 100:.{digits}f} %"
 
 
 def routing_quality() -> str:
-    d = json.loads((RESULTS / "routing_quality.json").read_text())
-    out = []
-    for p in d["pairs"]:
-        out.append(
-            f"\n**{p['small']} → {p['large']}** (test n = {p['n_test']}; "
-            f"Q_small {p['Q_small']:.3f}, Q_large {p['Q_large']:.3f})\n"
-        )
-        out.append("| method | APGR | QD @ CA 20% | QD @ CA 40% | CA @ QD ≤ 1% | CA @ QD ≤ 5% |")
-        out.append("| --- | ---: | ---: | ---: | ---: | ---: |")
-        for name, m in p["methods"].items():
-            bold = "**" if "default" in name else ""
-            out.append(
-                f"| {bold}{name}{bold} | {bold}{m['apgr']:.3f}{bold} | {m['quality_drop_at_cost_advantage']['20']:.2f} "
-                f"| {m['quality_drop_at_cost_advantage']['40']:.2f} | {m['cost_advantage_at_quality_drop']['1']:.1f} "
-                f"| {m['cost_advantage_at_quality_drop']['5']:.1f} |"
-            )
-        if "default_vs_best_peer" in p:
-            v = p["default_vs_best_peer"]
-            out.append(
-                f"\nDefault − best peer ({v['peer']}): {v['apgr_diff']:+.4f} APGR "
-                f"(paired bootstrap 95% CI {v['bootstrap_95ci'][0]:+.3f} … {v['bootstrap_95ci'][1]:+.3f})."
-            )
-    return "\n".join(out)
-
-
-def router_speed() -> str:
-    d = json.loads((RESULTS / "router_speed.json").read_text())
+    d = load("routing_quality")
     out = [
-        "| encoder | median tokens | decision p50 | p99 | batch 64 throughput | train 10k rows (cold) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "## Routing quality on MMLU-Pro, two models",
+        "",
+        f"`python benchmarks/routing_quality.py` ({d['seconds'] / 60:.0f} min): four pairs of the shared MMLU-Pro "
+        f"table, split {d['split']}; every method is tuned on the validation part and scored on the test part. "
+        "APGR: area under the quality curve as the share sent to the large model grows (random = 0.5); QD @ CA: "
+        "quality drop (%) when that share of queries goes to the small model; CA @ QD: the share that can go to "
+        "the small model within that quality drop. With one 0/1 sample per model and query the three label kinds "
+        "are the same labels (t* = 0), so the default row stands for all three.",
     ]
-    for r in d["results"]:
-        train = f"{r['train_seconds_cold_cache']:.0f} s" if "train_seconds_cold_cache" in r else "not run"
-        out.append(
-            f"| {r['encoder']} | {r.get('prompt_tokens_median', 54):.0f} | {r['single_p50_ms']:.2f} ms "
-            f"| {r['single_p99_ms']:.2f} ms | {r['batch64_prompts_per_s']:.0f} prompts/s | {train} |"
-        )
-    return "\n".join(out)
-
-
-def reroute_robustness(point: str = "30% to small") -> str:
-    """Flip rates before/after per suffix family, both pairs side by side: 'to large / to small'."""
-    d = json.loads((RESULTS / "reroute_robustness.json").read_text())
-    pairs = d["pairs"]
-    head = "| suffix family | " + " | ".join(f"{p['pair'].split(' (')[0]} before | after" for p in pairs) + " |"
-    out = [head, "| --- |" + " ---: | ---: |" * len(pairs)]
-
-    def cell(f: dict) -> str:
-        return f"{f['to_large']:.0%} / {f['to_small']:.0%}"
-
-    for fam in pairs[0][point]["before"]["families"]:
-        cells = [
-            f"{cell(p[point]['before']['families'][fam])} | {cell(p[point]['after']['families'][fam])}" for p in pairs
-        ]
-        out.append(f"| {fam} | " + " | ".join(cells) + " |")
-    apgr = [f"{p[point]['before']['apgr']:.3f} | {p[point]['after']['apgr']:.3f}" for p in pairs]
-    out.append("| held-out APGR (these prompts) | " + " | ".join(apgr) + " |")
+    for p in d["pairs"]:
+        out += ["", f"**{p['small']} → {p['large']}** (test n = {p['n_test']}; Q_small {p['Q_small']:.3f}, "
+                f"Q_large {p['Q_large']:.3f})", ""]  # fmt: skip
+        rows = []
+        for name, m in p["methods"].items():
+            if name.startswith("hybridllm head/") and "(default)" not in name:
+                continue  # identical labels on this table (see above)
+            bold = "**" if "default" in name else ""
+            rows.append([
+                f"{bold}{name}{bold}", f"{bold}{m['apgr']:.3f}{bold}",
+                f"{m['quality_drop_at_cost_advantage']['20']:.2f}", f"{m['quality_drop_at_cost_advantage']['40']:.2f}",
+                f"{m['cost_advantage_at_quality_drop']['1']:.1f}", f"{m['cost_advantage_at_quality_drop']['5']:.1f}",
+            ])  # fmt: skip
+        out.append(table(["method", "APGR", "QD @ CA 20%", "QD @ CA 40%", "CA @ QD ≤ 1%", "CA @ QD ≤ 5%"], rows))
+        v = p.get("default_vs_best_peer")
+        if v:
+            lo, hi = v["bootstrap_95ci"]
+            out += ["", f"Default − best peer ({v['peer']}): {v['apgr_diff']:+.4f} APGR (paired bootstrap 95 % CI "
+                    f"{lo:+.3f} … {hi:+.3f})."]  # fmt: skip
+    s = load("routing_quality_splits")
+    out += [
+        "",
+        f"**Over {s['splits']['n']} splits** (`python benchmarks/routing_quality.py --labels trans --splits "
+        f"{s['splits']['n']} --out benchmarks/results/routing_quality_splits.json`, {s['seconds'] / 60:.0f} min): the "
+        "comparison repeated on differently salted 60/20/20 splits, every method retuned on each; the best peer is "
+        "picked per split on its test part, which favours the peers.",
+        "",
+    ]
+    rows = []
+    for p in s["splits"]["summary"]:
+        b, fam = p["minus_best_peer"], p["minus_peer_family"]
+        rows.append([
+            f"{p['small']} → {p['large']}", f"{b['mean']:+.4f}", f"{b['t95'][0]:+.4f} … {b['t95'][1]:+.4f}",
+            f"{b['splits_not_below']} / {s['splits']['n']}", *(f"{fam[k]['mean']:+.4f}" for k in ("kNN", "logistic", "MLP")),
+        ])  # fmt: skip
+    out.append(table(["pair", "default − best peer, mean", "95 % t interval", "splits not below", "− kNN",
+                      "− logistic", "− MLP"], rows))  # fmt: skip
     return "\n".join(out)
 
 
 def nmodel_quality() -> str:
-    d = json.loads((RESULTS / "nmodel_quality.json").read_text())
-    out = []
+    d = load("nmodel_quality")
+    out = [
+        "## Routing among N models",
+        "",
+        "`python benchmarks/nmodel_quality.py`: routers over three and seven models of the MMLU-Pro table, costs in "
+        "parameters (billions), against every single model, the best fixed mix of them (what splitting traffic at "
+        "random in the best proportions gives), random routing between the cheapest and the reference model, and "
+        "peers run through the same policy. AIQ: average quality over the cost range; cost in % of always using the "
+        "reference model.",
+    ]
+    names = {"router": "**hybridllm router**", "hull": "best fixed mix of models", "random": "random (cheapest | best)"}
     for r in d["runs"]:
-        ref = r["fleet"]["reference"]
-        out.append(f"\n**{r['name']}** (test n = {r['n']}; reference {ref}; cost = % of always using it)\n")
-        out.append("| method | AIQ | cost at ≤ 1 % quality drop |")
-        out.append("| --- | ---: | ---: |")
-        names = {
-            "router": "**hybridllm router**",
-            "hull": "best fixed mix of models",
-            "random": "random (cheapest or best)",
-        }
-        for k in ("router", "hull", "random", *[k for k in r if k.startswith("peer:")]):
-            out.append(f"| {names.get(k, k)} | {r[k]['aiq']:.4f} | {r[k]['cost_at_1pct_drop']:.1f} % |")
+        out += ["", f"**{r['name']}** (test n = {r['n']}; reference {r['fleet']['reference']})", ""]
+        rows = [[names.get(k, k), f"{r[k]['aiq']:.4f}", f"{r[k]['cost_at_1pct_drop']:.1f} %"]
+                for k in ("router", "hull", "random", *[k for k in r if k.startswith("peer:")])]  # fmt: skip
         o = r["oracle"]
-        out.append(f"| oracle | | {o['cost']:.1f} % (quality {o['quality']:.3f}) |")
+        rows.append(["oracle", "", f"{o['cost']:.1f} % (quality {o['quality']:.3f})"])
+        out.append(table(["method", "AIQ", "cost at ≤ 1 % quality drop"], rows))
         singles = ", ".join(f"{x['model']} {x['cost']:.1f} % / {x['quality']:.3f}" for x in r["singles"])
-        out.append(f"\nSingle models (cost / quality): {singles}.")
         lo, hi = r["router_minus_hull_ci95"]
         p = r["router_minus_best_peer"]
-        out.append(
-            f"Router − best fixed mix: AIQ 95 % CI [{lo:+.4f}, {hi:+.4f}]; router − {p['peer']}: "
-            f"[{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}] (paired bootstrap, 500 resamples)."
-        )
+        out += ["", f"Single models (cost / quality): {singles}. Router − best fixed mix: AIQ 95 % CI "
+                f"[{lo:+.4f}, {hi:+.4f}]; router − {p['peer']}: [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]."]  # fmt: skip
+    s = load("nmodel_quality_splits")
+    n = len(next(iter(s["splits"].values()))["router_aiq"])
+    rows = []
+    for name, sm in s["splits"].items():
+        for key in ("minus_best_peer", "minus_knn", "minus_logistic", "minus_hull"):
+            x = sm[key]
+            rows.append([name, key.removeprefix("minus_").replace("_", " "), f"{x['mean']:+.4f}",
+                         f"{x['t95'][0]:+.4f} … {x['t95'][1]:+.4f}", f"{x['splits_not_below']} / {n}"])  # fmt: skip
+    out += ["", f"Over {n} splits (`python benchmarks/nmodel_quality.py --splits {n}`), router AIQ minus:", ""]
+    out.append(table(["fleet", "minus", "mean", "95 % t interval", "splits not below"], rows, "llrrr"))
     return "\n".join(out)
 
 
+def router_speed() -> str:
+    d = load("router_speed")
+    t = d["targets"]
+    rows = []
+    for r in d["results"]:
+        train = f"{r['train_seconds_cold_cache']:.0f} s" if "train_seconds_cold_cache" in r else "not run"
+        rows.append([r["encoder"], f"{r.get('prompt_tokens_median', 54):.0f}", f"{r['single_p50_ms']:.2f} ms",
+                     f"{r['single_p99_ms']:.2f} ms", f"{r['batch64_prompts_per_s']:.0f} prompts/s", train])  # fmt: skip
+    return "\n".join([
+        "## Router speed",
+        "",
+        f"`python benchmarks/router_speed.py`: one decision (encoder + head) and batches of 64, on {d['machine']['cpus']} "
+        f"cores. Targets: p50 under {t['single_p50_ms']} ms, {t['batch64_prompts_per_s']} prompts/s in batches, "
+        f"training on 10k rows under {t['train_seconds_10k']} s.",
+        "",
+        table(["encoder", "median tokens", "decision p50", "p99", "batch 64 throughput", "train 10k rows (cold)"], rows),
+    ])  # fmt: skip
+
+
+def steering() -> str:
+    d = load("reroute_robustness")
+    point = "30% to small"
+    pairs = d["pairs"]
+    head = ["suffix family", *[f"{p['pair'].split(' (')[0]} {w}" for p in pairs for w in ("before", "after")]]
+
+    def cell(f: dict[str, float]) -> str:
+        return f"{f['to_large']:.0%} / {f['to_small']:.0%}"
+
+    rows = [[fam, *[cell(p[point][w]["families"][fam]) for p in pairs for w in ("before", "after")]]
+            for fam in pairs[0][point]["before"]["families"]]  # fmt: skip
+    rows.append(["held-out APGR (these prompts)", *[f"{p[point][w]['apgr']:.3f}" for p in pairs for w in ("before", "after")]])
+    dd = load("reroute_defences")
+    drows = []
+    for name, r in dd["results"].items():
+        a = r[point]
+        drows.append([name, f"{a['apgr']:.3f}", f"{a['max_flip']:.0%}", f"{r.get('full_test_apgr', a['apgr']):.3f}"])
+    return "\n".join([
+        "## Routing that a prompt cannot steer",
+        "",
+        "`python benchmarks/reroute_robustness.py`: the share of decisions that flip (to the large model / to the small "
+        f"one) when a suffix of each family is appended to held-out prompts, at the operating point \"{point}\", before "
+        "and after the defences of docs/method.md (filler augmentation, hardened routing text).",
+        "",
+        table(head, rows),
+        "",
+        f"Defences tried (`python benchmarks/reroute_defences.py`, {dd['n']} prompts, {dd['tries']} random tries each): "
+        "held-out APGR on these prompts, the worst family's flip rate, and APGR on the whole test split where measured.",
+        "",
+        table(["defence", "APGR", "worst flip", "test APGR"], drows),
+    ])  # fmt: skip
+
+
+def proxy() -> str:
+    d = load("proxy_overhead")
+    direct = d["results"]["direct"]
+    rows = []
+    for name, r in d["results"].items():
+        share = d["share_of_direct_requests_per_s"].get(name, 1.0)
+        added = d["added_p50_ms_1_client"].get(name)
+        rows.append([name, f"{r['requests_per_s']:,.0f}", pct(share), "" if added is None else f"{added:.2f} ms",
+                     f"{r['cpu_ms_per_request']:.2f} ms", r["errors"], r["lost"]])  # fmt: skip
+    rss = d["rss_mb_over_requests"]
+    st = load("stream_relay")
+    srows = [[name, r["chunks"], f"{r['p50_ms']:.3f} ms", f"{r['p99_ms']:.3f} ms", f"{r['max_ms']:.3f} ms"]
+             for name, r in st["results"].items()]  # fmt: skip
+    pp = load("proxy_paired_routers")
+    prow = [[r["router"], r["rounds"], f"{r['baseline_p50_ms']:.3f} ms", f"{r['p50_ms']:.3f} ms",
+             f"{r['median_paired_diff_ms']:+.3f} ms", f"{r['rounds_faster']} / {r['rounds']}"] for r in pp["results"]]  # fmt: skip
+    return "\n".join([
+        "## What the proxy costs",
+        "",
+        f"`python benchmarks/proxy_overhead.py --rounds {d['rounds']} --shipped` (commit {d['commit']}): {d['client']} "
+        f"with {d['concurrency']} connections against one OpenAI-protocol upstream on 127.0.0.1, on {d['cpus']} cores "
+        "shared by the load generator, the upstream and the proxy. The floor rows are relays with nothing but "
+        "routing; LiteLLM's proxy passes requests through without routing. Direct: "
+        f"{direct['requests_per_s']:,.0f} requests/s, {direct['p50_ms_1_client']:.2f} ms p50 at one client.",
+        "",
+        table(["path", "requests/s", "of direct", "added p50, 1 client", "CPU per request", "errors", "lost"], rows),
+        "",
+        f"Proxy memory over the run: {rss[0][1]:.1f} MB at start, {rss[-1][1]:.1f} MB after {rss[-1][0]:,} requests.",
+        "",
+        f"Streams (`python benchmarks/stream_relay.py`, {st['rounds']} rounds of {st['streams_per_round']} streams, "
+        f"{st['chunks_per_stream']} chunks {st['interval_ms']} ms apart): delay of each chunk as the client sees it; "
+        f"hybridllm over the bare relay, median of paired rounds: {st['over_bare_relay_median_paired_p50_ms']:+.3f} ms.",
+        "",
+        table(["path", "chunks", "p50", "p99", "max"], srows),
+        "",
+        "Routers side by side (`python benchmarks/proxy_paired.py --routers`): one-client p50 through the proxy, "
+        "alternating rounds.",
+        "",
+        table(["router", "rounds", "baseline p50", "p50", "median paired difference", "rounds faster"], prow),
+    ])  # fmt: skip
+
+
+def pipeline() -> str:
+    c = load("collect_throughput")
+    crows = [[r["path"], r["tokens"], f"{r['seconds']:.1f} s", f"{r['tokens_per_s']:.1f}", f"{r['ratio']:.3f}"] for r in c["runs"]]
+    e = load("engine_scaling")
+    erows = [[r["job"], r["engine"], r["workers"], f"{r['seconds']:.1f} s", f"{r['per_s']:.1f} {r['unit']}/s"] for r in e["results"]]
+    est = e["estimate_16_nodes"]
+    return "\n".join([
+        "## Collection and engines",
+        "",
+        f"`python benchmarks/collect_throughput.py`: {c['model']}, {c['prompts']} prompts, {c['max_tokens']} tokens "
+        f"each, {c['threads']} threads; `collect` against llama.cpp called directly.",
+        "",
+        table(["path", "tokens", "time", "tokens/s", "of direct"], crows),
+        "",
+        f"`python benchmarks/engine_scaling.py`: {e['requests']} requests to an upstream answering in "
+        f"{e['latency_s'] * 1000:.0f} ms, in-process and on Ray ({e['machine']}).",
+        "",
+        table(["job", "engine", "workers", "time", "rate"], erows, "llrrr"),
+        "",
+        f"Estimate for 16 nodes ({est['assumptions']}): collecting {est['requests']:,} requests in "
+        f"{est['collect_minutes']:.0f} min, the embedding pass in {est['embedding_pass_seconds']:.0f} s.",
+    ])  # fmt: skip
+
+
+def default_pair() -> str:
+    b = load("default_pair_baselines")
+    rows = [[name, f"{r['apgr']:.3f}", f"{r['ca_at_qd1']:.1f} %"] for name, r in b["results"].items()]
+    w = load("default_pair_walltime")["summary"]
+    wrows = [["all at the large model", f"{w['all_large_seconds']:.1f} s", "", f"{w['quality_all_large']:.3f}"],
+             ["all at the small model", f"{w['all_small_seconds']:.1f} s", "", f"{w['quality_all_small']:.3f}"]]  # fmt: skip
+    for o in w["operating_points"].values():
+        wrows.append([f"routed, {o['knob']}", f"{o['routed_seconds']:.1f} s ({pct(o['saving'])} faster)",
+                      pct(o["small_share"]), f"{o['quality_routed']:.3f}"])  # fmt: skip
+    h = load("head_selection")
+    hrows = [[r["recipe"], r["seed"], f"{r['apgr']:.3f}", f"{r['ci95'][0]:.3f} … {r['ci95'][1]:.3f}"] for r in h["runs"]]
+    return "\n".join([
+        "## The default local pair",
+        "",
+        f"`python benchmarks/default_pair_baselines.py`: the shipped router on the {b['n']} held-out questions of "
+        "data/default-pair against baselines that need no router (APGR, share to the small model at ≤ 1 % drop).",
+        "",
+        table(["method", "APGR", "CA @ QD ≤ 1%"], rows),
+        "",
+        f"`python benchmarks/default_pair_walltime.py --n {w['n']}`: both local models answering {w['n']} test prompts "
+        "one request at a time on these 2 cores.",
+        "",
+        table(["path", "wall time", "to the small model", "quality"], wrows),
+        "",
+        f"`python benchmarks/head_selection.py` ({h['folds']}-fold cross-validation on {h['table']}): the head's "
+        f"validation choices made on APGR or on log-likelihood, with and without the memory member. Mean out-of-fold "
+        f"APGR: on APGR {h['mean_apgr']:.3f}, on log-likelihood {h['mean_loss']:.3f}, plus memory {h['mean_loss+memory']:.3f}.",
+        "",
+        table(["recipe", "seed", "out-of-fold APGR", "95 % interval"], hrows, "lrrr"),
+    ])  # fmt: skip
+
+
+def install() -> str:
+    path = RESULTS / "install_size.json"
+    if not path.exists():
+        return ""
+    d = json.loads(path.read_text())
+    rows = [[r["name"], f"`{r['command']}`", f"{r['seconds']:.0f} s", f"{r['mb']:,.0f} MB", r["packages"],
+             "yes" if r["torch"] else "no"] for r in d["installs"]]  # fmt: skip
+    checks = "; ".join(f"`{c['command']}` exit {c['rc']}" for c in d["lean_checks"])
+    return "\n".join([
+        "## Install size",
+        "",
+        f"`python benchmarks/install_size.py` (commit {d['commit']}): fresh virtualenvs from the local package index, "
+        f"{d['note']}. In the plain install: {checks}.",
+        "",
+        table(["install", "command", "time", "size", "packages", "torch"], rows, "llrrrl"),
+    ])  # fmt: skip
+
+
+SECTIONS: list[Callable[[], str]] = [
+    routing_quality, nmodel_quality, router_speed, steering, proxy, pipeline, default_pair, install,
+]  # fmt: skip
+
+
+def headline() -> str:
+    """The README's few figures, each with the benchmark it comes from."""
+    b = load("default_pair_baselines")["results"]
+    rq = load("routing_quality_splits")["splits"]
+    nm = {r["name"]: r for r in load("nmodel_quality")["runs"]}
+    sp = next(r for r in load("router_speed")["results"] if r["encoder"].startswith("static"))
+    po = load("proxy_overhead")
+    shipped = "hybridllm, shipped router"
+    rows = [
+        ["the shipped router, default pair's 214 held-out questions",
+         f"APGR {b['shipped router']['apgr']:.3f} (random {b['random']['apgr']:.3f}, oracle {b['oracle']['apgr']:.3f}); "
+         f"{b['shipped router']['ca_at_qd1']:.1f} % to the small model at ≤ 1 % quality drop", "default_pair_baselines"],
+        ["two models, 4 MMLU-Pro pairs, 5 splits",
+         "router − best tuned peer, APGR: " + ", ".join(f"{p['minus_best_peer']['mean']:+.4f}" for p in rq["summary"]),
+         "routing_quality"],
+        *[[f"{name}, MMLU-Pro", f"AIQ {r['router']['aiq']:.4f} vs {r['hull']['aiq']:.4f} for the best fixed mix of models; "
+           f"cost at ≤ 1 % drop {r['router']['cost_at_1pct_drop']:.1f} % of always-best", "nmodel_quality"]
+          for name, r in nm.items()],
+        ["one routing decision (static encoder + head)", f"{sp['single_p50_ms']:.2f} ms p50, "
+         f"{sp['batch64_prompts_per_s']:,.0f} prompts/s in batches of 64", "router_speed"],
+        ["what the proxy adds, one client", f"{po['added_p50_ms_1_client'][shipped]:.2f} ms p50 "
+         f"(LiteLLM's pass-through proxy: {po['added_p50_ms_1_client']['LiteLLM proxy (pass-through)']:.2f} ms); "
+         f"{pct(po['share_of_direct_requests_per_s'][shipped])} of direct requests/s at 64 clients", "proxy_overhead"],
+    ]
+    path = RESULTS / "install_size.json"
+    if path.exists():
+        ins = {r["name"]: r for r in json.loads(path.read_text())["installs"]}
+        rows.append(["install", f"plain {ins['plain']['mb']:,.0f} MB (no torch); with the train extra "
+                     f"{ins['with the train extra']['mb']:,.0f} MB", "install_size"])
+    body = table(["what", "measured", "benchmark"], [[a, m, f"`{src}`"] for a, m, src in rows], "lll")
+    return f"{BEGIN} (generated by `python benchmarks/report.py` from benchmarks/results/*.json) -->\n{body}\n{END}"
+
+
+def with_headline(readme: str) -> str:
+    i, j = readme.index(BEGIN), readme.index(END) + len(END)
+    return readme[:i] + headline() + readme[j:]
+
+
+def render() -> str:
+    parts = [
+        "# Benchmarks",
+        "",
+        "<!-- generated by `python benchmarks/report.py` from benchmarks/results/*.json; edit the script, not this "
+        "page -->",
+        "",
+        "Every figure here was measured on this project's reference machine (2 CPU cores, no GPU) by the command "
+        "named with it, and written to `benchmarks/results/`. Older runs are in git history.",
+    ]
+    for section in SECTIONS:
+        text = section()
+        if text:
+            parts += ["", text]
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if docs/benchmarks.md is stale")
+    args = ap.parse_args()
+    text, readme = render(), README.read_text()
+    if args.check:
+        stale = [str(p) for p, want, have in ((DOC, text, DOC.read_text() if DOC.exists() else ""),
+                                              (README, with_headline(readme), readme)) if want != have]  # fmt: skip
+        if stale:
+            print(f"{', '.join(stale)} stale: run python benchmarks/report.py", file=sys.stderr)
+            sys.exit(1)
+        return
+    DOC.write_text(text)
+    README.write_text(with_headline(readme))
+    print(f"wrote {DOC} and the headline of {README}")
+
+
 if __name__ == "__main__":
-    print(routing_quality())
-    print()
-    print(router_speed())
-    print()
-    print(reroute_robustness())
-    print()
-    print(nmodel_quality())
+    main()

@@ -56,9 +56,8 @@ def options_block(rng: random.Random, words: list[str]) -> str:
 @contextlib.contextmanager
 def copies_with(kinds: list[str], vocab: list[str]) -> Iterator[None]:
     """Training also gets, per prompt and per filler copy, one copy with a suffix of ``kinds``."""
-    import hybridllm.model.train as train_mod
-
     import hybridllm.features.text as rt
+    import hybridllm.model.fit as train_mod
 
     orig = train_mod.distractor_copies
 
@@ -162,7 +161,7 @@ def trimmed_pooling(trim: float = 0.2) -> Iterator[None]:
 def finetune_with_copies(copies: int = 2, option_copies: int = 1) -> Iterator[None]:
     """``--mode finetune`` trains on each prompt, ``copies`` filler copies (as head mode does) and
     ``option_copies`` copies with an appended option list, all with the prompt's label."""
-    import hybridllm.model.finetune as ft
+    import hybridllm.model.fit as ft  # the name fit_router calls
     from hybridllm.features.text import distractor_copies, normalize
 
     orig = ft.finetune

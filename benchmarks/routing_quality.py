@@ -25,10 +25,10 @@ import numpy as np
 from hybridllm.evaluate.metrics import evaluate_scores, expected_quality
 from hybridllm.features.cache import EmbeddingCache, embed_texts
 from hybridllm.features.featurize import make_encoder
-from hybridllm.model.fit import DEFAULT_EXTRA, TrainOptions, pair_qualities, train_router
+from hybridllm.model.fit import DEFAULT_EXTRA, TrainOptions, train_router
 from hybridllm.model.head import HeadConfig
 from hybridllm.model.router import Router
-from hybridllm.stages.labels import make_labels
+from hybridllm.stages.labels import label_matrix
 from hybridllm.tables.format import read_table, select_pair, split_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def run_pair(rows, emb, by_id, encoder, cache, small, large, salt: str, args, qu
     qsv, qlv = expected_quality(va, small, large)
     qst, qlt = expected_quality(te, small, large)
     xtr, xva, xte = (emb[[by_id[r["id"]] for r in part]] for part in (tr, va, te))
-    ytr, _ = make_labels(pair_qualities(tr, small, large), "det")
+    ytr = label_matrix(tr, [small], large, "det")[0][:, 0]
     entry = {
         "small": small,
         "large": large,
@@ -146,7 +146,7 @@ def run_pair(rows, emb, by_id, encoder, cache, small, large, salt: str, args, qu
         scores = router.score([r["prompt"] for r in te])
         name = f"hybridllm head/{labels}" + (" (default)" if labels == "trans" else "")
         entry["methods"][name] = evaluate_scores(scores, qst, qlt, with_curve=False)["router"]
-        entry["methods"][name]["t_star"] = res.config["t_star"]
+        entry["methods"][name]["t_star"] = res.config["t_star"][small]
         entry["methods"][name]["train_seconds"] = round(time.perf_counter() - t1, 1)
         if labels == "trans":
             best_peer = max(test_scores, key=lambda k: entry["methods"][k]["apgr"])

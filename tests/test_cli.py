@@ -189,7 +189,7 @@ def test_metric_choices_match_the_library():
 
 def test_select_choices_match_the_library():
     from hybridllm.cli._common import Select
-    from hybridllm.model.head import SELECTION_METRICS
+    from hybridllm.model.head_fit import SELECTION_METRICS
 
     assert [s.value for s in Select] == list(SELECTION_METRICS)
 

@@ -140,7 +140,7 @@ def test_collect_errors_are_one_line(prompts, tmp_path):
 
 
 def test_journal_drops_a_torn_last_line(tmp_path):
-    from hybridllm.stages.collect import Journal
+    from hybridllm.stages.journal import Journal
 
     p = tmp_path / "j.jsonl"
     p.write_bytes(b'{"id": "a", "model": "s", "k": 0, "text": "x"}\n{"id": "a", "model": "s", "k": 1, "te')
@@ -222,7 +222,7 @@ def test_resuming_with_other_settings_is_refused(prompts, upstream, tmp_path):
 def test_journal_put_back_when_its_file_is_swapped_under_the_run(tmp_path, how):
     """`git stash` once swapped a running collection's journal for a stale copy: every later
     sample went to the orphaned inode. Now the next append notices and rewrites the journal."""
-    from hybridllm.stages.collect import Journal
+    from hybridllm.stages.journal import Journal
 
     p = tmp_path / "j.jsonl"
     j = Journal(p, settings={"s": 1})

@@ -1,9 +1,12 @@
-"""The README's Python examples, run as written (only the proxy's port is swapped for a free one),
-so the documentation cannot drift from the code."""
+"""The documentation's Python examples, run as written (only the proxy's port is swapped for a free
+one), and the generated pages checked against what generates them, so the docs cannot drift from the
+code."""
 
 import contextlib
 import io
 import re
+import subprocess
+import sys
 
 from hybridllm.tables.format import read_table, split_rows, write_table
 
@@ -13,8 +16,8 @@ from .procs import running_serve
 from .test_serve import _free_port
 
 
-def readme_block(starts_with: str) -> str:
-    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+def readme_block(starts_with: str, doc: str = "README.md") -> str:
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / doc).read_text(), flags=re.S)
     (block,) = [b for b in blocks if b.startswith(starts_with)]
     return block
 
@@ -44,7 +47,7 @@ def test_openai_client_example(mmlu_slice, cache_env, tmp_path):
     router = tmp_path / "router"
     train_router(read_table(mmlu_slice), TrainOptions(small=SMALL, large=LARGE), router, show_progress=False)
     port = _free_port()
-    code = readme_block("from openai import OpenAI").replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    code = readme_block("from openai import OpenAI", "docs/serve.md").replace("127.0.0.1:8000", f"127.0.0.1:{port}")
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         s_up.reply = lambda p: "small says 4"
         l_up.reply = lambda p: "large says 4"
@@ -53,3 +56,11 @@ def test_openai_client_example(mmlu_slice, cache_env, tmp_path):
             model, score, threshold, *answer = run_block(code).split()
     assert model in (SMALL, LARGE) and 0 <= float(score) <= 1 and 0 <= float(threshold) <= 1
     assert " ".join(answer) == {SMALL: "small says 4", LARGE: "large says 4"}[model]
+
+
+def test_generated_pages_are_current():
+    """docs/benchmarks.md is what benchmarks/results/*.json give, docs/cli.md what the commands say:
+    a rerun benchmark or a changed option whose page was not regenerated fails here."""
+    for script in ("benchmarks/report.py", "scripts/cli_reference.py"):
+        got = subprocess.run([sys.executable, script, "--check"], cwd=REPO, capture_output=True, text=True)
+        assert got.returncode == 0, f"{script}: {got.stderr.strip()}"

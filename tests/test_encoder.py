@@ -103,7 +103,7 @@ def test_token_counts_are_untruncated_for_every_encoder(cache_env):
     """log_tokens counts the whole prompt whatever the encoder truncates to (the transformer's
     tokenizer truncates; its counts come from an untruncated twin, not from toggling it)."""
     from hybridllm.features.base import resolve_encoder_path
-    from hybridllm.features.tokenizer import Tokenizer as Tokenizer
+    from hybridllm.features.tokenizer import Tokenizer
 
     tok = Tokenizer(resolve_encoder_path(None)[1], max_length=8)
     text = "one two three four five six seven eight nine ten eleven twelve"

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hybridllm.features.base import resolve_encoder_path
-from hybridllm.features.tokenizer import Tokenizer as Tokenizer
+from hybridllm.features.tokenizer import Tokenizer
 from hybridllm.features.wordpiece import WordpieceCache
 
 from .conftest import MMLU

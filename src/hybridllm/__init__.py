@@ -22,7 +22,7 @@ from hybridllm.model.crossval import CrossValResult, cross_validate
 from hybridllm.model.fit import FittedRouter, TrainOptions, fit_router, train_router
 from hybridllm.model.router import Decision, Router, default_router_dir, load_router
 from hybridllm.routing.policy import CalibrationError
-from hybridllm.stages.collect import CollectionExists, JournalMismatch
+from hybridllm.stages.journal import CollectionExists, JournalMismatch
 from hybridllm.tables.format import TableError, read_table, split_rows, write_table
 from hybridllm.tables.registry import RegistryError
 

@@ -233,5 +233,5 @@ def chat_prompt_tokens(llm: Any, messages: list[dict[str, Any]]) -> list[int]:
         bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
         stop_token_ids=[eos],
     )
-    prompt = fmt(messages=messages).prompt
+    prompt = fmt(messages=messages).prompt  # type: ignore[arg-type]  # llama.cpp types each role's dict apart
     return llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)

@@ -77,7 +77,7 @@ def _part_paths(model: LocalModel) -> list[Path]:
         if hasattr(mod, "get_part_path"):
             paths.append(Path(mod.get_part_path()))
         else:
-            data = Path(mod.__file__).parent / "data"
+            data = Path(str(mod.__file__)).parent / "data"
             files = sorted(p for p in data.iterdir() if p.is_file())
             if len(files) != 1:
                 raise ModelError(f"model {model.name}: expected one data file in {data}, found {len(files)}")

@@ -81,12 +81,8 @@ def collect(
 ) -> None:
     """Sample responses from each model for every prompt; safe to kill and rerun (it resumes; a
     finished identical run is a no-op)."""
-    import asyncio
-    import time
-
     from hybridllm.backends import SamplingParams, make_backend
-    from hybridllm.progress import progress_bar
-    from hybridllm.stages.collect import collect_async, format_prompt
+    from hybridllm.stages.collect import format_prompt
     from hybridllm.tables.format import read_table
 
     if samples < 1:
@@ -95,14 +91,47 @@ def collect(
         _fail(f"--batch must be >= 1, got {batch}")
     if local_threads is not None and local_threads < 1:
         _fail(f"--local-threads must be >= 1, got {local_threads}")
+    specs, envs = _model_specs(model, models_file, api_key_env)
+    kw: dict[str, Any] = {"local_threads": local_threads, "concurrency": concurrency, "timeout_s": timeout,
+                          "endpoint": endpoint.value}  # fmt: skip
+    backends = {name: make_backend(spec, api_key_env=envs.get(name), **kw) for name, spec in specs.items()}
+    rows = read_table(prompts)[:limit]
+    if template is not None and "{prompt}" not in template:
+        _fail("--template must contain {prompt}")
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
+    if ray_opts is not None:
+        from hybridllm.engine.jobs import collect_ray
+
+        per_task = max(1, -(-concurrency // ray_opts.workers))  # global limit = --concurrency
+        _, rst = collect_ray(
+            rows, specs, output, samples, params, seed, ray_opts, template=template, system=system, batch=batch,
+            key_envs=envs, overwrite=overwrite,
+            backend_kw={"concurrency": per_task, "timeout_s": timeout, "endpoint": endpoint.value},
+        )  # fmt: skip
+        out.print(
+            f"wrote {output}: {len(rows)} rows × {len(backends)} models × {samples} samples on Ray "
+            f"({rst.shards - rst.resumed} shards now, {rst.resumed} resumed; "
+            f"{rst.tokens / max(rst.seconds, 1e-9):.1f} tok/s)"
+        )
+        return
+    sent = [format_prompt(r, template, system) for r in rows]
+    stats = _collect_here(sent, rows, backends, output, samples, params, seed, batch, overwrite)
+    out.print(
+        f"wrote {output}: {len(rows)} rows × {len(backends)} models × {samples} samples "
+        f"({stats.requested} requested now, {stats.resumed} resumed)"
+    )
+
+
+def _model_specs(
+    model: list[str], models_file: Path | None, api_key_env: list[str] | None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(model name → SPEC, model name → its key variable) from --model items and the models file."""
+    from hybridllm.tables.registry import Registry
     from hybridllm.tables.specs import key_envs, parse_spec
 
-    registry = None
-    if models_file is not None:
-        from hybridllm.tables.registry import Registry
-
-        registry = Registry.load(models_file)
-    backends, specs = {}, {}
+    registry = Registry.load(models_file) if models_file is not None else None
+    specs = {}
     for item in model:
         name, sep, spec = item.partition("=")
         if not sep and registry is not None and name in registry.models and registry.models[name].spec:
@@ -115,51 +144,17 @@ def collect(
     http = [n for n, sp in specs.items() if parse_spec(sp).is_http]
     # each model's own key variable from the file; flags win
     defaults = {n: e.api_key_env for n, e in registry.models.items()} if registry is not None else None
-    envs = key_envs(api_key_env or None, http, defaults=defaults)
-    for name, spec in specs.items():
-        backends[name] = make_backend(
-            spec,
-            api_key_env=envs.get(name),
-            local_threads=local_threads,
-            concurrency=concurrency,
-            timeout_s=timeout,
-            endpoint=endpoint.value,
-        )
-    rows = read_table(prompts)[:limit]
-    if template is not None and "{prompt}" not in template:
-        _fail("--template must contain {prompt}")
-    sent = [format_prompt(r, template, system) for r in rows]
-    params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-    ray_opts = _ray_options(engine, ray_address, workers, shard_rows, work_dir)
-    if ray_opts is not None:
-        from hybridllm.engine.jobs import collect_ray
+    return specs, key_envs(api_key_env or None, http, defaults=defaults)
 
-        per_task = max(1, -(-concurrency // ray_opts.workers))  # global limit = --concurrency
-        _, rst = collect_ray(
-            rows,
-            specs,
-            output,
-            samples,
-            params,
-            seed,
-            ray_opts,
-            template=template,
-            system=system,
-            batch=batch,
-            key_envs=envs,
-            overwrite=overwrite,
-            backend_kw={
-                "concurrency": per_task,
-                "timeout_s": timeout,
-                "endpoint": endpoint.value,
-            },
-        )
-        out.print(
-            f"wrote {output}: {len(rows)} rows × {len(backends)} models × {samples} samples on Ray "
-            f"({rst.shards - rst.resumed} shards now, {rst.resumed} resumed; "
-            f"{rst.tokens / max(rst.seconds, 1e-9):.1f} tok/s)"
-        )
-        return
+
+def _collect_here(sent, rows, backends, output, samples, params, seed, batch, overwrite) -> Any:
+    """The local engine's collection, with a progress bar of samples and tokens per second."""
+    import asyncio
+    import time
+
+    from hybridllm.progress import progress_bar
+    from hybridllm.stages.collect import collect_async
+
     total = len(rows) * len(backends) * samples
     bar = progress_bar(total, "collect", "sample")
     t0 = time.perf_counter()
@@ -175,26 +170,10 @@ def collect(
         bar.update(1)
         bar.set_postfix({"tok/s": f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):.1f}"})
 
-    _, stats = asyncio.run(
-        collect_async(
-            sent,
-            backends,
-            output,
-            samples,
-            params,
-            seed,
-            on_sample,
-            keep=rows,
-            batch=batch,
-            on_start=on_start,
-            overwrite=overwrite,
-        )
-    )
+    kw = {"keep": rows, "batch": batch, "on_start": on_start, "overwrite": overwrite}
+    _, stats = asyncio.run(collect_async(sent, backends, output, samples, params, seed, on_sample, **kw))
     bar.close()
-    out.print(
-        f"wrote {output}: {len(rows)} rows × {len(backends)} models × {samples} samples "
-        f"({stats.requested} requested now, {stats.resumed} resumed)"
-    )
+    return stats
 
 
 @app.command()
@@ -272,7 +251,7 @@ def stats(
     """What a table holds: each model's quality, how often the small one is good enough, and what
     a perfect router could save (worth knowing before training one)."""
     from hybridllm.evaluate.stats import journal_stats, table_stats
-    from hybridllm.stages.collect import is_journal, read_journal
+    from hybridllm.stages.journal import is_journal, read_journal
     from hybridllm.tables.format import read_table
 
     if bool(small) != bool(large):
@@ -361,7 +340,7 @@ def split(
         fracs.append(value)
     if abs(sum(fracs) - 1) > 1e-6:
         _fail(f"--into: fractions must sum to 1, got {sum(fracs):g}")
-    rows = read_table(table)
-    for name, part in zip(names, split_rows(rows, fracs, salt), strict=True):
-        write_table(part, output_dir / f"{name}.jsonl")
-        out.print(f"{output_dir / (name + '.jsonl')}: {len(part)} rows")
+    table_rows = read_table(table)
+    for name, rows in zip(names, split_rows(table_rows, fracs, salt), strict=True):
+        write_table(rows, output_dir / f"{name}.jsonl")
+        out.print(f"{output_dir / (name + '.jsonl')}: {len(rows)} rows")

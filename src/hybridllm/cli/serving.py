@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -92,19 +92,21 @@ def serve(
         built = build(cfg, _progress, router=router)
         app_, ups = built.app, built.upstreams
 
-    def banner(bound: int) -> None:
-        base = f"http://{cfg.host}:{bound}"
-        _progress(f"routing {' | '.join(router.models)} on {base}/v1")
-        _progress(f"upstreams: {cfg.describe_upstreams(ups)}")
-        share = "hybrid-ca-<pct>, hybrid-t-<x>" + (", hybrid-budget-<pct>" if router.fleet.costs_given else "")
-        share += ", small, large" if len(router.models) == 2 else ""
-        _progress(f"models: hybrid (= {cfg.default_point(router)}), hybrid-qd-<pct>, {share}, each model's name")
-        _progress(
-            f"try: curl -s {base}/v1/chat/completions -H 'content-type: application/json' "
-            """-d '{"model": "hybrid", "messages": [{"role": "user", "content": "What is 2+3?"}]}' -i"""
-        )
+    run(app_, cfg, on_bound=lambda bound: _banner(cfg, router, ups, bound), verbose=verbose)
 
-    run(app_, cfg, on_bound=banner, verbose=verbose)
+
+def _banner(cfg: Any, router: Any, ups: Any, bound: int) -> None:
+    """What a started server says: where it listens, its upstreams, the names it takes, a request to try."""
+    base = f"http://{cfg.host}:{bound}"
+    _progress(f"routing {' | '.join(router.models)} on {base}/v1")
+    _progress(f"upstreams: {cfg.describe_upstreams(ups)}")
+    share = "hybrid-ca-<pct>, hybrid-t-<x>" + (", hybrid-budget-<pct>" if router.fleet.costs_given else "")
+    share += ", small, large" if len(router.models) == 2 else ""
+    _progress(f"models: hybrid (= {cfg.default_point(router)}), hybrid-qd-<pct>, {share}, each model's name")
+    _progress(
+        f"try: curl -s {base}/v1/chat/completions -H 'content-type: application/json' "
+        """-d '{"model": "hybrid", "messages": [{"role": "user", "content": "What is 2+3?"}]}' -i"""
+    )
 
 
 @app.command()

@@ -30,7 +30,8 @@ from hybridllm.features.featurize import featurize, make_encoder
 from hybridllm.model.artifact import load_config
 from hybridllm.model.router import load_router
 from hybridllm.progress import progress_bar
-from hybridllm.stages.collect import collect_settings, finished_collection, format_prompt, mark_finished, sample_rows
+from hybridllm.stages.collect import format_prompt, sample_rows
+from hybridllm.stages.journal import collect_settings, finished_collection, mark_finished
 from hybridllm.stages.score import score_rows
 from hybridllm.tables.format import Row, read_table, write_table
 

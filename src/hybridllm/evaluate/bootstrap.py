@@ -10,6 +10,7 @@ interval excludes 0.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ class Bootstrap:
     band: np.ndarray  # [3, len(GRID)]: 2.5th, 50th, 97.5th percentile of the quality drop on GRID
 
 
-def interval95(values: list[float] | np.ndarray) -> list[float] | None:
+def interval95(values: Sequence[float | None] | np.ndarray) -> list[float] | None:
     v = np.asarray([x for x in values if x is not None], dtype=np.float64)
     if len(v) == 0:
         return None

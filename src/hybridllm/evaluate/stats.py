@@ -47,7 +47,8 @@ def model_stats(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
     ``collect`` recorded them."""
     out: dict[str, dict[str, Any]] = {}
     for m in models_in(rows):
-        per_query, samples, tokens = [], 0, []
+        per_query: list[float] = []
+        samples, tokens = 0, []  # type: int, list[float]
         flat: list[float] = []
         for r in rows:
             q = r.get("quality", {}).get(m)

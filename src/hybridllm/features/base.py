@@ -67,6 +67,7 @@ class Encoder(Protocol):
     name: str
     fingerprint: str
     dim: int
+    backend: str  # how it runs: static, onnx or torch
 
     def encode(
         self, texts: Sequence[str], batch_size: int = 64, progress: Callable[[int], None] | None = None

@@ -130,7 +130,7 @@ def _check_fleet(cfg: dict[str, Any], f: Path) -> None:
         and all(_finite(c) and c > 0 for c in fl["costs"])
         and fl.get("reference") in fl["models"]
     )
-    if not ok:
+    if not ok or not isinstance(fl, dict):
         raise ArtifactError(f"{f}: field 'fleet': expected models, positive costs and a reference among the models")
     ref = fl["models"].index(fl["reference"])
     if cfg.get("candidates") != fl["models"][:ref] or ref == 0:

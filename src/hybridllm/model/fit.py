@@ -37,7 +37,8 @@ from hybridllm.tables.format import Row, TableError, split_rows, table_digest
 
 from .artifact import save_artifact
 from .finetune import finetune
-from .head import HeadConfig, HeadWeights, train_head
+from .head import HeadConfig, HeadWeights
+from .head_fit import train_head
 
 DEFAULT_EXTRA = ["log_tokens"]
 

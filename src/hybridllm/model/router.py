@@ -37,6 +37,8 @@ class Decision:
 class Router:
     """A loaded router artifact. Thread-safe for scoring (the encoder serialises its own runs)."""
 
+    _fitted: Any = None  # a router from memory keeps its fitted model (and a fine-tuned encoder's files)
+
     def __init__(self, directory: str | Path, encoder: Encoder | None = None, backend: str = "auto") -> None:
         self.directory = Path(directory)
         self._setup(load_config(self.directory), load_tensors(self.directory), encoder, backend)

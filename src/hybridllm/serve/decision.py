@@ -75,7 +75,7 @@ class PolicyDecider:
 
     def __init__(
         self, router: ServingRouter, routing: Routing, control: KnobControl, metrics: Metrics, options: ServeOptions,
-        forced: Mapping[str, int],
+        forced: dict[str, int],
     ) -> None:  # fmt: skip
         self.router, self.routing, self.control, self.metrics = router, routing, control, metrics
         self.options, self.forced = options, forced

@@ -38,7 +38,7 @@ def configure_logging(verbose: bool = False) -> None:
     per-request INFO lines (which print upstream URLs) only with ``verbose``."""
     # every line is "%(message)s": skip what a log record would otherwise gather for each request
     # (the caller's frame, thread and process names), as the logging HOWTO's optimisation notes say
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))

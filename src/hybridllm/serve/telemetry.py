@@ -92,8 +92,9 @@ class Metrics:
         pout = rec.usage.get("completion_tokens")
         if rec.model not in self.prices or self.reference not in self.prices:
             return
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (pin, pout)):
+        if not (_count(pin) and _count(pout)):
             return
+        assert isinstance(pin, int) and isinstance(pout, int)
         cost = (pin * self.prices[rec.model][0] + pout * self.prices[rec.model][1]) / 1e6
         best = (pin * self.prices[self.reference][0] + pout * self.prices[self.reference][1]) / 1e6
         self.cost.labels(rec.model).inc(cost)
@@ -128,7 +129,7 @@ class Metrics:
                 return [saving] if best > 0 else []
 
         extra = CollectorRegistry()
-        extra.register(_Saving())  # type: ignore[arg-type]
+        extra.register(_Saving())
         return generate_latest(reg) + generate_latest(extra)
 
     def record(self, rec: Record, log_prompts: bool) -> None:
@@ -169,3 +170,8 @@ class Metrics:
         if log_prompts and rec.prompt is not None:
             line["prompt"] = rec.prompt
         log.info(_JSON_LINE.encode(line))
+
+
+def _count(v: object) -> bool:
+    """A token count an upstream reported: a non-negative int (a bool is not one)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0

@@ -86,8 +86,8 @@ def key_envs(
         items = [(str(k), str(v)) for k, v in given.items()]
     else:
         for item in [given] if isinstance(given, str) else given:
-            name, sep, var = str(item).partition("=")
-            items.append((name, var) if sep else (None, name))
+            key, sep, var = str(item).partition("=")
+            items.append((key, var) if sep else (None, key))
     out: dict[str, str] = {}
     for name, var in items:
         if not var:
