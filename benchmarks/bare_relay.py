@@ -9,7 +9,7 @@ proxy, so the table shows how much of the gap to the upstream is the stack and h
     python benchmarks/bare_relay.py ... --route DIR   # plus one routing decision per request (DIR: a router)
     python benchmarks/bare_relay.py ... --route DIR --batch   # the decisions of concurrent requests in one call
 
-For `router_side_effect.py`: ``--spin-us N`` spends N µs of plain CPU per request before the upstream
+For `proxy_overhead.py --mode side-effect`: ``--spin-us N`` spends N µs of plain CPU per request before the upstream
 call, ``--sweep-kb N`` writes N KB of memory per request, and ``--timings FILE`` writes the median
 time of the upstream call (post to the last byte) at shutdown.
 """

@@ -3,7 +3,8 @@ its own process that answers at once), the load generators (wrk with a Lua scrip
 prompts, or an asyncio client), starting, waiting for and stopping servers, CPU and RSS of a process
 tree from /proc, the router they serve, and a scratch directory removed at exit.
 
-Used by ``proxy_overhead.py``, ``proxy_paired.py``, ``router_side_effect.py`` and ``stream_relay.py``.
+Used by ``proxy_overhead.py`` and its modes (``proxy_mode_paired.py``, ``proxy_mode_stream.py``,
+``proxy_mode_side_effect.py``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,13 @@
-"""Proxy overhead: the same requests sent straight to a fast upstream, through `hybridllm serve`
+"""What the proxy costs, in one benchmark with modes on one harness (benchmarks/proxy_harness.py):
+
+    --mode throughput (default)  requests/s and added latency against direct, the floor relays and LiteLLM
+    --mode paired                two proxies (or two routers: --routers) one client at a time, alternating rounds
+    --mode stream                the delay a relayed stream adds to each chunk
+    --mode side-effect           what a routing decision adds to one client's request
+
+Each mode's own options: `python benchmarks/proxy_overhead.py --mode MODE --help`.
+
+Throughput: the same requests sent straight to a fast upstream, through `hybridllm serve`
 (one process and --workers N) and through LiteLLM's proxy as a plain pass-through, in one run with
 one load generator (wrk, C, one thread, 1,000 different GSM8K prompts; or --client python).
 
@@ -11,8 +20,8 @@ The upstream is a minimal OpenAI-protocol server (uvicorn, its own process, answ
 proxy runs as its users run it, in its own process(es), and is started, measured and stopped in turn:
 `hybridllm serve` with a router trained on a slice of MMLU-Pro (static encoder), model name `hybrid`
 (a real routing decision on every request, the JSON access log written); with --baseline-src also
-the proxy of another checkout and this one, both with a router trained without the memory member
-(which versions before it cannot read); LiteLLM 1.x from its own virtualenv (`python -m venv
+the proxy of another checkout beside this one, both serving the shipped router (an artifact every
+release reads); LiteLLM 1.x from its own virtualenv (`python -m venv
 /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'`) with a master key, model
 `hybrid` mapped to the same upstream, no routing; and the floor of the stack: `benchmarks/bare_relay.py`,
 a bare ASGI relay on the same server and client, alone, with one routing decision per request, and
@@ -61,8 +70,26 @@ litellm_settings:
 """
 
 
+MODES = ("throughput", "paired", "stream", "side-effect")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--mode", choices=MODES, default="throughput")
+    known, rest = pre.parse_known_args()
+    if known.mode != "throughput":
+        import proxy_mode_paired
+        import proxy_mode_side_effect
+        import proxy_mode_stream
+
+        modes = {"paired": proxy_mode_paired, "stream": proxy_mode_stream, "side-effect": proxy_mode_side_effect}
+        modes[known.mode].main(rest)
+        return
+    throughput(rest)
+
+
+def throughput(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="proxy_overhead.py [--mode throughput]")
     ap.add_argument("--requests", type=int, default=5000, help="python client: requests per run")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
@@ -85,7 +112,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", help="measure only the paths whose name contains one of these (direct always)")
     ap.add_argument("--rss-requests", type=int, default=20000, help="requests for the RSS check (0: skip)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "proxy_overhead.json"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     tmp = scratch_dir()
     router = bench_router(Path(tmp), 2000)
@@ -101,12 +128,11 @@ def main() -> None:
         runs: list[tuple[str, list[str], dict[str, str], str]] = [("hybridllm", serve, {}, "")]
         if args.shipped:  # `hybridllm serve` with no --router: the shipped router (linear member only)
             runs.append(("hybridllm, shipped router", [*serve[:4], *serve[6:]], {}, ""))
-        if args.baseline_src:
+        if args.baseline_src:  # the shipped router, which every release reads, served by both checkouts
             src = str(Path(args.baseline_src).resolve())
-            plain = bench_router(Path(tmp), 2000, knn=False)
-            serve_plain = [*serve[:5], str(plain), *serve[6:]]
-            runs.insert(0, ("hybridllm, router without memory", serve_plain, {}, ""))
-            runs.insert(0, ("hybridllm (baseline)", serve_plain, {"PYTHONPATH": src}, ""))
+            if not args.shipped:
+                runs.append(("hybridllm, shipped router", [*serve[:4], *serve[6:]], {}, ""))
+            runs.insert(0, ("hybridllm (baseline), shipped router", [*serve[:4], *serve[6:]], {"PYTHONPATH": src}, ""))
         bare = bare_relay_cmd(url)
         batched = [*bare, "--route", str(router), "--batch"]
         if not args.no_floor:

@@ -210,13 +210,13 @@ def proxy() -> str:
         "",
         f"Proxy memory over the run: {rss[0][1]:.1f} MB at start, {rss[-1][1]:.1f} MB after {rss[-1][0]:,} requests.",
         "",
-        f"Streams (`python benchmarks/stream_relay.py`, {st['rounds']} rounds of {st['streams_per_round']} streams, "
+        f"Streams (`python benchmarks/proxy_overhead.py --mode stream`, {st['rounds']} rounds of {st['streams_per_round']} streams, "
         f"{st['chunks_per_stream']} chunks {st['interval_ms']} ms apart): delay of each chunk as the client sees it; "
         f"hybridllm over the bare relay, median of paired rounds: {st['over_bare_relay_median_paired_p50_ms']:+.3f} ms.",
         "",
         table(["path", "chunks", "p50", "p99", "max"], srows),
         "",
-        "Routers side by side (`python benchmarks/proxy_paired.py --routers`): one-client p50 through the proxy, "
+        "Routers side by side (`python benchmarks/proxy_overhead.py --mode paired --routers`): one-client p50 through the proxy, "
         "alternating rounds.",
         "",
         table(["router", "rounds", "baseline p50", "p50", "median paired difference", "rounds faster"], prow),

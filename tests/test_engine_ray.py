@@ -137,12 +137,14 @@ def test_evaluate_on_ray_equals_in_process(ray_cluster, mmlu_slice, tmp_path):
     rows = read_table(mmlu_slice)
     train_router(rows, TrainOptions(small=SMALL, large=LARGE, labels="det"), tmp_path / "r", show_progress=False)
     router = Router(tmp_path / "r")
-    local, _, s_local, _ = evaluate_router(router, rows)
+    ev_local = evaluate_router(router, rows)
+    local, s_local = ev_local.report, ev_local.scores
 
     def scorer(prompts):
         return router_scores_ray(tmp_path / "r", prompts, ray_opts(tmp_path, shard_rows=100))[0]
 
-    on_ray, _, s_ray, _ = evaluate_router(router, rows, scorer=scorer)
+    ev_ray = evaluate_router(router, rows, scorer=scorer)
+    on_ray, s_ray = ev_ray.report, ev_ray.scores
     np.testing.assert_allclose(s_ray, s_local, atol=1e-6)
     assert on_ray == local
 

@@ -80,32 +80,34 @@ def upgrade_config(cfg: dict[str, Any], f: Path) -> dict[str, Any]:
     each model's share and the cost they imply; a fleet's rows gain the cost advantage."""
     cfg = {**cfg, "format_version": FORMAT_VERSION}
     cal = cfg.get("calibration")
-    if not isinstance(cal, list) or not all(isinstance(r, dict) for r in cal):
-        return cfg  # refused with the field by _check_config
+    if not (isinstance(cal, list) and all(isinstance(r, dict) for r in cal)):
+        cal = None  # refused with the field by _check_config
     if cfg.pop("kind", None) == "fleet":
         fl = cfg.get("fleet")
         if not (isinstance(fl, dict) and isinstance(fl.get("models"), list) and fl.get("reference") in fl["models"]):
             return cfg  # refused with the field by _check_fleet
         ref = fl["models"].index(fl["reference"])
-        cfg["calibration"] = [
-            {**r, "cost_advantage": round(100.0 - float(r["shares"][ref]), 8)} if _shares_ok(r, ref) else r
-            for r in cal
-        ]
+        if cal is not None:
+            cfg["calibration"] = [
+                {**r, "cost_advantage": round(100.0 - float(r["shares"][ref]), 8)} if _shares_ok(r, ref) else r
+                for r in cal
+            ]
         return cfg
     small, large = cfg["small"], cfg["large"]
     if not (isinstance(small, str) and isinstance(large, str)) or small == large:
-        return cfg
+        return cfg  # refused with the field by _check_config
     cfg["fleet"] = Fleet.pair(small, large).to_dict()
     cfg["candidates"] = [small]
-    rows = []
-    for r in cal:
-        ca = r.get("cost_advantage")
-        if _finite(ca):  # cost with costs (1, 2): each query to the small model halves its cost
-            r = {**r, "cost": round((ca * 1.0 + (100.0 - ca) * 2.0) / 2.0, 6), "shares": [ca, 100.0 - ca]}
-        rows.append(r)
-    cfg["calibration"] = rows
     if not isinstance(cfg.get("t_star"), dict):
         cfg["t_star"] = {small: cfg.get("t_star")}
+    if cal is not None:
+        rows = []
+        for r in cal:
+            ca = r.get("cost_advantage")
+            if _finite(ca):  # cost with costs (1, 2): each query to the small model halves its cost
+                r = {**r, "cost": round((ca * 1.0 + (100.0 - ca) * 2.0) / 2.0, 6), "shares": [ca, 100.0 - ca]}
+            rows.append(r)
+        cfg["calibration"] = rows
     return cfg
 
 

@@ -14,6 +14,9 @@ import logging
 from importlib import resources
 from typing import Any
 
+from fastapi import Request
+from starlette.responses import JSONResponse, Response
+
 from .control import KnobControl
 from .errors import RequestError
 from .knobs import KnobError
@@ -28,9 +31,6 @@ def _asset(name: str) -> bytes:
 
 
 def mount_dashboard(app: Any, control: KnobControl, metrics: Any, authorised: Any, unauthorised: Any) -> None:
-    from fastapi import Request
-    from starlette.responses import JSONResponse, Response
-
     opts = control.opts
 
     @app.get("/dashboard", include_in_schema=False)

@@ -8,8 +8,8 @@ per router (with and without the memory member): the median of each side's per-r
 how many rounds this checkout was faster.
 
     git worktree add /tmp/prev <commit>
-    python benchmarks/proxy_paired.py --baseline-src /tmp/prev/src        # 12 rounds of 2 s per side
-    python benchmarks/proxy_paired.py --routers    # this checkout: benchmark router vs the shipped one
+    python benchmarks/proxy_overhead.py --mode paired --baseline-src /tmp/prev/src        # 12 rounds of 2 s per side
+    python benchmarks/proxy_overhead.py --mode paired --routers    # this checkout: benchmark router vs the shipped one
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def serve_cmd(url: str, router: Path | None) -> list[str]:
     return [sys.executable, "-m", "hybridllm.cli", "serve", *chosen, "--small", f"s@{url}", "--large", f"l@{url}"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="proxy_overhead.py --mode paired")
     ap.add_argument("--baseline-src", help="the other checkout's src/ (git worktree add DIR COMMIT)")
     ap.add_argument(
         "--routers",
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--seconds", type=float, default=2.0, help="length of each one-client run")
     ap.add_argument("--out", help="JSON (default: benchmarks/results/proxy_paired[_routers].json)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if bool(args.baseline_src) == args.routers:
         ap.error("give --baseline-src DIR (two checkouts) or --routers (two routers), one of them")
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
@@ -137,6 +137,3 @@ def main() -> None:
     name = "proxy_paired_routers.json" if args.routers else "proxy_paired.json"
     write_result(args.out or str(REPO / "benchmarks" / "results" / name), payload)
 
-
-if __name__ == "__main__":
-    main()

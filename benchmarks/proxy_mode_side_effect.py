@@ -8,7 +8,7 @@ and making the real routing decision. For each it reports the one-client p50 and
 the upstream call itself (post to last byte, timed inside the relay), which is the same request to
 the same upstream every time. Each mode runs twice, the order interleaved; the table shows medians.
 
-    python benchmarks/router_side_effect.py        # about 2 min
+    python benchmarks/proxy_overhead.py --mode side-effect        # about 2 min
 """
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ def warm_decision_ms(router_dir: Path, prompts: list[str]) -> float:
     return 1e3 * statistics.median(times)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="proxy_overhead.py --mode side-effect")
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each one-client run")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "router_side_effect.json"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     tmp = scratch_dir()
     router = bench_router(Path(tmp), 2000)
@@ -105,6 +105,3 @@ def main() -> None:
     }
     write_result(args.out, payload)
 
-
-if __name__ == "__main__":
-    main()

@@ -2,7 +2,7 @@
 upstream, through the bare ASGI relay of `bare_relay.py` (the floor of the stack: same server, same
 upstream client, nothing else) and through `hybridllm serve`, in one run.
 
-    python benchmarks/stream_relay.py [--rounds 10 --streams 4 --chunks 100 --interval-ms 10]
+    python benchmarks/proxy_overhead.py --mode stream [--rounds 10 --streams 4 --chunks 100 --interval-ms 10]
 
 The upstream (its own process) streams OpenAI chat chunks at a fixed interval, each carrying the
 time it was written; the client (aiohttp) notes when each chunk arrives. Delay = arrival - write, per
@@ -89,14 +89,14 @@ async def delays(port: int, streams: int) -> list[float]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="proxy_overhead.py --mode stream")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--streams", type=int, default=4, help="streams per path and round")
     ap.add_argument("--chunks", type=int, default=100)
     ap.add_argument("--interval-ms", type=float, default=10)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "stream_relay.json"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     tmp = scratch_dir()
     router = bench_router(Path(tmp), 600)
@@ -165,6 +165,3 @@ def main() -> None:
         f"faster in {payload['rounds_proxy_faster_than_bare_relay']} of {args.rounds} rounds"
     )
 
-
-if __name__ == "__main__":
-    main()
