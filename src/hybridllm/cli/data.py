@@ -92,9 +92,11 @@ def collect(
     if local_threads is not None and local_threads < 1:
         _fail(f"--local-threads must be >= 1, got {local_threads}")
     specs, envs = _model_specs(model, models_file, api_key_env)
-    kw: dict[str, Any] = {"local_threads": local_threads, "concurrency": concurrency, "timeout_s": timeout,
-                          "endpoint": endpoint.value}  # fmt: skip
-    backends = {name: make_backend(spec, api_key_env=envs.get(name), **kw) for name, spec in specs.items()}
+    kw: dict[str, Any] = {"concurrency": concurrency, "timeout_s": timeout, "endpoint": endpoint.value}
+    backends = {
+        name: make_backend(spec, api_key_env=envs.get(name), local_threads=local_threads, **kw)
+        for name, spec in specs.items()
+    }
     rows = read_table(prompts)[:limit]
     if template is not None and "{prompt}" not in template:
         _fail("--template must contain {prompt}")
@@ -106,14 +108,12 @@ def collect(
         per_task = max(1, -(-concurrency // ray_opts.workers))  # global limit = --concurrency
         _, rst = collect_ray(
             rows, specs, output, samples, params, seed, ray_opts, template=template, system=system, batch=batch,
-            key_envs=envs, overwrite=overwrite,
-            backend_kw={"concurrency": per_task, "timeout_s": timeout, "endpoint": endpoint.value},
+            key_envs=envs, overwrite=overwrite, backend_kw={**kw, "concurrency": per_task},
         )  # fmt: skip
-        out.print(
-            f"wrote {output}: {len(rows)} rows × {len(backends)} models × {samples} samples on Ray "
-            f"({rst.shards - rst.resumed} shards now, {rst.resumed} resumed; "
-            f"{rst.tokens / max(rst.seconds, 1e-9):.1f} tok/s)"
-        )
+        rate = f"{rst.tokens / max(rst.seconds, 1e-9):.1f} tok/s"
+        shards = f"{rst.shards - rst.resumed} shards now, {rst.resumed} resumed"
+        done = f"{len(rows)} rows × {len(backends)} models × {samples} samples"
+        out.print(f"wrote {output}: {done} on Ray ({shards}; {rate})")
         return
     sent = [format_prompt(r, template, system) for r in rows]
     stats = _collect_here(sent, rows, backends, output, samples, params, seed, batch, overwrite)
