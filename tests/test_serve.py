@@ -320,3 +320,43 @@ def test_user_middleware_sees_proxied_requests(router):
             r = ask(client(proxy), "hybrid")
             assert r.headers["x-hybridllm-model"] in (SMALL, LARGE)
     assert seen == ["POST /v1/chat/completions"]
+
+
+def test_a_decider_wraps_the_policy_without_touching_the_handler(router):
+    """The decision seam: a wrapper sees every routed request's decision and may change it (here: a
+    request whose prompt mentions 'refund' always goes to the large model); the proxy acts on what
+    it returns, headers and access record included, and the policy decides everything else."""
+    from hybridllm.serve import RouteDecision
+
+    seen: list[RouteDecision] = []
+
+    class KeepRefundsOnLarge:
+        def __init__(self, policy):
+            self.policy = policy
+
+        async def decide(self, model, extra, text, alone):
+            d = await self.policy.decide(model, extra, text, alone)
+            seen.append(d)
+            if "refund" in text:
+                return RouteDecision(1, "refunds stay on the large model", False, d.score, d.threshold, d.scores)
+            return d
+
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+        s_up.reply = lambda p: "small"
+        l_up.reply = lambda p: "large"
+        small = upstream(SMALL, s_up.url, "s-model", timeout_s=2.0)
+        large = upstream(LARGE, l_up.url, "l-model", timeout_s=2.0)
+        app = create_app(router, small, large, ServeOptions(), decider=KeepRefundsOnLarge)
+        with Proxy(app) as proxy:
+            c = client(proxy)
+            r = c.chat.completions.with_raw_response.create(
+                model="hybrid-t-0", messages=[{"role": "user", "content": "I want a refund"}]
+            )
+            assert r.headers["x-hybridllm-model"] == LARGE and r.parse().choices[0].message.content == "large"
+            assert r.headers["x-hybridllm-reason"] == "refunds stay on the large model"
+            r = c.chat.completions.with_raw_response.create(
+                model="hybrid-t-0", messages=[{"role": "user", "content": "What is 2 + 2?"}]
+            )
+            assert r.headers["x-hybridllm-model"] == SMALL  # threshold 0: the policy's choice, unchanged
+            assert r.headers["x-hybridllm-reason"] == "threshold=0"
+    assert [d.target for d in seen] == [0, 0] and all(d.threshold == 0.0 for d in seen)
