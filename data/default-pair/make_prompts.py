@@ -16,7 +16,7 @@ at 600), roughly 1.8 hours for the 800 on both models. The router then sees long
 import json
 from pathlib import Path
 
-from hybridllm.table import hash_fraction
+from hybridllm.tables.format import hash_fraction
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[1].parent / "shared" / "data" / "mmlu_pro.jsonl"
