@@ -13,6 +13,7 @@ not.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -66,7 +67,8 @@ def install(name: str, args: list[str], root: Path) -> tuple[dict, Path]:
     py = str(venv / "bin" / "python")
     listed = subprocess.run([py, "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True)
     torch = subprocess.run([py, "-c", "import torch"], capture_output=True).returncode == 0
-    row = {"name": name, "command": " ".join(args), "seconds": round(seconds, 1), "mb": round(size_mb(venv), 1),
+    shown = " ".join(args).replace(str(REPO), ".")
+    row = {"name": name, "command": shown, "seconds": round(seconds, 1), "mb": round(size_mb(venv), 1),
            "packages": len(json.loads(listed.stdout)), "torch": torch}  # fmt: skip
     print(f"{name}: {row['seconds']:.0f} s, {row['mb']:,.0f} MB, {row['packages']} packages, torch {torch}", flush=True)
     return row, venv
@@ -139,7 +141,8 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     write_result(REPO / "benchmarks" / "results" / "install_size.json", {
         "benchmark": "install_size", "commit": git_commit(REPO), "installs": rows, "lean_checks": checks,
-        "note": "a warm pip cache (every wheel already built once, llama-cpp-python not involved)",
+        "note": "a warm pip cache (every wheel already built once, llama-cpp-python not involved); load average "
+        f"{os.getloadavg()[0]:.1f} at the end (2 cores)",
     })  # fmt: skip
 
 
