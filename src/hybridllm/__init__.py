@@ -13,32 +13,34 @@ checked by import-linter): ``tables`` → ``features`` → ``backends`` → ``st
 
 from typing import Any
 
-from hybridllm.backends import BackendError, StreamBroke
-from hybridllm.backends.packages import ModelError
-from hybridllm.engine.shards import EngineError
 from hybridllm.features.base import EncoderError
 from hybridllm.model.artifact import ArtifactError, RouterNotFoundError
 from hybridllm.model.crossval import CrossValResult, cross_validate
 from hybridllm.model.fit import FittedRouter, TrainOptions, fit_router, train_router
 from hybridllm.model.router import Decision, Router, default_router_dir, load_router
 from hybridllm.routing.policy import CalibrationError
-from hybridllm.stages.journal import CollectionExists, JournalMismatch
 from hybridllm.tables.format import TableError, read_table, split_rows, write_table
-from hybridllm.tables.registry import RegistryError
 
 from ._version import __version__
 from .errors import HybridLLMError, MissingExtraError, UsageError
 
-#: the serving layer's errors, imported on first use (the server's stack is not loaded by `import hybridllm`)
-_SERVE_ERRORS = {"KnobError": "hybridllm.serve.knobs", "RequestError": "hybridllm.serve.errors",
-                 "ServeConfigError": "hybridllm.serve.errors"}  # fmt: skip
+#: errors of the layers `import hybridllm` does not load (the server, the backends, the Ray engine,
+#: the models file: FastAPI, aiohttp, pydantic), imported on first use
+_LAZY = {
+    "BackendError": "hybridllm.backends", "StreamBroke": "hybridllm.backends",
+    "ModelError": "hybridllm.backends.packages",
+    "EngineError": "hybridllm.engine.shards", "CollectionExists": "hybridllm.stages.journal",
+    "JournalMismatch": "hybridllm.stages.journal", "RegistryError": "hybridllm.tables.registry",
+    "KnobError": "hybridllm.serve.knobs", "RequestError": "hybridllm.serve.errors",
+    "ServeConfigError": "hybridllm.serve.errors",
+}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SERVE_ERRORS:
-        import importlib
+    if name in _LAZY:
+        import importlib  # the lazy errors above, on first use
 
-        return getattr(importlib.import_module(_SERVE_ERRORS[name]), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'hybridllm' has no attribute {name!r}")
 
 
