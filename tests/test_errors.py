@@ -24,3 +24,26 @@ def test_every_deliberate_error_is_a_hybridllm_error(tmp_path):
         ServeConfig.load(None, port=70000)
     assert isinstance(info.value, ServeConfigError) and "port" in str(info.value)
     assert hybridllm.HybridLLMError is HybridLLMError
+
+
+def test_every_error_class_is_in_the_tree_and_exported():
+    """Every exception class the library defines derives from HybridLLMError, and each is importable
+    from the package itself (the CLI's own, which never leaves the CLI, aside)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    defined = {}
+    for info in pkgutil.walk_packages(hybridllm.__path__, "hybridllm."):
+        if info.name.startswith(("hybridllm.cli", "hybridllm.engine.jobs")):
+            continue  # the CLI's error never leaves it; the Ray jobs import ray
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == info.name:
+                defined[name] = obj
+    assert len(defined) >= 15
+    assert all(issubclass(e, HybridLLMError) for e in defined.values()), [
+        n for n, e in defined.items() if not issubclass(e, HybridLLMError)
+    ]
+    assert {n for n in defined if getattr(hybridllm, n, None) is not defined[n]} == set()
+    assert set(defined) <= set(hybridllm.__all__)
