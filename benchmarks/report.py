@@ -197,6 +197,25 @@ def proxy() -> str:
     pp = load("proxy_paired_routers")
     prow = [[r["router"], r["rounds"], f"{r['baseline_p50_ms']:.3f} ms", f"{r['p50_ms']:.3f} ms",
              f"{r['median_paired_diff_ms']:+.3f} ms", f"{r['rounds_faster']} / {r['rounds']}"] for r in pp["results"]]  # fmt: skip
+    vs = ""
+    if (RESULTS / "proxy_overhead_vs_5022b3a.json").exists():
+        v = load("proxy_overhead_vs_5022b3a")
+        vrows = []
+        for name, r in v["results"].items():
+            if name == "direct":
+                continue
+            vrows.append([name, f"{r['requests_per_s']:,.0f}", ", ".join(f"{x:,.0f}" for x in r["rounds_requests_per_s"]),
+                          f"{v['added_p50_ms_1_client'][name]:.2f} ms", ", ".join(f"{x:.2f}" for x in r["rounds_p50_ms_1_client"])])
+        vs = "\n".join([
+            "",
+            f"Before and after the one-core refactor, side by side (`python benchmarks/proxy_overhead.py --baseline-src "
+            f"SRC_OF_{v['baseline_commit']} --rounds {v['rounds']} --only \"shipped router\" --no-floor --workers 0 "
+            f"--rss-requests 0 --seconds 10 --out benchmarks/results/proxy_overhead_vs_5022b3a.json`, at {v['commit']}): "
+            f"{v['client']}, {v['concurrency']} connections, both checkouts serving the shipped router; the median round "
+            f"and every round.",
+            "",
+            table(["path", "requests/s", "rounds", "added p50, 1 client", "1-client p50 by round (ms)"], vrows),
+        ])
     return "\n".join([
         "## What the proxy costs",
         "",
@@ -220,6 +239,7 @@ def proxy() -> str:
         "alternating rounds.",
         "",
         table(["router", "rounds", "baseline p50", "p50", "median paired difference", "rounds faster"], prow),
+        vs,
     ])  # fmt: skip
 
 
