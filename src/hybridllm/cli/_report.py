@@ -13,7 +13,7 @@ import numpy as np
 from rich.table import Table
 
 from hybridllm.evaluate.metrics import _key
-from hybridllm.routing.knob import CA_POINTS, QD_POINTS, promised_point, resolve
+from hybridllm.routing.knob import CA_POINTS, QD_POINTS, point_for_quality_drop, promised_point
 from hybridllm.routing.policy import Fleet
 
 from ._common import CLIError, _fmt, _progress, err, out
@@ -108,10 +108,9 @@ def show_fit(cfg: dict[str, Any]) -> None:
     for m in fl.models:
         t.add_column(f"% {m}", justify="right")
     for qd in (0, 1, 2, 5, 10):
-        thr, _ = resolve(cfg["calibration"], cfg["default_operating_point"], max_quality_drop=qd)
-        p = next(x for x in cfg["calibration"] if x["threshold"] == thr)
+        p = point_for_quality_drop(cfg["calibration"], qd)
         cost = [f"{p['cost']:.1f}"] if fl.costs_given else []
-        t.add_row(f"{qd}%", f"{thr:.4f}", *cost, *[f"{s:.1f}" for s in p["shares"]])
+        t.add_row(f"{qd}%", f"{p['threshold']:.4f}", *cost, *[f"{s:.1f}" for s in p["shares"]])
     out.print(t)
     costs = ", ".join(f"{m} {c:g}" for m, c in zip(fl.models, fl.costs, strict=True)) if fl.costs_given else None
     out.print(f"models by cost: {costs or ', '.join(fl.models)}; reference: {fl.reference}", highlight=False)

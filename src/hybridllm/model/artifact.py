@@ -96,16 +96,18 @@ def upgrade_config(cfg: dict[str, Any], f: Path) -> dict[str, Any]:
     small, large = cfg["small"], cfg["large"]
     if not (isinstance(small, str) and isinstance(large, str)) or small == large:
         return cfg  # refused with the field by _check_config
-    cfg["fleet"] = Fleet.pair(small, large).to_dict()
+    pair = Fleet.pair(small, large)
+    cfg["fleet"] = pair.to_dict()
     cfg["candidates"] = [small]
     if not isinstance(cfg.get("t_star"), dict):
         cfg["t_star"] = {small: cfg.get("t_star")}
     if cal is not None:
-        rows = []
+        (c_small, c_large), rows = pair.costs, []
         for r in cal:
             ca = r.get("cost_advantage")
-            if _finite(ca):  # cost with costs (1, 2): each query to the small model halves its cost
-                r = {**r, "cost": round((ca * 1.0 + (100.0 - ca) * 2.0) / 2.0, 6), "shares": [ca, 100.0 - ca]}
+            if _finite(ca):  # the cost this share implies with the pair's costs, as the sweep computes it
+                cost = (ca * c_small + (100.0 - ca) * c_large) / c_large
+                r = {**r, "cost": round(cost, 6), "shares": [ca, 100.0 - ca]}
             rows.append(r)
         cfg["calibration"] = rows
     return cfg

@@ -3,10 +3,10 @@ validation split): the same policy's sweep measured on them, and a new default p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hybridllm.routing.knob import operating_points, resolve
+from hybridllm.routing.knob import operating_points, resolve_point
 from hybridllm.routing.policy import CalibrationError, sweep
 from hybridllm.tables.format import Row
 
@@ -20,7 +20,7 @@ def recalibrate(
     max_quality_drop: float | None = None,
     cost_advantage: float | None = None,
     budget: float | None = None,
-) -> tuple[dict[str, Any], dict[str, Any], int]:
+) -> tuple[Mapping[str, Any], dict[str, Any], int]:
     """Calibrate ``router`` on ``rows`` for one target, any number of models: (the chosen point, the
     router's config with this calibration and that target as its default point, rows used)."""
     given = {k: v for k, v in (("max_quality_drop", max_quality_drop), ("cost_advantage", cost_advantage),
@@ -33,8 +33,8 @@ def recalibrate(
     scores = router.score([r["prompt"] for r in used], show_progress=len(used) > 256)
     table = sweep(scores.reshape(len(used), -1), quality_matrix(used, fleet.models), fleet)
     default = {"kind": kind, "value": float(value)}
-    threshold, _ = resolve(table, default, costs_given=fleet.costs_given)
-    point = next(r for r in table if r["threshold"] == threshold)
+    _, point, _ = resolve_point(table, default, costs_given=fleet.costs_given)
+    assert point is not None  # a quality, share or budget target picks a row
     cfg = {**router.config, "calibration": table, "operating_points": operating_points(table),
            "default_operating_point": default}  # fmt: skip
     return point, cfg, len(used)

@@ -74,35 +74,53 @@ def resolve(
     """One knob → (threshold, description); none given = the artifact's ``default`` point.
     ``costs_given``: whether the models' costs were given when the router was trained (a budget is
     a share of spend, meaningless over costs that stand for nothing but the models' order)."""
+    thr, _, why = resolve_point(table, default, max_quality_drop, cost_advantage, budget, threshold, costs_given)
+    return thr, why
+
+
+def resolve_point(
+    table: Table,
+    default: Mapping[str, Any],
+    max_quality_drop: float | None = None,
+    cost_advantage: float | None = None,
+    budget: float | None = None,
+    threshold: float | None = None,
+    costs_given: bool = True,
+) -> tuple[float, Mapping[str, Any] | None, str]:
+    """:func:`resolve`, with the calibration row the knob picks between the threshold and the
+    description (None for a raw threshold, which picks no row), so callers read its cost and quality
+    drop without looking it up again."""
     knobs = {"max_quality_drop": max_quality_drop, "cost_advantage": cost_advantage, "budget": budget}
     given = {k: v for k, v in {**knobs, "threshold": threshold}.items() if v is not None}
     if len(given) > 1:
         raise CalibrationError(f"give at most one quality knob, got {', '.join(given)}")
     if not given:
         kind, value = default["kind"], float(default["value"])
-        thr, _ = resolve(table, {}, **{kind: value}, costs_given=costs_given)
-        return thr, f"default ({kind}={value:g}{_pct(kind)})"
+        thr, point, _ = resolve_point(table, {}, **{kind: value}, costs_given=costs_given)
+        return thr, point, f"default ({kind}={value:g}{_pct(kind)})"
     ((kind, value),) = given.items()
     if math.isnan(value):
         raise CalibrationError(f"{kind} must be a number, got {value}")
     if kind == "threshold":
         if not 0.0 <= value <= NEVER:
             raise CalibrationError(f"threshold must be within 0..1, got {value}")
-        return float(value), f"threshold={value:g}"
+        return float(value), None, f"threshold={value:g}"
     if kind == "max_quality_drop":
         if value < 0:
             raise CalibrationError(f"max quality drop must be >= 0 percent, got {value}")
-        point = point_for_quality_drop(table, value)
-    elif kind == "cost_advantage":
-        point = point_for_cost_advantage(table, value)
-    else:
-        if not costs_given:
-            raise CalibrationError(
-                "budget needs the models' costs: train with --models and --cost (or a models file); "
-                "without costs, use max_quality_drop or cost_advantage"
-            )
-        point = point_for_budget(table, value)
-    return float(point["threshold"]), f"{kind}={value:g}%"
+        return _row(point_for_quality_drop(table, value), kind, value)
+    if kind == "cost_advantage":
+        return _row(point_for_cost_advantage(table, value), kind, value)
+    if not costs_given:
+        raise CalibrationError(
+            "budget needs the models' costs: train with --models and --cost (or a models file); "
+            "without costs, use max_quality_drop or cost_advantage"
+        )
+    return _row(point_for_budget(table, value), kind, value)
+
+
+def _row(point: Mapping[str, Any], kind: str, value: float) -> tuple[float, Mapping[str, Any], str]:
+    return float(point["threshold"]), point, f"{kind}={value:g}%"
 
 
 def operating_points(table: Table) -> dict[str, dict[str, Mapping[str, Any]]]:
@@ -120,10 +138,10 @@ def promised_point(config: Mapping[str, Any]) -> dict[str, Any]:
     knob = f"{kind}={value:g}{_pct(kind)}"
     if kind == "threshold":
         return {"knob": knob, "threshold": value, "promised": {"cost_advantage": None, "quality_drop": None}}
-    thr, _ = resolve(table, default)
-    row = next(r for r in table if r["threshold"] == thr)
+    thr, row, _ = resolve_point(table, default)
+    assert row is not None  # a default that is not a raw threshold picks a row
     promised = {"cost_advantage": row["cost_advantage"], "quality_drop": row["quality_drop"]}
-    return {"knob": knob, "threshold": float(thr), "promised": promised}
+    return {"knob": knob, "threshold": thr, "promised": promised}
 
 
 def _key(x: float) -> str:
