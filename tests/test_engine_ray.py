@@ -147,6 +147,18 @@ def test_evaluate_on_ray_equals_in_process(ray_cluster, mmlu_slice, tmp_path):
     on_ray, s_ray = ev_ray.report, ev_ray.scores
     np.testing.assert_allclose(s_ray, s_local, atol=1e-6)
     assert on_ray == local
+    # a router over three models: one score per scored model and prompt, on Ray as in process
+    from hybridllm.model.head import HeadConfig
+
+    from .test_fleet import THREE, THREE_COSTS
+
+    opts = TrainOptions(models=THREE, costs=THREE_COSTS, head=HeadConfig(members=1, epochs=2, extra=["log_tokens"]))
+    train_router(rows, opts, tmp_path / "r3", show_progress=False)
+    prompts = [r["prompt"] for r in rows[:150]]
+    got = router_scores_ray(tmp_path / "r3", prompts, ray_opts(tmp_path / "three", shard_rows=100))[0]
+    want = Router(tmp_path / "r3").score(prompts)
+    assert got.shape == want.shape == (150, 2)
+    np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def collect_cmd(prompts, upstream, output, ray_args=()):

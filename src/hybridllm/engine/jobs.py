@@ -164,7 +164,8 @@ class RouterWorker(_ShardWorker):
         self.router = load_router(router_dir)
 
     def process(self, prompts: list[Any]) -> tuple[Any, int, int]:
-        scores = np.asarray(self.router.score(prompts), dtype=np.float32).reshape(-1, 1)
+        # one row per prompt: one column per scored model (a pair: one)
+        scores = np.asarray(self.router.score(prompts), dtype=np.float32).reshape(len(prompts), -1)
         return vectors_table(scores), len(prompts), 0
 
 
@@ -391,4 +392,5 @@ def router_scores_ray(
     stats = run_shards(
         list(prompts), RouterWorker, {"router_dir": str(router_dir)}, store, options, "routing", unit="prompt"
     )
-    return store.vectors(stats.shards)[:, 0], stats
+    scores = store.vectors(stats.shards)
+    return (scores[:, 0] if scores.shape[1] == 1 else scores), stats  # the shape Router.score gives
