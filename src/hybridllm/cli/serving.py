@@ -55,6 +55,27 @@ def serve(
     workers: Annotated[
         int | None, typer.Option(help="processes on the one port (default 1); each loads the router and its models")
     ] = None,
+    shadow_rate: Annotated[
+        float | None, typer.Option(help="share of answered requests also answered by the other side and judged (0..1)")
+    ] = None,
+    judge: Annotated[str | None, typer.Option(help="judge of shadow pairs: MODEL@BASE_URL or a local model")] = None,
+    judge_api_key_env: Annotated[str | None, typer.Option(help="env var with the judge's API key")] = None,
+    hold: Annotated[
+        str | None, typer.Option(help="target held on live traffic: max_quality_drop=1, budget=30, cost_advantage=40")
+    ] = None,
+    hold_confidence: Annotated[
+        float | None, typer.Option(help="one-sided confidence of the quality hold's upper bound (default 0.95)")
+    ] = None,
+    outcomes: Annotated[
+        Path | None, typer.Option(help="outcomes log (shadow pairs, /v1/feedback) for `hybridllm outcomes export`")
+    ] = None,
+    budget_cap: Annotated[
+        list[str] | None, typer.Option(help="hard spend ceiling KEY=AMOUNT/PERIOD (key name or *), e.g. team-a=5/day")
+    ] = None,
+    on_cap: Annotated[
+        str | None, typer.Option(help="past a ceiling: 'downgrade' to the cheapest model or 'refuse'")
+    ] = None,
+    state: Annotated[str | None, typer.Option(help="shared spend counters: redis://HOST:PORT/DB")] = None,
     verbose: Annotated[bool, typer.Option(help="also log the HTTP client's per-request lines")] = False,
 ) -> None:
     """Serve an OpenAI-compatible endpoint that routes each request to the model the router picks
@@ -78,6 +99,15 @@ def serve(
         fallback=fallback,
         route_on=route_on,
         workers=workers,
+        shadow_rate=shadow_rate,
+        judge=judge,
+        judge_api_key_env=judge_api_key_env,
+        hold=hold,
+        hold_confidence=hold_confidence,
+        outcomes=outcomes,
+        budget_cap=budget_cap or None,
+        on_cap=on_cap,
+        state=state,
     )
     from hybridllm.serve.build import build, load_router
 

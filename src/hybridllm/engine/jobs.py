@@ -123,7 +123,6 @@ class CollectWorker(_ShardWorker):
     def process(self, keep: list[Row]) -> tuple[Any, int, int]:
         import asyncio
 
-
         sent = [format_prompt(r, self.template, self.system) for r in keep]
         rows, recs = asyncio.run(
             sample_rows(sent, self.backends, self.samples, self.params, self.seed, keep=keep, batch=self.batch)

@@ -128,6 +128,7 @@ class StaticEncoder:
         """A batch's vectors in one sparse product (token counts per text @ table), not a NumPy
         gather per text: the serving hot path scores micro-batches of prompts."""
         from scipy.sparse import csr_matrix  # heavy to import (0.3 s): only batches of five or more need it
+
         out = np.zeros((len(kept), self.dim), dtype=np.float32)
         counts = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept))
         flat = np.fromiter(itertools.chain.from_iterable(kept), dtype=np.int64, count=int(counts.sum()))

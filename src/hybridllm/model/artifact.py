@@ -118,7 +118,6 @@ def _shares_ok(r: dict[str, Any], ref: int) -> bool:
     return isinstance(shares, list) and len(shares) > ref and _finite(shares[ref])
 
 
-
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

@@ -215,5 +215,3 @@ def scalar_columns(width: int, extra: list[str]) -> np.ndarray:
         else:
             at += dim
     return mask
-
-

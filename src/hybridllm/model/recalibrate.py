@@ -27,7 +27,7 @@ def recalibrate(
                                ("budget", budget)) if v is not None}  # fmt: skip
     if len(given) != 1:
         raise CalibrationError("give exactly one of max quality drop, cost advantage or budget")
-    (kind, value), = given.items()
+    ((kind, value),) = given.items()
     fleet = router.fleet
     used, _ = usable_rows(rows, fleet.models)
     scores = router.score([r["prompt"] for r in used], show_progress=len(used) > 256)

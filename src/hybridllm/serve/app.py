@@ -26,16 +26,21 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from hybridllm.backends import Backend
+from hybridllm.routing.live import Hold, parse_hold
 
+from .budget import Budget, parse_cap
 from .control import KnobControl
 from .dashboard import mount_dashboard
 from .decision import Decider, PolicyDecider, ServingRouter
-from .errors import RequestError
+from .errors import RequestError, ServeConfigError
+from .hold import LiveDecider, LiveQuality, live_families
 from .knobs import forced_names, routing_names
 from .options import ServeOptions
 from .protocol import openai_error
 from .proxy import Proxy
 from .routing import Routing
+from .shadow import JudgeScorer, Shadow
+from .state import make_store
 from .telemetry import Metrics
 
 __all__ = ["ServeOptions", "create_app", "openai_error"]
@@ -77,11 +82,13 @@ def create_app(
     *upstreams: Backend | ServeOptions,
     options: ServeOptions | None = None,
     decider: Any = None,
+    judge: Backend | None = None,
 ) -> Any:
     """The ASGI app: ``create_app(router, *upstreams[, options])`` with one upstream per model of
     the router (matched by each backend's ``name``; a two-model router's ``small, large`` also by
     position). ``decider(policy)``: wraps the router's :class:`PolicyDecider` into the
-    :class:`Decider` the proxy asks (a controller, a budget cap); default: the policy itself."""
+    :class:`Decider` the proxy asks (a controller, a budget cap); default: the policy itself.
+    ``judge``: the backend that scores shadow pairs (needed with ``options.shadow_rate``)."""
     opts = options or next((u for u in upstreams if isinstance(u, ServeOptions)), None) or ServeOptions()
     routing = Routing(router, [u for u in upstreams if isinstance(u, Backend)])
     ups = routing.ups
@@ -90,7 +97,17 @@ def create_app(
     control = KnobControl(router, routing, forced, opts)
     policy = PolicyDecider(router, routing, control, metrics, opts, forced)
     chosen: Decider = decider(policy) if decider is not None else policy
+    live, hold, shadow = _live_control(router, routing, metrics, opts, judge)
+    if live is not None:
+        chosen = LiveDecider(chosen, hold, live)
     proxy = Proxy(router, routing, chosen, metrics, opts)
+    proxy.shadow = shadow
+    if opts.budget_caps:
+        fleet = routing.fleet
+        proxy.budget = Budget(
+            [parse_cap(c) for c in opts.budget_caps], make_store(opts.state), opts.prices, opts.on_cap,
+            cheapest=0, dear={i for i in range(len(ups)) if i > 0 and fleet.costs[i] > fleet.costs[0]},
+        )  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -98,10 +115,16 @@ def create_app(
         async with AsyncExitStack() as stack:
             for u in ups:
                 await stack.enter_async_context(u)
+            if shadow is not None and judge is not None:
+                await stack.enter_async_context(judge)
             sharing = asyncio.ensure_future(_share(metrics)) if opts.state_dir else None
             yield
             if sharing is not None:
                 sharing.cancel()
+            if shadow is not None:
+                await shadow.close()  # shadow calls in flight are cancelled, before their upstreams close
+            if proxy.budget is not None:
+                await proxy.budget.store.close()
             await policy.stop()
 
     docs = opts.api_docs
@@ -124,7 +147,40 @@ def create_app(
     app.state.knob = control
     app.state.options = opts
     app.state.proxy = proxy
+    app.state.live = live
+    app.state.hold = hold
+    app.state.shadow = shadow
     return app
+
+
+def _live_control(
+    router: ServingRouter, routing: Routing, metrics: Metrics, opts: ServeOptions, judge: Backend | None
+) -> tuple[LiveQuality | None, Hold | None, Shadow | None]:
+    """The live estimates, the controller and the shadow checks the options ask for (None each when off)."""
+    if not opts.shadow_rate and not opts.hold:
+        return None, None, None
+    fleet = routing.fleet
+    live = LiveQuality(fleet)
+    hold = None
+    if opts.hold:
+        kind, target = parse_hold(opts.hold)
+        hold = Hold(kind, target, fleet, router.config.get("calibration") or [], confidence=opts.hold_confidence)
+        if kind == "max_quality_drop" and not opts.shadow_rate:
+            raise ServeConfigError("--hold max_quality_drop needs shadow checks (--shadow-rate and --judge)")
+    shadow = None
+    if opts.shadow_rate:
+        if judge is None:
+            raise ServeConfigError("--shadow-rate needs a judge (--judge SPEC)")
+        shadow = Shadow(
+            opts.shadow_rate, JudgeScorer(judge), routing.ups, fleet.ref,
+            concurrency=opts.shadow_concurrency, per_minute=opts.shadow_per_minute,
+            count=metrics.count_shadow, price=metrics.shadow_cost,
+        )  # fmt: skip
+        shadow.sinks.append(live.add_pair)
+        if hold is not None:
+            shadow.sinks.append(lambda pair, job: hold.add_pair(pair))
+    metrics.extra.append(lambda: live_families(live, hold))
+    return live, hold, shadow
 
 
 def _unauthorised() -> Response:

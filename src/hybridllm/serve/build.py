@@ -55,4 +55,9 @@ def build(
     load_local = (lambda spec, name: progress(f"loading local model {spec} for {name}")) if progress else None
     ups = cfg.upstreams(router, load_local, load)
     options.prices = cfg.prices([u.who for u in ups])
-    return Built(create_app(router, *ups, options=options), router, ups, options)
+    judge = cfg.judge_backend()
+    if judge is not None and judge.in_process and load:
+        if progress is not None:
+            progress(f"loading local judge {cfg.judge}")
+        judge.load()  # type: ignore[attr-defined]
+    return Built(create_app(router, *ups, options=options, judge=judge), router, ups, options)

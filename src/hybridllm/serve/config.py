@@ -8,6 +8,7 @@ is refused unless ``allow_unauthenticated = true``; each upstream gets only its 
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from pathlib import Path
@@ -17,9 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from hybridllm.backends import Backend, make_backend
 from hybridllm.backends.packages import LOCAL_MODELS
+from hybridllm.routing.live import parse_hold
 from hybridllm.tables.registry import Registry
 from hybridllm.tables.specs import key_envs, parse_spec
 
+from .budget import parse_cap
 from .errors import ServeConfigError
 from .knobs import KnobError, parse_name
 from .options import ServeOptions
@@ -54,6 +57,35 @@ class ServeConfig(BaseModel):
     log_prompts: bool = False
     batch_window_s: float = Field(0.0, ge=0)
     workers: int = Field(1, ge=1, le=64)  # processes on one port (each loads the router and its upstreams)
+    # live control (docs/control.md)
+    shadow_rate: float = Field(0.0, ge=0, le=1)
+    judge: str | None = None  # SPEC of the judge scoring shadow pairs (an OpenAI-compatible endpoint, a local model)
+    judge_api_key_env: str | None = None
+    shadow_concurrency: int = Field(4, ge=1, le=256)
+    shadow_per_minute: int = Field(600, ge=1)
+    hold: str | None = None  # KIND=PERCENT: max_quality_drop=1, budget=30, cost_advantage=40
+    hold_confidence: float = Field(0.95, ge=0.5, lt=1)
+    outcomes: Path | None = None  # outcomes log: shadow pairs and /v1/feedback, for `hybridllm outcomes export`
+    budget_cap: list[str] = Field(default_factory=list)  # KEY=AMOUNT/PERIOD (a key's name, or * for all)
+    on_cap: Literal["downgrade", "refuse"] = "downgrade"
+    state: str | None = None  # redis://HOST:PORT/DB: spend counters shared by replicas
+
+    @field_validator("budget_cap")
+    @classmethod
+    def _caps(cls, v: list[str]) -> list[str]:
+        for item in v:
+            parse_cap(item)
+        return v
+
+    @field_validator("hold")
+    @classmethod
+    def _hold(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_hold(v)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        return v
 
     @field_validator("default_knob")
     @classmethod
@@ -107,15 +139,35 @@ class ServeConfig(BaseModel):
             return False
 
     def client_keys(self) -> list[str]:
+        return list(self.named_keys())
+
+    def named_keys(self) -> dict[str, str]:
+        """Client key -> its name: entries ``NAME:KEY`` are named (what budget caps and the log
+        call them); a bare key is named by a digest of it."""
         if not self.serve_api_key_env:
-            return []
-        keys = [k.strip() for k in os.environ.get(self.serve_api_key_env, "").split(",") if k.strip()]
-        if not keys:
+            return {}
+        out: dict[str, str] = {}
+        for item in os.environ.get(self.serve_api_key_env, "").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            name, sep, key = item.partition(":")
+            if sep and name and key:
+                out[key] = name
+            else:
+                out[item] = "key-" + hashlib.sha256(item.encode()).hexdigest()[:8]
+        if not out:
             raise ServeConfigError(f"environment variable {self.serve_api_key_env} holds no keys")
-        return keys
+        return out
 
     def options(self) -> ServeOptions:
-        keys = self.client_keys()
+        named = self.named_keys()
+        keys = list(named)
+        unknown = [parse_cap(c).key for c in self.budget_cap if parse_cap(c).key not in {"*", *named.values()}]
+        if unknown:
+            raise ServeConfigError(
+                f"budget_cap: no client key named {unknown[0]!r} (name keys as NAME:KEY in {self.serve_api_key_env})"
+            )
         if not keys and not self.is_loopback() and not self.allow_unauthenticated:
             raise ServeConfigError(
                 f"refusing to serve on {self.host} with no client key: anyone who can reach it spends your "
@@ -133,7 +185,30 @@ class ServeConfig(BaseModel):
             log_prompts=self.log_prompts,
             batch_window_s=self.batch_window_s,
             default_knob=None if self.default_knob == "hybrid" else self.default_knob,
+            shadow_rate=self.shadow_rate,
+            shadow_concurrency=self.shadow_concurrency,
+            shadow_per_minute=self.shadow_per_minute,
+            hold=self.hold,
+            hold_confidence=self.hold_confidence,
+            outcomes=None if self.outcomes is None else str(self.outcomes),
+            key_names=named,
+            budget_caps=list(self.budget_cap),
+            on_cap=self.on_cap,
+            state=self.state,
         )
+
+    def judge_backend(self) -> Backend | None:
+        """The shadow checks' judge (None without ``shadow_rate``); refused when the rate has no judge."""
+        if not self.shadow_rate:
+            return None
+        if not self.judge:
+            raise ServeConfigError("--shadow-rate needs --judge SPEC: the model that scores both answers")
+        try:
+            return make_backend(
+                self.judge, self.judge_api_key_env, name="judge", concurrency=None, timeout_s=self.timeout_s
+            )
+        except ValueError as exc:
+            raise ServeConfigError(f"judge: {exc}") from None
 
     def upstream_specs(self, router: Any) -> tuple[str, str]:
         """The two SPECs; with none named, a router trained on named local models serves them."""

@@ -58,6 +58,8 @@ class RouteDecision:
     score: float | None = None
     threshold: float | None = None
     scores: dict[str, float] | None = None
+    #: the router's score of each candidate model (cost order), as the policy compared them
+    row: tuple[float, ...] | None = None
 
 
 class Decider(Protocol):
@@ -114,4 +116,5 @@ class PolicyDecider:
         target, chosen = routing.decide(scores, threshold)
         metrics.decisions.labels(routing.ups[target].who, "router").inc()
         fall_back = opts.fallback if knob.fallback is None else knob.fallback
-        return RouteDecision(target, reason, fall_back, chosen, threshold, routing.named_scores(scores))
+        row = tuple(float(x) for x in np.asarray(scores, dtype=np.float64).reshape(-1))
+        return RouteDecision(target, reason, fall_back, chosen, threshold, routing.named_scores(scores), row)

@@ -27,3 +27,15 @@ class ServeOptions:
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
     # the workers of one `--workers N` server share the default knob and the live window here
     state_dir: str | None = None
+    # live control (docs/control.md): the share of answered requests shadow-checked by the judge,
+    # the shadow calls' own limits, the held target ("budget=30") and its confidence
+    shadow_rate: float = 0.0
+    shadow_concurrency: int = 4
+    shadow_per_minute: int = 600
+    hold: str | None = None
+    hold_confidence: float = 0.95
+    outcomes: str | None = None  # the outcomes log (shadow pairs, feedback): a path
+    key_names: dict[str, str] = field(default_factory=dict, repr=False)  # client key -> its name (NAME:KEY)
+    budget_caps: list[str] = field(default_factory=list)  # KEY=AMOUNT/PERIOD
+    on_cap: str = "downgrade"  # or "refuse"
+    state: str | None = None  # redis://HOST:PORT/DB: spend counters shared across replicas

@@ -10,7 +10,9 @@ answer has been sent (the response's background step), off the client's critical
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
+import json
 import logging
 import os
 import time
@@ -23,12 +25,14 @@ from starlette.responses import Response, StreamingResponse
 
 from hybridllm.backends import Answer, Backend, Failure, StreamBroke
 
+from .budget import Budget
 from .decision import Decider, RouteDecision, ServingRouter
 from .errors import RequestError
 from .knobs import KnobError
 from .options import ServeOptions
 from .protocol import check_request, error_body, openai_error, parse_json, read_body
 from .routing import Routing
+from .shadow import Shadow, ShadowJob, answer_text, stream_text
 from .telemetry import Metrics, Record
 
 #: a watcher for the client's disconnect starts this long after the upstream call
@@ -46,13 +50,27 @@ class Proxy:
         self.ups: Sequence[Backend] = routing.ups
         self.in_flight = 0  # requests between their first byte read and their answer
         self._keys = [k.encode() for k in options.api_keys]
+        self.shadow: Shadow | None = None  # set by create_app with --shadow-rate
+        self.budget: Budget | None = None  # set by create_app with budget caps
+        self._bg: set[asyncio.Future[None]] = set()
+        self._index = {u.who: i for i, u in enumerate(self.ups)}
+        self._names = {k.encode(): options.key_names.get(k, _key_id(k)) for k in options.api_keys}
 
     def authorised(self, request: Request) -> bool:
+        return self.client(request) is not False
+
+    def client(self, request: Request) -> str | bool | None:
+        """The name of the client key a request carries (None when no keys are set; False when
+        its key is missing or wrong). Every key is compared, in constant time each."""
         if not self._keys:
-            return True
+            return None
         auth = request.headers.get("authorization", "")
         token = (auth[7:] if auth.lower().startswith("bearer ") else "").encode()
-        return any(hmac.compare_digest(token, k) for k in self._keys)
+        found: str | bool = False
+        for k in self._keys:
+            if hmac.compare_digest(token, k):
+                found = self._names[k]
+        return found
 
     async def chat(self, request: Request) -> Response:
         return await self.handle(request, "chat")
@@ -72,6 +90,10 @@ class Proxy:
             self.in_flight -= 1
             if response is None:
                 self.metrics.record(rec, self.options.log_prompts)
+                if rec.reservation is not None and self.budget is not None:  # cancelled: nothing was spent
+                    task = asyncio.ensure_future(self.budget.settle(rec.reservation, 0.0))
+                    self._bg.add(task)
+                    task.add_done_callback(self._bg.discard)
         if not isinstance(response, StreamingResponse):  # a relay records itself when it ends
             response.background = BackgroundTask(self._record_after, rec)
         return response
@@ -79,6 +101,25 @@ class Proxy:
     async def _record_after(self, rec: Record) -> None:
         """Coroutine on purpose: Starlette runs a plain function's background task in a thread."""
         self.metrics.record(rec, self.options.log_prompts)
+        await self._settle(rec)
+        if rec.shadow is not None and self.shadow is not None and rec.status == 200:
+            self.shadow.submit(rec.shadow)  # the answer has been sent: the shadow call starts now
+
+    async def _settle(self, rec: Record) -> None:
+        if rec.reservation is not None and self.budget is not None:
+            cost = self.metrics.cost_of(rec.model, rec.usage) if rec.status == 200 else 0.0
+            await self.budget.settle(rec.reservation, cost)
+            rec.reservation = None
+
+    def _draw(self, decision: RouteDecision, body: dict[str, Any], kind: str, rec: Record) -> ShadowJob | None:
+        """A shadow job for this answered request when the draw picks it (routed requests only)."""
+        shadow = self.shadow
+        if shadow is None or decision.row is None or not shadow.draw():
+            return None
+        served = self._index[rec.model]
+        prompt = body.get("messages") if kind == "chat" else body.get("prompt")
+        other = shadow.other_side(served, decision.row)
+        return ShadowJob(rec.rid, kind, body, prompt, served, other, decision.row, 1.0 / shadow.rate)
 
     async def answer(self, request: Request, kind: str, rec: Record) -> Response:
         headers = {"x-hybridllm-request-id": rec.rid}
@@ -91,6 +132,10 @@ class Proxy:
             if decision.scores is not None:
                 headers["x-hybridllm-scores"] = ",".join(f"{m}={v:.6f}" for m, v in decision.scores.items())
             target = decision.target
+            if self.budget is not None:
+                target = await self._admit(decision, body, rec, headers)
+            if stream and self.options.prices:
+                body = self._ask_usage(body, rec)
             order = self.routing.fallback_order(target) if decision.may_fall_back else [target]
             got = await self._call(request, order, body, kind, stream, rec)
             if got is None:  # the client left
@@ -98,6 +143,7 @@ class Proxy:
             if isinstance(got, Failure):
                 hdr = dict(headers, **({"retry-after": got.retry_after} if got.retry_after else {}))
                 raise RequestError(got.status, got.message, headers=hdr)
+            rec.shadow = self._draw(decision, body, kind, rec)
             return self._respond(got, headers, decision, rec)
         except RequestError as exc:
             rec.status, rec.error = exc.status, exc.message
@@ -107,16 +153,45 @@ class Proxy:
             rec.status, rec.error = 500, f"internal error ({type(exc).__name__})"
             return openai_error(500, f"internal error ({type(exc).__name__}); request id {rec.rid}")
 
+    async def _admit(self, decision: RouteDecision, body: dict[str, Any], rec: Record, headers: dict[str, str]) -> int:
+        """The budget caps' word on this request: its upstream (downgraded past a cap) or the 429."""
+        assert self.budget is not None
+        models = [u.who for u in self.ups]
+        try:
+            target, rec.reservation, why = await self.budget.admit(rec.key, decision.target, models, body, rec.chars)
+        except RequestError as exc:
+            exc.headers = {**headers, **(exc.headers or {})}
+            raise
+        if decision.row is not None:
+            self.budget.observe(rec.key, decision.target)
+        if why is not None:
+            decision.reason = why
+            decision.may_fall_back = False  # the fallback of a downgraded request would spend past the cap
+            headers["x-hybridllm-reason"] = why
+        return target
+
+    def _ask_usage(self, body: dict[str, Any], rec: Record) -> dict[str, Any]:
+        """A priced stream asks the upstream for its usage chunk; one the client did not ask for is
+        taken out of the relay (:meth:`relay`)."""
+        so = body.get("stream_options")
+        if isinstance(so, dict) and so.get("include_usage"):
+            return body
+        rec.strip_usage = True
+        return dict(body, stream_options={**(so if isinstance(so, dict) else {}), "include_usage": True})
+
     async def _decide(self, request: Request, kind: str, rec: Record) -> tuple[RouteDecision, dict[str, Any], bool]:
         """Authorise, read and check the body, and ask the decider: (decision, body, stream)."""
         opts = self.options
-        if not self.authorised(request):
+        client = self.client(request)
+        if client is False:
             raise RequestError(401, "invalid or missing API key", headers={"WWW-Authenticate": "Bearer"})
+        rec.key = client if isinstance(client, str) else None
         raw = await read_body(request, opts.max_body_bytes, opts.client_timeout_s)
         body = parse_json(raw)
         extra = body.pop("hybridllm", None)
         req = check_request(body, kind, opts.max_messages, self.router.turns, opts.max_router_chars)
         rec.stream = req.stream
+        rec.chars = len(req.text) if isinstance(req.text, str) else 0
         if opts.log_prompts:
             rec.prompt = req.text
         try:
@@ -174,13 +249,20 @@ class Proxy:
         rec.status = got.status
         usage = got.payload.get("usage") if isinstance(got.payload, dict) else None
         rec.usage = usage if isinstance(usage, dict) else {}
+        if rec.shadow is not None:
+            rec.shadow.answer = answer_text(got.payload)
         # the upstream's bytes as they are: nothing re-serialised, nothing of the schema changed
         return Response(got.data, status_code=got.status, headers=headers, media_type="application/json")
 
     async def relay(self, stream: AsyncIterator[bytes], rec: Record) -> AsyncIterator[bytes]:
         """Relay the chunks; a failure mid-stream ends with an error event instead of a hang."""
+        kept: list[bytes] | None = [] if rec.shadow is not None else None
+        priced = bool(self.options.prices)
         try:
-            async for chunk in stream:
+            source = _usage_events(stream, rec) if priced else stream
+            async for chunk in source:
+                if kept is not None:
+                    kept.append(chunk)
                 yield chunk
         except StreamBroke as exc:
             rec.status, rec.error = 502, str(exc)
@@ -192,6 +274,43 @@ class Proxy:
             if hasattr(stream, "aclose"):
                 await stream.aclose()
             self.metrics.record(rec, self.options.log_prompts)
+            await self._settle(rec)
+            if kept is not None and rec.shadow is not None and self.shadow is not None and rec.status == 200:
+                rec.shadow.answer = stream_text(kept)
+                self.shadow.submit(rec.shadow)
+
+
+def _key_id(key: str) -> str:
+    """The name of a client key given without one: a short digest, never the key itself."""
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+async def _usage_events(stream: AsyncIterator[bytes], rec: Record) -> AsyncIterator[bytes]:
+    """The stream by whole SSE events, bytes unchanged; the usage chunk (no choices, a usage
+    object) sets ``rec.usage`` and is dropped when the client did not ask for it."""
+    buf = b""
+    async for chunk in stream:
+        buf += chunk
+        cut = buf.rfind(b"\n\n")
+        if cut < 0:
+            continue
+        events, buf = buf[: cut + 2], buf[cut + 2 :]
+        out = []
+        for ev in events.split(b"\n\n")[:-1]:
+            if b'"usage"' in ev and ev.startswith(b"data:"):
+                try:
+                    obj = json.loads(ev[5:])
+                except ValueError:
+                    obj = None
+                if isinstance(obj, dict) and isinstance(obj.get("usage"), dict) and not obj.get("choices"):
+                    rec.usage = obj["usage"]
+                    if rec.strip_usage:
+                        continue
+            out.append(ev + b"\n\n")
+        if out:
+            yield b"".join(out)
+    if buf:
+        yield buf
 
 
 class _Watcher:

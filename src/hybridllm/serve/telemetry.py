@@ -35,6 +35,11 @@ class Record:
     stream: bool = False
     error: str | None = None
     prompt: Any = None
+    shadow: Any = None  # a ShadowJob when this request was drawn for a shadow check
+    key: str | None = None  # the client key's name (never the key), for per-key budgets
+    chars: int = 0  # length of the text the router read (a budget reservation's bound)
+    reservation: Any = None  # the budget's reservation while the request runs
+    strip_usage: bool = False  # the usage chunk of this stream was asked by the proxy, not the client
 
 
 class Metrics:
@@ -79,6 +84,17 @@ class Metrics:
         self.cost_best = Counter(
             "hybridllm_cost_always_best", "what the same requests would have cost on the best model", registry=reg
         )
+        self.shadow_calls = Counter(
+            "hybridllm_shadow_calls",
+            "shadow checks by the model asked and outcome (scored, ceiling, busy, upstream_error, judge_error)",
+            ["model", "outcome"],
+            registry=reg,
+        )
+        self.shadow_spent = Counter(
+            "hybridllm_shadow_cost", "estimated cost of shadow answers (not in hybridllm_cost)", ["model"], registry=reg
+        )
+        #: callables giving extra metric families at scrape time (live estimates, the controller)
+        self.extra: list[Any] = []
         self.router = Histogram(
             "hybridllm_router_seconds",
             "router decision latency",
@@ -86,17 +102,30 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
         )
 
+    def cost_of(self, model: str, usage: dict[str, Any]) -> float | None:
+        """Estimated cost of an answer with this usage on ``model`` (None when a price or a count is missing)."""
+        pin = usage.get("prompt_tokens")
+        pout = usage.get("completion_tokens")
+        if model not in self.prices or not (_count(pin) and _count(pout)):
+            return None
+        assert isinstance(pin, int) and isinstance(pout, int)
+        return (pin * self.prices[model][0] + pout * self.prices[model][1]) / 1e6
+
+    def shadow_cost(self, model: str, usage: dict[str, Any]) -> float | None:
+        """The cost of a shadow answer, counted apart from the served traffic's."""
+        cost = self.cost_of(model, usage)
+        if cost is not None:
+            self.shadow_spent.labels(model).inc(cost)
+        return cost
+
     def _price(self, rec: Record) -> None:
         """Estimated cost of one answered request and the always-best counterfactual (same tokens)."""
-        pin = rec.usage.get("prompt_tokens")
-        pout = rec.usage.get("completion_tokens")
-        if rec.model not in self.prices or self.reference not in self.prices:
+        if self.reference is None or self.reference not in self.prices:
             return
-        if not (_count(pin) and _count(pout)):
+        cost = self.cost_of(rec.model, rec.usage)
+        best = self.cost_of(self.reference, rec.usage)
+        if cost is None or best is None:
             return
-        assert isinstance(pin, int) and isinstance(pout, int)
-        cost = (pin * self.prices[rec.model][0] + pout * self.prices[rec.model][1]) / 1e6
-        best = (pin * self.prices[self.reference][0] + pout * self.prices[self.reference][1]) / 1e6
         self.cost.labels(rec.model).inc(cost)
         self.cost_best.inc(best)
         rec.cost, rec.best_cost = cost, best
@@ -120,17 +149,21 @@ class Metrics:
                     spent += s.value
                 elif s.name == "hybridllm_cost_always_best_total":
                     best += s.value
+        extra_families = self.extra
         saving = GaugeMetricFamily("hybridllm_saving_ratio", "1 - cost / cost on the best model, so far")
         if best > 0:
             saving.add_metric([], 1 - spent / best)
 
         class _Saving:
             def collect(self) -> list[Any]:
-                return [saving] if best > 0 else []
+                return ([saving] if best > 0 else []) + [f for fn in extra_families for f in fn()]
 
         extra = CollectorRegistry()
         extra.register(_Saving())
         return generate_latest(reg) + generate_latest(extra)
+
+    def count_shadow(self, model: str, outcome: str) -> None:
+        self.shadow_calls.labels(model, outcome).inc()
 
     def record(self, rec: Record, log_prompts: bool) -> None:
         self.requests.labels(rec.model, str(rec.status)).inc()
@@ -157,6 +190,8 @@ class Metrics:
             "prompt_tokens": rec.usage.get("prompt_tokens"),
             "completion_tokens": rec.usage.get("completion_tokens"),
         }
+        if rec.key is not None:
+            line["key"] = rec.key
         if rec.cost is not None:
             line["cost"] = round(rec.cost, 8)
         if self.worker is not None:

@@ -210,5 +210,3 @@ def mark_finished(output: Path, settings: dict[str, Any]) -> None:
     """Record the settings of the table just written at ``output``."""
     body = {"settings": settings, "table_sha256": _file_digest(Path(output))}
     atomic_write(_receipt_path(Path(output)), json.dumps(body, ensure_ascii=False, indent=1) + "\n")
-
-

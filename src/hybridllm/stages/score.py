@@ -105,7 +105,6 @@ def embedding_similarity_batch(pairs: Sequence[tuple[str, Row]], encoder: str | 
     router's encoder family; any local HF encoder directory works), in one batched pass."""
     import numpy as np
 
-
     if not pairs:
         return []
     refs = [_require_reference(row, "embedding-similarity") for _, row in pairs]
@@ -175,30 +174,42 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float | None:
     return None
 
 
+async def judge_rating(
+    backend: Any, rubric: str, prompt: Any, response: str, reference: Any = "", retries: int = 2, what: str = "answer"
+) -> float:
+    """One LLM-judge verdict in [0, 1]: the rubric's 1–10 rating mapped as (r - 1) / 9. A reply
+    without a rating is asked again (greedy, new seed); still none is an error, not a guess. Used by
+    ``score --metric judge`` and by the proxy's shadow checks (the backend must be open)."""
+    msg = rubric.format(prompt=prompt_text(prompt), reference=reference or "", response=response)
+    last = ""
+    for attempt in range(retries + 1):
+        s = await backend.generate(msg, SamplingParams(temperature=0.0, max_tokens=64, seed=attempt))
+        r = parse_rating(s.text)
+        if r is not None:
+            return (r - 1.0) / 9.0
+        last = s.text[:80]
+    raise UsageError(f"{what}: judge gave no 1-10 rating after {retries + 1} tries ({last!r})")
+
+
 def judge_batch(
     pairs: Sequence[tuple[str, Row]], backend: Any, rubric: str = JUDGE_RUBRIC, retries: int = 2
 ) -> list[float]:
-    """LLM-as-judge over any backend: each response rated 1–10, mapped to [0, 1] as (r - 1) / 9.
-    A reply without a rating is asked again (greedy, new seed); still none is an error, not a guess."""
+    """LLM-as-judge over any backend: each response rated 1–10 (:func:`judge_rating`)."""
     import asyncio
 
     check_rubric(rubric)
 
-
-    async def rate(response: str, row: Row) -> float:
-        msg = rubric.format(prompt=prompt_text(row["prompt"]), reference=row.get("reference", ""), response=response)
-        last = ""
-        for attempt in range(retries + 1):
-            s = await backend.generate(msg, SamplingParams(temperature=0.0, max_tokens=64, seed=attempt))
-            r = parse_rating(s.text)
-            if r is not None:
-                return (r - 1.0) / 9.0
-            last = s.text[:80]
-        raise UsageError(f"row {row.get('id')!r}: judge gave no 1-10 rating after {retries + 1} tries ({last!r})")
-
     async def run() -> list[float]:
         async with backend:
-            return list(await asyncio.gather(*(rate(r, row) for r, row in pairs)))
+            return list(
+                await asyncio.gather(
+                    *(
+                        judge_rating(backend, rubric, row["prompt"], r, row.get("reference", ""), retries,
+                                     f"row {row.get('id')!r}")
+                        for r, row in pairs
+                    )
+                )
+            )  # fmt: skip
 
     return asyncio.run(run()) if pairs else []
 
@@ -258,7 +269,6 @@ def reward_model_batch(
     """A reward model's score of (prompt, response): the single logit for 1-label heads, else the
     probability of the last (positive) label. Any local sequence-classification checkpoint."""
     import torch
-
 
     tok, model = _load_hf(model_path, "reward-model")
     out: list[float] = []

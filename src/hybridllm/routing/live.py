@@ -1,0 +1,343 @@
+"""Live estimates and the controller that holds a target on live traffic (docs/control.md).
+
+Pure numbers, no I/O: the serving layer feeds it each routed request's scores and decision, and the
+shadow pairs (a random sample of answered requests, each also answered by the other side and both
+answers scored by one judge); it gives back the realised quality drop with an interval and the
+threshold that holds the operator's target.
+
+- :func:`ratio_interval` is the one interval of the module: a ratio of weighted sums (the drop is
+  Σ w (q_ref - q_served) / Σ w q_ref) with the delta-method variance, and two pseudo-observations at
+  the ends of the difference's range added to the variance only, so that a handful of pairs that
+  happen to agree does not give an interval of width zero.
+- :class:`Hold` is the controller: ``budget`` and ``cost_advantage`` targets need no labels (the
+  recent scores fix the threshold that meets them, corrected by the recent realised error);
+  ``max_quality_drop`` uses the recent shadow pairs as a sliding validation set and, by default, the
+  threshold whose one-sided upper confidence bound on the drop meets the target.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hybridllm.errors import UsageError
+
+from .policy import Fleet, sweep_arrays
+
+HOLD_KINDS = ("max_quality_drop", "budget", "cost_advantage")
+Z95 = 1.959964  # two-sided 95 %
+Z95_ONE_SIDED = 1.644854
+
+
+def ratio_interval(
+    num: np.ndarray, den: np.ndarray, weight: np.ndarray, z: float = Z95, span: float = 1.0
+) -> tuple[float, float, float] | None:
+    """(estimate, low, high) of Σ w·num / Σ w·den, in percent; None without a positive denominator.
+    ``span``: the largest |num| can be (1 for scores in [0, 1]); the two pseudo-observations at
+    ±span enter the variance only (:class:`RatioSums` is the same in running sums)."""
+    num, den, w = (np.asarray(a, dtype=np.float64) for a in (num, den, weight))
+    acc = RatioSums(span)
+    acc.n = len(num)
+    acc.w, acc.d = float(w.sum()), float(den.sum())
+    acc.wn, acc.wd = float((w * num).sum()), float((w * den).sum())
+    w2 = w * w
+    acc.w2n2, acc.w2nd, acc.w2d2 = (
+        float((w2 * num * num).sum()),
+        float((w2 * num * den).sum()),
+        float((w2 * den * den).sum()),
+    )
+    return acc.interval(z)
+
+
+class RatioSums:
+    """Running sums behind :func:`ratio_interval`, for an estimate since start in O(1) memory.
+
+    Delta method: Var(R) ≈ n s² / (Σ w den)², s² the variance of the residuals w (num - R den); two
+    pseudo-residuals w̄ (±span - R d̄) are added to s² so that agreeing pairs never give width 0."""
+
+    def __init__(self, span: float = 1.0) -> None:
+        self.span = span
+        self.n = 0
+        self.w = self.wn = self.wd = self.d = 0.0
+        self.w2n2 = self.w2nd = self.w2d2 = 0.0
+
+    def add(self, num: float, den: float, weight: float = 1.0) -> None:
+        self.n += 1
+        self.w += weight
+        self.d += den
+        self.wn += weight * num
+        self.wd += weight * den
+        self.w2n2 += weight * weight * num * num
+        self.w2nd += weight * weight * num * den
+        self.w2d2 += weight * weight * den * den
+
+    def interval(self, z: float = Z95) -> tuple[float, float, float] | None:
+        if self.n == 0 or self.wd <= 0:
+            return None
+        r = self.wn / self.wd
+        ss = max(self.w2n2 - 2 * r * self.w2nd + r * r * self.w2d2, 0.0)
+        w_bar, d_bar = self.w / self.n, self.d / self.n
+        ss += (w_bar * (self.span - r * d_bar)) ** 2 + (w_bar * (-self.span - r * d_bar)) ** 2
+        sd = math.sqrt(self.n * ss / (self.n + 1)) / self.wd
+        return 100.0 * r, 100.0 * (r - z * sd), 100.0 * (r + z * sd)
+
+
+@dataclass(frozen=True)
+class ShadowPair:
+    """One shadowed request: the router's candidate scores, the model that answered (``served``) and
+    the one asked in the shadow (``other``), indices into the fleet's models; both answers' scores;
+    ``weight`` = 1 / the sampling probability when it was drawn."""
+
+    scores: tuple[float, ...]
+    served: int
+    other: int
+    q_served: float
+    q_other: float
+    weight: float = 1.0
+    t: float = 0.0
+
+    def quality(self, model: int) -> float | None:
+        if model == self.served:
+            return self.q_served
+        if model == self.other:
+            return self.q_other
+        return None
+
+
+def realised_drop(pairs: Sequence[ShadowPair], ref: int, z: float = Z95) -> tuple[float, float, float] | None:
+    """The quality drop of the answers served against always using the reference, in % with its
+    interval, from shadow pairs (every pair includes the reference's answer)."""
+    if not pairs:
+        return None
+    q_ref = np.array([p.quality(ref) for p in pairs], dtype=np.float64)
+    q_srv = np.array([p.q_served for p in pairs], dtype=np.float64)
+    w = np.array([p.weight for p in pairs], dtype=np.float64)
+    return ratio_interval(q_ref - q_srv, q_ref, w, z)
+
+
+def pair_drop_at(
+    pairs: Sequence[ShadowPair], threshold: float, z: float, shift: np.ndarray | None = None
+) -> tuple[float, float, float] | None:
+    """What a threshold would give on the shadow pairs of a two-model fleet (both answers known);
+    ``shift``: each pair's extra weight (the covariate-shift correction of :meth:`Hold._shift`)."""
+    s = np.array([p.scores[0] for p in pairs], dtype=np.float64)
+    q_small = np.array([p.quality(0) for p in pairs], dtype=np.float64)
+    q_ref = np.array([p.quality(1) for p in pairs], dtype=np.float64)
+    w = np.array([p.weight for p in pairs], dtype=np.float64)
+    if shift is not None:
+        w = w * shift
+    return ratio_interval(np.where(s >= threshold, q_ref - q_small, 0.0), q_ref, w, z)
+
+
+class Hold:
+    """Holds ``kind`` (one of :data:`HOLD_KINDS`) at ``target`` (%) by moving the threshold plain
+    ``hybrid`` requests are routed with.
+
+    ``calibration``: the artifact's calibration rows; the threshold never leaves their range and
+    starts at the calibrated point for the target. It moves once ``min_requests`` routed requests
+    (``min_pairs`` shadow pairs for the quality target) are in, by at most ``max_step`` per move: a
+    spend or share target after every request (the curve of spend against threshold on the last
+    ``window`` requests' scores is redrawn every ``every`` requests; the aim is the target corrected
+    by ``gain`` times the error of the last ``feedback`` decisions), the quality target every
+    ``every`` requests. ``confidence``: for the quality target, the one-sided level of the upper
+    bound that must meet it (0.5: the point estimate)."""
+
+    def __init__(
+        self,
+        kind: str,
+        target: float,
+        fleet: Fleet,
+        calibration: Sequence[dict[str, Any]],
+        *,
+        window: int = 500,
+        feedback: int = 200,
+        pair_window: int = 400,
+        min_requests: int = 100,
+        min_pairs: int = 40,
+        every: int = 20,
+        max_step: float = 0.05,
+        confidence: float = 0.95,
+        gain: float = 1.5,
+    ) -> None:
+        if kind not in HOLD_KINDS:
+            raise UsageError(f"--hold: unknown target {kind!r}; expected one of {', '.join(HOLD_KINDS)}")
+        if not (0 <= target <= 100 and math.isfinite(target)):
+            raise UsageError(f"--hold {kind}={target}: expected a percentage in 0..100")
+        if kind == "budget" and not fleet.costs_given:
+            raise UsageError("--hold budget needs the models' costs (a models file with prices or costs)")
+        if kind == "max_quality_drop" and len(fleet.models) != 2:
+            raise UsageError("--hold max_quality_drop holds two-model routers (a shadow pair knows two answers)")
+        if not 0.5 <= confidence < 1:
+            raise UsageError(f"--hold-confidence {confidence}: expected 0.5 <= c < 1")
+        if not calibration:
+            raise UsageError("--hold needs a router with a calibration table")
+        self.kind, self.target, self.fleet = kind, float(target), fleet
+        self.grid = np.array(sorted({float(r["threshold"]) for r in calibration}), dtype=np.float64)
+        self.lo, self.hi = float(self.grid[0]), float(self.grid[-1])
+        self.window, self.min_requests, self.min_pairs, self.every = window, min_requests, min_pairs, every
+        self.max_step, self.gain = max_step, gain
+        self.z = float(_normal_quantile(confidence))
+        self.confidence = confidence
+        self.scores: deque[tuple[float, ...]] = deque(maxlen=window)
+        # the model each of the last `feedback` routed requests went to, and their held value's sum
+        self.picked: deque[int] = deque(maxlen=feedback)
+        self._held_sum = 0.0
+        self._curve: tuple[np.ndarray, np.ndarray] | None = None
+        self.pairs: deque[ShadowPair] = deque(maxlen=pair_window)
+        self.seen = 0
+        self.threshold = self._calibrated(calibration)
+        self.reason = f"hold {kind} {target:g}: calibrated start"
+        self.estimate: tuple[float, float, float] | None = None  # the held measure now, with its bound
+
+    def _calibrated(self, calibration: Sequence[dict[str, Any]]) -> float:
+        key = {"max_quality_drop": "quality_drop", "budget": "cost", "cost_advantage": "cost_advantage"}[self.kind]
+        rows = sorted(calibration, key=lambda r: -float(r["threshold"]))  # rising savings
+        if self.kind == "max_quality_drop":
+            ok = [r for r in rows if float(r["quality_drop"]) <= self.target + 1e-9]
+            return float(ok[-1]["threshold"]) if ok else self.hi
+        best = min(rows, key=lambda r: abs(float(r[key]) - self.target))
+        return float(best["threshold"])
+
+    # --- fed by the serving layer -------------------------------------------------------------
+    def observe(self, scores: Sequence[float], picked: int) -> None:
+        """One routed plain-``hybrid`` request: its candidate scores and the model it went to."""
+        self.scores.append(tuple(float(x) for x in scores))
+        if len(self.picked) == self.picked.maxlen:
+            self._held_sum -= self._value_of(self.picked[0])
+        self.picked.append(int(picked))
+        self._held_sum += self._value_of(int(picked))
+        self.seen += 1
+        if self.kind == "max_quality_drop":
+            if self.seen % self.every == 0:
+                self._move(*self._quality_step())
+            return
+        if self.seen % self.every == 0 or self._curve is None:
+            self._refresh_curve()
+        self._move(*self._spend_step())
+
+    def add_pair(self, pair: ShadowPair) -> None:
+        self.pairs.append(pair)
+
+    # --- the control step ---------------------------------------------------------------------
+    def _move(self, want: float | None, why: str) -> None:
+        if want is None:
+            return
+        want = min(max(want, self.lo), self.hi)
+        delta = want - self.threshold
+        step = max(-self.max_step, min(self.max_step, delta))
+        self.threshold = float(self.threshold + step)
+        self.reason = f"hold {self.kind} {self.target:g}: {why}" + (" (step bounded)" if abs(step) < abs(delta) else "")
+
+    def _value_of(self, picked: int) -> float:
+        """A decision's contribution to the held spend (% of the reference's cost) or share away."""
+        if self.kind == "budget":
+            return self.fleet.costs[picked] / self.fleet.costs[self.fleet.ref] * 100.0
+        return 0.0 if picked == self.fleet.ref else 100.0
+
+    def _refresh_curve(self) -> None:
+        """Spend (or share away) against threshold on the recent scores: rows by falling threshold,
+        the value non-increasing (budget) or non-decreasing (share away) along them."""
+        if len(self.scores) < self.min_requests:
+            return
+        s = np.array(self.scores, dtype=np.float64)
+        thresholds, cost, _, shares = sweep_arrays(s, np.zeros((len(s), len(self.fleet.models))), self.fleet)
+        ok = (thresholds >= self.lo) & (thresholds <= self.hi)
+        if ok.any():
+            value = cost if self.kind == "budget" else 100.0 - shares[:, self.fleet.ref]
+            self._curve = (thresholds[ok], value[ok])
+
+    def _spend_step(self) -> tuple[float | None, str]:
+        if self._curve is None or len(self.picked) < self.min_requests:
+            return None, ""
+        realised = self.realised()
+        self.estimate = (realised, realised, realised)
+        # aim off by the recent error: the window's decisions already made are what it is judged on
+        aim = self.target - self.gain * (realised - self.target)
+        thresholds, value = self._curve
+        i = int(np.argmin(np.abs(value - aim)))
+        return float(thresholds[i]), f"last {len(self.picked)} requests at {realised:.1f} %, aiming at {aim:.1f} %"
+
+    def realised(self) -> float:
+        """The held spend (% of always-reference) or share away from the reference, recent requests."""
+        return self._held_sum / max(len(self.picked), 1)
+
+    def _shift(self, pairs: Sequence[ShadowPair]) -> np.ndarray:
+        """Importance weights that make the pairs look like the recent traffic: the ratio of the
+        recent requests' share to the pairs' share in each score decile of the pairs. The mix of
+        queries moves faster than the pairs accumulate (one in 1 / rate requests), and the router's
+        scores see the move at once; quality given the score is assumed to move slower."""
+        s = np.array([p.scores[0] for p in pairs], dtype=np.float64)
+        recent = np.array([x[0] for x in self.scores], dtype=np.float64)
+        edges = np.unique(np.quantile(s, np.linspace(0, 1, 11)))
+        if len(edges) < 3 or len(recent) == 0:
+            return np.ones(len(s))
+        b_pairs = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, len(edges) - 2)
+        b_recent = np.clip(np.searchsorted(edges, recent, side="right") - 1, 0, len(edges) - 2)
+        f_pairs = np.bincount(b_pairs, minlength=len(edges) - 1) / len(s)
+        f_recent = np.bincount(b_recent, minlength=len(edges) - 1) / len(recent)
+        return f_recent[b_pairs] / np.maximum(f_pairs[b_pairs], 1e-12)
+
+    def _quality_step(self) -> tuple[float | None, str]:
+        pairs = list(self.pairs)
+        self.estimate = realised_drop(pairs, self.fleet.ref)
+        if len(pairs) < self.min_pairs:
+            return None, ""
+        shift = self._shift(pairs)
+        best = self.hi
+        bound = None
+        for thr in self.grid[::-1]:  # falling threshold: rising savings, rising drop (roughly)
+            got = pair_drop_at(pairs, float(thr), self.z, shift)
+            if got is None:
+                continue
+            value = got[2] if self.confidence > 0.5 else got[0]
+            if value > self.target + 1e-9:
+                break  # the first threshold past the target ends the search: no cherry-picking further down
+            best, bound = float(thr), value
+        shown = "none meets it" if bound is None else f"bound {bound:.2f} %"
+        return best, f"{len(pairs)} shadow pairs, {self.confidence:.0%} upper bound: {shown}"
+
+    def state(self) -> dict[str, Any]:
+        est = self.estimate
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "threshold": self.threshold,
+            "reason": self.reason,
+            "requests": self.seen,
+            "pairs": len(self.pairs),
+            "estimate": None if est is None else {"value": est[0], "low": est[1], "high": est[2]},
+            "range": [self.lo, self.hi],
+        }
+
+
+def _normal_quantile(p: float) -> float:
+    """Φ⁻¹(p) by bisection on erf (no scipy on the serving install)."""
+    lo, hi = -10.0, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def parse_hold(spec: str) -> tuple[str, float]:
+    """``max_quality_drop=1`` / ``budget=30`` / ``cost_advantage=40`` → (kind, target)."""
+    kind, sep, value = spec.partition("=")
+    kind = kind.strip().replace("-", "_")
+    try:
+        target = float(value)
+    except ValueError:
+        target = math.nan
+    if not sep or kind not in HOLD_KINDS or not math.isfinite(target):
+        raise UsageError(f"--hold {spec!r}: expected KIND=PERCENT with KIND one of {', '.join(HOLD_KINDS)}")
+    return kind, target
+
+
+__all__ = ["HOLD_KINDS", "Hold", "ShadowPair", "pair_drop_at", "parse_hold", "ratio_interval", "realised_drop"]

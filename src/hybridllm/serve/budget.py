@@ -1,0 +1,198 @@
+"""Hard spend ceilings per client key and overall, per period, checked before the upstream call.
+
+``--budget-cap team-a=5/day`` (a key named in ``--serve-api-key-env`` as ``team-a:SECRET``), ``*=100/day``
+for all traffic together; periods ``minute``, ``hour``, ``day`` (UTC), ``month`` (30 days). Each
+admitted request reserves its estimated cost (the dearest answer of its model seen so far, or a
+bound from its prompt and ``max_tokens``) while committed spend (spent + reserved) is under the cap;
+its real cost replaces the reservation when it ends. So concurrent requests cannot all slip under a
+ceiling: the overshoot is at most one request's cost when the estimates hold. Past a ceiling a request
+goes to the cheapest model (``--on-cap downgrade``, the default) or is refused with an OpenAI-shaped
+429 (``--on-cap refuse``), with the reason in ``x-hybridllm-reason``; never silently.
+
+Also here: the per-key steering signal, raised when a key's share of the dearer models over its last
+requests jumps well above its own history (what a client steering its prompts toward the expensive
+model looks like).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import RequestError, ServeConfigError
+from .state import SpendStore
+
+log = logging.getLogger("hybridllm.access")
+PERIODS = {"minute": 60, "hour": 3600, "day": 86400, "month": 30 * 86400}
+
+
+@dataclass(frozen=True)
+class Cap:
+    key: str  # a key's name, or "*" for all traffic
+    amount: float
+    period: str
+
+    @property
+    def seconds(self) -> int:
+        return PERIODS[self.period]
+
+    def bucket(self, now: float) -> str:
+        """The counter of the current period (periods start at multiples of their length, UTC)."""
+        start = int(now // self.seconds) * self.seconds
+        return f"{_slug(self.key)}:{self.period}:{start}"
+
+
+def _slug(name: str) -> str:
+    return "all" if name == "*" else hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def parse_cap(text: str) -> Cap:
+    """``KEY=AMOUNT/PERIOD`` (AMOUNT in the models file's price unit)."""
+    key, sep, rest = text.partition("=")
+    amount_s, slash, period = rest.partition("/")
+    try:
+        amount = float(amount_s)
+    except ValueError:
+        amount = math.nan
+    key = key.strip()
+    if not sep or not slash or not key or period not in PERIODS or not (amount >= 0 and math.isfinite(amount)):
+        raise ServeConfigError(
+            f"budget cap {text!r}: expected KEY=AMOUNT/PERIOD, e.g. team-a=5/day or *=100/day "
+            f"(periods: {', '.join(PERIODS)})"
+        )
+    return Cap(key, amount, period)
+
+
+@dataclass
+class Reservation:
+    caps: list[Cap]
+    buckets: list[str]
+    amount: float
+    model: str
+
+
+@dataclass
+class _Steering:
+    long: float = 0.0  # running share of dear models over the key's history (slow average)
+    n: int = 0
+    recent: deque[int] = field(default_factory=lambda: deque(maxlen=50))
+    flagged: bool = False
+
+
+class Budget:
+    """The caps of one server over a :class:`~hybridllm.serve.state.SpendStore`."""
+
+    def __init__(
+        self, caps: list[Cap], store: SpendStore, prices: dict[str, tuple[float, float]], on_cap: str = "downgrade",
+        cheapest: int = 0, dear: set[int] | None = None,
+    ) -> None:  # fmt: skip
+        if on_cap not in ("downgrade", "refuse"):
+            raise ServeConfigError(f"on_cap {on_cap!r}: expected downgrade or refuse")
+        if caps and not prices:
+            raise ServeConfigError("budget caps need prices: a models file with each model's price")
+        self.caps, self.store, self.prices, self.on_cap = caps, store, prices, on_cap
+        self.cheapest = cheapest
+        self.dear = dear or set()
+        self.largest: dict[str, float] = {}  # the dearest answer seen per model: the reservation
+        self.steering: dict[str, _Steering] = {}
+        self.counts: dict[tuple[str, str], int] = {}  # (key, outcome) -> requests
+
+    def caps_for(self, key: str | None) -> list[Cap]:
+        return [c for c in self.caps if c.key == "*" or c.key == key]
+
+    def estimate(self, model: str, body: dict[str, Any], text_chars: int) -> float:
+        seen = self.largest.get(model)
+        if seen is not None:
+            return seen
+        pin, pout = self.prices.get(model, (0.0, 0.0))
+        out_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 512
+        out_tokens = out_tokens if isinstance(out_tokens, int) and out_tokens > 0 else 512
+        return (text_chars / 3 * pin + out_tokens * pout) / 1e6  # ~3+ characters per token
+
+    async def admit(
+        self, key: str | None, target: int, models: list[str], body: dict[str, Any], text_chars: int
+    ) -> tuple[int, Reservation | None, str | None]:
+        """(the upstream to call, its reservation, why it was downgraded or None). Raises the 429
+        of ``--on-cap refuse``."""
+        caps = self.caps_for(key)
+        if not caps:
+            return target, None, None
+        now = time.time()
+        refused_cap = caps[0]
+        for attempt in (target, self.cheapest) if self.on_cap == "downgrade" else (target,):
+            model = models[attempt]
+            amount = self.estimate(model, body, text_chars)
+            taken: list[tuple[Cap, str]] = []
+            refused: Cap | None = None
+            for cap in caps:
+                bucket = cap.bucket(now)
+                if await self.store.admit(bucket, amount, cap.amount, cap.seconds * 2):
+                    taken.append((cap, bucket))
+                else:
+                    refused = cap
+                    break
+            if refused is None:
+                why = None if attempt == target else self._why(key, refused_cap, "downgraded to " + model)
+                self._count(key, "admitted" if attempt == target else "downgraded")
+                return attempt, Reservation([c for c, _ in taken], [b for _, b in taken], amount, model), why
+            for cap, bucket in taken:  # give back what this attempt reserved
+                await self.store.settle(bucket, amount, 0.0, cap.seconds * 2)
+            refused_cap = refused
+            if attempt == self.cheapest:
+                break
+        self._count(key, "refused")
+        msg = self._why(key, refused_cap, "refused")
+        raise RequestError(429, msg, code="budget_exceeded", headers={"x-hybridllm-reason": msg})
+
+    def _why(self, key: str | None, cap: Cap, what: str) -> str:
+        who = "all traffic" if cap.key == "*" else f"key {key}"
+        return f"budget cap of {who} reached ({cap.amount:g} per {cap.period}): {what}"
+
+    def _count(self, key: str | None, outcome: str) -> None:
+        k = (key or "-", outcome)
+        self.counts[k] = self.counts.get(k, 0) + 1
+        if outcome != "admitted":
+            log.info(json.dumps({"event": "budget_cap", "key": key, "outcome": outcome}))
+
+    async def settle(self, res: Reservation | None, cost: float | None) -> None:
+        """The request ended: its real cost (0 for one that was not answered) replaces the reservation."""
+        if res is None:
+            return
+        cost = 0.0 if cost is None else float(cost)
+        if cost > self.largest.get(res.model, 0.0):
+            self.largest[res.model] = cost
+        for cap, bucket in zip(res.caps, res.buckets, strict=True):
+            await self.store.settle(bucket, res.amount, cost, cap.seconds * 2)
+
+    async def spent(self, key: str) -> dict[str, float]:
+        now = time.time()
+        return {f"{c.key}/{c.period}": await self.store.spent(c.bucket(now)) for c in self.caps_for(key)}
+
+    # --- steering signal ----------------------------------------------------------------------
+    def observe(self, key: str | None, target: int) -> bool:
+        """Feed one routed decision of ``key``; True when this one raised the steering flag."""
+        if key is None:
+            return False
+        st = self.steering.setdefault(key, _Steering())
+        dear = 1 if target in self.dear else 0
+        st.recent.append(dear)
+        st.n += 1
+        st.long += (dear - st.long) / min(st.n, 1000)
+        if st.n < 200 or len(st.recent) < st.recent.maxlen:  # type: ignore[operator]
+            return False
+        short = sum(st.recent) / len(st.recent)
+        jumped = short - st.long > 0.3 and short > 2 * st.long
+        if jumped and not st.flagged:
+            st.flagged = True
+            log.info(json.dumps({"event": "steering_suspected", "key": key, "dear_share_recent": round(short, 3),
+                                 "dear_share_history": round(st.long, 3)}))  # fmt: skip
+            return True
+        if not jumped:
+            st.flagged = False
+        return False

@@ -1,0 +1,122 @@
+"""The knob's promise on live traffic: live estimates from the shadow pairs (:class:`LiveQuality`) and
+the decider that holds a target (:class:`HoldDecider`, a wrapper of the policy's decider).
+
+The held threshold applies to plain ``hybrid`` requests (no routing name, no ``hybridllm`` field); a
+request's own knob still wins. Its state (threshold, the reason, the estimate against the target) is
+on ``/metrics`` and the dashboard. docs/control.md has the algorithm and its assumptions.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from hybridllm.routing.live import Hold, RatioSums, ShadowPair, realised_drop
+from hybridllm.routing.policy import Fleet
+
+from .decision import Decider, RouteDecision
+
+
+class LiveQuality:
+    """The realised quality drop against always using the reference, over the last ``window``
+    shadow pairs and since start, each with its 95 % interval; and each model's share of routed
+    requests (counted on every request, not sampled)."""
+
+    def __init__(self, fleet: Fleet, window: int = 200) -> None:
+        self.fleet = fleet
+        self.window: deque[ShadowPair] = deque(maxlen=window)
+        self.total = RatioSums()
+        self.pairs = 0
+        self.routed = [0] * len(fleet.models)
+
+    def add_pair(self, pair: ShadowPair, job: Any = None) -> None:
+        q_ref = pair.quality(self.fleet.ref)
+        if q_ref is None:
+            return
+        self.window.append(pair)
+        self.total.add(q_ref - pair.q_served, q_ref, pair.weight)
+        self.pairs += 1
+
+    def count(self, model: int) -> None:
+        self.routed[model] += 1
+
+    def view(self) -> dict[str, Any]:
+        def iv(got: tuple[float, float, float] | None) -> dict[str, float] | None:
+            return None if got is None else {"value": got[0], "low": got[1], "high": got[2]}
+
+        n = sum(self.routed)
+        return {
+            "pairs": self.pairs,
+            "method": "ratio estimator over the shadow pairs (weights 1/rate), delta-method 95 % interval",
+            "quality_drop": {
+                "window": iv(realised_drop(list(self.window), self.fleet.ref)),
+                "since_start": iv(self.total.interval()),
+            },
+            "window_pairs": len(self.window),
+            "shares": {m: (c / n * 100.0 if n else None) for m, c in zip(self.fleet.models, self.routed, strict=True)},
+        }
+
+
+class LiveDecider:
+    """Counts each routed decision for the live shares and, with a controller, routes plain
+    ``hybrid`` requests at :attr:`Hold.threshold` and feeds it each of their decisions; every other
+    request is the wrapped decider's as it was."""
+
+    def __init__(self, inner: Decider, hold: Hold | None, live: LiveQuality | None = None) -> None:
+        self.inner, self.hold, self.live = inner, hold, live
+
+    async def decide(self, model: str, extra: Any, text: str, alone: bool) -> RouteDecision:
+        held = self.hold is not None and model == "hybrid" and extra is None
+        if held:
+            assert self.hold is not None
+            extra = {"threshold": min(self.hold.threshold, 1.000001)}
+        d = await self.inner.decide(model, extra, text, alone)
+        if d.row is not None:
+            if self.live is not None:
+                self.live.count(d.target)
+            if held:
+                assert self.hold is not None
+                self.hold.observe(d.row, d.target)
+                d.reason = f"{self.hold.reason}; threshold {d.threshold:.4f}"
+        return d
+
+
+def live_families(live: LiveQuality | None, hold: Hold | None) -> list[Any]:
+    """The live estimates and the controller's state as Prometheus families (built at scrape time)."""
+    from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+
+    out: list[Any] = []
+    if live is not None:
+        view = live.view()
+        drop = GaugeMetricFamily(
+            "hybridllm_live_quality_drop",
+            "realised quality drop vs always the reference, % (shadow pairs; low/high: 95 % interval)",
+            labels=["scope", "bound"],
+        )
+        for scope, est in view["quality_drop"].items():
+            for bound in ("value", "low", "high"):
+                if est is not None:
+                    drop.add_metric([scope, bound], est[bound])
+        share = GaugeMetricFamily("hybridllm_live_share", "share of routed requests per model, %", labels=["model"])
+        for m, v in view["shares"].items():
+            if v is not None:
+                share.add_metric([m], v)
+        pairs = GaugeMetricFamily("hybridllm_live_shadow_pairs", "shadow pairs scored since start")
+        pairs.add_metric([], view["pairs"])
+        out += [drop, share, pairs]
+    if hold is not None:
+        st = hold.state()
+        thr = GaugeMetricFamily("hybridllm_hold_threshold", "the held threshold plain hybrid requests are routed at")
+        thr.add_metric([], st["threshold"])
+        target = GaugeMetricFamily("hybridllm_hold_target", "the held target, %", labels=["kind"])
+        target.add_metric([st["kind"]], st["target"])
+        info = InfoMetricFamily("hybridllm_hold", "why the held threshold is where it is")
+        info.add_metric([], {"kind": st["kind"], "reason": st["reason"][:200]})
+        out += [thr, target, info]
+        if st["estimate"] is not None:
+            est = GaugeMetricFamily("hybridllm_hold_estimate", "the held measure now, % (the controller's view)",
+                                    labels=["bound"])  # fmt: skip
+            for bound in ("value", "low", "high"):
+                est.add_metric([bound], st["estimate"][bound])
+            out.append(est)
+    return out

@@ -1,0 +1,188 @@
+"""Shadow checks: for a random share of answered requests, the other side's answer too, and both
+scored by one judge (docs/control.md).
+
+A request is drawn when its answer is ready (:meth:`Shadow.draw`); the shadow call starts only after
+the client's response has been sent (the proxy's background step, or the end of a relay), so it never
+delays or changes an answer. The other side is the reference model for a request a cheaper model
+answered, and the best-scored cheaper candidate for one the reference answered. Shadow calls have
+their own concurrency and per-minute ceiling, use each upstream's own backend (and key), are counted
+apart in ``/metrics`` and the access log, and are cancelled at shutdown. The prompt lives in memory
+only until the pair is scored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hybridllm.backends import Answer, Backend
+from hybridllm.routing.live import ShadowPair
+from hybridllm.stages.score import JUDGE_RUBRIC, check_rubric, judge_rating
+
+log = logging.getLogger("hybridllm.access")
+
+
+class JudgeScorer:
+    """The absolute scorer of shadow answers: an LLM judge behind any backend (a local model or an
+    OpenAI-compatible endpoint), rating each answer 1–10 on ``rubric`` (mapped to [0, 1])."""
+
+    def __init__(self, backend: Backend, rubric: str = JUDGE_RUBRIC) -> None:
+        self.backend, self.rubric = backend, check_rubric(rubric)
+
+    async def score(self, prompt: Any, response: str) -> float:
+        return await judge_rating(self.backend, self.rubric, prompt, response, what="shadow answer")
+
+
+@dataclass
+class ShadowJob:
+    """What a drawn request leaves for its shadow call (memory only)."""
+
+    rid: str
+    kind: str
+    body: dict[str, Any]
+    prompt: Any  # what the judge reads: the messages or the prompt
+    served: int
+    other: int
+    scores: tuple[float, ...]
+    weight: float
+    answer: str = ""
+
+
+def answer_text(payload: Any) -> str:
+    """The text of an OpenAI-shaped chat or completion answer ('' when it has none)."""
+    try:
+        choice = payload["choices"][0]
+        msg = choice.get("message")
+        text = msg.get("content") if isinstance(msg, dict) else choice.get("text")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return ""
+    return text if isinstance(text, str) else ""
+
+
+def stream_text(chunks: Sequence[bytes]) -> str:
+    """The text of a relayed SSE stream, from its ``data:`` events' deltas."""
+    out = []
+    for line in b"".join(chunks).split(b"\n"):
+        if not line.startswith(b"data:") or line.strip() == b"data: [DONE]":
+            continue
+        try:
+            choice = json.loads(line[5:])["choices"][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+        if isinstance(piece, str):
+            out.append(piece)
+    return "".join(out)
+
+
+class Shadow:
+    """Draws requests at ``rate``, runs their shadow calls, scores both answers and hands each
+    :class:`ShadowPair` to every ``sink``. ``price(model, usage)``: the estimated cost of a shadow
+    answer (None when unknown)."""
+
+    def __init__(
+        self,
+        rate: float,
+        scorer: JudgeScorer,
+        ups: Sequence[Backend],
+        ref: int,
+        *,
+        concurrency: int = 4,
+        per_minute: int = 600,
+        count: Callable[[str, str], None] | None = None,
+        price: Callable[[str, dict[str, Any]], float | None] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.rate, self.scorer, self.ups, self.ref = rate, scorer, ups, ref
+        self.per_minute = per_minute
+        self._sem = asyncio.Semaphore(concurrency)
+        self._max_pending = concurrency * 8
+        self._started: deque[float] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rng = random.Random(seed)
+        self._count = count or (lambda model, outcome: None)
+        self._price = price or (lambda model, usage: None)
+        self.sinks: list[Callable[[ShadowPair, ShadowJob], None]] = []
+        self.closed = False
+
+    def other_side(self, served: int, scores: Sequence[float]) -> int:
+        if served != self.ref:
+            return self.ref
+        return max(range(len(scores)), key=lambda k: scores[k]) if scores else 0
+
+    def draw(self) -> bool:
+        return self.rate > 0 and not self.closed and self._rng.random() < self.rate
+
+    def submit(self, job: ShadowJob) -> None:
+        """Start the shadow call of a drawn request (after its answer has been sent)."""
+        now = time.monotonic()
+        while self._started and now - self._started[0] > 60:
+            self._started.popleft()
+        who = self.ups[job.other].who
+        if self.closed:
+            return
+        if len(self._started) >= self.per_minute:
+            self._count(who, "ceiling")
+            return
+        if len(self._tasks) >= self._max_pending:
+            self._count(who, "busy")
+            return
+        self._started.append(now)
+        task = asyncio.ensure_future(self._run(job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: ShadowJob) -> None:
+        up = self.ups[job.other]
+        async with self._sem:
+            t0 = time.perf_counter()
+            body = {k: v for k, v in job.body.items() if k not in ("stream", "stream_options")}
+            got = await up.forward(job.kind, dict(body, model=up.model), False)
+            if not isinstance(got, Answer):
+                self._count(up.who, "upstream_error")
+                return
+            other = answer_text(got.payload)
+            usage = got.payload.get("usage") if isinstance(got.payload, dict) else None
+            cost = self._price(up.who, usage if isinstance(usage, dict) else {})
+            try:
+                q_served, q_other = await asyncio.gather(
+                    self.scorer.score(job.prompt, job.answer), self.scorer.score(job.prompt, other)
+                )
+            except Exception as exc:  # a judge that fails loses this pair only
+                self._count(up.who, "judge_error")
+                log.info(json.dumps({"event": "shadow", "id": job.rid, "model": up.who, "error": str(exc)[:200]}))
+                return
+        pair = ShadowPair(job.scores, job.served, job.other, q_served, q_other, job.weight, time.time())
+        self._count(up.who, "scored")
+        line = {"event": "shadow", "id": job.rid, "model": up.who, "served": self.ups[job.served].who,
+                "q_served": round(q_served, 4), "q_other": round(q_other, 4),
+                "latency_ms": round((time.perf_counter() - t0) * 1000, 1)}  # fmt: skip
+        if cost is not None:
+            line["cost"] = round(cost, 8)
+        log.info(json.dumps(line))
+        for sink in self.sinks:
+            sink(pair, job)
+
+    async def close(self) -> None:
+        """Cancel the shadow calls in flight (shutdown)."""
+        self.closed = True
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def drain(self, timeout_s: float = 30.0) -> None:
+        """Wait for the shadow calls in flight (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout_s
+        while self._tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
