@@ -344,3 +344,32 @@ def split(
     for name, rows in zip(names, split_rows(table_rows, fracs, salt), strict=True):
         write_table(rows, output_dir / f"{name}.jsonl")
         out.print(f"{output_dir / (name + '.jsonl')}: {len(rows)} rows")
+
+
+outcomes_app = typer.Typer(help="Served traffic as training data: the outcomes log of `serve --outcomes`.")
+app.add_typer(outcomes_app, name="outcomes")
+
+
+@outcomes_app.command("export")
+def outcomes_export(
+    log: Annotated[Path, typer.Argument(help="the outcomes log a server wrote (serve --outcomes PATH)")],
+    output: Annotated[Path, typer.Option(help="routing table to write (.jsonl)")],
+    models: Annotated[str | None, typer.Option(help="keep only these models' qualities: a,b,c")] = None,
+) -> None:
+    """Write a routing table from the shadow pairs and feedback of a served run, for `train` and
+    `crossval` (rows only where the server logged prompts)."""
+    from hybridllm.stages.outcomes import outcomes_table, read_outcomes
+    from hybridllm.tables.format import TableError, write_table
+
+    try:
+        rows, left = outcomes_table(read_outcomes(log), models.split(",") if models else None)
+    except TableError as exc:
+        _fail(str(exc))
+    if not rows:
+        _fail(
+            f"{log}: no request with a prompt ({left['no_prompt']} without one: serve with --log-prompts to keep them)"
+        )
+    write_table(rows, output)
+    both = sum(1 for r in rows if len(r["quality"]) >= 2)
+    _progress(f"wrote {len(rows)} rows to {output} ({both} with two models' qualities from shadow pairs; "
+              f"{left['no_prompt']} requests left out without a prompt)")  # fmt: skip

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import MappingProxyType
@@ -27,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 
 from hybridllm.backends import Backend
 from hybridllm.routing.live import Hold, parse_hold
+from hybridllm.stages.outcomes import OutcomesLog
 
 from .budget import Budget, parse_cap
 from .control import KnobControl
@@ -36,7 +39,7 @@ from .errors import RequestError, ServeConfigError
 from .hold import LiveDecider, LiveQuality, live_families
 from .knobs import forced_names, routing_names
 from .options import ServeOptions
-from .protocol import openai_error
+from .protocol import openai_error, parse_json, read_body
 from .proxy import Proxy
 from .routing import Routing
 from .shadow import JudgeScorer, Shadow
@@ -102,6 +105,10 @@ def create_app(
         chosen = LiveDecider(chosen, hold, live)
     proxy = Proxy(router, routing, chosen, metrics, opts)
     proxy.shadow = shadow
+    if opts.outcomes:
+        proxy.outcomes = OutcomesLog(opts.outcomes)
+        if shadow is not None:
+            shadow.sinks.append(lambda pair, job: proxy.write_outcome(_shadow_record(pair, job, routing, opts)))
     if opts.budget_caps:
         fleet = routing.fleet
         proxy.budget = Budget(
@@ -125,6 +132,9 @@ def create_app(
                 await shadow.close()  # shadow calls in flight are cancelled, before their upstreams close
             if proxy.budget is not None:
                 await proxy.budget.store.close()
+            if proxy.outcomes is not None:
+                await asyncio.gather(*list(proxy._bg), return_exceptions=True)
+                proxy.outcomes.close()
             await policy.stop()
 
     docs = opts.api_docs
@@ -151,6 +161,15 @@ def create_app(
     app.state.hold = hold
     app.state.shadow = shadow
     return app
+
+
+def _shadow_record(pair: Any, job: Any, routing: Routing, opts: ServeOptions) -> dict[str, Any]:
+    served, other = routing.ups[pair.served].who, routing.ups[pair.other].who
+    rec: dict[str, Any] = {"type": "shadow", "id": job.rid, "t": round(pair.t, 3), "served": served, "other": other,
+                           "q": {served: pair.q_served, other: pair.q_other}, "scores": list(pair.scores)}  # fmt: skip
+    if opts.log_prompts:
+        rec["prompt"] = job.prompt
+    return rec
 
 
 def _live_control(
@@ -231,6 +250,32 @@ def _routes(
         if not (opts.public_metrics or authorised(request)):
             return _unauthorised()
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> Any:
+        """The application's own outcome for an answered request: {"request_id", "score"}."""
+        client = proxy.client(request)
+        if client is False:
+            return _unauthorised()
+        body = parse_json(await read_body(request, 10_000, opts.client_timeout_s))
+        rid = body.get("request_id") if isinstance(body, dict) else None
+        score = body.get("score") if isinstance(body, dict) else None
+        if not isinstance(rid, str) or not rid:
+            raise RequestError(400, 'send {"request_id": ID, "score": NUMBER}: request_id missing', "request_id")
+        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+            raise RequestError(400, "score: expected a finite number (0..1 recommended)", "score")
+        if proxy.outcomes is None:
+            raise RequestError(409, "this server keeps no outcomes log: start it with --outcomes PATH")
+        known = proxy.recent.get(rid)
+        if known is None or (known[1] is not None and known[1] != (client or None)):
+            raise RequestError(404, f"no answered request {rid[:40]!r} on this server (or not yours)", "request_id")
+        rec: dict[str, Any] = {"type": "feedback", "id": rid, "t": round(time.time(), 3), "score": float(score),
+                               "model": known[0]}  # fmt: skip
+        if known[2] is not None:
+            rec["prompt"] = known[2]
+        proxy.write_outcome(rec)
+        metrics.feedback.labels(known[0]).inc()
+        return {"object": "feedback", "request_id": rid, "recorded": True}
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:

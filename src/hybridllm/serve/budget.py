@@ -6,8 +6,11 @@ admitted request reserves its estimated cost (the dearest answer of its model se
 bound from its prompt and ``max_tokens``) while committed spend (spent + reserved) is under the cap;
 its real cost replaces the reservation when it ends. So concurrent requests cannot all slip under a
 ceiling: the overshoot is at most one request's cost when the estimates hold. Past a ceiling a request
-goes to the cheapest model (``--on-cap downgrade``, the default) or is refused with an OpenAI-shaped
-429 (``--on-cap refuse``), with the reason in ``x-hybridllm-reason``; never silently.
+goes to the cheapest model (``--on-cap downgrade``, the default: the ceiling then bounds what the
+dearer models cost, and the cheapest one's answers are still counted) or is refused with an
+OpenAI-shaped 429 (``--on-cap refuse``, which bounds all spend), with the reason in
+``x-hybridllm-reason``; never silently. A request already routed to the cheapest model is refused
+past the ceiling either way.
 
 Also here: the per-key steering signal, raised when a key's share of the dearer models over its last
 requests jumps well above its own history (what a client steering its prompts toward the expensive
@@ -124,31 +127,27 @@ class Budget:
         if not caps:
             return target, None, None
         now = time.time()
-        refused_cap = caps[0]
-        for attempt in (target, self.cheapest) if self.on_cap == "downgrade" else (target,):
-            model = models[attempt]
-            amount = self.estimate(model, body, text_chars)
-            taken: list[tuple[Cap, str]] = []
-            refused: Cap | None = None
-            for cap in caps:
-                bucket = cap.bucket(now)
-                if await self.store.admit(bucket, amount, cap.amount, cap.seconds * 2):
-                    taken.append((cap, bucket))
-                else:
-                    refused = cap
-                    break
-            if refused is None:
-                why = None if attempt == target else self._why(key, refused_cap, "downgraded to " + model)
-                self._count(key, "admitted" if attempt == target else "downgraded")
-                return attempt, Reservation([c for c, _ in taken], [b for _, b in taken], amount, model), why
-            for cap, bucket in taken:  # give back what this attempt reserved
-                await self.store.settle(bucket, amount, 0.0, cap.seconds * 2)
-            refused_cap = refused
-            if attempt == self.cheapest:
-                break
-        self._count(key, "refused")
-        msg = self._why(key, refused_cap, "refused")
-        raise RequestError(429, msg, code="budget_exceeded", headers={"x-hybridllm-reason": msg})
+        model = models[target]
+        amount = self.estimate(model, body, text_chars)
+        taken: list[tuple[Cap, str]] = []
+        for cap in caps:
+            bucket = cap.bucket(now)
+            if await self.store.admit(bucket, amount, cap.amount, cap.seconds * 2):
+                taken.append((cap, bucket))
+                continue
+            for c, b in taken:  # give back what this request reserved
+                await self.store.settle(b, amount, 0.0, c.seconds * 2)
+            if self.on_cap == "downgrade" and target != self.cheapest:
+                # past the ceiling the cheapest model answers; its cost is still counted
+                cheap = models[self.cheapest]
+                self._count(key, "downgraded")
+                res = Reservation(caps, [c.bucket(now) for c in caps], 0.0, cheap)
+                return self.cheapest, res, self._why(key, cap, f"downgraded to {cheap}")
+            self._count(key, "refused")
+            msg = self._why(key, cap, "refused")
+            raise RequestError(429, msg, code="budget_exceeded", headers={"x-hybridllm-reason": msg})
+        self._count(key, "admitted")
+        return target, Reservation([c for c, _ in taken], [b for _, b in taken], amount, model), None
 
     def _why(self, key: str | None, cap: Cap, what: str) -> str:
         who = "all traffic" if cap.key == "*" else f"key {key}"

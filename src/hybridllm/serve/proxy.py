@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from hybridllm.backends import Answer, Backend, Failure, StreamBroke
+from hybridllm.stages.outcomes import OutcomesLog
 
 from .budget import Budget
 from .decision import Decider, RouteDecision, ServingRouter
@@ -35,6 +37,8 @@ from .routing import Routing
 from .shadow import Shadow, ShadowJob, answer_text, stream_text
 from .telemetry import Metrics, Record
 
+#: answered requests /v1/feedback can name (the oldest are forgotten first)
+RECENT_REQUESTS = 100_000
 #: a watcher for the client's disconnect starts this long after the upstream call
 WATCH_AFTER_S = 0.005
 
@@ -53,6 +57,9 @@ class Proxy:
         self.shadow: Shadow | None = None  # set by create_app with --shadow-rate
         self.budget: Budget | None = None  # set by create_app with budget caps
         self._bg: set[asyncio.Future[None]] = set()
+        self.outcomes: OutcomesLog | None = None  # set by create_app with --outcomes
+        #: answered requests by id (bounded), for /v1/feedback: (model, key, prompt or None)
+        self.recent: OrderedDict[str, tuple[str, str | None, Any]] = OrderedDict()
         self._index = {u.who: i for i, u in enumerate(self.ups)}
         self._names = {k.encode(): options.key_names.get(k, _key_id(k)) for k in options.api_keys}
 
@@ -102,8 +109,24 @@ class Proxy:
         """Coroutine on purpose: Starlette runs a plain function's background task in a thread."""
         self.metrics.record(rec, self.options.log_prompts)
         await self._settle(rec)
+        self._remember(rec)
         if rec.shadow is not None and self.shadow is not None and rec.status == 200:
             self.shadow.submit(rec.shadow)  # the answer has been sent: the shadow call starts now
+
+    def _remember(self, rec: Record) -> None:
+        if self.outcomes is None or rec.status != 200:
+            return
+        self.recent[rec.rid] = (rec.model, rec.key, rec.raw_prompt)
+        if len(self.recent) > RECENT_REQUESTS:
+            self.recent.popitem(last=False)
+
+    def write_outcome(self, record: dict[str, Any]) -> None:
+        """Append to the outcomes log off the event loop (each record is fsynced)."""
+        if self.outcomes is None:
+            return
+        task = asyncio.ensure_future(asyncio.to_thread(self.outcomes.append, record))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
 
     async def _settle(self, rec: Record) -> None:
         if rec.reservation is not None and self.budget is not None:
@@ -194,6 +217,7 @@ class Proxy:
         rec.chars = len(req.text) if isinstance(req.text, str) else 0
         if opts.log_prompts:
             rec.prompt = req.text
+            rec.raw_prompt = req.body.get("messages") if kind == "chat" else req.body.get("prompt")
         try:
             decision = await self.decider.decide(req.model, extra, req.text, self.in_flight == 1)
         except KnobError as exc:
@@ -275,6 +299,7 @@ class Proxy:
                 await stream.aclose()
             self.metrics.record(rec, self.options.log_prompts)
             await self._settle(rec)
+            self._remember(rec)
             if kept is not None and rec.shadow is not None and self.shadow is not None and rec.status == 200:
                 rec.shadow.answer = stream_text(kept)
                 self.shadow.submit(rec.shadow)

@@ -39,6 +39,7 @@ class Record:
     key: str | None = None  # the client key's name (never the key), for per-key budgets
     chars: int = 0  # length of the text the router read (a budget reservation's bound)
     reservation: Any = None  # the budget's reservation while the request runs
+    raw_prompt: Any = None  # the body's messages or prompt, kept only when prompts are logged
     strip_usage: bool = False  # the usage chunk of this stream was asked by the proxy, not the client
 
 
@@ -93,6 +94,7 @@ class Metrics:
         self.shadow_spent = Counter(
             "hybridllm_shadow_cost", "estimated cost of shadow answers (not in hybridllm_cost)", ["model"], registry=reg
         )
+        self.feedback = Counter("hybridllm_feedback", "/v1/feedback scores recorded, by model", ["model"], registry=reg)
         #: callables giving extra metric families at scrape time (live estimates, the controller)
         self.extra: list[Any] = []
         self.router = Histogram(

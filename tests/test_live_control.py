@@ -1,0 +1,394 @@
+"""Live control: shadow checks through the real proxy, the controller, hard budgets (one process,
+two processes sharing a real Redis, one of them killed), feedback and the outcomes log."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from hybridllm import Router, TrainOptions, read_table, train_router
+from hybridllm.model.fit import fit_router
+from hybridllm.model.head import HeadConfig
+from hybridllm.routing.live import Hold, ShadowPair, parse_hold, ratio_interval, realised_drop
+from hybridllm.routing.policy import Fleet
+from hybridllm.serve import ServeOptions, create_app
+from hybridllm.stages.outcomes import outcomes_table, read_outcomes
+
+from .conftest import LARGE, SMALL
+from .fake_openai import FakeOpenAI, _free_port
+from .procs import running_serve
+from .test_serve import Proxy, upstream
+
+
+@pytest.fixture(scope="module")
+def router_dir(tmp_path_factory, cache_env, mmlu_slice):
+    out = tmp_path_factory.mktemp("live-router") / "r"
+    opts = TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(members=2, epochs=5, extra=["log_tokens"]))
+    train_router(read_table(mmlu_slice), opts, out, show_progress=False)
+    return out
+
+
+def judge_reply(prompt: str) -> str:
+    """A judge that rates the large model's answers 9 and the small model's 3."""
+    answer = prompt.split("Assistant's answer:")[-1]
+    return "Rating: 9" if "large says" in answer else "Rating: 3"
+
+
+# --- the estimators and the controller, in memory -------------------------------------------------
+
+
+def test_ratio_interval_covers_a_finite_population_window():
+    rng = np.random.default_rng(7)
+    hits, trials = 0, 600
+    for _ in range(trials):
+        q_ref = (rng.random(200) < 0.4).astype(float)
+        q_srv = np.where(rng.random(200) < 0.8, q_ref, (rng.random(200) < 0.2).astype(float))
+        truth = (q_ref - q_srv).sum() / q_ref.sum() * 100
+        idx = rng.choice(200, 20, replace=False)
+        est = ratio_interval((q_ref - q_srv)[idx], q_ref[idx], np.ones(20))
+        hits += est is not None and est[1] <= truth <= est[2]
+    assert hits / trials >= 0.9
+    # agreeing pairs still give an interval of positive width (the pseudo-observations)
+    est = ratio_interval(np.zeros(10), np.ones(10), np.ones(10))
+    assert est is not None and est[0] == 0 and est[2] - est[1] > 10
+
+
+def test_hold_keeps_the_share_after_the_score_mix_moves():
+    fleet = Fleet(("s", "l"), (1.0, 2.0), "l")
+    cal = [{"threshold": t, "cost": 100 - 50 * (1 - t), "cost_advantage": 100 * (1 - t), "quality_drop": 0.0}
+           for t in np.linspace(0.0, 1.0, 101)]  # fmt: skip
+    hold = Hold("cost_advantage", 40, fleet, cal)
+    rng = np.random.default_rng(0)
+    picks = []
+    for i in range(6000):
+        s = rng.beta(5, 2) if i < 3000 else rng.beta(2, 5)  # the mix moves: scores fall
+        picked = 0 if s >= hold.threshold else 1
+        hold.observe([s], picked)
+        picks.append(picked)
+    shares = [100 * np.mean(np.array(picks[a : a + 200]) == 0) for a in range(3400, 6000, 200)]
+    assert np.mean(np.abs(np.array(shares) - 40) <= 3) >= 0.8, shares
+    assert "aiming at" in hold.reason and hold.lo <= hold.threshold <= hold.hi
+
+
+def test_hold_quality_moves_only_on_enough_pairs_and_meets_its_bound():
+    fleet = Fleet(("s", "l"), (1.0, 2.0), "l")
+    cal = [{"threshold": t, "cost": 100, "cost_advantage": 0, "quality_drop": 50 * (1 - t)} for t in np.linspace(0, 1, 51)]
+    hold = Hold("max_quality_drop", 5, fleet, cal, min_pairs=40, every=1)
+    start = hold.threshold
+    rng = np.random.default_rng(1)
+    for i in range(300):
+        s = float(rng.random())
+        q_l = 1.0
+        q_s = 1.0 if rng.random() < s else 0.0  # the higher the score, the likelier the small one is as good
+        served = 0 if s >= hold.threshold else 1
+        pair = ShadowPair((s,), served, 1 - served, q_s if served == 0 else q_l, q_l if served == 0 else q_s)
+        hold.add_pair(pair)
+        hold.observe([s], served)
+        if i < 39:
+            assert hold.threshold == start  # no move before the minimum sample
+    assert "shadow pairs" in hold.reason
+    pairs = list(hold.pairs)
+    est = realised_drop(pairs, 1)
+    assert est is not None
+
+
+def test_parse_hold_names_the_problem():
+    assert parse_hold("budget=30") == ("budget", 30.0)
+    assert parse_hold("max-quality-drop=1") == ("max_quality_drop", 1.0)
+    for bad in ("budget", "speed=3", "budget=x"):
+        with pytest.raises(ValueError, match="KIND=PERCENT"):
+            parse_hold(bad)
+
+
+# --- shadow checks, feedback and the outcomes log through the real proxy -------------------------
+
+
+def test_shadow_pairs_feedback_and_export_train_a_router(router_dir, tmp_path):
+    router = Router(router_dir)
+    log = tmp_path / "outcomes.jsonl"
+    prompts = [r["prompt"] for r in read_table(Path(__file__).parent.parent / "data/default-pair/table.jsonl")][:60]
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up, FakeOpenAI() as j_up:
+        s_up.reply = lambda p: f"small says {p[:40]}"
+        l_up.reply = lambda p: f"large says {p[:40]}"
+        j_up.reply = judge_reply
+        ups = [upstream(SMALL, s_up.url, "s"), upstream(LARGE, l_up.url, "l")]
+        plain = create_app(router, *ups, options=ServeOptions())
+        opts = ServeOptions(shadow_rate=1.0, log_prompts=True, outcomes=str(log), api_keys=["k1"],
+                            key_names={"k1": "team-a"})  # fmt: skip
+        app = create_app(router, *[upstream(SMALL, s_up.url, "s"), upstream(LARGE, l_up.url, "l")], options=opts,
+                         judge=upstream("judge", j_up.url, "j"))  # fmt: skip
+        with Proxy(plain) as p0:
+            ref = httpx.post(f"{p0.url}/chat/completions", json={"model": "hybrid", "messages": [
+                {"role": "user", "content": prompts[0]}]})  # fmt: skip
+        with Proxy(app) as proxy:
+            h = {"authorization": "Bearer k1"}
+            ids = []
+            for p in prompts:
+                r = httpx.post(f"{proxy.url}/chat/completions", headers=h,
+                               json={"model": "hybrid", "messages": [{"role": "user", "content": p}]})  # fmt: skip
+                assert r.status_code == 200
+                ids.append(r.headers["x-hybridllm-request-id"])
+                if p == prompts[0]:
+                    assert r.content == ref.content  # the client's answer is the upstream's bytes, shadow or not
+            deadline = time.time() + 20
+            while app.state.live.pairs < len(prompts) and time.time() < deadline:
+                time.sleep(0.05)
+            assert app.state.live.pairs == len(prompts)
+            fb = httpx.post(f"{proxy.url}/feedback", headers=h, json={"request_id": ids[0], "score": 0.5})
+            assert fb.status_code == 200 and fb.json()["recorded"] is True
+            assert httpx.post(f"{proxy.url}/feedback", headers=h, json={"request_id": "nope", "score": 1}).status_code == 404
+            bad = httpx.post(f"{proxy.url}/feedback", headers=h, json={"request_id": ids[0], "score": "good"})
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "score"
+            assert httpx.post(f"{proxy.url}/feedback", json={"request_id": ids[0], "score": 1}).status_code == 401
+            metrics = httpx.get(f"{proxy.url.removesuffix('/v1')}/metrics", headers=h).text
+            assert f'hybridllm_shadow_calls_total{{model="{LARGE}",outcome="scored"}}' in metrics or \
+                f'hybridllm_shadow_calls_total{{model="{SMALL}",outcome="scored"}}' in metrics
+            assert 'hybridllm_live_quality_drop{bound="high",scope="since_start"}' in metrics
+            assert 'hybridllm_feedback_total{model=' in metrics
+            # the shadow calls were the other side's: every request reached both upstreams once
+            assert len(s_up.requests) + len(l_up.requests) == 2 * len(prompts) + 1
+        time.sleep(0.3)
+    recs = read_outcomes(log)
+    shadow = [r for r in recs if r["type"] == "shadow"]
+    assert len(shadow) == len(prompts) and all(r["q"][LARGE] > r["q"][SMALL] for r in shadow)
+    assert any(r["type"] == "feedback" and r["id"] == ids[0] for r in recs)
+    rows, left = outcomes_table(recs)
+    assert len(rows) == len(prompts) and left["no_prompt"] == 0
+    # the exported table trains a router (the CLI writes the same rows: test_outcomes_export_cli)
+    fitted = fit_router(rows, TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(members=1, epochs=3)),
+                        show_progress=False)  # fmt: skip
+    assert Router.from_fitted(fitted).score(["What is 2+2?"]).shape == (1,)
+
+
+def test_outcomes_export_cli_and_kill_9(router_dir, tmp_path):
+    from .test_cli import run
+
+    log = tmp_path / "o.jsonl"
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up, FakeOpenAI() as j_up:
+        s_up.reply = lambda p: f"small says {p}"
+        l_up.reply = lambda p: f"large says {p}"
+        j_up.reply = judge_reply
+        port = _free_port()
+        args = ["--router", str(router_dir), "--small", f"s@{s_up.url}", "--large", f"l@{l_up.url}",
+                "--port", str(port), "--shadow-rate", "1", "--judge", f"j@{j_up.url}", "--outcomes", str(log),
+                "--config", str(_toml(tmp_path, log_prompts=True))]  # fmt: skip
+        with running_serve(args, port) as proc:
+            for i in range(30):
+                r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                               json={"model": "hybrid", "messages": [{"role": "user", "content": f"q {i}: 7*{i}?"}]})  # fmt: skip
+                assert r.status_code == 200
+            deadline = time.time() + 20
+            while len(read_outcomes(log)) < 30 and time.time() < deadline:
+                time.sleep(0.1)
+            with log.open("ab") as fh:
+                fh.write(b'{"type": "shadow", "id": "torn')  # a record cut by the kill
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    assert len(read_outcomes(log)) == 30  # every fsynced record is there; the torn line is ignored
+    out = tmp_path / "t.jsonl"
+    done = run("outcomes", "export", str(log), "--output", str(out))
+    assert "wrote 30 rows" in done.stderr + done.stdout
+    rows = read_table(out)
+    assert len(rows) == 30 and all(set(r["quality"]) == {SMALL, LARGE} for r in rows)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"type": "shadow", "id": "a", "q": {}}\nnot json\n')
+    fail = run("outcomes", "export", str(bad), "--output", str(out), ok=False)
+    assert fail.returncode == 1 and "bad.jsonl:2" in fail.stderr
+
+
+def _toml(tmp_path: Path, **kv: object) -> Path:
+    p = tmp_path / "serve.toml"
+    p.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in kv.items()))
+    return p
+
+
+# --- hard budgets --------------------------------------------------------------------------------
+
+
+def _models_file(tmp_path: Path, s_url: str, l_url: str) -> Path:
+    """Prices of 1e6 per 1M tokens: a request's cost is its token count."""
+    p = tmp_path / "models.toml"
+    p.write_text(f'[models."{SMALL}"]\nspec = "s@{s_url}"\nprice_in = 100000\nprice_out = 100000\n'
+                 f'[models."{LARGE}"]\nspec = "l@{l_url}"\nprice_in = 1000000\nprice_out = 1000000\n')  # fmt: skip
+    return p
+
+
+def _load(port: int, key: str, n: int, workers: int = 8, model: str = LARGE) -> list[httpx.Response]:
+    def one(i: int) -> httpx.Response:
+        return httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                          json={"model": model, "messages": [{"role": "user", "content": "add two and three"}]},
+                          timeout=30)  # fmt: skip
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, range(n)))
+
+
+@pytest.mark.parametrize("on_cap", ["downgrade", "refuse"])
+def test_budget_cap_under_concurrent_load(router_dir, tmp_path, on_cap):
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+        s_up.reply = lambda p: "small five"
+        l_up.reply = lambda p: "large five"
+        port = _free_port()
+        models = _models_file(tmp_path, s_up.url, l_up.url)
+        # each forced-large request: 4 prompt + 2 completion tokens = cost 6 against a cap of 50
+        args = ["--router", str(router_dir), "--models-file", str(models), "--port", str(port),
+                "--serve-api-key-env", "HLLM_KEYS", "--budget-cap", "team-a=50/day", "--on-cap", on_cap]  # fmt: skip
+        with running_serve(args, port, env={"HLLM_KEYS": "team-a:ka,team-b:kb"}):
+            # one answer first: until a model has answered, a reservation is the bound from the
+            # prompt and max_tokens (512), which a cap of 50 would refuse beside any other request
+            got = _load(port, "ka", 1, workers=1) + _load(port, "ka", 40)
+            other = _load(port, "kb", 20)
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"authorization": "Bearer kb"}).text
+    large = [r for r in got if r.status_code == 200 and r.headers["x-hybridllm-model"] == LARGE]
+    assert 50 - 6 < 6 * len(large) <= 50 + 6  # the ceiling used, and at most one request's cost past it
+    rest = [r for r in got if r not in large]
+    if on_cap == "downgrade":
+        assert all(r.status_code == 200 and r.headers["x-hybridllm-model"] == SMALL for r in rest)
+        assert all("budget cap of key team-a reached" in r.headers["x-hybridllm-reason"] for r in rest)
+    else:
+        assert all(r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded" for r in rest)
+        assert "budget cap of key team-a reached" in rest[0].json()["error"]["message"]
+    assert all(r.status_code == 200 and r.headers["x-hybridllm-model"] == LARGE for r in other)  # other keys unaffected
+    assert "ka" not in metrics.replace("kb", "")  # no key in the metrics
+
+
+def _redis(tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
+    port = _free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.time() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            assert time.time() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    return proc, port
+
+
+def test_two_servers_share_one_redis_budget_and_survive_a_kill(router_dir, tmp_path):
+    import redis
+
+    rproc, rport = _redis(tmp_path)
+    try:
+        with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+            s_up.reply = lambda p: "small five"
+            l_up.reply = lambda p: "large five"
+            s_up.delay = l_up.delay = 0.01
+            models = _models_file(tmp_path, s_up.url, l_up.url)
+            ports = [_free_port(), _free_port()]
+            base = ["--router", str(router_dir), "--models-file", str(models), "--serve-api-key-env", "HLLM_KEYS",
+                    "--budget-cap", "team-a=100/day", "--on-cap", "refuse", "--state", f"redis://127.0.0.1:{rport}/0"]  # fmt: skip
+            env = {"HLLM_KEYS": "team-a:ka"}
+            with running_serve([*base, "--port", str(ports[0])], ports[0], env=env) as a, \
+                    running_serve([*base, "--port", str(ports[1])], ports[1], env=env):  # fmt: skip
+                results: list[httpx.Response] = _load(ports[0], "ka", 1, workers=1)  # see the test above
+                killer = threading.Timer(0.3, lambda: a.send_signal(signal.SIGKILL))
+                killer.start()
+
+                def load(port: int) -> None:
+                    for _ in range(5):
+                        try:
+                            results.extend(_load(port, "ka", 8, workers=4))
+                        except httpx.HTTPError:
+                            pass  # the killed server's clients
+
+                threads = [threading.Thread(target=load, args=(p,)) for p in ports]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                killer.join()
+                assert a.poll() is not None  # killed mid-load
+                survivor = _load(ports[1], "ka", 10)
+            answered = [r for r in results + survivor if r.status_code == 200]
+            refused = [r for r in results + survivor if r.status_code == 429]
+            r = redis.Redis(port=rport)
+            spent = sum(float(r.get(k)) for k in r.scan_iter("hybridllm:spend:*"))
+            # cost 6 each against a cap of 100: two servers and a kill add at most one request past it
+            # (the killed server's open reservations stay held, so the survivor errs on the safe side)
+            assert 6 * len(answered) <= 100 + 6 and refused and spent <= 100 + 6
+            assert len(answered) >= 8 and spent >= 6 * len(answered) - 1e-9  # every answer is counted
+    finally:
+        rproc.terminate()
+        rproc.wait(timeout=10)
+
+
+def test_redis_down_serves_on_local_state_and_says_so_once(router_dir, tmp_path):
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+        models = _models_file(tmp_path, s_up.url, l_up.url)
+        port, dead = _free_port(), _free_port()
+        args = ["--router", str(router_dir), "--models-file", str(models), "--port", str(port),
+                "--serve-api-key-env", "HLLM_KEYS", "--budget-cap", "*=1000000/day", "--state", f"redis://127.0.0.1:{dead}/0"]  # fmt: skip
+        with running_serve(args, port, env={"HLLM_KEYS": "team-a:ka"}) as proc:
+            got = _load(port, "ka", 6, workers=2)
+        out = proc.stdout.read().decode()
+    assert all(r.status_code == 200 for r in got)
+    assert out.count("is unreachable") == 1 and f"127.0.0.1:{dead}" in out
+
+
+def test_priced_stream_asks_for_usage_and_strips_it(router_dir, tmp_path):
+    import openai
+
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+        models = _models_file(tmp_path, s_up.url, l_up.url)
+        port = _free_port()
+        args = ["--router", str(router_dir), "--models-file", str(models), "--port", str(port)]
+        with running_serve(args, port):
+            c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+            chunks = list(c.chat.completions.create(model=LARGE, stream=True, messages=[
+                {"role": "user", "content": "one two three"}]))  # fmt: skip
+            with_usage = list(c.chat.completions.create(model=LARGE, stream=True, stream_options={"include_usage": True},
+                                                        messages=[{"role": "user", "content": "one two"}]))  # fmt: skip
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert l_up.requests[0]["stream_options"] == {"include_usage": True}  # asked upstream
+    assert all(ch.usage is None for ch in chunks) and chunks[-1].choices  # not relayed to a client that did not ask
+    assert with_usage[-1].usage is not None and not with_usage[-1].choices  # kept for one that did
+    cost = [ln for ln in metrics.splitlines() if ln.startswith(f'hybridllm_cost_total{{model="{LARGE}"}}')]
+    assert cost and float(cost[0].split()[-1]) > 0  # streams are priced
+
+
+@pytest.mark.skipif(os.environ.get("HYBRIDLLM_SKIP_LOCAL") == "1", reason="local model tests off")
+def test_a_real_local_model_judges_shadow_pairs(router_dir, tmp_path):
+    """The judge is a real model (the 270M fixture model, in process): its verdicts reach /metrics."""
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+        s_up.reply = lambda p: "The answer is 5."
+        l_up.reply = lambda p: "2 + 3 = 5, so the answer is 5."
+        port = _free_port()
+        args = ["--router", str(router_dir), "--small", f"s@{s_up.url}", "--large", f"l@{l_up.url}",
+                "--port", str(port), "--shadow-rate", "1", "--judge", "gemma-3-270m"]  # fmt: skip
+        with running_serve(args, port, timeout=180):
+            for q in ("What is 2+3?", "Add two and three.", "What is two plus three?"):
+                r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                               json={"model": "hybrid", "messages": [{"role": "user", "content": q}]}, timeout=60)  # fmt: skip
+                assert r.status_code == 200
+            deadline = time.time() + 120
+            text = ""
+            while time.time() < deadline:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+                done = sum(float(ln.split()[-1]) for ln in text.splitlines()
+                           if ln.startswith("hybridllm_shadow_calls_total") and 'outcome="' in ln)  # fmt: skip
+                if done >= 3:
+                    break
+                time.sleep(0.5)
+    lines = [ln for ln in text.splitlines() if ln.startswith("hybridllm_shadow_calls_total")]
+    assert sum(float(ln.split()[-1]) for ln in lines) >= 3, lines
+    scored = sum(float(ln.split()[-1]) for ln in lines if 'outcome="scored"' in ln)
+    if scored:
+        assert "hybridllm_live_shadow_pairs" in text
