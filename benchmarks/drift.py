@@ -101,10 +101,12 @@ class TableLLM:
             s = self.rng.randrange(len(self.rows[i]["quality"][self.models[k]]))
             content = f"[[ans:{i}:{k}:{s}]]"
         return {
-            "id": "x", "object": "chat.completion", "model": body["model"],
+            "id": "x",
+            "object": "chat.completion",
+            "model": body["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 100, "completion_tokens": 100, "total_tokens": 200},
-        }  # fmt: skip
+        }
 
 
 def stream_of(rows: list[dict], is_a: list[bool], n: int, share_a: tuple[float, float], seed: int) -> list[int]:
@@ -139,19 +141,24 @@ async def replay(port: int, prompts: list[str], model: str, concurrency: int = 4
 
         async def one(j: int) -> None:
             async with sem:
-                r = await client.post("/v1/chat/completions", json={"model": model, "messages": [
-                    {"role": "user", "content": prompts[j]}]})  # fmt: skip
+                r = await client.post(
+                    "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": prompts[j]}]}
+                )
                 r.raise_for_status()
-                out[j] = {"model": r.headers["x-hybridllm-model"], "id": r.headers["x-hybridllm-request-id"],
-                          "threshold": float(r.headers.get("x-hybridllm-threshold", "nan"))}  # fmt: skip
+                out[j] = {
+                    "model": r.headers["x-hybridllm-model"],
+                    "id": r.headers["x-hybridllm-request-id"],
+                    "threshold": float(r.headers.get("x-hybridllm-threshold", "nan")),
+                }
 
         for start in range(0, len(prompts), 50):  # in order: the controller sees the stream as it comes
             await asyncio.gather(*(one(j) for j in range(start, min(start + 50, len(prompts)))))
     return out
 
 
-def run_config(router: Router, llm: TableLLM, models: list[str], stream: list[int], opts: ServeOptions,
-               model: str) -> dict[str, Any]:  # fmt: skip
+def run_config(
+    router: Router, llm: TableLLM, models: list[str], stream: list[int], opts: ServeOptions, model: str
+) -> dict[str, Any]:
     app, server = serve_app(router, llm, models, opts)
     pairs_by_id: dict[str, Any] = {}
     shadow = app.state.shadow
@@ -163,12 +170,17 @@ def run_config(router: Router, llm: TableLLM, models: list[str], stream: list[in
     time.sleep(0.5)  # the last shadow pairs
     server.should_exit = True
     time.sleep(0.3)
-    return {"answers": got, "pairs": pairs_by_id, "seconds": time.time() - t0,
-            "hold": app.state.hold.state() if app.state.hold is not None else None}  # fmt: skip
+    return {
+        "answers": got,
+        "pairs": pairs_by_id,
+        "seconds": time.time() - t0,
+        "hold": app.state.hold.state() if app.state.hold is not None else None,
+    }
 
 
-def windows(rows: list[dict], models: list[str], costs: list[float], stream: list[int], res: dict[str, Any],
-            warmup: int) -> list[dict[str, Any]]:  # fmt: skip
+def windows(
+    rows: list[dict], models: list[str], costs: list[float], stream: list[int], res: dict[str, Any], warmup: int
+) -> list[dict[str, Any]]:
     """Per window of WINDOW requests after ``warmup``: truth (share away from the reference, spend,
     quality drop) and the live estimate of the drop from the window's shadow pairs."""
     ref = len(models) - 1
@@ -187,68 +199,110 @@ def windows(rows: list[dict], models: list[str], costs: list[float], stream: lis
             qr = np.array([pp.quality(ref) for pp in pairs])
             qs = np.array([pp.q_served for pp in pairs])
             est = ratio_interval(qr - qs, qr, np.array([pp.weight for pp in pairs]))
-        out.append({
-            "start": start,
-            "share_away": float((p != ref).mean() * 100),
-            "spend": float(np.asarray(costs)[p].sum() / (costs[ref] * WINDOW) * 100),
-            "quality_drop": float((q_ref - q_srv) / q_ref * 100) if q_ref > 0 else 0.0,
-            "pairs": len(pairs),
-            "estimate": None if est is None else list(est),
-        })  # fmt: skip
+        out.append(
+            {
+                "start": start,
+                "share_away": float((p != ref).mean() * 100),
+                "spend": float(np.asarray(costs)[p].sum() / (costs[ref] * WINDOW) * 100),
+                "quality_drop": float((q_ref - q_srv) / q_ref * 100) if q_ref > 0 else 0.0,
+                "pairs": len(pairs),
+                "estimate": None if est is None else list(est),
+            }
+        )
     return out
 
 
 def summarise(ws: list[dict[str, Any]], measure: str, target: float, tol: float) -> dict[str, Any]:
     vals = np.array([w[measure] for w in ws])
-    if measure == "quality_drop":
-        held = vals <= target + tol
-    else:
-        held = np.abs(vals - target) <= tol
+    held = vals <= target + tol if measure == "quality_drop" else np.abs(vals - target) <= tol
     with_est = [w for w in ws if w["estimate"] is not None]
     covered = [w["estimate"][1] <= w["quality_drop"] <= w["estimate"][2] for w in with_est]
     return {
-        "windows": len(ws), "held_share": float(held.mean()), "mean": float(vals.mean()),
+        "windows": len(ws),
+        "held_share": float(held.mean()),
+        "mean": float(vals.mean()),
         "share_away_mean": float(np.mean([w["share_away"] for w in ws])),
         "spend_mean": float(np.mean([w["spend"] for w in ws])),
         "quality_drop_mean": float(np.mean([w["quality_drop"] for w in ws])),
         "interval_coverage": float(np.mean(covered)) if covered else None,
-        "interval_width_mean": float(np.mean([w["estimate"][2] - w["estimate"][1] for w in with_est])) if with_est else None,
-    }  # fmt: skip
+        "interval_width_mean": float(np.mean([w["estimate"][2] - w["estimate"][1] for w in with_est]))
+        if with_est
+        else None,
+    }
 
 
-def scenario(name: str, router: Router, rows: list[dict], models: list[str], costs: list[float], is_a: list[bool],
-             args: argparse.Namespace, share_kind: str, share_target: float, qd_target: float) -> dict[str, Any]:  # fmt: skip
+def scenario(
+    name: str,
+    router: Router,
+    rows: list[dict],
+    models: list[str],
+    costs: list[float],
+    is_a: list[bool],
+    args: argparse.Namespace,
+    share_kind: str,
+    share_target: float,
+    qd_target: float,
+) -> dict[str, Any]:
     stream = stream_of(rows, is_a, args.requests, (0.85, 0.20), seed=1)
     base = {"shadow_rate": args.rate, "batch_window_s": 0.0}
     share_name = f"hybrid-ca-{share_target:g}" if share_kind == "cost_advantage" else f"hybrid-budget-{share_target:g}"
     measure = "share_away" if share_kind == "cost_advantage" else "spend"
     configs = {
         f"static {share_kind} {share_target:g}": (ServeOptions(**base), share_name, measure, share_target),
-        f"held {share_kind} {share_target:g}": (ServeOptions(**base, hold=f"{share_kind}={share_target:g}"), "hybrid",
-                                               measure, share_target),
-        f"static max_quality_drop {qd_target:g}": (ServeOptions(**base), f"hybrid-qd-{qd_target:g}", "quality_drop",
-                                                   qd_target),
-        f"held max_quality_drop {qd_target:g}": (ServeOptions(**base, hold=f"max_quality_drop={qd_target:g}",
-                                                              hold_confidence=args.confidence), "hybrid",
-                                                 "quality_drop", qd_target),
+        f"held {share_kind} {share_target:g}": (
+            ServeOptions(**base, hold=f"{share_kind}={share_target:g}"),
+            "hybrid",
+            measure,
+            share_target,
+        ),
+        f"static max_quality_drop {qd_target:g}": (
+            ServeOptions(**base),
+            f"hybrid-qd-{qd_target:g}",
+            "quality_drop",
+            qd_target,
+        ),
+        f"held max_quality_drop {qd_target:g}": (
+            ServeOptions(**base, hold=f"max_quality_drop={qd_target:g}", hold_confidence=args.confidence),
+            "hybrid",
+            "quality_drop",
+            qd_target,
+        ),
         f"held max_quality_drop {qd_target:g}, point estimate": (
-            ServeOptions(**base, hold=f"max_quality_drop={qd_target:g}", hold_confidence=0.5), "hybrid",
-            "quality_drop", qd_target),
-    }  # fmt: skip
-    out: dict[str, Any] = {"name": name, "models": models, "costs": costs, "requests": len(stream),
-                           "mix": "group A 85 % then 20 %", "configs": {}}  # fmt: skip
+            ServeOptions(**base, hold=f"max_quality_drop={qd_target:g}", hold_confidence=0.5),
+            "hybrid",
+            "quality_drop",
+            qd_target,
+        ),
+    }
+    out: dict[str, Any] = {
+        "name": name,
+        "models": models,
+        "costs": costs,
+        "requests": len(stream),
+        "mix": "group A 85 % then 20 %",
+        "configs": {},
+    }
     with TableLLM(rows, models) as llm:
         for label, (opts, model, meas, target) in configs.items():
             res = run_config(router, llm, models, stream, opts, model)
             ws = windows(rows, models, costs, stream, res, args.warmup)
             tol = 2.0 if meas != "quality_drop" else 0.5
             summ = summarise(ws, meas, target, tol)
-            out["configs"][label] = {"measure": meas, "target": target, "tolerance_pp": tol, **summ,
-                                     "hold_end": res["hold"], "seconds": round(res["seconds"], 1), "windows": ws}  # fmt: skip
-            print(f"{name:13} {label:32} held {summ['held_share']:6.1%}  {meas} mean {summ['mean']:6.2f}  "
-                  f"away {summ['share_away_mean']:5.1f}  drop {summ['quality_drop_mean']:5.2f}  "
-                  f"coverage {summ['interval_coverage'] if summ['interval_coverage'] is None else round(summ['interval_coverage'], 3)}",
-                  flush=True)  # fmt: skip
+            out["configs"][label] = {
+                "measure": meas,
+                "target": target,
+                "tolerance_pp": tol,
+                **summ,
+                "hold_end": res["hold"],
+                "seconds": round(res["seconds"], 1),
+                "windows": ws,
+            }
+            print(
+                f"{name:13} {label:32} held {summ['held_share']:6.1%}  {meas} mean {summ['mean']:6.2f}  "
+                f"away {summ['share_away_mean']:5.1f}  drop {summ['quality_drop_mean']:5.2f}  "
+                f"coverage {summ['interval_coverage']}",
+                flush=True,
+            )
     return out
 
 
@@ -260,8 +314,9 @@ def mmlu_three(args: argparse.Namespace) -> tuple[Router, list[dict], list[str],
     rows = read_table(REPO.parent / "shared/data/mmlu_pro.jsonl")
     rows = [r for r in rows if all(m in r["quality"] for m in models)]
     train, test = split_rows(rows, [0.6, 0.4], "drift")
-    fitted = fit_router(train, TrainOptions(models=models, costs=dict(zip(models, costs, strict=True))),
-                        show_progress=False)  # fmt: skip
+    fitted = fit_router(
+        train, TrainOptions(models=models, costs=dict(zip(models, costs, strict=True))), show_progress=False
+    )
     router = Router.from_fitted(fitted)
     humanities = {"law", "history", "philosophy", "psychology", "economics", "business", "other", "health"}
     is_a = [r.get("meta", {}).get("category") in humanities for r in test]
@@ -315,15 +370,23 @@ def main() -> None:
         rows = read_table(REPO / "data/default-pair/table.jsonl")
         models = list(router.fleet.models)
         is_a = [not r["id"].startswith("gsm8k") for r in rows]
-        scenarios.append(scenario("default-pair", router, rows, models, [1.0, 2.0], is_a, args, "cost_advantage", 50, 5))
+        scenarios.append(
+            scenario("default-pair", router, rows, models, [1.0, 2.0], is_a, args, "cost_advantage", 50, 5)
+        )
     if args.only in (None, "mmlu-3"):
         router, rows, models, costs, is_a = mmlu_three(args)
         scenarios.append(scenario("mmlu-3", router, rows, models, costs, is_a, args, "budget", 50, 5))
     results = {
-        "benchmark": "drift", "command": "python benchmarks/drift.py", "window": WINDOW, "warmup": args.warmup,
-        "shadow_rate": args.rate, "confidence": args.confidence, "scenarios": scenarios,
-        "seconds": round(time.time() - t0, 1), "python": platform.python_version(),
-    }  # fmt: skip
+        "benchmark": "drift",
+        "command": "python benchmarks/drift.py",
+        "window": WINDOW,
+        "warmup": args.warmup,
+        "shadow_rate": args.rate,
+        "confidence": args.confidence,
+        "scenarios": scenarios,
+        "seconds": round(time.time() - t0, 1),
+        "python": platform.python_version(),
+    }
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     plot(results, args.plot)
     print(f"wrote {args.out}, {args.plot} ({results['seconds']:.0f} s)")

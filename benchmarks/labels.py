@@ -63,13 +63,24 @@ def tables() -> list[dict[str, Any]]:
     rouge = score_rows(worked, "rouge-l", models=[SMALL, LARGE])
     return [
         {"name": "MMLU-Pro part, 0/1", "table": "data/default-pair (MMLU-Pro rows)", "score": "choice", "rows": mmlu},
-        {"name": "whole default pair, 0/1", "table": "data/default-pair", "score": "exact-match / choice", "rows": pair},
+        {
+            "name": "whole default pair, 0/1",
+            "table": "data/default-pair",
+            "score": "exact-match / choice",
+            "rows": pair,
+        },
         {"name": "GSM8K, 0/1", "table": "data/gsm8k-qwen", "score": "exact-match", "rows": gsm},
         {"name": "GSM8K, ROUGE-L", "table": "data/gsm8k-qwen", "score": "rouge-l vs worked solution", "rows": rouge},
         # the routers trained on ROUGE-L labels, judged by what the user wants: the right number
-        {"name": "GSM8K, ROUGE-L labels, judged by exact match", "table": "data/gsm8k-qwen",
-         "score": "labels rouge-l, truth exact-match", "rows": rouge, "truth": gsm, "same_as": "GSM8K, ROUGE-L"},
-    ]  # fmt: skip
+        {
+            "name": "GSM8K, ROUGE-L labels, judged by exact match",
+            "table": "data/gsm8k-qwen",
+            "score": "labels rouge-l, truth exact-match",
+            "rows": rouge,
+            "truth": gsm,
+            "same_as": "GSM8K, ROUGE-L",
+        },
+    ]
 
 
 def label_stats(rows: list[dict], kind: str) -> dict[str, Any]:
@@ -85,8 +96,11 @@ def label_stats(rows: list[dict], kind: str) -> dict[str, Any]:
 
 def measures(scores: np.ndarray, qs: np.ndarray, ql: np.ndarray) -> tuple[float, float, float]:
     s = summarize(quality_curve(scores, qs, ql), float(qs.mean()), float(ql.mean()))
-    return (float("nan") if s.apgr is None else s.apgr,
-            s.cost_advantage_at_quality_drop["1"], s.cost_advantage_at_quality_drop["5"])  # fmt: skip
+    return (
+        float("nan") if s.apgr is None else s.apgr,
+        s.cost_advantage_at_quality_drop["1"],
+        s.cost_advantage_at_quality_drop["5"],
+    )
 
 
 def compare(scores: dict[str, list[np.ndarray]], qs: np.ndarray, ql: np.ndarray, n_boot: int) -> dict[str, Any]:
@@ -107,10 +121,13 @@ def compare(scores: dict[str, list[np.ndarray]], qs: np.ndarray, ql: np.ndarray,
     for k, ds in diffs.items():
         arr = np.array(ds)
         out[f"{k}_minus_det"] = {
-            m: {"diff": float(point[k][i] - point["det"][i]), "ci95": interval95(arr[:, i]),
-                "share_of_resamples_above_0": float(np.mean(arr[:, i] > 0))}
+            m: {
+                "diff": float(point[k][i] - point["det"][i]),
+                "ci95": interval95(arr[:, i]),
+                "share_of_resamples_above_0": float(np.mean(arr[:, i] > 0)),
+            }
             for i, m in enumerate(MEASURES)
-        }  # fmt: skip
+        }
     return out
 
 
@@ -144,11 +161,18 @@ def main() -> None:
         truth = {r["id"]: r for r in cfg.get("truth", rows)}
         qs, ql = expected_quality([truth[i] for i in used], SMALL, LARGE)
         res = compare(scores, qs, ql, args.boot)
-        res.update({
-            "name": cfg["name"], "table": cfg["table"], "score": cfg["score"], "n": len(used),
-            "Q_small": float(qs.mean()), "Q_large": float(ql.mean()), "gap": float(ql.mean() - qs.mean()),
-            "labels": {k: label_stats(rows, k) for k in LABEL_TYPES},
-        })  # fmt: skip
+        res.update(
+            {
+                "name": cfg["name"],
+                "table": cfg["table"],
+                "score": cfg["score"],
+                "n": len(used),
+                "Q_small": float(qs.mean()),
+                "Q_large": float(ql.mean()),
+                "gap": float(ql.mean() - qs.mean()),
+                "labels": {k: label_stats(rows, k) for k in LABEL_TYPES},
+            }
+        )
         results.append(res)
         print_one(res)
     out = {
@@ -173,8 +197,10 @@ def print_one(r: dict[str, Any]) -> None:
     for k, m in r["kinds"].items():
         lab = r["labels"][k]
         t = "" if lab["t_star"] is None else f"{lab['t_star']:.3f}"
-        print(f"  {k:8} {lab['mean']:6.3f} {t:>6} {lab['share_differing_from_det']:6.1%} {m['apgr']:7.3f} "
-              f"{m['ca_qd1']:7.1f} {m['ca_qd5']:7.1f}")  # fmt: skip
+        print(
+            f"  {k:8} {lab['mean']:6.3f} {t:>6} {lab['share_differing_from_det']:6.1%} {m['apgr']:7.3f} "
+            f"{m['ca_qd1']:7.1f} {m['ca_qd5']:7.1f}"
+        )
     for k in ("prob", "trans"):
         d = r[f"{k}_minus_det"]
         cells = "  ".join(f"{m} {d[m]['diff']:+.3f} [{d[m]['ci95'][0]:+.3f}, {d[m]['ci95'][1]:+.3f}]" for m in MEASURES)

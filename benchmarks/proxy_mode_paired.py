@@ -136,4 +136,3 @@ def main(argv: list[str] | None = None) -> None:
     }
     name = "proxy_paired_routers.json" if args.routers else "proxy_paired.json"
     write_result(args.out or str(REPO / "benchmarks" / "results" / name), payload)
-

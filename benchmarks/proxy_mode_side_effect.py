@@ -104,4 +104,3 @@ def main(argv: list[str] | None = None) -> None:
         "results": rows,
     }
     write_result(args.out, payload)
-

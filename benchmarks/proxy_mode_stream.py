@@ -164,4 +164,3 @@ def main(argv: list[str] | None = None) -> None:
         f"hybridllm over the bare relay, per round: median {payload['over_bare_relay_median_paired_p50_ms']:+.3f} ms; "
         f"faster in {payload['rounds_proxy_faster_than_bare_relay']} of {args.rounds} rounds"
     )
-

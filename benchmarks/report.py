@@ -159,7 +159,9 @@ def steering() -> str:
 
     rows = [[fam, *[cell(p[point][w]["families"][fam]) for p in pairs for w in ("before", "after")]]
             for fam in pairs[0][point]["before"]["families"]]  # fmt: skip
-    rows.append(["held-out APGR (these prompts)", *[f"{p[point][w]['apgr']:.3f}" for p in pairs for w in ("before", "after")]])
+    rows.append(
+        ["held-out APGR (these prompts)", *[f"{p[point][w]['apgr']:.3f}" for p in pairs for w in ("before", "after")]]
+    )
     dd = load("reroute_defences")
     drows = []
     for name, r in dd["results"].items():
@@ -204,18 +206,27 @@ def proxy() -> str:
         for name, r in v["results"].items():
             if name == "direct":
                 continue
-            vrows.append([name, f"{r['requests_per_s']:,.0f}", ", ".join(f"{x:,.0f}" for x in r["rounds_requests_per_s"]),
-                          f"{v['added_p50_ms_1_client'][name]:.2f} ms", ", ".join(f"{x:.2f}" for x in r["rounds_p50_ms_1_client"])])
-        vs = "\n".join([
-            "",
-            f"Before and after the one-core refactor, side by side (`python benchmarks/proxy_overhead.py --baseline-src "
-            f"SRC_OF_{v['baseline_commit']} --rounds {v['rounds']} --only \"shipped router\" --no-floor --workers 0 "
-            f"--rss-requests 0 --seconds 10 --out benchmarks/results/proxy_overhead_vs_5022b3a.json`, at {v['commit']}): "
-            f"{v['client']}, {v['concurrency']} connections, both checkouts serving the shipped router; the median round "
-            f"and every round.",
-            "",
-            table(["path", "requests/s", "rounds", "added p50, 1 client", "1-client p50 by round (ms)"], vrows),
-        ])
+            vrows.append(
+                [
+                    name,
+                    f"{r['requests_per_s']:,.0f}",
+                    ", ".join(f"{x:,.0f}" for x in r["rounds_requests_per_s"]),
+                    f"{v['added_p50_ms_1_client'][name]:.2f} ms",
+                    ", ".join(f"{x:.2f}" for x in r["rounds_p50_ms_1_client"]),
+                ]
+            )
+        vs = "\n".join(
+            [
+                "",
+                f"Before and after the one-core refactor, side by side (`python benchmarks/proxy_overhead.py --baseline-src "
+                f'SRC_OF_{v["baseline_commit"]} --rounds {v["rounds"]} --only "shipped router" --no-floor --workers 0 '
+                f"--rss-requests 0 --seconds 10 --out benchmarks/results/proxy_overhead_vs_5022b3a.json`, at {v['commit']}): "
+                f"{v['client']}, {v['concurrency']} connections, both checkouts serving the shipped router; the median round "
+                f"and every round.",
+                "",
+                table(["path", "requests/s", "rounds", "added p50, 1 client", "1-client p50 by round (ms)"], vrows),
+            ]
+        )
     return "\n".join([
         "## What the proxy costs",
         "",
@@ -245,9 +256,15 @@ def proxy() -> str:
 
 def pipeline() -> str:
     c = load("collect_throughput")
-    crows = [[r["path"], r["tokens"], f"{r['seconds']:.1f} s", f"{r['tokens_per_s']:.1f}", f"{r['ratio']:.3f}"] for r in c["runs"]]
+    crows = [
+        [r["path"], r["tokens"], f"{r['seconds']:.1f} s", f"{r['tokens_per_s']:.1f}", f"{r['ratio']:.3f}"]
+        for r in c["runs"]
+    ]
     e = load("engine_scaling")
-    erows = [[r["job"], r["engine"], r["workers"], f"{r['seconds']:.1f} s", f"{r['per_s']:.1f} {r['unit']}/s"] for r in e["results"]]
+    erows = [
+        [r["job"], r["engine"], r["workers"], f"{r['seconds']:.1f} s", f"{r['per_s']:.1f} {r['unit']}/s"]
+        for r in e["results"]
+    ]
     est = e["estimate_16_nodes"]
     return "\n".join([
         "## Collection and engines",
@@ -277,7 +294,9 @@ def default_pair() -> str:
         wrows.append([f"routed, {o['knob']}", f"{o['routed_seconds']:.1f} s ({pct(o['saving'])} faster)",
                       pct(o["small_share"]), f"{o['quality_routed']:.3f}"])  # fmt: skip
     h = load("head_selection")
-    hrows = [[r["recipe"], r["seed"], f"{r['apgr']:.3f}", f"{r['ci95'][0]:.3f} … {r['ci95'][1]:.3f}"] for r in h["runs"]]
+    hrows = [
+        [r["recipe"], r["seed"], f"{r['apgr']:.3f}", f"{r['ci95'][0]:.3f} … {r['ci95'][1]:.3f}"] for r in h["runs"]
+    ]
     return "\n".join([
         "## The default local pair",
         "",
@@ -331,26 +350,51 @@ def headline() -> str:
     po = load("proxy_overhead")
     shipped = "hybridllm, shipped router"
     rows = [
-        ["the shipped router, default pair's 214 held-out questions",
-         f"APGR {b['shipped router']['apgr']:.3f} (random {b['random']['apgr']:.3f}, oracle {b['oracle']['apgr']:.3f}); "
-         f"{b['shipped router']['ca_at_qd1']:.1f} % to the small model at ≤ 1 % quality drop", "default_pair_baselines"],
-        ["two models, 4 MMLU-Pro pairs, 5 splits",
-         "router − best tuned peer, APGR: " + ", ".join(f"{p['minus_best_peer']['mean']:+.4f}" for p in rq["summary"]),
-         "routing_quality"],
-        *[[f"{name}, MMLU-Pro", f"AIQ {r['router']['aiq']:.4f} vs {r['hull']['aiq']:.4f} for the best fixed mix of models; "
-           f"cost at ≤ 1 % drop {r['router']['cost_at_1pct_drop']:.1f} % of always-best", "nmodel_quality"]
-          for name, r in nm.items()],
-        ["one routing decision (static encoder + head)", f"{sp['single_p50_ms']:.2f} ms p50, "
-         f"{sp['batch64_prompts_per_s']:,.0f} prompts/s in batches of 64", "router_speed"],
-        ["what the proxy adds, one client", f"{po['added_p50_ms_1_client'][shipped]:.2f} ms p50 "
-         f"(LiteLLM's pass-through proxy: {po['added_p50_ms_1_client']['LiteLLM proxy (pass-through)']:.2f} ms); "
-         f"{pct(po['share_of_direct_requests_per_s'][shipped])} of direct requests/s at 64 clients", "proxy_overhead"],
+        [
+            "the shipped router, default pair's 214 held-out questions",
+            f"APGR {b['shipped router']['apgr']:.3f} (random {b['random']['apgr']:.3f}, oracle {b['oracle']['apgr']:.3f}); "
+            f"{b['shipped router']['ca_at_qd1']:.1f} % to the small model at ≤ 1 % quality drop",
+            "default_pair_baselines",
+        ],
+        [
+            "two models, 4 MMLU-Pro pairs, 5 splits",
+            "router − best tuned peer, APGR: "
+            + ", ".join(f"{p['minus_best_peer']['mean']:+.4f}" for p in rq["summary"]),
+            "routing_quality",
+        ],
+        *[
+            [
+                f"{name}, MMLU-Pro",
+                f"AIQ {r['router']['aiq']:.4f} vs {r['hull']['aiq']:.4f} for the best fixed mix of models; "
+                f"cost at ≤ 1 % drop {r['router']['cost_at_1pct_drop']:.1f} % of always-best",
+                "nmodel_quality",
+            ]
+            for name, r in nm.items()
+        ],
+        [
+            "one routing decision (static encoder + head)",
+            f"{sp['single_p50_ms']:.2f} ms p50, {sp['batch64_prompts_per_s']:,.0f} prompts/s in batches of 64",
+            "router_speed",
+        ],
+        [
+            "what the proxy adds, one client",
+            f"{po['added_p50_ms_1_client'][shipped]:.2f} ms p50 "
+            f"(LiteLLM's pass-through proxy: {po['added_p50_ms_1_client']['LiteLLM proxy (pass-through)']:.2f} ms); "
+            f"{pct(po['share_of_direct_requests_per_s'][shipped])} of direct requests/s at 64 clients",
+            "proxy_overhead",
+        ],
     ]
     path = RESULTS / "install_size.json"
     if path.exists():
         ins = {r["name"]: r for r in json.loads(path.read_text())["installs"]}
-        rows.append(["install", f"plain {ins['plain']['mb']:,.0f} MB (no torch); with the train extra "
-                     f"{ins['with the train extra']['mb']:,.0f} MB", "install_size"])
+        rows.append(
+            [
+                "install",
+                f"plain {ins['plain']['mb']:,.0f} MB (no torch); with the train extra "
+                f"{ins['with the train extra']['mb']:,.0f} MB",
+                "install_size",
+            ]
+        )
     body = table(["what", "measured", "benchmark"], [[a, m, f"`{src}`"] for a, m, src in rows], "lll")
     return f"{BEGIN} (generated by `python benchmarks/report.py` from benchmarks/results/*.json) -->\n{body}\n{END}"
 

@@ -3,6 +3,7 @@ two processes sharing a real Redis, one of them killed), feedback and the outcom
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -67,8 +68,10 @@ def test_ratio_interval_covers_a_finite_population_window():
 
 def test_hold_keeps_the_share_after_the_score_mix_moves():
     fleet = Fleet(("s", "l"), (1.0, 2.0), "l")
-    cal = [{"threshold": t, "cost": 100 - 50 * (1 - t), "cost_advantage": 100 * (1 - t), "quality_drop": 0.0}
-           for t in np.linspace(0.0, 1.0, 101)]  # fmt: skip
+    cal = [
+        {"threshold": t, "cost": 100 - 50 * (1 - t), "cost_advantage": 100 * (1 - t), "quality_drop": 0.0}
+        for t in np.linspace(0.0, 1.0, 101)
+    ]
     hold = Hold("cost_advantage", 40, fleet, cal)
     rng = np.random.default_rng(0)
     picks = []
@@ -84,7 +87,9 @@ def test_hold_keeps_the_share_after_the_score_mix_moves():
 
 def test_hold_quality_moves_only_on_enough_pairs_and_meets_its_bound():
     fleet = Fleet(("s", "l"), (1.0, 2.0), "l")
-    cal = [{"threshold": t, "cost": 100, "cost_advantage": 0, "quality_drop": 50 * (1 - t)} for t in np.linspace(0, 1, 51)]
+    cal = [
+        {"threshold": t, "cost": 100, "cost_advantage": 0, "quality_drop": 50 * (1 - t)} for t in np.linspace(0, 1, 51)
+    ]
     hold = Hold("max_quality_drop", 5, fleet, cal, min_pairs=40, every=1)
     start = hold.threshold
     rng = np.random.default_rng(1)
@@ -125,19 +130,29 @@ def test_shadow_pairs_feedback_and_export_train_a_router(router_dir, tmp_path):
         j_up.reply = judge_reply
         ups = [upstream(SMALL, s_up.url, "s"), upstream(LARGE, l_up.url, "l")]
         plain = create_app(router, *ups, options=ServeOptions())
-        opts = ServeOptions(shadow_rate=1.0, log_prompts=True, outcomes=str(log), api_keys=["k1"],
-                            key_names={"k1": "team-a"})  # fmt: skip
-        app = create_app(router, *[upstream(SMALL, s_up.url, "s"), upstream(LARGE, l_up.url, "l")], options=opts,
-                         judge=upstream("judge", j_up.url, "j"))  # fmt: skip
+        opts = ServeOptions(
+            shadow_rate=1.0, log_prompts=True, outcomes=str(log), api_keys=["k1"], key_names={"k1": "team-a"}
+        )
+        app = create_app(
+            router,
+            *[upstream(SMALL, s_up.url, "s"), upstream(LARGE, l_up.url, "l")],
+            options=opts,
+            judge=upstream("judge", j_up.url, "j"),
+        )
         with Proxy(plain) as p0:
-            ref = httpx.post(f"{p0.url}/chat/completions", json={"model": "hybrid", "messages": [
-                {"role": "user", "content": prompts[0]}]})  # fmt: skip
+            ref = httpx.post(
+                f"{p0.url}/chat/completions",
+                json={"model": "hybrid", "messages": [{"role": "user", "content": prompts[0]}]},
+            )
         with Proxy(app) as proxy:
             h = {"authorization": "Bearer k1"}
             ids = []
             for p in prompts:
-                r = httpx.post(f"{proxy.url}/chat/completions", headers=h,
-                               json={"model": "hybrid", "messages": [{"role": "user", "content": p}]})  # fmt: skip
+                r = httpx.post(
+                    f"{proxy.url}/chat/completions",
+                    headers=h,
+                    json={"model": "hybrid", "messages": [{"role": "user", "content": p}]},
+                )
                 assert r.status_code == 200
                 ids.append(r.headers["x-hybridllm-request-id"])
                 if p == prompts[0]:
@@ -148,15 +163,20 @@ def test_shadow_pairs_feedback_and_export_train_a_router(router_dir, tmp_path):
             assert app.state.live.pairs == len(prompts)
             fb = httpx.post(f"{proxy.url}/feedback", headers=h, json={"request_id": ids[0], "score": 0.5})
             assert fb.status_code == 200 and fb.json()["recorded"] is True
-            assert httpx.post(f"{proxy.url}/feedback", headers=h, json={"request_id": "nope", "score": 1}).status_code == 404
+            assert (
+                httpx.post(f"{proxy.url}/feedback", headers=h, json={"request_id": "nope", "score": 1}).status_code
+                == 404
+            )
             bad = httpx.post(f"{proxy.url}/feedback", headers=h, json={"request_id": ids[0], "score": "good"})
             assert bad.status_code == 400 and bad.json()["error"]["param"] == "score"
             assert httpx.post(f"{proxy.url}/feedback", json={"request_id": ids[0], "score": 1}).status_code == 401
             metrics = httpx.get(f"{proxy.url.removesuffix('/v1')}/metrics", headers=h).text
-            assert f'hybridllm_shadow_calls_total{{model="{LARGE}",outcome="scored"}}' in metrics or \
-                f'hybridllm_shadow_calls_total{{model="{SMALL}",outcome="scored"}}' in metrics
+            assert (
+                f'hybridllm_shadow_calls_total{{model="{LARGE}",outcome="scored"}}' in metrics
+                or f'hybridllm_shadow_calls_total{{model="{SMALL}",outcome="scored"}}' in metrics
+            )
             assert 'hybridllm_live_quality_drop{bound="high",scope="since_start"}' in metrics
-            assert 'hybridllm_feedback_total{model=' in metrics
+            assert "hybridllm_feedback_total{model=" in metrics
             # the shadow calls were the other side's: every request reached both upstreams once
             assert len(s_up.requests) + len(l_up.requests) == 2 * len(prompts) + 1
         time.sleep(0.3)
@@ -167,8 +187,9 @@ def test_shadow_pairs_feedback_and_export_train_a_router(router_dir, tmp_path):
     rows, left = outcomes_table(recs)
     assert len(rows) == len(prompts) and left["no_prompt"] == 0
     # the exported table trains a router (the CLI writes the same rows: test_outcomes_export_cli)
-    fitted = fit_router(rows, TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(members=1, epochs=3)),
-                        show_progress=False)  # fmt: skip
+    fitted = fit_router(
+        rows, TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(members=1, epochs=3)), show_progress=False
+    )
     assert Router.from_fitted(fitted).score(["What is 2+2?"]).shape == (1,)
 
 
@@ -181,13 +202,30 @@ def test_outcomes_export_cli_and_kill_9(router_dir, tmp_path):
         l_up.reply = lambda p: f"large says {p}"
         j_up.reply = judge_reply
         port = _free_port()
-        args = ["--router", str(router_dir), "--small", f"s@{s_up.url}", "--large", f"l@{l_up.url}",
-                "--port", str(port), "--shadow-rate", "1", "--judge", f"j@{j_up.url}", "--outcomes", str(log),
-                "--config", str(_toml(tmp_path, log_prompts=True))]  # fmt: skip
+        args = [
+            "--router",
+            str(router_dir),
+            "--small",
+            f"s@{s_up.url}",
+            "--large",
+            f"l@{l_up.url}",
+            "--port",
+            str(port),
+            "--shadow-rate",
+            "1",
+            "--judge",
+            f"j@{j_up.url}",
+            "--outcomes",
+            str(log),
+            "--config",
+            str(_toml(tmp_path, log_prompts=True)),
+        ]
         with running_serve(args, port) as proc:
             for i in range(30):
-                r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                               json={"model": "hybrid", "messages": [{"role": "user", "content": f"q {i}: 7*{i}?"}]})  # fmt: skip
+                r = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    json={"model": "hybrid", "messages": [{"role": "user", "content": f"q {i}: 7*{i}?"}]},
+                )
                 assert r.status_code == 200
             deadline = time.time() + 20
             while len(read_outcomes(log)) < 30 and time.time() < deadline:
@@ -220,16 +258,21 @@ def _toml(tmp_path: Path, **kv: object) -> Path:
 def _models_file(tmp_path: Path, s_url: str, l_url: str) -> Path:
     """Prices of 1e6 per 1M tokens: a request's cost is its token count."""
     p = tmp_path / "models.toml"
-    p.write_text(f'[models."{SMALL}"]\nspec = "s@{s_url}"\nprice_in = 100000\nprice_out = 100000\n'
-                 f'[models."{LARGE}"]\nspec = "l@{l_url}"\nprice_in = 1000000\nprice_out = 1000000\n')  # fmt: skip
+    p.write_text(
+        f'[models."{SMALL}"]\nspec = "s@{s_url}"\nprice_in = 100000\nprice_out = 100000\n'
+        f'[models."{LARGE}"]\nspec = "l@{l_url}"\nprice_in = 1000000\nprice_out = 1000000\n'
+    )
     return p
 
 
 def _load(port: int, key: str, n: int, workers: int = 8, model: str = LARGE) -> list[httpx.Response]:
     def one(i: int) -> httpx.Response:
-        return httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                          json={"model": model, "messages": [{"role": "user", "content": "add two and three"}]},
-                          timeout=30)  # fmt: skip
+        return httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={"model": model, "messages": [{"role": "user", "content": "add two and three"}]},
+            timeout=30,
+        )
 
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(one, range(n)))
@@ -243,8 +286,20 @@ def test_budget_cap_under_concurrent_load(router_dir, tmp_path, on_cap):
         port = _free_port()
         models = _models_file(tmp_path, s_up.url, l_up.url)
         # each forced-large request: 4 prompt + 2 completion tokens = cost 6 against a cap of 50
-        args = ["--router", str(router_dir), "--models-file", str(models), "--port", str(port),
-                "--serve-api-key-env", "HLLM_KEYS", "--budget-cap", "team-a=50/day", "--on-cap", on_cap]  # fmt: skip
+        args = [
+            "--router",
+            str(router_dir),
+            "--models-file",
+            str(models),
+            "--port",
+            str(port),
+            "--serve-api-key-env",
+            "HLLM_KEYS",
+            "--budget-cap",
+            "team-a=50/day",
+            "--on-cap",
+            on_cap,
+        ]
         with running_serve(args, port, env={"HLLM_KEYS": "team-a:ka,team-b:kb"}):
             # one answer first: until a model has answered, a reservation is the bound from the
             # prompt and max_tokens (512), which a cap of 50 would refuse beside any other request
@@ -269,8 +324,11 @@ def _redis(tmp_path: Path) -> tuple[subprocess.Popen, int]:
     if exe is None:
         pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
     port = _free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 10
     while True:
         try:
@@ -293,21 +351,33 @@ def test_two_servers_share_one_redis_budget_and_survive_a_kill(router_dir, tmp_p
             s_up.delay = l_up.delay = 0.01
             models = _models_file(tmp_path, s_up.url, l_up.url)
             ports = [_free_port(), _free_port()]
-            base = ["--router", str(router_dir), "--models-file", str(models), "--serve-api-key-env", "HLLM_KEYS",
-                    "--budget-cap", "team-a=100/day", "--on-cap", "refuse", "--state", f"redis://127.0.0.1:{rport}/0"]  # fmt: skip
+            base = [
+                "--router",
+                str(router_dir),
+                "--models-file",
+                str(models),
+                "--serve-api-key-env",
+                "HLLM_KEYS",
+                "--budget-cap",
+                "team-a=100/day",
+                "--on-cap",
+                "refuse",
+                "--state",
+                f"redis://127.0.0.1:{rport}/0",
+            ]
             env = {"HLLM_KEYS": "team-a:ka"}
-            with running_serve([*base, "--port", str(ports[0])], ports[0], env=env) as a, \
-                    running_serve([*base, "--port", str(ports[1])], ports[1], env=env):  # fmt: skip
+            with (
+                running_serve([*base, "--port", str(ports[0])], ports[0], env=env) as a,
+                running_serve([*base, "--port", str(ports[1])], ports[1], env=env),
+            ):
                 results: list[httpx.Response] = _load(ports[0], "ka", 1, workers=1)  # see the test above
                 killer = threading.Timer(0.3, lambda: a.send_signal(signal.SIGKILL))
                 killer.start()
 
                 def load(port: int) -> None:
                     for _ in range(5):
-                        try:
+                        with contextlib.suppress(httpx.HTTPError):  # the killed server's clients
                             results.extend(_load(port, "ka", 8, workers=4))
-                        except httpx.HTTPError:
-                            pass  # the killed server's clients
 
                 threads = [threading.Thread(target=load, args=(p,)) for p in ports]
                 for t in threads:
@@ -334,8 +404,20 @@ def test_redis_down_serves_on_local_state_and_says_so_once(router_dir, tmp_path)
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         models = _models_file(tmp_path, s_up.url, l_up.url)
         port, dead = _free_port(), _free_port()
-        args = ["--router", str(router_dir), "--models-file", str(models), "--port", str(port),
-                "--serve-api-key-env", "HLLM_KEYS", "--budget-cap", "*=1000000/day", "--state", f"redis://127.0.0.1:{dead}/0"]  # fmt: skip
+        args = [
+            "--router",
+            str(router_dir),
+            "--models-file",
+            str(models),
+            "--port",
+            str(port),
+            "--serve-api-key-env",
+            "HLLM_KEYS",
+            "--budget-cap",
+            "*=1000000/day",
+            "--state",
+            f"redis://127.0.0.1:{dead}/0",
+        ]
         with running_serve(args, port, env={"HLLM_KEYS": "team-a:ka"}) as proc:
             got = _load(port, "ka", 6, workers=2)
         out = proc.stdout.read().decode()
@@ -352,10 +434,19 @@ def test_priced_stream_asks_for_usage_and_strips_it(router_dir, tmp_path):
         args = ["--router", str(router_dir), "--models-file", str(models), "--port", str(port)]
         with running_serve(args, port):
             c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
-            chunks = list(c.chat.completions.create(model=LARGE, stream=True, messages=[
-                {"role": "user", "content": "one two three"}]))  # fmt: skip
-            with_usage = list(c.chat.completions.create(model=LARGE, stream=True, stream_options={"include_usage": True},
-                                                        messages=[{"role": "user", "content": "one two"}]))  # fmt: skip
+            chunks = list(
+                c.chat.completions.create(
+                    model=LARGE, stream=True, messages=[{"role": "user", "content": "one two three"}]
+                )
+            )
+            with_usage = list(
+                c.chat.completions.create(
+                    model=LARGE,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    messages=[{"role": "user", "content": "one two"}],
+                )
+            )
             metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     assert l_up.requests[0]["stream_options"] == {"include_usage": True}  # asked upstream
     assert all(ch.usage is None for ch in chunks) and chunks[-1].choices  # not relayed to a client that did not ask
@@ -371,24 +462,50 @@ def test_a_real_local_model_judges_shadow_pairs(router_dir, tmp_path):
         s_up.reply = lambda p: "The answer is 5."
         l_up.reply = lambda p: "2 + 3 = 5, so the answer is 5."
         port = _free_port()
-        args = ["--router", str(router_dir), "--small", f"s@{s_up.url}", "--large", f"l@{l_up.url}",
-                "--port", str(port), "--shadow-rate", "1", "--judge", "gemma-3-270m"]  # fmt: skip
+        rubric = tmp_path / "rubric.txt"  # a short prompt the 270M model answers with a number
+        rubric.write_text(
+            "Question: {prompt}\nAnswer: {response}\n"
+            "On a scale of 1 to 10, how good is this answer? Reply with one number.\nRating:"
+        )
+        args = [
+            "--router",
+            str(router_dir),
+            "--small",
+            f"s@{s_up.url}",
+            "--large",
+            f"l@{l_up.url}",
+            "--port",
+            str(port),
+            "--shadow-rate",
+            "1",
+            "--judge",
+            "gemma-3-270m",
+            "--judge-rubric",
+            str(rubric),
+        ]
         with running_serve(args, port, timeout=180):
-            for q in ("What is 2+3?", "Add two and three.", "What is two plus three?"):
-                r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                               json={"model": "hybrid", "messages": [{"role": "user", "content": q}]}, timeout=60)  # fmt: skip
+            for q in ("What is 2+3?",) * 3:  # greedy verdicts: one question the 270M model rates with a number
+                r = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    json={"model": "hybrid", "messages": [{"role": "user", "content": q}]},
+                    timeout=60,
+                )
                 assert r.status_code == 200
             deadline = time.time() + 120
             text = ""
             while time.time() < deadline:
                 text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-                done = sum(float(ln.split()[-1]) for ln in text.splitlines()
-                           if ln.startswith("hybridllm_shadow_calls_total") and 'outcome="' in ln)  # fmt: skip
+                done = sum(
+                    float(ln.split()[-1])
+                    for ln in text.splitlines()
+                    if ln.startswith("hybridllm_shadow_calls_total") and 'outcome="' in ln
+                )
                 if done >= 3:
                     break
                 time.sleep(0.5)
     lines = [ln for ln in text.splitlines() if ln.startswith("hybridllm_shadow_calls_total")]
-    assert sum(float(ln.split()[-1]) for ln in lines) >= 3, lines
     scored = sum(float(ln.split()[-1]) for ln in lines if 'outcome="scored"' in ln)
-    if scored:
-        assert "hybridllm_live_shadow_pairs" in text
+    assert scored == 3, lines  # every pair judged by the real model
+    pairs = [ln for ln in text.splitlines() if ln.startswith("hybridllm_live_shadow_pairs ")]
+    assert pairs and float(pairs[0].split()[-1]) == 3
+    assert 'hybridllm_live_quality_drop{bound="value",scope="since_start"}' in text

@@ -60,6 +60,9 @@ def serve(
     ] = None,
     judge: Annotated[str | None, typer.Option(help="judge of shadow pairs: MODEL@BASE_URL or a local model")] = None,
     judge_api_key_env: Annotated[str | None, typer.Option(help="env var with the judge's API key")] = None,
+    judge_rubric: Annotated[
+        Path | None, typer.Option(help="file with the judge's prompt: {prompt}, {response}, optional {reference}")
+    ] = None,
     hold: Annotated[
         str | None, typer.Option(help="target held on live traffic: max_quality_drop=1, budget=30, cost_advantage=40")
     ] = None,
@@ -102,6 +105,7 @@ def serve(
         shadow_rate=shadow_rate,
         judge=judge,
         judge_api_key_env=judge_api_key_env,
+        judge_rubric=judge_rubric,
         hold=hold,
         hold_confidence=hold_confidence,
         outcomes=outcomes,

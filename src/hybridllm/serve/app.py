@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from hybridllm.backends import Backend
 from hybridllm.routing.live import Hold, parse_hold
 from hybridllm.stages.outcomes import OutcomesLog
+from hybridllm.stages.score import JUDGE_RUBRIC
 
 from .budget import Budget, parse_cap
 from .control import KnobControl
@@ -191,7 +192,7 @@ def _live_control(
         if judge is None:
             raise ServeConfigError("--shadow-rate needs a judge (--judge SPEC)")
         shadow = Shadow(
-            opts.shadow_rate, JudgeScorer(judge), routing.ups, fleet.ref,
+            opts.shadow_rate, JudgeScorer(judge, opts.judge_rubric or JUDGE_RUBRIC), routing.ups, fleet.ref,
             concurrency=opts.shadow_concurrency, per_minute=opts.shadow_per_minute,
             count=metrics.count_shadow, price=metrics.shadow_cost,
         )  # fmt: skip

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from hybridllm.backends import Backend, make_backend
 from hybridllm.backends.packages import LOCAL_MODELS
 from hybridllm.routing.live import parse_hold
+from hybridllm.stages.score import check_rubric
 from hybridllm.tables.registry import Registry
 from hybridllm.tables.specs import key_envs, parse_spec
 
@@ -61,6 +62,7 @@ class ServeConfig(BaseModel):
     shadow_rate: float = Field(0.0, ge=0, le=1)
     judge: str | None = None  # SPEC of the judge scoring shadow pairs (an OpenAI-compatible endpoint, a local model)
     judge_api_key_env: str | None = None
+    judge_rubric: Path | None = None  # the judge's prompt: a file with {prompt}, {response} (and {reference})
     shadow_concurrency: int = Field(4, ge=1, le=256)
     shadow_per_minute: int = Field(600, ge=1)
     hold: str | None = None  # KIND=PERCENT: max_quality_drop=1, budget=30, cost_advantage=40
@@ -191,11 +193,23 @@ class ServeConfig(BaseModel):
             hold=self.hold,
             hold_confidence=self.hold_confidence,
             outcomes=None if self.outcomes is None else str(self.outcomes),
+            judge_rubric=self.rubric(),
             key_names=named,
             budget_caps=list(self.budget_cap),
             on_cap=self.on_cap,
             state=self.state,
         )
+
+    def rubric(self) -> str | None:
+        if self.judge_rubric is None:
+            return None
+        try:
+            text = Path(self.judge_rubric).read_text(encoding="utf-8")
+            return check_rubric(text)
+        except OSError as exc:
+            raise ServeConfigError(f"judge_rubric: {self.judge_rubric}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise ServeConfigError(f"judge_rubric: {self.judge_rubric}: {exc}") from None
 
     def judge_backend(self) -> Backend | None:
         """The shadow checks' judge (None without ``shadow_rate``); refused when the rate has no judge."""
