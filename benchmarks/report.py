@@ -19,6 +19,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+REPO = HERE.parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
 README = HERE.parent / "README.md"
 BEGIN, END = "<!-- headline:begin", "<!-- headline:end -->"
@@ -336,9 +337,91 @@ def install() -> str:
     ])  # fmt: skip
 
 
+def labels() -> str:
+    """Deterministic, probabilistic and transformed labels on the multi-sample tables."""
+    path = RESULTS / "labels.json"
+    if not path.exists():
+        return ""
+    d = json.loads(path.read_text())
+
+    def diff(c: dict[str, Any], kind: str, m: str, digits: int) -> str:
+        v = c[f"{kind}_minus_det"][m]
+        lo, hi = v["ci95"]
+        star = "**" if lo > 0 or hi < 0 else ""
+        return f"{star}{v['diff']:+.{digits}f}{star} ({lo:+.{digits}f} … {hi:+.{digits}f})"
+
+    rows = []
+    for c in sorted(d["configs"], key=lambda c: (c["score"].startswith("labels"), "ROUGE" in c["name"], c["gap"])):
+        k = c["kinds"]
+        t = c["labels"]["trans"]["t_star"]
+        rows.append([
+            c["name"], c["n"], f"{c['gap']:+.3f}", f"{c['labels']['prob']['share_differing_from_det']:.0%}",
+            f"{t:.3g}", f"{k['det']['apgr']:.3f}", f"{k['prob']['apgr']:.3f}", f"{k['trans']['apgr']:.3f}",
+            diff(c, "prob", "apgr", 3), diff(c, "trans", "apgr", 3),
+            diff(c, "prob", "ca_qd1", 1), diff(c, "prob", "ca_qd5", 1),
+        ])  # fmt: skip
+    return "\n".join([
+        "## Label kinds on multi-sample tables",
+        "",
+        f"`{d['command']}` ({d['seconds'] / 60:.0f} min): {d['models'][0]} → {d['models'][1]}, 3 samples per model and "
+        f"query; {d['folds']}-fold cross-validation × {d['seeds']} seeds, the same folds for every label kind "
+        f"({d['recipe']}); measures on the pooled out-of-fold scores against the mean quality over the samples, "
+        f"averaged over seeds. Intervals: {d['bootstrap']}; bold where the 95 % interval excludes 0. Gap: Q_large − "
+        "Q_small on the truth the row is judged by. ≠ det: labels that differ from `det`. CA: cost advantage (share "
+        "to the small model, %) at ≤ 1 % / ≤ 5 % quality drop.",
+        "",
+        table(["table, score", "n", "gap", "≠ det", "t*", "APGR det", "prob", "trans", "prob − det",
+               "trans − det", "CA@1 % prob − det", "CA@5 % prob − det"], rows, "lrrrrrrrllll"),
+    ])  # fmt: skip
+
+
+def drift() -> str:
+    """The knob's promise on a replayed stream whose mix changes."""
+    path = RESULTS / "drift.json"
+    if not path.exists():
+        return ""
+    d = json.loads(path.read_text())
+    rows = []
+    for sc in d["scenarios"]:
+        for label, c in sc["configs"].items():
+            tol = f"± {c['tolerance_pp']:g}" if c["measure"] != "quality_drop" else f"≤ +{c['tolerance_pp']:g}"
+            cov = "" if c["interval_coverage"] is None else f"{c['interval_coverage']:.0%}"
+            width = "" if c["interval_width_mean"] is None else f"{c['interval_width_mean']:.0f} pp"
+            rows.append([
+                sc["name"], label, f"{c['measure']} {c['target']:g} {tol} pp", f"{c['held_share']:.0%}",
+                f"{c['share_away_mean']:.1f}", f"{c['spend_mean']:.1f}", f"{c['quality_drop_mean']:.2f}", cov, width,
+            ])  # fmt: skip
+    return "\n".join([
+        "## Holding the knob under drift",
+        "",
+        f"`{d['command']}` ({d['seconds'] / 60:.0f} min): {d['scenarios'][0]['requests']} requests per stream through "
+        f"the real proxy, the mix changing half-way ({d['scenarios'][0]['mix']}); shadow rate {d['shadow_rate']:.0%}; "
+        f"windows of {d['window']} requests after {d['warmup']} of warm-up. Upstreams and the judge answer from the "
+        "table (a stand-in for a real judge, so that each window's truth is known). Held: share of windows within "
+        "the tolerance. Coverage: windows whose true quality drop lies in the live 95 % interval from that window's "
+        "shadow pairs (width: its mean). Away: % of requests not sent to the reference; spend: % of always-reference.",
+        "",
+        table(["stream", "routing", "target", "held", "away %", "spend %", "drop %", "coverage", "width"], rows,
+              "lllrrrrrr"),
+        "",
+        "![target, static and controlled per window](drift.png)",
+    ])  # fmt: skip
+
+
 SECTIONS: list[Callable[[], str]] = [
-    routing_quality, nmodel_quality, router_speed, steering, proxy, pipeline, default_pair, install,
+    routing_quality, nmodel_quality, labels, router_speed, steering, proxy, drift, pipeline, default_pair, install,
 ]  # fmt: skip
+#: other pages with a block generated here, between <!-- NAME:begin --> and <!-- NAME:end -->
+BLOCKS = {"labels": (REPO / "docs/method.md", labels), "drift": (REPO / "docs/control.md", drift)}
+
+
+def with_block(text: str, name: str, body: str) -> str:
+    begin, end = f"<!-- {name}:begin", f"<!-- {name}:end -->"
+    if begin not in text:
+        return text
+    i, j = text.index(begin), text.index(end) + len(end)
+    note = f"{begin} (generated by `python benchmarks/report.py` from benchmarks/results/*.json) -->"
+    return text[:i] + note + "\n" + body.split("\n", 2)[2] + "\n" + end + text[j:]
 
 
 def headline() -> str:
@@ -426,16 +509,21 @@ def main() -> None:
     ap.add_argument("--check", action="store_true", help="exit 1 if docs/benchmarks.md is stale")
     args = ap.parse_args()
     text, readme = render(), README.read_text()
+    pages = [(DOC, text, DOC.read_text() if DOC.exists() else ""), (README, with_headline(readme), readme)]
+    for name, (page, section) in BLOCKS.items():
+        if page.exists():
+            have = page.read_text()
+            pages.append((page, with_block(have, name, section()), have))
     if args.check:
-        stale = [str(p) for p, want, have in ((DOC, text, DOC.read_text() if DOC.exists() else ""),
-                                              (README, with_headline(readme), readme)) if want != have]  # fmt: skip
+        stale = [str(p) for p, want, have in pages if want != have]
         if stale:
             print(f"{', '.join(stale)} stale: run python benchmarks/report.py", file=sys.stderr)
             sys.exit(1)
         return
-    DOC.write_text(text)
-    README.write_text(with_headline(readme))
-    print(f"wrote {DOC} and the headline of {README}")
+    for page, want, have in pages:
+        if want != have:
+            page.write_text(want)
+    print(f"wrote {DOC}, the headline of {README} and the generated blocks of {', '.join(n for n in BLOCKS)}")
 
 
 if __name__ == "__main__":

@@ -94,6 +94,17 @@ class TrainResult:
     skipped_val: int
 
 
+def _samples_note(rows: Sequence[Row], models: Sequence[str]) -> str:
+    """What the label kinds amount to on this table (docs/method.md, the measured comparison)."""
+    several = any(len(r["quality"][m]) > 1 for r in rows for m in models)
+    if not several:
+        return "one sample per model and query: det, prob and trans are the same labels here"
+    return (
+        "several samples per model and query: prob and trans average over them (the default trans, "
+        "which is prob when t* = 0, ranked better than det on our multi-sample tables: docs/method.md)"
+    )
+
+
 def make_fleet(
     rows: Sequence[Row], models: Sequence[str], costs: Mapping[str, float] | None, reference: str | None = None
 ) -> Fleet:
@@ -252,6 +263,7 @@ def fit_router(
     y_val, _ = label_matrix(split.val, cands, fleet.reference, options.labels, stars)
     stars_txt = ", ".join(f"{m} {t:g}" for m, t in zip(cands, stars, strict=True) if t is not None)
     _log(progress, f"labels {options.labels}: mean {y.mean():.3f}" + (f", t* {stars_txt}" if stars_txt else ""))
+    _log(progress, _samples_note(split.train, fleet.models))
     qs_val, ql_val = split.q_val[:, fleet.candidates], split.q_val[:, fleet.ref]
     if len(cands) == 1:  # one scored model: the head's single-output form (w2 [E, h])
         y, y_val, qs_val = y[:, 0], y_val[:, 0], qs_val[:, 0]
