@@ -46,13 +46,14 @@ def run_upstream(port: int) -> None:
 
     async def chat(request):  # type: ignore[no-untyped-def]
         body = await request.json()
+        text = "Rating: 7" if body["model"] == "judge" else "ok"  # the judge of shadow checks (--mode paired --live)
         return JSONResponse(
             {
                 "id": "x",
                 "object": "chat.completion",
                 "created": 0,
                 "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
             }
         )

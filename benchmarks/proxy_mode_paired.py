@@ -10,6 +10,9 @@ how many rounds this checkout was faster.
     git worktree add /tmp/prev <commit>
     python benchmarks/proxy_overhead.py --mode paired --baseline-src /tmp/prev/src        # 12 rounds of 2 s per side
     python benchmarks/proxy_overhead.py --mode paired --routers    # this checkout: benchmark router vs the shipped one
+    python benchmarks/proxy_overhead.py --mode paired --live       # shipped router without / with shadow checks + hold
+
+With --live each round also measures both sides' requests/s at --clients connections.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ from proxy_harness import (
 )
 
 
-def paired(sides: dict[str, tuple[list[str], dict[str, str]]], rounds: int, seconds: float, tmp: str) -> dict:
+def paired(
+    sides: dict[str, tuple[list[str], dict[str, str]]], rounds: int, seconds: float, tmp: str, clients: int = 0
+) -> dict:
     """Two servers, ``{name: (command, environment)}``, the first the baseline: both up at once,
     one-client runs alternated, the order flipped every round."""
     prompts = gsm8k_prompts()[:1000]
@@ -51,10 +56,13 @@ def paired(sides: dict[str, tuple[list[str], dict[str, str]]], rounds: int, seco
             wait_up(port)
             run_wrk(port, prompts, 8, 2, tmp)  # warm-up
         p50: dict[str, list[float]] = {name: [] for name in sides}
+        rps: dict[str, list[float]] = {name: [] for name in sides}
         for rnd in range(rounds):
             order = list(sides) if rnd % 2 == 0 else list(sides)[::-1]
             for name in order:
                 p50[name].append(run_wrk(ports[name], prompts, 1, seconds, tmp)["p50_ms"])
+                if clients:
+                    rps[name].append(run_wrk(ports[name], prompts, clients, seconds, tmp)["requests_per_s"])
     finally:
         for proc in procs.values():
             stop_server(proc)
@@ -69,6 +77,16 @@ def paired(sides: dict[str, tuple[list[str], dict[str, str]]], rounds: int, seco
         "rounds_faster": int((now < base).sum()),
         "baseline_rounds_p50_ms": base.tolist(),
         "rounds_p50_ms": now.tolist(),
+        **(
+            {
+                "clients": clients,
+                "baseline_requests_per_s": float(np.median(rps[first])),
+                "requests_per_s": float(np.median(rps[second])),
+                "rounds_requests_per_s": {k: v for k, v in rps.items()},
+            }
+            if clients
+            else {}
+        ),
     }
 
 
@@ -86,21 +104,31 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="instead: this checkout with the benchmark router against the shipped one",
     )
+    ap.add_argument("--live", action="store_true", help="instead: the shipped router without and with live control")
+    ap.add_argument("--clients", type=int, default=16, help="--live: connections of the requests/s runs")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--seconds", type=float, default=2.0, help="length of each one-client run")
     ap.add_argument("--out", help="JSON (default: benchmarks/results/proxy_paired[_routers].json)")
     args = ap.parse_args(argv)
-    if bool(args.baseline_src) == args.routers:
-        ap.error("give --baseline-src DIR (two checkouts) or --routers (two routers), one of them")
+    if sum([bool(args.baseline_src), args.routers, args.live]) != 1:
+        ap.error("give --baseline-src DIR (two checkouts), --routers (two routers) or --live, one of them")
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     tmp = scratch_dir()
-    routers = [bench_router(Path(tmp), 2000)]
-    if not args.routers:
+    routers = [] if args.live else [bench_router(Path(tmp), 2000)]
+    if not args.routers and not args.live:
         routers.append(bench_router(Path(tmp), 2000, knn=False))
     upstream, up_port = start_upstream()
     url = f"http://127.0.0.1:{up_port}/v1"
     try:
-        if args.routers:
+        if args.live:
+            live = ["--shadow-rate", "0.05", "--judge", f"judge@{url}", "--hold", "cost_advantage=50"]
+            pairs = {
+                "shipped router: plain vs shadow 5 % + hold cost_advantage=50": {
+                    "plain": (serve_cmd(url, None), {}),
+                    "shadow + hold": ([*serve_cmd(url, None), *live], {}),
+                }
+            }
+        elif args.routers:
             pairs = {
                 "shipped router vs the benchmark router": {
                     "benchmark router (MMLU-Pro, with memory)": (serve_cmd(url, routers[0]), {}),
@@ -117,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
             }
         results = []
         for label, sides in pairs.items():
-            results.append({"router": label, **paired(sides, args.rounds, args.seconds, tmp)})
+            clients = args.clients if args.live else 0
+            results.append({"router": label, **paired(sides, args.rounds, args.seconds, tmp, clients)})
     finally:
         upstream.terminate()
     print(f"\n{'router':42s} {'baseline p50':>13s} {'its p50':>9s} {'paired diff':>12s} {'faster':>8s}")
@@ -125,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{r['router']:42.42s} {r['baseline_p50_ms']:10.3f} ms {r['p50_ms']:6.3f} ms "
             f"{r['median_paired_diff_ms']:+9.3f} ms {r['rounds_faster']:4d}/{r['rounds']}"
+            + (f"   req/s {r['baseline_requests_per_s']:.0f} vs {r['requests_per_s']:.0f}" if "clients" in r else "")
         )
     payload = {
         "benchmark": "proxy_paired",
@@ -134,5 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         "cpus": os.cpu_count(),
         "results": results,
     }
-    name = "proxy_paired_routers.json" if args.routers else "proxy_paired.json"
+    name = (
+        "proxy_paired_routers.json" if args.routers else "proxy_live_control.json" if args.live else "proxy_paired.json"
+    )
     write_result(args.out or str(REPO / "benchmarks" / "results" / name), payload)

@@ -49,7 +49,10 @@ def mount_dashboard(app: Any, control: KnobControl, metrics: Any, authorised: An
             return unauthorised()
         # summarised in a thread: the proxy's event loop keeps serving meanwhile
         live = await asyncio.to_thread(metrics.live.snapshot)
-        return JSONResponse({**live, "router": control.view(), "auth": bool(opts.api_keys)})
+        held, quality = getattr(app.state, "hold", None), getattr(app.state, "live", None)
+        return JSONResponse({**live, "router": control.view(), "auth": bool(opts.api_keys),
+                             "live": None if quality is None else quality.view(),
+                             "hold": None if held is None else held.state()})  # fmt: skip
 
     @app.post("/dashboard/knob", include_in_schema=False)
     async def knob(request: Request) -> Any:

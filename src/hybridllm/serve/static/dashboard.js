@@ -139,6 +139,10 @@
     $("errors").textContent = String(d.errors);
     const c = d.cost;
     $("cost-saved").textContent = c.saved_ratio === null ? "n/a (no prices)" : c.saved.toFixed(4) + " (" + (100 * c.saved_ratio).toFixed(1) + "%)";
+    const lq = d.live && d.live.quality_drop.since_start;
+    $("live-drop").textContent = !lq ? "n/a (no shadow checks)" : fmt(lq.value, 2) + "% (" + fmt(lq.low, 1) + " … " + fmt(lq.high, 1) + "), " + d.live.pairs + " pairs";
+    $("hold").textContent = !d.hold ? "none" : d.hold.kind + " " + d.hold.target + "%: threshold " + fmt(d.hold.threshold, 4);
+    $("hold").title = d.hold ? d.hold.reason : "";
     $("knob-current").textContent = "now: " + d.router.knob + " (" + d.router.reason + (d.router.threshold === null ? "" : ", threshold " + fmt(d.router.threshold, 4)) + ")";
     if (!presetsShown) {
       const share = d.router.pair ? ["hybrid-ca-20", "hybrid-ca-50"] : ["hybrid-budget-30", "hybrid-budget-60"];
