@@ -161,6 +161,12 @@ def test_shadow_pairs_feedback_and_export_train_a_router(router_dir, tmp_path):
             while app.state.live.pairs < len(prompts) and time.time() < deadline:
                 time.sleep(0.05)
             assert app.state.live.pairs == len(prompts)
+            dash = httpx.get(f"{proxy.url.removesuffix('/v1')}/dashboard/data", headers=h).json()
+            assert dash["live"]["pairs"] == len(prompts) and dash["hold"] is None
+            assert (
+                dash["live"]["quality_drop"]["since_start"]["low"]
+                <= dash["live"]["quality_drop"]["since_start"]["value"]
+            )
             fb = httpx.post(f"{proxy.url}/feedback", headers=h, json={"request_id": ids[0], "score": 0.5})
             assert fb.status_code == 200 and fb.json()["recorded"] is True
             assert (
@@ -509,3 +515,14 @@ def test_a_real_local_model_judges_shadow_pairs(router_dir, tmp_path):
     pairs = [ln for ln in text.splitlines() if ln.startswith("hybridllm_live_shadow_pairs ")]
     assert pairs and float(pairs[0].split()[-1]) == 3
     assert 'hybridllm_live_quality_drop{bound="value",scope="since_start"}' in text
+
+
+def test_a_key_steering_toward_the_dear_model_is_flagged_once():
+    from hybridllm.serve.budget import Budget, parse_cap
+    from hybridllm.serve.state import LocalStore
+
+    b = Budget([parse_cap("team-a=5/day")], LocalStore(), {"s": (1, 1), "l": (2, 2)}, dear={1})
+    # 10 % of its requests went to the dear model for 400 requests, then 80 %
+    flags = [b.observe("team-a", 1 if (i % 10 < 8 if i >= 400 else i % 10 == 0) else 0) for i in range(600)]
+    assert sum(flags) == 1 and 400 < flags.index(True) < 460
+    assert not any(b.observe("team-b", i % 10 == 0) for i in range(600))  # a steady key never is

@@ -185,8 +185,8 @@ class Proxy:
         except RequestError as exc:
             exc.headers = {**headers, **(exc.headers or {})}
             raise
-        if decision.row is not None:
-            self.budget.observe(rec.key, decision.target)
+        if decision.row is not None and self.budget.observe(rec.key, decision.target):
+            self.metrics.steering.labels(rec.key or "-").inc()
         if why is not None:
             decision.reason = why
             decision.may_fall_back = False  # the fallback of a downgraded request would spend past the cap

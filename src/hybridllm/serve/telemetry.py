@@ -94,6 +94,12 @@ class Metrics:
         self.shadow_spent = Counter(
             "hybridllm_shadow_cost", "estimated cost of shadow answers (not in hybridllm_cost)", ["model"], registry=reg
         )
+        self.steering = Counter(
+            "hybridllm_steering_suspected",
+            "times a key's share of the dearer models jumped well above its own history",
+            ["key"],
+            registry=reg,
+        )
         self.feedback = Counter("hybridllm_feedback", "/v1/feedback scores recorded, by model", ["model"], registry=reg)
         #: callables giving extra metric families at scrape time (live estimates, the controller)
         self.extra: list[Any] = []
