@@ -408,8 +408,34 @@ def drift() -> str:
     ])  # fmt: skip
 
 
+def live_overhead() -> str:
+    """What shadow checks and the controller cost the client."""
+    path = RESULTS / "proxy_live_control.json"
+    if not path.exists():
+        return ""
+    d = json.loads(path.read_text())
+    r = d["results"][0]
+    return "\n".join([
+        "## What live control costs the client",
+        "",
+        f"`python benchmarks/proxy_overhead.py --mode paired --live --rounds {r['rounds']}` (commit {d['commit']}): "
+        "the shipped router served twice at once, plain and with `--shadow-rate 0.05 --judge … --hold "
+        "cost_advantage=50`, in front of one fast upstream (which also answers as the judge); one-client wrk runs "
+        f"alternated, then {r['clients']} connections for requests/s.",
+        "",
+        table(["serve", "one-client p50", "requests/s"], [
+            ["plain", f"{r['baseline_p50_ms']:.3f} ms", f"{r['baseline_requests_per_s']:,.0f}"],
+            ["shadow 5 % + hold", f"{r['p50_ms']:.3f} ms", f"{r['requests_per_s']:,.0f}"],
+        ], "lrr"),
+        "",
+        f"Median paired difference of the one-client p50: {r['median_paired_diff_ms']:+.3f} ms (the live side faster "
+        f"in {r['rounds_faster']} of {r['rounds']} rounds). The requests/s difference is the shadow traffic itself: "
+        "each shadowed request adds an upstream call and two judge calls in the same process.",
+    ])  # fmt: skip
+
+
 SECTIONS: list[Callable[[], str]] = [
-    routing_quality, nmodel_quality, labels, router_speed, steering, proxy, drift, pipeline, default_pair, install,
+    routing_quality, nmodel_quality, labels, router_speed, steering, proxy, live_overhead, drift, pipeline, default_pair, install,
 ]  # fmt: skip
 #: other pages with a block generated here, between <!-- NAME:begin --> and <!-- NAME:end -->
 BLOCKS = {"labels": (REPO / "docs/method.md", labels), "drift": (REPO / "docs/control.md", drift)}

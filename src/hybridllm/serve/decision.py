@@ -106,6 +106,12 @@ class PolicyDecider:
             threshold, reason = self.control.threshold(knob)
         except ValueError as exc:
             raise RequestError(400, str(exc), "model") from None
+        fall_back = opts.fallback if knob.fallback is None else knob.fallback
+        return await self.routed(text, alone, threshold, reason, fall_back)
+
+    async def routed(self, text: str, alone: bool, threshold: float, reason: str, fall_back: bool) -> RouteDecision:
+        """The router's decision at a given threshold (a controller's, or the request's knob's)."""
+        metrics, routing = self.metrics, self.routing
         assert self.batcher is not None, "PolicyDecider.start() runs before the first request"
         r0 = time.perf_counter()
         try:
@@ -115,6 +121,5 @@ class PolicyDecider:
         metrics.router.observe(time.perf_counter() - r0)
         target, chosen = routing.decide(scores, threshold)
         metrics.decisions.labels(routing.ups[target].who, "router").inc()
-        fall_back = opts.fallback if knob.fallback is None else knob.fallback
         row = tuple(float(x) for x in np.asarray(scores, dtype=np.float64).reshape(-1))
         return RouteDecision(target, reason, fall_back, chosen, threshold, routing.named_scores(scores), row)

@@ -14,7 +14,7 @@ from typing import Any
 from hybridllm.routing.live import Hold, RatioSums, ShadowPair, realised_drop
 from hybridllm.routing.policy import Fleet
 
-from .decision import Decider, RouteDecision
+from .decision import Decider, PolicyDecider, RouteDecision
 
 
 class LiveQuality:
@@ -67,17 +67,22 @@ class LiveDecider:
 
     async def decide(self, model: str, extra: Any, text: str, alone: bool) -> RouteDecision:
         held = self.hold is not None and model == "hybrid" and extra is None
-        if held:
+        if held and isinstance(self.inner, PolicyDecider):  # straight to the scores: no knob to resolve
             assert self.hold is not None
-            extra = {"threshold": min(self.hold.threshold, 1.000001)}
-        d = await self.inner.decide(model, extra, text, alone)
+            thr = min(self.hold.threshold, 1.000001)
+            d = await self.inner.routed(text, alone, thr, self.hold.reason, self.inner.options.fallback)
+        else:
+            if held:
+                assert self.hold is not None
+                extra = {"threshold": min(self.hold.threshold, 1.000001)}
+            d = await self.inner.decide(model, extra, text, alone)
         if d.row is not None:
             if self.live is not None:
                 self.live.count(d.target)
             if held:
                 assert self.hold is not None
                 self.hold.observe(d.row, d.target)
-                d.reason = f"{self.hold.reason}; threshold {d.threshold:.4f}"
+                d.reason = f"{self.hold.reason}; threshold {self.hold.threshold:.4f}"
         return d
 
 
