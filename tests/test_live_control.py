@@ -422,13 +422,14 @@ def test_redis_down_serves_on_local_state_and_says_so_once(router_dir, tmp_path)
             "--budget-cap",
             "*=1000000/day",
             "--state",
-            f"redis://127.0.0.1:{dead}/0",
+            f"redis://:s3cret-pw@127.0.0.1:{dead}/0",
         ]
         with running_serve(args, port, env={"HLLM_KEYS": "team-a:ka"}) as proc:
             got = _load(port, "ka", 6, workers=2)
         out = proc.stdout.read().decode()
     assert all(r.status_code == 200 for r in got)
     assert out.count("is unreachable") == 1 and f"127.0.0.1:{dead}" in out
+    assert "s3cret-pw" not in out  # the URL's password never reaches the log
 
 
 def test_priced_stream_asks_for_usage_and_strips_it(router_dir, tmp_path):
@@ -526,3 +527,29 @@ def test_a_key_steering_toward_the_dear_model_is_flagged_once():
     flags = [b.observe("team-a", 1 if (i % 10 < 8 if i >= 400 else i % 10 == 0) else 0) for i in range(600)]
     assert sum(flags) == 1 and 400 < flags.index(True) < 460
     assert not any(b.observe("team-b", i % 10 == 0) for i in range(600))  # a steady key never is
+
+
+def test_usage_parser_relays_bytes_unchanged_and_bounds_its_buffer():
+    import asyncio
+
+    from hybridllm.serve.proxy import MAX_EVENT_BYTES, _usage_events
+    from hybridllm.serve.telemetry import Record
+
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n'
+    parts = [b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n', b"data: [DO", b"NE]\n\n"]
+
+    async def relay(chunks: list[bytes], strip: bool) -> tuple[bytes, Record]:
+        async def source():
+            for c in chunks:
+                yield c
+
+        rec = Record("r", 0.0, strip_usage=strip)
+        return b"".join([c async for c in _usage_events(source(), rec)]), rec
+
+    got, rec = asyncio.run(relay([parts[0], usage[:20], usage[20:], *parts[1:]], strip=False))
+    assert got == parts[0] + usage + b"".join(parts[1:]) and rec.usage["completion_tokens"] == 2
+    got, rec = asyncio.run(relay([parts[0], usage, *parts[1:]], strip=True))
+    assert got == b"".join(parts) and rec.usage["prompt_tokens"] == 3  # taken out, still counted
+    blob = b"x" * (MAX_EVENT_BYTES + 10)  # a hostile upstream that never ends an event
+    got, _ = asyncio.run(relay([blob[: MAX_EVENT_BYTES // 2], blob[MAX_EVENT_BYTES // 2 :]], strip=True))
+    assert got == blob

@@ -104,7 +104,6 @@ class Budget:
         self.dear = dear or set()
         self.largest: dict[str, float] = {}  # the dearest answer seen per model: the reservation
         self.steering: dict[str, _Steering] = {}
-        self.counts: dict[tuple[str, str], int] = {}  # (key, outcome) -> requests
 
     def caps_for(self, key: str | None) -> list[Cap]:
         return [c for c in self.caps if c.key == "*" or c.key == key]
@@ -140,24 +139,20 @@ class Budget:
             if self.on_cap == "downgrade" and target != self.cheapest:
                 # past the ceiling the cheapest model answers; its cost is still counted
                 cheap = models[self.cheapest]
-                self._count(key, "downgraded")
+                self._log_cap(key, "downgraded")
                 res = Reservation(caps, [c.bucket(now) for c in caps], 0.0, cheap)
                 return self.cheapest, res, self._why(key, cap, f"downgraded to {cheap}")
-            self._count(key, "refused")
+            self._log_cap(key, "refused")
             msg = self._why(key, cap, "refused")
             raise RequestError(429, msg, code="budget_exceeded", headers={"x-hybridllm-reason": msg})
-        self._count(key, "admitted")
         return target, Reservation([c for c, _ in taken], [b for _, b in taken], amount, model), None
 
     def _why(self, key: str | None, cap: Cap, what: str) -> str:
         who = "all traffic" if cap.key == "*" else f"key {key}"
         return f"budget cap of {who} reached ({cap.amount:g} per {cap.period}): {what}"
 
-    def _count(self, key: str | None, outcome: str) -> None:
-        k = (key or "-", outcome)
-        self.counts[k] = self.counts.get(k, 0) + 1
-        if outcome != "admitted":
-            log.info(json.dumps({"event": "budget_cap", "key": key, "outcome": outcome}))
+    def _log_cap(self, key: str | None, outcome: str) -> None:
+        log.info(json.dumps({"event": "budget_cap", "key": key, "outcome": outcome}))
 
     async def settle(self, res: Reservation | None, cost: float | None) -> None:
         """The request ended: its real cost (0 for one that was not answered) replaces the reservation."""

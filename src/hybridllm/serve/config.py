@@ -8,7 +8,6 @@ is refused unless ``allow_unauthenticated = true``; each upstream gets only its 
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 from pathlib import Path
@@ -26,7 +25,7 @@ from hybridllm.tables.specs import key_envs, parse_spec
 from .budget import parse_cap
 from .errors import ServeConfigError
 from .knobs import KnobError, parse_name
-from .options import ServeOptions
+from .options import ServeOptions, key_id
 
 
 class ServeConfig(BaseModel):
@@ -157,7 +156,7 @@ class ServeConfig(BaseModel):
             if sep and name and key:
                 out[key] = name
             else:
-                out[item] = "key-" + hashlib.sha256(item.encode()).hexdigest()[:8]
+                out[item] = key_id(item)
         if not out:
             raise ServeConfigError(f"environment variable {self.serve_api_key_env} holds no keys")
         return out
@@ -165,7 +164,7 @@ class ServeConfig(BaseModel):
     def options(self) -> ServeOptions:
         named = self.named_keys()
         keys = list(named)
-        unknown = [parse_cap(c).key for c in self.budget_cap if parse_cap(c).key not in {"*", *named.values()}]
+        unknown = [k for k in (parse_cap(c).key for c in self.budget_cap) if k not in {"*", *named.values()}]
         if unknown:
             raise ServeConfigError(
                 f"budget_cap: no client key named {unknown[0]!r} (name keys as NAME:KEY in {self.serve_api_key_env})"

@@ -24,7 +24,7 @@ from .control import KnobControl
 from .errors import RequestError
 from .knobs import parse_knob
 from .options import ServeOptions
-from .routing import Routing
+from .routing import Routing, as_row
 from .telemetry import Metrics
 
 
@@ -119,7 +119,7 @@ class PolicyDecider:
         except Exception as exc:
             raise RequestError(400, f"the router could not read this prompt ({type(exc).__name__})") from None
         metrics.router.observe(time.perf_counter() - r0)
-        target, chosen = routing.decide(scores, threshold)
+        row = as_row(scores)
+        target, chosen = routing.decide_row(row, threshold)
         metrics.decisions.labels(routing.ups[target].who, "router").inc()
-        row = tuple(float(x) for x in np.asarray(scores, dtype=np.float64).reshape(-1))
-        return RouteDecision(target, reason, fall_back, chosen, threshold, routing.named_scores(scores), row)
+        return RouteDecision(target, reason, fall_back, chosen, threshold, routing.named_scores(row), tuple(row))

@@ -66,23 +66,19 @@ class LiveDecider:
         self.inner, self.hold, self.live = inner, hold, live
 
     async def decide(self, model: str, extra: Any, text: str, alone: bool) -> RouteDecision:
-        held = self.hold is not None and model == "hybrid" and extra is None
-        if held and isinstance(self.inner, PolicyDecider):  # straight to the scores: no knob to resolve
-            assert self.hold is not None
-            thr = min(self.hold.threshold, 1.000001)
-            d = await self.inner.routed(text, alone, thr, self.hold.reason, self.inner.options.fallback)
-        else:
-            if held:
-                assert self.hold is not None
-                extra = {"threshold": min(self.hold.threshold, 1.000001)}
+        hold = self.hold if model == "hybrid" and extra is None else None
+        if hold is None:
             d = await self.inner.decide(model, extra, text, alone)
+        elif isinstance(self.inner, PolicyDecider):  # straight to the scores: no knob to resolve
+            d = await self.inner.routed(text, alone, hold.threshold, hold.reason, self.inner.options.fallback)
+        else:  # another decider: the held threshold as the request's knob
+            d = await self.inner.decide(model, {"threshold": min(hold.threshold, 1.000001)}, text, alone)
         if d.row is not None:
             if self.live is not None:
                 self.live.count(d.target)
-            if held:
-                assert self.hold is not None
-                self.hold.observe(d.row, d.target)
-                d.reason = f"{self.hold.reason}; threshold {self.hold.threshold:.4f}"
+            if hold is not None:
+                hold.observe(d.row, d.target)
+                d.reason = f"{hold.reason}; threshold {hold.threshold:.4f}"
         return d
 
 

@@ -4,7 +4,13 @@ request path."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+
+
+def key_id(key: str) -> str:
+    """The name of a client key given without one: a short digest, never the key itself."""
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 @dataclass
@@ -39,4 +45,4 @@ class ServeOptions:
     key_names: dict[str, str] = field(default_factory=dict, repr=False)  # client key -> its name (NAME:KEY)
     budget_caps: list[str] = field(default_factory=list)  # KEY=AMOUNT/PERIOD
     on_cap: str = "downgrade"  # or "refuse"
-    state: str | None = None  # redis://HOST:PORT/DB: spend counters shared across replicas
+    state: str | None = field(default=None, repr=False)  # redis://HOST:PORT/DB (may hold a password)

@@ -10,7 +10,6 @@ answer has been sent (the response's background step), off the client's critical
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import json
 import logging
@@ -31,7 +30,7 @@ from .budget import Budget
 from .decision import Decider, RouteDecision, ServingRouter
 from .errors import RequestError
 from .knobs import KnobError
-from .options import ServeOptions
+from .options import ServeOptions, key_id
 from .protocol import check_request, error_body, openai_error, parse_json, read_body
 from .routing import Routing
 from .shadow import Shadow, ShadowJob, answer_text, stream_text
@@ -39,6 +38,8 @@ from .telemetry import Metrics, Record
 
 #: answered requests /v1/feedback can name (the oldest are forgotten first)
 RECENT_REQUESTS = 100_000
+#: a priced stream is relayed by whole events; bytes without an event end beyond this go on as they are
+MAX_EVENT_BYTES = 1 << 20
 #: a watcher for the client's disconnect starts this long after the upstream call
 WATCH_AFTER_S = 0.005
 
@@ -61,7 +62,7 @@ class Proxy:
         #: answered requests by id (bounded), for /v1/feedback: (model, key, prompt or None)
         self.recent: OrderedDict[str, tuple[str, str | None, Any]] = OrderedDict()
         self._index = {u.who: i for i, u in enumerate(self.ups)}
-        self._names = {k.encode(): options.key_names.get(k, _key_id(k)) for k in options.api_keys}
+        self._names = {k.encode(): options.key_names.get(k) or key_id(k) for k in options.api_keys}
 
     def authorised(self, request: Request) -> bool:
         return self.client(request) is not False
@@ -98,20 +99,20 @@ class Proxy:
             if response is None:
                 self.metrics.record(rec, self.options.log_prompts)
                 if rec.reservation is not None and self.budget is not None:  # cancelled: nothing was spent
-                    task = asyncio.ensure_future(self.budget.settle(rec.reservation, 0.0))
-                    self._bg.add(task)
-                    task.add_done_callback(self._bg.discard)
+                    self._background(self.budget.settle(rec.reservation, 0.0))
         if not isinstance(response, StreamingResponse):  # a relay records itself when it ends
             response.background = BackgroundTask(self._record_after, rec)
         return response
 
     async def _record_after(self, rec: Record) -> None:
-        """Coroutine on purpose: Starlette runs a plain function's background task in a thread."""
+        """Once the answer has been sent (a relay's at its end): count and log it, settle its budget
+        reservation, remember it for feedback, start its shadow call. Coroutine on purpose:
+        Starlette runs a plain function's background task in a thread."""
         self.metrics.record(rec, self.options.log_prompts)
         await self._settle(rec)
         self._remember(rec)
         if rec.shadow is not None and self.shadow is not None and rec.status == 200:
-            self.shadow.submit(rec.shadow)  # the answer has been sent: the shadow call starts now
+            self.shadow.submit(rec.shadow)
 
     def _remember(self, rec: Record) -> None:
         if self.outcomes is None or rec.status != 200:
@@ -124,7 +125,11 @@ class Proxy:
         """Append to the outcomes log off the event loop (each record is fsynced)."""
         if self.outcomes is None:
             return
-        task = asyncio.ensure_future(asyncio.to_thread(self.outcomes.append, record))
+        self._background(asyncio.to_thread(self.outcomes.append, record))
+
+    def _background(self, work: Any) -> None:
+        """Run ``work`` off the request, kept referenced until it ends (shutdown waits for it)."""
+        task = asyncio.ensure_future(work)
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
 
@@ -297,17 +302,9 @@ class Proxy:
         finally:
             if hasattr(stream, "aclose"):
                 await stream.aclose()
-            self.metrics.record(rec, self.options.log_prompts)
-            await self._settle(rec)
-            self._remember(rec)
-            if kept is not None and rec.shadow is not None and self.shadow is not None and rec.status == 200:
+            if kept is not None and rec.shadow is not None:
                 rec.shadow.answer = stream_text(kept)
-                self.shadow.submit(rec.shadow)
-
-
-def _key_id(key: str) -> str:
-    """The name of a client key given without one: a short digest, never the key itself."""
-    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+            await self._record_after(rec)
 
 
 async def _usage_events(stream: AsyncIterator[bytes], rec: Record) -> AsyncIterator[bytes]:
@@ -318,6 +315,9 @@ async def _usage_events(stream: AsyncIterator[bytes], rec: Record) -> AsyncItera
         buf += chunk
         cut = buf.rfind(b"\n\n")
         if cut < 0:
+            if len(buf) > MAX_EVENT_BYTES:  # no event boundary in sight: relay as it is, parse nothing
+                yield buf
+                buf = b""
             continue
         events, buf = buf[: cut + 2], buf[cut + 2 :]
         out = []

@@ -14,6 +14,11 @@ from hybridllm.backends import Backend
 from .errors import ServeConfigError
 
 
+def as_row(scores: Any) -> list[float]:
+    """One request's candidate scores as plain floats (cost order)."""
+    return np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
+
+
 class Routing:
     def __init__(self, router: Any, upstreams: Sequence[Backend]) -> None:
         fleet = router.fleet
@@ -48,16 +53,18 @@ class Routing:
         (:func:`hybridllm.routing.policy.choose`, the first model in cost order whose score reaches
         the threshold, else the reference), taken here on plain floats: one request's row is a few
         numbers, where NumPy's per-call cost is the whole cost."""
-        row = np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
+        return self.decide_row(as_row(scores), threshold)
+
+    def decide_row(self, row: list[float], threshold: float) -> tuple[int, float]:
+        """:meth:`decide` on one request's scores already as a list of floats."""
         index = next((i for i, v in enumerate(row) if v >= threshold), self._ref)
         return index, row[index] if index < len(row) else max(row)
 
-    def named_scores(self, scores: Any) -> dict[str, float] | None:
+    def named_scores(self, row: Sequence[float]) -> dict[str, float] | None:
         """Every scored model's score, when the router scores more than one."""
-        row = np.asarray(scores, dtype=np.float64).reshape(-1)
         if len(row) == 1:
             return None
-        return {m: float(v) for m, v in zip(self.candidates, row, strict=True)}
+        return dict(zip(self.candidates, row, strict=True))
 
     def fallback_order(self, target: int) -> list[int]:
         """``target``, then the models better than it from the nearest up, then the worse ones from
