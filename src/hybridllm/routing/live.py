@@ -21,6 +21,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,7 @@ from hybridllm.errors import UsageError
 from .policy import Fleet, sweep_arrays
 
 HOLD_KINDS = ("max_quality_drop", "budget", "cost_advantage")
-Z95 = 1.959964  # two-sided 95 %
-Z95_ONE_SIDED = 1.644854
+Z95 = NormalDist().inv_cdf(0.975)  # two-sided 95 %
 
 
 def ratio_interval(
@@ -179,9 +179,9 @@ class Hold:
         self.kind, self.target, self.fleet = kind, float(target), fleet
         self.grid = np.array(sorted({float(r["threshold"]) for r in calibration}), dtype=np.float64)
         self.lo, self.hi = float(self.grid[0]), float(self.grid[-1])
-        self.window, self.min_requests, self.min_pairs, self.every = window, min_requests, min_pairs, every
+        self.min_requests, self.min_pairs, self.every = min_requests, min_pairs, every
         self.max_step, self.gain = max_step, gain
-        self.z = float(_normal_quantile(confidence))
+        self.z = NormalDist().inv_cdf(confidence)
         self.confidence = confidence
         self.scores: deque[tuple[float, ...]] = deque(maxlen=window)
         # the model each of the last `feedback` routed requests went to, and their held value's sum
@@ -206,7 +206,7 @@ class Hold:
     # --- fed by the serving layer -------------------------------------------------------------
     def observe(self, scores: Sequence[float], picked: int) -> None:
         """One routed plain-``hybrid`` request: its candidate scores and the model it went to."""
-        self.scores.append(tuple(float(x) for x in scores))
+        self.scores.append(tuple(scores))
         if len(self.picked) == self.picked.maxlen:
             self._held_sum -= self._value_of(self.picked[0])
         self.picked.append(int(picked))
@@ -313,18 +313,6 @@ class Hold:
             "estimate": None if est is None else {"value": est[0], "low": est[1], "high": est[2]},
             "range": [self.lo, self.hi],
         }
-
-
-def _normal_quantile(p: float) -> float:
-    """Φ⁻¹(p) by bisection on erf (no scipy on the serving install)."""
-    lo, hi = -10.0, 10.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
 
 
 def parse_hold(spec: str) -> tuple[str, float]:

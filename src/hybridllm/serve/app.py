@@ -131,11 +131,7 @@ def create_app(
                 sharing.cancel()
             if shadow is not None:
                 await shadow.close()  # shadow calls in flight are cancelled, before their upstreams close
-            if proxy.budget is not None:
-                await proxy.budget.store.close()
-            if proxy.outcomes is not None:
-                await asyncio.gather(*list(proxy._bg), return_exceptions=True)
-                proxy.outcomes.close()
+            await proxy.close()
             await policy.stop()
 
     docs = opts.api_docs

@@ -164,10 +164,6 @@ class Budget:
         for cap, bucket in zip(res.caps, res.buckets, strict=True):
             await self.store.settle(bucket, res.amount, cost, cap.seconds * 2)
 
-    async def spent(self, key: str) -> dict[str, float]:
-        now = time.time()
-        return {f"{c.key}/{c.period}": await self.store.spent(c.bucket(now)) for c in self.caps_for(key)}
-
     # --- steering signal ----------------------------------------------------------------------
     def observe(self, key: str | None, target: int) -> bool:
         """Feed one routed decision of ``key``; True when this one raised the steering flag."""

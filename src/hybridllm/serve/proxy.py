@@ -127,6 +127,15 @@ class Proxy:
             return
         self._background(asyncio.to_thread(self.outcomes.append, record))
 
+    async def close(self) -> None:
+        """Shutdown: wait for the background work (settlements, outcome records), then close the
+        budget's store and the outcomes log."""
+        await asyncio.gather(*list(self._bg), return_exceptions=True)
+        if self.budget is not None:
+            await self.budget.store.close()
+        if self.outcomes is not None:
+            self.outcomes.close()
+
     def _background(self, work: Any) -> None:
         """Run ``work`` off the request, kept referenced until it ends (shutdown waits for it)."""
         task = asyncio.ensure_future(work)

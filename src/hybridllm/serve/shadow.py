@@ -180,9 +180,3 @@ class Shadow:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def drain(self, timeout_s: float = 30.0) -> None:
-        """Wait for the shadow calls in flight (tests, benchmarks)."""
-        deadline = time.monotonic() + timeout_s
-        while self._tasks and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)

@@ -2,9 +2,9 @@
 process by default or in Redis (``--state redis://HOST:PORT/DB``) for the workers of one server and
 for ``serve`` processes on other hosts.
 
-Both stores do the same three things, atomically: ``admit`` (reserve an estimated cost when the
-committed spend, spent plus reserved, is under the cap), ``settle`` (turn a reservation into the
-real cost) and ``spent``. With Redis unreachable, the Redis store serves from a local store, says so
+Both stores do the same two things, atomically: ``admit`` (reserve an estimated cost when the
+committed spend, spent plus reserved, is under the cap) and ``settle`` (turn a reservation into the
+real cost). With Redis unreachable, the Redis store serves from a local store, says so
 once in the log, keeps the deltas it could not write and replays them when Redis answers again: no
 admitted request's cost is lost.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 from hybridllm.errors import require
 
@@ -25,7 +25,6 @@ log = logging.getLogger("hybridllm.serve")
 class SpendStore(Protocol):
     async def admit(self, key: str, reserve: float, cap: float, ttl_s: int) -> bool: ...
     async def settle(self, key: str, reserved: float, cost: float, ttl_s: int) -> None: ...
-    async def spent(self, key: str) -> float: ...
     async def close(self) -> None: ...
 
 
@@ -45,9 +44,6 @@ class LocalStore:
     async def settle(self, key: str, reserved: float, cost: float, ttl_s: int = 0) -> None:
         self.reserved[key] = max(self.reserved.get(key, 0.0) - reserved, 0.0)
         self.spend[key] = self.spend.get(key, 0.0) + cost
-
-    async def spent(self, key: str) -> float:
-        return self.spend.get(key, 0.0)
 
     async def close(self) -> None:
         return None
@@ -141,15 +137,6 @@ class RedisStore:
                 self._failed(exc)
         await self.local.settle(key, reserved, cost)
         self._pending.append((key, cost, ttl_s))
-
-    async def spent(self, key: str) -> float:
-        if await self._up():
-            try:
-                got: Any = await self.client.get(self._keys(key)[0])
-                return float(got or 0.0) + sum(c for k, c, _ in self._pending if k == key)
-            except Exception as exc:
-                self._failed(exc)
-        return await self.local.spent(key)
 
     async def close(self) -> None:
         await self.client.aclose()
