@@ -250,6 +250,9 @@ def test_outcomes_export_cli_and_kill_9(router_dir, tmp_path):
     bad.write_text('{"type": "shadow", "id": "a", "q": {}}\nnot json\n')
     fail = run("outcomes", "export", str(bad), "--output", str(out), ok=False)
     assert fail.returncode == 1 and "bad.jsonl:2" in fail.stderr
+    bad.write_text('{"type": "feedback", "id": "a", "score": 1}\n{"type": "shadow", "id": "b", "q": {"m": "high"}}\n')
+    fail = run("outcomes", "export", str(bad), "--output", str(out), ok=False)
+    assert fail.returncode == 1 and "bad.jsonl:2: q:" in fail.stderr and "Traceback" not in fail.stderr
 
 
 def _toml(tmp_path: Path, **kv: object) -> Path:

@@ -10,6 +10,7 @@ the rows that have one.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -57,10 +58,24 @@ def read_outcomes(path: str | Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
         except ValueError:
             raise TableError(f"{path}:{n}: not a JSON record") from None
-        if not isinstance(rec, dict) or rec.get("type") not in ("shadow", "feedback") or "id" not in rec:
+        if (
+            not isinstance(rec, dict)
+            or rec.get("type") not in ("shadow", "feedback")
+            or not isinstance(rec.get("id"), str)
+        ):
             raise TableError(f"{path}:{n}: type: expected a shadow or feedback record with an id")
+        if rec["type"] == "shadow":
+            q = rec.get("q")
+            if not isinstance(q, dict) or not all(_finite(v) for v in q.values()):
+                raise TableError(f"{path}:{n}: q: expected each model's score, a number")
+        elif not _finite(rec.get("score")):
+            raise TableError(f"{path}:{n}: score: expected a finite number")
         out.append(rec)
     return out
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def outcomes_table(
