@@ -556,3 +556,21 @@ def test_usage_parser_relays_bytes_unchanged_and_bounds_its_buffer():
     blob = b"x" * (MAX_EVENT_BYTES + 10)  # a hostile upstream that never ends an event
     got, _ = asyncio.run(relay([blob[: MAX_EVENT_BYTES // 2], blob[MAX_EVENT_BYTES // 2 :]], strip=True))
     assert got == blob
+
+
+def test_local_spend_counters_of_past_periods_are_dropped():
+    import asyncio
+
+    from hybridllm.serve.state import LocalStore
+
+    async def go() -> LocalStore:
+        store = LocalStore()
+        for i in range(1100):
+            assert await store.admit(f"old-{i}", 1.0, 10.0, ttl_s=1)
+            await store.settle(f"old-{i}", 1.0, 1.0, ttl_s=1)
+        time.sleep(1.05)
+        assert await store.admit("now", 1.0, 10.0, ttl_s=60)
+        return store
+
+    store = asyncio.run(go())
+    assert set(store.spend) | set(store.reserved) == {"now"}  # past periods' counters went, like Redis keys

@@ -34,16 +34,28 @@ class LocalStore:
     def __init__(self) -> None:
         self.spend: dict[str, float] = {}
         self.reserved: dict[str, float] = {}
+        self._expires: dict[str, float] = {}  # like a Redis key's TTL: a past period's counter goes
+
+    def _touch(self, key: str, ttl_s: int) -> None:
+        now = time.monotonic()
+        if ttl_s:
+            self._expires[key] = now + ttl_s
+        if len(self._expires) > 1024:
+            for old in [k for k, t in self._expires.items() if t < now]:
+                for d in (self._expires, self.spend, self.reserved):
+                    d.pop(old, None)
 
     async def admit(self, key: str, reserve: float, cap: float, ttl_s: int = 0) -> bool:
         if self.spend.get(key, 0.0) + self.reserved.get(key, 0.0) >= cap:
             return False
         self.reserved[key] = self.reserved.get(key, 0.0) + reserve
+        self._touch(key, ttl_s)
         return True
 
     async def settle(self, key: str, reserved: float, cost: float, ttl_s: int = 0) -> None:
         self.reserved[key] = max(self.reserved.get(key, 0.0) - reserved, 0.0)
         self.spend[key] = self.spend.get(key, 0.0) + cost
+        self._touch(key, ttl_s)
 
     async def close(self) -> None:
         return None
@@ -126,7 +138,7 @@ class RedisStore:
                 return bool(ok)
             except Exception as exc:
                 self._failed(exc)
-        return await self.local.admit(key, reserve, cap)
+        return await self.local.admit(key, reserve, cap, ttl_s)
 
     async def settle(self, key: str, reserved: float, cost: float, ttl_s: int) -> None:
         if await self._up():
@@ -135,7 +147,7 @@ class RedisStore:
                 return
             except Exception as exc:
                 self._failed(exc)
-        await self.local.settle(key, reserved, cost)
+        await self.local.settle(key, reserved, cost, ttl_s)
         self._pending.append((key, cost, ttl_s))
 
     async def close(self) -> None:
