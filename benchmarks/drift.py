@@ -212,15 +212,27 @@ def windows(
     return out
 
 
-def summarise(ws: list[dict[str, Any]], measure: str, target: float, tol: float) -> dict[str, Any]:
+def held_of(ws: list[dict[str, Any]], measure: str, target: float, tol: float) -> np.ndarray:
     vals = np.array([w[measure] for w in ws])
-    held = vals <= target + tol if measure == "quality_drop" else np.abs(vals - target) <= tol
+    return vals <= target + tol if measure == "quality_drop" else np.abs(vals - target) <= tol
+
+
+def summarise(ws: list[dict[str, Any]], measure: str, target: float, tol: float, change: int) -> dict[str, Any]:
+    vals = np.array([w[measure] for w in ws])
+    held = held_of(ws, measure, target, tol)
+    phases = {}
+    for phase, keep in (("before", [w["start"] + WINDOW <= change for w in ws]),
+                        ("after", [w["start"] >= change for w in ws])):  # fmt: skip
+        k = np.array(keep)
+        phases[phase] = {"held_share": float(held[k].mean()), "share_away_mean": float(np.mean(
+            [w["share_away"] for w, x in zip(ws, keep, strict=True) if x])), "mean": float(vals[k].mean())}  # fmt: skip
     with_est = [w for w in ws if w["estimate"] is not None]
     covered = [w["estimate"][1] <= w["quality_drop"] <= w["estimate"][2] for w in with_est]
     return {
         "windows": len(ws),
         "held_share": float(held.mean()),
         "mean": float(vals.mean()),
+        "phases": phases,
         "share_away_mean": float(np.mean([w["share_away"] for w in ws])),
         "spend_mean": float(np.mean([w["spend"] for w in ws])),
         "quality_drop_mean": float(np.mean([w["quality_drop"] for w in ws])),
@@ -289,7 +301,7 @@ def scenario(
             res = run_config(router, llm, models, stream, opts, model)
             ws = windows(rows, models, costs, stream, res, args.warmup)
             tol = 2.0 if meas != "quality_drop" else 0.5
-            summ = summarise(ws, meas, target, tol)
+            summ = summarise(ws, meas, target, tol, len(stream) // 2)
             out["configs"][label] = {
                 "measure": meas,
                 "target": target,
@@ -305,7 +317,31 @@ def scenario(
                 f"coverage {summ['interval_coverage']}",
                 flush=True,
             )
+    against_static(out["configs"])
     return out
+
+
+def against_static(configs: dict[str, Any]) -> None:
+    """Each held quality config against the static threshold for the same target, where the static
+    one holds: per phase of the stream (before and after the change) where it holds in >= 90 % of
+    windows, and per window where it holds."""
+    static = next((c for k, c in configs.items() if k.startswith("static max_quality_drop")), None)
+    if static is None:
+        return
+    s_held = held_of(static["windows"], "quality_drop", static["target"], static["tolerance_pp"])
+    s_away = np.array([w["share_away"] for w in static["windows"]])
+    for label, c in configs.items():
+        if not label.startswith("held max_quality_drop"):
+            continue
+        away = np.array([w["share_away"] for w in c["windows"]])
+        phases = [p for p, v in static["phases"].items() if v["held_share"] >= 0.9]
+        c["against_static"] = {
+            "phases_static_holds": phases,
+            "away_in_those_phases": {
+                p: [c["phases"][p]["share_away_mean"], static["phases"][p]["share_away_mean"]] for p in phases
+            },
+            "away_in_windows_static_holds": [float(away[s_held].mean()), float(s_away[s_held].mean())],
+        }
 
 
 def mmlu_three(args: argparse.Namespace) -> tuple[Router, list[dict], list[str], list[float], list[bool]]:

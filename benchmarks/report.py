@@ -404,8 +404,41 @@ def drift() -> str:
         table(["stream", "routing", "target", "held", "away %", "spend %", "drop %", "coverage", "width"], rows,
               "lllrrrrrr"),
         "",
+        *_drift_phases(d),
         "![target, static and controlled per window](drift.png)",
     ])  # fmt: skip
+
+
+def _drift_phases(d: dict[str, Any]) -> list[str]:
+    """Per phase of the stream, and the quality hold against the static threshold where it holds."""
+    rows, notes = [], []
+    for sc in d["scenarios"]:
+        for label, c in sc["configs"].items():
+            ph = c.get("phases")
+            if not ph:
+                continue
+            rows.append([sc["name"], label] + [f"{ph[p]['held_share']:.0%} · {ph[p]['share_away_mean']:.1f}"
+                                               for p in ("before", "after")])  # fmt: skip
+            vs = c.get("against_static")
+            if vs:
+                where = ", ".join(f"{p} the change: away {h:.1f} % against {s:.1f} %"
+                                  for p, (h, s) in vs["away_in_those_phases"].items()) or "in no phase"  # fmt: skip
+                h, s = vs["away_in_windows_static_holds"]
+                notes.append(f"- {sc['name']}, {label}: where the static threshold holds, {where}; "
+                             f"over the single windows where it holds, {h:.1f} % against {s:.1f} %.")  # fmt: skip
+    if not rows:
+        return []
+    return [
+        "Per phase of the stream (held share of windows · % away from the reference):",
+        "",
+        table(["stream", "routing", "before the change", "after the change"], rows, "llrr"),
+        "",
+        "The quality hold against the static threshold for the same target, where the static one holds (in >= 90 % "
+        "of a phase's windows):",
+        "",
+        *notes,
+        "",
+    ]
 
 
 def live_overhead() -> str:

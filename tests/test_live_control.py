@@ -81,7 +81,7 @@ def test_hold_keeps_the_share_after_the_score_mix_moves():
         hold.observe([s], picked)
         picks.append(picked)
     shares = [100 * np.mean(np.array(picks[a : a + 200]) == 0) for a in range(3400, 6000, 200)]
-    assert np.mean(np.abs(np.array(shares) - 40) <= 3) >= 0.8, shares
+    assert np.mean(np.abs(np.array(shares) - 40) <= 2) >= 0.9, shares  # the issue's ±2 pp in 90 % of windows
     assert "aiming at" in hold.reason and hold.lo <= hold.threshold <= hold.hi
 
 
@@ -357,7 +357,7 @@ def test_two_servers_share_one_redis_budget_and_survive_a_kill(router_dir, tmp_p
         with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
             s_up.reply = lambda p: "small five"
             l_up.reply = lambda p: "large five"
-            s_up.delay = l_up.delay = 0.01
+            s_up.delay = l_up.delay = 0.2  # reservations are open when the kill comes
             models = _models_file(tmp_path, s_up.url, l_up.url)
             ports = [_free_port(), _free_port()]
             base = [
@@ -373,6 +373,8 @@ def test_two_servers_share_one_redis_budget_and_survive_a_kill(router_dir, tmp_p
                 "refuse",
                 "--state",
                 f"redis://127.0.0.1:{rport}/0",
+                "--state-lease",
+                "2",
             ]
             env = {"HLLM_KEYS": "team-a:ka"}
             with (
@@ -395,15 +397,60 @@ def test_two_servers_share_one_redis_budget_and_survive_a_kill(router_dir, tmp_p
                     t.join()
                 killer.join()
                 assert a.poll() is not None  # killed mid-load
+                time.sleep(3)  # past the killed server's lease: its open reservations are gone
                 survivor = _load(ports[1], "ka", 10)
             answered = [r for r in results + survivor if r.status_code == 200]
             refused = [r for r in results + survivor if r.status_code == 429]
             r = redis.Redis(port=rport)
             spent = sum(float(r.get(k)) for k in r.scan_iter("hybridllm:spend:*"))
-            # cost 6 each against a cap of 100: two servers and a kill add at most one request past it
-            # (the killed server's open reservations stay held, so the survivor errs on the safe side)
-            assert 6 * len(answered) <= 100 + 6 and refused and spent <= 100 + 6
+            # cost 6 each against a cap of 100: two servers and a kill add at most one request past it,
+            # and once the killed server's lease is out the survivor uses the whole ceiling
+            assert 100 - 6 < 6 * len(answered) <= 100 + 6 and refused and spent <= 100 + 6
+            held = [float(r.get(k) or 0) for k in r.scan_iter("hybridllm:reserved:*")]
+            assert sum(held) < 1e-9  # no reservation is left open
             assert len(answered) >= 8 and spent >= 6 * len(answered) - 1e-9  # every answer is counted
+    finally:
+        rproc.terminate()
+        rproc.wait(timeout=10)
+
+
+def _hold_pairs(port: int) -> tuple[int, str]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    pairs = next(ln for ln in text.splitlines() if ln.startswith("hybridllm_hold_pairs "))
+    info = next(ln for ln in text.splitlines() if ln.startswith("hybridllm_hold_info"))
+    return int(float(pairs.split()[-1])), info
+
+
+def test_two_servers_share_the_controllers_shadow_pairs_through_redis(router_dir, tmp_path):
+    rproc, rport = _redis(tmp_path)
+    try:
+        with FakeOpenAI() as s_up, FakeOpenAI() as l_up, FakeOpenAI() as j_up:
+            s_up.reply = lambda p: f"small says {p[:20]}"
+            l_up.reply = lambda p: f"large says {p[:20]}"
+            j_up.reply = judge_reply
+            ports = [_free_port(), _free_port()]
+            base = [
+                "--router", str(router_dir), "--small", f"s@{s_up.url}", "--large", f"l@{l_up.url}",
+                "--shadow-rate", "1", "--judge", f"judge@{j_up.url}", "--hold", "max_quality_drop=5",
+                "--state", f"redis://127.0.0.1:{rport}/0",
+            ]  # fmt: skip
+            with (
+                running_serve([*base, "--port", str(ports[0])], ports[0]),
+                running_serve([*base, "--port", str(ports[1])], ports[1]),
+            ):
+                for i in range(12):  # all to the first server
+                    r = httpx.post(
+                        f"http://127.0.0.1:{ports[0]}/v1/chat/completions",
+                        json={"model": "hybrid", "messages": [{"role": "user", "content": f"question {i}"}]},
+                    )
+                    assert r.status_code == 200
+                deadline = time.time() + 20
+                while time.time() < deadline and _hold_pairs(ports[1])[0] < 12:
+                    time.sleep(0.2)
+                # the second server's controller goes on the first one's pairs, and says so
+                assert _hold_pairs(ports[1])[0] == 12 and 'pairs_from="all replicas"' in _hold_pairs(ports[1])[1]
+                assert _hold_pairs(ports[0])[0] == 12  # its own pairs once, not twice
+                assert len(j_up.requests) == 2 * 12  # judged once each: by the server that answered
     finally:
         rproc.terminate()
         rproc.wait(timeout=10)

@@ -78,7 +78,14 @@ def serve(
     on_cap: Annotated[
         str | None, typer.Option(help="past a ceiling: 'downgrade' to the cheapest model or 'refuse'")
     ] = None,
-    state: Annotated[str | None, typer.Option(help="shared spend counters: redis://HOST:PORT/DB")] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(help="state shared by replicas (spend counters, the controller's pairs): redis://HOST:PORT/DB"),
+    ] = None,
+    state_lease: Annotated[
+        int | None,
+        typer.Option(help="seconds a replica's open budget reservations outlive it (killed mid-request) [default: 30]"),
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="also log the HTTP client's per-request lines")] = False,
 ) -> None:
     """Serve an OpenAI-compatible endpoint that routes each request to the model the router picks
@@ -112,6 +119,7 @@ def serve(
         budget_cap=budget_cap or None,
         on_cap=on_cap,
         state=state,
+        state_lease_s=state_lease,
     )
     from hybridllm.serve.build import build, load_router
 

@@ -142,8 +142,9 @@ class Hold:
     starts at the calibrated point for the target. It moves once ``min_requests`` routed requests
     (``min_pairs`` shadow pairs for the quality target) are in, by at most ``max_step`` per move: a
     spend or share target after every request (the curve of spend against threshold on the last
-    ``window`` requests' scores is redrawn every ``every`` requests; the aim is the target corrected
-    by ``gain`` times the error of the last ``feedback`` decisions), the quality target every
+    ``window`` requests' scores is redrawn every ``every`` requests; the aim is the target less the
+    running error of the decisions made, repaid over ``horizon`` requests: see :meth:`_spend_step`),
+    the quality target every
     ``every`` requests. ``confidence``: for the quality target, the one-sided level of the upper
     bound that must meet it (0.5: the point estimate)."""
 
@@ -162,7 +163,8 @@ class Hold:
         every: int = 20,
         max_step: float = 0.05,
         confidence: float = 0.95,
-        gain: float = 1.5,
+        horizon: float = 20.0,
+        leak: float = 1000.0,
     ) -> None:
         if kind not in HOLD_KINDS:
             raise UsageError(f"--hold: unknown target {kind!r}; expected one of {', '.join(HOLD_KINDS)}")
@@ -180,15 +182,17 @@ class Hold:
         self.grid = np.array(sorted({float(r["threshold"]) for r in calibration}), dtype=np.float64)
         self.lo, self.hi = float(self.grid[0]), float(self.grid[-1])
         self.min_requests, self.min_pairs, self.every = min_requests, min_pairs, every
-        self.max_step, self.gain = max_step, gain
+        self.max_step, self.horizon, self.leak = max_step, horizon, leak
         self.z = NormalDist().inv_cdf(confidence)
         self.confidence = confidence
         self.scores: deque[tuple[float, ...]] = deque(maxlen=window)
         # the model each of the last `feedback` routed requests went to, and their held value's sum
         self.picked: deque[int] = deque(maxlen=feedback)
         self._held_sum = 0.0
+        self._debt = 0.0  # Σ (value - target) over the decisions made, leaking 1/leak per request
         self._curve: tuple[np.ndarray, np.ndarray] | None = None
         self.pairs: deque[ShadowPair] = deque(maxlen=pair_window)
+        self.pairs_from = "this process"
         self.seen = 0
         self.threshold = self._calibrated(calibration)
         self.reason = f"hold {kind} {target:g}: calibrated start"
@@ -211,6 +215,8 @@ class Hold:
             self._held_sum -= self._value_of(self.picked[0])
         self.picked.append(int(picked))
         self._held_sum += self._value_of(int(picked))
+        if self.kind != "max_quality_drop" and len(self.picked) >= self.min_requests:
+            self._debt = self._debt * (1.0 - 1.0 / self.leak) + self._value_of(int(picked)) - self.target
         self.seen += 1
         if self.kind == "max_quality_drop":
             if self.seen % self.every == 0:
@@ -222,6 +228,12 @@ class Hold:
 
     def add_pair(self, pair: ShadowPair) -> None:
         self.pairs.append(pair)
+
+    def replace_pairs(self, pairs: Sequence[ShadowPair], source: str) -> None:
+        """The pairs of every replica (the shared list), in place of this process's own."""
+        self.pairs.clear()
+        self.pairs.extend(pairs)
+        self.pairs_from = source
 
     # --- the control step ---------------------------------------------------------------------
     def _move(self, want: float | None, why: str) -> None:
@@ -252,12 +264,16 @@ class Hold:
             self._curve = (thresholds[ok], value[ok])
 
     def _spend_step(self) -> tuple[float | None, str]:
+        """A spend or share target is judged on the decisions already made, and one decision is 0 or
+        100 % away (or a model's whole cost): aiming at the target alone leaves a random walk around
+        it. The aim is the target less the running error (the leaky sum of value - target over the
+        decisions, in %·requests) repaid over ``horizon`` requests, so the error of any stretch of
+        requests stays of the order of ``horizon`` decisions' worth, whatever its length."""
         if self._curve is None or len(self.picked) < self.min_requests:
             return None, ""
         realised = self.realised()
         self.estimate = (realised, realised, realised)
-        # aim off by the recent error: the window's decisions already made are what it is judged on
-        aim = self.target - self.gain * (realised - self.target)
+        aim = self.target - self._debt / self.horizon
         thresholds, value = self._curve
         i = int(np.argmin(np.abs(value - aim)))
         return float(thresholds[i]), f"last {len(self.picked)} requests at {realised:.1f} %, aiming at {aim:.1f} %"
@@ -310,6 +326,7 @@ class Hold:
             "reason": self.reason,
             "requests": self.seen,
             "pairs": len(self.pairs),
+            "pairs_from": self.pairs_from,
             "estimate": None if est is None else {"value": est[0], "low": est[1], "high": est[2]},
             "range": [self.lo, self.hi],
         }

@@ -37,14 +37,14 @@ from .control import KnobControl
 from .dashboard import mount_dashboard
 from .decision import Decider, PolicyDecider, ServingRouter
 from .errors import RequestError, ServeConfigError
-from .hold import LiveDecider, LiveQuality, live_families
+from .hold import HoldSync, LiveDecider, LiveQuality, live_families
 from .knobs import forced_names, routing_names
 from .options import ServeOptions
 from .protocol import openai_error, parse_json, read_body
 from .proxy import Proxy
 from .routing import Routing
 from .shadow import JudgeScorer, Shadow
-from .state import make_store
+from .state import StateStore, make_store
 from .telemetry import Metrics
 
 __all__ = ["ServeOptions", "create_app", "openai_error"]
@@ -101,11 +101,12 @@ def create_app(
     control = KnobControl(router, routing, forced, opts)
     policy = PolicyDecider(router, routing, control, metrics, opts, forced)
     chosen: Decider = decider(policy) if decider is not None else policy
-    live, hold, shadow = _live_control(router, routing, metrics, opts, judge)
+    store = make_store(opts.state, opts.state_lease_s)
+    live, hold, shadow, sync = _live_control(router, routing, metrics, opts, judge, store)
     if live is not None:
         chosen = LiveDecider(chosen, hold, live)
     proxy = Proxy(router, routing, chosen, metrics, opts)
-    proxy.shadow = shadow
+    proxy.shadow, proxy.store = shadow, store
     if opts.outcomes:
         proxy.outcomes = OutcomesLog(opts.outcomes)
         if shadow is not None:
@@ -113,7 +114,7 @@ def create_app(
     if opts.budget_caps:
         fleet = routing.fleet
         proxy.budget = Budget(
-            [parse_cap(c) for c in opts.budget_caps], make_store(opts.state), opts.prices, opts.on_cap,
+            [parse_cap(c) for c in opts.budget_caps], store, opts.prices, opts.on_cap,
             cheapest=0, dear={i for i in range(len(ups)) if i > 0 and fleet.costs[i] > fleet.costs[0]},
         )  # fmt: skip
 
@@ -126,9 +127,11 @@ def create_app(
             if shadow is not None and judge is not None:
                 await stack.enter_async_context(judge)
             sharing = asyncio.ensure_future(_share(metrics)) if opts.state_dir else None
+            syncing = asyncio.ensure_future(sync.run()) if sync is not None else None
             yield
-            if sharing is not None:
-                sharing.cancel()
+            for task in (sharing, syncing):
+                if task is not None:
+                    task.cancel()
             if shadow is not None:
                 await shadow.close()  # shadow calls in flight are cancelled, before their upstreams close
             await proxy.close()
@@ -170,11 +173,17 @@ def _shadow_record(pair: Any, job: Any, routing: Routing, opts: ServeOptions) ->
 
 
 def _live_control(
-    router: ServingRouter, routing: Routing, metrics: Metrics, opts: ServeOptions, judge: Backend | None
-) -> tuple[LiveQuality | None, Hold | None, Shadow | None]:
-    """The live estimates, the controller and the shadow checks the options ask for (None each when off)."""
+    router: ServingRouter,
+    routing: Routing,
+    metrics: Metrics,
+    opts: ServeOptions,
+    judge: Backend | None,
+    store: StateStore,
+) -> tuple[LiveQuality | None, Hold | None, Shadow | None, HoldSync | None]:
+    """The live estimates, the controller, the shadow checks and the sharing of the controller's
+    pairs across replicas (with ``--state``) that the options ask for (None each when off)."""
     if not opts.shadow_rate and not opts.hold:
-        return None, None, None
+        return None, None, None, None
     fleet = routing.fleet
     live = LiveQuality(fleet)
     hold = None
@@ -195,8 +204,12 @@ def _live_control(
         shadow.sinks.append(live.add_pair)
         if hold is not None:
             shadow.sinks.append(lambda pair, job: hold.add_pair(pair))
+    sync = None
+    if hold is not None and shadow is not None and opts.state:
+        sync = HoldSync(hold, store, fleet)
+        shadow.sinks.append(sync.add)
     metrics.extra.append(lambda: live_families(live, hold))
-    return live, hold, shadow
+    return live, hold, shadow, sync
 
 
 def _unauthorised() -> Response:

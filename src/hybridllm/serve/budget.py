@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import RequestError, ServeConfigError
-from .state import SpendStore
+from .state import StateStore
 
 log = logging.getLogger("hybridllm.access")
 PERIODS = {"minute": 60, "hour": 3600, "day": 86400, "month": 30 * 86400}
@@ -89,10 +89,10 @@ class _Steering:
 
 
 class Budget:
-    """The caps of one server over a :class:`~hybridllm.serve.state.SpendStore`."""
+    """The caps of one server over a :class:`~hybridllm.serve.state.StateStore`."""
 
     def __init__(
-        self, caps: list[Cap], store: SpendStore, prices: dict[str, tuple[float, float]], on_cap: str = "downgrade",
+        self, caps: list[Cap], store: StateStore, prices: dict[str, tuple[float, float]], on_cap: str = "downgrade",
         cheapest: int = 0, dear: set[int] | None = None,
     ) -> None:  # fmt: skip
         if on_cap not in ("downgrade", "refuse"):

@@ -70,6 +70,7 @@ class ServeConfig(BaseModel):
     budget_cap: list[str] = Field(default_factory=list)  # KEY=AMOUNT/PERIOD (a key's name, or * for all)
     on_cap: Literal["downgrade", "refuse"] = "downgrade"
     state: str | None = None  # redis://HOST:PORT/DB: spend counters shared by replicas
+    state_lease_s: int = Field(30, ge=1, le=86400)  # how long a killed replica's reservations outlive it
 
     @field_validator("budget_cap")
     @classmethod
@@ -197,6 +198,7 @@ class ServeConfig(BaseModel):
             budget_caps=list(self.budget_cap),
             on_cap=self.on_cap,
             state=self.state,
+            state_lease_s=self.state_lease_s,
         )
 
     def rubric(self) -> str | None:

@@ -8,6 +8,10 @@ on ``/metrics`` and the dashboard. docs/control.md has the algorithm and its ass
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import logging
 from collections import deque
 from typing import Any
 
@@ -15,6 +19,9 @@ from hybridllm.routing.live import Hold, RatioSums, ShadowPair, realised_drop
 from hybridllm.routing.policy import Fleet
 
 from .decision import Decider, PolicyDecider, RouteDecision
+from .state import StateStore
+
+log = logging.getLogger("hybridllm.serve")
 
 
 class LiveQuality:
@@ -82,6 +89,53 @@ class LiveDecider:
         return d
 
 
+class HoldSync:
+    """The controller's shadow pairs shared by every replica pointed at one state store: every
+    ``every_s`` seconds this process's new pairs are appended to the shared list (the last
+    ``Hold.pairs.maxlen``) and the controller goes on from the whole list. One list per fleet
+    (its models' names, hashed), so that servers of different fleets never mix their pairs."""
+
+    def __init__(self, hold: Hold, store: StateStore, fleet: Fleet, every_s: float = 1.0) -> None:
+        self.hold, self.store, self.every_s = hold, store, every_s
+        digest = hashlib.sha256(json.dumps(list(fleet.models)).encode()).hexdigest()[:16]
+        self.key = f"hold:pairs:{digest}"
+        self.new: list[ShadowPair] = []
+
+    def add(self, pair: ShadowPair, job: Any = None) -> None:
+        self.new.append(pair)
+
+    async def sync(self) -> None:
+        new, self.new = self.new, []
+        keep = self.hold.pairs.maxlen or 400
+        got = await self.store.share(self.key, [_encode(p) for p in new], keep)
+        if got is None:
+            return  # nothing shared (one process, or Redis down): the controller has its own pairs
+        pairs = [p for p in (_decode(x) for x in got) if p is not None]
+        self.hold.replace_pairs(pairs + self.new, "all replicas")  # + those that came in meanwhile
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            try:
+                await self.sync()
+            except Exception:  # the store says when it is down; anything else must not end the loop
+                log.exception("hold: sharing the shadow pairs failed")
+
+
+def _encode(p: ShadowPair) -> str:
+    return json.dumps([list(p.scores), p.served, p.other, p.q_served, p.q_other, p.weight, p.t])
+
+
+def _decode(text: str) -> ShadowPair | None:
+    """A shared record; None for one this version cannot read (another version's, a stray write)."""
+    try:
+        scores, served, other, q_served, q_other, weight, t = json.loads(text)
+        return ShadowPair(tuple(float(x) for x in scores), int(served), int(other), float(q_served),
+                          float(q_other), float(weight), float(t))  # fmt: skip
+    except (ValueError, TypeError):
+        return None
+
+
 def live_families(live: LiveQuality | None, hold: Hold | None) -> list[Any]:
     """The live estimates and the controller's state as Prometheus families (built at scrape time)."""
     from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
@@ -112,8 +166,12 @@ def live_families(live: LiveQuality | None, hold: Hold | None) -> list[Any]:
         target = GaugeMetricFamily("hybridllm_hold_target", "the held target, %", labels=["kind"])
         target.add_metric([st["kind"]], st["target"])
         info = InfoMetricFamily("hybridllm_hold", "why the held threshold is where it is")
-        info.add_metric([], {"kind": st["kind"], "reason": st["reason"][:200]})
-        out += [thr, target, info]
+        info.add_metric([], {"kind": st["kind"], "reason": st["reason"][:200], "pairs_from": st["pairs_from"]})
+        pairs = GaugeMetricFamily(
+            "hybridllm_hold_pairs", "shadow pairs the controller goes on (every replica's with --state)"
+        )
+        pairs.add_metric([], st["pairs"])
+        out += [thr, target, info, pairs]
         if st["estimate"] is not None:
             est = GaugeMetricFamily("hybridllm_hold_estimate", "the held measure now, % (the controller's view)",
                                     labels=["bound"])  # fmt: skip

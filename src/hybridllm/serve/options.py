@@ -46,3 +46,4 @@ class ServeOptions:
     budget_caps: list[str] = field(default_factory=list)  # KEY=AMOUNT/PERIOD
     on_cap: str = "downgrade"  # or "refuse"
     state: str | None = field(default=None, repr=False)  # redis://HOST:PORT/DB (may hold a password)
+    state_lease_s: int = 30  # a replica's open reservations outlive it by at most this (Redis state)

@@ -34,6 +34,7 @@ from .options import ServeOptions, key_id
 from .protocol import check_request, error_body, openai_error, parse_json, read_body
 from .routing import Routing
 from .shadow import Shadow, ShadowJob, answer_text, stream_text
+from .state import StateStore
 from .telemetry import Metrics, Record
 
 #: answered requests /v1/feedback can name (the oldest are forgotten first)
@@ -57,6 +58,7 @@ class Proxy:
         self._keys = [k.encode() for k in options.api_keys]
         self.shadow: Shadow | None = None  # set by create_app with --shadow-rate
         self.budget: Budget | None = None  # set by create_app with budget caps
+        self.store: StateStore | None = None  # the state store (create_app), closed with the proxy
         self._bg: set[asyncio.Future[None]] = set()
         self.outcomes: OutcomesLog | None = None  # set by create_app with --outcomes
         #: answered requests by id (bounded), for /v1/feedback: (model, key, prompt or None)
@@ -129,10 +131,10 @@ class Proxy:
 
     async def close(self) -> None:
         """Shutdown: wait for the background work (settlements, outcome records), then close the
-        budget's store and the outcomes log."""
+        state store and the outcomes log."""
         await asyncio.gather(*list(self._bg), return_exceptions=True)
-        if self.budget is not None:
-            await self.budget.store.close()
+        if self.store is not None:
+            await self.store.close()
         if self.outcomes is not None:
             self.outcomes.close()
 
