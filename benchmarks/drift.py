@@ -53,6 +53,7 @@ from hybridllm.tables.format import read_table, split_rows
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = re.compile(r"\[\[ans:(\d+):(\d+):(\d+)\]\]")
 WINDOW = 200
+LIVE_PAIRS = 200  # the server's sliding window of shadow pairs (serve.hold.LiveQuality)
 
 
 def free_port() -> int:
@@ -182,34 +183,60 @@ def windows(
     rows: list[dict], models: list[str], costs: list[float], stream: list[int], res: dict[str, Any], warmup: int
 ) -> list[dict[str, Any]]:
     """Per window of WINDOW requests after ``warmup``: truth (share away from the reference, spend,
-    quality drop) and the live estimate of the drop from the window's shadow pairs."""
+    quality drop) and the live estimate of the drop from the window's shadow pairs; and, at the
+    window's end, the two estimates the server shows (the last LIVE_PAIRS pairs, and every pair
+    since start) beside the truth over the requests they span."""
     ref = len(models) - 1
     mean_q = np.array([[np.mean(rows[i]["quality"][m]) for m in models] for i in stream])
     picked = np.array([models.index(a["model"]) for a in res["answers"]])
+    q_ref_all, q_srv_all = mean_q[:, ref], mean_q[np.arange(len(stream)), picked]
+    ids = [a["id"] for a in res["answers"]]
+    at = [j for j, i in enumerate(ids) if i in res["pairs"]]  # requests with a shadow pair, in order
+
+    def truth(lo: int, hi: int) -> float:
+        den = q_ref_all[lo:hi].sum()
+        return float((den - q_srv_all[lo:hi].sum()) / den * 100) if den > 0 else 0.0
+
+    def estimate(js: list[int]) -> list[float] | None:
+        if not js:
+            return None
+        pairs = [res["pairs"][ids[j]] for j in js]
+        qr = np.array([pp.quality(ref) for pp in pairs])
+        qs = np.array([pp.q_served for pp in pairs])
+        got = ratio_interval(qr - qs, qr, np.array([pp.weight for pp in pairs]))
+        return None if got is None else list(got)
+
     out = []
     for start in range(warmup, len(stream) - WINDOW + 1, WINDOW):
-        sl = slice(start, start + WINDOW)
-        q, p = mean_q[sl], picked[sl]
-        q_ref = q[:, ref].sum()
-        q_srv = q[np.arange(WINDOW), p].sum()
-        ids = [a["id"] for a in res["answers"][sl]]
-        pairs = [res["pairs"][i] for i in ids if i in res["pairs"]]
-        est = None
-        if pairs:
-            qr = np.array([pp.quality(ref) for pp in pairs])
-            qs = np.array([pp.q_served for pp in pairs])
-            est = ratio_interval(qr - qs, qr, np.array([pp.weight for pp in pairs]))
+        end = start + WINDOW
+        sl = slice(start, end)
+        p = picked[sl]
+        upto = [j for j in at if j < end]
+        last = upto[-LIVE_PAIRS:]
         out.append(
             {
                 "start": start,
                 "share_away": float((p != ref).mean() * 100),
                 "spend": float(np.asarray(costs)[p].sum() / (costs[ref] * WINDOW) * 100),
-                "quality_drop": float((q_ref - q_srv) / q_ref * 100) if q_ref > 0 else 0.0,
-                "pairs": len(pairs),
-                "estimate": None if est is None else list(est),
+                "quality_drop": truth(start, end),
+                "pairs": sum(1 for j in at if start <= j < end),
+                "estimate": estimate([j for j in at if start <= j < end]),
+                "sliding": None if not last else {"truth": truth(last[0], end), "estimate": estimate(last)},
+                "since_start": None if not upto else {"truth": truth(0, end), "estimate": estimate(upto)},
             }
         )
     return out
+
+
+def coverage(ws: list[dict[str, Any]], scope: str) -> dict[str, float] | None:
+    """Share of windows whose truth lies in the live interval, and the interval's mean width."""
+    got = [(w[scope]["truth"], w[scope]["estimate"]) for w in ws if w[scope] and w[scope]["estimate"]]
+    if not got:
+        return None
+    return {
+        "coverage": float(np.mean([e[1] <= t <= e[2] for t, e in got])),
+        "width_mean": float(np.mean([e[2] - e[1] for _, e in got])),
+    }
 
 
 def held_of(ws: list[dict[str, Any]], measure: str, target: float, tol: float) -> np.ndarray:
@@ -237,6 +264,8 @@ def summarise(ws: list[dict[str, Any]], measure: str, target: float, tol: float,
         "spend_mean": float(np.mean([w["spend"] for w in ws])),
         "quality_drop_mean": float(np.mean([w["quality_drop"] for w in ws])),
         "interval_coverage": float(np.mean(covered)) if covered else None,
+        "sliding": coverage(ws, "sliding"),
+        "since_start": coverage(ws, "since_start"),
         "interval_width_mean": float(np.mean([w["estimate"][2] - w["estimate"][1] for w in with_est]))
         if with_est
         else None,
@@ -395,7 +424,7 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--requests", type=int, default=6000)
+    ap.add_argument("--requests", type=int, default=24000)
     ap.add_argument("--warmup", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=0.05)
     ap.add_argument("--confidence", type=float, default=0.95)
@@ -422,8 +451,9 @@ def main() -> None:
         scenarios.append(scenario("mmlu-3", router, rows, models, costs, is_a, args, "budget", 50, 5))
     results = {
         "benchmark": "drift",
-        "command": "python benchmarks/drift.py",
+        "command": "python benchmarks/drift.py" + ("" if args.requests == 24000 else f" --requests {args.requests}"),
         "window": WINDOW,
+        "live_pairs": LIVE_PAIRS,
         "warmup": args.warmup,
         "shadow_rate": args.rate,
         "confidence": args.confidence,

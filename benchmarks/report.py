@@ -387,9 +387,14 @@ def drift() -> str:
             tol = f"± {c['tolerance_pp']:g}" if c["measure"] != "quality_drop" else f"≤ +{c['tolerance_pp']:g}"
             cov = "" if c["interval_coverage"] is None else f"{c['interval_coverage']:.0%}"
             width = "" if c["interval_width_mean"] is None else f"{c['interval_width_mean']:.0f} pp"
+            scopes = [
+                "" if not c.get(k) else f"{c[k]['coverage']:.0%} · {c[k]['width_mean']:.1f} pp"
+                for k in ("sliding", "since_start")
+            ]
             rows.append([
                 sc["name"], label, f"{c['measure']} {c['target']:g} {tol} pp", f"{c['held_share']:.0%}",
                 f"{c['share_away_mean']:.1f}", f"{c['spend_mean']:.1f}", f"{c['quality_drop_mean']:.2f}", cov, width,
+                *scopes,
             ])  # fmt: skip
     return "\n".join([
         "## Holding the knob under drift",
@@ -399,10 +404,13 @@ def drift() -> str:
         f"windows of {d['window']} requests after {d['warmup']} of warm-up. Upstreams and the judge answer from the "
         "table (a stand-in for a real judge, so that each window's truth is known). Held: share of windows within "
         "the tolerance. Coverage: windows whose true quality drop lies in the live 95 % interval from that window's "
-        "shadow pairs (width: its mean). Away: % of requests not sent to the reference; spend: % of always-reference.",
+        f"shadow pairs (width: its mean). Sliding and since start: the two estimates the server shows, at each "
+        f"window's end, from the last {d.get('live_pairs', 200)} shadow pairs and from every pair so far, against the "
+        "truth over the requests they span (coverage · mean width). Away: % of requests not sent to the reference; "
+        "spend: % of always-reference.",
         "",
-        table(["stream", "routing", "target", "held", "away %", "spend %", "drop %", "coverage", "width"], rows,
-              "lllrrrrrr"),
+        table(["stream", "routing", "target", "held", "away %", "spend %", "drop %", "coverage", "width",
+               "sliding", "since start"], rows, "lllrrrrrrrr"),
         "",
         *_drift_phases(d),
         "![target, static and controlled per window](drift.png)",

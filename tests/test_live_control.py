@@ -568,15 +568,18 @@ def test_a_real_local_model_judges_shadow_pairs(router_dir, tmp_path):
     assert 'hybridllm_live_quality_drop{bound="value",scope="since_start"}' in text
 
 
-def test_a_key_steering_toward_the_dear_model_is_flagged_once():
-    from hybridllm.serve.budget import Budget, parse_cap
-    from hybridllm.serve.state import LocalStore
+def test_a_key_steering_toward_the_dear_model_is_flagged_once(router_dir):
+    from hybridllm.serve.budget import SteeringWatch
 
-    b = Budget([parse_cap("team-a=5/day")], LocalStore(), {"s": (1, 1), "l": (2, 2)}, dear={1})
+    b = SteeringWatch({1})
     # 10 % of its requests went to the dear model for 400 requests, then 80 %
     flags = [b.observe("team-a", 1 if (i % 10 < 8 if i >= 400 else i % 10 == 0) else 0) for i in range(600)]
     assert sum(flags) == 1 and 400 < flags.index(True) < 460
     assert not any(b.observe("team-b", i % 10 == 0) for i in range(600))  # a steady key never is
+    # watched on every server whose clients have keys, caps or not
+    ups = [upstream(SMALL, "http://127.0.0.1:9/v1", "s"), upstream(LARGE, "http://127.0.0.1:9/v1", "l")]
+    app = create_app(Router(router_dir), *ups, options=ServeOptions(api_keys=["k1"]))
+    assert app.state.proxy.steering is not None and app.state.proxy.budget is None
 
 
 def test_usage_parser_relays_bytes_unchanged_and_bounds_its_buffer():
@@ -621,3 +624,70 @@ def test_local_spend_counters_of_past_periods_are_dropped():
 
     store = asyncio.run(go())
     assert set(store.spend) | set(store.reserved) == {"now"}  # past periods' counters went, like Redis keys
+
+
+def test_the_models_file_names_the_judge(tmp_path, monkeypatch):
+    from hybridllm.serve.config import ServeConfig
+    from hybridllm.serve.errors import ServeConfigError
+    from hybridllm.tables.registry import RegistryError
+
+    models = tmp_path / "models.toml"
+    body = (
+        '[models.a]\nspec = "a@http://127.0.0.1:9/v1"\ncost = 1\n'
+        '[models.grader]\nspec = "g@http://127.0.0.1:8/v1"\ncost = 1\napi_key_env = "GRADER_KEY"\n'
+    )
+    models.write_text('judge = "grader"\n' + body)
+    monkeypatch.setenv("GRADER_KEY", "sk-grader")
+    judge = ServeConfig(models_file=models, shadow_rate=0.1).judge_backend()
+    assert (judge.model, judge.base_url, judge.api_key) == ("g", "http://127.0.0.1:8/v1", "sk-grader")
+    # --judge NAME takes any model of the file, with that model's own key variable
+    models.write_text(body)
+    judge = ServeConfig(models_file=models, shadow_rate=0.1, judge="grader").judge_backend()
+    assert (judge.model, judge.api_key) == ("g", "sk-grader")
+    with pytest.raises(ServeConfigError, match="judge = NAME"):
+        ServeConfig(models_file=models, shadow_rate=0.1).judge_backend()
+    models.write_text('judge = "nobody"\n' + body)
+    with pytest.raises(RegistryError, match=r"models.toml: .*judge 'nobody' is not one of"):
+        ServeConfig(models_file=models, shadow_rate=0.1).judge_backend()
+
+
+def test_a_reward_model_scores_shadow_pairs_through_the_proxy(router_dir, tiny_rm, tmp_path):
+    """``--judge reward-model:DIR``: a local sequence-classification checkpoint (random weights:
+    the plumbing, not its taste) scores both answers of each pair, as σ(logit) in [0, 1]."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hybridllm.serve.config import ServeConfig
+    from hybridllm.serve.errors import ServeConfigError
+
+    scorer = ServeConfig(shadow_rate=1.0, judge=f"reward-model:{tiny_rm}").judge_backend()
+    with pytest.raises(ServeConfigError, match="reward-model:DIR"):
+        ServeConfig(shadow_rate=1.0, judge=f"reward-model:{tmp_path / 'none'}").judge_backend()
+    prompts = ["What is two plus three?", "Name a prime number.", "Spell cat backwards."]
+    pairs: list[tuple[str, ShadowPair]] = []
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+        s_up.reply = lambda p: f"small says {p[:12]}"
+        l_up.reply = lambda p: f"large says {p}"
+        ups = [upstream(SMALL, s_up.url, "s"), upstream(LARGE, l_up.url, "l")]
+        app = create_app(Router(router_dir), *ups, options=ServeOptions(shadow_rate=1.0), judge=scorer)
+        app.state.shadow.sinks.append(lambda pair, job: pairs.append((job.prompt, pair)))
+        with Proxy(app) as proxy:
+            for p in prompts:
+                r = httpx.post(
+                    f"{proxy.url}/chat/completions",
+                    json={"model": "hybrid", "messages": [{"role": "user", "content": p}]},
+                )
+                assert r.status_code == 200
+            deadline = time.time() + 30
+            while len(pairs) < len(prompts) and time.time() < deadline:
+                time.sleep(0.05)
+    assert len(pairs) == len(prompts)
+    tok = AutoTokenizer.from_pretrained(str(tiny_rm))
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_rm)).eval()
+    for prompt, pair in pairs:
+        text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+        for idx, q in ((pair.served, pair.q_served), (pair.other, pair.q_other)):
+            answer = (f"small says {text[:12]}", f"large says {text}")[idx]
+            with torch.no_grad():
+                logit = model(**tok(text, answer, return_tensors="pt")).logits[0, 0].item()
+            assert q == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-4) and 0 < q < 1

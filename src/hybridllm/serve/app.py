@@ -32,7 +32,7 @@ from hybridllm.routing.live import Hold, parse_hold
 from hybridllm.stages.outcomes import OutcomesLog
 from hybridllm.stages.score import JUDGE_RUBRIC
 
-from .budget import Budget, parse_cap
+from .budget import Budget, SteeringWatch, parse_cap
 from .control import KnobControl
 from .dashboard import mount_dashboard
 from .decision import Decider, PolicyDecider, ServingRouter
@@ -43,7 +43,7 @@ from .options import ServeOptions
 from .protocol import openai_error, parse_json, read_body
 from .proxy import Proxy
 from .routing import Routing
-from .shadow import JudgeScorer, Shadow
+from .shadow import JudgeScorer, RewardScorer, Shadow
 from .state import StateStore, make_store
 from .telemetry import Metrics
 
@@ -86,13 +86,14 @@ def create_app(
     *upstreams: Backend | ServeOptions,
     options: ServeOptions | None = None,
     decider: Any = None,
-    judge: Backend | None = None,
+    judge: Backend | RewardScorer | None = None,
 ) -> Any:
     """The ASGI app: ``create_app(router, *upstreams[, options])`` with one upstream per model of
     the router (matched by each backend's ``name``; a two-model router's ``small, large`` also by
     position). ``decider(policy)``: wraps the router's :class:`PolicyDecider` into the
     :class:`Decider` the proxy asks (a controller, a budget cap); default: the policy itself.
-    ``judge``: the backend that scores shadow pairs (needed with ``options.shadow_rate``)."""
+    ``judge``: what scores shadow pairs (needed with ``options.shadow_rate``): an LLM judge's backend
+    or a reward-model checkpoint."""
     opts = options or next((u for u in upstreams if isinstance(u, ServeOptions)), None) or ServeOptions()
     routing = Routing(router, [u for u in upstreams if isinstance(u, Backend)])
     ups = routing.ups
@@ -111,11 +112,12 @@ def create_app(
         proxy.outcomes = OutcomesLog(opts.outcomes)
         if shadow is not None:
             shadow.sinks.append(lambda pair, job: proxy.write_outcome(_shadow_record(pair, job, routing, opts)))
+    fleet = routing.fleet
+    if opts.api_keys:
+        proxy.steering = SteeringWatch({i for i in range(len(ups)) if i > 0 and fleet.costs[i] > fleet.costs[0]})
     if opts.budget_caps:
-        fleet = routing.fleet
         proxy.budget = Budget(
-            [parse_cap(c) for c in opts.budget_caps], store, opts.prices, opts.on_cap,
-            cheapest=0, dear={i for i in range(len(ups)) if i > 0 and fleet.costs[i] > fleet.costs[0]},
+            [parse_cap(c) for c in opts.budget_caps], store, opts.prices, opts.on_cap, cheapest=0
         )  # fmt: skip
 
     @asynccontextmanager
@@ -177,7 +179,7 @@ def _live_control(
     routing: Routing,
     metrics: Metrics,
     opts: ServeOptions,
-    judge: Backend | None,
+    judge: Backend | RewardScorer | None,
     store: StateStore,
 ) -> tuple[LiveQuality | None, Hold | None, Shadow | None, HoldSync | None]:
     """The live estimates, the controller, the shadow checks and the sharing of the controller's
@@ -197,7 +199,9 @@ def _live_control(
         if judge is None:
             raise ServeConfigError("--shadow-rate needs a judge (--judge SPEC)")
         shadow = Shadow(
-            opts.shadow_rate, JudgeScorer(judge, opts.judge_rubric or JUDGE_RUBRIC), routing.ups, fleet.ref,
+            opts.shadow_rate,
+            judge if isinstance(judge, RewardScorer) else JudgeScorer(judge, opts.judge_rubric or JUDGE_RUBRIC),
+            routing.ups, fleet.ref,
             concurrency=opts.shadow_concurrency, per_minute=opts.shadow_per_minute,
             count=metrics.count_shadow, price=metrics.shadow_cost,
         )  # fmt: skip

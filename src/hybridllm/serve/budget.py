@@ -12,9 +12,9 @@ OpenAI-shaped 429 (``--on-cap refuse``, which bounds all spend), with the reason
 ``x-hybridllm-reason``; never silently. A request already routed to the cheapest model is refused
 past the ceiling either way.
 
-Also here: the per-key steering signal, raised when a key's share of the dearer models over its last
-requests jumps well above its own history (what a client steering its prompts toward the expensive
-model looks like).
+Also here: the per-key steering signal (:class:`SteeringWatch`), raised when a key's share of the
+dearer models over its last requests jumps well above its own history (what a client steering its
+prompts toward the expensive model looks like), with or without caps.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class Budget:
 
     def __init__(
         self, caps: list[Cap], store: StateStore, prices: dict[str, tuple[float, float]], on_cap: str = "downgrade",
-        cheapest: int = 0, dear: set[int] | None = None,
+        cheapest: int = 0,
     ) -> None:  # fmt: skip
         if on_cap not in ("downgrade", "refuse"):
             raise ServeConfigError(f"on_cap {on_cap!r}: expected downgrade or refuse")
@@ -101,9 +101,7 @@ class Budget:
             raise ServeConfigError("budget caps need prices: a models file with each model's price")
         self.caps, self.store, self.prices, self.on_cap = caps, store, prices, on_cap
         self.cheapest = cheapest
-        self.dear = dear or set()
         self.largest: dict[str, float] = {}  # the dearest answer seen per model: the reservation
-        self.steering: dict[str, _Steering] = {}
 
     def caps_for(self, key: str | None) -> list[Cap]:
         return [c for c in self.caps if c.key == "*" or c.key == key]
@@ -164,7 +162,16 @@ class Budget:
         for cap, bucket in zip(res.caps, res.buckets, strict=True):
             await self.store.settle(bucket, res.amount, cost, cap.seconds * 2)
 
-    # --- steering signal ----------------------------------------------------------------------
+
+class SteeringWatch:
+    """The per-key steering signal, for every server whose clients have keys (caps or not): raised
+    once when a key's share of the dearer models (``dear``: indices of the fleet) over its last 50
+    routed requests jumps well above its own history, by 30 points and to more than twice it."""
+
+    def __init__(self, dear: set[int]) -> None:
+        self.dear = dear
+        self.steering: dict[str, _Steering] = {}
+
     def observe(self, key: str | None, target: int) -> bool:
         """Feed one routed decision of ``key``; True when this one raised the steering flag."""
         if key is None:

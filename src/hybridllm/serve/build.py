@@ -58,6 +58,6 @@ def build(
     judge = cfg.judge_backend()
     if judge is not None and judge.in_process and load:
         if progress is not None:
-            progress(f"loading local judge {cfg.judge}")
-        judge.load()  # type: ignore[attr-defined]
+            progress(f"loading local judge {judge.model}")
+        judge.load()  # type: ignore[union-attr]  # an in-process backend or scorer loads its weights
     return Built(create_app(router, *ups, options=options, judge=judge), router, ups, options)

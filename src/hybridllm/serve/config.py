@@ -26,6 +26,7 @@ from .budget import parse_cap
 from .errors import ServeConfigError
 from .knobs import KnobError, parse_name
 from .options import ServeOptions, key_id
+from .shadow import RewardScorer
 
 
 class ServeConfig(BaseModel):
@@ -212,16 +213,29 @@ class ServeConfig(BaseModel):
         except ValueError as exc:
             raise ServeConfigError(f"judge_rubric: {self.judge_rubric}: {exc}") from None
 
-    def judge_backend(self) -> Backend | None:
-        """The shadow checks' judge (None without ``shadow_rate``); refused when the rate has no judge."""
+    def judge_backend(self) -> Backend | RewardScorer | None:
+        """The shadow checks' judge (None without ``shadow_rate``): a backend, or a reward-model
+        checkpoint for ``reward-model:PATH``; refused when the rate has no judge."""
         if not self.shadow_rate:
             return None
-        if not self.judge:
-            raise ServeConfigError("--shadow-rate needs --judge SPEC: the model that scores both answers")
-        try:
-            return make_backend(
-                self.judge, self.judge_api_key_env, name="judge", concurrency=None, timeout_s=self.timeout_s
+        reg = self.registry()
+        spec, key_env = self.judge or (reg.judge if reg is not None else None), self.judge_api_key_env
+        if not spec:
+            raise ServeConfigError(
+                "--shadow-rate needs --judge SPEC (or a models file's judge = NAME): the model that scores both answers"
             )
+        if spec.startswith("reward-model:"):
+            path = spec.removeprefix("reward-model:")
+            if not Path(path).is_dir():
+                raise ServeConfigError(f"judge {spec!r}: expected reward-model:DIR, a local checkpoint directory")
+            return RewardScorer(path)
+        entry = reg.models.get(spec) if reg is not None else None
+        if entry is not None:  # a model of the models file: its SPEC and its own key
+            if not entry.spec:
+                raise ServeConfigError(f"judge {spec!r}: the models file gives it no spec")
+            spec, key_env = entry.spec, key_env or entry.api_key_env
+        try:
+            return make_backend(spec, key_env, name="judge", concurrency=None, timeout_s=self.timeout_s)
         except ValueError as exc:
             raise ServeConfigError(f"judge: {exc}") from None
 

@@ -26,7 +26,7 @@ from starlette.responses import Response, StreamingResponse
 from hybridllm.backends import Answer, Backend, Failure, StreamBroke
 from hybridllm.stages.outcomes import OutcomesLog
 
-from .budget import Budget
+from .budget import Budget, SteeringWatch
 from .decision import Decider, RouteDecision, ServingRouter
 from .errors import RequestError
 from .knobs import KnobError
@@ -58,6 +58,7 @@ class Proxy:
         self._keys = [k.encode() for k in options.api_keys]
         self.shadow: Shadow | None = None  # set by create_app with --shadow-rate
         self.budget: Budget | None = None  # set by create_app with budget caps
+        self.steering: SteeringWatch | None = None  # set by create_app when clients have keys
         self.store: StateStore | None = None  # the state store (create_app), closed with the proxy
         self._bg: set[asyncio.Future[None]] = set()
         self.outcomes: OutcomesLog | None = None  # set by create_app with --outcomes
@@ -171,6 +172,8 @@ class Proxy:
             if decision.scores is not None:
                 headers["x-hybridllm-scores"] = ",".join(f"{m}={v:.6f}" for m, v in decision.scores.items())
             target = decision.target
+            if self.steering is not None and decision.row is not None and self.steering.observe(rec.key, target):
+                self.metrics.steering.labels(rec.key or "-").inc()
             if self.budget is not None:
                 target = await self._admit(decision, body, rec, headers)
             if stream and self.options.prices:
@@ -201,8 +204,6 @@ class Proxy:
         except RequestError as exc:
             exc.headers = {**headers, **(exc.headers or {})}
             raise
-        if decision.row is not None and self.budget.observe(rec.key, decision.target):
-            self.metrics.steering.labels(rec.key or "-").inc()
         if why is not None:
             decision.reason = why
             decision.may_fall_back = False  # the fallback of a downgraded request would spend past the cap

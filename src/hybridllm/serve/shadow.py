@@ -20,13 +20,46 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from hybridllm.backends import Answer, Backend
 from hybridllm.routing.live import ShadowPair
-from hybridllm.stages.score import JUDGE_RUBRIC, check_rubric, judge_rating
+from hybridllm.stages.score import JUDGE_RUBRIC, check_rubric, judge_rating, reward_model_batch
 
 log = logging.getLogger("hybridllm.access")
+
+
+class Scorer(Protocol):
+    """What scores a shadow answer: (prompt, answer) → quality in [0, 1]."""
+
+    async def score(self, prompt: Any, response: str) -> float: ...
+
+
+class RewardScorer:
+    """A reward-model checkpoint as the absolute scorer of shadow answers: any local
+    sequence-classification model (``--judge reward-model:PATH``) scores (prompt, answer) in [0, 1]
+    (a 1-label head's logit through the logistic function, else its last label's probability). It
+    runs in a worker thread, one answer at a time, so the event loop never waits on it."""
+
+    in_process = True
+
+    def __init__(self, path: str) -> None:
+        self.path = self.model = path
+        self._lock = asyncio.Lock()
+
+    def load(self) -> None:
+        reward_model_batch([("", {"prompt": ""})], self.path)  # loads (and caches) the checkpoint
+
+    async def score(self, prompt: Any, response: str) -> float:
+        async with self._lock:
+            got = await asyncio.to_thread(reward_model_batch, [(response, {"prompt": prompt})], self.path, 1, True)
+        return float(got[0])
+
+    async def __aenter__(self) -> RewardScorer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 class JudgeScorer:
@@ -93,7 +126,7 @@ class Shadow:
     def __init__(
         self,
         rate: float,
-        scorer: JudgeScorer,
+        scorer: Scorer,
         ups: Sequence[Backend],
         ref: int,
         *,

@@ -264,10 +264,11 @@ def bartscore_batch(
 
 
 def reward_model_batch(
-    pairs: Sequence[tuple[str, Row]], model_path: str | None = None, batch_size: int = 16
+    pairs: Sequence[tuple[str, Row]], model_path: str | None = None, batch_size: int = 16, unit: bool = False
 ) -> list[float]:
     """A reward model's score of (prompt, response): the single logit for 1-label heads, else the
-    probability of the last (positive) label. Any local sequence-classification checkpoint."""
+    probability of the last (positive) label. Any local sequence-classification checkpoint.
+    ``unit``: a 1-label head's logit through the logistic function, so every score is in [0, 1]."""
     import torch
 
     tok, model = _load_hf(model_path, "reward-model")
@@ -284,7 +285,10 @@ def reward_model_batch(
                 max_length=512,
             )
             logits = model(**enc).logits.float()
-            vals = logits[:, 0] if logits.shape[-1] == 1 else torch.softmax(logits, -1)[:, -1]
+            if logits.shape[-1] == 1:
+                vals = torch.sigmoid(logits[:, 0]) if unit else logits[:, 0]
+            else:
+                vals = torch.softmax(logits, -1)[:, -1]
             out.extend(vals.tolist())
     return out
 

@@ -13,6 +13,9 @@ price_out = 10.00                              # per 1M output tokens
 api_key_env = "OPENAI_API_KEY"                 # sent to this model's endpoint only
 ```
 
+A top-level ``judge = "NAME"`` names the model of the file that ``serve --shadow-rate`` asks to score
+shadow pairs (its SPEC and key variable); ``--judge NAME`` does the same for any model of the file.
+
 A model's relative cost is ``cost`` when given, else its blended token price
 ``(3 * price_in + price_out) / 4`` (three input tokens per output token, a common chat mix).
 """
@@ -58,6 +61,13 @@ class Registry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: dict[str, ModelEntry]
+    judge: str | None = None  # the model (of this file) that scores shadow pairs
+
+    @model_validator(mode="after")
+    def _judge_known(self) -> Registry:
+        if self.judge is not None and self.judge not in self.models:
+            raise ValueError(f"judge {self.judge!r} is not one of the [models.NAME] tables")
+        return self
 
     @classmethod
     def load(cls, path: str | Path) -> Registry:
