@@ -315,8 +315,6 @@ def scenario(
             qd_target,
         ),
     }
-    if len(models) > 2:  # the quality hold needs both answers of a pair (docs/control.md): share/spend only
-        configs = {k: v for k, v in configs.items() if not k.startswith("held max_quality_drop")}
     out: dict[str, Any] = {
         "name": name,
         "models": models,

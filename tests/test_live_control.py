@@ -109,6 +109,38 @@ def test_hold_quality_moves_only_on_enough_pairs_and_meets_its_bound():
     assert est is not None
 
 
+def test_three_model_quality_hold_knows_every_side_and_meets_its_bound():
+    from hybridllm.routing.live import pair_drop_at, policy_sides
+    from hybridllm.routing.policy import choose
+
+    # the cheapest model whose score clears the threshold, as the threshold falls
+    assert policy_sides([0.2, 0.9], 2) == [0, 1, 2] and policy_sides([0.9, 0.2], 2) == [0, 2]
+    fleet = Fleet(("a", "b", "c"), (1.0, 3.0, 10.0), "c")
+    cal = [
+        {"threshold": t, "cost": 100, "cost_advantage": 0, "quality_drop": 40 * (1 - t)} for t in np.linspace(0, 1, 41)
+    ]
+    hold = Hold("max_quality_drop", 5, fleet, cal, min_pairs=40, every=10)
+    rng = np.random.default_rng(2)
+    pairs = []
+    for _ in range(1500):
+        sc = (float(rng.random()), float(rng.random()))
+        q = [float(rng.random() < sc[0]), float(rng.random() < 0.5 + sc[1] / 2), 1.0]  # a score tells its model's odds
+        served = int(choose(np.array([sc]), fleet, hold.threshold)[0])
+        other = 2 if served != 2 else int(np.argmax(sc))
+        extra = tuple((m, q[m]) for m in policy_sides(sc, 2) if m not in (served, other))
+        pair = ShadowPair(sc, served, other, q[served], q[other], 1.0, 0.0, extra)
+        assert all(pair.quality(m) is not None for m in policy_sides(sc, 2))
+        pairs.append(pair)
+        hold.add_pair(pair)
+        hold.observe(sc, served)
+    assert hold.lo <= hold.threshold < hold.hi  # it routes some traffic away from the reference
+    got = pair_drop_at(pairs[-1000:], hold.threshold, 1.645, None, fleet)
+    assert got is not None and got[2] <= 5 + 1.0  # its own bound on its own pairs, one step's slack
+    # a pair that lacks the model a threshold picks is left out, not counted as the reference's
+    lone = ShadowPair((0.9, 0.95), 2, 1, 1.0, 0.0)  # model 0 (picked at 0.5) unknown
+    assert pair_drop_at([lone], 0.5, 1.645, None, fleet) is None
+
+
 def test_parse_hold_names_the_problem():
     assert parse_hold("budget=30") == ("budget", 30.0)
     assert parse_hold("max-quality-drop=1") == ("max_quality_drop", 1.0)

@@ -28,7 +28,7 @@ import numpy as np
 
 from hybridllm.errors import UsageError
 
-from .policy import Fleet, sweep_arrays
+from .policy import Fleet, choose, sweep_arrays
 
 HOLD_KINDS = ("max_quality_drop", "budget", "cost_advantage")
 Z95 = NormalDist().inv_cdf(0.975)  # two-sided 95 %
@@ -91,7 +91,9 @@ class RatioSums:
 class ShadowPair:
     """One shadowed request: the router's candidate scores, the model that answered (``served``) and
     the one asked in the shadow (``other``), indices into the fleet's models; both answers' scores;
-    ``weight`` = 1 / the sampling probability when it was drawn."""
+    ``weight`` = 1 / the sampling probability when it was drawn. ``extra``: (model, score) of the
+    further models asked for a fleet of more than two under a quality hold (every model the policy
+    picks for this request at some threshold), so that every threshold's choice is known."""
 
     scores: tuple[float, ...]
     served: int
@@ -100,13 +102,29 @@ class ShadowPair:
     q_other: float
     weight: float = 1.0
     t: float = 0.0
+    extra: tuple[tuple[int, float], ...] = ()
 
     def quality(self, model: int) -> float | None:
         if model == self.served:
             return self.q_served
         if model == self.other:
             return self.q_other
+        for m, q in self.extra:
+            if m == model:
+                return q
         return None
+
+
+def policy_sides(scores: Sequence[float], ref: int) -> list[int]:
+    """Every model the policy sends a request with these candidate scores to at some threshold:
+    the reference, and each candidate scored above every cheaper one (as the threshold falls, the
+    cheapest model whose score clears it only ever moves to such a one)."""
+    out, best = [], -math.inf
+    for k, v in enumerate(scores):
+        if v > best:
+            out.append(k)
+            best = v
+    return [*out, ref]
 
 
 def realised_drop(pairs: Sequence[ShadowPair], ref: int, z: float = Z95) -> tuple[float, float, float] | None:
@@ -121,17 +139,25 @@ def realised_drop(pairs: Sequence[ShadowPair], ref: int, z: float = Z95) -> tupl
 
 
 def pair_drop_at(
-    pairs: Sequence[ShadowPair], threshold: float, z: float, shift: np.ndarray | None = None
+    pairs: Sequence[ShadowPair], threshold: float, z: float, shift: np.ndarray | None = None, fleet: Fleet | None = None
 ) -> tuple[float, float, float] | None:
-    """What a threshold would give on the shadow pairs of a two-model fleet (both answers known);
-    ``shift``: each pair's extra weight (the covariate-shift correction of :meth:`Hold._shift`)."""
-    s = np.array([p.scores[0] for p in pairs], dtype=np.float64)
-    q_small = np.array([p.quality(0) for p in pairs], dtype=np.float64)
-    q_ref = np.array([p.quality(1) for p in pairs], dtype=np.float64)
+    """What a threshold would give on the shadow pairs (every model the policy picks for each is
+    known: both of a two-model fleet's, :func:`policy_sides` for more); ``shift``: each pair's extra
+    weight (the covariate-shift correction of :meth:`Hold._shift`). Pairs missing the model a
+    threshold picks (drawn before the hold asked for every side) are left out."""
+    fleet = fleet or Fleet(("small", "large"), (1.0, 2.0), "large")
+    picks = choose(np.array([p.scores for p in pairs], dtype=np.float64), fleet, threshold)
+    q_pick = [p.quality(int(k)) for p, k in zip(pairs, picks, strict=True)]
+    q_ref = [p.quality(fleet.ref) for p in pairs]
+    keep = np.array([a is not None and b is not None for a, b in zip(q_pick, q_ref, strict=True)])
+    if not keep.any():
+        return None
+    qp = np.array([a for a, k in zip(q_pick, keep, strict=True) if k], dtype=np.float64)
+    qr = np.array([b for b, k in zip(q_ref, keep, strict=True) if k], dtype=np.float64)
     w = np.array([p.weight for p in pairs], dtype=np.float64)
     if shift is not None:
         w = w * shift
-    return ratio_interval(np.where(s >= threshold, q_ref - q_small, 0.0), q_ref, w, z)
+    return ratio_interval(qr - qp, qr, w[keep], z)
 
 
 class Hold:
@@ -172,8 +198,6 @@ class Hold:
             raise UsageError(f"--hold {kind}={target}: expected a percentage in 0..100")
         if kind == "budget" and not fleet.costs_given:
             raise UsageError("--hold budget needs the models' costs (a models file with prices or costs)")
-        if kind == "max_quality_drop" and len(fleet.models) != 2:
-            raise UsageError("--hold max_quality_drop holds two-model routers (a shadow pair knows two answers)")
         if not 0.5 <= confidence < 1:
             raise UsageError(f"--hold-confidence {confidence}: expected 0.5 <= c < 1")
         if not calibration:
@@ -287,8 +311,8 @@ class Hold:
         recent requests' share to the pairs' share in each score decile of the pairs. The mix of
         queries moves faster than the pairs accumulate (one in 1 / rate requests), and the router's
         scores see the move at once; quality given the score is assumed to move slower."""
-        s = np.array([p.scores[0] for p in pairs], dtype=np.float64)
-        recent = np.array([x[0] for x in self.scores], dtype=np.float64)
+        s = np.array([max(p.scores) for p in pairs], dtype=np.float64)  # the best candidate's score
+        recent = np.array([max(x) for x in self.scores], dtype=np.float64)
         edges = np.unique(np.quantile(s, np.linspace(0, 1, 11)))
         if len(edges) < 3 or len(recent) == 0:
             return np.ones(len(s))
@@ -307,7 +331,7 @@ class Hold:
         best = self.hi
         bound = None
         for thr in self.grid[::-1]:  # falling threshold: rising savings, rising drop (roughly)
-            got = pair_drop_at(pairs, float(thr), self.z, shift)
+            got = pair_drop_at(pairs, float(thr), self.z, shift, self.fleet)
             if got is None:
                 continue
             value = got[2] if self.confidence > 0.5 else got[0]
@@ -345,4 +369,13 @@ def parse_hold(spec: str) -> tuple[str, float]:
     return kind, target
 
 
-__all__ = ["HOLD_KINDS", "Hold", "ShadowPair", "pair_drop_at", "parse_hold", "ratio_interval", "realised_drop"]
+__all__ = [
+    "HOLD_KINDS",
+    "Hold",
+    "ShadowPair",
+    "pair_drop_at",
+    "parse_hold",
+    "policy_sides",
+    "ratio_interval",
+    "realised_drop",
+]

@@ -167,8 +167,9 @@ def create_app(
 
 def _shadow_record(pair: Any, job: Any, routing: Routing, opts: ServeOptions) -> dict[str, Any]:
     served, other = routing.ups[pair.served].who, routing.ups[pair.other].who
+    q = {served: pair.q_served, other: pair.q_other, **{routing.ups[m].who: v for m, v in pair.extra}}
     rec: dict[str, Any] = {"type": "shadow", "id": job.rid, "t": round(pair.t, 3), "served": served, "other": other,
-                           "q": {served: pair.q_served, other: pair.q_other}, "scores": list(pair.scores)}  # fmt: skip
+                           "q": q, "scores": list(pair.scores)}  # fmt: skip
     if opts.log_prompts:
         rec["prompt"] = job.prompt
     return rec
@@ -205,6 +206,7 @@ def _live_control(
             concurrency=opts.shadow_concurrency, per_minute=opts.shadow_per_minute,
             count=metrics.count_shadow, price=metrics.shadow_cost,
         )  # fmt: skip
+        shadow.all_sides = hold is not None and hold.kind == "max_quality_drop" and len(fleet.models) > 2
         shadow.sinks.append(live.add_pair)
         if hold is not None:
             shadow.sinks.append(lambda pair, job: hold.add_pair(pair))

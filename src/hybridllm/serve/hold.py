@@ -123,15 +123,16 @@ class HoldSync:
 
 
 def _encode(p: ShadowPair) -> str:
-    return json.dumps([list(p.scores), p.served, p.other, p.q_served, p.q_other, p.weight, p.t])
+    return json.dumps([list(p.scores), p.served, p.other, p.q_served, p.q_other, p.weight, p.t, list(p.extra)])
 
 
 def _decode(text: str) -> ShadowPair | None:
     """A shared record; None for one this version cannot read (another version's, a stray write)."""
     try:
-        scores, served, other, q_served, q_other, weight, t = json.loads(text)
+        scores, served, other, q_served, q_other, weight, t, extra = json.loads(text)
+        more = tuple((int(m), float(q)) for m, q in extra)
         return ShadowPair(tuple(float(x) for x in scores), int(served), int(other), float(q_served),
-                          float(q_other), float(weight), float(t))  # fmt: skip
+                          float(q_other), float(weight), float(t), more)  # fmt: skip
     except (ValueError, TypeError):
         return None
 

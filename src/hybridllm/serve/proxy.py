@@ -159,7 +159,8 @@ class Proxy:
         served = self._index[rec.model]
         prompt = body.get("messages") if kind == "chat" else body.get("prompt")
         other = shadow.other_side(served, decision.row)
-        return ShadowJob(rec.rid, kind, body, prompt, served, other, decision.row, 1.0 / shadow.rate)
+        more = shadow.more_sides(served, other, decision.row)
+        return ShadowJob(rec.rid, kind, body, prompt, served, other, decision.row, 1.0 / shadow.rate, more=more)
 
     async def answer(self, request: Request, kind: str, rec: Record) -> Response:
         headers = {"x-hybridllm-request-id": rec.rid}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hybridllm.backends import Answer, Backend
-from hybridllm.routing.live import ShadowPair
+from hybridllm.routing.live import ShadowPair, policy_sides
 from hybridllm.stages.score import JUDGE_RUBRIC, check_rubric, judge_rating, reward_model_batch
 
 log = logging.getLogger("hybridllm.access")
@@ -86,6 +86,7 @@ class ShadowJob:
     scores: tuple[float, ...]
     weight: float
     answer: str = ""
+    more: tuple[int, ...] = ()  # further models to ask (every side, for an N-model quality hold)
 
 
 def answer_text(payload: Any) -> str:
@@ -147,11 +148,19 @@ class Shadow:
         self._price = price or (lambda model, usage: None)
         self.sinks: list[Callable[[ShadowPair, ShadowJob], None]] = []
         self.closed = False
+        #: ask every model the policy picks for the request at some threshold, not only the other
+        #: side (a quality hold over more than two models needs them: :func:`policy_sides`)
+        self.all_sides = False
 
     def other_side(self, served: int, scores: Sequence[float]) -> int:
         if served != self.ref:
             return self.ref
         return max(range(len(scores)), key=lambda k: scores[k]) if scores else 0
+
+    def more_sides(self, served: int, other: int, scores: Sequence[float]) -> tuple[int, ...]:
+        if not self.all_sides:
+            return ()
+        return tuple(m for m in policy_sides(scores, self.ref) if m not in (served, other))
 
     def draw(self) -> bool:
         return self.rate > 0 and not self.closed and self._rng.random() < self.rate
@@ -175,33 +184,46 @@ class Shadow:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _ask(self, job: ShadowJob, model: int) -> tuple[str, float | None] | None:
+        """One shadow answer of ``model``: its text and estimated cost; None when the upstream failed."""
+        up = self.ups[model]
+        body = {k: v for k, v in job.body.items() if k not in ("stream", "stream_options")}
+        got = await up.forward(job.kind, dict(body, model=up.model), False)
+        if not isinstance(got, Answer):
+            self._count(up.who, "upstream_error")
+            return None
+        usage = got.payload.get("usage") if isinstance(got.payload, dict) else None
+        return answer_text(got.payload), self._price(up.who, usage if isinstance(usage, dict) else {})
+
     async def _run(self, job: ShadowJob) -> None:
         up = self.ups[job.other]
+        sides = (job.other, *job.more)
         async with self._sem:
             t0 = time.perf_counter()
-            body = {k: v for k, v in job.body.items() if k not in ("stream", "stream_options")}
-            got = await up.forward(job.kind, dict(body, model=up.model), False)
-            if not isinstance(got, Answer):
-                self._count(up.who, "upstream_error")
+            answers = await asyncio.gather(*(self._ask(job, m) for m in sides))
+            if any(a is None for a in answers):
                 return
-            other = answer_text(got.payload)
-            usage = got.payload.get("usage") if isinstance(got.payload, dict) else None
-            cost = self._price(up.who, usage if isinstance(usage, dict) else {})
+            texts = [a[0] for a in answers if a is not None]
+            costs = [a[1] for a in answers if a is not None]
             try:
-                q_served, q_other = await asyncio.gather(
-                    self.scorer.score(job.prompt, job.answer), self.scorer.score(job.prompt, other)
+                q_served, *q_sides = await asyncio.gather(
+                    self.scorer.score(job.prompt, job.answer), *(self.scorer.score(job.prompt, t) for t in texts)
                 )
             except Exception as exc:  # a judge that fails loses this pair only
                 self._count(up.who, "judge_error")
                 log.info(json.dumps({"event": "shadow", "id": job.rid, "model": up.who, "error": str(exc)[:200]}))
                 return
-        pair = ShadowPair(job.scores, job.served, job.other, q_served, q_other, job.weight, time.time())
-        self._count(up.who, "scored")
-        line = {"event": "shadow", "id": job.rid, "model": up.who, "served": self.ups[job.served].who,
-                "q_served": round(q_served, 4), "q_other": round(q_other, 4),
-                "latency_ms": round((time.perf_counter() - t0) * 1000, 1)}  # fmt: skip
-        if cost is not None:
-            line["cost"] = round(cost, 8)
+        extra = tuple(zip(job.more, q_sides[1:], strict=True))
+        pair = ShadowPair(job.scores, job.served, job.other, q_served, q_sides[0], job.weight, time.time(), extra)
+        for m in sides:
+            self._count(self.ups[m].who, "scored")
+        line: dict[str, Any] = {"event": "shadow", "id": job.rid, "model": up.who, "served": self.ups[job.served].who,
+                                "q_served": round(q_served, 4), "q_other": round(q_sides[0], 4),
+                                "latency_ms": round((time.perf_counter() - t0) * 1000, 1)}  # fmt: skip
+        if extra:
+            line["q_more"] = {self.ups[m].who: round(q, 4) for m, q in extra}
+        if all(c is not None for c in costs):
+            line["cost"] = round(sum(c for c in costs if c is not None), 8)
         log.info(json.dumps(line))
         for sink in self.sinks:
             sink(pair, job)
