@@ -121,3 +121,28 @@ def test_html_report_opens_in_the_browser(tmp_path, cache_env):
         assert "[" in page.inner_text("#summary")  # intervals shown
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         assert errors == [], errors
+
+
+def test_dashboard_shows_the_live_drop_spend_and_the_held_target(tmp_path):
+    port = _free_port()
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up, FakeOpenAI() as j_up:
+        s_up.reply = lambda p: "small says hi"
+        l_up.reply = lambda p: "large says hi"
+        j_up.reply = lambda p: "Rating: 9" if "large says" in p.split("Assistant's answer:")[-1] else "Rating: 4"
+        args = [
+            "--router", str(default_router_dir()), "--small", f"s@{s_up.url}", "--large", f"l@{l_up.url}",
+            "--port", str(port), "--shadow-rate", "1", "--judge", f"judge@{j_up.url}", "--hold", "cost_advantage=50",
+        ]  # fmt: skip
+        with running_serve(args, port), browser_page() as (page, errors):
+            page.goto(f"http://127.0.0.1:{port}/dashboard")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('live')")
+            for i in range(12):
+                assert _chat(port, "hybrid", QUESTIONS[i % 4]).status_code == 200
+            page.wait_for_function("document.getElementById('live-drop').textContent.includes('12 pairs')")
+            page.wait_for_function("document.getElementById('live-spend').textContent.includes('(last 12)')")
+            assert page.inner_text("#hold").startswith("cost_advantage 50%: threshold")
+            spend = float(page.inner_text("#live-spend").split("%")[0])
+            data = httpx.get(f"http://127.0.0.1:{port}/dashboard/data").json()
+            to_small = data["live"]["shares"][SMALL]
+            assert abs(spend - (100 - to_small / 2)) < 0.05  # relative costs 1 : 2 without prices
+            assert errors == [], errors

@@ -27,14 +27,17 @@ log = logging.getLogger("hybridllm.serve")
 class LiveQuality:
     """The realised quality drop against always using the reference, over the last ``window``
     shadow pairs and since start, each with its 95 % interval; and each model's share of routed
-    requests (counted on every request, not sampled)."""
+    requests and the spend against always the reference (in the fleet's relative costs), over the
+    last ``recent`` routed requests and since start: counted on every request, not sampled, so
+    exact (no interval)."""
 
-    def __init__(self, fleet: Fleet, window: int = 200) -> None:
+    def __init__(self, fleet: Fleet, window: int = 200, recent: int = 1000) -> None:
         self.fleet = fleet
         self.window: deque[ShadowPair] = deque(maxlen=window)
         self.total = RatioSums()
         self.pairs = 0
         self.routed = [0] * len(fleet.models)
+        self.recent: deque[int] = deque(maxlen=recent)
 
     def add_pair(self, pair: ShadowPair, job: Any = None) -> None:
         q_ref = pair.quality(self.fleet.ref)
@@ -46,12 +49,21 @@ class LiveQuality:
 
     def count(self, model: int) -> None:
         self.routed[model] += 1
+        self.recent.append(model)
+
+    def _spend(self, counts: list[int]) -> float | None:
+        n = sum(counts)
+        costs = self.fleet.costs
+        return sum(c * k for c, k in zip(costs, counts, strict=True)) / (n * costs[self.fleet.ref]) * 100 if n else None
 
     def view(self) -> dict[str, Any]:
         def iv(got: tuple[float, float, float] | None) -> dict[str, float] | None:
             return None if got is None else {"value": got[0], "low": got[1], "high": got[2]}
 
         n = sum(self.routed)
+        recent = [0] * len(self.fleet.models)
+        for m in self.recent:
+            recent[m] += 1
         return {
             "pairs": self.pairs,
             "method": "ratio estimator over the shadow pairs (weights 1/rate), delta-method 95 % interval",
@@ -61,6 +73,16 @@ class LiveQuality:
             },
             "window_pairs": len(self.window),
             "shares": {m: (c / n * 100.0 if n else None) for m, c in zip(self.fleet.models, self.routed, strict=True)},
+            "recent_shares": {
+                m: (c / len(self.recent) * 100.0 if self.recent else None)
+                for m, c in zip(self.fleet.models, recent, strict=True)
+            },
+            "spend": {
+                "recent": self._spend(recent),
+                "since_start": self._spend(self.routed),
+                "recent_requests": len(self.recent),
+                "unit": "% of always the reference, in the models' relative costs",
+            },
         }
 
 
@@ -159,7 +181,12 @@ def live_families(live: LiveQuality | None, hold: Hold | None) -> list[Any]:
                 share.add_metric([m], v)
         pairs = GaugeMetricFamily("hybridllm_live_shadow_pairs", "shadow pairs scored since start")
         pairs.add_metric([], view["pairs"])
-        out += [drop, share, pairs]
+        spend = GaugeMetricFamily("hybridllm_live_spend", "spend vs always the reference, % (relative costs)",
+                                  labels=["scope"])  # fmt: skip
+        for scope in ("recent", "since_start"):
+            if view["spend"][scope] is not None:
+                spend.add_metric([scope], view["spend"][scope])
+        out += [drop, share, pairs, spend]
     if hold is not None:
         st = hold.state()
         thr = GaugeMetricFamily("hybridllm_hold_threshold", "the held threshold plain hybrid requests are routed at")

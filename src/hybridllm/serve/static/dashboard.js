@@ -141,7 +141,10 @@
     $("cost-saved").textContent = c.saved_ratio === null ? "n/a (no prices)" : c.saved.toFixed(4) + " (" + (100 * c.saved_ratio).toFixed(1) + "%)";
     const lq = d.live && d.live.quality_drop.since_start;
     $("live-drop").textContent = !lq ? "n/a (no shadow checks)" : fmt(lq.value, 2) + "% (" + fmt(lq.low, 1) + " … " + fmt(lq.high, 1) + "), " + d.live.pairs + " pairs";
-    $("hold").textContent = !d.hold ? "none" : d.hold.kind + " " + d.hold.target + "%: threshold " + fmt(d.hold.threshold, 4);
+    const sp = d.live && d.live.spend;
+    $("live-spend").textContent = !sp || sp.recent === null ? "n/a" : fmt(sp.recent, 1) + "% (last " + sp.recent_requests + "), " + fmt(sp.since_start, 1) + "% since start";
+    const he = d.hold && d.hold.estimate;
+    $("hold").textContent = !d.hold ? "none" : d.hold.kind + " " + d.hold.target + "%: threshold " + fmt(d.hold.threshold, 4) + (he ? ", now " + fmt(he.value, 1) + "% (bound " + fmt(he.high, 1) + ")" : "");
     $("hold").title = d.hold ? d.hold.reason : "";
     $("knob-current").textContent = "now: " + d.router.knob + " (" + d.router.reason + (d.router.threshold === null ? "" : ", threshold " + fmt(d.router.threshold, 4)) + ")";
     if (!presetsShown) {
