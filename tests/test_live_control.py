@@ -658,6 +658,15 @@ def test_local_spend_counters_of_past_periods_are_dropped():
     assert set(store.spend) | set(store.reserved) == {"now"}  # past periods' counters went, like Redis keys
 
 
+def test_caps_over_several_workers_need_shared_state():
+    from hybridllm.serve.config import ServeConfig
+    from hybridllm.serve.errors import ServeConfigError
+
+    with pytest.raises(ServeConfigError, match="2 workers needs --state redis://"):
+        ServeConfig(workers=2, budget_cap=["*=5/day"]).options()
+    assert ServeConfig(workers=2, budget_cap=["*=5/day"], state="redis://127.0.0.1:1/0").options().budget_caps
+
+
 def test_the_models_file_names_the_judge(tmp_path, monkeypatch):
     from hybridllm.serve.config import ServeConfig
     from hybridllm.serve.errors import ServeConfigError

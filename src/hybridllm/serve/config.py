@@ -171,6 +171,11 @@ class ServeConfig(BaseModel):
             raise ServeConfigError(
                 f"budget_cap: no client key named {unknown[0]!r} (name keys as NAME:KEY in {self.serve_api_key_env})"
             )
+        if self.budget_cap and self.workers > 1 and not self.state:
+            raise ServeConfigError(
+                f"budget_cap with {self.workers} workers needs --state redis://HOST:PORT/DB: each worker would "
+                "count its own spend, and a ceiling would hold per worker, not per key"
+            )
         if not keys and not self.is_loopback() and not self.allow_unauthenticated:
             raise ServeConfigError(
                 f"refusing to serve on {self.host} with no client key: anyone who can reach it spends your "
