@@ -90,7 +90,7 @@ def test_hold_quality_moves_only_on_enough_pairs_and_meets_its_bound():
     cal = [
         {"threshold": t, "cost": 100, "cost_advantage": 0, "quality_drop": 50 * (1 - t)} for t in np.linspace(0, 1, 51)
     ]
-    hold = Hold("max_quality_drop", 5, fleet, cal, min_pairs=40, every=1)
+    hold = Hold("max_quality_drop", 5, fleet, cal, min_pairs=40, quality_every=1)
     start = hold.threshold
     rng = np.random.default_rng(1)
     for i in range(300):
@@ -119,7 +119,7 @@ def test_three_model_quality_hold_knows_every_side_and_meets_its_bound():
     cal = [
         {"threshold": t, "cost": 100, "cost_advantage": 0, "quality_drop": 40 * (1 - t)} for t in np.linspace(0, 1, 41)
     ]
-    hold = Hold("max_quality_drop", 5, fleet, cal, min_pairs=40, every=10)
+    hold = Hold("max_quality_drop", 5, fleet, cal, min_pairs=40, quality_every=10)
     rng = np.random.default_rng(2)
     pairs = []
     for _ in range(1500):
@@ -732,3 +732,38 @@ def test_a_reward_model_scores_shadow_pairs_through_the_proxy(router_dir, tiny_r
             with torch.no_grad():
                 logit = model(**tok(text, answer, return_tensors="pt")).logits[0, 0].item()
             assert q == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-4) and 0 < q < 1
+
+
+def test_the_shadow_ceiling_skips_evenly_not_in_blocks():
+    """The per-minute ceiling is a token bucket with 10 s of burst: past it, draws are skipped at
+    the rate the ceiling allows instead of all of them until the minute is out."""
+    import asyncio
+
+    from hybridllm.serve.shadow import Shadow, ShadowJob
+
+    class Never:
+        async def score(self, prompt, response):  # never reached: the jobs are cancelled
+            await asyncio.sleep(60)
+            return 0.0
+
+    outcomes: list[str] = []
+
+    async def main() -> None:
+        with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+            ups = [upstream(SMALL, s_up.url, "s"), upstream(LARGE, l_up.url, "l")]
+            for u in ups:
+                await u.__aenter__()
+            shadow = Shadow(1.0, Never(), ups, 1, per_minute=60, concurrency=64, count=lambda m, o: outcomes.append(o))
+            job = ShadowJob("r", "chat", {"messages": [{"role": "user", "content": "hi"}]}, "hi", 0, 1, (0.5,), 1.0)
+            for _ in range(30):
+                shadow.submit(job)
+            assert outcomes.count("ceiling") == 20  # a burst of 10 (10 s at 60 a minute), then skipped
+            shadow._filled -= 2.0  # two seconds later: two more fit
+            for _ in range(5):
+                shadow.submit(job)
+            assert outcomes.count("ceiling") == 23
+            await shadow.close()
+            for u in ups:
+                await u.__aexit__(None, None, None)
+
+    asyncio.run(main())

@@ -74,6 +74,10 @@ def serve(
     hold_confidence: Annotated[
         float | None, typer.Option(help="one-sided confidence of the quality hold's upper bound (default 0.95)")
     ] = None,
+    hold_window: Annotated[
+        int | None,
+        typer.Option(help="requests over which the quality hold's bound holds (0: on the recent mean) [default: 200]"),
+    ] = None,
     outcomes: Annotated[
         Path | None, typer.Option(help="outcomes log (shadow pairs, /v1/feedback) for `hybridllm outcomes export`")
     ] = None,
@@ -120,6 +124,7 @@ def serve(
         judge_rubric=judge_rubric,
         hold=hold,
         hold_confidence=hold_confidence,
+        hold_window=hold_window,
         outcomes=outcomes,
         budget_cap=budget_cap or None,
         on_cap=on_cap,

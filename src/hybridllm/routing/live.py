@@ -35,15 +35,18 @@ Z95 = NormalDist().inv_cdf(0.975)  # two-sided 95 %
 
 
 def ratio_interval(
-    num: np.ndarray, den: np.ndarray, weight: np.ndarray, z: float = Z95, span: float = 1.0
+    num: np.ndarray, den: np.ndarray, weight: np.ndarray, z: float = Z95, span: float = 1.0, horizon: int = 0
 ) -> tuple[float, float, float] | None:
     """(estimate, low, high) of Σ w·num / Σ w·den, in percent; None without a positive denominator.
     ``span``: the largest |num| can be (1 for scores in [0, 1]); the two pseudo-observations at
-    ±span enter the variance only (:class:`RatioSums` is the same in running sums)."""
+    ±span enter the variance only (:class:`RatioSums` is the same in running sums). ``horizon``:
+    the interval of the ratio over the next ``horizon`` requests like these (a prediction interval:
+    the estimate's own variance plus that of ``horizon`` fresh requests); 0: of the ratio itself."""
     num, den, w = (np.asarray(a, dtype=np.float64) for a in (num, den, weight))
     acc = RatioSums(span)
     acc.n = len(num)
     acc.w, acc.d = float(w.sum()), float(den.sum())
+    acc.w2 = float((w * w).sum())
     acc.wn, acc.wd = float((w * num).sum()), float((w * den).sum())
     w2 = w * w
     acc.w2n2, acc.w2nd, acc.w2d2 = (
@@ -51,7 +54,7 @@ def ratio_interval(
         float((w2 * num * den).sum()),
         float((w2 * den * den).sum()),
     )
-    return acc.interval(z)
+    return acc.interval(z, horizon)
 
 
 class RatioSums:
@@ -63,12 +66,13 @@ class RatioSums:
     def __init__(self, span: float = 1.0) -> None:
         self.span = span
         self.n = 0
-        self.w = self.wn = self.wd = self.d = 0.0
+        self.w = self.w2 = self.wn = self.wd = self.d = 0.0
         self.w2n2 = self.w2nd = self.w2d2 = 0.0
 
     def add(self, num: float, den: float, weight: float = 1.0) -> None:
         self.n += 1
         self.w += weight
+        self.w2 += weight * weight
         self.d += den
         self.wn += weight * num
         self.wd += weight * den
@@ -76,7 +80,7 @@ class RatioSums:
         self.w2nd += weight * weight * num * den
         self.w2d2 += weight * weight * den * den
 
-    def interval(self, z: float = Z95) -> tuple[float, float, float] | None:
+    def interval(self, z: float = Z95, horizon: int = 0) -> tuple[float, float, float] | None:
         if self.n == 0 or self.wd <= 0:
             return None
         r = self.wn / self.wd
@@ -84,6 +88,9 @@ class RatioSums:
         w_bar, d_bar = self.w / self.n, self.d / self.n
         ss += (w_bar * (self.span - r * d_bar)) ** 2 + (w_bar * (-self.span - r * d_bar)) ** 2
         sd = math.sqrt(self.n * ss / (self.n + 1)) / self.wd
+        if horizon > 0:  # the same residual variance over `horizon` fresh requests: sd ∝ 1/sqrt(n)
+            n_eff = self.w * self.w / self.w2 if self.w2 > 0 else float(self.n)
+            sd *= math.sqrt(1.0 + n_eff / horizon)
         return 100.0 * r, 100.0 * (r - z * sd), 100.0 * (r + z * sd)
 
 
@@ -138,26 +145,44 @@ def realised_drop(pairs: Sequence[ShadowPair], ref: int, z: float = Z95) -> tupl
     return ratio_interval(q_ref - q_srv, q_ref, w, z)
 
 
+class PairArrays:
+    """Shadow pairs as arrays, built once per control step: candidate scores [n, K], every model's
+    quality where the pair knows it (NaN where not) [n, M], and the weights."""
+
+    def __init__(self, pairs: Sequence[ShadowPair], n_models: int) -> None:
+        self.scores = np.array([p.scores for p in pairs], dtype=np.float64).reshape(len(pairs), -1)
+        self.q = np.full((len(pairs), n_models), np.nan)
+        for i, p in enumerate(pairs):
+            self.q[i, p.served], self.q[i, p.other] = p.q_served, p.q_other
+            for m, v in p.extra:
+                self.q[i, m] = v
+        self.weight = np.array([p.weight for p in pairs], dtype=np.float64)
+
+
 def pair_drop_at(
-    pairs: Sequence[ShadowPair], threshold: float, z: float, shift: np.ndarray | None = None, fleet: Fleet | None = None
+    pairs: Sequence[ShadowPair] | PairArrays,
+    threshold: float,
+    z: float,
+    shift: np.ndarray | None = None,
+    fleet: Fleet | None = None,
+    horizon: int = 0,
 ) -> tuple[float, float, float] | None:
     """What a threshold would give on the shadow pairs (every model the policy picks for each is
     known: both of a two-model fleet's, :func:`policy_sides` for more); ``shift``: each pair's extra
     weight (the covariate-shift correction of :meth:`Hold._shift`). Pairs missing the model a
     threshold picks (drawn before the hold asked for every side) are left out."""
     fleet = fleet or Fleet(("small", "large"), (1.0, 2.0), "large")
-    picks = choose(np.array([p.scores for p in pairs], dtype=np.float64), fleet, threshold)
-    q_pick = [p.quality(int(k)) for p, k in zip(pairs, picks, strict=True)]
-    q_ref = [p.quality(fleet.ref) for p in pairs]
-    keep = np.array([a is not None and b is not None for a, b in zip(q_pick, q_ref, strict=True)])
+    arr = pairs if isinstance(pairs, PairArrays) else PairArrays(pairs, len(fleet.models))
+    if len(arr.weight) == 0:
+        return None
+    picks = choose(arr.scores, fleet, threshold)
+    qp = arr.q[np.arange(len(picks)), picks]
+    qr = arr.q[:, fleet.ref]
+    keep = ~(np.isnan(qp) | np.isnan(qr))
     if not keep.any():
         return None
-    qp = np.array([a for a, k in zip(q_pick, keep, strict=True) if k], dtype=np.float64)
-    qr = np.array([b for b, k in zip(q_ref, keep, strict=True) if k], dtype=np.float64)
-    w = np.array([p.weight for p in pairs], dtype=np.float64)
-    if shift is not None:
-        w = w * shift
-    return ratio_interval(qr - qp, qr, w[keep], z)
+    w = arr.weight if shift is None else arr.weight * shift
+    return ratio_interval((qr - qp)[keep], qr[keep], w[keep], z, horizon=horizon)
 
 
 class Hold:
@@ -170,9 +195,11 @@ class Hold:
     spend or share target after every request (the curve of spend against threshold on the last
     ``window`` requests' scores is redrawn every ``every`` requests; the aim is the target less the
     running error of the decisions made, repaid over ``horizon`` requests: see :meth:`_spend_step`),
-    the quality target every
-    ``every`` requests. ``confidence``: for the quality target, the one-sided level of the upper
-    bound that must meet it (0.5: the point estimate)."""
+    the quality target every ``quality_every`` requests. ``confidence``: for the quality target, the
+    one-sided level of the upper bound that must meet it (0.5: the point estimate).
+    ``window_requests``: the bound is for the drop over the next that many requests (a prediction
+    bound: the estimate's uncertainty plus the noise of so few requests), so that the target holds
+    over any such stretch with that confidence; 0: for the recent traffic's mean drop."""
 
     def __init__(
         self,
@@ -187,8 +214,10 @@ class Hold:
         min_requests: int = 100,
         min_pairs: int = 40,
         every: int = 20,
+        quality_every: int = 50,
         max_step: float = 0.05,
         confidence: float = 0.95,
+        window_requests: int = 200,
         horizon: float = 20.0,
         leak: float = 1000.0,
     ) -> None:
@@ -206,6 +235,8 @@ class Hold:
         self.grid = np.array(sorted({float(r["threshold"]) for r in calibration}), dtype=np.float64)
         self.lo, self.hi = float(self.grid[0]), float(self.grid[-1])
         self.min_requests, self.min_pairs, self.every = min_requests, min_pairs, every
+        self.quality_every = quality_every
+        self.horizon_requests = int(window_requests)
         self.max_step, self.horizon, self.leak = max_step, horizon, leak
         self.z = NormalDist().inv_cdf(confidence)
         self.confidence = confidence
@@ -243,7 +274,7 @@ class Hold:
             self._debt = self._debt * (1.0 - 1.0 / self.leak) + self._value_of(int(picked)) - self.target
         self.seen += 1
         if self.kind == "max_quality_drop":
-            if self.seen % self.every == 0:
+            if self.seen % self.quality_every == 0:
                 self._move(*self._quality_step())
             return
         if self.seen % self.every == 0 or self._curve is None:
@@ -328,10 +359,11 @@ class Hold:
         if len(pairs) < self.min_pairs:
             return None, ""
         shift = self._shift(pairs)
+        arrays = PairArrays(pairs, len(self.fleet.models))
         best = self.hi
         bound = None
         for thr in self.grid[::-1]:  # falling threshold: rising savings, rising drop (roughly)
-            got = pair_drop_at(pairs, float(thr), self.z, shift, self.fleet)
+            got = pair_drop_at(arrays, float(thr), self.z, shift, self.fleet, self.horizon_requests)
             if got is None:
                 continue
             value = got[2] if self.confidence > 0.5 else got[0]

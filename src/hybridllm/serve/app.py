@@ -192,7 +192,8 @@ def _live_control(
     hold = None
     if opts.hold:
         kind, target = parse_hold(opts.hold)
-        hold = Hold(kind, target, fleet, router.config.get("calibration") or [], confidence=opts.hold_confidence)
+        cal = router.config.get("calibration") or []
+        hold = Hold(kind, target, fleet, cal, confidence=opts.hold_confidence, window_requests=opts.hold_window)
         if kind == "max_quality_drop" and not opts.shadow_rate:
             raise ServeConfigError("--hold max_quality_drop needs shadow checks (--shadow-rate and --judge)")
     shadow = None

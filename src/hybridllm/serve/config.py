@@ -67,6 +67,7 @@ class ServeConfig(BaseModel):
     shadow_per_minute: int = Field(600, ge=1)
     hold: str | None = None  # KIND=PERCENT: max_quality_drop=1, budget=30, cost_advantage=40
     hold_confidence: float = Field(0.95, ge=0.5, lt=1)
+    hold_window: int = Field(200, ge=0, le=10_000_000)  # the quality bound holds over this many requests
     outcomes: Path | None = None  # outcomes log: shadow pairs and /v1/feedback, for `hybridllm outcomes export`
     budget_cap: list[str] = Field(default_factory=list)  # KEY=AMOUNT/PERIOD (a key's name, or * for all)
     on_cap: Literal["downgrade", "refuse"] = "downgrade"
@@ -198,6 +199,7 @@ class ServeConfig(BaseModel):
             shadow_per_minute=self.shadow_per_minute,
             hold=self.hold,
             hold_confidence=self.hold_confidence,
+            hold_window=self.hold_window,
             outcomes=None if self.outcomes is None else str(self.outcomes),
             judge_rubric=self.rubric(),
             key_names=named,

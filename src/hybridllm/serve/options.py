@@ -40,6 +40,7 @@ class ServeOptions:
     shadow_per_minute: int = 600
     hold: str | None = None
     hold_confidence: float = 0.95
+    hold_window: int = 200  # requests the quality hold's bound is for (0: the recent mean)
     judge_rubric: str | None = None  # the judge's prompt (default: hybridllm.stages.score.JUDGE_RUBRIC)
     outcomes: str | None = None  # the outcomes log (shadow pairs, feedback): a path
     key_names: dict[str, str] = field(default_factory=dict, repr=False)  # client key -> its name (NAME:KEY)

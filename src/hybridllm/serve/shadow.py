@@ -17,7 +17,6 @@ import json
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -139,9 +138,12 @@ class Shadow:
     ) -> None:
         self.rate, self.scorer, self.ups, self.ref = rate, scorer, ups, ref
         self.per_minute = per_minute
+        # the per-minute ceiling as a token bucket (10 s of burst): past it, draws are skipped evenly
+        # over time rather than in one block at the end of each minute
+        self._burst = max(1.0, per_minute / 6)
+        self._tokens, self._filled = self._burst, time.monotonic()
         self._sem = asyncio.Semaphore(concurrency)
         self._max_pending = concurrency * 8
-        self._started: deque[float] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._rng = random.Random(seed)
         self._count = count or (lambda model, outcome: None)
@@ -168,18 +170,19 @@ class Shadow:
     def submit(self, job: ShadowJob) -> None:
         """Start the shadow call of a drawn request (after its answer has been sent)."""
         now = time.monotonic()
-        while self._started and now - self._started[0] > 60:
-            self._started.popleft()
+        self._tokens = min(self._burst, self._tokens + (now - self._filled) * self.per_minute / 60)
+        self._filled = now
         who = self.ups[job.other].who
+        calls = 1 + len(job.more)
         if self.closed:
             return
-        if len(self._started) >= self.per_minute:
+        if self._tokens < calls:
             self._count(who, "ceiling")
             return
         if len(self._tasks) >= self._max_pending:
             self._count(who, "busy")
             return
-        self._started.append(now)
+        self._tokens -= calls
         task = asyncio.ensure_future(self._run(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
