@@ -364,6 +364,7 @@ def scenario(
                 flush=True,
             )
     against_static(out["configs"])
+    out["pairs_needed"] = pairs_needed(router, rows, models, stream, qd_target, args.rate)
     return out
 
 
@@ -388,6 +389,35 @@ def against_static(configs: dict[str, Any]) -> None:
             },
             "away_in_windows_static_holds": [float(away[s_held].mean()), float(s_away[s_held].mean())],
         }
+
+
+def pairs_needed(
+    router: Router, rows: list[dict], models: list[str], stream: list[int], target: float, rate: float, seed: int = 0
+) -> dict[str, Any]:
+    """Per phase, at the static threshold for the quality target: the share routed away, the
+    reference's mean quality, the per-pair standard deviation of the drop's residual (one judged
+    sample per answer, as a shadow pair sees it) and the pairs (and requests at ``rate``) a 95 %
+    one-sided bound needs to come within 3 pp of the estimate: how fast any quality hold can learn."""
+    from hybridllm.routing.policy import choose
+
+    thr = router.threshold(max_quality_drop=target)[0]
+    scores = np.asarray(router.score([rows[i]["prompt"] for i in stream])).reshape(len(stream), -1)
+    rng = np.random.default_rng(seed)
+    ref, half = len(models) - 1, len(stream) // 2
+    out = {}
+    for phase, sl in (("before", slice(0, half)), ("after", slice(half, None))):
+        idx = stream[sl]
+        picks = choose(scores[sl], router.fleet, thr)
+        q_pick = np.array([rng.choice(rows[i]["quality"][models[k]]) for i, k in zip(idx, picks, strict=True)])
+        q_ref = np.array([rng.choice(rows[i]["quality"][models[ref]]) for i in idx])
+        q_pick = np.where(picks == ref, q_ref, q_pick)
+        x = q_ref - q_pick
+        r = x.sum() / q_ref.sum()
+        sd = float((x - r * q_ref).std() / q_ref.mean())
+        n = (1.645 * sd / 0.03) ** 2
+        out[phase] = {"away": float((picks != ref).mean() * 100), "q_ref": float(q_ref.mean()), "sd_per_pair": sd,
+                      "pairs_for_3pp": float(n), "requests_for_3pp": float(n / rate)}  # fmt: skip
+    return out
 
 
 def mmlu_three(args: argparse.Namespace) -> tuple[Router, list[dict], list[str], list[float], list[bool]]:
@@ -448,10 +478,27 @@ def main() -> None:
     ap.add_argument("--only", choices=["default-pair", "mmlu-3"], default=None)
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/drift.json"))
     ap.add_argument("--replot", action="store_true", help="only redraw --plot from --out")
+    ap.add_argument("--pairs-needed", action="store_true", help="only add the pairs-needed figures to --out")
     ap.add_argument("--plot", default=str(REPO / "docs/drift.png"))
     args = ap.parse_args()
     if args.replot:
         plot(json.loads(Path(args.out).read_text()), args.plot)
+        return
+    if args.pairs_needed:  # only add that figure to --out (each stream's router and stream rebuilt)
+        results = json.loads(Path(args.out).read_text())
+        for sc in results["scenarios"]:
+            router, rows, models, _, is_a = (
+                (Router(default_router_dir()), read_table(REPO / "data/default-pair/table.jsonl"), None, None, None)
+                if sc["name"] == "default-pair"
+                else mmlu_three(args)
+            )
+            models = sc["models"]
+            if is_a is None:
+                is_a = [not r["id"].startswith("gsm8k") for r in rows]
+            stream = stream_of(rows, is_a, sc["requests"], (0.85, 0.20), seed=1)
+            target = next(c["target"] for k, c in sc["configs"].items() if k.startswith("static max_quality_drop"))
+            sc["pairs_needed"] = pairs_needed(router, rows, models, stream, target, results["shadow_rate"])
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
         return
     t0 = time.time()
     scenarios = []

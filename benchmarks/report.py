@@ -436,7 +436,22 @@ def _drift_phases(d: dict[str, Any]) -> list[str]:
                              f"over the single windows where it holds, {h:.1f} % against {s:.1f} %.")  # fmt: skip
     if not rows:
         return []
+    need = []
+    for sc in d["scenarios"]:
+        for phase, v in (sc.get("pairs_needed") or {}).items():
+            need.append([sc["name"], phase, f"{v['away']:.1f}", f"{v['q_ref']:.2f}", f"{v['sd_per_pair']:.2f}",
+                         f"{v['pairs_for_3pp']:,.0f}", f"{v['requests_for_3pp']:,.0f}"])  # fmt: skip
+    learn = [] if not need else [
+        "How fast any quality hold can learn: at the static threshold for the quality target, per phase, the share "
+        "routed away, the reference's mean quality, the standard deviation of one shadow pair's contribution to the "
+        f"drop (one judged sample per answer), and the pairs (requests at R = {d['shadow_rate']:.0%}) that a 95 % "
+        "one-sided bound needs to come within 3 pp of the estimate (1.645² sd² / 0.03²):",
+        "",
+        table(["stream", "phase", "away %", "Q_ref", "sd per pair", "pairs", "requests"], need, "llrrrrr"),
+        "",
+    ]  # fmt: skip
     return [
+        *learn,
         "Per phase of the stream (held share of windows · % away from the reference):",
         "",
         table(["stream", "routing", "before the change", "after the change"], rows, "llrr"),
