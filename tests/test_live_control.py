@@ -767,3 +767,35 @@ def test_the_shadow_ceiling_skips_evenly_not_in_blocks():
                 await u.__aexit__(None, None, None)
 
     asyncio.run(main())
+
+
+def test_the_spend_against_always_best_in_prices_comes_with_an_interval(router_dir):
+    prompts = [r["prompt"] for r in read_table(Path(__file__).parent.parent / "data/default-pair/table.jsonl")][:40]
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up, FakeOpenAI() as j_up:
+        s_up.reply = lambda p: "small says hi"
+        l_up.reply = lambda p: "large says hi"  # as many tokens as the small answer: the price sets the cost
+        j_up.reply = judge_reply
+        ups = [upstream(SMALL, s_up.url, "s"), upstream(LARGE, l_up.url, "l")]
+        opts = ServeOptions(shadow_rate=1.0, prices={SMALL: (1.0, 1.0), LARGE: (10.0, 10.0)})
+        app = create_app(Router(router_dir), *ups, options=opts, judge=upstream("judge", j_up.url, "j"))
+        with Proxy(app) as proxy:
+            served = []
+            for p in prompts:
+                r = httpx.post(
+                    f"{proxy.url}/chat/completions",
+                    json={"model": "hybrid", "messages": [{"role": "user", "content": p}]},
+                )
+                served.append(r.headers["x-hybridllm-model"])
+            deadline = time.time() + 20
+            while app.state.live.pairs < len(prompts) and time.time() < deadline:
+                time.sleep(0.05)
+            view = app.state.live.view()
+            metrics = httpx.get(f"{proxy.url.removesuffix('/v1')}/metrics").text
+    est = view["spend_priced"]["since_start"]
+    assert 0 < served.count(SMALL) < len(prompts)  # both models served
+    # every answer: its prompt's words + 3 completion tokens, at 1 (small) or 10 (large) per token
+    tokens = [len(p.split()) + 3 for p in prompts]
+    spent = sum(t * (1 if m == SMALL else 10) for t, m in zip(tokens, served, strict=True))
+    truth = spent / sum(10 * t for t in tokens) * 100  # against always the reference
+    assert est["value"] == pytest.approx(truth) and est["low"] <= truth <= est["high"]
+    assert 'hybridllm_live_spend_priced{bound="high",scope="since_start"}' in metrics

@@ -110,6 +110,12 @@ class ShadowPair:
     weight: float = 1.0
     t: float = 0.0
     extra: tuple[tuple[int, float], ...] = ()
+    #: the served and the other answer's estimated cost from the models' prices (None: unpriced)
+    c_served: float | None = None
+    c_other: float | None = None
+
+    def cost(self, model: int) -> float | None:
+        return self.c_served if model == self.served else self.c_other if model == self.other else None
 
     def quality(self, model: int) -> float | None:
         if model == self.served:

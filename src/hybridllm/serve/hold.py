@@ -15,7 +15,9 @@ import logging
 from collections import deque
 from typing import Any
 
-from hybridllm.routing.live import Hold, RatioSums, ShadowPair, realised_drop
+import numpy as np
+
+from hybridllm.routing.live import Hold, RatioSums, ShadowPair, ratio_interval, realised_drop
 from hybridllm.routing.policy import Fleet
 
 from .decision import Decider, PolicyDecider, RouteDecision
@@ -38,6 +40,9 @@ class LiveQuality:
         self.pairs = 0
         self.routed = [0] * len(fleet.models)
         self.recent: deque[int] = deque(maxlen=recent)
+        # spend against always the reference in the models' prices, from the priced pairs
+        self.priced: deque[tuple[float, float, float]] = deque(maxlen=window)
+        self.spend_total = RatioSums(span=0.0)
 
     def add_pair(self, pair: ShadowPair, job: Any = None) -> None:
         q_ref = pair.quality(self.fleet.ref)
@@ -46,10 +51,21 @@ class LiveQuality:
         self.window.append(pair)
         self.total.add(q_ref - pair.q_served, q_ref, pair.weight)
         self.pairs += 1
+        c_ref = pair.cost(self.fleet.ref)
+        if pair.c_served is not None and c_ref is not None and c_ref > 0:
+            self.priced.append((pair.c_served, c_ref, pair.weight))
+            self.spend_total.span = max(self.spend_total.span, pair.c_served, c_ref)  # the pseudo-observations' reach
+            self.spend_total.add(pair.c_served, c_ref, pair.weight)
 
     def count(self, model: int) -> None:
         self.routed[model] += 1
         self.recent.append(model)
+
+    def _priced_window(self) -> tuple[float, float, float] | None:
+        if not self.priced:
+            return None
+        c, r, w = (np.array(x, dtype=np.float64) for x in zip(*self.priced, strict=True))
+        return ratio_interval(c, r, w, span=float(max(c.max(), r.max())))
 
     def _spend(self, counts: list[int]) -> float | None:
         n = sum(counts)
@@ -76,6 +92,12 @@ class LiveQuality:
             "recent_shares": {
                 m: (c / len(self.recent) * 100.0 if self.recent else None)
                 for m, c in zip(self.fleet.models, recent, strict=True)
+            },
+            "spend_priced": {
+                "window": iv(self._priced_window()),
+                "since_start": iv(self.spend_total.interval()),
+                "method": "served cost / the reference's cost on priced shadow pairs (weights 1/rate), "
+                "delta-method 95 % interval; % of always the reference",
             },
             "spend": {
                 "recent": self._spend(recent),
@@ -186,7 +208,16 @@ def live_families(live: LiveQuality | None, hold: Hold | None) -> list[Any]:
         for scope in ("recent", "since_start"):
             if view["spend"][scope] is not None:
                 spend.add_metric([scope], view["spend"][scope])
-        out += [drop, share, pairs, spend]
+        priced = GaugeMetricFamily(
+            "hybridllm_live_spend_priced",
+            "spend vs always the reference in the models' prices, % (priced shadow pairs; low/high: 95 % interval)",
+            labels=["scope", "bound"],
+        )
+        for scope, est in view["spend_priced"].items():
+            if isinstance(est, dict):
+                for bound in ("value", "low", "high"):
+                    priced.add_metric([scope, bound], est[bound])
+        out += [drop, share, pairs, spend, priced]
     if hold is not None:
         st = hold.state()
         thr = GaugeMetricFamily("hybridllm_hold_threshold", "the held threshold plain hybrid requests are routed at")

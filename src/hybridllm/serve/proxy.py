@@ -115,6 +115,7 @@ class Proxy:
         await self._settle(rec)
         self._remember(rec)
         if rec.shadow is not None and self.shadow is not None and rec.status == 200:
+            rec.shadow.cost = self.metrics.cost_of(rec.model, rec.usage)
             self.shadow.submit(rec.shadow)
 
     def _remember(self, rec: Record) -> None:

@@ -86,6 +86,7 @@ class ShadowJob:
     weight: float
     answer: str = ""
     more: tuple[int, ...] = ()  # further models to ask (every side, for an N-model quality hold)
+    cost: float | None = None  # the served answer's estimated cost (set once it has been sent)
 
 
 def answer_text(payload: Any) -> str:
@@ -217,7 +218,8 @@ class Shadow:
                 log.info(json.dumps({"event": "shadow", "id": job.rid, "model": up.who, "error": str(exc)[:200]}))
                 return
         extra = tuple(zip(job.more, q_sides[1:], strict=True))
-        pair = ShadowPair(job.scores, job.served, job.other, q_served, q_sides[0], job.weight, time.time(), extra)
+        pair = ShadowPair(job.scores, job.served, job.other, q_served, q_sides[0], job.weight, time.time(), extra,
+                          job.cost, costs[0])  # fmt: skip
         for m in sides:
             self._count(self.ups[m].who, "scored")
         line: dict[str, Any] = {"event": "shadow", "id": job.rid, "model": up.who, "served": self.ups[job.served].who,

@@ -142,7 +142,9 @@
     const lq = d.live && d.live.quality_drop.since_start;
     $("live-drop").textContent = !lq ? "n/a (no shadow checks)" : fmt(lq.value, 2) + "% (" + fmt(lq.low, 1) + " … " + fmt(lq.high, 1) + "), " + d.live.pairs + " pairs";
     const sp = d.live && d.live.spend;
-    $("live-spend").textContent = !sp || sp.recent === null ? "n/a" : fmt(sp.recent, 1) + "% (last " + sp.recent_requests + "), " + fmt(sp.since_start, 1) + "% since start";
+    const pr = d.live && d.live.spend_priced.since_start;
+    $("live-spend").textContent = (!sp || sp.recent === null ? "n/a" : fmt(sp.recent, 1) + "% (last " + sp.recent_requests + "), " + fmt(sp.since_start, 1) + "% since start")
+      + (pr ? "; in prices " + fmt(pr.value, 1) + "% (" + fmt(pr.low, 1) + " … " + fmt(pr.high, 1) + ")" : "");
     const he = d.hold && d.hold.estimate;
     $("hold").textContent = !d.hold ? "none" : d.hold.kind + " " + d.hold.target + "%: threshold " + fmt(d.hold.threshold, 4) + (he ? ", now " + fmt(he.value, 1) + "% (bound " + fmt(he.high, 1) + ")" : "");
     $("hold").title = d.hold ? d.hold.reason : "";
