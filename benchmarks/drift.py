@@ -48,7 +48,7 @@ from fastapi import FastAPI, Request
 
 from hybridllm.backends import make_backend
 from hybridllm.model.router import Router, default_router_dir
-from hybridllm.routing.live import ratio_interval
+from hybridllm.routing.estimates import ratio_interval
 from hybridllm.serve import ServeOptions, create_app
 from hybridllm.tables.format import read_table, split_rows
 

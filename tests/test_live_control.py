@@ -22,7 +22,8 @@ import pytest
 from hybridllm import Router, TrainOptions, read_table, train_router
 from hybridllm.model.fit import fit_router
 from hybridllm.model.head import HeadConfig
-from hybridllm.routing.live import Hold, ShadowPair, parse_hold, ratio_interval, realised_drop
+from hybridllm.routing.estimates import ShadowPair, ratio_interval, realised_drop
+from hybridllm.routing.live import Hold, parse_hold
 from hybridllm.routing.policy import Fleet
 from hybridllm.serve import ServeOptions, create_app
 from hybridllm.stages.outcomes import outcomes_table, read_outcomes
@@ -110,7 +111,7 @@ def test_hold_quality_moves_only_on_enough_pairs_and_meets_its_bound():
 
 
 def test_three_model_quality_hold_knows_every_side_and_meets_its_bound():
-    from hybridllm.routing.live import pair_drop_at, policy_sides
+    from hybridllm.routing.estimates import pair_drop_at, policy_sides
     from hybridllm.routing.policy import choose
 
     # the cheapest model whose score clears the threshold, as the threshold falls

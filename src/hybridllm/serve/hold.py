@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hybridllm.routing.live import Hold, RatioSums, ShadowPair, ratio_interval, realised_drop
+from hybridllm.routing.estimates import RatioSums, ShadowPair, ratio_interval, realised_drop
+from hybridllm.routing.live import Hold
 from hybridllm.routing.policy import Fleet
 
 from .decision import Decider, PolicyDecider, RouteDecision

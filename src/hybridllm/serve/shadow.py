@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hybridllm.backends import Answer, Backend
-from hybridllm.routing.live import ShadowPair, policy_sides
+from hybridllm.routing.estimates import ShadowPair, policy_sides
 from hybridllm.stages.score import JUDGE_RUBRIC, check_rubric, judge_rating, reward_model_batch
 
 log = logging.getLogger("hybridllm.access")
