@@ -10,7 +10,7 @@ how many rounds this checkout was faster.
     git worktree add /tmp/prev <commit>
     python benchmarks/proxy_overhead.py --mode paired --baseline-src /tmp/prev/src        # 12 rounds of 2 s per side
     python benchmarks/proxy_overhead.py --mode paired --routers    # this checkout: benchmark router vs the shipped one
-    python benchmarks/proxy_overhead.py --mode paired --live       # shipped router without / with shadow checks + hold
+    python benchmarks/proxy_overhead.py --mode paired --live       # shipped router without / with shadow + each hold
 
 With --live each round also measures both sides' requests/s at --clients connections.
 """
@@ -56,11 +56,14 @@ def paired(
             wait_up(port)
             run_wrk(port, prompts, 8, 2, tmp)  # warm-up
         p50: dict[str, list[float]] = {name: [] for name in sides}
+        p99: dict[str, list[float]] = {name: [] for name in sides}
         rps: dict[str, list[float]] = {name: [] for name in sides}
         for rnd in range(rounds):
             order = list(sides) if rnd % 2 == 0 else list(sides)[::-1]
             for name in order:
-                p50[name].append(run_wrk(ports[name], prompts, 1, seconds, tmp)["p50_ms"])
+                one = run_wrk(ports[name], prompts, 1, seconds, tmp)
+                p50[name].append(one["p50_ms"])
+                p99[name].append(one["p99_ms"])
                 if clients:
                     rps[name].append(run_wrk(ports[name], prompts, clients, seconds, tmp)["requests_per_s"])
     finally:
@@ -77,6 +80,8 @@ def paired(
         "rounds_faster": int((now < base).sum()),
         "baseline_rounds_p50_ms": base.tolist(),
         "rounds_p50_ms": now.tolist(),
+        "baseline_p99_ms": float(np.median(p99[first])),
+        "p99_ms": float(np.median(p99[second])),
         **(
             {
                 "clients": clients,
@@ -121,12 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     url = f"http://127.0.0.1:{up_port}/v1"
     try:
         if args.live:
-            live = ["--shadow-rate", "0.05", "--judge", f"judge@{url}", "--hold", "cost_advantage=50"]
+            shadow = ["--shadow-rate", "0.05", "--judge", f"judge@{url}"]
             pairs = {
-                "shipped router: plain vs shadow 5 % + hold cost_advantage=50": {
+                f"shipped router: plain vs shadow 5 % + hold {hold}": {
                     "plain": (serve_cmd(url, None), {}),
-                    "shadow + hold": ([*serve_cmd(url, None), *live], {}),
+                    "shadow + hold": ([*serve_cmd(url, None), *shadow, "--hold", hold], {}),
                 }
+                for hold in ("cost_advantage=50", "max_quality_drop=5")
             }
         elif args.routers:
             pairs = {
@@ -149,11 +155,12 @@ def main(argv: list[str] | None = None) -> None:
             results.append({"router": label, **paired(sides, args.rounds, args.seconds, tmp, clients)})
     finally:
         upstream.terminate()
-    print(f"\n{'router':42s} {'baseline p50':>13s} {'its p50':>9s} {'paired diff':>12s} {'faster':>8s}")
+    print(f"\n{'router':42s} {'baseline p50':>13s} {'its p50':>9s} {'paired diff':>12s} {'faster':>8s} {'p99':>18s}")
     for r in results:
         print(
             f"{r['router']:42.42s} {r['baseline_p50_ms']:10.3f} ms {r['p50_ms']:6.3f} ms "
             f"{r['median_paired_diff_ms']:+9.3f} ms {r['rounds_faster']:4d}/{r['rounds']}"
+            f"  {r['baseline_p99_ms']:.2f} vs {r['p99_ms']:.2f} ms"
             + (f"   req/s {r['baseline_requests_per_s']:.0f} vs {r['requests_per_s']:.0f}" if "clients" in r else "")
         )
     payload = {

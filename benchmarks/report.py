@@ -470,23 +470,39 @@ def live_overhead() -> str:
     if not path.exists():
         return ""
     d = json.loads(path.read_text())
-    r = d["results"][0]
+    first = d["results"][0]
+    rows, notes = [], []
+    for r in d["results"]:
+        hold = r["router"].rpartition("hold ")[2]
+        p99 = {k: f"{r[k]:.2f} ms" if k in r else "–" for k in ("baseline_p99_ms", "p99_ms")}  # older runs: none
+        rows += [
+            [
+                hold,
+                "plain",
+                f"{r['baseline_p50_ms']:.3f} ms",
+                p99["baseline_p99_ms"],
+                f"{r['baseline_requests_per_s']:,.0f}",
+            ],
+            ["", "shadow 5 % + hold", f"{r['p50_ms']:.3f} ms", p99["p99_ms"], f"{r['requests_per_s']:,.0f}"],
+        ]
+        notes.append(
+            f"- `--hold {hold}`: median paired difference of the one-client p50 {r['median_paired_diff_ms']:+.3f} ms "
+            f"(the live side faster in {r['rounds_faster']} of {r['rounds']} rounds)."
+        )
     return "\n".join([
         "## What live control costs the client",
         "",
-        f"`python benchmarks/proxy_overhead.py --mode paired --live --rounds {r['rounds']}` (commit {d['commit']}): "
-        "the shipped router served twice at once, plain and with `--shadow-rate 0.05 --judge … --hold "
-        "cost_advantage=50`, in front of one fast upstream (which also answers as the judge); one-client wrk runs "
-        f"alternated, then {r['clients']} connections for requests/s.",
+        f"`python benchmarks/proxy_overhead.py --mode paired --live --rounds {first['rounds']}` (commit {d['commit']}): "
+        "per hold, the shipped router served twice at once, plain and with `--shadow-rate 0.05 --judge … --hold …`, "
+        "in front of one fast upstream (which also answers as the judge); one-client wrk runs alternated (p50 and "
+        f"p99 the medians over the rounds), then {first['clients']} connections for requests/s.",
         "",
-        table(["serve", "one-client p50", "requests/s"], [
-            ["plain", f"{r['baseline_p50_ms']:.3f} ms", f"{r['baseline_requests_per_s']:,.0f}"],
-            ["shadow 5 % + hold", f"{r['p50_ms']:.3f} ms", f"{r['requests_per_s']:,.0f}"],
-        ], "lrr"),
+        table(["hold", "serve", "one-client p50", "one-client p99", "requests/s"], rows, "llrrr"),
         "",
-        f"Median paired difference of the one-client p50: {r['median_paired_diff_ms']:+.3f} ms (the live side faster "
-        f"in {r['rounds_faster']} of {r['rounds']} rounds). The requests/s difference is the shadow traffic itself: "
-        "each shadowed request adds an upstream call and two judge calls in the same process.",
+        *notes,
+        "",
+        "The requests/s difference is the shadow traffic itself: each shadowed request adds an upstream call and "
+        "two judge calls in the same process.",
     ])  # fmt: skip
 
 

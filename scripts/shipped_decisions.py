@@ -15,9 +15,12 @@ from pathlib import Path
 from hybridllm import Router, default_router_dir, read_table
 
 REPO = Path(__file__).resolve().parents[1]
-KNOBS = [{}] + [{"max_quality_drop": q} for q in (0, 0.5, 1, 2, 5, 10)] + [
-    {"cost_advantage": c} for c in (10, 30, 50, 70, 90)
-] + [{"threshold": t} for t in (0.2, 0.5, 0.8)]
+KNOBS = (
+    [{}]
+    + [{"max_quality_drop": q} for q in (0, 0.5, 1, 2, 5, 10)]
+    + [{"cost_advantage": c} for c in (10, 30, 50, 70, 90)]
+    + [{"threshold": t} for t in (0.2, 0.5, 0.8)]
+)
 
 
 def main() -> None:
@@ -38,9 +41,7 @@ def main() -> None:
     }
     for knob in KNOBS:
         ds = router.route_batch(prompts, **knob)
-        out["decisions"].append(
-            {"knob": knob, "threshold": ds[0].threshold, "models": [d.model for d in ds]}
-        )
+        out["decisions"].append({"knob": knob, "threshold": ds[0].threshold, "models": [d.model for d in ds]})
     Path(args.output).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.output}: {len(rows)} rows, {len(KNOBS)} knobs")
 

@@ -3,7 +3,6 @@ two processes sharing a real Redis, one of them killed), feedback and the outcom
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -140,6 +139,41 @@ def test_three_model_quality_hold_knows_every_side_and_meets_its_bound():
     # a pair that lacks the model a threshold picks is left out, not counted as the reference's
     lone = ShadowPair((0.9, 0.95), 2, 1, 1.0, 0.0)  # model 0 (picked at 0.5) unknown
     assert pair_drop_at([lone], 0.5, 1.645, None, fleet) is None
+
+
+def test_the_drop_curve_is_each_thresholds_own_estimate():
+    """Every threshold at once (runs and one cumulative sum) against each threshold on its own: the
+    policy's pick per pair, pairs lacking it left out, the ratio estimate with its bounds."""
+    from hybridllm.routing.estimates import PairArrays, drop_curve
+    from hybridllm.routing.policy import choose
+
+    fleet = Fleet(("a", "b", "c", "d"), (1.0, 2.0, 5.0, 9.0), "c")  # one model dearer than the reference
+    rng = np.random.default_rng(7)
+    pairs = []
+    for _ in range(300):
+        sc = tuple(float(x) for x in rng.choice([0.1, 0.3, 0.5, 0.7, 0.9], 2))  # ties with the grid on purpose
+        q = rng.random(4).round(1)
+        known = [m for m in range(3) if rng.random() < 0.7]
+        served, other = [*known, 2, 2][:2] if known and known[0] != 2 else (2, 0)
+        extra = tuple((m, float(q[m])) for m in known if m not in (served, other))
+        w = float(rng.uniform(1, 20))
+        pairs.append(ShadowPair(sc, served, other, float(q[served]), float(q[other]), w, 0.0, extra))
+    arr = PairArrays(pairs, 4)
+    grid = np.concatenate([np.linspace(0, 1, 21), [2.0, -1.0]])
+    rng.shuffle(grid)
+    shift = rng.uniform(0.5, 2, len(pairs))
+    for horizon in (0, 200):
+        curve = drop_curve(arr, grid, 1.645, shift, fleet, horizon)
+        for t, thr in enumerate(grid):
+            picks = choose(arr.scores, fleet, float(thr))
+            qp, qr = arr.q[np.arange(len(pairs)), picks], arr.q[:, 2]
+            keep = ~(np.isnan(qp) | np.isnan(qr))
+            want = ratio_interval((qr - qp)[keep], qr[keep], (arr.weight * shift)[keep], 1.645, horizon=horizon)
+            if want is None:
+                assert np.isnan(curve[:, t]).all()
+            else:
+                assert curve[:, t] == pytest.approx(want, rel=1e-9, abs=1e-9), thr
+    assert np.isnan(drop_curve([], grid, 1.645, None, fleet)).all()
 
 
 def test_parse_hold_names_the_problem():
@@ -307,17 +341,27 @@ def _models_file(tmp_path: Path, s_url: str, l_url: str) -> Path:
     return p
 
 
-def _load(port: int, key: str, n: int, workers: int = 8, model: str = LARGE) -> list[httpx.Response]:
-    def one(i: int) -> httpx.Response:
-        return httpx.post(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            headers={"authorization": f"Bearer {key}"},
-            json={"model": model, "messages": [{"role": "user", "content": "add two and three"}]},
-            timeout=30,
-        )
+def _load(
+    port: int, key: str, n: int, workers: int = 8, model: str = LARGE, lost_ok: bool = False
+) -> list[httpx.Response]:
+    """``n`` requests, ``workers`` at a time; with ``lost_ok`` a request whose connection fails (a
+    killed server's) is left out, not the whole batch with the answers it already had."""
+
+    def one(i: int) -> httpx.Response | None:
+        try:
+            return httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": model, "messages": [{"role": "user", "content": "add two and three"}]},
+                timeout=30,
+            )
+        except httpx.TransportError:
+            if not lost_ok:
+                raise
+            return None
 
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(one, range(n)))
+        return [r for r in pool.map(one, range(n)) if r is not None]
 
 
 @pytest.mark.parametrize("on_cap", ["downgrade", "refuse"])
@@ -419,9 +463,8 @@ def test_two_servers_share_one_redis_budget_and_survive_a_kill(router_dir, tmp_p
                 killer.start()
 
                 def load(port: int) -> None:
-                    for _ in range(5):
-                        with contextlib.suppress(httpx.HTTPError):  # the killed server's clients
-                            results.extend(_load(port, "ka", 8, workers=4))
+                    for _ in range(5):  # the killed server's lost requests left out one by one
+                        results.extend(_load(port, "ka", 8, workers=4, lost_ok=True))
 
                 threads = [threading.Thread(target=load, args=(p,)) for p in ports]
                 for t in threads:
@@ -487,6 +530,25 @@ def test_two_servers_share_the_controllers_shadow_pairs_through_redis(router_dir
     finally:
         rproc.terminate()
         rproc.wait(timeout=10)
+
+
+def test_shared_pair_records_a_server_cannot_use_are_left_out():
+    from hybridllm.serve.hold import _decode, _encode
+
+    fleet = Fleet(("s", "m", "l"), (1.0, 2.0, 4.0), "l")
+    good = ShadowPair((0.7, 0.4), 0, 2, 1.0, 0.0, 20.0, 3.0, ((1, 0.5),))
+    assert _decode(_encode(good), fleet) == good
+    hostile = [
+        "not json", "[]", json.dumps({"a": 1}),
+        json.dumps([[0.7], 0, 2, 1.0, 0.0, 20.0, 3.0, []]),  # one score for two candidates
+        json.dumps([[0.7, 0.4], 0, 9, 1.0, 0.0, 20.0, 3.0, []]),  # a model outside the fleet
+        json.dumps([[0.7, 0.4], -1, 2, 1.0, 0.0, 20.0, 3.0, []]),
+        json.dumps([[0.7, 0.4], 0, 2, 1e9, 0.0, 20.0, 3.0, []]),  # a score outside [0, 1]
+        json.dumps([[0.7, 0.4], 0, 2, 1.0, 0.0, 0.0, 3.0, []]),  # no weight
+        json.dumps([[0.7, 0.4], 0, 2, 1.0, 0.0, 20.0, 3.0, [[7, 0.5]]]),
+        '[[0.7, NaN], 0, 2, 1.0, 0.0, 20.0, 3.0, []]', '[[0.7, 0.4], 0, 2, 1.0, 0.0, Infinity, 3.0, []]',
+    ]  # fmt: skip
+    assert [_decode(x, fleet) for x in hostile] == [None] * len(hostile)
 
 
 def test_redis_down_serves_on_local_state_and_says_so_once(router_dir, tmp_path):

@@ -5,7 +5,8 @@
   the ends of the difference's range added to the variance only, so that a handful of pairs that
   happen to agree does not give an interval of width zero.
 - :class:`ShadowPair`, :func:`policy_sides`: what one shadowed request tells; :func:`realised_drop`
-  and :func:`pair_drop_at`: the drop served, and the drop a threshold would give.
+  and :func:`drop_curve` / :func:`pair_drop_at`: the drop served, and the drop each threshold would
+  give.
 """
 
 from __future__ import annotations
@@ -17,9 +18,40 @@ from statistics import NormalDist
 
 import numpy as np
 
-from .policy import Fleet, choose
+from .policy import Fleet
 
 Z95 = NormalDist().inv_cdf(0.975)  # two-sided 95 %
+
+
+def _terms(num: np.ndarray, den: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Each observation's part of the sums behind the interval, [9, n]: count, w, w², den, w·num,
+    w·den, w²·num², w²·num·den, w²·den² (summed, they are what :func:`_bounds` reads)."""
+    w2 = w * w
+    return np.stack([np.ones_like(w), w, w2, den, w * num, w * den, w2 * num * num, w2 * num * den, w2 * den * den])
+
+
+def _bounds(sums: np.ndarray, span: float, z: float, horizon: int) -> np.ndarray:
+    """(estimate, low, high) in percent from the sums of :func:`_terms` ([9] or [9, T]); NaN where
+    there is no positive denominator. Delta method: Var(R) ≈ n s² / (Σ w den)², s² the variance of
+    the residuals w (num - R den); two pseudo-residuals w̄ (±span - R d̄) are added to s² so that
+    agreeing pairs never give width 0. ``horizon`` > 0: over that many fresh requests like these, the
+    same residual variance adds n_eff / horizon times the estimate's own."""
+    n, w, w2, d, wn, wd, w2n2, w2nd, w2d2 = np.asarray(sums, dtype=np.float64)
+    ok = (n > 0.5) & (wd > 1e-12)  # counts are whole numbers; a cumulated zero may not be exact
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = wn / wd
+        ss = np.maximum(w2n2 - 2 * r * w2nd + r * r * w2d2, 0.0)
+        w_bar, d_bar = w / n, d / n
+        ss = ss + (w_bar * (span - r * d_bar)) ** 2 + (w_bar * (-span - r * d_bar)) ** 2
+        sd = np.sqrt(n * ss / (n + 1)) / wd
+        if horizon > 0:
+            sd = sd * np.sqrt(1.0 + np.where(w2 > 0, w * w / w2, n) / horizon)
+    out = np.stack([r, r - z * sd, r + z * sd]) * 100.0
+    return np.where(ok, out, np.nan)
+
+
+def _triple(got: np.ndarray) -> tuple[float, float, float] | None:
+    return None if np.isnan(got[0]) else (float(got[0]), float(got[1]), float(got[2]))
 
 
 def ratio_interval(
@@ -30,56 +62,26 @@ def ratio_interval(
     ±span enter the variance only (:class:`RatioSums` is the same in running sums). ``horizon``:
     the interval of the ratio over the next ``horizon`` requests like these (a prediction interval:
     the estimate's own variance plus that of ``horizon`` fresh requests); 0: of the ratio itself."""
-    num, den, w = (np.asarray(a, dtype=np.float64) for a in (num, den, weight))
-    acc = RatioSums(span)
-    acc.n = len(num)
-    acc.w, acc.d = float(w.sum()), float(den.sum())
-    acc.w2 = float((w * w).sum())
-    acc.wn, acc.wd = float((w * num).sum()), float((w * den).sum())
-    w2 = w * w
-    acc.w2n2, acc.w2nd, acc.w2d2 = (
-        float((w2 * num * num).sum()),
-        float((w2 * num * den).sum()),
-        float((w2 * den * den).sum()),
-    )
-    return acc.interval(z, horizon)
+    num, den, w = (np.asarray(a, dtype=np.float64).ravel() for a in (num, den, weight))
+    return _triple(_bounds(_terms(num, den, w).sum(axis=1), span, z, horizon))
 
 
 class RatioSums:
-    """Running sums behind :func:`ratio_interval`, for an estimate since start in O(1) memory.
-
-    Delta method: Var(R) ≈ n s² / (Σ w den)², s² the variance of the residuals w (num - R den); two
-    pseudo-residuals w̄ (±span - R d̄) are added to s² so that agreeing pairs never give width 0."""
+    """Running sums behind :func:`ratio_interval`, for an estimate since start in O(1) memory."""
 
     def __init__(self, span: float = 1.0) -> None:
         self.span = span
-        self.n = 0
-        self.w = self.w2 = self.wn = self.wd = self.d = 0.0
-        self.w2n2 = self.w2nd = self.w2d2 = 0.0
+        self.sums = np.zeros(9)
+
+    @property
+    def n(self) -> int:
+        return int(self.sums[0])
 
     def add(self, num: float, den: float, weight: float = 1.0) -> None:
-        self.n += 1
-        self.w += weight
-        self.w2 += weight * weight
-        self.d += den
-        self.wn += weight * num
-        self.wd += weight * den
-        self.w2n2 += weight * weight * num * num
-        self.w2nd += weight * weight * num * den
-        self.w2d2 += weight * weight * den * den
+        self.sums += _terms(np.array([num]), np.array([den]), np.array([weight], dtype=np.float64))[:, 0]
 
     def interval(self, z: float = Z95, horizon: int = 0) -> tuple[float, float, float] | None:
-        if self.n == 0 or self.wd <= 0:
-            return None
-        r = self.wn / self.wd
-        ss = max(self.w2n2 - 2 * r * self.w2nd + r * r * self.w2d2, 0.0)
-        w_bar, d_bar = self.w / self.n, self.d / self.n
-        ss += (w_bar * (self.span - r * d_bar)) ** 2 + (w_bar * (-self.span - r * d_bar)) ** 2
-        sd = math.sqrt(self.n * ss / (self.n + 1)) / self.wd
-        if horizon > 0:  # the same residual variance over `horizon` fresh requests: sd ∝ 1/sqrt(n)
-            n_eff = self.w * self.w / self.w2 if self.w2 > 0 else float(self.n)
-            sd *= math.sqrt(1.0 + n_eff / horizon)
-        return 100.0 * r, 100.0 * (r - z * sd), 100.0 * (r + z * sd)
+        return _triple(_bounds(self.sums, self.span, z, horizon))
 
 
 @dataclass(frozen=True)
@@ -144,13 +146,60 @@ class PairArrays:
     quality where the pair knows it (NaN where not) [n, M], and the weights."""
 
     def __init__(self, pairs: Sequence[ShadowPair], n_models: int) -> None:
-        self.scores = np.array([p.scores for p in pairs], dtype=np.float64).reshape(len(pairs), -1)
+        self.scores = np.array([p.scores for p in pairs], dtype=np.float64).reshape(len(pairs), -1 if pairs else 0)
         self.q = np.full((len(pairs), n_models), np.nan)
         for i, p in enumerate(pairs):
             self.q[i, p.served], self.q[i, p.other] = p.q_served, p.q_other
             for m, v in p.extra:
                 self.q[i, m] = v
         self.weight = np.array([p.weight for p in pairs], dtype=np.float64)
+
+
+def drop_curve(
+    pairs: Sequence[ShadowPair] | PairArrays,
+    thresholds: Sequence[float] | np.ndarray,
+    z: float,
+    shift: np.ndarray | None = None,
+    fleet: Fleet | None = None,
+    horizon: int = 0,
+) -> np.ndarray:
+    """What each threshold would give on the shadow pairs, [3, T] (estimate, low, high of the drop
+    in %; NaN where no pair tells), every threshold at once: each pair's pick is the same over a run
+    of thresholds (at most one run per model), so its part of the sums is added where its run
+    starts and taken off where it ends, and one cumulative sum over the thresholds gives them all,
+    in O(pairs × models + thresholds). Every model the policy picks for each pair is known (both of
+    a two-model fleet's, :func:`policy_sides` for more); ``shift``: each pair's extra weight (the
+    covariate-shift correction of :meth:`Hold._shift`). A pair missing the model a threshold picks
+    (drawn before the hold asked for every side) is left out at that threshold."""
+    fleet = fleet or Fleet(("small", "large"), (1.0, 2.0), "large")
+    arr = pairs if isinstance(pairs, PairArrays) else PairArrays(pairs, len(fleet.models))
+    g = np.asarray(thresholds, dtype=np.float64).ravel()
+    n_t, n = len(g), len(arr.weight)
+    if n == 0 or n_t == 0:
+        return np.full((3, n_t), np.nan)
+    order = np.argsort(-g, kind="stable")  # falling threshold: index t of the runs
+    s = arr.scores
+    k = s.shape[1]
+    # a candidate's score clears the threshold from this run index on (choose: score >= threshold)
+    start = np.searchsorted(-g[order], -s, side="left")
+    # a candidate is the pick from its start until a cheaper one clears: the running min of the starts
+    until = np.minimum.accumulate(np.concatenate([np.full((n, 1), n_t), start], axis=1), axis=1)
+    w = arr.weight if shift is None else arr.weight * shift
+    qr = arr.q[:, fleet.ref]
+    diff = np.zeros((9, n_t + 1))
+    runs = [(m, start[:, m], until[:, m]) for m in range(k)] + [(fleet.ref, np.zeros(n, dtype=np.int64), until[:, k])]
+    for m, a, b in runs:
+        qm = arr.q[:, m]
+        live = (a < b) & ~(np.isnan(qm) | np.isnan(qr))
+        if not live.any():
+            continue
+        part = _terms((qr - qm)[live], qr[live], w[live])
+        for j in range(9):
+            diff[j] += np.bincount(a[live], part[j], minlength=n_t + 1)
+            diff[j] -= np.bincount(b[live], part[j], minlength=n_t + 1)
+    out = np.empty((3, n_t))
+    out[:, order] = _bounds(np.cumsum(diff, axis=1)[:, :n_t], 1.0, z, horizon)
+    return out
 
 
 def pair_drop_at(
@@ -161,22 +210,8 @@ def pair_drop_at(
     fleet: Fleet | None = None,
     horizon: int = 0,
 ) -> tuple[float, float, float] | None:
-    """What a threshold would give on the shadow pairs (every model the policy picks for each is
-    known: both of a two-model fleet's, :func:`policy_sides` for more); ``shift``: each pair's extra
-    weight (the covariate-shift correction of :meth:`Hold._shift`). Pairs missing the model a
-    threshold picks (drawn before the hold asked for every side) are left out."""
-    fleet = fleet or Fleet(("small", "large"), (1.0, 2.0), "large")
-    arr = pairs if isinstance(pairs, PairArrays) else PairArrays(pairs, len(fleet.models))
-    if len(arr.weight) == 0:
-        return None
-    picks = choose(arr.scores, fleet, threshold)
-    qp = arr.q[np.arange(len(picks)), picks]
-    qr = arr.q[:, fleet.ref]
-    keep = ~(np.isnan(qp) | np.isnan(qr))
-    if not keep.any():
-        return None
-    w = arr.weight if shift is None else arr.weight * shift
-    return ratio_interval((qr - qp)[keep], qr[keep], w[keep], z, horizon=horizon)
+    """:func:`drop_curve` at one threshold: (estimate, low, high), None where no pair tells."""
+    return _triple(drop_curve(pairs, [threshold], z, shift, fleet, horizon)[:, 0])
 
 
 __all__ = [
@@ -184,6 +219,7 @@ __all__ = [
     "PairArrays",
     "RatioSums",
     "ShadowPair",
+    "drop_curve",
     "pair_drop_at",
     "policy_sides",
     "ratio_interval",

@@ -22,7 +22,7 @@ import numpy as np
 
 from hybridllm.errors import UsageError
 
-from .estimates import PairArrays, ShadowPair, pair_drop_at, realised_drop
+from .estimates import PairArrays, ShadowPair, drop_curve, realised_drop
 from .policy import Fleet, sweep_arrays
 
 HOLD_KINDS = ("max_quality_drop", "budget", "cost_advantage")
@@ -201,18 +201,14 @@ class Hold:
         self.estimate = realised_drop(pairs, self.fleet.ref)
         if len(pairs) < self.min_pairs:
             return None, ""
-        shift = self._shift(pairs)
-        arrays = PairArrays(pairs, len(self.fleet.models))
-        best = self.hi
-        bound = None
-        for thr in self.grid[::-1]:  # falling threshold: rising savings, rising drop (roughly)
-            got = pair_drop_at(arrays, float(thr), self.z, shift, self.fleet, self.horizon_requests)
-            if got is None:
-                continue
-            value = got[2] if self.confidence > 0.5 else got[0]
-            if value > self.target + 1e-9:
-                break  # the first threshold past the target ends the search: no cherry-picking further down
-            best, bound = float(thr), value
+        curve = drop_curve(PairArrays(pairs, len(self.fleet.models)), self.grid, self.z, self._shift(pairs),
+                           self.fleet, self.horizon_requests)  # fmt: skip
+        value = (curve[2] if self.confidence > 0.5 else curve[0])[::-1]  # by falling threshold: rising savings
+        over = np.flatnonzero(value > self.target + 1e-9)  # NaN (no pair tells) is never over
+        # the first threshold past the target ends the search: no cherry-picking further down
+        ok = np.flatnonzero(~np.isnan(value[: over[0] if len(over) else len(value)]))
+        best = float(self.grid[::-1][ok[-1]]) if len(ok) else self.hi
+        bound = float(value[ok[-1]]) if len(ok) else None
         shown = "none meets it" if bound is None else f"bound {bound:.2f} %"
         return best, f"{len(pairs)} shadow pairs, {self.confidence:.0%} upper bound: {shown}"
 

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 from collections import deque
 from typing import Any
 
@@ -144,6 +145,7 @@ class HoldSync:
         self.hold, self.store, self.every_s = hold, store, every_s
         digest = hashlib.sha256(json.dumps(list(fleet.models)).encode()).hexdigest()[:16]
         self.key = f"hold:pairs:{digest}"
+        self.fleet = fleet
         self.new: list[ShadowPair] = []
 
     def add(self, pair: ShadowPair, job: Any = None) -> None:
@@ -155,7 +157,7 @@ class HoldSync:
         got = await self.store.share(self.key, [_encode(p) for p in new], keep)
         if got is None:
             return  # nothing shared (one process, or Redis down): the controller has its own pairs
-        pairs = [p for p in (_decode(x) for x in got) if p is not None]
+        pairs = [p for p in (_decode(x, self.fleet) for x in got) if p is not None]
         self.hold.replace_pairs(pairs + self.new, "all replicas")  # + those that came in meanwhile
 
     async def run(self) -> None:
@@ -171,15 +173,30 @@ def _encode(p: ShadowPair) -> str:
     return json.dumps([list(p.scores), p.served, p.other, p.q_served, p.q_other, p.weight, p.t, list(p.extra)])
 
 
-def _decode(text: str) -> ShadowPair | None:
-    """A shared record; None for one this version cannot read (another version's, a stray write)."""
+def _decode(text: str, fleet: Fleet) -> ShadowPair | None:
+    """A shared record; None for one this server cannot use (another version's, a stray or hostile
+    write: the wrong number of scores, a model outside the fleet, a score outside [0, 1], a weight
+    that is not a positive finite number), so that nothing read back from the store can break the
+    controller's step on the request path."""
     try:
         scores, served, other, q_served, q_other, weight, t, extra = json.loads(text)
         more = tuple((int(m), float(q)) for m, q in extra)
-        return ShadowPair(tuple(float(x) for x in scores), int(served), int(other), float(q_served),
+        pair = ShadowPair(tuple(float(x) for x in scores), int(served), int(other), float(q_served),
                           float(q_other), float(weight), float(t), more)  # fmt: skip
     except (ValueError, TypeError):
         return None
+    n_models = len(fleet.models)
+    models = [pair.served, pair.other, *(m for m, _ in pair.extra)]
+    qualities = [pair.q_served, pair.q_other, *(q for _, q in pair.extra)]
+    if (
+        len(pair.scores) != len(fleet.candidates)  # a score per model cheaper than the reference
+        or not all(math.isfinite(x) for x in pair.scores)
+        or not all(0 <= m < n_models for m in models)
+        or not all(0.0 <= q <= 1.0 for q in qualities)
+        or not (math.isfinite(pair.weight) and pair.weight > 0)
+    ):
+        return None
+    return pair
 
 
 def live_families(live: LiveQuality | None, hold: Hold | None) -> list[Any]:
