@@ -52,7 +52,7 @@ def make_pairs(fleet: Fleet, n: int, seed: int = 0) -> list[ShadowPair]:
 def per_threshold(pairs: list[ShadowPair], hold: Hold) -> float:
     """Each threshold estimated on its own, by falling threshold, up to the first over the target."""
     arr = PairArrays(pairs, len(hold.fleet.models))
-    shift = hold._shift(pairs)
+    shift = hold._shift(arr.scores)
     best = hold.hi
     for thr in hold.grid[::-1]:
         picks = choose(arr.scores, hold.fleet, float(thr))

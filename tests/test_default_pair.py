@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import openai
+import pytest
 
 from hybridllm import read_table
 from hybridllm.backends.packages import LOCAL_MODELS
@@ -48,7 +50,9 @@ def test_the_shipped_router_decides_as_the_release_did():
     assert list(rows) == want["ids"] and len(rows) == 214
     r = Router(SHIPPED_ROUTER)
     prompts = [rows[i]["prompt"] for i in want["ids"]]
-    assert r.score(prompts).tolist() == want["scores"]
+    # float32 scores as the release wrote them, to a few units in the last place: the matrix products' sums
+    # run in another order on another CPU's kernels (AVX-512 against AVX2); the decisions, exactly
+    assert r.score(prompts) == pytest.approx(np.array(want["scores"]), rel=0, abs=1e-6)
     for point in want["decisions"]:
         decisions = r.route_batch(prompts, **point["knob"])
         assert decisions[0].threshold == point["threshold"], point["knob"]

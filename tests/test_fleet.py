@@ -350,7 +350,9 @@ def test_a_fleet_artifact_of_the_previous_release_decides_as_it_did(cache_env):
     assert all("cost_advantage" in p for p in router.config["calibration"])
     rows = {r["id"]: r for r in read_table(REPO.parent / "shared" / "data" / "mmlu_pro.jsonl")}
     prompts = [rows[i]["prompt"] for i in want["ids"]]
-    assert router.score(prompts).tolist() == want["scores"]
+    # float32 scores as the release wrote them, to a few units in the last place: the matrix products' sums
+    # run in another order on another CPU's kernels (AVX-512 against AVX2); the decisions, exactly
+    assert router.score(prompts) == pytest.approx(np.array(want["scores"]), rel=0, abs=1e-6)
     for point in want["decisions"]:
         decisions = router.route_batch(prompts, **point["knob"])
         assert decisions[0].threshold == point["threshold"], point["knob"]

@@ -130,26 +130,32 @@ def policy_sides(scores: Sequence[float], ref: int) -> list[int]:
     return [*out, ref]
 
 
-def realised_drop(pairs: Sequence[ShadowPair], ref: int, z: float = Z95) -> tuple[float, float, float] | None:
+def realised_drop(
+    pairs: Sequence[ShadowPair] | PairArrays, ref: int, z: float = Z95
+) -> tuple[float, float, float] | None:
     """The quality drop of the answers served against always using the reference, in % with its
     interval, from shadow pairs (every pair includes the reference's answer)."""
-    if not pairs:
+    if not isinstance(pairs, PairArrays):
+        top = max((max(p.served, p.other, *(m for m, _ in p.extra)) for p in pairs), default=ref)
+        pairs = PairArrays(pairs, max(top, ref) + 1)
+    arr = pairs
+    if len(arr.weight) == 0:
         return None
-    q_ref = np.array([p.quality(ref) for p in pairs], dtype=np.float64)
-    q_srv = np.array([p.q_served for p in pairs], dtype=np.float64)
-    w = np.array([p.weight for p in pairs], dtype=np.float64)
-    return ratio_interval(q_ref - q_srv, q_ref, w, z)
+    q_ref, q_srv = arr.q[:, ref], arr.q[np.arange(len(arr.served)), arr.served]
+    return ratio_interval(q_ref - q_srv, q_ref, arr.weight, z)
 
 
 class PairArrays:
     """Shadow pairs as arrays, built once per control step: candidate scores [n, K], every model's
-    quality where the pair knows it (NaN where not) [n, M], and the weights."""
+    quality where the pair knows it (NaN where not) [n, M], the model that answered, the weights."""
 
     def __init__(self, pairs: Sequence[ShadowPair], n_models: int) -> None:
         self.scores = np.array([p.scores for p in pairs], dtype=np.float64).reshape(len(pairs), -1 if pairs else 0)
         self.q = np.full((len(pairs), n_models), np.nan)
+        self.served = np.array([p.served for p in pairs], dtype=np.int64)
+        self.q[np.arange(len(pairs)), self.served] = [p.q_served for p in pairs]
         for i, p in enumerate(pairs):
-            self.q[i, p.served], self.q[i, p.other] = p.q_served, p.q_other
+            self.q[i, p.other] = p.q_other
             for m, v in p.extra:
                 self.q[i, m] = v
         self.weight = np.array([p.weight for p in pairs], dtype=np.float64)
@@ -186,19 +192,19 @@ def drop_curve(
     until = np.minimum.accumulate(np.concatenate([np.full((n, 1), n_t), start], axis=1), axis=1)
     w = arr.weight if shift is None else arr.weight * shift
     qr = arr.q[:, fleet.ref]
-    diff = np.zeros((9, n_t + 1))
+    diff = np.zeros(9 * (n_t + 1))  # [9, n_t + 1] flat: each sum's changes at each run index
+    row = (np.arange(9) * (n_t + 1))[:, None]
     runs = [(m, start[:, m], until[:, m]) for m in range(k)] + [(fleet.ref, np.zeros(n, dtype=np.int64), until[:, k])]
     for m, a, b in runs:
         qm = arr.q[:, m]
         live = (a < b) & ~(np.isnan(qm) | np.isnan(qr))
         if not live.any():
             continue
-        part = _terms((qr - qm)[live], qr[live], w[live])
-        for j in range(9):
-            diff[j] += np.bincount(a[live], part[j], minlength=n_t + 1)
-            diff[j] -= np.bincount(b[live], part[j], minlength=n_t + 1)
+        part = _terms((qr - qm)[live], qr[live], w[live]).ravel()
+        diff += np.bincount((row + a[live]).ravel(), part, minlength=diff.size)
+        diff -= np.bincount((row + b[live]).ravel(), part, minlength=diff.size)
     out = np.empty((3, n_t))
-    out[:, order] = _bounds(np.cumsum(diff, axis=1)[:, :n_t], 1.0, z, horizon)
+    out[:, order] = _bounds(np.cumsum(diff.reshape(9, n_t + 1), axis=1)[:, :n_t], 1.0, z, horizon)
     return out
 
 

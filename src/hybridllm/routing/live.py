@@ -180,15 +180,18 @@ class Hold:
         """The held spend (% of always-reference) or share away from the reference, recent requests."""
         return self._held_sum / max(len(self.picked), 1)
 
-    def _shift(self, pairs: Sequence[ShadowPair]) -> np.ndarray:
-        """Importance weights that make the pairs look like the recent traffic: the ratio of the
-        recent requests' share to the pairs' share in each score decile of the pairs. The mix of
-        queries moves faster than the pairs accumulate (one in 1 / rate requests), and the router's
-        scores see the move at once; quality given the score is assumed to move slower."""
-        s = np.array([max(p.scores) for p in pairs], dtype=np.float64)  # the best candidate's score
-        recent = np.array([max(x) for x in self.scores], dtype=np.float64)
+    def _shift(self, scores: np.ndarray) -> np.ndarray:
+        """Importance weights that make the pairs (their candidate ``scores``) look like the recent
+        traffic: the ratio of the recent requests' share to the pairs' share in each decile of the
+        pairs' best candidate score. The mix of queries moves faster than the pairs accumulate (one
+        in 1 / rate requests), and the router's scores see the move at once; quality given the
+        score is assumed to move slower."""
+        s = scores.max(axis=1)
+        if not self.scores:
+            return np.ones(len(s))
+        recent = np.array(self.scores, dtype=np.float64).max(axis=1)
         edges = np.unique(np.quantile(s, np.linspace(0, 1, 11)))
-        if len(edges) < 3 or len(recent) == 0:
+        if len(edges) < 3:
             return np.ones(len(s))
         b_pairs = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, len(edges) - 2)
         b_recent = np.clip(np.searchsorted(edges, recent, side="right") - 1, 0, len(edges) - 2)
@@ -197,12 +200,12 @@ class Hold:
         return f_recent[b_pairs] / np.maximum(f_pairs[b_pairs], 1e-12)
 
     def _quality_step(self) -> tuple[float | None, str]:
-        pairs = list(self.pairs)
-        self.estimate = realised_drop(pairs, self.fleet.ref)
-        if len(pairs) < self.min_pairs:
+        arr = PairArrays(list(self.pairs), len(self.fleet.models))
+        self.estimate = realised_drop(arr, self.fleet.ref)
+        n = len(arr.weight)
+        if n < self.min_pairs:
             return None, ""
-        curve = drop_curve(PairArrays(pairs, len(self.fleet.models)), self.grid, self.z, self._shift(pairs),
-                           self.fleet, self.horizon_requests)  # fmt: skip
+        curve = drop_curve(arr, self.grid, self.z, self._shift(arr.scores), self.fleet, self.horizon_requests)
         value = (curve[2] if self.confidence > 0.5 else curve[0])[::-1]  # by falling threshold: rising savings
         over = np.flatnonzero(value > self.target + 1e-9)  # NaN (no pair tells) is never over
         # the first threshold past the target ends the search: no cherry-picking further down
@@ -210,7 +213,7 @@ class Hold:
         best = float(self.grid[::-1][ok[-1]]) if len(ok) else self.hi
         bound = float(value[ok[-1]]) if len(ok) else None
         shown = "none meets it" if bound is None else f"bound {bound:.2f} %"
-        return best, f"{len(pairs)} shadow pairs, {self.confidence:.0%} upper bound: {shown}"
+        return best, f"{n} shadow pairs, {self.confidence:.0%} upper bound: {shown}"
 
     def state(self) -> dict[str, Any]:
         est = self.estimate
