@@ -503,7 +503,31 @@ def live_overhead() -> str:
         "",
         "The requests/s difference is the shadow traffic itself: each shadowed request adds an upstream call and "
         "two judge calls in the same process.",
+        *hold_step(),
     ])  # fmt: skip
+
+
+def hold_step() -> list[str]:
+    """The quality hold's control step: the one-pass curve against each threshold on its own."""
+    path = RESULTS / "hold_step.json"
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    r0 = d["results"][0]
+    return [
+        "",
+        f"The quality hold's control step, every 50 routed requests in the request path "
+        f"(`python benchmarks/hold_step.py`, commit {d['commit']}): {r0['pairs']:,} shadow pairs, "
+        f"{r0['thresholds']:,} calibrated thresholds, median of repeated runs; the step as the controller runs it "
+        "(every threshold from one cumulative sum) against estimating each threshold on its own, falling, up to "
+        "the first over the target (both choose the same threshold):",
+        "",
+        table(["models", "target", "threshold chosen", "each threshold on its own", "control step"], [
+            [str(r["models"]), f"{r['target']:g} %", f"{r['threshold']:.3f}", f"{r['per_threshold_ms']:.1f} ms",
+             f"{r['step_ms']:.2f} ms"]
+            for r in d["results"]
+        ], "rrrrr"),
+    ]  # fmt: skip
 
 
 SECTIONS: list[Callable[[], str]] = [
