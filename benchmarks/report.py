@@ -406,8 +406,10 @@ def drift() -> str:
         "the tolerance. Coverage: windows whose true quality drop lies in the live 95 % interval from that window's "
         f"shadow pairs (width: its mean). Sliding and since start: the two estimates the server shows, at each "
         f"window's end, from the last {d.get('live_pairs', 200)} shadow pairs and from every pair so far, against the "
-        "truth over the requests they span (coverage · mean width). Away: % of requests not sent to the reference; "
-        "spend: % of always-reference.",
+        "truth over the requests they span (coverage · mean width). The since-start estimate is cumulative, so its "
+        "coverage over the windows of one run is close to a single draw: an early miss stays in it for thousands of "
+        "requests (read a low figure there as one run's luck of the shadow draws, and the per-window coverage as the "
+        "interval's calibration). Away: % of requests not sent to the reference; spend: % of always-reference.",
         "",
         table(["stream", "routing", "target", "held", "away %", "spend %", "drop %", "coverage", "width",
                "sliding", "since start"], rows, "lllrrrrrrrr"),
