@@ -506,7 +506,7 @@ def live_overhead() -> str:
         "The requests/s difference is the shadow traffic itself: each shadowed request adds an upstream call and "
         "two judge calls in the same process. Under the quality hold, one routed request in 50 also waits for the "
         "control step (below), which is more than one in a hundred: that is the one-client p99's difference, "
-        "about a millisecond against an upstream that answers in well under one.",
+        "under a millisecond, against an upstream that answers at once (a real model takes hundreds).",
         *hold_step(),
     ])  # fmt: skip
 
