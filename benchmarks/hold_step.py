@@ -95,7 +95,7 @@ def main() -> None:
                 hold.scores.append(p.scores)
             loop_ms, loop_thr = timed(lambda: per_threshold(pairs, hold), max(3, args.repeat // 5))  # noqa: B023
             step_ms, (step_thr, _) = timed(hold._quality_step, args.repeat)
-            curve_ms, _ = timed(lambda: drop_curve(pairs, grid, hold.z, None, fleet, 200), args.repeat)  # noqa: B023
+            curve_ms, _ = timed(lambda: drop_curve(pairs, fleet, grid, hold.z, None, 200), args.repeat)  # noqa: B023
             assert step_thr == loop_thr, (k, target, step_thr, loop_thr)  # the same choice
             rows.append({
                 "models": k, "target": target, "pairs": args.pairs, "thresholds": args.thresholds,

@@ -110,7 +110,7 @@ def test_hold_quality_moves_only_on_enough_pairs_and_meets_its_bound():
 
 
 def test_three_model_quality_hold_knows_every_side_and_meets_its_bound():
-    from hybridllm.routing.estimates import pair_drop_at, policy_sides
+    from hybridllm.routing.estimates import drop_curve, policy_sides
     from hybridllm.routing.policy import choose
 
     # the cheapest model whose score clears the threshold, as the threshold falls
@@ -134,11 +134,11 @@ def test_three_model_quality_hold_knows_every_side_and_meets_its_bound():
         hold.add_pair(pair)
         hold.observe(sc, served)
     assert hold.lo <= hold.threshold < hold.hi  # it routes some traffic away from the reference
-    got = pair_drop_at(pairs[-1000:], hold.threshold, 1.645, None, fleet)
-    assert got is not None and got[2] <= 5 + 1.0  # its own bound on its own pairs, one step's slack
+    got = drop_curve(pairs[-1000:], fleet, [hold.threshold], 1.645)[:, 0]
+    assert not np.isnan(got).any() and got[2] <= 5 + 1.0  # its own bound on its own pairs, one step's slack
     # a pair that lacks the model a threshold picks is left out, not counted as the reference's
     lone = ShadowPair((0.9, 0.95), 2, 1, 1.0, 0.0)  # model 0 (picked at 0.5) unknown
-    assert pair_drop_at([lone], 0.5, 1.645, None, fleet) is None
+    assert np.isnan(drop_curve([lone], fleet, [0.5], 1.645)).all()
 
 
 def test_the_drop_curve_is_each_thresholds_own_estimate():
@@ -163,7 +163,7 @@ def test_the_drop_curve_is_each_thresholds_own_estimate():
     rng.shuffle(grid)
     shift = rng.uniform(0.5, 2, len(pairs))
     for horizon in (0, 200):
-        curve = drop_curve(arr, grid, 1.645, shift, fleet, horizon)
+        curve = drop_curve(arr, fleet, grid, 1.645, shift, horizon)
         for t, thr in enumerate(grid):
             picks = choose(arr.scores, fleet, float(thr))
             qp, qr = arr.q[np.arange(len(pairs)), picks], arr.q[:, 2]
@@ -173,7 +173,7 @@ def test_the_drop_curve_is_each_thresholds_own_estimate():
                 assert np.isnan(curve[:, t]).all()
             else:
                 assert curve[:, t] == pytest.approx(want, rel=1e-9, abs=1e-9), thr
-    assert np.isnan(drop_curve([], grid, 1.645, None, fleet)).all()
+    assert np.isnan(drop_curve([], fleet, grid, 1.645)).all()
 
 
 def test_parse_hold_names_the_problem():

@@ -5,8 +5,7 @@
   the ends of the difference's range added to the variance only, so that a handful of pairs that
   happen to agree does not give an interval of width zero.
 - :class:`ShadowPair`, :func:`policy_sides`: what one shadowed request tells; :func:`realised_drop`
-  and :func:`drop_curve` / :func:`pair_drop_at`: the drop served, and the drop each threshold would
-  give.
+  and :func:`drop_curve`: the drop served, and the drop each threshold would give.
 """
 
 from __future__ import annotations
@@ -73,10 +72,6 @@ class RatioSums:
         self.span = span
         self.sums = np.zeros(9)
 
-    @property
-    def n(self) -> int:
-        return int(self.sums[0])
-
     def add(self, num: float, den: float, weight: float = 1.0) -> None:
         self.sums += _terms(np.array([num]), np.array([den]), np.array([weight], dtype=np.float64))[:, 0]
 
@@ -138,11 +133,10 @@ def realised_drop(
     if not isinstance(pairs, PairArrays):
         top = max((max(p.served, p.other, *(m for m, _ in p.extra)) for p in pairs), default=ref)
         pairs = PairArrays(pairs, max(top, ref) + 1)
-    arr = pairs
-    if len(arr.weight) == 0:
+    if len(pairs.weight) == 0:
         return None
-    q_ref, q_srv = arr.q[:, ref], arr.q[np.arange(len(arr.served)), arr.served]
-    return ratio_interval(q_ref - q_srv, q_ref, arr.weight, z)
+    q_ref, q_srv = pairs.q[:, ref], pairs.q[np.arange(len(pairs.served)), pairs.served]
+    return ratio_interval(q_ref - q_srv, q_ref, pairs.weight, z)
 
 
 class PairArrays:
@@ -163,10 +157,10 @@ class PairArrays:
 
 def drop_curve(
     pairs: Sequence[ShadowPair] | PairArrays,
+    fleet: Fleet,
     thresholds: Sequence[float] | np.ndarray,
     z: float,
     shift: np.ndarray | None = None,
-    fleet: Fleet | None = None,
     horizon: int = 0,
 ) -> np.ndarray:
     """What each threshold would give on the shadow pairs, [3, T] (estimate, low, high of the drop
@@ -177,7 +171,6 @@ def drop_curve(
     a two-model fleet's, :func:`policy_sides` for more); ``shift``: each pair's extra weight (the
     covariate-shift correction of :meth:`Hold._shift`). A pair missing the model a threshold picks
     (drawn before the hold asked for every side) is left out at that threshold."""
-    fleet = fleet or Fleet(("small", "large"), (1.0, 2.0), "large")
     arr = pairs if isinstance(pairs, PairArrays) else PairArrays(pairs, len(fleet.models))
     g = np.asarray(thresholds, dtype=np.float64).ravel()
     n_t, n = len(g), len(arr.weight)
@@ -208,25 +201,12 @@ def drop_curve(
     return out
 
 
-def pair_drop_at(
-    pairs: Sequence[ShadowPair] | PairArrays,
-    threshold: float,
-    z: float,
-    shift: np.ndarray | None = None,
-    fleet: Fleet | None = None,
-    horizon: int = 0,
-) -> tuple[float, float, float] | None:
-    """:func:`drop_curve` at one threshold: (estimate, low, high), None where no pair tells."""
-    return _triple(drop_curve(pairs, [threshold], z, shift, fleet, horizon)[:, 0])
-
-
 __all__ = [
     "Z95",
     "PairArrays",
     "RatioSums",
     "ShadowPair",
     "drop_curve",
-    "pair_drop_at",
     "policy_sides",
     "ratio_interval",
     "realised_drop",

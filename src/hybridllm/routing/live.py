@@ -205,7 +205,7 @@ class Hold:
         n = len(arr.weight)
         if n < self.min_pairs:
             return None, ""
-        curve = drop_curve(arr, self.grid, self.z, self._shift(arr.scores), self.fleet, self.horizon_requests)
+        curve = drop_curve(arr, self.fleet, self.grid, self.z, self._shift(arr.scores), self.horizon_requests)
         value = (curve[2] if self.confidence > 0.5 else curve[0])[::-1]  # by falling threshold: rising savings
         over = np.flatnonzero(value > self.target + 1e-9)  # NaN (no pair tells) is never over
         # the first threshold past the target ends the search: no cherry-picking further down

@@ -206,14 +206,14 @@ def _live_control(
             routing.ups, fleet.ref,
             concurrency=opts.shadow_concurrency, per_minute=opts.shadow_per_minute,
             count=metrics.count_shadow, price=metrics.shadow_cost,
+            all_sides=hold is not None and hold.kind == "max_quality_drop" and len(fleet.models) > 2,
         )  # fmt: skip
-        shadow.all_sides = hold is not None and hold.kind == "max_quality_drop" and len(fleet.models) > 2
         shadow.sinks.append(live.add_pair)
         if hold is not None:
             shadow.sinks.append(lambda pair, job: hold.add_pair(pair))
     sync = None
     if hold is not None and shadow is not None and opts.state:
-        sync = HoldSync(hold, store, fleet)
+        sync = HoldSync(hold, store)
         shadow.sinks.append(sync.add)
     metrics.extra.append(lambda: live_families(live, hold))
     return live, hold, shadow, sync

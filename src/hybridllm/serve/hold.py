@@ -141,11 +141,10 @@ class HoldSync:
     ``Hold.pairs.maxlen``) and the controller goes on from the whole list. One list per fleet
     (its models' names, hashed), so that servers of different fleets never mix their pairs."""
 
-    def __init__(self, hold: Hold, store: StateStore, fleet: Fleet, every_s: float = 1.0) -> None:
+    def __init__(self, hold: Hold, store: StateStore, every_s: float = 1.0) -> None:
         self.hold, self.store, self.every_s = hold, store, every_s
-        digest = hashlib.sha256(json.dumps(list(fleet.models)).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(json.dumps(list(hold.fleet.models)).encode()).hexdigest()[:16]
         self.key = f"hold:pairs:{digest}"
-        self.fleet = fleet
         self.new: list[ShadowPair] = []
 
     def add(self, pair: ShadowPair, job: Any = None) -> None:
@@ -157,7 +156,7 @@ class HoldSync:
         got = await self.store.share(self.key, [_encode(p) for p in new], keep)
         if got is None:
             return  # nothing shared (one process, or Redis down): the controller has its own pairs
-        pairs = [p for p in (_decode(x, self.fleet) for x in got) if p is not None]
+        pairs = [p for p in (_decode(x, self.hold.fleet) for x in got) if p is not None]
         self.hold.replace_pairs(pairs + self.new, "all replicas")  # + those that came in meanwhile
 
     async def run(self) -> None:

@@ -136,6 +136,7 @@ class Shadow:
         count: Callable[[str, str], None] | None = None,
         price: Callable[[str, dict[str, Any]], float | None] | None = None,
         seed: int | None = None,
+        all_sides: bool = False,
     ) -> None:
         self.rate, self.scorer, self.ups, self.ref = rate, scorer, ups, ref
         self.per_minute = per_minute
@@ -153,7 +154,7 @@ class Shadow:
         self.closed = False
         #: ask every model the policy picks for the request at some threshold, not only the other
         #: side (a quality hold over more than two models needs them: :func:`policy_sides`)
-        self.all_sides = False
+        self.all_sides = all_sides
 
     def other_side(self, served: int, scores: Sequence[float]) -> int:
         if served != self.ref:
