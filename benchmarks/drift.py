@@ -98,7 +98,8 @@ class TableLLM:
             if m:
                 i, k, s = (int(x) for x in m.groups())
                 q = float(self.rows[i]["quality"][self.models[k]][s])
-            content = f"Rating: {1 + 9 * q:.1f}"
+            nonce = re.findall(r"^VERDICT-([0-9a-f]+): N$", text, flags=re.MULTILINE)[-1]  # the judge protocol
+            content = f"VERDICT-{nonce}: {1 + 9 * q:.1f}"
         else:
             i, k = self.by_prompt[text], self.models.index(body["model"])
             s = self.rng.randrange(len(self.rows[i]["quality"][self.models[k]]))

@@ -46,7 +46,10 @@ def run_upstream(port: int) -> None:
 
     async def chat(request):  # type: ignore[no-untyped-def]
         body = await request.json()
-        text = "Rating: 7" if body["model"] == "judge" else "ok"  # the judge of shadow checks (--mode paired --live)
+        text = "ok"
+        if body["model"] == "judge":  # the judge of shadow checks (--mode paired --live), in its protocol
+            nonce = body["messages"][-1]["content"].rsplit("VERDICT-", 1)[-1].split(":", 1)[0]
+            text = f"VERDICT-{nonce}: 7"
         return JSONResponse(
             {
                 "id": "x",

@@ -11,6 +11,7 @@ from hybridllm import default_router_dir
 
 from .browser import browser_page
 from .conftest import REPO
+from .fake_judge import graded, verdict
 from .fake_openai import FakeOpenAI, _free_port
 from .procs import running_serve
 from .test_cli import run
@@ -83,26 +84,37 @@ def test_dashboard_shows_live_traffic_and_its_knob_steers_routing(tmp_path):
 
 
 def test_dashboard_behind_a_key(tmp_path):
-    """With client keys, data and knob need a key; the page asks for it and then works."""
+    """With client keys, data needs a key and the knob the admin key; the page asks for a key: a
+    tenant's shows the data but its knob change is refused on the page, the admin's moves the knob."""
     port = _free_port()
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         args = ["--router", str(default_router_dir()), "--small", f"s@{s_up.url}", "--large", f"l@{l_up.url}"]
-        env = {"HYBRID_KEYS": "sk-dash-1"}
-        with running_serve([*args, "--serve-api-key-env", "HYBRID_KEYS", "--port", str(port)], port, env=env):
+        env = {"HYBRID_KEYS": "sk-dash-1", "HYBRID_ADMIN": "sk-admin-1"}
+        keys = ["--serve-api-key-env", "HYBRID_KEYS", "--admin-key-env", "HYBRID_ADMIN"]
+        with running_serve([*args, *keys, "--port", str(port)], port, env=env):
             base = f"http://127.0.0.1:{port}"
             assert httpx.get(f"{base}/dashboard/data").status_code == 401
             r = httpx.post(f"{base}/dashboard/knob", json={"model": "hybrid-t-0"})
             assert r.status_code == 401 and r.json()["error"]["type"]
             assert _chat(port, "hybrid", "hi", key="sk-dash-1").status_code == 200
-            with browser_page() as (page, _errors):
+            with browser_page() as (page, errors):
                 page.goto(f"{base}/dashboard")
                 page.wait_for_function("document.getElementById('status').textContent.includes('API key')")
                 page.fill("#api-key", "sk-dash-1")
                 page.dispatch_event("#api-key", "change")
                 page.wait_for_function("document.getElementById('total-requests').textContent === '1'")
                 page.fill("#knob-input", "hybrid-t-0")
+                page.click("#knob-apply")  # a tenant's key: refused, and the page says which setting
+                page.wait_for_function("document.getElementById('knob-msg').className === 'error'")
+                assert "--admin-key-env" in page.inner_text("#knob-msg")
+                after = _chat(port, "hybrid", QUESTIONS[1], key="sk-dash-1").headers
+                assert after["x-hybridllm-threshold"] != "0.000000"  # the knob did not move
+                page.fill("#api-key", "sk-admin-1")  # the admin's key reads the data and moves the knob
+                page.dispatch_event("#api-key", "change")
+                page.wait_for_function("document.getElementById('total-requests').textContent === '2'")
                 page.click("#knob-apply")
                 page.wait_for_function("document.getElementById('knob-msg').className === 'ok'")
+                assert all("status of 40" in e for e in errors), errors  # only the refused key and knob, no JS error
             assert _chat(port, "hybrid", QUESTIONS[1], key="sk-dash-1").headers["x-hybridllm-model"] == SMALL
 
 
@@ -128,7 +140,7 @@ def test_dashboard_shows_the_live_drop_spend_and_the_held_target(tmp_path):
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up, FakeOpenAI() as j_up:
         s_up.reply = lambda p: "small says hi"
         l_up.reply = lambda p: "large says hi"
-        j_up.reply = lambda p: "Rating: 9" if "large says" in p.split("Assistant's answer:")[-1] else "Rating: 4"
+        j_up.reply = lambda p: verdict(p, 9 if "large says" in graded(p, "response") else 4)
         args = [
             "--router", str(default_router_dir()), "--small", f"s@{s_up.url}", "--large", f"l@{l_up.url}",
             "--port", str(port), "--shadow-rate", "1", "--judge", f"judge@{j_up.url}", "--hold", "cost_advantage=50",

@@ -64,3 +64,47 @@ def test_generated_pages_are_current():
     for script in ("benchmarks/report.py", "scripts/cli_reference.py"):
         got = subprocess.run([sys.executable, script, "--check"], cwd=REPO, capture_output=True, text=True)
         assert got.returncode == 0, f"{script}: {got.stderr.strip()}"
+
+
+def _serve_flags() -> set[str]:
+    """Every option name `hybridllm serve --help` lists (read from the command it prints them from)."""
+    import typer
+
+    from hybridllm.cli import app
+
+    group = typer.main.get_command(app)
+    ctx = group.make_context("hybridllm", [], resilient_parsing=True)
+    serve = group.get_command(ctx, "serve")
+    return {o for p in serve.params for o in [*p.opts, *p.secondary_opts] if o.startswith("--")}
+
+
+def _documented_serve_flags() -> list[tuple[str, str]]:
+    """(where, flag) for every flag the docs give `hybridllm serve`: in its command lines (a shell
+    block's `hybridllm serve ...`, continuation lines joined) in the README and docs/*.md, and every
+    `--flag` in the prose of docs/serve.md and docs/control.md (the pages about serve)."""
+    found = []
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    for page in pages:
+        if page.name == "cli.md":  # generated from the commands (test_generated_pages_are_current)
+            continue
+        text = page.read_text()
+        for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                _, sep, rest = line.partition("hybridllm serve")
+                if sep:
+                    rest = re.split(r"\s(?:\||&&|;|#)", rest)[0]
+                    found += [(page.name, f) for f in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest)]
+        if page.name in ("serve.md", "control.md"):
+            prose = re.sub(r"```.*?```", "", text, flags=re.S)
+            found += [(page.name, m) for m in re.findall(r"`(--[a-z][a-z0-9-]*)", prose)]
+    return found
+
+
+def test_every_serve_flag_the_docs_give_exists():
+    """docs/control.md once showed `--log-prompts`, which `serve` did not take: a documented flag that
+    `hybridllm serve --help` does not list fails here, naming the page."""
+    flags = _serve_flags()
+    documented = _documented_serve_flags()
+    assert len(documented) > 30  # the pages were read
+    missing = sorted({f"{page}: {flag}" for page, flag in documented if flag not in flags})
+    assert not missing, f"flags in the docs that `hybridllm serve` does not take: {missing}"

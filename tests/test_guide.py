@@ -16,6 +16,7 @@ import sys
 import httpx
 
 from .conftest import REPO, SHARED
+from .fake_judge import graded, verdict
 from .fake_openai import FakeOpenAI, _free_port
 from .procs import running_serve
 
@@ -62,7 +63,7 @@ def test_every_command_of_the_guide_runs(tmp_path):
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "my_rubric.txt").write_text(
         "Question: {prompt}\nReference answer: {reference}\nAnswer: {response}\n"
-        "Is the answer's final number the reference's? Reply 'Rating: N' on a 1-10 scale."
+        "Is the answer's final number the reference's? Rate it on a 1-10 scale."
     )
 
     def small(prompt: str) -> str:  # right on short questions, mostly wrong on long ones
@@ -70,9 +71,9 @@ def test_every_command_of_the_guide_runs(tmp_path):
         return f"The answer is {ref.get(prompt, '0') if good else '-1'}.\n#### {ref.get(prompt, '0') if good else -1}"
 
     def large(prompt: str) -> str:  # answers, and grades when asked by the judge rubric
-        if prompt.startswith("Question: ") and "Rating: N" in prompt:
-            m = re.search(r"Reference answer: (.*)\nAnswer: .*#### (.*)\n", prompt, flags=re.S)
-            return "Rating: 9" if m and m.group(1).strip() == m.group(2).strip() else "Rating: 2"
+        if "Is the answer's final number the reference's?" in prompt:  # the judge protocol (fake_judge)
+            m = re.search(r"#### (.*)$", graded(prompt, "response"))
+            return verdict(prompt, 9 if m and m.group(1).strip() == graded(prompt, "reference").strip() else 2)
         good = _digest(prompt) % 10 != 0
         return f"Step by step.\n#### {ref.get(prompt, '0') if good else -2}"
 

@@ -28,6 +28,7 @@ from hybridllm.serve import ServeOptions, create_app
 from hybridllm.stages.outcomes import outcomes_table, read_outcomes
 
 from .conftest import LARGE, SMALL
+from .fake_judge import graded, verdict
 from .fake_openai import FakeOpenAI, _free_port
 from .procs import running_serve
 from .test_serve import Proxy, upstream
@@ -43,8 +44,7 @@ def router_dir(tmp_path_factory, cache_env, mmlu_slice):
 
 def judge_reply(prompt: str) -> str:
     """A judge that rates the large model's answers 9 and the small model's 3."""
-    answer = prompt.split("Assistant's answer:")[-1]
-    return "Rating: 9" if "large says" in answer else "Rating: 3"
+    return verdict(prompt, 9 if "large says" in graded(prompt, "response") else 3)
 
 
 # --- the estimators and the controller, in memory -------------------------------------------------
@@ -301,13 +301,15 @@ def test_outcomes_export_cli_and_kill_9(router_dir, tmp_path):
                 )
                 assert r.status_code == 200
             deadline = time.time() + 20
-            while len(read_outcomes(log)) < 30 and time.time() < deadline:
+            while len(_of_type(log, "shadow")) < 30 and time.time() < deadline:
                 time.sleep(0.1)
             with log.open("ab") as fh:
                 fh.write(b'{"type": "shadow", "id": "torn')  # a record cut by the kill
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-    assert len(read_outcomes(log)) == 30  # every fsynced record is there; the torn line is ignored
+    # every fsynced record is there (each shadow pair beside its request's one record with the
+    # prompt); the torn line is ignored
+    assert len(_of_type(log, "shadow")) == 30 and len(_of_type(log, "request")) == 30
     out = tmp_path / "t.jsonl"
     done = run("outcomes", "export", str(log), "--output", str(out))
     assert "wrote 30 rows" in done.stderr + done.stdout
@@ -320,6 +322,10 @@ def test_outcomes_export_cli_and_kill_9(router_dir, tmp_path):
     bad.write_text('{"type": "feedback", "id": "a", "score": 1}\n{"type": "shadow", "id": "b", "q": {"m": "high"}}\n')
     fail = run("outcomes", "export", str(bad), "--output", str(out), ok=False)
     assert fail.returncode == 1 and "bad.jsonl:2: q:" in fail.stderr and "Traceback" not in fail.stderr
+
+
+def _of_type(log: Path, kind: str) -> list[dict]:
+    return [r for r in read_outcomes(log) if r["type"] == kind]
 
 
 def _toml(tmp_path: Path, **kv: object) -> Path:
@@ -609,12 +615,13 @@ def test_priced_stream_asks_for_usage_and_strips_it(router_dir, tmp_path):
 
 @pytest.mark.skipif(os.environ.get("HYBRIDLLM_SKIP_LOCAL") == "1", reason="local model tests off")
 def test_a_real_local_model_judges_shadow_pairs(router_dir, tmp_path):
-    """The judge is a real model (the 270M fixture model, in process): its verdicts reach /metrics."""
+    """The judge is a real model (Qwen2.5-0.5B, in process; the 270M one cannot answer in the judge
+    protocol's verdict line): its verdicts reach /metrics."""
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         s_up.reply = lambda p: "The answer is 5."
         l_up.reply = lambda p: "2 + 3 = 5, so the answer is 5."
         port = _free_port()
-        rubric = tmp_path / "rubric.txt"  # a short prompt the 270M model answers with a number
+        rubric = tmp_path / "rubric.txt"  # a short rubric the 0.5B model answers in the protocol
         rubric.write_text(
             "Question: {prompt}\nAnswer: {response}\n"
             "On a scale of 1 to 10, how good is this answer? Reply with one number.\nRating:"
@@ -631,7 +638,7 @@ def test_a_real_local_model_judges_shadow_pairs(router_dir, tmp_path):
             "--shadow-rate",
             "1",
             "--judge",
-            "gemma-3-270m",
+            "qwen2.5-0.5b",
             "--judge-rubric",
             str(rubric),
         ]
@@ -821,7 +828,7 @@ def test_the_shadow_ceiling_skips_evenly_not_in_blocks():
             for _ in range(30):
                 shadow.submit(job)
             assert outcomes.count("ceiling") == 20  # a burst of 10 (10 s at 60 a minute), then skipped
-            shadow._filled -= 2.0  # two seconds later: two more fit
+            shadow.ceiling._filled[None] -= 2.0  # two seconds later: two more fit (None: no client keys)
             for _ in range(5):
                 shadow.submit(job)
             assert outcomes.count("ceiling") == 23

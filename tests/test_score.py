@@ -110,21 +110,25 @@ def test_embedding_similarity_orders_paraphrase_above_unrelated(cache_env):
 
 def test_judge_over_a_real_http_backend_parses_and_retries():
     from hybridllm.backends import HTTPBackend
-    from hybridllm.stages.score import parse_rating
 
+    from .fake_judge import graded, verdict
     from .fake_openai import FakeOpenAI
 
-    assert [parse_rating(t) for t in ("Rating: 8", "[[7]]", "9/10", "Score - 9.5", "no idea")] == [8, 7, 9, 9.5, None]
-    replies = {"good": iter(["Rating: 10"]), "bad": iter(["hmm, hard to say", "Rating: 1"]), "mid": iter(["[[5]]"])}
+    replies = {"good": iter([10]), "bad": iter([None, 1]), "mid": iter([5])}  # None: a reply without a verdict
+
+    def judge(prompt):
+        rating = next(replies[graded(prompt, "response")])
+        return "hmm, hard to say" if rating is None else verdict(prompt, rating)
+
     with FakeOpenAI() as up:
-        up.reply = lambda prompt: next(replies[prompt.split("Assistant's answer:\n")[1].split("\n")[0]])
+        up.reply = judge
         row = {"id": "j", "prompt": "What is 2+2?", "reference": "4", "responses": {"m": ["good", "bad", "mid"]}}
         out = score_rows([row], "judge", judge=HTTPBackend.from_spec(f"judge@{up.url}", backoff_s=0.01))
         assert out[0]["quality"]["m"] == pytest.approx([1.0, 0.0, 4 / 9])
         assert all(b["temperature"] == 0.0 for b in up.requests) and len(up.requests) == 4
-        assert "What is 2+2?" in up.requests[0]["messages"][0]["content"]
+        assert graded(up.requests[0]["messages"][0]["content"], "prompt") == "What is 2+2?"
         up.reply = lambda prompt: "no number at all"
-        with pytest.raises(ValueError, match="judge gave no 1-10 rating"):
+        with pytest.raises(ValueError, match="judge gave no VERDICT line"):
             score_rows([row], "judge", judge=HTTPBackend.from_spec(f"judge@{up.url}", backoff_s=0.01))
 
 
@@ -146,8 +150,10 @@ def test_exact_match_on_real_local_model_answers(tail, expected):
 def test_custom_rubric_from_the_cli(tmp_path):
     """`score --metric judge --rubric FILE`: the judge sees the user's rubric, filled in; a rubric
     with a typo in a placeholder is refused before any judge call."""
+    from hybridllm.stages.judge import judge_prompt
     from hybridllm.tables.format import read_table, write_table
 
+    from .fake_judge import graded, nonce, verdict
     from .fake_openai import FakeOpenAI
     from .test_cli import run
 
@@ -156,12 +162,16 @@ def test_custom_rubric_from_the_cli(tmp_path):
     rubric = tmp_path / "rubric.txt"
     rubric.write_text("Is {response} a prime number? Question was: {prompt}. Answer {{Rating: N}} from 1 to 10.")
     with FakeOpenAI() as up:
-        up.reply = lambda p: "Rating: 10" if p.startswith("Is 7 ") else "Rating: 1"
+        up.reply = lambda p: verdict(p, 10 if graded(p, "response") == "7" else 1)
         run("score", str(table), "--metric", "judge", "--judge", f"j@{up.url}", "--rubric", str(rubric),
             "--output", str(tmp_path / "s.jsonl"))  # fmt: skip
         sent = [b["messages"][0]["content"] for b in up.requests]
         assert read_table(tmp_path / "s.jsonl")[0]["quality"]["m"] == [1.0, 0.0]
-        assert "Is 7 a prime number? Question was: Name a prime.. Answer {Rating: N} from 1 to 10." in sent
+        # the user's rubric, its placeholders filled with the data blocks, inside the judge protocol
+        assert sorted(graded(s, "response") for s in sent) == ["7", "8"]
+        assert all(s == judge_prompt(rubric.read_text(), "Name a prime.", graded(s, "response"), "", nonce(s))
+                   for s in sent)  # fmt: skip
+        assert "a prime number? Question was: " in sent[0] and "Answer {Rating: N} from 1 to 10." in sent[0]
         up.requests.clear()
         rubric.write_text("Grade {answer} for {prompt}")
         bad = run("score", str(table), "--metric", "judge", "--judge", f"j@{up.url}", "--rubric", str(rubric),

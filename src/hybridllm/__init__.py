@@ -32,7 +32,7 @@ _LAZY = {
     "EngineError": "hybridllm.engine.shards", "CollectionExists": "hybridllm.stages.journal",
     "JournalMismatch": "hybridllm.stages.journal", "RegistryError": "hybridllm.tables.registry",
     "KnobError": "hybridllm.serve.knobs", "RequestError": "hybridllm.serve.errors",
-    "ServeConfigError": "hybridllm.serve.errors",
+    "ServeConfigError": "hybridllm.serve.errors", "JudgeError": "hybridllm.stages.judge",
 }  # fmt: skip
 
 
@@ -56,6 +56,7 @@ __all__ = [
     "FittedRouter",
     "HybridLLMError",
     "JournalMismatch",
+    "JudgeError",
     "KnobError",
     "MissingExtraError",
     "ModelError",

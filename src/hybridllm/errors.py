@@ -16,6 +16,7 @@ The tree (each layer's own errors live beside the code that raises them; all are
     ├── CalibrationError      a knob the calibration cannot answer
     ├── EncoderError          an encoder that cannot be found or loaded
     ├── BackendError          an upstream model call that failed for good (StreamBroke: after it began)
+    ├── JudgeError            an LLM judge that gave no verdict line with its call's nonce
     ├── ModelError            a local model package that cannot be assembled
     ├── JournalMismatch, CollectionExists   a collection journal that does not fit the command
     ├── EngineError           the Ray engine

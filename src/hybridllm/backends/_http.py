@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -68,6 +69,23 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 #: built once (json.dumps with a non-default option builds an encoder per call)
 _BODY = json.JSONEncoder(ensure_ascii=False)
+#: what stands in an upstream's error body for its key, or for anything sent as a Bearer token
+REDACTED = "[redacted]"
+_BEARER = re.compile(r"(?i)\b(bearer)(\s+|%20|\+)[^\s\"'<>,;]{8,}")
+
+
+def scrub(text: str, key: str | None) -> str:
+    """``text`` (an upstream's error body, quoted to a client, a log or an exception) without the
+    key sent to that upstream: the key itself (also as JSON escapes it), any ``Bearer`` token, and
+    the key's first characters where the text was cut in the middle of it."""
+    if key:
+        for form in {key, json.dumps(key)[1:-1]}:
+            text = text.replace(form, REDACTED)
+        for n in range(min(len(key) - 1, len(text)), 3, -1):  # a body cut after the key's first n characters
+            if text.endswith(key[:n]):
+                text = text[:-n] + REDACTED
+                break
+    return _BEARER.sub(lambda m: m.group(1) + " " + REDACTED, text) if "earer" in text.lower() else text
 
 
 @dataclass
@@ -176,7 +194,7 @@ class HTTPBackend(Backend):
                             if on_text is None:
                                 return self._parse(await resp.read(), time.perf_counter() - t0)
                             return await self._read_stream(resp, t0, on_text)
-                        text = (await resp.read()).decode("utf-8", "replace")
+                        text = scrub((await resp.read()).decode("utf-8", "replace"), self.api_key)
             except errors as exc:
                 last = f"{type(exc).__name__}: {exc}".strip()
             else:
@@ -253,9 +271,10 @@ class HTTPBackend(Backend):
                     detail = (await within(resp.content.read(300), min(remaining(deadline), 5.0)))[:300]
                 except errors:
                     detail = b""
+                said = scrub(detail.decode("utf-8", "replace"), self.api_key)  # the key never reaches a client or a log
                 return Failure(
                     429 if resp.status == 429 else 502,
-                    f"upstream {self.who} answered {resp.status}: {detail.decode('utf-8', 'replace')}",
+                    f"upstream {self.who} answered {resp.status}: {said}",
                     resp.headers.get("retry-after"),
                 )
             ctype = resp.headers.get("content-type", "")
@@ -272,6 +291,8 @@ class HTTPBackend(Backend):
                 return Failure(504, f"upstream {self.who} did not finish within {self.timeout_s:g} s")
             except errors as exc:
                 return Failure(502, f"upstream {self.who} broke off: {type(exc).__name__}")
+            if resp.status != 200:  # an error body is relayed to the client: never with our key in it
+                data = self._scrubbed(data)
             try:
                 payload = json.loads(data)
             except (json.JSONDecodeError, UnicodeDecodeError):
@@ -281,6 +302,11 @@ class HTTPBackend(Backend):
         finally:
             if not ok:
                 resp.close()  # an unfinished body: drop the connection, never reuse it
+
+    def _scrubbed(self, data: bytes) -> bytes:
+        text = data.decode("utf-8", "replace")
+        clean = scrub(text, self.api_key)
+        return data if clean == text else clean.encode()
 
     async def _relay(self, resp: Any, deadline: float) -> AsyncIterator[bytes]:
         """Upstream SSE bytes as they come, within the attempt's deadline; a client disconnect

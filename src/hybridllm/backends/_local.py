@@ -18,6 +18,7 @@ from hybridllm.progress import progress_bar
 
 from ._base import Backend
 from ._batched import BatchedDecoder, BatchRequest, chat_prompt_tokens
+from ._probe import MISSING, ensure_runs, llama_cpp_dir
 from ._types import (
     Answer,
     BackendError,
@@ -147,13 +148,8 @@ class LocalBackend(Backend):
 
     def load(self) -> Any:
         if self._llm is None:
-            try:
-                from llama_cpp import Llama
-            except ImportError:
-                raise BackendError(
-                    "local models need llama-cpp-python: pip install 'hybridllm[local]' "
-                    "(builds from source, ~6 min; CMAKE_ARGS=-DGGML_NATIVE=OFF for portable binaries)"
-                ) from None
+            if llama_cpp_dir() is None:
+                raise BackendError(MISSING)
             if self.spec in LOCAL_MODELS:
                 path = model_path(self.spec, progress=_assembly_bar(self.spec))
                 if self.chat is None:
@@ -162,6 +158,10 @@ class LocalBackend(Backend):
                 path = Path(self.spec).expanduser()
                 if not path.is_file():
                     raise BackendError(f"local model {self.spec!r}: not a known name and no such .gguf file")
+            # a build that cannot run on this CPU dies by a signal: let a child process find out first
+            ensure_runs(path, self.who, self.threads)
+            from llama_cpp import Llama
+
             self._llm = Llama(
                 model_path=str(path),
                 n_ctx=self.n_ctx,

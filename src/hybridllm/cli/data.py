@@ -195,7 +195,10 @@ def score(
     api_key_env: Annotated[str | None, typer.Option(help="environment variable with the judge's API key")] = None,
     rubric: Annotated[
         Path | None,
-        typer.Option(help="judge prompt file with {prompt}, {reference}, {response} (default: a 1-10 rubric)"),
+        typer.Option(
+            help="judge rubric file: {response} and optional {prompt}, {reference} (filled with delimited data "
+            "blocks; the verdict format is added for you; default: a 1-10 rubric)"
+        ),
     ] = None,
     engine: EngineOpt = Engine.local,
     ray_address: RayAddressOpt = None,
@@ -205,7 +208,7 @@ def score(
 ) -> None:
     """Turn responses into per-sample quality with a metric."""
     from hybridllm.backends import make_backend
-    from hybridllm.stages.score import check_rubric, score_rows
+    from hybridllm.stages.score import check_rubric, score_rows, unscored
     from hybridllm.tables.format import read_table, write_table
 
     metric_name = metric.value
@@ -238,6 +241,9 @@ def score(
         )
     write_table(rows, output)
     out.print(f"wrote {output}: {len(rows)} rows scored with {metric_name}")
+    failed = unscored(rows) if metric_name == "judge" else 0
+    if failed:  # each one was logged with its row and the judge's reply
+        _progress(f"warning: {failed} row/model slots got no judge verdict (judge errors); their quality is left out")
 
 
 @app.command()
@@ -365,11 +371,11 @@ def outcomes_export(
         rows, left = outcomes_table(read_outcomes(log), models.split(",") if models else None)
     except TableError as exc:
         _fail(str(exc))
+    out_by = ", ".join(f"{n} {why}" for why, n in left.items() if n) or "none"
     if not rows:
-        _fail(
-            f"{log}: no request with a prompt ({left['no_prompt']} without one: serve with --log-prompts to keep them)"
-        )
+        _fail(f"{log}: no request with a prompt a table can hold (left out: {out_by}; no_prompt: serve with "
+              "--log-prompts to keep prompts)")  # fmt: skip
     write_table(rows, output)
     both = sum(1 for r in rows if len(r["quality"]) >= 2)
     _progress(f"wrote {len(rows)} rows to {output} ({both} with two models' qualities from shadow pairs; "
-              f"{left['no_prompt']} requests left out without a prompt)")  # fmt: skip
+              f"left out: {out_by})")  # fmt: skip

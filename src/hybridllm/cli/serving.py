@@ -65,6 +65,14 @@ def serve(
         ),
     ] = None,
     judge_api_key_env: Annotated[str | None, typer.Option(help="env var with the judge's API key")] = None,
+    shadow_max_tokens: Annotated[
+        int | None,
+        typer.Option(help="a shadow replay's output cap: min of the request's max_tokens and this [default: 1024]"),
+    ] = None,
+    shadow_max_prompt_chars: Annotated[
+        int | None,
+        typer.Option(help="requests whose body holds more characters are not shadow-checked [default: 32000]"),
+    ] = None,
     judge_rubric: Annotated[
         Path | None, typer.Option(help="file with the judge's prompt: {prompt}, {response}, optional {reference}")
     ] = None,
@@ -81,6 +89,13 @@ def serve(
     outcomes: Annotated[
         Path | None, typer.Option(help="outcomes log (shadow pairs, /v1/feedback) for `hybridllm outcomes export`")
     ] = None,
+    feedback_per_minute: Annotated[
+        int | None, typer.Option(help="/v1/feedback posts per client key and minute (0: no limit) [default: 600]")
+    ] = None,
+    feedback_index_mb: Annotated[
+        int | None,
+        typer.Option(help="MiB of answered requests /v1/feedback can name, oldest forgotten first [default: 64]"),
+    ] = None,
     budget_cap: Annotated[
         list[str] | None, typer.Option(help="hard spend ceiling KEY=AMOUNT/PERIOD (key name or *), e.g. team-a=5/day")
     ] = None,
@@ -94,6 +109,21 @@ def serve(
     state_lease: Annotated[
         int | None,
         typer.Option(help="seconds a replica's open budget reservations outlive it (killed mid-request) [default: 30]"),
+    ] = None,
+    state_env: Annotated[
+        str | None,
+        typer.Option(help="env var holding the --state URL (keeps a Redis password out of `ps`); instead of --state"),
+    ] = None,
+    admin_key_env: Annotated[
+        str | None,
+        typer.Option(help="env var with the admin key(s), comma-separated: only they change the default knob"),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="without client keys: a Host name answered beside loopback and --host (repeat; * for any)"),
+    ] = None,
+    log_prompts: Annotated[
+        bool | None, typer.Option(help="put the routed text into the access log and outcomes records")
     ] = None,
     verbose: Annotated[bool, typer.Option(help="also log the HTTP client's per-request lines")] = False,
 ) -> None:
@@ -121,15 +151,23 @@ def serve(
         shadow_rate=shadow_rate,
         judge=judge,
         judge_api_key_env=judge_api_key_env,
+        shadow_max_tokens=shadow_max_tokens,
+        shadow_max_prompt_chars=shadow_max_prompt_chars,
         judge_rubric=judge_rubric,
         hold=hold,
         hold_confidence=hold_confidence,
         hold_window=hold_window,
         outcomes=outcomes,
+        feedback_per_minute=feedback_per_minute,
+        feedback_index_mb=feedback_index_mb,
         budget_cap=budget_cap or None,
         on_cap=on_cap,
         state=state,
         state_lease_s=state_lease,
+        state_env=state_env,
+        admin_key_env=admin_key_env,
+        allowed_host=allowed_host or None,
+        log_prompts=log_prompts,
     )
     from hybridllm.serve.build import build, load_router
 

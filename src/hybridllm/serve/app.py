@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import MappingProxyType
@@ -29,7 +27,6 @@ from starlette.responses import JSONResponse, Response
 
 from hybridllm.backends import Backend
 from hybridllm.routing.live import Hold, parse_hold
-from hybridllm.stages.outcomes import OutcomesLog
 from hybridllm.stages.score import JUDGE_RUBRIC
 
 from .budget import Budget, SteeringWatch, parse_cap
@@ -37,10 +34,12 @@ from .control import KnobControl
 from .dashboard import mount_dashboard
 from .decision import Decider, PolicyDecider, ServingRouter
 from .errors import RequestError, ServeConfigError
+from .feedback import FeedbackDesk, mount_feedback
+from .guard import AdminGate, BrowserGuard
 from .hold import HoldSync, LiveDecider, LiveQuality, live_families
 from .knobs import forced_names, routing_names
 from .options import ServeOptions
-from .protocol import openai_error, parse_json, read_body
+from .protocol import openai_error
 from .proxy import Proxy
 from .routing import Routing
 from .shadow import JudgeScorer, RewardScorer, Shadow
@@ -69,8 +68,14 @@ class HotPathApp(FastAPI):
     that a user adds (``app.add_middleware``) turns the shortcut off, so it sees every request."""
 
     hot: Mapping[str, Any] = MappingProxyType({})  # path -> handler, set by create_app
+    guard: BrowserGuard | None = None  # a keyless server's Host/Origin checks (hybridllm.serve.guard)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.guard is not None and scope["type"] == "http":
+            refused = self.guard.refuse(scope)
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
         if scope["type"] == "http" and scope["method"] == "POST" and not self.user_middleware:
             handler = self.hot.get(scope["path"])
             if handler is not None:
@@ -109,9 +114,9 @@ def create_app(
     proxy = Proxy(router, routing, chosen, metrics, opts)
     proxy.shadow, proxy.store = shadow, store
     if opts.outcomes:
-        proxy.outcomes = OutcomesLog(opts.outcomes)
-        if shadow is not None:
-            shadow.sinks.append(lambda pair, job: proxy.write_outcome(_shadow_record(pair, job, routing, opts)))
+        desk = proxy.feedback = FeedbackDesk.open(opts)
+        if shadow is not None:  # a shadow record names its request; its prompt goes in the request record
+            shadow.sinks.append(lambda pair, job: desk.submit(job.rid, _shadow_record(pair, job, routing), job.prompt))
     fleet = routing.fleet
     if opts.api_keys:
         proxy.steering = SteeringWatch({i for i in range(len(ups)) if i > 0 and fleet.costs[i] > fleet.costs[0]})
@@ -154,7 +159,9 @@ def create_app(
     app.add_route("/v1/chat/completions", proxy.chat, methods=["POST"])
     app.add_route("/v1/completions", proxy.completions, methods=["POST"])
     app.hot = {"/v1/chat/completions": proxy.chat, "/v1/completions": proxy.completions}
-    mount_dashboard(app, control, metrics, proxy.authorised, _unauthorised)
+    admin = AdminGate(opts.admin_keys, bool(opts.api_keys), proxy.authorised)
+    app.guard = None if opts.api_keys else BrowserGuard(opts.allowed_hosts)
+    mount_dashboard(app, control, metrics, admin, _unauthorised)
     app.state.metrics = metrics
     app.state.knob = control
     app.state.options = opts
@@ -165,13 +172,11 @@ def create_app(
     return app
 
 
-def _shadow_record(pair: Any, job: Any, routing: Routing, opts: ServeOptions) -> dict[str, Any]:
+def _shadow_record(pair: Any, job: Any, routing: Routing) -> dict[str, Any]:
     served, other = routing.ups[pair.served].who, routing.ups[pair.other].who
     q = {served: pair.q_served, other: pair.q_other, **{routing.ups[m].who: v for m, v in pair.extra}}
     rec: dict[str, Any] = {"type": "shadow", "id": job.rid, "t": round(pair.t, 3), "served": served, "other": other,
                            "q": q, "scores": list(pair.scores)}  # fmt: skip
-    if opts.log_prompts:
-        rec["prompt"] = job.prompt
     return rec
 
 
@@ -207,6 +212,8 @@ def _live_control(
             concurrency=opts.shadow_concurrency, per_minute=opts.shadow_per_minute,
             count=metrics.count_shadow, price=metrics.shadow_cost,
             all_sides=hold is not None and hold.kind == "max_quality_drop" and len(fleet.models) > 2,
+            max_tokens=opts.shadow_max_tokens, max_prompt_chars=opts.shadow_max_prompt_chars,
+            judge_name=opts.judge_name or str(getattr(judge, "who", None) or "judge"),
         )  # fmt: skip
         shadow.sinks.append(live.add_pair)
         if hold is not None:
@@ -245,8 +252,9 @@ def _errors(app: FastAPI) -> None:
 def _routes(
     app: FastAPI, proxy: Proxy, routing: Routing, forced: dict[str, int], metrics: Metrics, opts: ServeOptions
 ) -> None:
-    """The routes beside the proxied ones: health, readiness, metrics, the model list."""
+    """The routes beside the proxied ones: health, readiness, metrics, feedback, the model list."""
     authorised, ups = proxy.authorised, routing.ups
+    mount_feedback(app, proxy.feedback, proxy.client, lambda m: metrics.feedback.labels(m).inc(), opts, _unauthorised)
 
     @app.get("/health")
     async def health() -> Any:
@@ -267,32 +275,6 @@ def _routes(
         if not (opts.public_metrics or authorised(request)):
             return _unauthorised()
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
-
-    @app.post("/v1/feedback")
-    async def feedback(request: Request) -> Any:
-        """The application's own outcome for an answered request: {"request_id", "score"}."""
-        client = proxy.client(request)
-        if client is False:
-            return _unauthorised()
-        body = parse_json(await read_body(request, 10_000, opts.client_timeout_s))
-        rid = body.get("request_id") if isinstance(body, dict) else None
-        score = body.get("score") if isinstance(body, dict) else None
-        if not isinstance(rid, str) or not rid:
-            raise RequestError(400, 'send {"request_id": ID, "score": NUMBER}: request_id missing', "request_id")
-        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-            raise RequestError(400, "score: expected a finite number (0..1 recommended)", "score")
-        if proxy.outcomes is None:
-            raise RequestError(409, "this server keeps no outcomes log: start it with --outcomes PATH")
-        known = proxy.recent.get(rid)
-        if known is None or (known[1] is not None and known[1] != (client or None)):
-            raise RequestError(404, f"no answered request {rid[:40]!r} on this server (or not yours)", "request_id")
-        rec: dict[str, Any] = {"type": "feedback", "id": rid, "t": round(time.time(), 3), "score": float(score),
-                               "model": known[0]}  # fmt: skip
-        if known[2] is not None:
-            rec["prompt"] = known[2]
-        proxy.write_outcome(rec)
-        metrics.feedback.labels(known[0]).inc()
-        return {"object": "feedback", "request_id": rid, "recorded": True}
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:

@@ -54,7 +54,8 @@ def build(
     router = router if router is not None else load_router(cfg)
     load_local = (lambda spec, name: progress(f"loading local model {spec} for {name}")) if progress else None
     ups = cfg.upstreams(router, load_local, load)
-    options.prices = cfg.prices([u.who for u in ups])
+    # the judge's price too, when the models file has one (shadow checks count what judging cost)
+    options.prices = cfg.prices([u.who for u in ups] + ([options.judge_name] if options.judge_name else []))
     judge = cfg.judge_backend()
     if judge is not None and judge.in_process and load:
         if progress is not None:

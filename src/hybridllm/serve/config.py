@@ -23,6 +23,7 @@ from hybridllm.tables.registry import Registry
 from hybridllm.tables.specs import key_envs, parse_spec
 
 from .budget import parse_cap
+from .env_secrets import admin_keys, check_host_name, state_url
 from .errors import ServeConfigError
 from .knobs import KnobError, parse_name
 from .options import ServeOptions, key_id
@@ -65,14 +66,26 @@ class ServeConfig(BaseModel):
     judge_rubric: Path | None = None  # the judge's prompt: a file with {prompt}, {response} (and {reference})
     shadow_concurrency: int = Field(4, ge=1, le=256)
     shadow_per_minute: int = Field(600, ge=1)
+    shadow_max_tokens: int = Field(1024, ge=1)  # a shadow replay's output cap
+    shadow_max_prompt_chars: int = Field(32_000, ge=1)  # larger request bodies are not drawn
     hold: str | None = None  # KIND=PERCENT: max_quality_drop=1, budget=30, cost_advantage=40
     hold_confidence: float = Field(0.95, ge=0.5, lt=1)
     hold_window: int = Field(200, ge=0, le=10_000_000)  # the quality bound holds over this many requests
     outcomes: Path | None = None  # outcomes log: shadow pairs and /v1/feedback, for `hybridllm outcomes export`
+    feedback_per_minute: int = Field(600, ge=0)  # /v1/feedback posts per client key and minute (0: no limit)
+    feedback_index_mb: int = Field(64, ge=1, le=1 << 20)  # MiB of answered requests /v1/feedback can name
     budget_cap: list[str] = Field(default_factory=list)  # KEY=AMOUNT/PERIOD (a key's name, or * for all)
     on_cap: Literal["downgrade", "refuse"] = "downgrade"
     state: str | None = None  # redis://HOST:PORT/DB: spend counters shared by replicas
     state_lease_s: int = Field(30, ge=1, le=86400)  # how long a killed replica's reservations outlive it
+    state_env: str | None = None  # variable holding the state URL (kept out of `ps`; instead of state)
+    admin_key_env: str | None = None  # variable with the admin key(s): only they change server-wide state
+    allowed_host: list[str] = Field(default_factory=list)  # keyless server: Host names beside loopback and host
+
+    @field_validator("allowed_host")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        return [check_host_name(item) for item in v]
 
     @field_validator("budget_cap")
     @classmethod
@@ -169,10 +182,14 @@ class ServeConfig(BaseModel):
         keys = list(named)
         unknown = [k for k in (parse_cap(c).key for c in self.budget_cap) if k not in {"*", *named.values()}]
         if unknown:
-            raise ServeConfigError(
-                f"budget_cap: no client key named {unknown[0]!r} (name keys as NAME:KEY in {self.serve_api_key_env})"
+            where = (
+                f"name keys as NAME:KEY in ${self.serve_api_key_env}"
+                if self.serve_api_key_env
+                else "this server has no client keys: set --serve-api-key-env VAR with NAME:KEY entries"
             )
-        if self.budget_cap and self.workers > 1 and not self.state:
+            raise ServeConfigError(f"budget_cap: no client key named {unknown[0]!r} ({where})")
+        state = state_url(self.state, self.state_env)
+        if self.budget_cap and self.workers > 1 and not state:
             raise ServeConfigError(
                 f"budget_cap with {self.workers} workers needs --state redis://HOST:PORT/DB: each worker would "
                 "count its own spend, and a ceiling would hold per worker, not per key"
@@ -197,16 +214,23 @@ class ServeConfig(BaseModel):
             shadow_rate=self.shadow_rate,
             shadow_concurrency=self.shadow_concurrency,
             shadow_per_minute=self.shadow_per_minute,
+            shadow_max_tokens=self.shadow_max_tokens,
+            shadow_max_prompt_chars=self.shadow_max_prompt_chars,
+            judge_name=self.judge_name(),
             hold=self.hold,
             hold_confidence=self.hold_confidence,
             hold_window=self.hold_window,
             outcomes=None if self.outcomes is None else str(self.outcomes),
+            feedback_per_minute=self.feedback_per_minute,
+            feedback_index_mb=self.feedback_index_mb,
             judge_rubric=self.rubric(),
             key_names=named,
             budget_caps=list(self.budget_cap),
             on_cap=self.on_cap,
-            state=self.state,
+            state=state,
             state_lease_s=self.state_lease_s,
+            admin_keys=admin_keys(self.admin_key_env, keys),
+            allowed_hosts=[self.host, *self.allowed_host],
         )
 
     def rubric(self) -> str | None:
@@ -219,6 +243,12 @@ class ServeConfig(BaseModel):
             raise ServeConfigError(f"judge_rubric: {self.judge_rubric}: {exc.strerror or exc}") from None
         except ValueError as exc:
             raise ServeConfigError(f"judge_rubric: {self.judge_rubric}: {exc}") from None
+
+    def judge_name(self) -> str | None:
+        """The judge's name in the models file (where its price is), None when it is not one of its models."""
+        reg = self.registry() if self.shadow_rate else None
+        name = self.judge or (reg.judge if reg is not None else None)
+        return name if reg is not None and name in reg.models else None
 
     def judge_backend(self) -> Backend | RewardScorer | None:
         """The shadow checks' judge (None without ``shadow_rate``): a backend, or a reward-model

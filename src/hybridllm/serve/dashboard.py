@@ -3,8 +3,9 @@ package, nothing fetched from outside), its data as JSON, and a control for the 
 knob (:mod:`hybridllm.serve.control` holds it).
 
 Access: the page itself holds no data. ``/dashboard/data`` is guarded like ``/metrics`` (a client key
-when keys are set, unless ``public_metrics``); ``POST /dashboard/knob`` always needs a client key when
-keys are set, since it changes where traffic goes.
+or the admin key when keys are set, unless ``public_metrics``); ``POST /dashboard/knob`` changes where
+every tenant's traffic goes, so it needs the admin key (:mod:`hybridllm.serve.guard`): a client key
+gets 403.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from .control import KnobControl
 from .errors import RequestError
+from .guard import AdminGate
 from .knobs import KnobError
 from .protocol import parse_json, read_body
 
@@ -30,7 +32,7 @@ def _asset(name: str) -> bytes:
     return resources.files("hybridllm.serve").joinpath("static", name).read_bytes()
 
 
-def mount_dashboard(app: Any, control: KnobControl, metrics: Any, authorised: Any, unauthorised: Any) -> None:
+def mount_dashboard(app: Any, control: KnobControl, metrics: Any, admin: AdminGate, unauthorised: Any) -> None:
     opts = control.opts
 
     @app.get("/dashboard", include_in_schema=False)
@@ -45,7 +47,7 @@ def mount_dashboard(app: Any, control: KnobControl, metrics: Any, authorised: An
 
     @app.get("/dashboard/data", include_in_schema=False)
     async def data(request: Request) -> Any:
-        if not (opts.public_metrics or authorised(request)):
+        if not (opts.public_metrics or admin.reads(request)):
             return unauthorised()
         # summarised in a thread: the proxy's event loop keeps serving meanwhile
         live = await asyncio.to_thread(metrics.live.snapshot)
@@ -56,8 +58,9 @@ def mount_dashboard(app: Any, control: KnobControl, metrics: Any, authorised: An
 
     @app.post("/dashboard/knob", include_in_schema=False)
     async def knob(request: Request) -> Any:
-        if not authorised(request):
-            return unauthorised()
+        refused = admin.refuse(request)
+        if refused is not None:
+            return refused
         body = parse_json(await read_body(request, 10_000, opts.client_timeout_s))
         name = body.get("model") if isinstance(body, dict) else None
         if not isinstance(name, str):

@@ -37,14 +37,23 @@ class ServeOptions:
     # the shadow calls' own limits, the held target ("budget=30") and its confidence
     shadow_rate: float = 0.0
     shadow_concurrency: int = 4
-    shadow_per_minute: int = 600
+    shadow_per_minute: int = 600  # shared equally by the client keys active in the last minute
+    shadow_max_tokens: int = 1024  # a shadow replay's output cap (max_tokens, max_completion_tokens)
+    shadow_max_prompt_chars: int = 32_000  # a request whose body holds more characters is not drawn
+    judge_name: str | None = None  # the judge's name in the models file (its price in ``prices``, if any)
     hold: str | None = None
     hold_confidence: float = 0.95
     hold_window: int = 200  # requests the quality hold's bound is for (0: the recent mean)
     judge_rubric: str | None = None  # the judge's prompt (default: hybridllm.stages.score.JUDGE_RUBRIC)
     outcomes: str | None = None  # the outcomes log (shadow pairs, feedback): a path
+    feedback_per_minute: int = 600  # /v1/feedback posts per client key and minute, all workers and replicas (0: off)
+    feedback_index_mb: int = 64  # the answered requests /v1/feedback can name, in MiB (oldest forgotten first)
     key_names: dict[str, str] = field(default_factory=dict, repr=False)  # client key -> its name (NAME:KEY)
     budget_caps: list[str] = field(default_factory=list)  # KEY=AMOUNT/PERIOD
+    # keys that may change server-wide state (the default knob); never a client key (docs/serve.md)
+    admin_keys: list[str] = field(default_factory=list, repr=False)
+    # without client keys: Host names answered beside the loopback ones (the bound host, --allowed-host)
+    allowed_hosts: list[str] = field(default_factory=list)
     on_cap: str = "downgrade"  # or "refuse"
     state: str | None = field(default=None, repr=False)  # redis://HOST:PORT/DB (may hold a password)
     state_lease_s: int = 30  # a replica's open reservations outlive it by at most this (Redis state)

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -24,11 +23,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from hybridllm.backends import Answer, Backend, Failure, StreamBroke
-from hybridllm.stages.outcomes import OutcomesLog
 
 from .budget import Budget, SteeringWatch
 from .decision import Decider, RouteDecision, ServingRouter
 from .errors import RequestError
+from .feedback import FeedbackDesk
 from .knobs import KnobError
 from .options import ServeOptions, key_id
 from .protocol import check_request, error_body, openai_error, parse_json, read_body
@@ -37,8 +36,6 @@ from .shadow import Shadow, ShadowJob, answer_text, stream_text
 from .state import StateStore
 from .telemetry import Metrics, Record
 
-#: answered requests /v1/feedback can name (the oldest are forgotten first)
-RECENT_REQUESTS = 100_000
 #: a priced stream is relayed by whole events; bytes without an event end beyond this go on as they are
 MAX_EVENT_BYTES = 1 << 20
 #: a watcher for the client's disconnect starts this long after the upstream call
@@ -61,9 +58,8 @@ class Proxy:
         self.steering: SteeringWatch | None = None  # set by create_app when clients have keys
         self.store: StateStore | None = None  # the state store (create_app), closed with the proxy
         self._bg: set[asyncio.Future[None]] = set()
-        self.outcomes: OutcomesLog | None = None  # set by create_app with --outcomes
-        #: answered requests by id (bounded), for /v1/feedback: (model, key, prompt or None)
-        self.recent: OrderedDict[str, tuple[str, str | None, Any]] = OrderedDict()
+        #: the outcomes log and the requests /v1/feedback can name (create_app, with --outcomes)
+        self.feedback: FeedbackDesk | None = None
         self._index = {u.who: i for i, u in enumerate(self.ups)}
         self._names = {k.encode(): options.key_names.get(k) or key_id(k) for k in options.api_keys}
 
@@ -119,26 +115,17 @@ class Proxy:
             self.shadow.submit(rec.shadow)
 
     def _remember(self, rec: Record) -> None:
-        if self.outcomes is None or rec.status != 200:
-            return
-        self.recent[rec.rid] = (rec.model, rec.key, rec.raw_prompt)
-        if len(self.recent) > RECENT_REQUESTS:
-            self.recent.popitem(last=False)
-
-    def write_outcome(self, record: dict[str, Any]) -> None:
-        """Append to the outcomes log off the event loop (each record is fsynced)."""
-        if self.outcomes is None:
-            return
-        self._background(asyncio.to_thread(self.outcomes.append, record))
+        if self.feedback is not None and rec.status == 200:
+            self._background(self.feedback.remember(rec.rid, rec.model, rec.key, rec.raw_prompt))
 
     async def close(self) -> None:
         """Shutdown: wait for the background work (settlements, outcome records), then close the
-        state store and the outcomes log."""
+        state store, the outcomes log and the request index."""
         await asyncio.gather(*list(self._bg), return_exceptions=True)
         if self.store is not None:
             await self.store.close()
-        if self.outcomes is not None:
-            self.outcomes.close()
+        if self.feedback is not None:
+            await self.feedback.close()
 
     def _background(self, work: Any) -> None:
         """Run ``work`` off the request, kept referenced until it ends (shutdown waits for it)."""
@@ -153,15 +140,22 @@ class Proxy:
             rec.reservation = None
 
     def _draw(self, decision: RouteDecision, body: dict[str, Any], kind: str, rec: Record) -> ShadowJob | None:
-        """A shadow job for this answered request when the draw picks it (routed requests only)."""
+        """A shadow job for this answered request when the draw picks it (routed requests only), with
+        the bounded replay of its body; none for a request a budget cap downgraded (its answer is
+        not the decided model's, and no fallback explains it) when the other side is dearer."""
         shadow = self.shadow
         if shadow is None or decision.row is None or not shadow.draw():
             return None
         served = self._index[rec.model]
-        prompt = body.get("messages") if kind == "chat" else body.get("prompt")
         other = shadow.other_side(served, decision.row)
         more = shadow.more_sides(served, other, decision.row)
-        return ShadowJob(rec.rid, kind, body, prompt, served, other, decision.row, 1.0 / shadow.rate, more=more)
+        capped = (served != decision.target and not rec.fallback_from) or "budget cap" in decision.reason
+        replay = shadow.replay(body, kind, served, (other, *more), capped)
+        if replay is None:
+            return None
+        prompt = replay.get("messages") if kind == "chat" else replay.get("prompt")
+        return ShadowJob(rec.rid, kind, replay, prompt, served, other, decision.row, 1.0 / shadow.rate, more=more,
+                         key=rec.key)  # fmt: skip
 
     async def answer(self, request: Request, kind: str, rec: Record) -> Response:
         headers = {"x-hybridllm-request-id": rec.rid}

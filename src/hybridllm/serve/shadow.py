@@ -5,9 +5,11 @@ A request is drawn when its answer is ready (:meth:`Shadow.draw`); the shadow ca
 the client's response has been sent (the proxy's background step, or the end of a relay), so it never
 delays or changes an answer. The other side is the reference model for a request a cheaper model
 answered, and the best-scored cheaper candidate for one the reference answered. Shadow calls have
-their own concurrency and per-minute ceiling, use each upstream's own backend (and key), are counted
-apart in ``/metrics`` and the access log, and are cancelled at shutdown. The prompt lives in memory
-only until the pair is scored.
+their own concurrency and per-minute ceiling (shared fairly by the client keys), replay the request
+with one answer of capped length, skip prompts above a size, use each upstream's own backend (and
+key), are priced and counted apart in ``/metrics`` and the access log with the judge's verdicts, and
+are cancelled at shutdown (bounds: :mod:`.shadow_bounds`). The prompt lives in memory only until the
+pair is scored.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any, Protocol
 from hybridllm.backends import Answer, Backend
 from hybridllm.routing.estimates import ShadowPair, policy_sides
 from hybridllm.stages.score import JUDGE_RUBRIC, check_rubric, judge_rating, reward_model_batch
+
+from .shadow_bounds import FairCeiling, MeteredJudge, body_chars, judge_usage, replay_body
 
 log = logging.getLogger("hybridllm.access")
 
@@ -67,9 +71,10 @@ class JudgeScorer:
 
     def __init__(self, backend: Backend, rubric: str = JUDGE_RUBRIC) -> None:
         self.backend, self.rubric = backend, check_rubric(rubric)
+        self._metered = MeteredJudge(backend)  # each verdict's tokens go to the pair being scored
 
     async def score(self, prompt: Any, response: str) -> float:
-        return await judge_rating(self.backend, self.rubric, prompt, response, what="shadow answer")
+        return await judge_rating(self._metered, self.rubric, prompt, response, what="shadow answer")
 
 
 @dataclass
@@ -87,6 +92,7 @@ class ShadowJob:
     answer: str = ""
     more: tuple[int, ...] = ()  # further models to ask (every side, for an N-model quality hold)
     cost: float | None = None  # the served answer's estimated cost (set once it has been sent)
+    key: str | None = None  # the client key's name: whose share of the shadow ceiling it takes
 
 
 def answer_text(payload: Any) -> str:
@@ -121,8 +127,10 @@ def stream_text(chunks: Sequence[bytes]) -> str:
 
 class Shadow:
     """Draws requests at ``rate``, runs their shadow calls, scores both answers and hands each
-    :class:`ShadowPair` to every ``sink``. ``price(model, usage)``: the estimated cost of a shadow
-    answer (None when unknown)."""
+    :class:`ShadowPair` to every ``sink``. ``price(model, usage, role)``: counts the tokens of a
+    shadow answer (role ``shadow``) or a judge's verdict (``judge``, priced as ``judge_name``) and
+    gives their estimated cost (None when unknown). ``max_tokens``: the replay's output cap;
+    ``max_prompt_chars``: the largest request body (its strings' characters) that is drawn."""
 
     def __init__(
         self,
@@ -134,22 +142,25 @@ class Shadow:
         concurrency: int = 4,
         per_minute: int = 600,
         count: Callable[[str, str], None] | None = None,
-        price: Callable[[str, dict[str, Any]], float | None] | None = None,
+        price: Callable[[str, dict[str, Any], str], float | None] | None = None,
         seed: int | None = None,
         all_sides: bool = False,
+        max_tokens: int = 1024,
+        max_prompt_chars: int = 32_000,
+        judge_name: str = "judge",
     ) -> None:
         self.rate, self.scorer, self.ups, self.ref = rate, scorer, ups, ref
-        self.per_minute = per_minute
-        # the per-minute ceiling as a token bucket (10 s of burst): past it, draws are skipped evenly
-        # over time rather than in one block at the end of each minute
-        self._burst = max(1.0, per_minute / 6)
-        self._tokens, self._filled = self._burst, time.monotonic()
+        self.per_minute, self.max_tokens, self.max_prompt_chars = per_minute, max_tokens, max_prompt_chars
+        self.judge_name = judge_name
+        # the per-minute ceiling as a token bucket per client key (10 s of burst), the keys active in
+        # the last minute sharing it equally: past a key's share, its draws are skipped evenly over
+        # time, and a key that floods never takes another's checks
+        self.ceiling = FairCeiling(per_minute, concurrency * 8)
         self._sem = asyncio.Semaphore(concurrency)
-        self._max_pending = concurrency * 8
         self._tasks: set[asyncio.Task[None]] = set()
         self._rng = random.Random(seed)
         self._count = count or (lambda model, outcome: None)
-        self._price = price or (lambda model, usage: None)
+        self._price = price or (lambda model, usage, role: None)
         self.sinks: list[Callable[[ShadowPair, ShadowJob], None]] = []
         self.closed = False
         #: ask every model the policy picks for the request at some threshold, not only the other
@@ -169,40 +180,65 @@ class Shadow:
     def draw(self) -> bool:
         return self.rate > 0 and not self.closed and self._rng.random() < self.rate
 
+    def replay(
+        self, body: dict[str, Any], kind: str, served: int, sides: Sequence[int], capped: bool
+    ) -> dict[str, Any] | None:
+        """The body the shadow calls of a drawn request send (:func:`replay_body`), or None, the skip
+        counted by its reason: ``prompt_too_long`` (a body past ``max_prompt_chars``), ``over_cap``
+        (a request a budget cap downgraded: no shadow call to a dearer model, later in the cost
+        order, goes out on its key's behalf)."""
+        who = self.ups[sides[0]].who
+        if capped and any(m > served for m in sides):
+            self._count(who, "over_cap")
+            return None
+        if body_chars(body, self.max_prompt_chars) > self.max_prompt_chars:
+            self._count(who, "prompt_too_long")
+            return None
+        return replay_body(body, kind, self.max_tokens)
+
     def submit(self, job: ShadowJob) -> None:
-        """Start the shadow call of a drawn request (after its answer has been sent)."""
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._filled) * self.per_minute / 60)
-        self._filled = now
-        who = self.ups[job.other].who
-        calls = 1 + len(job.more)
+        """Start the shadow call of a drawn request (after its answer has been sent), within its
+        key's share of the ceiling (:class:`FairCeiling`)."""
         if self.closed:
             return
-        if self._tokens < calls:
-            self._count(who, "ceiling")
+        calls = 1 + len(job.more)
+        skipped = self.ceiling.take(job.key, calls)
+        if skipped is not None:
+            self._count(self.ups[job.other].who, skipped)
             return
-        if len(self._tasks) >= self._max_pending:
-            self._count(who, "busy")
-            return
-        self._tokens -= calls
         task = asyncio.ensure_future(self._run(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self.ceiling.done(job.key, calls))
 
     async def _ask(self, job: ShadowJob, model: int) -> tuple[str, float | None] | None:
-        """One shadow answer of ``model``: its text and estimated cost; None when the upstream failed."""
+        """One shadow answer of ``model`` to the replayed body: its text and estimated cost; None
+        when the upstream failed."""
         up = self.ups[model]
-        body = {k: v for k, v in job.body.items() if k not in ("stream", "stream_options")}
-        got = await up.forward(job.kind, dict(body, model=up.model), False)
+        got = await up.forward(job.kind, dict(job.body, model=up.model), False)
         if not isinstance(got, Answer):
             self._count(up.who, "upstream_error")
             return None
         usage = got.payload.get("usage") if isinstance(got.payload, dict) else None
-        return answer_text(got.payload), self._price(up.who, usage if isinstance(usage, dict) else {})
+        return answer_text(got.payload), self._price(up.who, usage if isinstance(usage, dict) else {}, "shadow")
+
+    def _judged(self, verdicts: list[tuple[int, int]]) -> dict[str, Any]:
+        """Count and price the judge's verdicts of one pair: the access log's ``judge`` entry."""
+        costs = [
+            self._price(self.judge_name, {"prompt_tokens": pin, "completion_tokens": pout}, "judge")
+            for pin, pout in verdicts
+        ]
+        out: dict[str, Any] = {"model": self.judge_name, "calls": len(verdicts),
+                               "prompt_tokens": sum(max(0, p) for p, _ in verdicts),
+                               "completion_tokens": sum(max(0, c) for _, c in verdicts)}  # fmt: skip
+        if costs and all(c is not None for c in costs):
+            out["cost"] = round(sum(c for c in costs if c is not None), 8)
+        return out
 
     async def _run(self, job: ShadowJob) -> None:
         up = self.ups[job.other]
         sides = (job.other, *job.more)
+        verdicts: list[tuple[int, int]] = []
         async with self._sem:
             t0 = time.perf_counter()
             answers = await asyncio.gather(*(self._ask(job, m) for m in sides))
@@ -210,13 +246,15 @@ class Shadow:
                 return
             texts = [a[0] for a in answers if a is not None]
             costs = [a[1] for a in answers if a is not None]
+            judge_usage.set(verdicts)  # the judge's calls below (tasks of this context) report here
             try:
                 q_served, *q_sides = await asyncio.gather(
                     self.scorer.score(job.prompt, job.answer), *(self.scorer.score(job.prompt, t) for t in texts)
                 )
-            except Exception as exc:  # a judge that fails loses this pair only
+            except Exception as exc:  # a judge that fails loses this pair only (its verdicts are still paid)
                 self._count(up.who, "judge_error")
-                log.info(json.dumps({"event": "shadow", "id": job.rid, "model": up.who, "error": str(exc)[:200]}))
+                log.info(json.dumps({"event": "shadow", "id": job.rid, "model": up.who, "key": job.key,
+                                     "error": str(exc)[:200], "judge": self._judged(verdicts)}))  # fmt: skip
                 return
         extra = tuple(zip(job.more, q_sides[1:], strict=True))
         pair = ShadowPair(job.scores, job.served, job.other, q_served, q_sides[0], job.weight, time.time(), extra,
@@ -226,10 +264,14 @@ class Shadow:
         line: dict[str, Any] = {"event": "shadow", "id": job.rid, "model": up.who, "served": self.ups[job.served].who,
                                 "q_served": round(q_served, 4), "q_other": round(q_sides[0], 4),
                                 "latency_ms": round((time.perf_counter() - t0) * 1000, 1)}  # fmt: skip
+        if job.key is not None:
+            line["key"] = job.key
         if extra:
             line["q_more"] = {self.ups[m].who: round(q, 4) for m, q in extra}
         if all(c is not None for c in costs):
             line["cost"] = round(sum(c for c in costs if c is not None), 8)
+        if verdicts:
+            line["judge"] = self._judged(verdicts)
         log.info(json.dumps(line))
         for sink in self.sinks:
             sink(pair, job)

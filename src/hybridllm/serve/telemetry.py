@@ -92,7 +92,16 @@ class Metrics:
             registry=reg,
         )
         self.shadow_spent = Counter(
-            "hybridllm_shadow_cost", "estimated cost of shadow answers (not in hybridllm_cost)", ["model"], registry=reg
+            "hybridllm_shadow_cost",
+            "estimated cost of shadow checks (not in hybridllm_cost), by model and role (shadow answer or judge)",
+            ["model", "role"],
+            registry=reg,
+        )
+        self.shadow_tokens = Counter(
+            "hybridllm_shadow_tokens",
+            "tokens of shadow checks, priced or not, by model, role (shadow answer or judge) and kind",
+            ["model", "role", "kind"],
+            registry=reg,
         )
         self.steering = Counter(
             "hybridllm_steering_suspected",
@@ -119,11 +128,16 @@ class Metrics:
         assert isinstance(pin, int) and isinstance(pout, int)
         return (pin * self.prices[model][0] + pout * self.prices[model][1]) / 1e6
 
-    def shadow_cost(self, model: str, usage: dict[str, Any]) -> float | None:
-        """The cost of a shadow answer, counted apart from the served traffic's."""
+    def shadow_cost(self, model: str, usage: dict[str, Any], role: str = "shadow") -> float | None:
+        """The tokens and cost of a shadow answer (``role`` shadow) or of a judge's verdict (``judge``),
+        counted apart from the served traffic's; None when ``model`` has no price (its tokens still count)."""
+        for k in ("prompt_tokens", "completion_tokens"):
+            v = usage.get(k)
+            if isinstance(v, int) and _count(v):
+                self.shadow_tokens.labels(model, role, k.split("_")[0]).inc(v)
         cost = self.cost_of(model, usage)
         if cost is not None:
-            self.shadow_spent.labels(model).inc(cost)
+            self.shadow_spent.labels(model, role).inc(cost)
         return cost
 
     def _price(self, rec: Record) -> None:

@@ -3,8 +3,11 @@ the application's own ``/v1/feedback`` scores) and its export as a routing table
 
 The log is JSON lines, one record per ``write(2)``, fsynced: a proxy killed with ``kill -9`` loses at
 most the record being written, and a torn last line is dropped when the log is opened again or read.
-Records carry the prompt only when the server logs prompts (``--log-prompts``); the export keeps
-the rows that have one.
+Records point at their request: a ``request`` record (the model, and the prompt when the server logs
+prompts, ``--log-prompts``) is written once per request id, with the first outcome record for it;
+``shadow`` and ``feedback`` records carry only the id (older logs, whose outcome records carry the
+prompt themselves, read the same). The export joins them and keeps the rows that have a prompt a
+table can hold (:func:`hybridllm.tables.chat.table_prompt`), counting the others by reason.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hybridllm.tables.chat import REASONS, table_prompt
 from hybridllm.tables.format import Row, TableError
+
+#: the record types of an outcomes log
+TYPES = ("request", "shadow", "feedback")
 
 
 class OutcomesLog:
@@ -33,8 +40,11 @@ class OutcomesLog:
                     fh.truncate(good)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
-    def append(self, record: dict[str, Any]) -> None:
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    def append(self, record: dict[str, Any] | str, *more: dict[str, Any] | str) -> None:
+        """Append records (a dict, or one already JSON text) in one ``write(2)``: a request record
+        and its first outcome land together."""
+        lines = (r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in (record, *more))
+        data = "".join(line + "\n" for line in lines).encode("utf-8")
         while data:
             data = data[os.write(self._fd, data) :]
         os.fsync(self._fd)
@@ -58,17 +68,13 @@ def read_outcomes(path: str | Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
         except ValueError:
             raise TableError(f"{path}:{n}: not a JSON record") from None
-        if (
-            not isinstance(rec, dict)
-            or rec.get("type") not in ("shadow", "feedback")
-            or not isinstance(rec.get("id"), str)
-        ):
-            raise TableError(f"{path}:{n}: type: expected a shadow or feedback record with an id")
+        if not isinstance(rec, dict) or rec.get("type") not in TYPES or not isinstance(rec.get("id"), str):
+            raise TableError(f"{path}:{n}: type: expected a request, shadow or feedback record with an id")
         if rec["type"] == "shadow":
             q = rec.get("q")
             if not isinstance(q, dict) or not all(_finite(v) for v in q.values()):
                 raise TableError(f"{path}:{n}: q: expected each model's score, a number")
-        elif not _finite(rec.get("score")):
+        elif rec["type"] == "feedback" and not _finite(rec.get("score")):
             raise TableError(f"{path}:{n}: score: expected a finite number")
         out.append(rec)
     return out
@@ -83,14 +89,23 @@ def outcomes_table(
 ) -> tuple[list[Row], dict[str, int]]:
     """Routing-table rows from outcome records, one per request: ``quality`` from its shadow pair
     (both answers, one judge), the application's feedback in ``meta.feedback`` (and as the served
-    model's quality when there is no shadow pair). Returns (rows, counts of what was left out)."""
+    model's quality when there is no shadow pair; the first feedback of an id counts, as the server
+    keeps only the first). Returns (rows, counts of the requests left out, by reason:
+    :data:`hybridllm.tables.chat.REASONS`, ``no_outcome``; feedback records with a score outside
+    [0, 1], which an older server accepted, in ``score_out_of_range``)."""
     by_id: dict[str, Row] = {}
-    skipped = {"no_prompt": 0}
+    skipped = dict.fromkeys((*REASONS, "no_outcome", "score_out_of_range"), 0)
     for rec in records:
         row = by_id.setdefault(rec["id"], {"id": rec["id"], "quality": {}, "meta": {"source": []}})
         if rec.get("prompt") is not None:
             row["prompt"] = rec["prompt"]
-        if rec["type"] == "shadow":
+        if rec["type"] == "request":
+            row["meta"]["served"] = row["meta"].get("served") or rec.get("model")
+        elif rec["type"] == "feedback" and "feedback" in row["meta"]:
+            continue
+        elif rec["type"] == "feedback" and not 0.0 <= rec["score"] <= 1.0:  # an older server took any number
+            skipped["score_out_of_range"] += 1
+        elif rec["type"] == "shadow":
             for model, q in rec["q"].items():
                 row["quality"][model] = [float(q)]
             row["meta"]["served"] = rec.get("served")
@@ -101,9 +116,14 @@ def outcomes_table(
             row["meta"]["source"].append("feedback")
     rows = []
     for row in by_id.values():
-        if "prompt" not in row:
-            skipped["no_prompt"] += 1
+        if not row["meta"]["source"]:
+            skipped["no_outcome"] += 1
             continue
+        prompt, why = table_prompt(row.get("prompt"))
+        if why is not None:
+            skipped[why] += 1
+            continue
+        row["prompt"] = prompt
         if not row["quality"] and "feedback" in row["meta"] and row["meta"].get("served"):
             row["quality"][row["meta"]["served"]] = [row["meta"]["feedback"]]
         if models is not None:

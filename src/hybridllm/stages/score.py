@@ -11,9 +11,13 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hybridllm.backends import SamplingParams
 from hybridllm.errors import UsageError
 from hybridllm.features.transformer import TransformerEncoder
+from hybridllm.stages.judge import JUDGE_RUBRIC as JUDGE_RUBRIC  # the judge lives in stages.judge; re-exported
+from hybridllm.stages.judge import JudgeError as JudgeError
+from hybridllm.stages.judge import check_rubric as check_rubric
+from hybridllm.stages.judge import judge_batch as judge_batch
+from hybridllm.stages.judge import judge_rating as judge_rating
 from hybridllm.tables.format import Row, TableError, prompt_text
 
 _NUM = r"-?\d[\d,]*(?:\.\d+)?"
@@ -118,101 +122,6 @@ def embedding_similarity_batch(pairs: Sequence[tuple[str, Row]], encoder: str | 
 
 _ENCODERS: dict[str | None, Any] = {}
 
-JUDGE_RUBRIC = """You are grading an AI assistant's answer.
-Question:
-{prompt}
-
-Reference answer (may be empty):
-{reference}
-
-Assistant's answer:
-{response}
-
-Rate the answer's correctness and helpfulness on a scale of 1 to 10.
-Reply with the rating first, in the form "Rating: N"."""
-
-
-RUBRIC_FIELDS = ("prompt", "reference", "response")
-
-
-def check_rubric(rubric: str) -> str:
-    """A judge rubric is a format string over {prompt}, {reference} and {response}; checked before
-    the first judge call, so a typo is one clear error rather than a failure hours into scoring."""
-    import string
-
-    try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(rubric) if f is not None}
-    except ValueError as exc:
-        raise UsageError(f"rubric: {exc} (write a literal brace as {{{{ or }}}})") from None
-    unknown = sorted(fields - set(RUBRIC_FIELDS))
-    if unknown:
-        raise UsageError(
-            f"rubric: unknown placeholder {{{unknown[0]}}}; use {{prompt}}, {{reference}}, {{response}} "
-            "(a literal brace is {{ or }})"
-        )
-    if "response" not in fields:
-        raise UsageError("rubric: it must contain {response}, the answer to grade")
-    return rubric
-
-
-def parse_rating(text: str, low: int = 1, high: int = 10) -> float | None:
-    """A 1–10 rating from a judge's free text: 'Rating: 8', '[[7]]', '8/10', 'Score - 9.5', else the
-    first number in range. None when the judge gave no usable number."""
-    patterns = (
-        r"rating\s*[:=\-]?\s*\[*\s*(\d+(?:\.\d+)?)",
-        r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]",
-        r"(\d+(?:\.\d+)?)\s*/\s*10\b",
-        r"score\s*[:=\-]?\s*(\d+(?:\.\d+)?)",
-    )
-    for p in patterns:
-        m = re.search(p, text, flags=re.IGNORECASE)
-        if m and low <= float(m.group(1)) <= high:
-            return float(m.group(1))
-    for m in re.finditer(r"(?<![\d.])(\d+(?:\.\d+)?)(?![\d.])", text):
-        if low <= float(m.group(1)) <= high:
-            return float(m.group(1))
-    return None
-
-
-async def judge_rating(
-    backend: Any, rubric: str, prompt: Any, response: str, reference: Any = "", retries: int = 2, what: str = "answer"
-) -> float:
-    """One LLM-judge verdict in [0, 1]: the rubric's 1–10 rating mapped as (r - 1) / 9. A reply
-    without a rating is asked again (greedy, new seed); still none is an error, not a guess. Used by
-    ``score --metric judge`` and by the proxy's shadow checks (the backend must be open)."""
-    msg = rubric.format(prompt=prompt_text(prompt), reference=reference or "", response=response)
-    last = ""
-    for attempt in range(retries + 1):
-        s = await backend.generate(msg, SamplingParams(temperature=0.0, max_tokens=64, seed=attempt))
-        r = parse_rating(s.text)
-        if r is not None:
-            return (r - 1.0) / 9.0
-        last = s.text[:80]
-    raise UsageError(f"{what}: judge gave no 1-10 rating after {retries + 1} tries ({last!r})")
-
-
-def judge_batch(
-    pairs: Sequence[tuple[str, Row]], backend: Any, rubric: str = JUDGE_RUBRIC, retries: int = 2
-) -> list[float]:
-    """LLM-as-judge over any backend: each response rated 1–10 (:func:`judge_rating`)."""
-    import asyncio
-
-    check_rubric(rubric)
-
-    async def run() -> list[float]:
-        async with backend:
-            return list(
-                await asyncio.gather(
-                    *(
-                        judge_rating(backend, rubric, row["prompt"], r, row.get("reference", ""), retries,
-                                     f"row {row.get('id')!r}")
-                        for r, row in pairs
-                    )
-                )
-            )  # fmt: skip
-
-    return asyncio.run(run()) if pairs else []
-
 
 def _load_hf(path: str | None, kind: str) -> tuple[Any, Any]:
     """A local Hugging Face checkpoint (never downloaded), cached per process."""
@@ -315,7 +224,8 @@ def score_rows(
     """Return copies of the rows with ``quality[model]`` computed from ``responses[model]``.
     ``judge``: the backend for ``judge`` (``rubric``: its prompt, default :data:`JUDGE_RUBRIC`);
     ``model_path``: the checkpoint for ``bartscore`` / ``reward-model`` (or the encoder for
-    ``embedding-similarity``)."""
+    ``embedding-similarity``). A judge error on any of a model's answers in a row leaves that row
+    without ``quality[model]`` (never a default number; :func:`unscored` counts them)."""
     if metric == "judge":
         if judge is None:
             raise UsageError("metric judge needs a judge backend (--judge SPEC)")
@@ -329,6 +239,7 @@ def score_rows(
                 continue
             slots.append((i, model))
             pairs.extend((r, row) for r in responses)
+    values: Sequence[float | None]
     if metric == "judge":
         values = judge_batch(pairs, judge, rubric or JUDGE_RUBRIC)
     elif metric in METRICS:
@@ -342,6 +253,20 @@ def score_rows(
     pos = 0
     for i, model in slots:
         n = len(rows[i]["responses"][model])
-        out[i]["quality"][model] = values[pos : pos + n]
+        got = values[pos : pos + n]
         pos += n
+        if any(v is None for v in got):
+            out[i]["quality"].pop(model, None)  # a judge error: no score, and no stale one either
+        else:
+            out[i]["quality"][model] = list(got)
     return out
+
+
+def unscored(rows: Sequence[Row], models: Sequence[str] | None = None) -> int:
+    """How many (row, model) slots have responses but no quality (judge errors after ``score_rows``)."""
+    return sum(
+        1
+        for row in rows
+        for model in row.get("responses", {})
+        if (models is None or model in models) and model not in row.get("quality", {})
+    )
