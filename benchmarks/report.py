@@ -534,8 +534,98 @@ def hold_step() -> list[str]:
     ]  # fmt: skip
 
 
+def tenant_bounds() -> str:
+    """Budget caps per key, every answer charged, feedback and the request index, against a tenant."""
+    path = RESULTS / "tenant_bounds.json"
+    if not path.exists():
+        return ""
+    d = json.loads(path.read_text())
+    old_path = RESULTS / "tenant_bounds_before.json"
+    old = json.loads(old_path.read_text()) if old_path.exists() else None
+    before = {(r["deployment"], r["start"], r["max_tokens"]): r for r in (old or {}).get("overshoot", [])}
+    rows = []
+    for r in d["overshoot"]:
+        b = before.get((r["deployment"], r["start"], r["max_tokens"]))
+        was = [] if old is None else ["–"] * 3
+        if b is not None:
+            was = [f"{b['spend_over_cap']:.2f}", f"{b['overshoot_in_requests']:.2f}", f"{b['innocent_refused']} of 8"]
+        rows.append([
+            r["deployment"], r["start"], "10^12" if r["max_tokens"] == 10**12 else f"{r['max_tokens']:,}",
+            f"{r['answered']} / {r['refused']}", f"{r['spend']:,.0f}", f"{r['spend_over_cap']:.2f}",
+            f"{r['overshoot_in_requests']:.2f}", f"{r['innocent_refused']} of 8", *was,
+        ])  # fmt: skip
+    r0, c = d["overshoot"][0], d["charging"]
+    dearest = max(d["overshoot"], key=lambda r: r["largest_request_cost"])
+    head = ["deployment", "start", "max_tokens", "answered / refused", "spend", "spend / cap", "over (requests)",
+            "innocent refused"]  # fmt: skip
+    if old is not None:
+        head += [f"{old['commit']}: spend / cap", "over (requests)", "innocent refused"]
+    gap = {"none": "no gap", "over-counted": "the gap an over-count", "under-counted": "the gap an under-count"}
+    out = [
+        "## What a tenant can spend and store",
+        "",
+        f"`{d['command']}` ({d['seconds'] / 60:.0f} min, commit {d['commit']}): a real `hybridllm serve` (the shipped "
+        "router, client keys, a models file with prices; the large model's `max_output_tokens` = "
+        f"{d['max_output_tokens'][LARGE_NAME]:,}) in front of an OpenAI-protocol upstream in its own process that "
+        "generates long answers at a steady pace, reports usage honestly and bills what it generated (a caller that "
+        "hangs up is billed the words made so far); every cost below is the upstream's bill × price.",
+        "",
+        f"**Per-key overshoot.** Key `team-a` sends {r0['concurrent']} concurrent long answers (half streamed; one "
+        f"costs up to {dearest['largest_request_cost']:,.0f}, its bound {dearest['request_bound'] or 0:,.0f}) "
+        f"against its cap of {r0['cap']:,.0f} (`--on-cap refuse`); the innocent key `team-b` sends 8 short ones "
+        f"against its own cap of {r0['innocent_cap']:,.0f}, which they fit: 4 among team-a's, 4 at once after them. Cold: a "
+        "fresh server; warm: after one cheap answer. Over: spend past the cap in units of team-a's dearest single "
+        "request (0 when under the cap)."
+        + ("" if old is None else f" Beside it the same run on commit {old['commit']}, before per-key "
+           "reservations."),
+        "",
+        table(head, rows, "lll" + "r" * (len(head) - 3)),
+        "",
+        f"**Every answer charged.** {c['requests']:,} mixed requests ({c['concurrency']} at a time: chat and "
+        "completions, streamed and not, routed and to each model by name, `max_tokens` from none to 10^12), a tenth "
+        "hung up by their client at a random point ("
+        + ", ".join(f"{n} {k}" for k, n in sorted(c["outcomes"].items()) if k.startswith("hung"))
+        + f"): `hybridllm_cost` counted {c['counted']:,.1f} of the upstream's {c['upstream_billed']:,.1f} "
+        f"(**{pct(c['counted_ratio'], 2)}**, {gap[c['gap']]}); upstream calls the proxy cut short: "
+        f"{c['upstream_calls_cut']}."
+        + ("" if old is None or "charging" not in old else
+           f" On {old['commit']}: {pct(old['charging']['counted_ratio'], 2)} ({old['charging']['gap']}; "
+           f"{old['charging']['upstream_calls_cut']} upstream calls cut short, and "
+           f"{old['charging']['outcomes'].get('status 429', 0)} requests with `max_tokens` 10^12 refused before their "
+           "model's first answer: their reservation, the bound from `max_tokens` unclamped, was past a cap of 10^9)."),
+    ]  # fmt: skip
+    f = d["feedback"]
+    out += [
+        "",
+        f"**Outcomes log per feedback post** (`--outcomes --log-prompts`, {f['requests']} requests with a "
+        f"{f['prompt_bytes'] / 1000:,.0f} kB prompt each, then {f['repeated_posts']} more posts on the first one's id): "
+        f"a request's first post adds {f['first_post_bytes_mean']:,} bytes (its prompt once, in its `request` record, "
+        f"and {f['first_post_bytes_beyond_prompt']:,} bytes beside it); a repeated post adds "
+        f"{f['repeated_post_bytes_mean']:g} bytes ("
+        + ", ".join(f"{n} × {code}" for code, n in f["repeated_statuses"].items())
+        + f"). In all {f['log_bytes']:,} bytes "
+        f"for {f['requests'] + f['repeated_posts']} posts, where a copy of the prompt per post would be "
+        f"{f['prompt_logged_every_post_would_be']:,}.",
+        "",
+        "**The request index** (`/v1/feedback`'s, default bound 64 MiB) after "
+        f"{d['index'][0]['requests']:,} requests:",
+        "",
+        table(["store", "prompts", "size", "counted against the bound", "requests kept"], [
+            [r["store"], r["prompts"],
+             f"{r['heap_bytes'] / 2**20:.1f} MiB heap" if "heap_bytes" in r else f"{r['disk_bytes'] / 2**20:.1f} MiB on disk",
+             f"{r['counted_bytes'] / 2**20:.1f} MiB" if "counted_bytes" in r else "–", f"{r['entries']:,}"]
+            for r in d["index"]
+        ], "llrrr"),
+    ]  # fmt: skip
+    return "\n".join(out)
+
+
+LARGE_NAME = "qwen2.5-1.5b"  # tenant_bounds.py's large model
+
+
 SECTIONS: list[Callable[[], str]] = [
-    routing_quality, nmodel_quality, labels, router_speed, steering, proxy, live_overhead, drift, pipeline, default_pair, install,
+    routing_quality, nmodel_quality, labels, router_speed, steering, proxy, live_overhead, drift, tenant_bounds, pipeline,
+    default_pair, install,
 ]  # fmt: skip
 #: other pages with a block generated here, between <!-- NAME:begin --> and <!-- NAME:end -->
 BLOCKS = {"labels": (REPO / "docs/method.md", labels), "drift": (REPO / "docs/control.md", drift)}
@@ -605,6 +695,17 @@ def headline() -> str:
                 "install_size",
             ]
         )
+    path = RESULTS / "tenant_bounds.json"
+    if path.exists():
+        tb = json.loads(path.read_text())
+        c, over = tb["charging"], max(r["overshoot_in_requests"] for r in tb["overshoot"])
+        rows.append([
+            "every answer charged, caps per key",
+            f"{pct(c['counted_ratio'], 1)} of the upstream's usage counted under 10 % client hang-ups; per-key "
+            f"overshoot ≤ {over:.2f} requests under {tb['overshoot'][0]['concurrent']} concurrent (cold, warm, "
+            "max_tokens 10^12, 2 replicas on Redis)",
+            "tenant_bounds",
+        ])  # fmt: skip
     body = table(["what", "measured", "benchmark"], [[a, m, f"`{src}`"] for a, m, src in rows], "lll")
     return f"{BEGIN} (generated by `python benchmarks/report.py` from benchmarks/results/*.json) -->\n{body}\n{END}"
 

@@ -26,6 +26,7 @@ class FakeOpenAI:
         self.delay = 0.0  # seconds before every answer
         self.reply: Any = None  # optional callable(prompt) -> text, instead of the echo
         self.stream_delay = 0.0
+        self.usage_delay = 0.0  # seconds between a stream's last choice chunk and its usage chunk
         self.chunks_sent = 0
         self.auth: list[str | None] = []  # the Authorization header of every request, in order
         self.left_early: list[bool] = []  # after a "sleep:" fault: had the caller hung up?
@@ -157,6 +158,7 @@ class FakeOpenAI:
         }
         yield f"data: {json.dumps(end)}\n\n"
         if (body.get("stream_options") or {}).get("include_usage"):
+            await asyncio.sleep(self.usage_delay)
             usage = {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)}
             yield f"data: {json.dumps({'id': 'chatcmpl-s', 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"

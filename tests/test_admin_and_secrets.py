@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -249,12 +250,14 @@ def test_a_cap_on_a_server_without_client_keys_names_the_setting():
 # --- an upstream that quotes its own key ------------------------------------------------------------
 
 UPSTREAM_KEY = "sk-upstream-LEAKME-0123456789abcdef0123"
+URL_KEY = "sk-up/LEAKME+0123456789abcdef0123=="  # a base64 key: a URL escapes three of its characters
 
 
 class QuotingUpstream(FakeOpenAI):
     """An upstream whose errors quote the key it received, as some providers' 401s do; ``mode``:
     "401" (a 4xx the proxy relays), "500" (quoted in the first bytes), "500-cut" (the key straddles
-    the 300 bytes the proxy reads of an error body), "bearer" (the Authorization header echoed)."""
+    the 300 bytes the proxy reads of an error body), "bearer" (the Authorization header echoed), "url"
+    (a 401 quoting the request as a URL, the key %-escaped in its query)."""
 
     mode = "401"
 
@@ -270,11 +273,15 @@ class QuotingUpstream(FakeOpenAI):
         if self.mode == "500-cut":
             pad = "x" * (300 - len('{"error":"') - 20)  # the first 300 bytes end inside the key
             return JSONResponse({"error": pad + key}, status_code=500)
+        if self.mode == "url":
+            said = {"message": f"no such key: GET /v1/check?key={quote(key, safe='')} (or {quote(key)})"}
+            return JSONResponse({"error": said}, status_code=401)
         return JSONResponse({"error": {"message": f"request headers: Authorization: {auth}"}}, status_code=502)
 
 
-@pytest.mark.parametrize("mode", ["401", "500", "500-cut", "bearer"])
+@pytest.mark.parametrize("mode", ["401", "500", "500-cut", "bearer", "url"])
 def test_an_upstreams_error_body_never_carries_its_key_to_the_client_or_the_log(tmp_path, mode):
+    key = URL_KEY if mode == "url" else UPSTREAM_KEY
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
@@ -282,16 +289,16 @@ def test_an_upstreams_error_body_never_carries_its_key_to_the_client_or_the_log(
         s_up.mode = l_up.mode = mode
         args = [*_args(s_up, l_up, port), "--api-key-env", "small=UP_KEY", "--api-key-env", "large=UP_KEY",
                 "--no-fallback"]  # fmt: skip
-        with running_serve(args, port, env={"UP_KEY": UPSTREAM_KEY}, log=out):
+        with running_serve(args, port, env={"UP_KEY": key}, log=out):
             got = [_chat(base, "small"), _chat(base, "large"), _chat(base, "hybrid")]
     assert s_up.requests and l_up.requests
-    assert all(r["auth"] == f"Bearer {UPSTREAM_KEY}" for r in s_up.requests + l_up.requests)  # the key was sent
+    assert all(r["auth"] == f"Bearer {key}" for r in s_up.requests + l_up.requests)  # the key was sent
     text = log.read_text()
     assert '"status": ' in text  # the access log has the failed requests
     for r in got:
         assert r.status_code >= 400 and r.json()["error"]["message"], r.text
         assert "[redacted]" in r.text, r.text  # the body said something there, and it is gone
-        for leak in (UPSTREAM_KEY, UPSTREAM_KEY[:12], "LEAKME"):
+        for leak in (key, key[:12], "LEAKME"):
             assert leak not in r.text and leak not in text, (leak, r.text)
 
 

@@ -279,3 +279,38 @@ def test_scores_at_the_bounds_are_taken(score, tmp_path):
         rid = _chat(port, "ka", "Hello?")
         assert _post_found(port, "ka", {"request_id": rid, "score": score}).status_code == 200
     assert [r["score"] for r in _feedback(log)] == [float(score)]
+
+
+@pytest.mark.parametrize("shared", ["workers", "redis"])
+def test_request_ids_the_shared_index_cannot_hold_are_a_400(shared, tmp_path):
+    # the attack: ids no server sent (a lone surrogate, which neither SQLite nor Redis can encode,
+    # non-ASCII, 9 kB) posted to a server whose index is shared; they used to be a 500 from the
+    # workers' SQLite, and with Redis they silenced its one "Redis unreachable" warning for good
+    log, port, out = tmp_path / "o.jsonl", _free_port(), tmp_path / "serve.log"
+    rproc = None
+    if shared == "redis":
+        rproc, rport = _redis(tmp_path)
+        more = ["--state", f"redis://127.0.0.1:{rport}/0"]
+    else:
+        more = ["--workers", "2"]
+    try:
+        with (
+            FakeOpenAI() as s_up,
+            FakeOpenAI() as l_up,
+            out.open("wb") as fh,
+            running_serve(_args(s_up.url, l_up.url, port, log, *more), port, env=KEYS, log=fh, timeout=120),
+        ):
+            rid = _chat(port, "ka", "What is 6 * 7?")
+            forged = ['{"request_id": "\\ud800", "score": 1}', '{"request_id": "req-\\u00e9", "score": 1}',
+                      json.dumps({"request_id": "r" * 9_000, "score": 1})]  # fmt: skip
+            got = [_post(port, "ka", body) for body in forged]
+            ok = _post_found(port, "ka", {"request_id": rid, "score": 0.5})
+    finally:
+        if rproc is not None:
+            rproc.terminate()
+            rproc.wait(timeout=10)
+    for r in got:
+        assert r.status_code == 400 and r.json()["error"]["param"] == "request_id", r.text
+    assert ok.status_code == 200 and [r["id"] for r in _feedback(log)] == [rid]
+    text = out.read_text()
+    assert "Traceback" not in text and "Redis unreachable" not in text, text[-2000:]

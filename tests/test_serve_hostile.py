@@ -180,7 +180,7 @@ def test_body_limit_is_enforced_while_reading(stack):
     proxy, *_ = stack
     t0 = time.perf_counter()
     head = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: 200000000\r\n\r\n"
     )
     got = raw_request(proxy.port, head, b'{"model": "hybrid"')
@@ -188,7 +188,7 @@ def test_body_limit_is_enforced_while_reading(stack):
     # no Content-Length (chunked): cut off once the limit passes
     chunk = b"x" * 100_000
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(5)) + b"0\r\n\r\n"
-    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
     assert raw_request(proxy.port, head, chunked).startswith(b"HTTP/1.1 413")
 
 
@@ -205,7 +205,8 @@ def test_non_streaming_disconnect_cancels_without_fallback(stack):
     s_up.faults.append("sleep:1.5")
     body = json.dumps({"model": "hybrid-t-0", "messages": MSG}).encode()
     head = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
     )
     with socket.create_connection(("127.0.0.1", proxy.port)) as s:
         s.sendall(head % len(body) + body)

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from hybridllm.errors import UsageError
 from hybridllm.tables.specs import parse_spec, read_key, redact_url
@@ -76,10 +77,11 @@ _BEARER = re.compile(r"(?i)\b(bearer)(\s+|%20|\+)[^\s\"'<>,;]{8,}")
 
 def scrub(text: str, key: str | None) -> str:
     """``text`` (an upstream's error body, quoted to a client, a log or an exception) without the
-    key sent to that upstream: the key itself (also as JSON escapes it), any ``Bearer`` token, and
-    the key's first characters where the text was cut in the middle of it."""
+    key sent to that upstream: the key itself (also as JSON or a URL escapes it), any ``Bearer`` token,
+    and the key's first characters where the text was cut in the middle of it."""
     if key:
-        for form in {key, json.dumps(key)[1:-1]}:
+        escaped = json.dumps(key)[1:-1]
+        for form in {key, escaped, escaped.replace("/", "\\/"), quote(key), quote(key, safe=""), quote_plus(key)}:
             text = text.replace(form, REDACTED)
         for n in range(min(len(key) - 1, len(text)), 3, -1):  # a body cut after the key's first n characters
             if text.endswith(key[:n]):

@@ -74,7 +74,10 @@ def serve(
         typer.Option(help="requests whose body holds more characters are not shadow-checked [default: 32000]"),
     ] = None,
     judge_rubric: Annotated[
-        Path | None, typer.Option(help="file with the judge's prompt: {prompt}, {response}, optional {reference}")
+        Path | None,
+        typer.Option(
+            help="judge rubric file: {response}, optional {prompt}, {reference} (delimited data; verdict format added)"
+        ),
     ] = None,
     hold: Annotated[
         str | None, typer.Option(help="target held on live traffic: max_quality_drop=1, budget=30, cost_advantage=40")
@@ -109,6 +112,13 @@ def serve(
     state_lease: Annotated[
         int | None,
         typer.Option(help="seconds a replica's open budget reservations outlive it (killed mid-request) [default: 30]"),
+    ] = None,
+    settle_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="seconds an answer is read on after its client left, for its usage (then charged its bound) "
+            "[default: 60]"
+        ),
     ] = None,
     state_env: Annotated[
         str | None,
@@ -164,6 +174,7 @@ def serve(
         on_cap=on_cap,
         state=state,
         state_lease_s=state_lease,
+        settle_timeout_s=settle_timeout,
         state_env=state_env,
         admin_key_env=admin_key_env,
         allowed_host=allowed_host or None,

@@ -122,7 +122,8 @@ def create_app(
         proxy.steering = SteeringWatch({i for i in range(len(ups)) if i > 0 and fleet.costs[i] > fleet.costs[0]})
     if opts.budget_caps:
         proxy.budget = Budget(
-            [parse_cap(c) for c in opts.budget_caps], store, opts.prices, opts.on_cap, cheapest=0
+            [parse_cap(c) for c in opts.budget_caps], store, opts.prices, opts.on_cap, cheapest=0,
+            max_output=opts.max_output,
         )  # fmt: skip
 
     @asynccontextmanager

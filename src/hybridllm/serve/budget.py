@@ -2,10 +2,13 @@
 
 ``--budget-cap team-a=5/day`` (a key named in ``--serve-api-key-env`` as ``team-a:SECRET``), ``*=100/day``
 for all traffic together; periods ``minute``, ``hour``, ``day`` (UTC), ``month`` (30 days). Each
-admitted request reserves its estimated cost (the dearest answer of its model seen so far, or a
-bound from its prompt and ``max_tokens``) while committed spend (spent + reserved) is under the cap;
-its real cost replaces the reservation when it ends. So concurrent requests cannot all slip under a
-ceiling: the overshoot is at most one request's cost when the estimates hold. Past a ceiling a request
+admitted request reserves its own upper bound (:func:`~hybridllm.serve.settle.token_bound`: its prompt
+bounded from its size, its ``max_tokens`` clamped by the model's maximum output, priced on the
+dearest model it may reach) in the counters of its own key's caps and of ``*``, while that counter's
+committed spend (spent + reserved) is under the cap; what it is charged (its usage, else its bound)
+replaces the reservation when it ends. So concurrent requests cannot all slip under a ceiling: the
+overshoot of a key's cap is at most one request's bound, and one key's reservations never count
+against another key's cap (the ``*`` cap is shared by all keys by definition). Past a ceiling a request
 goes to the cheapest model (``--on-cap downgrade``, the default: the ceiling then bounds what the
 dearer models cost, and the cheapest one's answers are still counted) or is refused with an
 OpenAI-shaped 429 (``--on-cap refuse``, which bounds all spend), with the reason in
@@ -26,9 +29,9 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from .errors import RequestError, ServeConfigError
+from .settle import DEFAULT_MAX_OUTPUT_TOKENS, TokenBound
 from .state import StateStore
 
 log = logging.getLogger("hybridllm.access")
@@ -93,7 +96,7 @@ class Budget:
 
     def __init__(
         self, caps: list[Cap], store: StateStore, prices: dict[str, tuple[float, float]], on_cap: str = "downgrade",
-        cheapest: int = 0,
+        cheapest: int = 0, max_output: dict[str, int] | None = None,
     ) -> None:  # fmt: skip
         if on_cap not in ("downgrade", "refuse"):
             raise ServeConfigError(f"on_cap {on_cap!r}: expected downgrade or refuse")
@@ -101,31 +104,29 @@ class Budget:
             raise ServeConfigError("budget caps need prices: a models file with each model's price")
         self.caps, self.store, self.prices, self.on_cap = caps, store, prices, on_cap
         self.cheapest = cheapest
-        self.largest: dict[str, float] = {}  # the dearest answer seen per model: the reservation
+        self.max_output = max_output or {}  # the models file's max_output_tokens per model
 
     def caps_for(self, key: str | None) -> list[Cap]:
         return [c for c in self.caps if c.key == "*" or c.key == key]
 
-    def estimate(self, model: str, body: dict[str, Any], text_chars: int) -> float:
-        seen = self.largest.get(model)
-        if seen is not None:
-            return seen
+    def estimate(self, model: str, bound: TokenBound) -> float:
+        """The request's own bound on ``model``, priced (what it reserves)."""
         pin, pout = self.prices.get(model, (0.0, 0.0))
-        out_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 512
-        out_tokens = out_tokens if isinstance(out_tokens, int) and out_tokens > 0 else 512
-        return (text_chars / 3 * pin + out_tokens * pout) / 1e6  # ~3+ characters per token
+        usage = bound.usage(self.max_output.get(model, DEFAULT_MAX_OUTPUT_TOKENS))
+        return (usage["prompt_tokens"] * pin + usage["completion_tokens"] * pout) / 1e6
 
     async def admit(
-        self, key: str | None, target: int, models: list[str], body: dict[str, Any], text_chars: int
+        self, key: str | None, target: int, models: list[str], bound: TokenBound, reach: list[str] | None = None
     ) -> tuple[int, Reservation | None, str | None]:
         """(the upstream to call, its reservation, why it was downgraded or None). Raises the 429
-        of ``--on-cap refuse``."""
+        of ``--on-cap refuse``. ``reach``: the models the request may be answered by (its fallbacks
+        too; default its target): it reserves its bound on the dearest of them."""
         caps = self.caps_for(key)
         if not caps:
             return target, None, None
         now = time.time()
         model = models[target]
-        amount = self.estimate(model, body, text_chars)
+        amount = max(self.estimate(m, bound) for m in (reach or [model]))
         taken: list[tuple[Cap, str]] = []
         for cap in caps:
             bucket = cap.bucket(now)
@@ -147,18 +148,18 @@ class Budget:
 
     def _why(self, key: str | None, cap: Cap, what: str) -> str:
         who = "all traffic" if cap.key == "*" else f"key {key}"
-        return f"budget cap of {who} reached ({cap.amount:g} per {cap.period}): {what}"
+        setting = f"budget_cap {cap.key}={cap.amount:g}/{cap.period}"
+        return f"budget cap of {who} reached ({cap.amount:g} per {cap.period}; {setting}): {what}"
 
     def _log_cap(self, key: str | None, outcome: str) -> None:
         log.info(json.dumps({"event": "budget_cap", "key": key, "outcome": outcome}))
 
     async def settle(self, res: Reservation | None, cost: float | None) -> None:
-        """The request ended: its real cost (0 for one that was not answered) replaces the reservation."""
+        """The request ended: what it is charged (0 for one whose upstream was never asked or failed)
+        replaces the reservation."""
         if res is None:
             return
         cost = 0.0 if cost is None else float(cost)
-        if cost > self.largest.get(res.model, 0.0):
-            self.largest[res.model] = cost
         for cap, bucket in zip(res.caps, res.buckets, strict=True):
             await self.store.settle(bucket, res.amount, cost, cap.seconds * 2)
 

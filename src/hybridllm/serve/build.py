@@ -56,6 +56,7 @@ def build(
     ups = cfg.upstreams(router, load_local, load)
     # the judge's price too, when the models file has one (shadow checks count what judging cost)
     options.prices = cfg.prices([u.who for u in ups] + ([options.judge_name] if options.judge_name else []))
+    options.max_output = cfg.max_output([u.who for u in ups])
     judge = cfg.judge_backend()
     if judge is not None and judge.in_process and load:
         if progress is not None:

@@ -78,6 +78,8 @@ class ServeConfig(BaseModel):
     on_cap: Literal["downgrade", "refuse"] = "downgrade"
     state: str | None = None  # redis://HOST:PORT/DB: spend counters shared by replicas
     state_lease_s: int = Field(30, ge=1, le=86400)  # how long a killed replica's reservations outlive it
+    # after a client left: how long its upstream answer is read on for its usage (then charged its bound)
+    settle_timeout_s: float = Field(60.0, ge=0, le=3600, allow_inf_nan=False)
     state_env: str | None = None  # variable holding the state URL (kept out of `ps`; instead of state)
     admin_key_env: str | None = None  # variable with the admin key(s): only they change server-wide state
     allowed_host: list[str] = Field(default_factory=list)  # keyless server: Host names beside loopback and host
@@ -229,6 +231,7 @@ class ServeConfig(BaseModel):
             on_cap=self.on_cap,
             state=state,
             state_lease_s=self.state_lease_s,
+            settle_timeout_s=self.settle_timeout_s,
             admin_keys=admin_keys(self.admin_key_env, keys),
             allowed_hosts=[self.host, *self.allowed_host],
         )
@@ -330,6 +333,14 @@ class ServeConfig(BaseModel):
                 pout = e.price_out if e.price_out is not None else e.relative_cost
                 out[n] = (float(pin), float(pout))
         return out
+
+    def max_output(self, names: list[str]) -> dict[str, int]:
+        """Each model's maximum output in tokens where the models file states it (``max_output_tokens``;
+        budget reservations and charges by bound default to ``settle.DEFAULT_MAX_OUTPUT_TOKENS``)."""
+        reg = self.registry()
+        if reg is None:
+            return {}
+        return {n: int(e.max_output_tokens) for n in names if (e := reg.models.get(n)) and e.max_output_tokens}
 
     def upstreams(self, router: Any, load_local: Any = None, load: bool = True) -> list[Backend]:
         """One upstream per model of the router, in cost order (two models: small, large),

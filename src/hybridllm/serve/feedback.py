@@ -35,6 +35,8 @@ from .request_index import Entry, RequestIndex, make_index
 
 #: a feedback body is two fields: anything longer is refused before it is parsed
 MAX_FEEDBACK_BYTES = 10_000
+#: the longest ``request_id`` looked up (the proxy's own are 16 characters)
+MAX_REQUEST_ID = 200
 
 
 class FeedbackDesk:
@@ -105,6 +107,8 @@ def _body(raw: bytes) -> tuple[str, float]:
     score = body.get("score") if isinstance(body, dict) else None
     if not isinstance(rid, str) or not rid:
         raise RequestError(400, 'send {"request_id": ID, "score": 0..1}: request_id missing', "request_id")
+    if len(rid) > MAX_REQUEST_ID or not rid.isascii():  # the index (SQLite, Redis) sees only what it could hold
+        raise RequestError(400, "request_id: expected an x-hybridllm-request-id this server sent", "request_id")
     if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
         raise RequestError(400, "score: expected a number from 0 to 1", "score")
     if not 0.0 <= score <= 1.0:

@@ -57,3 +57,8 @@ class ServeOptions:
     on_cap: str = "downgrade"  # or "refuse"
     state: str | None = field(default=None, repr=False)  # redis://HOST:PORT/DB (may hold a password)
     state_lease_s: int = 30  # a replica's open reservations outlive it by at most this (Redis state)
+    # after a client left (or a relay ended early): its upstream answer is read on this long for its
+    # usage, then closed and charged the request's bound (docs/control.md, "Hard budgets")
+    settle_timeout_s: float = 60.0
+    # the models file's max_output_tokens per model (a reservation's output bound; default 4096)
+    max_output: dict[str, int] = field(default_factory=dict)

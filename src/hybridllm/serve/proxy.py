@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import os
 import time
@@ -32,12 +31,13 @@ from .knobs import KnobError
 from .options import ServeOptions, key_id
 from .protocol import check_request, error_body, openai_error, parse_json, read_body
 from .routing import Routing
+from .settle import MAX_EVENT_BYTES, Pump, RelayResponse, bill, left_behind, token_bound
+from .settle import usage_events as _usage_events
 from .shadow import Shadow, ShadowJob, answer_text, stream_text
 from .state import StateStore
 from .telemetry import Metrics, Record
 
-#: a priced stream is relayed by whole events; bytes without an event end beyond this go on as they are
-MAX_EVENT_BYTES = 1 << 20
+__all__ = ["MAX_EVENT_BYTES", "Proxy", "_usage_events"]  # the relay's pieces live in .settle
 #: a watcher for the client's disconnect starts this long after the upstream call
 WATCH_AFTER_S = 0.005
 
@@ -95,11 +95,10 @@ class Proxy:
             response = await self.answer(request, kind, rec)
         finally:
             self.in_flight -= 1
-            if response is None:
-                self.metrics.record(rec, self.options.log_prompts)
-                if rec.reservation is not None and self.budget is not None:  # cancelled: nothing was spent
-                    self._background(self.budget.settle(rec.reservation, 0.0))
-        if not isinstance(response, StreamingResponse):  # a relay records itself when it ends
+            if response is None:  # cancelled (shutdown): charged its bound when the upstream was asked
+                self._background(self._record_after(rec))
+        # a relay records itself when it ends; a request whose client left, when its upstream call has
+        if not isinstance(response, StreamingResponse) and rec.outcome != "client_left":
             response.background = BackgroundTask(self._record_after, rec)
         return response
 
@@ -107,6 +106,7 @@ class Proxy:
         """Once the answer has been sent (a relay's at its end): count and log it, settle its budget
         reservation, remember it for feedback, start its shadow call. Coroutine on purpose:
         Starlette runs a plain function's background task in a thread."""
+        bill(rec, self.options.prices, self.options.max_output)  # an answer without usage: its bound
         self.metrics.record(rec, self.options.log_prompts)
         await self._settle(rec)
         self._remember(rec)
@@ -134,8 +134,11 @@ class Proxy:
         task.add_done_callback(self._bg.discard)
 
     async def _settle(self, rec: Record) -> None:
+        """The reservation gives way to what the request is charged: its upstream's usage, else (an
+        answer asked for, ended any way) its bound (:func:`~.settle.bill`), else 0."""
         if rec.reservation is not None and self.budget is not None:
-            cost = self.metrics.cost_of(rec.model, rec.usage) if rec.status == 200 else 0.0
+            usage = rec.billed if rec.billed is not None else rec.usage
+            cost = self.metrics.cost_of(rec.model, usage) if rec.status == 200 or rec.asked else 0.0
             await self.budget.settle(rec.reservation, cost)
             rec.reservation = None
 
@@ -192,11 +195,15 @@ class Proxy:
             return openai_error(500, f"internal error ({type(exc).__name__}); request id {rec.rid}")
 
     async def _admit(self, decision: RouteDecision, body: dict[str, Any], rec: Record, headers: dict[str, str]) -> int:
-        """The budget caps' word on this request: its upstream (downgraded past a cap) or the 429."""
+        """The budget caps' word on this request: its upstream (downgraded past a cap) or the 429. It
+        reserves its own bound (:func:`~.settle.token_bound`) on the dearest model it may reach."""
         assert self.budget is not None
         models = [u.who for u in self.ups]
+        reach = self.routing.fallback_order(decision.target) if decision.may_fall_back else [decision.target]
         try:
-            target, rec.reservation, why = await self.budget.admit(rec.key, decision.target, models, body, rec.chars)
+            target, rec.reservation, why = await self.budget.admit(
+                rec.key, decision.target, models, token_bound(body), [models[i] for i in reach]
+            )
         except RequestError as exc:
             exc.headers = {**headers, **(exc.headers or {})}
             raise
@@ -242,26 +249,43 @@ class Proxy:
     async def _call(
         self, request: Request, order: list[int], body: dict[str, Any], kind: str, stream: bool, rec: Record
     ) -> Answer | Failure | None:
-        """The upstream calls, while a watcher listens to the client: one that leaves cancels them
-        (and no fallback is paid for nobody); None then. The watcher starts after WATCH_AFTER_S: an
-        answer that comes sooner never pays for a task of its own."""
+        """The upstream calls (a task of their own), while a watcher listens to the client. A client
+        that leaves gets None at once; on a priced server the call goes on (no fallback is paid for
+        nobody) for at most ``settle_timeout_s`` and is charged (:func:`~.settle.left_behind`),
+        unpriced it is cancelled. The watcher starts after WATCH_AFTER_S: an answer that comes
+        sooner never pays for a task of its own."""
         left: list[bool] = []
+        rec.sent = body
+        call = asyncio.ensure_future(self.attempts(order, body, kind, stream, rec))
         watcher = _Watcher(request, asyncio.current_task(), left)
         try:
-            return await self.attempts(order, body, kind, stream, rec)
+            return await asyncio.shield(call)
         except asyncio.CancelledError:
-            if not left:
-                raise
-            rec.status, rec.error = 499, "client disconnected"
             rec.model = self.ups[order[0]].who
+            priced = bool(self.options.prices)
+            if not left:  # shutdown: the call is closed, and charged its bound (the upstream was asked)
+                call.cancel()
+                rec.asked = priced
+                raise
+            rec.status, rec.error, rec.outcome = 499, "client disconnected", "client_left"
+            if not priced:  # nothing to charge: the upstream call is closed at once
+                call.cancel()
+            self._background(self._left_behind(call, rec))
             return None
         finally:
             watcher.cancel()
+
+    async def _left_behind(self, call: asyncio.Future[Any], rec: Record) -> None:
+        """A request whose client left during its upstream call: charged what the call costs."""
+        await left_behind(call, rec, self.options.settle_timeout_s)
+        await self._record_after(rec)
 
     async def attempts(self, order: list[int], body: dict[str, Any], kind: str, stream: bool, rec: Record) -> Any:
         """Each upstream of ``order`` in turn until one answers: its answer, or the last failure."""
         failure: Failure | None = None
         for which in order:
+            if failure is not None and rec.outcome == "client_left":
+                break  # no fallback is paid for nobody
             up = self.ups[which]
             got = await up.forward(kind, dict(body, model=up.model), stream)
             if isinstance(got, Answer):
@@ -282,7 +306,17 @@ class Proxy:
             headers["x-hybridllm-reason"] = f"{decision.reason}; fallback after {rec.fallback_from} failed"
         if got.stream is not None:
             rec.status = 200
-            return StreamingResponse(self.relay(got.stream, rec), media_type="text/event-stream", headers=headers)
+            # the upstream read starts now, whether or not the relay ever runs (a client gone before
+            # the response starts never iterates it: RelayResponse then hands the pump back)
+            pump = Pump(got.stream, rec, bool(self.options.prices), self.options.settle_timeout_s)
+            rec.asked = True
+            return RelayResponse(
+                self.relay(pump, rec),
+                pump,
+                lambda: self._abandon(pump, rec),
+                media_type="text/event-stream",
+                headers=headers,
+            )
         rec.status = got.status
         usage = got.payload.get("usage") if isinstance(got.payload, dict) else None
         rec.usage = usage if isinstance(usage, dict) else {}
@@ -291,59 +325,40 @@ class Proxy:
         # the upstream's bytes as they are: nothing re-serialised, nothing of the schema changed
         return Response(got.data, status_code=got.status, headers=headers, media_type="application/json")
 
-    async def relay(self, stream: AsyncIterator[bytes], rec: Record) -> AsyncIterator[bytes]:
-        """Relay the chunks; a failure mid-stream ends with an error event instead of a hang."""
+    async def relay(self, pump: Pump, rec: Record) -> AsyncIterator[bytes]:
+        """Relay the chunks (read by a :class:`~.settle.Pump`); a failure mid-stream ends with an
+        error event instead of a hang. However the relay ends, the answer is charged: a client that
+        hangs up leaves the upstream read going (priced servers, ``settle_timeout_s`` at most) until
+        its usage chunk, and the record is made when that read ends."""
         kept: list[bytes] | None = [] if rec.shadow is not None else None
-        priced = bool(self.options.prices)
+        pump.relayed, ended = True, False
         try:
-            source = _usage_events(stream, rec) if priced else stream
-            async for chunk in source:
+            async for chunk in pump.chunks():
                 if kept is not None:
                     kept.append(chunk)
                 yield chunk
+            ended = True
         except StreamBroke as exc:
-            rec.status, rec.error = 502, str(exc)
+            rec.status, rec.error, ended = 502, str(exc), True
             yield b"data: " + error_body(str(exc), "upstream_error") + b"\n\n"
-        except asyncio.CancelledError:
-            rec.status, rec.error = 499, "client disconnected"
-            raise
         finally:
-            if hasattr(stream, "aclose"):
-                await stream.aclose()
             if kept is not None and rec.shadow is not None:
                 rec.shadow.answer = stream_text(kept)
-            await self._record_after(rec)
+            if ended:
+                await self._record_after(rec)
+            else:  # the client left (cancelled, or the relay closed early): nothing awaited here
+                self._abandon(pump, rec)
 
+    def _abandon(self, pump: Pump, rec: Record) -> None:
+        """The client left a stream (mid-relay, or before the relay started): the upstream read goes
+        on for its usage (:meth:`~.settle.Pump.leave`), and the request is recorded when it ends."""
+        rec.status, rec.error, rec.outcome = 499, "client disconnected", "client_left"
+        pump.leave()
+        self._background(self._after_pump(pump, rec))
 
-async def _usage_events(stream: AsyncIterator[bytes], rec: Record) -> AsyncIterator[bytes]:
-    """The stream by whole SSE events, bytes unchanged; the usage chunk (no choices, a usage
-    object) sets ``rec.usage`` and is dropped when the client did not ask for it."""
-    buf = b""
-    async for chunk in stream:
-        buf += chunk
-        cut = buf.rfind(b"\n\n")
-        if cut < 0:
-            if len(buf) > MAX_EVENT_BYTES:  # no event boundary in sight: relay as it is, parse nothing
-                yield buf
-                buf = b""
-            continue
-        events, buf = buf[: cut + 2], buf[cut + 2 :]
-        out = []
-        for ev in events.split(b"\n\n")[:-1]:
-            if b'"usage"' in ev and ev.startswith(b"data:"):
-                try:
-                    obj = json.loads(ev[5:])
-                except ValueError:
-                    obj = None
-                if isinstance(obj, dict) and isinstance(obj.get("usage"), dict) and not obj.get("choices"):
-                    rec.usage = obj["usage"]
-                    if rec.strip_usage:
-                        continue
-            out.append(ev + b"\n\n")
-        if out:
-            yield b"".join(out)
-    if buf:
-        yield buf
+    async def _after_pump(self, pump: Pump, rec: Record) -> None:
+        await pump.done()
+        await self._record_after(rec)
 
 
 class _Watcher:

@@ -41,6 +41,10 @@ class Record:
     reservation: Any = None  # the budget's reservation while the request runs
     raw_prompt: Any = None  # the body's messages or prompt, kept only when prompts are logged
     strip_usage: bool = False  # the usage chunk of this stream was asked by the proxy, not the client
+    sent: Any = None  # the body sent upstream (its token bound is the charge when no usage comes)
+    asked: bool = False  # the upstream was asked for an answer that the client did not get whole: charged
+    billed: dict[str, Any] | None = None  # the token bound charged when the upstream reported no usage
+    outcome: str | None = None  # "client_left": the client went before its answer (the answer still charged)
 
 
 class Metrics:
@@ -144,8 +148,9 @@ class Metrics:
         """Estimated cost of one answered request and the always-best counterfactual (same tokens)."""
         if self.reference is None or self.reference not in self.prices:
             return
-        cost = self.cost_of(rec.model, rec.usage)
-        best = self.cost_of(self.reference, rec.usage)
+        usage = rec.billed if rec.billed is not None else rec.usage  # usage, else the request's bound
+        cost = self.cost_of(rec.model, usage)
+        best = self.cost_of(self.reference, usage)
         if cost is None or best is None:
             return
         self.cost.labels(rec.model).inc(cost)
@@ -189,7 +194,7 @@ class Metrics:
 
     def record(self, rec: Record, log_prompts: bool) -> None:
         self.requests.labels(rec.model, str(rec.status)).inc()
-        if rec.status == 200:
+        if rec.status == 200 or rec.asked:  # every answer asked for is priced, whole or not
             self._price(rec)
         for k in ("prompt_tokens", "completion_tokens"):
             v = rec.usage.get(k)
@@ -216,6 +221,10 @@ class Metrics:
             line["key"] = rec.key
         if rec.cost is not None:
             line["cost"] = round(rec.cost, 8)
+        if rec.outcome is not None:
+            line["outcome"] = rec.outcome
+        if rec.billed is not None:
+            line["charged"] = "bound"  # no usage came: the request's own bound (docs/control.md)
         if self.worker is not None:
             line["worker"] = self.worker
         if rec.fallback_from:

@@ -11,6 +11,7 @@ spec = "gpt-4o@https://api.openai.com/v1"
 price_in = 2.50                                # per 1M input tokens
 price_out = 10.00                              # per 1M output tokens
 api_key_env = "OPENAI_API_KEY"                 # sent to this model's endpoint only
+max_output_tokens = 16384                      # its longest answer (budget reservations; default 4096)
 ```
 
 A top-level ``judge = "NAME"`` names the model of the file that ``serve --shadow-rate`` asks to score
@@ -41,6 +42,8 @@ class ModelEntry(BaseModel):
     price_in: float | None = Field(None, ge=0, allow_inf_nan=False)
     price_out: float | None = Field(None, ge=0, allow_inf_nan=False)
     api_key_env: str | None = None
+    # the most tokens one answer of this model can have: bounds a budget reservation (serve's default: 4096)
+    max_output_tokens: int | None = Field(None, ge=1, le=10_000_000)
 
     @model_validator(mode="after")
     def _priced(self) -> ModelEntry:

@@ -1,0 +1,394 @@
+"""Issue 33, items 1 and 2, as a hostile tenant tries them: every answer made upstream is charged
+(streams whose client hangs up before the usage chunk, requests whose client times out), and each
+request reserves its own bound per key (64 concurrent long answers on a 1,000 cap, cold and warm;
+``max_tokens=1e12``; one key's reservations never block another key; two replicas on one Redis).
+
+Everything runs against real HTTP servers on 127.0.0.1: fake OpenAI upstreams that report usage,
+the proxy app under uvicorn, `hybridllm serve` processes and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from hybridllm import Router
+from hybridllm.serve import ServeOptions, create_app
+from hybridllm.serve.budget import parse_cap
+from hybridllm.serve.settle import DEFAULT_MAX_OUTPUT_TOKENS, token_bound
+
+from .conftest import LARGE, SMALL
+from .fake_openai import FakeOpenAI, _free_port
+from .procs import running_serve
+from .test_live_control import _redis, router_dir  # noqa: F401  (module fixture reused)
+from .test_serve import Proxy, upstream
+
+#: per 1M tokens: one token of the large model costs 0.1 (in or out), of the small one 0.01
+PRICES = {SMALL: (10_000.0, 10_000.0), LARGE: (100_000.0, 100_000.0)}
+LONG = " ".join(["word"] * 2000)  # a long answer: 2,000 completion tokens, cost 200 on the large model
+CAP = 1000.0
+
+
+def cost(model: str, usage: dict[str, int]) -> float:
+    pin, pout = PRICES[model]
+    return (usage["prompt_tokens"] * pin + usage["completion_tokens"] * pout) / 1e6
+
+
+def bound(model: str, body: dict[str, Any], max_output: int = DEFAULT_MAX_OUTPUT_TOKENS) -> float:
+    """What a request reserves (and is charged when no usage comes): its own bound, priced."""
+    return cost(model, token_bound(body).usage(max_output))
+
+
+def chat(text: str, **kw: Any) -> dict[str, Any]:
+    return {"model": LARGE, "messages": [{"role": "user", "content": text}], **kw}
+
+
+def metric(base: str, name: str, **labels: str) -> float:
+    """One sample of /metrics (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in httpx.get(f"{base}/metrics", headers={"authorization": "Bearer kb"}).text.splitlines():
+        if line.startswith(f"{name}{{{want}}} " if want else f"{name} "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def wait_for(check: Callable[[], bool], what: str, seconds: float = 15.0) -> None:
+    """Poll ``check`` until it holds (settlement happens after the response): a liveness bound, not a timing claim."""
+    deadline = time.time() + seconds
+    while not check():
+        assert time.time() < deadline, f"never happened: {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def router(router_dir):  # noqa: F811
+    return Router(router_dir)
+
+
+@contextmanager
+def stack(
+    router: Router, caps: list[str], wrap: Callable[[Any], Any] = lambda app: app, **opts: Any
+) -> Iterator[tuple[str, FakeOpenAI, Any]]:
+    """The proxy app (keys team-a: ka, team-b: kb, caps ``caps``) on 127.0.0.1 (served as
+    ``wrap(app)``) before two fake upstreams; yields (base URL, the large model's upstream, the app)."""
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+        options = ServeOptions(
+            api_keys=["ka", "kb"], key_names={"ka": "team-a", "kb": "team-b"}, prices=dict(PRICES),
+            budget_caps=caps, on_cap="refuse", **opts,
+        )  # fmt: skip
+        app = create_app(router, upstream(SMALL, s_up.url, "s"), upstream(LARGE, l_up.url, "l"), options=options)
+        with Proxy(wrap(app)) as proxy:
+            yield f"http://127.0.0.1:{proxy.port}", l_up, app
+
+
+def spent(app: Any, cap: str) -> float:
+    """What a cap's counter holds now (the in-process store)."""
+    store = app.state.proxy.budget.store
+    return store.spend.get(parse_cap(cap).bucket(time.time()), 0.0)
+
+
+def settled(base: str, app: Any, cap: str | None, total: float) -> Callable[[], bool]:
+    """Whether ``total`` has been counted on /metrics and, with a cap, settled in its counter."""
+    return lambda: (
+        metric(base, "hybridllm_cost_total", model=LARGE) >= total - 1e-9
+        and (cap is None or spent(app, cap) >= total - 1e-9)
+    )
+
+
+def access(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "hybridllm.access"]
+
+
+def hang_up_after_the_answer(base: str, key: str, body: dict[str, Any]) -> int:
+    """Read a streamed answer up to its last choice chunk and hang up before the usage chunk: the
+    status the proxy answered."""
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST", f"{base}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+        ) as r,
+    ):
+        if r.status_code != 200:
+            return r.status_code
+        for line in r.iter_lines():
+            assert '"usage"' not in line  # the proxy asked for usage; this client did not
+            if '"finish_reason": "stop"' in line:
+                break  # leaving the block closes the connection
+        return 200
+
+
+# --- item 1: every answer is charged ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("capped", [True, False])
+def test_streams_whose_client_hangs_up_before_the_usage_chunk_are_charged(router, caplog, capped):
+    caplog.set_level("INFO", logger="hybridllm.access")
+    cap = "team-a=1000/day" if capped else None
+    with stack(router, [cap] if cap else []) as (base, l_up, app):
+        l_up.reply = lambda p: " ".join(["word"] * 600)  # 600 completion tokens: cost 60.1 each
+        l_up.usage_delay = 0.3  # the usage chunk comes after the client has gone
+        each = cost(LARGE, {"prompt_tokens": 1, "completion_tokens": 600})
+        statuses = []
+        for i in range(20):
+            statuses.append(hang_up_after_the_answer(base, "ka", chat(f"q{i}", stream=True)))
+            answered = statuses.count(200)
+            # the answer is charged once its upstream's usage arrives, after the client left
+            wait_for(settled(base, app, cap, answered * each), f"{answered} hung-up streams counted")
+        answered = statuses.count(200)
+        assert metric(base, "hybridllm_cost_total", model=LARGE) == pytest.approx(answered * each)
+        assert len(l_up.requests) == answered  # each answer made upstream is one counted
+        if capped:
+            # 17 answers fit under 1,000 (17 x 60.1 = 1021.7: the 17th passes the ceiling by < one request)
+            assert statuses == [200] * 17 + [429] * 3
+            assert spent(app, "team-a=1000/day") == pytest.approx(17 * each)
+        else:
+            assert statuses == [200] * 20
+    left = [x for x in access(caplog) if x.get("outcome") == "client_left"]
+    assert len(left) == answered and all(x["cost"] == pytest.approx(each) for x in left)
+    assert all(x["key"] == "team-a" and x["status"] == 499 and "charged" not in x for x in left)
+
+
+@pytest.mark.parametrize("capped", [True, False])
+def test_requests_whose_client_times_out_are_charged(router, caplog, capped):
+    caplog.set_level("INFO", logger="hybridllm.access")
+    cap = "team-a=1000/day" if capped else None
+    with stack(router, [cap] if cap else []) as (base, l_up, app):
+        l_up.reply = lambda p: LONG
+        l_up.delay = 0.4  # the client gives up at 0.15 s; the answer is made upstream all the same
+        each = cost(LARGE, {"prompt_tokens": 1, "completion_tokens": 2000})
+        timed_out = refused = 0
+        for i in range(8):
+            try:
+                r = httpx.post(f"{base}/v1/chat/completions", json=chat(f"q{i}"),
+                               headers={"authorization": "Bearer ka"}, timeout=0.15)  # fmt: skip
+                assert r.status_code == 429 and "budget_cap team-a=1000/day" in r.json()["error"]["message"]
+                refused += 1
+                continue
+            except httpx.ReadTimeout:
+                timed_out += 1
+            wait_for(settled(base, app, cap, timed_out * each), f"{timed_out} timed-out answers counted")
+        wait_for(lambda: len(l_up.requests) == timed_out, "the upstream asked once per timed-out request")
+        assert metric(base, "hybridllm_cost_total", model=LARGE) == pytest.approx(timed_out * each)
+        if capped:  # 5 answers of 200.1 reach the ceiling; the rest are refused
+            assert (timed_out, refused) == (5, 3)
+            assert spent(app, "team-a=1000/day") == pytest.approx(5 * each)
+        else:
+            assert (timed_out, refused) == (8, 0)
+    left = [x for x in access(caplog) if x.get("outcome") == "client_left"]
+    assert len(left) == timed_out and all(x["cost"] == pytest.approx(each) for x in left)
+
+
+def test_an_upstream_that_never_sends_usage_is_charged_the_bound_after_the_settle_timeout(router, caplog):
+    """A client that hangs up on a stream whose usage never comes within --settle-timeout: the
+    upstream call is closed and the request is charged its bound (max_tokens=1e12 clamped by the
+    model's max_output_tokens)."""
+    caplog.set_level("INFO", logger="hybridllm.access")
+    max_out = {LARGE: 700}
+    with stack(router, ["team-a=1000/day"], settle_timeout_s=0.3, max_output=max_out) as (base, l_up, app):
+        l_up.reply = lambda p: "a short answer"
+        l_up.usage_delay = 30  # far past the settle timeout
+        body = chat("q", stream=True, max_tokens=10**12)
+        assert hang_up_after_the_answer(base, "ka", body) == 200
+        sent = dict(body, stream_options={"include_usage": True})  # what the proxy sent upstream
+        charge = bound(LARGE, sent, 700)
+        wait_for(lambda: metric(base, "hybridllm_cost_total", model=LARGE) > 0, "the bound charged")
+        assert metric(base, "hybridllm_cost_total", model=LARGE) == pytest.approx(charge)
+        assert spent(app, "team-a=1000/day") == pytest.approx(charge)
+        assert 70 <= charge < 100  # 700 output tokens at 0.1, plus the prompt's bound: never 1e11
+    (line,) = [x for x in access(caplog) if x.get("outcome") == "client_left"]
+    assert line["charged"] == "bound" and line["cost"] == pytest.approx(charge)
+
+
+# --- item 2: fair reservations ------------------------------------------------------------------
+
+
+async def _burst(base: str, key: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=256)) as client:
+        return list(
+            await asyncio.gather(
+                *(
+                    client.post(f"{base}/v1/chat/completions", json=b, headers={"authorization": f"Bearer {key}"})
+                    for b in bodies
+                )
+            )
+        )
+
+
+def burst(base: str, *work: tuple[str, list[dict[str, Any]]]) -> list[list[httpx.Response]]:
+    """Every request of every key at once."""
+
+    async def run() -> list[list[httpx.Response]]:
+        return list(await asyncio.gather(*(_burst(base, key, bodies) for key, bodies in work)))
+
+    return asyncio.run(run())
+
+
+def charged(responses: list[httpx.Response]) -> float:
+    """What the upstream reported for the answered requests, priced."""
+    return sum(cost(LARGE, r.json()["usage"]) for r in responses if r.status_code == 200)
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_64_concurrent_long_answers_overshoot_each_key_cap_by_at_most_one_request(router, warm):
+    caps = ["team-a=1000/day", "team-b=1000/day"]
+    with stack(router, caps) as (base, l_up, app):
+        l_up.reply = lambda p: "five" if p.startswith("warm") else LONG
+        l_up.delay = 0.3  # all 64 are in flight together
+        if warm:  # cheap answers first: a reservation learnt from them would let every long one in
+            for key in ("ka", "kb"):
+                assert burst(base, (key, [chat("warm up")]))[0][0].status_code == 200
+        bodies = {key: [chat(f"{key} question {i}") for i in range(64)] for key in ("ka", "kb")}
+        got_a, got_b = burst(base, ("ka", bodies["ka"]), ("kb", bodies["kb"]))
+        for key, cap, got in (("ka", caps[0], got_a), ("kb", caps[1], got_b)):
+            one = max(bound(LARGE, b) for b in bodies[key])  # the dearest request's own bound
+            answered = [r for r in got if r.status_code == 200]
+            refused = [r for r in got if r.status_code == 429]
+            assert answered and len(answered) + len(refused) == 64
+            assert all(r.json()["error"]["code"] == "budget_exceeded" for r in refused)
+            total = spent(app, cap)
+            assert total == pytest.approx(charged(answered) + (cost(LARGE, {"prompt_tokens": 2, "completion_tokens": 1})
+                                                               if warm else 0))  # fmt: skip
+            assert total <= CAP + one  # the overshoot: at most one request's bound
+
+
+def test_huge_max_tokens_from_one_key_does_not_block_another(router):
+    caps = ["team-a=1000/day", "team-b=1000/day"]
+    with stack(router, caps, max_output={LARGE: 3000}) as (base, l_up, app):
+        l_up.reply = lambda p: LONG if p.startswith("huge") else "five"
+        l_up.delay = 0.3
+        # team-a: one dear answer, then requests asking for 1e12 tokens (an int and a float), in flight
+        assert burst(base, ("ka", [chat("huge one")]))[0][0].status_code == 200
+        huge = [chat("huge again", max_tokens=10**12), chat("huge float", max_tokens=1e12)]
+        small = [chat(f"small {i}", max_tokens=10) for i in range(20)]
+        got_a, got_b = burst(base, ("ka", huge), ("kb", small))
+        # team-b's reservations are its own: every one of its small requests fits its own cap
+        assert [r.status_code for r in got_b] == [200] * 20
+        # team-a's 1e12 is clamped to the model's 3,000: its reservation is ~300, not 1e11
+        assert [r.status_code for r in got_a] == [200, 200] and bound(LARGE, huge[0], 3000) < 320
+        assert spent(app, caps[1]) == pytest.approx(charged(got_b))
+
+
+# --- two replicas on one Redis ----------------------------------------------------------------------
+
+
+def test_two_replicas_on_redis_hold_each_key_within_one_request(router_dir, tmp_path):  # noqa: F811
+    import redis
+
+    rproc, rport = _redis(tmp_path)
+    try:
+        with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+            l_up.reply = lambda p: LONG
+            l_up.delay = 0.3
+            models = tmp_path / "models.toml"
+            models.write_text(
+                f'[models."{SMALL}"]\nspec = "s@{s_up.url}"\nprice_in = 10000\nprice_out = 10000\n'
+                f'[models."{LARGE}"]\nspec = "l@{l_up.url}"\nprice_in = 100000\nprice_out = 100000\n'
+                "max_output_tokens = 2500\n"
+            )
+            ports = [_free_port(), _free_port()]
+            base = [
+                "--router", str(router_dir), "--models-file", str(models), "--serve-api-key-env", "HLLM_KEYS",
+                "--budget-cap", "team-a=1000/day", "--budget-cap", "team-b=1000/day", "--on-cap", "refuse",
+                "--state", f"redis://127.0.0.1:{rport}/0", "--settle-timeout", "5",
+            ]  # fmt: skip
+            env = {"HLLM_KEYS": "team-a:ka,team-b:kb"}
+            with (
+                running_serve([*base, "--port", str(ports[0])], ports[0], env=env),
+                running_serve([*base, "--port", str(ports[1])], ports[1], env=env),
+            ):
+                urls = [f"http://127.0.0.1:{p}" for p in ports]
+                bodies = [chat(f"question {i}") for i in range(32)]
+
+                async def run() -> list[list[httpx.Response]]:
+                    work = [_burst(u, k, bodies) for u in urls for k in ("ka", "kb")]
+                    return list(await asyncio.gather(*work))
+
+                got = asyncio.run(run())
+            r = redis.Redis(port=rport)
+            by_key = {}
+            for k in r.scan_iter("hybridllm:spend:*"):
+                by_key[k.decode()] = float(r.get(k))
+            held = [float(r.get(k) or 0) for k in r.scan_iter("hybridllm:reserved:*")]
+        one = max(bound(LARGE, b, 2500) for b in bodies)
+        for key, cap in (("ka", "team-a=1000/day"), ("kb", "team-b=1000/day")):
+            answers = [x for i, batch in enumerate(got) if i % 2 == (key == "kb") for x in batch]
+            total = by_key[f"hybridllm:spend:{parse_cap(cap).bucket(time.time())}"]
+            assert any(x.status_code == 429 for x in answers)  # the ceiling bit
+            assert total == pytest.approx(charged(answers))  # every answer counted, across replicas
+            assert CAP - 200.2 < total <= CAP + one  # the ceiling used, overshoot at most one request's bound
+        assert sum(held) < 1e-9  # no reservation is left open
+    finally:
+        rproc.terminate()
+        rproc.wait(timeout=10)
+
+
+def test_models_file_max_output_tokens_is_checked(tmp_path):
+    from hybridllm.tables.registry import Registry, RegistryError
+
+    p = tmp_path / "models.toml"
+    p.write_text('[models.m]\nspec = "m@http://127.0.0.1:1/v1"\nprice_in = 1\nprice_out = 2\nmax_output_tokens = 0\n')
+    with pytest.raises(RegistryError, match=re.escape("models.m.max_output_tokens")):
+        Registry.load(p)
+    p.write_text('[models.m]\nspec = "m@http://127.0.0.1:1/v1"\nprice_in = 1\nprice_out = 2\nmax_output_tokens = 64\n')
+    assert Registry.load(p).models["m"].max_output_tokens == 64
+
+
+class GoneClientServer:
+    """The app as an ASGI 2.4 server runs it (hypercorn, granian): ``send`` raises ``OSError`` once
+    the client is gone (``gone`` set), and Starlette then stops a streamed response before its
+    body's first step, where uvicorn (2.3) would still start it. The client hangs up while the
+    upstream call is in flight."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.gone = app, threading.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
+            return await self.app(scope, receive, send)
+
+        async def sending(message: Any) -> None:
+            if self.gone.is_set():
+                raise OSError("client gone")
+            await send(message)
+
+        await self.app({**scope, "asgi": {**scope.get("asgi", {}), "spec_version": "2.4"}}, receive, sending)
+
+
+def test_a_stream_whose_client_left_before_the_relay_started_is_charged(router, caplog):
+    """The response never iterates its body; the upstream's answer is still read to its usage,
+    charged and its reservation settled."""
+    caplog.set_level("INFO", logger="hybridllm.access")
+    cap = "team-a=1000/day"
+    server: list[GoneClientServer] = []
+    with stack(router, [cap], wrap=lambda app: server.append(GoneClientServer(app)) or server[0]) as (base, l_up, app):
+        l_up.reply = lambda p: " ".join(["word"] * 600)
+        l_up.delay = 0.3  # the stream's headers come after the client has gone
+        each = cost(LARGE, {"prompt_tokens": 1, "completion_tokens": 600})
+        for n in range(1, 4):
+            server[0].gone.clear()
+            with httpx.Client(timeout=10) as client:
+                calling = threading.Thread(target=_post_and_lose, args=(client, base))
+                calling.start()
+                wait_for(lambda n=n: len(l_up.requests) == n, "the upstream was asked")
+                server[0].gone.set()
+                calling.join()
+            wait_for(settled(base, app, cap, n * each), f"{n} streams left before the relay counted")
+        assert spent(app, cap) == pytest.approx(3 * each)
+        assert app.state.proxy.budget.store.reserved.get(parse_cap(cap).bucket(time.time()), 0.0) == pytest.approx(0)
+    left = [x for x in access(caplog) if x.get("outcome") == "client_left"]
+    assert len(left) == 3 and all(x["cost"] == pytest.approx(each) for x in left)
+
+
+def _post_and_lose(client: httpx.Client, base: str) -> None:
+    """A streamed request whose connection the server drops (what a client that left sees)."""
+    with contextlib.suppress(httpx.HTTPError):
+        client.post(f"{base}/v1/chat/completions", json=chat("q", stream=True), headers={"authorization": "Bearer ka"})
