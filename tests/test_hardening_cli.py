@@ -114,7 +114,7 @@ def test_slow_headers_and_slow_bodies_are_cut_off(tmp_path):
             for i in range(20):  # stalled in the headers, or silent from the start
                 s = socket.create_connection(("127.0.0.1", port))
                 if i % 2:
-                    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+                    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
                 conns.append(s)
             time.sleep(2.5)
             closed = 0
@@ -128,7 +128,7 @@ def test_slow_headers_and_slow_bodies_are_cut_off(tmp_path):
             assert closed == 20
             # a body that never finishes: 408 after client_timeout_s
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                s.sendall(b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"mo')
+                s.sendall(b'POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{"mo')
                 assert s.recv(200).startswith(b"HTTP/1.1 408")
             # and the server still answers
             r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",

@@ -480,9 +480,12 @@ def test_two_servers_share_one_redis_budget_and_survive_a_kill(router_dir, tmp_p
                 killer.join()
                 assert a.poll() is not None  # killed mid-load
                 time.sleep(3)  # past the killed server's lease: its open reservations are gone
-                # one at a time: each request reserves its own bound (max output 4096 here), far above
-                # its cost of 6, so concurrent ones near the ceiling are refused on reservations alone
-                survivor = _load(ports[1], "ka", 10, workers=1)
+                # one at a time until the ceiling refuses: each request reserves its own bound (max
+                # output 4096 here), far above its cost of 6, so concurrent ones near the ceiling are
+                # refused on reservations alone, and how many the kill phase answered varies
+                survivor: list[httpx.Response] = []
+                while len(survivor) < 40 and not any(x.status_code == 429 for x in survivor):
+                    survivor += _load(ports[1], "ka", 1, workers=1)
             answered = [r for r in results + survivor if r.status_code == 200]
             refused = [r for r in results + survivor if r.status_code == 429]
             r = redis.Redis(port=rport)
