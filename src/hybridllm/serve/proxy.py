@@ -256,21 +256,27 @@ class Proxy:
         sooner never pays for a task of its own."""
         left: list[bool] = []
         rec.sent = body
-        call = asyncio.ensure_future(self.attempts(order, body, kind, stream, rec))
+        priced = bool(self.options.prices)
+        # priced: the call runs in a task of its own, so that it outlives a client that leaves
+        # (unpriced, nothing is charged, and the request's own task makes the call: no task to pay for)
+        call = asyncio.ensure_future(self.attempts(order, body, kind, stream, rec)) if priced else None
         watcher = _Watcher(request, asyncio.current_task(), left)
         try:
+            if call is None:
+                return await self.attempts(order, body, kind, stream, rec)
             return await asyncio.shield(call)
         except asyncio.CancelledError:
             rec.model = self.ups[order[0]].who
-            priced = bool(self.options.prices)
             if not left:  # shutdown: the call is closed, and charged its bound (the upstream was asked)
-                call.cancel()
+                if call is not None:
+                    call.cancel()
                 rec.asked = priced
                 raise
             rec.status, rec.error, rec.outcome = 499, "client disconnected", "client_left"
-            if not priced:  # nothing to charge: the upstream call is closed at once
-                call.cancel()
-            self._background(self._left_behind(call, rec))
+            if call is None:  # unpriced: nothing to charge, the upstream call is closed already
+                self._background(self._record_after(rec))
+            else:
+                self._background(self._left_behind(call, rec))
             return None
         finally:
             watcher.cancel()
