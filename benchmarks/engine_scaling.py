@@ -34,7 +34,7 @@ PER_WORKER = 8  # requests in flight per worker
 
 def _serve(delay: float, q: mp.Queue) -> None:
     sys.path.insert(0, str(REPO))
-    from tests.fake_openai import FakeOpenAI
+    from tests.helpers.fake_openai import FakeOpenAI
 
     f = FakeOpenAI()
     f.delay = delay

@@ -1,5 +1,7 @@
 """Write docs/cli.md, the command-line reference, from the commands themselves (their docstrings,
-arguments, options, defaults and help), so the page cannot drift from the CLI.
+arguments, options, defaults and help), so the page cannot drift from the CLI. A command whose
+options are made from a settings model (serve: ``hybridllm.serve.settings``) also lists each
+option's key in its ``--config`` file.
 
     python scripts/cli_reference.py            # rewrite docs/cli.md
     python scripts/cli_reference.py --check    # exit 1 when docs/cli.md is stale (tests/test_docs.py)
@@ -16,8 +18,11 @@ from typing import Any
 import typer
 
 from hybridllm.cli import app
+from hybridllm.serve.settings import ServeSettings
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+#: commands whose options are settings, each also a key of the command's --config file
+SETTINGS: dict[str, Any] = {"serve": ServeSettings}
 
 
 def _cell(text: str) -> str:
@@ -37,6 +42,8 @@ def _param(p: Any, ctx: Any) -> list[str]:
         kind = "flag"
     if p.required:
         shown = "required"
+    elif isinstance(p.show_default, str):  # a setting's own default (the option's is None: not given)
+        shown = f"`{p.show_default}`"
     elif default is None or (default is False and kind == "flag") or default == []:
         shown = ""
     else:
@@ -54,7 +61,8 @@ def render() -> str:
         "this page -->",
         "",
         "`hybridllm COMMAND --help` prints the same. Every failure is one line on stderr (`error: ...`) and exit "
-        "code 1; every success exits 0.",
+        "code 1, except a usage error (an unknown option, a missing or malformed argument), which exits 2, and a "
+        "command stopped by Ctrl-C, which exits 130; every success exits 0.",
     ]
     for name in group.list_commands(ctx):
         cmd = group.get_command(ctx, name)
@@ -63,6 +71,11 @@ def render() -> str:
         cctx = cmd.make_context(name, [], parent=ctx, resilient_parsing=True)
         rows = [_param(p, cctx) for p in cmd.params if p.name != "help"]
         out += ["| name | kind | what | default |", "| --- | --- | --- | --- |"]
+        if name in SETTINGS:
+            fields = SETTINGS[name].model_fields
+            params = [p for p in cmd.params if p.name != "help"]
+            rows = [[*r, f"`{p.name}`" if p.name in fields else ""] for r, p in zip(rows, params, strict=True)]
+            out[-2:] = ["| name | kind | what | default | `--config` key |", "| --- | --- | --- | --- | --- |"]
         out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out) + "\n"
 

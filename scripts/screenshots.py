@@ -24,9 +24,10 @@ sys.path.insert(0, str(REPO))
 
 from hybridllm import default_router_dir  # noqa: E402
 from hybridllm.tables.format import read_table  # noqa: E402
-from tests.browser import browser_page  # noqa: E402
-from tests.fake_openai import FakeOpenAI, _free_port  # noqa: E402
-from tests.procs import running_serve  # noqa: E402
+from tests.helpers.browser import browser_page  # noqa: E402
+from tests.helpers.fake_openai import FakeOpenAI  # noqa: E402
+from tests.helpers.net import free_port  # noqa: E402
+from tests.helpers.procs import running_serve  # noqa: E402
 
 SMALL, LARGE = "qwen2.5-0.5b", "qwen2.5-1.5b"
 
@@ -48,7 +49,7 @@ def main() -> None:
     out = REPO / "docs/img"
     test_split = REPO / "data/default-pair/split/test.jsonl"
     prompts = [r["prompt"] for r in read_table(test_split) if isinstance(r["prompt"], str)]
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp, FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         models = Path(tmp) / "models.toml"
         models.write_text(

@@ -1,4 +1,5 @@
-"""Shared fixtures. Real data comes from ../shared/data (beside the repo), never from the network."""
+"""Shared fixtures. Real data comes from ../shared/data (beside the repo), never from the network.
+Helpers that are not fixtures (fake upstreams, server starters) live in tests/helpers/."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ SHARED = REPO.parent / "shared" / "data"
 MMLU = SHARED / "mmlu_pro.jsonl"
 SMALL = "Mistral-7B-Instruct-v0.2"
 LARGE = "Mixtral-8x7B-Instruct-v0.1"
+THREE = ["Phi-3-mini-4k-instruct", "Meta-Llama-3_1-8B-Instruct", "Meta-Llama-3_1-70B-Instruct"]
+# relative costs: parameter counts in billions (3.8B, 8B, 70B)
+THREE_COSTS = {"Phi-3-mini-4k-instruct": 3.8, "Meta-Llama-3_1-8B-Instruct": 8.0, "Meta-Llama-3_1-70B-Instruct": 70.0}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -40,6 +44,27 @@ def mmlu_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for r in rows:
             fh.write(json.dumps(r) + "\n")
     return p
+
+
+@pytest.fixture(scope="session")
+def router_dir(tmp_path_factory: pytest.TempPathFactory, cache_env: Path, mmlu_slice: Path) -> Path:
+    """The serve and live-control tests' router (static encoder, a 2-member head with the token-count
+    feature, on the MMLU-Pro slice), trained once per test session; tests only read it."""
+    from hybridllm import TrainOptions, read_table, train_router
+    from hybridllm.model.head import HeadConfig
+
+    out = tmp_path_factory.mktemp("session-router") / "r"
+    opts = TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(members=2, epochs=5, extra=["log_tokens"]))
+    train_router(read_table(mmlu_slice), opts, out, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def router(router_dir: Path):
+    """The session's router (:func:`router_dir`), loaded once."""
+    from hybridllm import Router
+
+    return Router(router_dir)
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,11 @@ from hybridllm.backends import BackendError, HTTPBackend, SamplingParams
 from hybridllm.serve import ServeConfig
 from hybridllm.serve.errors import ServeConfigError
 
-from .fake_openai import FakeOpenAI, _free_port
-from .procs import running_serve
+from .helpers.fake_openai import FakeOpenAI
+from .helpers.net import free_port
+from .helpers.procs import running_serve
+
+pytestmark = pytest.mark.slow  # `hybridllm serve` subprocesses, a browser, Redis
 
 SMALL, LARGE = "qwen2.5-0.5b", "qwen2.5-1.5b"  # the shipped default router's pair
 QUESTION = "Prove that there are infinitely many primes."
@@ -63,7 +66,7 @@ def _no_cors(*responses: httpx.Response) -> None:
 
 
 def test_a_client_key_cannot_turn_every_tenants_knob_and_the_admin_key_can():
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {"HLLM_KEYS": f"team-a:{CLIENT}", "HLLM_ADMIN": ADMIN}
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
@@ -110,7 +113,7 @@ def _serve_fails(args: list[str], env: dict[str, str]) -> str:
 
 
 def test_a_server_whose_admin_key_is_also_a_client_key_does_not_start():
-    port = _free_port()
+    port = free_port()
     args = ["--router", str(default_router_dir()), "--small", "s@http://127.0.0.1:9/v1", "--large",
             "l@http://127.0.0.1:9/v1", "--port", str(port), "--serve-api-key-env", "HLLM_KEYS",
             "--admin-key-env", "HLLM_ADMIN"]  # fmt: skip
@@ -126,7 +129,7 @@ def test_a_server_whose_admin_key_is_also_a_client_key_does_not_start():
 
 
 def test_a_browser_page_cannot_drive_or_read_a_keyless_server():
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     knob = f"{base}/dashboard/knob"
     body = '{"model": "hybrid-t-0"}'  # what a page sends as text/plain: no CORS preflight
@@ -178,7 +181,7 @@ def _redis(tmp_path: Path, password: str) -> tuple[subprocess.Popen, int]:
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path),
          "--requirepass", password],
@@ -199,7 +202,7 @@ def test_the_redis_password_stays_out_of_the_process_list(tmp_path):
 
     password = "hunter2-redis-7c1d"
     rproc, rport = _redis(tmp_path, password)
-    port = _free_port()
+    port = free_port()
     try:
         with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
             models = tmp_path / "models.toml"
@@ -282,7 +285,7 @@ class QuotingUpstream(FakeOpenAI):
 @pytest.mark.parametrize("mode", ["401", "500", "500-cut", "bearer", "url"])
 def test_an_upstreams_error_body_never_carries_its_key_to_the_client_or_the_log(tmp_path, mode):
     key = URL_KEY if mode == "url" else UPSTREAM_KEY
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     with QuotingUpstream() as s_up, QuotingUpstream() as l_up, log.open("w") as out:

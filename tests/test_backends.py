@@ -6,7 +6,7 @@ import pytest
 
 from hybridllm.backends import BackendError, HTTPBackend, SamplingParams
 
-from .fake_openai import FakeOpenAI
+from .helpers.fake_openai import FakeOpenAI
 
 
 @pytest.fixture

@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from hybridllm import default_router_dir
 
-from .browser import browser_page
 from .conftest import REPO
-from .fake_judge import graded, verdict
-from .fake_openai import FakeOpenAI, _free_port
-from .procs import running_serve
-from .test_cli import run
+from .helpers.browser import browser_page
+from .helpers.cli import run
+from .helpers.fake_judge import graded, verdict
+from .helpers.fake_openai import FakeOpenAI
+from .helpers.net import free_port
+from .helpers.procs import running_serve
+
+pytestmark = pytest.mark.slow  # a real Chromium against `hybridllm serve` subprocesses
 
 SMALL, LARGE = "qwen2.5-0.5b", "qwen2.5-1.5b"  # the shipped default router's pair
 QUESTIONS = [
@@ -32,7 +36,7 @@ def _chat(port: int, model: str, text: str, key: str | None = None) -> httpx.Res
 
 
 def test_dashboard_shows_live_traffic_and_its_knob_steers_routing(tmp_path):
-    port = _free_port()
+    port = free_port()
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         models = tmp_path / "models.toml"
         models.write_text(
@@ -57,6 +61,12 @@ def test_dashboard_shows_live_traffic_and_its_knob_steers_routing(tmp_path):
                 assert data["requests"] == 24 and data["by_model"][SMALL] >= 12
                 assert sum(data["score_histogram"]["counts"]) == 12  # only routed requests have a score
                 assert len(data["router"]["curve"]["points"]) > 10 and data["router"]["point"] is not None
+                # counts on the histogram's y axis are whole numbers, up to at least the highest bar
+                ticks = (page.get_attribute("#hist", "data-y-ticks") or "").split(",")
+                assert len(ticks) == 5 and all(t.isdigit() for t in ticks), ticks
+                assert int(ticks[-1]) >= max(data["score_histogram"]["counts"]) and int(ticks[1]) >= 1
+                # no keys on this server: no key box (its data says so), nothing to type a key into
+                assert data["auth"] is False and page.is_hidden("#api-key")
                 page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
 
                 # the knob: everything to the small model (threshold 0), set from the page
@@ -86,7 +96,7 @@ def test_dashboard_shows_live_traffic_and_its_knob_steers_routing(tmp_path):
 def test_dashboard_behind_a_key(tmp_path):
     """With client keys, data needs a key and the knob the admin key; the page asks for a key: a
     tenant's shows the data but its knob change is refused on the page, the admin's moves the knob."""
-    port = _free_port()
+    port = free_port()
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         args = ["--router", str(default_router_dir()), "--small", f"s@{s_up.url}", "--large", f"l@{l_up.url}"]
         env = {"HYBRID_KEYS": "sk-dash-1", "HYBRID_ADMIN": "sk-admin-1"}
@@ -100,6 +110,7 @@ def test_dashboard_behind_a_key(tmp_path):
             with browser_page() as (page, errors):
                 page.goto(f"{base}/dashboard")
                 page.wait_for_function("document.getElementById('status').textContent.includes('API key')")
+                assert page.is_visible("#api-key")  # the data was refused: the page asks for a key
                 page.fill("#api-key", "sk-dash-1")
                 page.dispatch_event("#api-key", "change")
                 page.wait_for_function("document.getElementById('total-requests').textContent === '1'")
@@ -136,7 +147,7 @@ def test_html_report_opens_in_the_browser(tmp_path, cache_env):
 
 
 def test_dashboard_shows_the_live_drop_spend_and_the_held_target(tmp_path):
-    port = _free_port()
+    port = free_port()
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up, FakeOpenAI() as j_up:
         s_up.reply = lambda p: "small says hi"
         l_up.reply = lambda p: "large says hi"

@@ -10,19 +10,9 @@ import sys
 import pytest
 
 from .conftest import LARGE, SMALL
+from .helpers.cli import run
 
-
-def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "hybridllm.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-        timeout=900,
-    )
-    if ok:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+pytestmark = pytest.mark.slow  # the CLI in subprocesses, training a router
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +130,7 @@ def test_errors_are_one_line_and_nonzero(artifact, mmlu_slice, tmp_path, args, m
 
 
 def test_chat_answers_through_the_router(artifact):
-    from .fake_openai import FakeOpenAI
+    from .helpers.fake_openai import FakeOpenAI
 
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         s_up.reply = lambda p: f"small: {p}"
@@ -176,6 +166,10 @@ def test_version_and_help_in_pipeline_order():
     order = ["collect", "score", "stats", "split", "train", "evaluate", "crossval", "calibrate", "route", "serve"]
     positions = [helptext.index(f" {c} ") for c in order]
     assert positions == sorted(positions)
+    version = next(line for line in helptext.splitlines() if "--version" in line)
+    assert "<bool>" not in version and "print the version and exit" in version  # a flag takes no value
+    usage = run("train", "--no-such-option", ok=False)
+    assert usage.returncode == 2 and usage.stderr.startswith("error: No such option: --no-such-option")
 
 
 def test_metric_choices_match_the_library():
@@ -212,7 +206,7 @@ def test_every_option_is_described():
 
 def test_progress_in_a_log_file_is_whole_lines(tmp_path):
     """Not a terminal: occasional complete lines, no carriage-return frames."""
-    from .fake_openai import FakeOpenAI
+    from .helpers.fake_openai import FakeOpenAI
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"what is {i}+1?"}) + "\n" for i in range(30)))

@@ -5,7 +5,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -13,7 +12,10 @@ import pytest
 from hybridllm.tables.format import read_table
 
 from .conftest import SHARED
-from .fake_openai import FakeOpenAI
+from .helpers.cli import COLLECT, collect_cmd
+from .helpers.fake_openai import FakeOpenAI
+
+pytestmark = pytest.mark.slow  # `hybridllm collect` in subprocesses, killed and resumed
 
 
 @pytest.fixture
@@ -31,33 +33,9 @@ def prompts(tmp_path):
     return p
 
 
-CLI = [sys.executable, "-m", "hybridllm.cli", "collect"]
-
-
-def cmd(prompts, upstream, output, samples=3, concurrency=4, extra=()):
-    """`hybridllm collect` over a small and a large model on one fake upstream."""
-    return [
-        *CLI,
-        str(prompts),
-        "--model",
-        f"small=tiny@{upstream.url}",
-        "--model",
-        f"large=big@{upstream.url}",
-        "--samples",
-        str(samples),
-        "--concurrency",
-        str(concurrency),
-        "--output",
-        str(output),
-        "--temperature",
-        "0.8",
-        *extra,
-    ]
-
-
 def test_collect_builds_table_in_sample_order(prompts, upstream, tmp_path):
     out = tmp_path / "t.jsonl"
-    subprocess.run(cmd(prompts, upstream, out, samples=2), check=True, capture_output=True, timeout=120)
+    subprocess.run(collect_cmd(prompts, upstream, out, samples=2), check=True, capture_output=True, timeout=120)
     rows = read_table(out)
     assert len(rows) == 20
     r = rows[0]
@@ -82,7 +60,7 @@ def journaled(journal):
 
 def test_kill_9_at_random_points_then_resume_equals_uninterrupted_run(prompts, upstream, tmp_path):
     reference = tmp_path / "ref.jsonl"
-    subprocess.run(cmd(prompts, upstream, reference), check=True, capture_output=True, timeout=120)
+    subprocess.run(collect_cmd(prompts, upstream, reference), check=True, capture_output=True, timeout=120)
     upstream.delay = 0.1
     out = tmp_path / "killed.jsonl"
     journal = tmp_path / "killed.jsonl.journal.jsonl"
@@ -96,7 +74,7 @@ def test_kill_9_at_random_points_then_resume_equals_uninterrupted_run(prompts, u
         # sample or after the last one.
         target = min(len(journaled(journal)) + rng.randint(3, 25), total - 5)
         proc = subprocess.Popen(
-            cmd(prompts, upstream, out),
+            collect_cmd(prompts, upstream, out),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env={**os.environ, "HYBRIDLLM_NO_PROGRESS": "1"},
@@ -117,7 +95,7 @@ def test_kill_9_at_random_points_then_resume_equals_uninterrupted_run(prompts, u
     assert progress == sorted(progress), "journaled samples were lost between runs"
     assert 0 < progress[0] < total, f"the first kill did not land mid-run (progress {progress})"
     if not out.exists():
-        subprocess.run(cmd(prompts, upstream, out), check=True, capture_output=True, timeout=120)
+        subprocess.run(collect_cmd(prompts, upstream, out), check=True, capture_output=True, timeout=120)
     assert read_table(out) == read_table(reference)
     assert not journal.exists()
 
@@ -125,7 +103,7 @@ def test_kill_9_at_random_points_then_resume_equals_uninterrupted_run(prompts, u
 def test_collect_errors_are_one_line(prompts, tmp_path):
     p = subprocess.run(
         [
-            *CLI,
+            *COLLECT,
             str(prompts),
             "--model",
             "small",
@@ -153,7 +131,13 @@ def test_journal_drops_a_torn_last_line(tmp_path):
 
 def test_template_wraps_what_is_sent_not_what_is_stored(prompts, upstream, tmp_path):
     out = tmp_path / "t.jsonl"
-    c = [*cmd(prompts, upstream, out, samples=1), "--template", "Solve; end with #### N.\n\n{prompt}", "--limit", "2"]
+    c = [
+        *collect_cmd(prompts, upstream, out, samples=1),
+        "--template",
+        "Solve; end with #### N.\n\n{prompt}",
+        "--limit",
+        "2",
+    ]
     subprocess.run(c, check=True, capture_output=True, timeout=120)
     rows = read_table(out)
     assert len(rows) == 2 and rows[0]["prompt"].startswith("Janet")
@@ -169,7 +153,7 @@ def test_template_wraps_what_is_sent_not_what_is_stored(prompts, upstream, tmp_p
 
 def test_system_turn_goes_before_every_prompt_and_is_part_of_the_settings(prompts, upstream, tmp_path):
     out = tmp_path / "t.jsonl"
-    base = [*cmd(prompts, upstream, out, samples=1), "--template", "Q: {prompt}", "--limit", "2"]
+    base = [*collect_cmd(prompts, upstream, out, samples=1), "--template", "Q: {prompt}", "--limit", "2"]
     subprocess.run([*base, "--system", "Answer with a number."], check=True, capture_output=True, timeout=120)
     rows = read_table(out)
     assert rows[0]["prompt"].startswith("Janet")  # the table keeps the question itself
@@ -202,19 +186,19 @@ def test_resuming_with_other_settings_is_refused(prompts, upstream, tmp_path):
     out = tmp_path / "t.jsonl"
     journal = tmp_path / "t.jsonl.journal.jsonl"
     upstream.delay = 0.05
-    proc = subprocess.Popen(cmd(prompts, upstream, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(collect_cmd(prompts, upstream, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 30
     while (not journal.exists() or journal.read_bytes().count(b"\n") < 3) and time.time() < deadline:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    changed = [a if a != "0.8" else "0.2" for a in cmd(prompts, upstream, out)]  # another temperature
+    changed = [a if a != "0.8" else "0.2" for a in collect_cmd(prompts, upstream, out)]  # another temperature
     p = subprocess.run(changed, capture_output=True, text=True, timeout=60)
     assert p.returncode != 0
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "other settings (params differ)" in last
     upstream.delay = 0.0
-    subprocess.run(cmd(prompts, upstream, out), check=True, capture_output=True, timeout=120)  # same: resumes
+    subprocess.run(collect_cmd(prompts, upstream, out), check=True, capture_output=True, timeout=120)  # same: resumes
     assert len(read_table(out)) == 20
 
 
@@ -245,3 +229,38 @@ def test_journal_put_back_when_its_file_is_swapped_under_the_run(tmp_path, how):
     assert again.done[("r3", "m", 0)]["text"] == "3"
     foreign = list(tmp_path.glob("j.jsonl.foreign-*"))
     assert (len(foreign) == 1) == (how == "replaced by a foreign file")
+
+
+def test_ctrl_c_exits_130_promptly_says_where_it_stopped_and_a_rerun_resumes(prompts, upstream, tmp_path):
+    """Ctrl-C once exited 0, silently: `collect && score` went on as if the table were finished. Six
+    samples are answered; every later request hangs for two minutes, far longer than the test waits
+    for the process to end (a liveness bound, not a timing claim)."""
+    out = tmp_path / "t.jsonl"
+    journal = tmp_path / "t.jsonl.journal.jsonl"
+    upstream.faults.extend(["sleep:0"] * 6 + ["sleep:120"] * 34)
+    args = collect_cmd(prompts, upstream, out, samples=1, concurrency=2)
+    env = {**os.environ, "HYBRIDLLM_NO_PROGRESS": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while (len(journaled(journal)) < 6 or len(upstream.requests) < 7) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("collect did not stop on Ctrl-C while its requests were in flight")
+    assert proc.returncode == 130, err
+    keys = journaled(journal)
+    complete = sum(1 for row_id in {k[0] for k in keys} if sum(k[0] == row_id for k in keys) == 2)
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: collect stopped at 6 of 40 samples ({complete} of 20 rows complete), kept in {journal}; "
+        "rerun the same command to resume"
+    )
+    assert not out.exists() and len(keys) == 6
+    upstream.faults.clear()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "(34 requested now, 6 resumed)" in again.stdout
+    assert len(read_table(out)) == 20 and not journal.exists()

@@ -1,6 +1,7 @@
 """Cross-validation: every row scored once, by a router that never saw it."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ from hybridllm.model.router import Router
 from hybridllm.tables.format import TableError, read_table, split_rows
 
 from .conftest import LARGE, SMALL
-from .test_cli import run
+from .helpers.cli import run
+
+pytestmark = pytest.mark.slow  # trains a router per fold
 
 
 def test_out_of_fold_scores_come_from_the_other_folds(mmlu_slice, cache_env, tmp_path):
@@ -44,6 +47,38 @@ def test_too_many_folds_is_a_clear_error(mmlu_slice):
         cross_validate(rows, TrainOptions(small=SMALL, large=LARGE), folds=5)
     with pytest.raises(ValueError, match="at least 2"):
         cross_validate(rows, TrainOptions(small=SMALL, large=LARGE), folds=1)
+
+
+def test_a_table_too_small_for_its_folds_is_refused_before_any_training(mmlu_slice):
+    """30 rows in 5 folds once trained folds for 9-41 s, then failed with "too few rows to train (19
+    train, 3 validation)". Now the folds are checked first (no fold starts) and the error says what
+    to change; a fold count it offers passes the same check."""
+    opts = TrainOptions(small=SMALL, large=LARGE)
+    started: list[str] = []
+    with pytest.raises(TableError) as refused:
+        cross_validate(read_table(mmlu_slice)[:30], opts, folds=5, progress=started.append)
+    msg = str(refused.value)
+    assert started == []  # refused before the first fold began
+    assert msg.startswith("30 rows are too few for 5-fold cross-validation: fold ")
+    assert ">= 10 training and >= 5 validation rows" in msg and "no fold count from 2 to 20 works" in msg
+    assert "5 folds need a table of at least 32 rows" in msg
+
+    rows = read_table(mmlu_slice)[:40]  # too few for 5 folds, enough for more, smaller ones
+    with pytest.raises(TableError) as refused:
+        cross_validate(rows, opts, folds=5, progress=started.append)
+    assert started == []
+    offered = re.search(r"; --folds (\d+) works with these rows;", str(refused.value))
+    assert offered is not None, refused.value
+    folds = int(offered.group(1))
+
+    class Began(Exception):
+        pass
+
+    def stop(line: str) -> None:
+        raise Began(line)
+
+    with pytest.raises(Began, match=f"fold 1/{folds}: train on"):  # past the check, the first fold begins
+        cross_validate(rows, opts, folds=folds, progress=stop)
 
 
 def test_cli(mmlu_slice, cache_env, tmp_path):

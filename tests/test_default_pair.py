@@ -16,8 +16,10 @@ from hybridllm.backends.packages import LOCAL_MODELS
 from hybridllm.model.router import SHIPPED_ROUTER, Router, default_router_dir
 
 from .conftest import REPO
-from .procs import running_serve
-from .test_serve import _free_port
+from .helpers.net import free_port
+from .helpers.procs import running_serve
+
+pytestmark = pytest.mark.slow  # the default local pair of real models
 
 CHAT = [sys.executable, "-m", "hybridllm.cli", "chat"]
 
@@ -60,7 +62,7 @@ def test_the_shipped_router_decides_as_the_release_did():
 
 
 def test_serve_with_no_arguments_answers_with_a_real_local_model(cache_env):
-    port = _free_port()
+    port = free_port()
     env = _no_router_env() | {"HYBRIDLLM_PORT": str(port)}
     with running_serve([], port, env=env, timeout=240) as proc:
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=240)

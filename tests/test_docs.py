@@ -8,12 +8,14 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from hybridllm.tables.format import read_table, split_rows, write_table
 
 from .conftest import LARGE, REPO, SMALL
-from .fake_openai import FakeOpenAI
-from .procs import running_serve
-from .test_serve import _free_port
+from .helpers.fake_openai import FakeOpenAI
+from .helpers.net import free_port
+from .helpers.procs import running_serve
 
 
 def readme_block(starts_with: str, doc: str = "README.md") -> str:
@@ -29,6 +31,7 @@ def run_block(code: str) -> str:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_python_api_example(mmlu_slice, cache_env, tmp_path, monkeypatch):
     train, val = split_rows(read_table(mmlu_slice), [0.75, 0.25], "docs")
     write_table(train, tmp_path / "runs/mmlu/train.jsonl")
@@ -41,12 +44,13 @@ def test_python_api_example(mmlu_slice, cache_env, tmp_path, monkeypatch):
     assert (tmp_path / "runs/router/config.json").exists()
 
 
+@pytest.mark.slow
 def test_openai_client_example(mmlu_slice, cache_env, tmp_path):
     from hybridllm.model.fit import TrainOptions, train_router
 
     router = tmp_path / "router"
     train_router(read_table(mmlu_slice), TrainOptions(small=SMALL, large=LARGE), router, show_progress=False)
-    port = _free_port()
+    port = free_port()
     code = readme_block("from openai import OpenAI", "docs/serve.md").replace("127.0.0.1:8000", f"127.0.0.1:{port}")
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         s_up.reply = lambda p: "small says 4"
@@ -58,12 +62,31 @@ def test_openai_client_example(mmlu_slice, cache_env, tmp_path):
     assert " ".join(answer) == {SMALL: "small says 4", LARGE: "large says 4"}[model]
 
 
+@pytest.mark.slow
 def test_generated_pages_are_current():
     """docs/benchmarks.md is what benchmarks/results/*.json give, docs/cli.md what the commands say:
     a rerun benchmark or a changed option whose page was not regenerated fails here."""
     for script in ("benchmarks/report.py", "scripts/cli_reference.py"):
         got = subprocess.run([sys.executable, script, "--check"], cwd=REPO, capture_output=True, text=True)
         assert got.returncode == 0, f"{script}: {got.stderr.strip()}"
+
+
+def test_every_relative_link_and_image_resolves():
+    """docs/serve.md and docs/pipeline.md once showed images at docs/img/..., which from docs/ is
+    docs/docs/img: every relative link and image in README.md and docs/*.md must name a file that
+    exists, read from the page's own folder (code blocks and code spans are not links)."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    targets, broken = 0, []
+    for page in pages:
+        text = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", page.read_text(), flags=re.S))
+        for target in re.findall(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", text):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a URL, or a heading of the same page
+            targets += 1
+            if not (page.parent / target.split("#")[0]).exists():
+                broken.append(f"{page.relative_to(REPO)}: {target}")
+    assert targets > 20  # the pages were read
+    assert not broken, f"relative links that name no file: {broken}"
 
 
 def _serve_flags() -> set[str]:

@@ -8,6 +8,8 @@ from hybridllm.features.cache import EmbeddingCache, embed_texts
 from hybridllm.features.static import StaticEncoder
 from hybridllm.features.transformer import TransformerEncoder
 
+pytestmark = pytest.mark.slow  # the transformer encoder (ONNX and torch)
+
 TEXTS = [
     "hello",
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",

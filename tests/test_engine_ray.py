@@ -15,8 +15,10 @@ from hybridllm.backends import SamplingParams, make_backend
 from hybridllm.tables.format import read_table, write_table
 
 from .conftest import SHARED
-from .fake_openai import FakeOpenAI
-from .test_collect import cmd
+from .helpers.cli import collect_cmd
+from .helpers.fake_openai import FakeOpenAI
+
+pytestmark = pytest.mark.slow  # a local Ray instance
 
 ray = pytest.importorskip("ray")
 
@@ -150,7 +152,7 @@ def test_evaluate_on_ray_equals_in_process(ray_cluster, mmlu_slice, tmp_path):
     # a router over three models: one score per scored model and prompt, on Ray as in process
     from hybridllm.model.head import HeadConfig
 
-    from .test_fleet import THREE, THREE_COSTS
+    from .conftest import THREE, THREE_COSTS
 
     opts = TrainOptions(models=THREE, costs=THREE_COSTS, head=HeadConfig(members=1, epochs=2, extra=["log_tokens"]))
     train_router(rows, opts, tmp_path / "r3", show_progress=False)
@@ -161,8 +163,8 @@ def test_evaluate_on_ray_equals_in_process(ray_cluster, mmlu_slice, tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
-def collect_cmd(prompts, upstream, output, ray_args=()):
-    return cmd(prompts, upstream, output, samples=2, concurrency=2, extra=["--max-tokens", "16", *ray_args])
+def ray_collect_cmd(prompts, upstream, output, ray_args=()):
+    return collect_cmd(prompts, upstream, output, samples=2, concurrency=2, extra=["--max-tokens", "16", *ray_args])
 
 
 def test_kill_the_driver_then_resume(ray_cluster, upstream, tmp_path):
@@ -172,7 +174,7 @@ def test_kill_the_driver_then_resume(ray_cluster, upstream, tmp_path):
     prompts = tmp_path / "p.jsonl"
     write_table(rows, prompts)
     ref = tmp_path / "ref.jsonl"
-    subprocess.run(collect_cmd(prompts, upstream, ref), check=True, capture_output=True, timeout=120)
+    subprocess.run(ray_collect_cmd(prompts, upstream, ref), check=True, capture_output=True, timeout=120)
     n_ref = len(upstream.requests)
     assert n_ref == 40 * 2 * 2
     upstream.delay = 0.1  # 4 tasks of 2 in flight: ~2 shards a second
@@ -191,7 +193,7 @@ def test_kill_the_driver_then_resume(ray_cluster, upstream, tmp_path):
     ]
     env = {**os.environ, "HYBRIDLLM_NO_PROGRESS": "1"}
     proc = subprocess.Popen(
-        collect_cmd(prompts, upstream, out, ray_args),
+        ray_collect_cmd(prompts, upstream, out, ray_args),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -208,7 +210,7 @@ def test_kill_the_driver_then_resume(ray_cluster, upstream, tmp_path):
     upstream.delay = 0.0
     n_before = len(upstream.requests)
     res = subprocess.run(
-        collect_cmd(prompts, upstream, out, ray_args), env=env, capture_output=True, text=True, timeout=180
+        ray_collect_cmd(prompts, upstream, out, ray_args), env=env, capture_output=True, text=True, timeout=180
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"{len(written)} resumed" in res.stdout

@@ -15,7 +15,9 @@ from hybridllm.evaluate.report import breakdown_by_meta, prompt_lengths
 from hybridllm.tables.format import read_table
 
 from .conftest import REPO
-from .test_cli import run
+from .helpers.cli import run
+
+pytestmark = pytest.mark.slow  # the CLI in subprocesses
 
 TEST_SPLIT = REPO / "data/default-pair/split/test.jsonl"
 

@@ -18,10 +18,13 @@ from hybridllm import default_router_dir, read_table
 from hybridllm.serve.request_index import Entry, MemoryIndex, index_memory
 from hybridllm.stages.outcomes import outcomes_table, read_outcomes
 
-from .fake_openai import FakeOpenAI, _free_port
-from .procs import running_serve
-from .test_cli import run
-from .test_live_control import _redis
+from .helpers.cli import run
+from .helpers.fake_openai import FakeOpenAI
+from .helpers.net import free_port
+from .helpers.procs import running_serve
+from .helpers.redis import start_redis
+
+pytestmark = pytest.mark.slow  # `hybridllm serve` subprocesses
 
 KEYS = {"HLLM_KEYS": "team-a:ka,team-b:kb"}
 
@@ -71,7 +74,7 @@ def _post_found(port: int, key: str, body: dict) -> httpx.Response:
 
 
 def test_forged_scores_are_refused_naming_score(tmp_path):
-    log, port = tmp_path / "o.jsonl", _free_port()
+    log, port = tmp_path / "o.jsonl", free_port()
     with (
         FakeOpenAI() as s_up,
         FakeOpenAI() as l_up,
@@ -89,7 +92,7 @@ def test_forged_scores_are_refused_naming_score(tmp_path):
 
 
 def test_300_posts_on_one_request_make_one_record(tmp_path):
-    log, port = tmp_path / "o.jsonl", _free_port()
+    log, port = tmp_path / "o.jsonl", free_port()
     with (
         FakeOpenAI() as s_up,
         FakeOpenAI() as l_up,
@@ -107,7 +110,7 @@ def test_300_posts_on_one_request_make_one_record(tmp_path):
 
 
 def test_feedback_posts_do_not_repeat_the_prompt(tmp_path):
-    log, port = tmp_path / "o.jsonl", _free_port()
+    log, port = tmp_path / "o.jsonl", free_port()
     big = "Summarise this: " + "lorem ipsum dolor sit amet " * 20_000  # 540 kB
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         args = _args(s_up.url, l_up.url, port, log, "--log-prompts")
@@ -134,7 +137,7 @@ def test_feedback_posts_do_not_repeat_the_prompt(tmp_path):
 
 def test_the_request_index_stays_under_its_byte_bound(tmp_path):
     # in a server: 1 MiB of index, 40 answered requests of 100 kB each -> the oldest are forgotten
-    log, port = tmp_path / "o.jsonl", _free_port()
+    log, port = tmp_path / "o.jsonl", free_port()
     text = "Explain this log: " + "x" * 100_000
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         args = _args(s_up.url, l_up.url, port, log, "--log-prompts", "--feedback-index-mb", "1")
@@ -153,7 +156,7 @@ def test_the_request_index_stays_under_its_byte_bound(tmp_path):
 
 
 def test_two_workers_find_every_request(tmp_path):
-    log, port = tmp_path / "o.jsonl", _free_port()
+    log, port = tmp_path / "o.jsonl", free_port()
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         args = _args(s_up.url, l_up.url, port, log, "--workers", "2")
         out = (tmp_path / "serve.log").open("wb")
@@ -173,10 +176,10 @@ def test_two_workers_find_every_request(tmp_path):
 
 
 def test_two_replicas_on_one_redis_share_feedback(tmp_path):
-    rproc, rport = _redis(tmp_path)
+    rproc, rport = start_redis(tmp_path)
     try:
         with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
-            ports = [_free_port(), _free_port()]
+            ports = [free_port(), free_port()]
             logs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
             state = ["--state", f"redis://127.0.0.1:{rport}/0", "--log-prompts"]
             with (
@@ -216,7 +219,7 @@ TOOL_CHAT = [
 
 
 def test_a_tool_call_chat_exports_to_a_table_split_reads(tmp_path):
-    log, port = tmp_path / "o.jsonl", _free_port()
+    log, port = tmp_path / "o.jsonl", free_port()
     args = ["--log-prompts"]
     with (
         FakeOpenAI() as s_up,
@@ -246,7 +249,7 @@ def test_a_tool_call_chat_exports_to_a_table_split_reads(tmp_path):
 
 
 def test_feedback_flood_is_rate_limited_per_key(tmp_path):
-    log, port = tmp_path / "o.jsonl", _free_port()
+    log, port = tmp_path / "o.jsonl", free_port()
     args = ["--feedback-per-minute", "5"]
     with (
         FakeOpenAI() as s_up,
@@ -270,7 +273,7 @@ def test_feedback_flood_is_rate_limited_per_key(tmp_path):
 
 @pytest.mark.parametrize("score", [0, 1, 0.5])
 def test_scores_at_the_bounds_are_taken(score, tmp_path):
-    log, port = tmp_path / "o.jsonl", _free_port()
+    log, port = tmp_path / "o.jsonl", free_port()
     with (
         FakeOpenAI() as s_up,
         FakeOpenAI() as l_up,
@@ -286,10 +289,10 @@ def test_request_ids_the_shared_index_cannot_hold_are_a_400(shared, tmp_path):
     # the attack: ids no server sent (a lone surrogate, which neither SQLite nor Redis can encode,
     # non-ASCII, 9 kB) posted to a server whose index is shared; they used to be a 500 from the
     # workers' SQLite, and with Redis they silenced its one "Redis unreachable" warning for good
-    log, port, out = tmp_path / "o.jsonl", _free_port(), tmp_path / "serve.log"
+    log, port, out = tmp_path / "o.jsonl", free_port(), tmp_path / "serve.log"
     rproc = None
     if shared == "redis":
-        rproc, rport = _redis(tmp_path)
+        rproc, rport = start_redis(tmp_path)
         more = ["--state", f"redis://127.0.0.1:{rport}/0"]
     else:
         more = ["--workers", "2"]

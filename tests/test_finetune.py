@@ -5,11 +5,14 @@ import json
 import tempfile
 
 import numpy as np
+import pytest
 
 from hybridllm import Router, TrainOptions, read_table, train_router
 from hybridllm.model.fit import FittedRouter
 
 from .conftest import LARGE, SMALL
+
+pytestmark = pytest.mark.slow  # fine-tunes a transformer encoder
 
 
 def test_finetune_round_trip(tmp_path, cache_env, mmlu_slice, monkeypatch):

@@ -17,11 +17,7 @@ from hybridllm.model.head import HeadConfig
 from hybridllm.routing.knob import resolve
 from hybridllm.routing.policy import Fleet, choose, sweep
 
-from .conftest import LARGE, SMALL
-
-THREE = ["Phi-3-mini-4k-instruct", "Meta-Llama-3_1-8B-Instruct", "Meta-Llama-3_1-70B-Instruct"]
-# relative costs: parameter counts in billions (3.8B, 8B, 70B)
-THREE_COSTS = {"Phi-3-mini-4k-instruct": 3.8, "Meta-Llama-3_1-8B-Instruct": 8.0, "Meta-Llama-3_1-70B-Instruct": 70.0}
+from .conftest import LARGE, SMALL, THREE, THREE_COSTS
 
 
 @settings(max_examples=60, deadline=None)
@@ -102,6 +98,7 @@ def small_head():
     return HeadConfig(members=2, epochs=6, extra=["log_tokens"])
 
 
+@pytest.mark.slow
 def test_two_models_are_one_fleet_whatever_the_spelling(rows, cache_env, tmp_path):
     """--small/--large and --models name the same fleet of two and train the same router: the same
     scores and the same decisions at every knob; only the costs tell them apart (a budget needs
@@ -128,6 +125,7 @@ def test_two_models_are_one_fleet_whatever_the_spelling(rows, cache_env, tmp_pat
         a.threshold(budget=60)
 
 
+@pytest.mark.slow
 def test_three_model_router_on_real_outcomes(rows, cache_env, tmp_path):
     fitted = fit_router(rows, TrainOptions(models=THREE, costs=THREE_COSTS, head=small_head()))
     out = fitted.save(tmp_path / "r3")
@@ -160,6 +158,7 @@ def test_three_model_router_on_real_outcomes(rows, cache_env, tmp_path):
     assert q.shape == (len(rows), 3)
 
 
+@pytest.mark.slow
 def test_fleet_artifact_with_wrong_candidates_is_refused(rows, cache_env, tmp_path):
     fitted = fit_router(rows, TrainOptions(models=THREE, costs=THREE_COSTS, head=HeadConfig(members=1, epochs=2)))
     out = fitted.save(tmp_path / "r3")
@@ -170,14 +169,16 @@ def test_fleet_artifact_with_wrong_candidates_is_refused(rows, cache_env, tmp_pa
         Router(out)
 
 
+@pytest.mark.slow
 def test_serve_three_upstreams_with_the_openai_client(rows, cache_env, tmp_path):
     """`hybridllm serve` with a three-model router and three real upstreams: every knob, streaming,
     fallback to the next better model, and each request's estimated cost in /metrics."""
     import httpx
     import openai
 
-    from .fake_openai import FakeOpenAI, _free_port
-    from .procs import running_serve
+    from .helpers.fake_openai import FakeOpenAI
+    from .helpers.net import free_port
+    from .helpers.procs import running_serve
 
     out = fit_router(rows, TrainOptions(models=THREE, costs=THREE_COSTS, head=small_head())).save(tmp_path / "r3")
     cfg = json.loads((out / "config.json").read_text())
@@ -194,7 +195,7 @@ def test_serve_three_upstreams_with_the_openai_client(rows, cache_env, tmp_path)
                 for m in THREE
             )
         )
-        port = _free_port()
+        port = free_port()
         args = ["--router", str(out), "--models-file", str(models), "--port", str(port)]
         with running_serve(args, port):
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
@@ -240,8 +241,9 @@ def test_serve_three_upstreams_with_the_openai_client(rows, cache_env, tmp_path)
         assert 0 < saving < 1
 
 
+@pytest.mark.slow
 def test_cli_trains_and_evaluates_a_fleet(mmlu_slice, cache_env, tmp_path):
-    from .test_cli import run
+    from .helpers.cli import run
 
     models = tmp_path / "models.toml"
     models.write_text("".join(f'[models."{m}"]\ncost = {c}\n' for m, c in THREE_COSTS.items()))
@@ -266,10 +268,11 @@ def test_cli_trains_and_evaluates_a_fleet(mmlu_slice, cache_env, tmp_path):
     assert bad.returncode == 1 and "--cost 'nope=3'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_crossval_of_a_fleet_scores_every_row_out_of_fold(rows, cache_env, tmp_path):
     from hybridllm import cross_validate
 
-    from .test_cli import run
+    from .helpers.cli import run
 
     opts = TrainOptions(models=THREE, costs=THREE_COSTS, head=HeadConfig(members=1, epochs=3, extra=["log_tokens"]))
     res = cross_validate(rows, opts, folds=3)

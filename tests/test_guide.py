@@ -14,11 +14,15 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from .conftest import REPO, SHARED
-from .fake_judge import graded, verdict
-from .fake_openai import FakeOpenAI, _free_port
-from .procs import running_serve
+from .helpers.fake_judge import graded, verdict
+from .helpers.fake_openai import FakeOpenAI
+from .helpers.net import free_port
+from .helpers.procs import running_serve
+
+pytestmark = pytest.mark.slow  # every command of the guide, in subprocesses
 
 SMALL_URL = "http://10.0.0.5:8000/v1"
 LARGE_URL = "https://api.openai.com/v1"
@@ -85,7 +89,7 @@ def test_every_command_of_the_guide_runs(tmp_path):
             line = cmd.replace(SMALL_URL, s_up.url).replace(LARGE_URL, l_up.url)
             args = shlex.split(line)[1:]
             if args[0] == "serve":
-                port = _free_port()
+                port = free_port()
                 serve_env = {"OPENAI_API_KEY": "sk-guide"}
                 with running_serve([*args[1:], "--port", str(port)], port, env=serve_env, cwd=tmp_path):
                     body = {"model": "hybrid", "messages": [{"role": "user", "content": rows[0]["prompt"]}]}

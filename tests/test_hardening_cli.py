@@ -19,14 +19,17 @@ import pytest
 
 from hybridllm.model.router import SHIPPED_ROUTER
 
-from .fake_openai import FakeOpenAI, _free_port
-from .procs import running_serve
-from .test_cli import run
+from .helpers.cli import run
+from .helpers.fake_openai import FakeOpenAI
+from .helpers.net import free_port
+from .helpers.procs import running_serve
+
+pytestmark = pytest.mark.slow  # the CLI and `hybridllm serve` in subprocesses
 
 
 def test_each_upstream_gets_only_its_own_key_and_no_secret_is_logged(tmp_path):
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
-        port = _free_port()
+        port = free_port()
         # the small endpoint's URL carries credentials: they must not show up in any log line
         s_url = s_up.url.replace("http://", "http://alice:hunter2@")
         args = ["--small", f"s@{s_url}", "--large", f"l@{l_up.url}", "--port", str(port)]
@@ -91,9 +94,9 @@ def test_config_file_unknown_key_banner_and_port_in_use(tmp_path):
         port = taken.getsockname()[1]
         proc = run("serve", "--small", "s@http://127.0.0.1:9/v1", "--large", "l@http://127.0.0.1:9/v1",
                    "--port", str(port), ok=False)  # fmt: skip
-    assert proc.returncode != 0 and proc.stderr.strip() == f"error: port {port} is in use"
+    assert proc.returncode != 0 and proc.stderr.strip() == f"error: port {port} is in use: choose another with --port"
     with FakeOpenAI() as up:
-        port = _free_port()
+        port = free_port()
         cfg.write_text(f'small = "s@{up.url}"\nlarge = "l@{up.url}"\nport = {port}\ndefault_knob = "hybrid-ca-30"\n')
         with running_serve(["--config", str(cfg)], port) as proc:
             pass
@@ -101,9 +104,24 @@ def test_config_file_unknown_key_banner_and_port_in_use(tmp_path):
     assert "hybrid (= hybrid-ca-30)" in out
 
 
+def test_a_port_in_use_fails_before_the_router_and_models_load(tmp_path):
+    """The port is bound first: a busy one is the one error, though the router named cannot be read
+    (it once loaded the router and both models, 35 s, before saying the port was taken)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = run("serve", "--router", str(tmp_path / "no-router"), "--small", "qwen2.5-0.5b", "--large",
+                   "qwen2.5-1.5b", "--port", str(port), ok=False)  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: port {port} is in use: choose another with --port"
+    # the same command on a free port reaches the router, and stops there
+    proc = run("serve", "--router", str(tmp_path / "no-router"), "--port", str(free_port()), ok=False)
+    assert proc.returncode == 1 and "no-router" in proc.stderr and "in use" not in proc.stderr
+
+
 def test_slow_headers_and_slow_bodies_are_cut_off(tmp_path):
     with FakeOpenAI() as up:
-        port = _free_port()
+        port = free_port()
         cfg = tmp_path / "serve.toml"
         cfg.write_text(
             f'small = "s@{up.url}"\nlarge = "l@{up.url}"\nport = {port}\n'
@@ -202,7 +220,7 @@ def test_bad_artifact_is_refused_in_one_line(tmp_path, case):
 
 def test_serve_refuses_to_start_on_a_bad_artifact(tmp_path):
     d = _corrupt(tmp_path, "nan", BAD_ARTIFACTS["nan"][0])
-    port = _free_port()
+    port = free_port()
     proc = run("serve", "--router", str(d), "--small", "s@http://127.0.0.1:9/v1", "--large",
                "l@http://127.0.0.1:9/v1", "--port", str(port), ok=False)  # fmt: skip
     assert proc.returncode == 1 and "holds NaN" in proc.stderr

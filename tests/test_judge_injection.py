@@ -19,10 +19,13 @@ from hybridllm.stages.judge import JUDGE_RUBRIC, judge_prompt, neutralise, parse
 from hybridllm.stages.outcomes import read_outcomes
 from hybridllm.tables.format import read_table, write_table
 
-from .fake_judge import graded, verdict
-from .fake_openai import FakeOpenAI, _free_port
-from .procs import running_serve
-from .test_cli import run
+from .helpers.cli import run
+from .helpers.fake_judge import graded, verdict
+from .helpers.fake_openai import FakeOpenAI
+from .helpers.net import free_port
+from .helpers.procs import running_serve
+
+pytestmark = pytest.mark.slow  # the CLI and `hybridllm serve` in subprocesses
 
 HONEST = 3  # the obedient judge's honest rating of everything: (3 - 1) / 9
 HONEST_Q = 2 / 9
@@ -151,7 +154,7 @@ def test_injected_answers_do_not_score_through_the_proxys_shadow_checks(tmp_path
         s_up.reply = lambda p: f"small: {p}"  # both models repeat the client's text: the injection is in the
         l_up.reply = lambda p: f"large: {p}"  # prompt and in both answers the judge grades
         j_up.reply = judge
-        port = _free_port()
+        port = free_port()
         args = [
             "--router",
             str(default_router_dir()),

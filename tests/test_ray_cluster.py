@@ -14,7 +14,9 @@ import pytest
 
 from hybridllm.model.router import SHIPPED_ROUTER
 
-from .fake_openai import FakeOpenAI
+from .helpers.fake_openai import FakeOpenAI
+
+pytestmark = pytest.mark.slow  # a Ray cluster
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")

@@ -11,6 +11,8 @@ from hybridllm.model.head import HeadConfig
 
 from .conftest import LARGE, SMALL
 
+pytestmark = pytest.mark.slow  # trains routers (the transformer encoder)
+
 
 def quick_options() -> TrainOptions:
     """A small but real configuration: 2 members, 8 epochs, the default static encoder."""

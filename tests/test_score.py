@@ -91,6 +91,7 @@ def test_score_rows_fills_quality_and_needs_reference():
         score_rows(rows, "bleu")
 
 
+@pytest.mark.slow
 def test_embedding_similarity_orders_paraphrase_above_unrelated(cache_env):
     row = {"id": "e", "prompt": "p", "reference": "Paris is the capital of France."}
     same, para, other = embedding_similarity_batch(
@@ -111,8 +112,8 @@ def test_embedding_similarity_orders_paraphrase_above_unrelated(cache_env):
 def test_judge_over_a_real_http_backend_parses_and_retries():
     from hybridllm.backends import HTTPBackend
 
-    from .fake_judge import graded, verdict
-    from .fake_openai import FakeOpenAI
+    from .helpers.fake_judge import graded, verdict
+    from .helpers.fake_openai import FakeOpenAI
 
     replies = {"good": iter([10]), "bad": iter([None, 1]), "mid": iter([5])}  # None: a reply without a verdict
 
@@ -147,15 +148,16 @@ def test_exact_match_on_real_local_model_answers(tail, expected):
     assert exact_match(tail, {"id": "gsm8k-test-0", "prompt": "p", "reference": "18"}) == expected
 
 
+@pytest.mark.slow
 def test_custom_rubric_from_the_cli(tmp_path):
     """`score --metric judge --rubric FILE`: the judge sees the user's rubric, filled in; a rubric
     with a typo in a placeholder is refused before any judge call."""
     from hybridllm.stages.judge import judge_prompt
     from hybridllm.tables.format import read_table, write_table
 
-    from .fake_judge import graded, nonce, verdict
-    from .fake_openai import FakeOpenAI
-    from .test_cli import run
+    from .helpers.cli import run
+    from .helpers.fake_judge import graded, nonce, verdict
+    from .helpers.fake_openai import FakeOpenAI
 
     table = tmp_path / "t.jsonl"
     write_table([{"id": "a", "prompt": "Name a prime.", "responses": {"m": ["7", "8"]}}], table)

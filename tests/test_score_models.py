@@ -5,6 +5,8 @@ import torch
 
 from hybridllm.stages.score import bartscore_batch, reward_model_batch, score_rows
 
+pytestmark = pytest.mark.slow  # torch models (BARTScore, a reward model)
+
 
 @pytest.fixture(scope="module")
 def tiny_bart(tmp_path_factory, tokenizer_dir):

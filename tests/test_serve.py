@@ -3,82 +3,59 @@
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
-from typing import Any
+from contextlib import contextmanager
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
-from hybridllm import Router, TrainOptions, read_table, train_router
-from hybridllm.backends import HTTPBackend
-from hybridllm.model.head import HeadConfig
 from hybridllm.serve import ServeOptions, create_app
 
 from .conftest import LARGE, SMALL
-from .fake_openai import FakeOpenAI, _free_port
+from .helpers.fake_openai import FakeOpenAI
+from .helpers.net import free_port
+from .helpers.proxy import InProcess, Proxy, upstream
 
 
-def upstream(name: str, url: str, model: str, **kw: Any) -> HTTPBackend:
-    """An OpenAI-protocol endpoint as the proxy builds it (httpx's default pool, one attempt)."""
-    return HTTPBackend(model=model, base_url=url, name=name, concurrency=None, **kw)
-
-
-@pytest.fixture(scope="module")
-def router(tmp_path_factory, cache_env, mmlu_slice):
-    out = tmp_path_factory.mktemp("serve-router") / "r"
-    opts = TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(members=2, epochs=5, extra=["log_tokens"]))
-    train_router(read_table(mmlu_slice), opts, out, show_progress=False)
-    return Router(out)
-
-
-class Proxy:
-    def __init__(self, app):
-        self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            assert time.time() < deadline, "proxy did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=5)
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}/v1"
-
-
-@pytest.fixture
-def stack(router):
+@contextmanager
+def proxy_stack(router, serve):
+    """The proxy before two fake upstreams (real HTTP servers), served by ``serve`` (:class:`Proxy` on
+    a socket, :class:`InProcess` through ASGI); yields (the served proxy, small upstream, large upstream)."""
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         s_up.reply = lambda p: f"small says {p}"
         l_up.reply = lambda p: f"large says {p}"
         small = upstream(SMALL, s_up.url, "s-model", timeout_s=2.0)
         large = upstream(LARGE, l_up.url, "l-model", timeout_s=2.0)
         app = create_app(router, small, large, ServeOptions())
-        with Proxy(app) as proxy:
+        with serve(app) as proxy:
             yield proxy, s_up, l_up
 
 
+@pytest.fixture
+def stack(router):
+    """On a real socket: for streams, disconnects and timeouts, where the connection is the point."""
+    with proxy_stack(router, Proxy) as got:
+        yield got
+
+
+@pytest.fixture
+def app_stack(router):
+    """In process (the app's ASGI interface, no socket): for the proxy's own logic."""
+    with proxy_stack(router, InProcess) as got:
+        yield got
+
+
 def client(proxy, key="none"):
-    return openai.OpenAI(base_url=proxy.url, api_key=key, max_retries=0)
+    return proxy.openai(key)
 
 
 def ask(c, model, text="What is 2+2?", **kw):
     return c.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": text}], **kw)
 
 
-def test_routing_by_each_knob(stack):
-    proxy, s_up, _ = stack
+def test_routing_by_each_knob(app_stack):
+    proxy, s_up, _ = app_stack
     c = client(proxy)
     r = ask(c, "hybrid-t-0")
     assert r.headers["x-hybridllm-model"] == SMALL and r.parse().choices[0].message.content.startswith("small says")
@@ -97,8 +74,8 @@ def test_routing_by_each_knob(stack):
     assert s_up.requests[-1]["model"] == "s-model" and "hybridllm" not in s_up.requests[-1]
 
 
-def test_unknown_model_lists_valid_names(stack):
-    proxy, *_ = stack
+def test_unknown_model_lists_valid_names(app_stack):
+    proxy, *_ = app_stack
     with pytest.raises(openai.NotFoundError) as info:
         ask(client(proxy), "gpt-9")
     assert "hybrid-qd-<pct>" in str(info.value)
@@ -166,7 +143,7 @@ def test_auth_and_bad_requests(router):
             upstream(LARGE, up.url, "l"),
             ServeOptions(api_keys=["k1"], max_body_bytes=2000, max_messages=3),
         )
-        with Proxy(app) as p:
+        with InProcess(app) as p:
             with pytest.raises(openai.AuthenticationError):
                 ask(client(p, "wrong"), "small")
             assert ask(client(p, "k1"), "small").headers["x-hybridllm-model"] == SMALL
@@ -182,33 +159,34 @@ def test_auth_and_bad_requests(router):
                     400,
                 ),
             ]:
-                r = httpx.post(p.url + "/chat/completions", content=body, headers=h)
+                r = p.http.post(p.url + "/chat/completions", content=body, headers=h)
                 assert r.status_code == status and "error" in r.json(), body
             big = {"model": "small", "messages": [{"role": "user", "content": "x" * 5000}]}
-            assert httpx.post(p.url + "/chat/completions", json=big, headers=h).status_code == 413
+            assert p.http.post(p.url + "/chat/completions", json=big, headers=h).status_code == 413
             many = {"model": "small", "messages": [{"role": "user", "content": "x"}] * 4}
-            assert httpx.post(p.url + "/chat/completions", json=many, headers=h).status_code == 400
+            assert p.http.post(p.url + "/chat/completions", json=many, headers=h).status_code == 400
 
 
-def test_metrics_count_requests(stack):
-    proxy, *_ = stack
+def test_metrics_count_requests(app_stack):
+    proxy, *_ = app_stack
     c = client(proxy)
     for _ in range(3):
         ask(c, "small")
     ask(c, "large")
-    text = httpx.get(proxy.url.replace("/v1", "") + "/metrics").text
+    text = proxy.http.get(proxy.url.replace("/v1", "") + "/metrics").text
     assert f'hybridllm_requests_total{{model="{SMALL}",status="200"}} 3.0' in text
     assert f'hybridllm_requests_total{{model="{LARGE}",status="200"}} 1.0' in text
     assert f'hybridllm_routing_decisions_total{{model="{SMALL}",reason="forced"}} 3.0' in text
-    assert httpx.get(proxy.url.replace("/v1", "") + "/health").json() == {"status": "ok"}
+    assert proxy.http.get(proxy.url.replace("/v1", "") + "/health").json() == {"status": "ok"}
 
 
+@pytest.mark.slow
 def test_cli_serve_subprocess_with_openai_client(router, tmp_path):
-    from .procs import running_serve
+    from .helpers.procs import running_serve
 
     with FakeOpenAI() as up:
         up.reply = lambda p: f"up says {p}"
-        port = _free_port()
+        port = free_port()
         cfg = tmp_path / "serve.toml"
         cfg.write_text(
             f'small = "s@{up.url}"\nlarge = "l@{up.url}"\nport = {port}\n'
@@ -252,14 +230,15 @@ def test_client_disconnect_cancels_the_upstream_stream(stack):
     assert sent < 40
 
 
-def test_completions_endpoint_routes_too(stack):
-    proxy, s_up, _ = stack
+def test_completions_endpoint_routes_too(app_stack):
+    proxy, s_up, _ = app_stack
     c = client(proxy)
     r = c.completions.with_raw_response.create(model="hybrid-t-0", prompt="Once upon a time", max_tokens=5)
     assert r.headers["x-hybridllm-model"] == SMALL and r.parse().choices[0].text.startswith("echo:Once upon a time")
     assert s_up.requests[-1]["prompt"] == "Once upon a time" and s_up.requests[-1]["model"] == "s-model"
 
 
+@pytest.mark.slow
 def test_in_process_local_model_as_upstream(router):
     from hybridllm.backends import LocalBackend
 
@@ -281,20 +260,20 @@ def test_in_process_local_model_as_upstream(router):
             assert len(pieces) >= 2 and "".join(pieces).strip()
 
 
-def test_odd_upstream_bodies_are_relayed_not_500(stack):
-    proxy, s_up, _ = stack
+def test_odd_upstream_bodies_are_relayed_not_500(app_stack):
+    proxy, s_up, _ = app_stack
     s_up.faults.append("oddjson")
-    r = httpx.post(
+    r = proxy.http.post(
         proxy.url + "/chat/completions", json={"model": "small", "messages": [{"role": "user", "content": "x"}]}
     )
     assert r.status_code == 200 and r.json() == {"choices": [], "usage": 5}
     s_up.faults.append("malformed")
-    r = httpx.post(
+    r = proxy.http.post(
         proxy.url + "/chat/completions", json={"model": "small", "messages": [{"role": "user", "content": "x"}]}
     )
     assert r.status_code == 502  # malformed body, forced model: no fallback
     s_up.faults.append("malformed")
-    r = httpx.post(
+    r = proxy.http.post(
         proxy.url + "/chat/completions", json={"model": "hybrid-t-0", "messages": [{"role": "user", "content": "x"}]}
     )
     assert r.status_code == 200 and r.headers["x-hybridllm-model"] == LARGE  # routed: fell back
@@ -316,7 +295,7 @@ def test_user_middleware_sees_proxied_requests(router):
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         app = create_app(router, upstream(SMALL, s_up.url, "s"), upstream(LARGE, l_up.url, "l"), ServeOptions())
         app.add_middleware(Tag)
-        with Proxy(app) as proxy:
+        with InProcess(app) as proxy:
             r = ask(client(proxy), "hybrid")
             assert r.headers["x-hybridllm-model"] in (SMALL, LARGE)
     assert seen == ["POST /v1/chat/completions"]
@@ -347,7 +326,7 @@ def test_a_decider_wraps_the_policy_without_touching_the_handler(router):
         small = upstream(SMALL, s_up.url, "s-model", timeout_s=2.0)
         large = upstream(LARGE, l_up.url, "l-model", timeout_s=2.0)
         app = create_app(router, small, large, ServeOptions(), decider=KeepRefundsOnLarge)
-        with Proxy(app) as proxy:
+        with InProcess(app) as proxy:
             c = client(proxy)
             r = c.chat.completions.with_raw_response.create(
                 model="hybrid-t-0", messages=[{"role": "user", "content": "I want a refund"}]

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from hybridllm.serve import ServeOptions, create_app
 
 from .conftest import LARGE, SMALL
-from .fake_openai import FakeOpenAI
-from .test_serve import Proxy, router, upstream  # noqa: F401  (module fixture reused)
+from .helpers.fake_openai import FakeOpenAI
+from .helpers.proxy import Proxy, upstream
 
 # the classes that once gave 500s: lone surrogates, non-finite and huge numbers, deep nesting (the
 # last two as placeholders replaced in the raw text, since json.dumps cannot write them)
@@ -83,7 +83,7 @@ bodies = (
 
 
 @pytest.fixture(scope="module")
-def proxy(router):  # noqa: F811
+def proxy(router):
     with FakeOpenAI() as up:
         app = create_app(
             router, upstream(SMALL, up.url, "s", timeout_s=5), upstream(LARGE, up.url, "l", timeout_s=5), ServeOptions()
@@ -101,6 +101,7 @@ def raw_json(body) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=bodies)
 def test_no_request_body_causes_a_5xx(proxy, body):
@@ -113,6 +114,7 @@ def test_no_request_body_causes_a_5xx(proxy, body):
             assert "error" in r.json() and "message" in r.json()["error"]
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.binary(max_size=200))
 def test_no_raw_bytes_cause_a_5xx(proxy, raw):

@@ -14,14 +14,14 @@ import pytest
 from hybridllm.serve import ServeOptions, create_app
 
 from .conftest import LARGE, SMALL
-from .fake_openai import FakeOpenAI
-from .test_serve import Proxy, router, upstream  # noqa: F401  (module fixture reused)
+from .helpers.fake_openai import FakeOpenAI
+from .helpers.proxy import Proxy, upstream
 
 MSG = [{"role": "user", "content": "What is 2+2?"}]
 
 
 @pytest.fixture
-def stack(router):  # noqa: F811
+def stack(router):
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         small = upstream(SMALL, s_up.url, "s-model", timeout_s=2.0)
         large = upstream(LARGE, l_up.url, "l-model", timeout_s=2.0)
@@ -127,7 +127,7 @@ class PoisonRouter:
         return self.inner.score(texts, **kw)
 
 
-def test_one_bad_request_does_not_fail_its_batch_neighbours(router):  # noqa: F811
+def test_one_bad_request_does_not_fail_its_batch_neighbours(router):
     poisoned = PoisonRouter(router)
     with FakeOpenAI() as up:
         up.delay = 0.0
@@ -150,7 +150,7 @@ def test_one_bad_request_does_not_fail_its_batch_neighbours(router):  # noqa: F8
     assert any(len(b) > 1 and any("POISON" in t for t in b) for b in poisoned.seen), "never shared a batch"
 
 
-def test_router_reads_a_bounded_text(router):  # noqa: F811
+def test_router_reads_a_bounded_text(router):
     seen = PoisonRouter(router)
     with FakeOpenAI() as up:
         opts = ServeOptions(max_body_bytes=3_000_000, max_router_chars=4000)
@@ -255,7 +255,7 @@ def test_refusals_are_logged_and_counted(stack, caplog):
     assert [x["status"] for x in lines] == [400, 404] and all("error" in x for x in lines)
 
 
-def test_keys_guard_metrics_and_ready_and_401_is_counted(router):  # noqa: F811
+def test_keys_guard_metrics_and_ready_and_401_is_counted(router):
     with FakeOpenAI() as up:
         opts = ServeOptions(api_keys=["k1"])
         app = create_app(router, upstream(SMALL, up.url, "s"), upstream(LARGE, "http://127.0.0.1:9/v1", "l"), opts)

@@ -17,27 +17,19 @@ from typing import Any
 import httpx
 import pytest
 
-from hybridllm import Router, TrainOptions, read_table, train_router
-from hybridllm.model.head import HeadConfig
+from hybridllm import Router
 from hybridllm.serve import ServeOptions, create_app
 from hybridllm.serve.shadow_bounds import FairCeiling, body_chars, replay_body
 
 from .conftest import LARGE, SMALL
-from .fake_judge import verdict
-from .fake_openai import FakeOpenAI, _free_port
-from .procs import running_serve
-from .test_serve import Proxy, upstream
+from .helpers.fake_judge import verdict
+from .helpers.fake_openai import FakeOpenAI
+from .helpers.net import free_port
+from .helpers.procs import running_serve
+from .helpers.proxy import Proxy, upstream
 
 #: routing names that pin a routed request (one the router scores, so it may be drawn) to one side
 TO_SMALL, TO_LARGE = "hybrid-t-0", "hybrid-t-1"
-
-
-@pytest.fixture(scope="module")
-def router_dir(tmp_path_factory, cache_env, mmlu_slice):
-    out = tmp_path_factory.mktemp("shadow-bounds-router") / "r"
-    opts = TrainOptions(small=SMALL, large=LARGE, head=HeadConfig(members=2, epochs=5, extra=["log_tokens"]))
-    train_router(read_table(mmlu_slice), opts, out, show_progress=False)
-    return out
 
 
 def judge_reply(prompt: str) -> str:
@@ -123,15 +115,21 @@ def test_a_huge_prompt_is_not_drawn(router_dir):
             # spread over messages and tool definitions it is still counted
             tools = [{"type": "function", "function": {"name": "f", "description": "x" * 3_000}}]
             assert chat(proxy.url, TO_SMALL, "y" * 2_500, tools=tools).status_code == 200
+            # or hidden where no string value is: a tool schema's property names, a list of numbers
+            props = {"p" * 6_000: {"type": "string"}}
+            keyed = [{"type": "function", "function": {"name": "g", "parameters": {"properties": props}}}]
+            assert chat(proxy.url, TO_SMALL, "z", tools=keyed).status_code == 200
+            assert chat(proxy.url, TO_SMALL, "z", metadata={"n": list(range(3_000))}).status_code == 200
             assert chat(proxy.url, TO_SMALL, "a short question").status_code == 200  # drawn: the control
             wait_for(lambda: len(j_up.requests) == 2, "the short question's verdicts")
             metrics = httpx.get(f"{proxy.url.removesuffix('/v1')}/metrics").text
         assert [b["messages"][0]["content"] for b in l_up.requests] == ["a short question"]
         assert all(len(json.dumps(b)) < 5_000 for b in j_up.requests)  # the judge never saw the huge prompt
-        assert metric(metrics, "hybridllm_shadow_calls_total", model=LARGE, outcome="prompt_too_long") == 2
+        assert metric(metrics, "hybridllm_shadow_calls_total", model=LARGE, outcome="prompt_too_long") == 4
         assert metric(metrics, "hybridllm_shadow_calls_total", model=LARGE, outcome="scored") == 1
 
 
+@pytest.mark.slow
 def test_one_key_flooding_does_not_crowd_out_another_keys_checks(router_dir):
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up, FakeOpenAI() as j_up:
         j_up.reply = judge_reply
@@ -188,11 +186,12 @@ def _tokens(body: dict[str, Any], reply: str) -> int:
     return len(body["messages"][-1]["content"].split()) + len(reply.split())
 
 
+@pytest.mark.slow
 def test_shadow_and_judge_calls_are_priced_on_metrics_and_in_the_log(router_dir, tmp_path):
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up, FakeOpenAI() as j_up:
         l_up.reply = lambda p: "large says five"
         j_up.reply = judge_reply
-        port = _free_port()
+        port = free_port()
         args = ["--router", str(router_dir), "--models-file", str(_models_file(tmp_path, s_up.url, l_up.url, j_up.url)),
                 "--port", str(port), "--shadow-rate", "1"]  # fmt: skip
         log = (tmp_path / "serve.log").open("w+")
@@ -277,7 +276,7 @@ def test_replay_body_caps_every_length_field_and_keeps_the_rest():
     out = replay_body(body, "chat", 64)
     assert out == {"model": "m", "messages": [], "n": 1, "max_tokens": 64, "max_completion_tokens": 64, "seed": 1}
     assert body["n"] == 3  # the client's body is not changed
-    assert body_chars({"a": ["x" * 10, {"b": "y" * 5}], "n": 3}, 100) == 15
+    assert body_chars({"a": ["x" * 10, {"b": "y" * 5}], "n": 3}, 100) == 19  # keys and digits count too
     assert body_chars(["z" * 1000] * 1000, 10) == 1000  # stops past the limit
 
 

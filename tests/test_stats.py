@@ -8,7 +8,7 @@ from hybridllm.evaluate.stats import group_key, table_stats
 from hybridllm.tables.format import read_table
 
 from .conftest import LARGE, MMLU, SMALL
-from .test_cli import run
+from .helpers.cli import run
 
 ROWS = [
     # small samples, large samples: hand-checked below
@@ -51,6 +51,7 @@ def test_group_keys():
     assert group_key({"id": "q_12"}, "id-prefix") == "q"
 
 
+@pytest.mark.slow
 def test_cli_on_real_table(tmp_path):
     out = tmp_path / "s.json"
     proc = run("stats", str(MMLU), "--small", SMALL, "--large", LARGE, "--by", "meta.category", "--json", str(out))
@@ -65,11 +66,13 @@ def test_cli_on_real_table(tmp_path):
     assert f"Q_small {rep['pair']['Q_small']:.4f}" in proc.stdout and "by meta.category" in proc.stdout
 
 
+@pytest.mark.slow
 def test_cli_needs_both_pair_models():
     proc = run("stats", str(MMLU), "--small", SMALL, ok=False)
     assert proc.returncode == 1 and proc.stderr.strip() == "error: --small and --large go together"
 
 
+@pytest.mark.slow
 def test_journal_of_a_running_collection(tmp_path):
     """A journal is read without touching it (its collection may still be writing): the torn last
     line is ignored, batched samples share their batch's wall time."""

@@ -71,6 +71,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_steer_check_cli_on_the_shipped_router_gates_on_its_worst_family(tmp_path, cache_env):
     """The shipped router on 40 held-out prompts of its own pair: the table of flip rates, the JSON, and
     --fail-above as a deployment gate (exit 1 and one line naming the families over the limit)."""

@@ -27,10 +27,11 @@ from hybridllm.serve.budget import parse_cap
 from hybridllm.serve.settle import DEFAULT_MAX_OUTPUT_TOKENS, token_bound
 
 from .conftest import LARGE, SMALL
-from .fake_openai import FakeOpenAI, _free_port
-from .procs import running_serve
-from .test_live_control import _redis, router_dir  # noqa: F401  (module fixture reused)
-from .test_serve import Proxy, upstream
+from .helpers.fake_openai import FakeOpenAI
+from .helpers.net import free_port
+from .helpers.procs import running_serve
+from .helpers.proxy import Proxy, upstream
+from .helpers.redis import start_redis
 
 #: per 1M tokens: one token of the large model costs 0.1 (in or out), of the small one 0.01
 PRICES = {SMALL: (10_000.0, 10_000.0), LARGE: (100_000.0, 100_000.0)}
@@ -67,11 +68,6 @@ def wait_for(check: Callable[[], bool], what: str, seconds: float = 15.0) -> Non
     while not check():
         assert time.time() < deadline, f"never happened: {what}"
         time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def router(router_dir):  # noqa: F811
-    return Router(router_dir)
 
 
 @contextmanager
@@ -129,6 +125,7 @@ def hang_up_after_the_answer(base: str, key: str, body: dict[str, Any]) -> int:
 # --- item 1: every answer is charged ------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("capped", [True, False])
 def test_streams_whose_client_hangs_up_before_the_usage_chunk_are_charged(router, caplog, capped):
     caplog.set_level("INFO", logger="hybridllm.access")
@@ -157,6 +154,7 @@ def test_streams_whose_client_hangs_up_before_the_usage_chunk_are_charged(router
     assert all(x["key"] == "team-a" and x["status"] == 499 and "charged" not in x for x in left)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("capped", [True, False])
 def test_requests_whose_client_times_out_are_charged(router, caplog, capped):
     caplog.set_level("INFO", logger="hybridllm.access")
@@ -280,10 +278,11 @@ def test_huge_max_tokens_from_one_key_does_not_block_another(router):
 # --- two replicas on one Redis ----------------------------------------------------------------------
 
 
-def test_two_replicas_on_redis_hold_each_key_within_one_request(router_dir, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_two_replicas_on_redis_hold_each_key_within_one_request(router_dir, tmp_path):
     import redis
 
-    rproc, rport = _redis(tmp_path)
+    rproc, rport = start_redis(tmp_path)
     try:
         with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
             l_up.reply = lambda p: LONG
@@ -294,7 +293,7 @@ def test_two_replicas_on_redis_hold_each_key_within_one_request(router_dir, tmp_
                 f'[models."{LARGE}"]\nspec = "l@{l_up.url}"\nprice_in = 100000\nprice_out = 100000\n'
                 "max_output_tokens = 2500\n"
             )
-            ports = [_free_port(), _free_port()]
+            ports = [free_port(), free_port()]
             base = [
                 "--router", str(router_dir), "--models-file", str(models), "--serve-api-key-env", "HLLM_KEYS",
                 "--budget-cap", "team-a=1000/day", "--budget-cap", "team-b=1000/day", "--on-cap", "refuse",
@@ -392,3 +391,150 @@ def _post_and_lose(client: httpx.Client, base: str) -> None:
     """A streamed request whose connection the server drops (what a client that left sees)."""
     with contextlib.suppress(httpx.HTTPError):
         client.post(f"{base}/v1/chat/completions", json=chat("q", stream=True), headers={"authorization": "Bearer ka"})
+
+
+@pytest.mark.slow
+@contextmanager
+def far_redis(port: int, delay_s: float) -> Iterator[int]:
+    """A real TCP relay to the Redis on ``port`` whose replies each arrive ``delay_s`` later (a Redis on
+    another host); yields its own port."""
+    loop = asyncio.new_event_loop()
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay: float) -> None:
+        with contextlib.suppress(OSError):
+            while data := await src.read(65536):
+                await asyncio.sleep(delay)
+                dst.write(data)
+                await dst.drain()
+        dst.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        r_reader, r_writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.gather(pipe(reader, r_writer, 0.0), pipe(r_reader, writer, delay_s))
+
+    server = loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+
+
+def test_256_concurrent_streams_whose_client_hangs_up_at_their_last_event_are_settled_on_redis(
+    router, tmp_path, caplog
+):
+    """256 streams at once, each client closing its connection as soon as it has read ``[DONE]``:
+    the relay's end (the record, the settlement of its reservation in Redis) must not be cut short
+    by that hang-up, or the answer goes uncounted and its reservation stays held in Redis (68 of 256
+    were, 28,678 held); and more calls at once than Redis connections must wait for one, not read as
+    Redis down (every replica then on its own counters)."""
+    import redis
+
+    caplog.set_level("WARNING", logger="hybridllm.serve")
+
+    rproc, rport = start_redis(tmp_path)
+    cap = "team-a=10000000/day"
+    try:
+        # Redis on another host: each reply comes 5 ms later (the window a hang-up falls into)
+        with (
+            far_redis(rport, 0.005) as far,
+            stack(router, [cap], state=f"redis://127.0.0.1:{far}/0") as (base, l_up, _),
+        ):
+            l_up.reply = lambda p: "a short answer"
+            each = cost(LARGE, {"prompt_tokens": 1, "completion_tokens": 3})
+            n = 256
+
+            async def one(client: httpx.AsyncClient, i: int) -> None:
+                async with client.stream("POST", f"{base}/v1/chat/completions", json=chat(f"q{i}", stream=True),
+                                         headers={"authorization": "Bearer ka"}) as r:  # fmt: skip
+                    assert r.status_code == 200
+                    async for line in r.aiter_lines():
+                        if line.strip() == "data: [DONE]":
+                            break  # hang up at once
+
+            async def run() -> None:
+                async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+                    await asyncio.gather(*(one(client, i) for i in range(n)))
+
+            asyncio.run(run())
+            r = redis.Redis(port=rport)
+            bucket = parse_cap(cap).bucket(time.time())
+            wait_for(lambda: float(r.get(f"hybridllm:spend:{bucket}") or 0) >= n * each - 1e-9, "every answer settled")
+            assert float(r.get(f"hybridllm:spend:{bucket}")) == pytest.approx(n * each)
+            held = [float(r.get(k) or 0) for k in r.scan_iter(f"hybridllm:reserved:{bucket}:*")]
+            assert sum(held) < 1e-9
+        assert not [x.getMessage() for x in caplog.records if "unreachable" in x.getMessage()]
+    finally:
+        rproc.terminate()
+        rproc.wait(timeout=10)
+
+
+def test_max_tokens_and_max_completion_tokens_disagreeing_reserve_the_larger(router):
+    """``max_tokens=1`` with ``max_completion_tokens=2000``: an upstream that obeys the second (vLLM
+    does) answers 2,000 tokens; a reservation of the first let all 64 concurrent requests in (12,800
+    spent on a 1,000 cap)."""
+    with stack(router, ["team-a=1000/day"]) as (base, l_up, app):
+
+        def obeying_max_completion_tokens(prompt: str) -> str:
+            body = l_up.requests[-1]  # every request of the burst asks the same
+            return " ".join(["word"] * (body.get("max_completion_tokens") or body.get("max_tokens") or 2000))
+
+        l_up.reply = obeying_max_completion_tokens
+        l_up.delay = 0.3  # all 64 are in flight together
+        bodies = [chat(f"question {i}", max_tokens=1, max_completion_tokens=2000) for i in range(64)]
+        (got,) = burst(base, ("ka", bodies))
+        answered = [r for r in got if r.status_code == 200]
+        assert answered and all(r.json()["usage"]["completion_tokens"] == 2000 for r in answered)
+        one = cost(LARGE, {"prompt_tokens": 200, "completion_tokens": 2000})  # the dearest request, generously
+        assert spent(app, "team-a=1000/day") <= CAP + one
+
+
+@pytest.mark.parametrize("n", ["8", 8.0, True, 0])
+def test_answer_counts_that_are_not_counts_are_refused(router, n):
+    """``n: "8"`` is 8 answers to a lax upstream but none to count: refused, naming the field."""
+    with stack(router, ["team-a=1000/day"]) as (base, l_up, _):
+        r = httpx.post(f"{base}/v1/chat/completions", json=chat("q", n=n), headers={"authorization": "Bearer ka"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+        assert "'n' must be a positive integer" in r.json()["error"]["message"]
+        assert l_up.requests == []
+
+
+def test_a_redis_blip_mid_request_leaves_no_reservation_held(tmp_path):
+    """A request admitted in Redis whose settlement falls in a Redis outage (the server paused, as a
+    network blip looks): when Redis is back the kept cost is written and its reservation released,
+    or it stays held (its lease renewed while the process serves that counter) and the key is
+    refused having spent 1 of its 10."""
+    import os
+    import signal
+
+    import redis
+
+    from hybridllm.serve.state import RedisStore
+
+    rproc, rport = start_redis(tmp_path)
+
+    async def run() -> tuple[bool, float]:
+        store = RedisStore(f"redis://127.0.0.1:{rport}/0", lease_s=30)
+        try:
+            assert await store.admit("k", 9.0, 10.0, 60)
+            os.kill(rproc.pid, signal.SIGSTOP)
+            try:
+                await store.settle("k", 9.0, 1.0, 60)  # Redis does not answer: settled on this process
+            finally:
+                os.kill(rproc.pid, signal.SIGCONT)
+            await asyncio.sleep(store.RETRY_S + 0.1)
+            again = await store.admit("k", 5.0, 10.0, 60)  # Redis answers again: the kept cost written first
+            held = float(redis.Redis(port=rport).get(store._reserved("k")) or 0)
+            return again, held
+        finally:
+            await store.close()
+
+    try:
+        again, held = asyncio.run(run())
+        assert float(redis.Redis(port=rport).get("hybridllm:spend:k")) == pytest.approx(1.0)
+        assert again and held == pytest.approx(5.0)  # only the new request's reservation
+    finally:
+        rproc.terminate()
+        rproc.wait(timeout=10)

@@ -7,11 +7,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from hybridllm import default_router_dir
 
-from .fake_openai import FakeOpenAI, _free_port
-from .procs import running_serve
+from .helpers.fake_openai import FakeOpenAI
+from .helpers.net import free_port
+from .helpers.procs import running_serve
+
+pytestmark = pytest.mark.slow  # `hybridllm serve` with several worker processes
 
 SMALL, LARGE = "qwen2.5-0.5b", "qwen2.5-1.5b"
 
@@ -23,7 +27,7 @@ def _chat(port: int, text: str) -> httpx.Response:
 
 
 def test_two_workers_share_metrics_knob_and_dashboard(tmp_path):
-    port = _free_port()
+    port = free_port()
     n = 120
     with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
         args = ["--router", str(default_router_dir()), "--small", f"s@{s_up.url}", "--large", f"l@{l_up.url}"]

@@ -42,6 +42,18 @@ class MissingExtraError(HybridLLMError, ImportError):
     """A feature needs packages that the plain ``pip install hybridllm`` leaves out."""
 
 
+#: the torch the extras that pull it in are installed with: unpinned, pip resolves a CUDA build of
+#: several GB even on a machine without a GPU (docs/install.md)
+TORCH_PIN = "torch==2.13.0"
+_WITH_TORCH = frozenset({"train"})
+
+
+def install_command(extra: str) -> str:
+    """The command that installs ``extra``, from PyPI and from a checkout of the repository."""
+    torch = f"{TORCH_PIN} " if extra in _WITH_TORCH else ""
+    return f"pip install {torch}'hybridllm[{extra}]' (from a checkout: pip install {torch}-e '.[{extra}]')"
+
+
 def require(module: str, extra: str, purpose: str) -> ModuleType:
     """Import an optional dependency, or fail with one line naming the extra that brings it."""
     try:
@@ -49,5 +61,5 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
     except ImportError:
         root = module.split(".")[0]
         raise MissingExtraError(
-            f"{purpose} needs {root}, which the plain install leaves out: pip install 'hybridllm[{extra}]'"
+            f"{purpose} needs {root}, which the plain install leaves out: {install_command(extra)}"
         ) from None

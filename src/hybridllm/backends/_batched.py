@@ -11,6 +11,7 @@ products round differently."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import takewhile
@@ -65,6 +66,19 @@ def _sampler(params: SamplingParams) -> Any:
     ):
         lc.llama_sampler_chain_add(chain, s)
     return chain
+
+
+def abort_decodes(contexts: Sequence[Any], stop: threading.Event) -> Any:
+    """Make every llama.cpp decode on ``contexts`` end at its next graph step while ``stop`` is set
+    (llama_decode then fails: the caller's generation raises). Returns the C callback, which the
+    caller must keep referenced while it is installed."""
+    import llama_cpp as lc
+
+    callback = lc.ggml_abort_callback(lambda _data: stop.is_set())
+    for ctx in contexts:
+        if ctx is not None:
+            lc.llama_set_abort_callback(ctx, callback, None)
+    return callback
 
 
 class BatchedDecoder:

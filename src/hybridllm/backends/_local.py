@@ -8,6 +8,7 @@ import contextlib
 import functools
 import json
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 from hybridllm.progress import progress_bar
 
 from ._base import Backend
-from ._batched import BatchedDecoder, BatchRequest, chat_prompt_tokens
+from ._batched import BatchedDecoder, BatchRequest, abort_decodes, chat_prompt_tokens
 from ._probe import MISSING, ensure_runs, llama_cpp_dir
 from ._types import (
     Answer,
@@ -126,6 +127,8 @@ class LocalBackend(Backend):
     _cpu: _CpuBudget | None = field(default=None, init=False, repr=False)
     _loop_id: int | None = field(default=None, init=False, repr=False)
     _decoder: Any = field(default=None, init=False, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _abort: Any = field(default=None, init=False, repr=False)  # the C callback, kept alive while installed
 
     in_process = True
     batched = True
@@ -174,6 +177,7 @@ class LocalBackend(Backend):
         return self._llm
 
     async def __aenter__(self) -> LocalBackend:
+        self._stop.clear()
         await asyncio.to_thread(self.load)
         return self
 
@@ -190,7 +194,14 @@ class LocalBackend(Backend):
             yield
 
     async def __aexit__(self, *exc: object) -> None:
-        return None
+        if exc and exc[0] is not None and self._llm is not None:
+            # left by an error or a cancellation (Ctrl-C in collect): asyncio cannot stop the decode
+            # running in its worker thread, and asyncio.run waits for that thread, so a whole
+            # generation (a minute on a CPU) would pass before the process ends. llama.cpp's abort
+            # callback ends it at its next step; installed only now, decoding pays nothing for it.
+            self._stop.set()
+            contexts = [self._llm.ctx] + ([self._decoder.ctx] if self._decoder is not None else [])
+            self._abort = abort_decodes(contexts, self._stop)
 
     def generate_sync(self, prompt: Prompt, params: SamplingParams, on_text: OnText | None = None) -> Sample:
         llm = self.load()

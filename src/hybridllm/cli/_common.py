@@ -33,7 +33,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+        bool,
+        # metavar "": a flag takes no value, so --help shows no `<bool>` after it
+        typer.Option("--version", callback=_version, is_eager=True, metavar="", help="print the version and exit"),
     ] = False,
 ) -> None:
     """Route each LLM query to the cheapest model that will answer it well enough: two models or any
@@ -63,6 +65,10 @@ class Mode(str, Enum):
 
 class CLIError(HybridLLMError):
     """A user-facing failure with a one-line reason."""
+
+
+class Interrupted(CLIError):
+    """Ctrl-C stopped a command; the message says where (what is kept, how to go on). Exit code 130."""
 
 
 def _fail(msg: str) -> NoReturn:

@@ -13,6 +13,7 @@ from ._common import (
     Endpoint,
     Engine,
     EngineOpt,
+    Interrupted,
     Metric,
     RayAddressOpt,
     ShardRowsOpt,
@@ -171,7 +172,13 @@ def _collect_here(sent, rows, backends, output, samples, params, seed, batch, ov
         bar.set_postfix({"tok/s": f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):.1f}"})
 
     kw = {"keep": rows, "batch": batch, "on_start": on_start, "overwrite": overwrite}
-    _, stats = asyncio.run(collect_async(sent, backends, output, samples, params, seed, on_sample, **kw))
+    try:
+        _, stats = asyncio.run(collect_async(sent, backends, output, samples, params, seed, on_sample, **kw))
+    except KeyboardInterrupt:  # asyncio.run cancelled the run: every finished sample is in the journal
+        bar.close()
+        from hybridllm.stages.journal import stopped_at
+
+        raise Interrupted(stopped_at(output, len(rows), total)) from None
     bar.close()
     return stats
 

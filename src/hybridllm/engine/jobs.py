@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from hybridllm.backends import SamplingParams, make_backend
+from hybridllm.errors import install_command
 from hybridllm.features.featurize import featurize, make_encoder
 from hybridllm.model.artifact import load_config
 from hybridllm.model.router import load_router
@@ -59,7 +60,7 @@ def init_ray(options: RayOptions) -> Any:
     try:
         import ray
     except ImportError:
-        raise EngineError("the Ray engine needs Ray Data: pip install 'hybridllm[ray]'") from None
+        raise EngineError(f"the Ray engine needs Ray Data: {install_command('ray')}") from None
     if not ray.is_initialized():
         kw: dict[str, Any] = {"address": options.address, "include_dashboard": False, "log_to_driver": False}
         if options.address is None and options.num_cpus is not None:

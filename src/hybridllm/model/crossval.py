@@ -12,6 +12,7 @@ point realised out of fold) for a pair and the N-model view (AIQ against the bes
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,7 +29,16 @@ from hybridllm.routing.knob import promised_point
 from hybridllm.routing.policy import Fleet, choose
 from hybridllm.tables.format import Row, TableError, split_rows
 
-from .fit import TrainOptions, fit_router, make_fleet, quality_matrix, usable_rows
+from .fit import (
+    MIN_TRAIN_ROWS,
+    MIN_VALIDATION_ROWS,
+    TrainOptions,
+    fit_router,
+    holdout,
+    make_fleet,
+    quality_matrix,
+    usable_rows,
+)
 from .router import Router
 
 
@@ -60,6 +70,7 @@ def cross_validate(
     parts = split_rows(used, [1 / folds] * folds, salt)
     if min(len(p) for p in parts) == 0:
         raise TableError(f"{len(used)} rows cannot fill {folds} folds; use fewer folds")
+    _check_folds(used, parts, options, salt, fleet.reference)  # before any training, not after minutes of it
     cache = cache if cache is not None else EmbeddingCache()
     scores: dict[str, np.ndarray] = {}
     picked: dict[str, int] = {}  # each row's model at its fold router's default point
@@ -69,8 +80,6 @@ def cross_validate(
         if progress is not None:
             progress(f"fold {f + 1}/{folds}: train on {len(train)} rows, score {len(test)}")
         fitted = fit_router(train, replace(options, seed=options.seed + f), cache=cache, show_progress=False)
-        if fitted.config["fleet"]["reference"] != fleet.reference:
-            raise TableError(f"fold {f + 1}: another model is best on its training rows; use more rows or folds")
         s = Router.from_fitted(fitted).score([r["prompt"] for r in test])  # in memory, no files
         point = promised_point(fitted.config)  # the fold router's own default point
         pick = choose(s.reshape(len(test), -1), fleet, point["threshold"])
@@ -89,6 +98,46 @@ def cross_validate(
         return CrossValResult(report, used, all_scores)
     pair, band = _pair_view(used, all_scores, quality, fleet, folds_out, picked, options.prompt_turns, report)
     return CrossValResult(pair, used, all_scores, band)
+
+
+def _fold_problem(parts: list[list[Row]], options: TrainOptions, reference: str | None) -> str | None:
+    """Why some fold's router cannot be trained as ``fit_router`` would train it (its training rows,
+    the held-out share of them it calibrates on, the model best on them), or None."""
+    names, given = options.model_names()
+    for f in range(len(parts)):
+        train, val = holdout([r for g, part in enumerate(parts) if g != f for r in part], options)
+        if len(train) < MIN_TRAIN_ROWS or len(val) < MIN_VALIDATION_ROWS:
+            return (
+                f"fold {f + 1}'s router would train on {len(train)} rows and validate on {len(val)} (each fold's "
+                f"router needs >= {MIN_TRAIN_ROWS} training and >= {MIN_VALIDATION_ROWS} validation rows, "
+                f"validation being {options.val_fraction:.0%} of its fold's rows)"
+            )
+        if reference is not None and make_fleet(train, names, options.costs, given).reference != reference:
+            return f"fold {f + 1}'s training rows have another best model than the table"
+    return None
+
+
+def _check_folds(used: list[Row], parts: list[list[Row]], options: TrainOptions, salt: str, reference: str) -> None:
+    """Refuse, before any training, folds that some fold's router cannot be trained on, saying what
+    to change: a fold count that works with this table, and the table size the asked one needs."""
+    problem = _fold_problem(parts, options, reference)
+    if problem is None:
+        return
+    folds, n, vf = len(parts), len(used), options.val_fraction
+    # each fold trains on (folds - 1) / folds of the rows and holds out vf of those to calibrate on
+    per_fold = max(MIN_TRAIN_ROWS / (1 - vf), MIN_VALIDATION_ROWS / vf)
+    need = math.ceil(per_fold * folds / (folds - 1))
+    cuts = {k: split_rows(used, [1 / k] * k, salt) for k in range(2, min(n, 20) + 1)}
+    works = [k for k, cut in cuts.items() if _fold_problem(cut, options, reference) is None]
+    if works:
+        other = f"--folds {min(works, key=lambda k: (abs(k - folds), k))} works with these rows"
+    else:
+        other = "no fold count from 2 to 20 works with these rows"
+    raise TableError(
+        f"{n} rows are too few for {folds}-fold cross-validation: {problem}; {other}; {folds} folds need a "
+        f"table of at least {need} rows, in practice some more (folds and held-out rows are cut by hashed id, "
+        "so they come out uneven)"
+    )
 
 
 def _pair_view(

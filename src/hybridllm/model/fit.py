@@ -212,20 +212,31 @@ class _Split:
         return [self.fleet.models[i] for i in self.fleet.candidates]
 
 
+MIN_TRAIN_ROWS, MIN_VALIDATION_ROWS = 10, 5  # the fewest rows a router is fitted, and calibrated, on
+
+
+def holdout(rows: Sequence[Row], options: TrainOptions) -> tuple[list[Row], list[Row]]:
+    """(train, validation) of a table trained on without a validation table: ``val_fraction`` of
+    its rows held out by hashed id."""
+    train, val = split_rows(rows, [1 - options.val_fraction, options.val_fraction], "hybridllm-val")
+    return train, val
+
+
 def _split(rows: Sequence[Row], options: TrainOptions, validation: Sequence[Row] | None) -> _Split:
     names, reference = options.model_names()
     kept, skipped = usable_rows(rows, names)
     skipped_val = 0
     if validation is None:
-        train_rows, val_rows = split_rows(kept, [1 - options.val_fraction, options.val_fraction], "hybridllm-val")
+        train_rows, val_rows = holdout(kept, options)
         val_source = f"held out {options.val_fraction:.0%} of TABLE by hashed id"
     else:
         train_rows = kept
         val_rows, skipped_val = usable_rows(validation, names)
         val_source = "--validation table"
-    if len(train_rows) < 10 or len(val_rows) < 5:
+    if len(train_rows) < MIN_TRAIN_ROWS or len(val_rows) < MIN_VALIDATION_ROWS:
         raise TableError(
-            f"too few rows to train ({len(train_rows)} train, {len(val_rows)} validation); need >= 10 and >= 5"
+            f"too few rows to train ({len(train_rows)} train, {len(val_rows)} validation); "
+            f"need >= {MIN_TRAIN_ROWS} and >= {MIN_VALIDATION_ROWS}"
         )
     fleet = make_fleet(train_rows, names, options.costs, reference)
     q_val = quality_matrix(val_rows, fleet.models)

@@ -48,15 +48,15 @@ def build(
 ) -> Built:
     """The app for ``cfg``. ``state_dir``: where the workers of one ``--workers N`` server share the
     default knob and the dashboard's live window (None: one process, nothing shared)."""
-    options = cfg.options()  # refuses an open non-loopback bind before anything loads
-    options.state_dir = state_dir
+    cfg.options()  # refuses an open non-loopback bind before anything loads
     limit_blas_threads()
     router = router if router is not None else load_router(cfg)
     load_local = (lambda spec, name: progress(f"loading local model {spec} for {name}")) if progress else None
     ups = cfg.upstreams(router, load_local, load)
+    names, judge_name = [u.who for u in ups], cfg.judge_name()
     # the judge's price too, when the models file has one (shadow checks count what judging cost)
-    options.prices = cfg.prices([u.who for u in ups] + ([options.judge_name] if options.judge_name else []))
-    options.max_output = cfg.max_output([u.who for u in ups])
+    prices = cfg.prices(names + ([judge_name] if judge_name else []))
+    options = cfg.options(state_dir=state_dir, prices=prices, max_output=cfg.max_output(names))
     judge = cfg.judge_backend()
     if judge is not None and judge.in_process and load:
         if progress is not None:

@@ -1,5 +1,6 @@
-"""Serving configuration: one object built from a TOML file and command-line flags (flags win), with
-every key checked by name, then turned into the upstreams and the app's options.
+"""Serving configuration: the settings (:mod:`.settings`, each written once) read from a TOML file and
+command-line flags (flags win), every key checked by name, then turned into the upstreams, the judge
+and the app's options.
 
 Security defaults: API docs off; ``/metrics`` and ``/ready`` need the client key when keys are set
 (``public_metrics = true`` opens them); binding an address other than loopback without client keys
@@ -11,112 +12,29 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import PrivateAttr, ValidationError
 
 from hybridllm.backends import Backend, make_backend
 from hybridllm.backends.packages import LOCAL_MODELS
-from hybridllm.routing.live import parse_hold
 from hybridllm.stages.score import check_rubric
 from hybridllm.tables.registry import Registry
 from hybridllm.tables.specs import key_envs, parse_spec
 
 from .budget import parse_cap
-from .env_secrets import admin_keys, check_host_name, state_url
+from .env_secrets import admin_keys, state_url
 from .errors import ServeConfigError
-from .knobs import KnobError, parse_name
 from .options import ServeOptions, key_id
+from .settings import ServeSettings
 from .shadow import RewardScorer
 
 
-class ServeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ServeConfig(ServeSettings):
+    """The settings (:class:`~hybridllm.serve.settings.ServeSettings`) and what is made from them: the
+    upstreams, the judge, the running proxy's :class:`ServeOptions`."""
+
     _registry: Any = PrivateAttr(default=None)
-
-    router: Path | None = None
-    small: str | None = None  # SPEC: MODEL@BASE_URL, a local model name, or a .gguf path
-    large: str | None = None
-    model: list[str] | None = None  # routers over N models: NAME=SPEC per model
-    models_file: Path | None = None  # models.toml: specs, key variables, prices
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    # per model: {small = "VAR"} / {"gpt-4o" = "VAR"}, or ["large=VAR"]; a bare "VAR" only with one HTTP model
-    api_key_env: str | list[str] | dict[str, str] | None = None
-    serve_api_key_env: str | None = None  # variable with comma-separated keys clients must send
-    allow_unauthenticated: bool = False
-    public_metrics: bool = False
-    api_docs: bool = False
-    fallback: bool = True
-    route_on: Literal["all", "last"] | None = None
-    timeout_s: float = Field(120.0, gt=0)
-    client_timeout_s: float = Field(30.0, gt=0)
-    header_timeout_s: float = Field(10.0, gt=0)
-    max_body_bytes: int = Field(1_000_000, gt=0)
-    max_messages: int = Field(512, gt=0)
-    max_router_chars: int = Field(16_000, ge=256)
-    default_knob: str | None = None
-    log_prompts: bool = False
-    batch_window_s: float = Field(0.0, ge=0)
-    workers: int = Field(1, ge=1, le=64)  # processes on one port (each loads the router and its upstreams)
-    # live control (docs/control.md)
-    shadow_rate: float = Field(0.0, ge=0, le=1)
-    judge: str | None = None  # SPEC of the judge scoring shadow pairs (an OpenAI-compatible endpoint, a local model)
-    judge_api_key_env: str | None = None
-    judge_rubric: Path | None = None  # the judge's prompt: a file with {prompt}, {response} (and {reference})
-    shadow_concurrency: int = Field(4, ge=1, le=256)
-    shadow_per_minute: int = Field(600, ge=1)
-    shadow_max_tokens: int = Field(1024, ge=1)  # a shadow replay's output cap
-    shadow_max_prompt_chars: int = Field(32_000, ge=1)  # larger request bodies are not drawn
-    hold: str | None = None  # KIND=PERCENT: max_quality_drop=1, budget=30, cost_advantage=40
-    hold_confidence: float = Field(0.95, ge=0.5, lt=1)
-    hold_window: int = Field(200, ge=0, le=10_000_000)  # the quality bound holds over this many requests
-    outcomes: Path | None = None  # outcomes log: shadow pairs and /v1/feedback, for `hybridllm outcomes export`
-    feedback_per_minute: int = Field(600, ge=0)  # /v1/feedback posts per client key and minute (0: no limit)
-    feedback_index_mb: int = Field(64, ge=1, le=1 << 20)  # MiB of answered requests /v1/feedback can name
-    budget_cap: list[str] = Field(default_factory=list)  # KEY=AMOUNT/PERIOD (a key's name, or * for all)
-    on_cap: Literal["downgrade", "refuse"] = "downgrade"
-    state: str | None = None  # redis://HOST:PORT/DB: spend counters shared by replicas
-    state_lease_s: int = Field(30, ge=1, le=86400)  # how long a killed replica's reservations outlive it
-    # after a client left: how long its upstream answer is read on for its usage (then charged its bound)
-    settle_timeout_s: float = Field(60.0, ge=0, le=3600, allow_inf_nan=False)
-    state_env: str | None = None  # variable holding the state URL (kept out of `ps`; instead of state)
-    admin_key_env: str | None = None  # variable with the admin key(s): only they change server-wide state
-    allowed_host: list[str] = Field(default_factory=list)  # keyless server: Host names beside loopback and host
-
-    @field_validator("allowed_host")
-    @classmethod
-    def _hosts(cls, v: list[str]) -> list[str]:
-        return [check_host_name(item) for item in v]
-
-    @field_validator("budget_cap")
-    @classmethod
-    def _caps(cls, v: list[str]) -> list[str]:
-        for item in v:
-            parse_cap(item)
-        return v
-
-    @field_validator("hold")
-    @classmethod
-    def _hold(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                parse_hold(v)
-            except ValueError as exc:
-                raise ValueError(str(exc)) from None
-        return v
-
-    @field_validator("default_knob")
-    @classmethod
-    def _knob(cls, v: str | None) -> str | None:
-        if v is not None and v != "hybrid":
-            try:
-                knob = parse_name(v, {})
-            except KnobError:
-                raise ValueError(f"{v!r} is not a routing name (e.g. hybrid-qd-2, hybrid-ca-50)") from None
-            if knob.force:
-                raise ValueError(f"{v!r} is not a routing name")
-        return v
 
     @classmethod
     def load(cls, path: Path | None = None, **flags: Any) -> ServeConfig:
@@ -179,7 +97,10 @@ class ServeConfig(BaseModel):
             raise ServeConfigError(f"environment variable {self.serve_api_key_env} holds no keys")
         return out
 
-    def options(self) -> ServeOptions:
+    def options(self, **built: Any) -> ServeOptions:
+        """The running proxy's options; refuses what cannot be served (a cap naming no key, caps
+        across workers without shared state, an open bind without keys). ``built``: what only the
+        built server knows (``state_dir``, ``prices``, ``max_output``)."""
         named = self.named_keys()
         keys = list(named)
         unknown = [k for k in (parse_cap(c).key for c in self.budget_cap) if k not in {"*", *named.values()}]
@@ -201,39 +122,20 @@ class ServeConfig(BaseModel):
                 f"refusing to serve on {self.host} with no client key: anyone who can reach it spends your "
                 "upstreams; set --serve-api-key-env, or --allow-unauthenticated if that is what you want"
             )
-        return ServeOptions(
-            fallback=self.fallback,
+        # every option named as a setting is copied from it (ServeOptions.derive); these are made
+        return ServeOptions.derive(
+            self,
             api_keys=keys,
-            public_metrics=self.public_metrics,
-            api_docs=self.api_docs,
-            max_body_bytes=self.max_body_bytes,
-            max_messages=self.max_messages,
-            max_router_chars=self.max_router_chars,
-            client_timeout_s=self.client_timeout_s,
-            log_prompts=self.log_prompts,
-            batch_window_s=self.batch_window_s,
-            default_knob=None if self.default_knob == "hybrid" else self.default_knob,
-            shadow_rate=self.shadow_rate,
-            shadow_concurrency=self.shadow_concurrency,
-            shadow_per_minute=self.shadow_per_minute,
-            shadow_max_tokens=self.shadow_max_tokens,
-            shadow_max_prompt_chars=self.shadow_max_prompt_chars,
-            judge_name=self.judge_name(),
-            hold=self.hold,
-            hold_confidence=self.hold_confidence,
-            hold_window=self.hold_window,
-            outcomes=None if self.outcomes is None else str(self.outcomes),
-            feedback_per_minute=self.feedback_per_minute,
-            feedback_index_mb=self.feedback_index_mb,
-            judge_rubric=self.rubric(),
             key_names=named,
-            budget_caps=list(self.budget_cap),
-            on_cap=self.on_cap,
-            state=state,
-            state_lease_s=self.state_lease_s,
-            settle_timeout_s=self.settle_timeout_s,
             admin_keys=admin_keys(self.admin_key_env, keys),
             allowed_hosts=[self.host, *self.allowed_host],
+            budget_caps=list(self.budget_cap),
+            default_knob=None if self.default_knob == "hybrid" else self.default_knob,
+            judge_name=self.judge_name(),
+            judge_rubric=self.rubric(),  # the file's text
+            outcomes=None if self.outcomes is None else str(self.outcomes),
+            state=state,  # from --state or --state-env
+            **built,
         )
 
     def rubric(self) -> str | None:

@@ -1,11 +1,16 @@
-"""The running proxy's settings: one object, built from a checked
-:class:`~hybridllm.serve.config.ServeConfig` (or by hand in a test), read by every piece of the
-request path."""
+"""The running proxy's settings: one object, derived from a checked
+:class:`~hybridllm.serve.config.ServeConfig` (or built by hand in a test), read by every piece of the
+request path. An option named as a setting (serve/settings.py, where its meaning and bounds are
+written) takes that setting's default and, in :meth:`ServeOptions.derive`, its value: neither is
+written here again. The other options are made from settings or found by the built server."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .settings import ServeSettings
 
 
 def key_id(key: str) -> str:
@@ -13,52 +18,66 @@ def key_id(key: str) -> str:
     return "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
+def _setting(name: str) -> Any:
+    """An option that is the setting ``name``: its default, and its value in :meth:`ServeOptions.derive`."""
+    return field(default=ServeSettings.model_fields[name].default, metadata={"setting": name})
+
+
 @dataclass
 class ServeOptions:
-    """The running proxy's settings (built from a :class:`~hybridllm.serve.config.ServeConfig`)."""
+    """The running proxy's settings (derived from a :class:`~hybridllm.serve.config.ServeConfig`)."""
 
-    fallback: bool = True  # routed requests retry on the other model when theirs fails
+    # the settings of the same name (serve/settings.py)
+    fallback: bool = _setting("fallback")
+    public_metrics: bool = _setting("public_metrics")
+    api_docs: bool = _setting("api_docs")
+    max_body_bytes: int = _setting("max_body_bytes")
+    max_messages: int = _setting("max_messages")
+    max_router_chars: int = _setting("max_router_chars")
+    client_timeout_s: float = _setting("client_timeout_s")
+    log_prompts: bool = _setting("log_prompts")
+    batch_window_s: float = _setting("batch_window_s")
+    shadow_rate: float = _setting("shadow_rate")
+    shadow_concurrency: int = _setting("shadow_concurrency")
+    shadow_per_minute: int = _setting("shadow_per_minute")
+    shadow_max_tokens: int = _setting("shadow_max_tokens")
+    shadow_max_prompt_chars: int = _setting("shadow_max_prompt_chars")
+    hold: str | None = _setting("hold")
+    hold_confidence: float = _setting("hold_confidence")
+    hold_window: int = _setting("hold_window")
+    feedback_per_minute: int = _setting("feedback_per_minute")
+    feedback_index_mb: int = _setting("feedback_index_mb")
+    on_cap: str = _setting("on_cap")
+    state_lease_s: int = _setting("state_lease_s")
+    settle_timeout_s: float = _setting("settle_timeout_s")
+
+    # made from settings by ServeConfig.options (a setting of the same name, where there is one, is
+    # what it is made from: the file's path, the variable naming the URL)
+    default_knob: str | None = None  # what plain "hybrid" means, as another routing name (None: the router's)
+    judge_rubric: str | None = None  # the rubric's text (default: hybridllm.stages.score.JUDGE_RUBRIC)
+    outcomes: str | None = None  # the outcomes log (shadow pairs, feedback): a path
+    state: str | None = field(default=None, repr=False)  # redis://HOST:PORT/DB (may hold a password)
     api_keys: list[str] = field(default_factory=list, repr=False)  # keys clients must send; [] = open
-    public_metrics: bool = False  # /metrics and /ready without a key even when keys are set
-    api_docs: bool = False  # /docs, /redoc, /openapi.json
-    max_body_bytes: int = 1_000_000
-    max_messages: int = 512
-    max_router_chars: int = 16_000  # what the router tokenises at most (head + tail beyond)
-    client_timeout_s: float = 30.0  # to send the whole body
-    log_prompts: bool = False
-    batch_window_s: float = 0.0
-    default_knob: str | None = None  # what plain "hybrid" means, as another routing name
+    key_names: dict[str, str] = field(default_factory=dict, repr=False)  # client key -> its name (NAME:KEY)
+    # keys that may change server-wide state (the default knob); never a client key (docs/serve.md)
+    admin_keys: list[str] = field(default_factory=list, repr=False)
+    # without client keys: Host names answered beside the loopback ones (the bound host, --allowed-host)
+    allowed_hosts: list[str] = field(default_factory=list)
+    budget_caps: list[str] = field(default_factory=list)  # KEY=AMOUNT/PERIOD
+    judge_name: str | None = None  # the judge's name in the models file (its price in ``prices``, if any)
+
+    # found by the built server (serve/build.py)
     # price per 1M (input, output) tokens per model: /metrics then counts each request's estimated
     # cost and what always using the reference (best) model would have cost
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
     # the workers of one `--workers N` server share the default knob and the live window here
     state_dir: str | None = None
-    # live control (docs/control.md): the share of answered requests shadow-checked by the judge,
-    # the shadow calls' own limits, the held target ("budget=30") and its confidence
-    shadow_rate: float = 0.0
-    shadow_concurrency: int = 4
-    shadow_per_minute: int = 600  # shared equally by the client keys active in the last minute
-    shadow_max_tokens: int = 1024  # a shadow replay's output cap (max_tokens, max_completion_tokens)
-    shadow_max_prompt_chars: int = 32_000  # a request whose body holds more characters is not drawn
-    judge_name: str | None = None  # the judge's name in the models file (its price in ``prices``, if any)
-    hold: str | None = None
-    hold_confidence: float = 0.95
-    hold_window: int = 200  # requests the quality hold's bound is for (0: the recent mean)
-    judge_rubric: str | None = None  # the judge's prompt (default: hybridllm.stages.score.JUDGE_RUBRIC)
-    outcomes: str | None = None  # the outcomes log (shadow pairs, feedback): a path
-    feedback_per_minute: int = 600  # /v1/feedback posts per client key and minute, all workers and replicas (0: off)
-    feedback_index_mb: int = 64  # the answered requests /v1/feedback can name, in MiB (oldest forgotten first)
-    key_names: dict[str, str] = field(default_factory=dict, repr=False)  # client key -> its name (NAME:KEY)
-    budget_caps: list[str] = field(default_factory=list)  # KEY=AMOUNT/PERIOD
-    # keys that may change server-wide state (the default knob); never a client key (docs/serve.md)
-    admin_keys: list[str] = field(default_factory=list, repr=False)
-    # without client keys: Host names answered beside the loopback ones (the bound host, --allowed-host)
-    allowed_hosts: list[str] = field(default_factory=list)
-    on_cap: str = "downgrade"  # or "refuse"
-    state: str | None = field(default=None, repr=False)  # redis://HOST:PORT/DB (may hold a password)
-    state_lease_s: int = 30  # a replica's open reservations outlive it by at most this (Redis state)
-    # after a client left (or a relay ended early): its upstream answer is read on this long for its
-    # usage, then closed and charged the request's bound (docs/control.md, "Hard budgets")
-    settle_timeout_s: float = 60.0
     # the models file's max_output_tokens per model (a reservation's output bound; default 4096)
     max_output: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def derive(cls, settings: ServeSettings, **made: Any) -> ServeOptions:
+        """The options of ``settings``: each option that is a setting takes its value; ``made`` gives
+        the others (made from settings, or found by the server)."""
+        same = {f.name: getattr(settings, f.metadata["setting"]) for f in fields(cls) if "setting" in f.metadata}
+        return cls(**same, **made)

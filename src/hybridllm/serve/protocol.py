@@ -152,6 +152,10 @@ def check_request(body: dict[str, Any], kind: str, max_messages: int, turns: str
         stream = False
     if not isinstance(stream, bool):
         raise RequestError(400, "'stream' must be true or false", "stream")
+    for field in ("n", "best_of"):  # what a request's cost bound multiplies by: a count or nothing
+        v = body.get(field)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise RequestError(400, f"'{field}' must be a positive integer", field)
     if kind == "chat":
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs:

@@ -127,11 +127,12 @@ class Proxy:
         if self.feedback is not None:
             await self.feedback.close()
 
-    def _background(self, work: Any) -> None:
+    def _background(self, work: Any) -> asyncio.Future[None]:
         """Run ``work`` off the request, kept referenced until it ends (shutdown waits for it)."""
         task = asyncio.ensure_future(work)
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
+        return task
 
     async def _settle(self, rec: Record) -> None:
         """The reservation gives way to what the request is charged: its upstream's usage, else (an
@@ -350,8 +351,8 @@ class Proxy:
         finally:
             if kept is not None and rec.shadow is not None:
                 rec.shadow.answer = stream_text(kept)
-            if ended:
-                await self._record_after(rec)
+            if ended:  # shielded: a client hanging up after the last event cancels the relay, not this
+                await asyncio.shield(self._background(self._record_after(rec)))
             else:  # the client left (cancelled, or the relay closed early): nothing awaited here
                 self._abandon(pump, rec)
 

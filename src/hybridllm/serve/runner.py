@@ -1,6 +1,7 @@
-"""Running the proxy: the port bound before anything is printed (a port in use is one line, not a
-traceback after the banner), logs that carry only the JSON access lines at default verbosity with
-credentials masked in anything else, and connections cut off when their headers come too slowly.
+"""Running the proxy: the port bound before the models load and anything is printed (a port in use
+is one line, at once, not a traceback after a 35 s load), logs that carry only the JSON access
+lines at default verbosity with credentials masked in anything else, and connections cut off when
+their headers come too slowly.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def header_timeout_protocol(timeout_s: float) -> str:
 
 
 def bind(host: str, port: int) -> socket.socket:
+    """The server's socket, bound (a port in use fails here) but not yet listening: until
+    :func:`run` serves, a client is refused rather than left waiting while the models load."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -71,13 +74,20 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise ServeConfigError(f"port {port} is in use") from None
+            raise ServeConfigError(f"port {port} is in use: choose another with --port") from None
         if exc.errno == errno.EADDRNOTAVAIL:
             raise ServeConfigError(f"cannot bind {host}: no such address on this machine") from None
         raise ServeConfigError(f"cannot bind {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def listen(sock: socket.socket) -> None:
+    try:
+        sock.listen(2048)
+    except OSError:  # another server bound the port meanwhile, and listened first
+        port = sock.getsockname()[1]
+        raise ServeConfigError(f"port {port} is in use: choose another with --port") from None
 
 
 WORKER_ENV = "HYBRIDLLM_SERVE_WORKER"
@@ -91,15 +101,23 @@ def worker_app() -> Any:
     return build(ServeConfig.model_validate(spec["config"]), state_dir=spec["state_dir"]).app
 
 
-def run(app: Any, config: ServeConfig, on_bound: Callable[[int], None] | None = None, verbose: bool = False) -> None:
-    """Bind, tell ``on_bound`` the port, serve until interrupted: ``app`` in this process, or with
-    ``config.workers > 1`` that many worker processes on the one socket, each building its own app
-    from ``config`` (uvicorn's supervisor restarts one that dies). The workers share /metrics
+def run(
+    app: Any,
+    config: ServeConfig,
+    on_bound: Callable[[int], None] | None = None,
+    verbose: bool = False,
+    sock: socket.socket | None = None,
+) -> None:
+    """Bind (unless given ``sock``, from :func:`bind`), tell ``on_bound`` the port, serve until
+    interrupted: ``app`` in this process, or with ``config.workers > 1`` that many worker processes
+    on the one socket, each building its own app from ``config`` (uvicorn's supervisor restarts one
+    that dies). The workers share /metrics
     (prometheus-client's multiprocess mode), the default knob and the dashboard's live window
     through a private directory removed on exit."""
     import uvicorn
 
-    sock = bind(config.host, config.port)
+    sock = sock if sock is not None else bind(config.host, config.port)
+    listen(sock)
     configure_logging(verbose)
     if on_bound is not None:
         on_bound(sock.getsockname()[1])

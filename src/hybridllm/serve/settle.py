@@ -3,10 +3,11 @@
 - :func:`token_bound`: a request's own upper bound on the tokens it can cost: its prompt bounded from
   its size (every token of a byte-level tokenizer covers at least one UTF-8 byte, so the bytes of the
   body as sent, compact JSON, plus ``PER_MESSAGE_TOKENS`` per message and ``PROMPT_OVERHEAD_TOKENS``
-  for the chat template) and its output: ``max_tokens`` / ``max_completion_tokens`` clamped by the
-  model's maximum output (``max_output_tokens`` in the models file, ``DEFAULT_MAX_OUTPUT_TOKENS``
-  when absent), times the answers asked (``n``, ``best_of``, the prompts of a completions batch). It
-  is a budget cap's reservation and what a request is charged when its upstream reported no usage.
+  for the chat template) and its output: the larger of ``max_tokens`` / ``max_completion_tokens``
+  (either not a count: none) clamped by the model's maximum output (``max_output_tokens`` in the
+  models file, ``DEFAULT_MAX_OUTPUT_TOKENS`` when absent), times the answers asked (``n``,
+  ``best_of``, the prompts of a completions batch). It is a budget cap's reservation and what a
+  request is charged when its upstream reported no usage.
 - :class:`Pump`: a stream's upstream read in a task of its own, so that a client that hangs up, or
   a relay that ends for any reason, never cuts the upstream read short before its usage chunk: after
   the client left it goes on reading (for ``settle_timeout_s`` at most, then the upstream call is
@@ -65,10 +66,13 @@ def token_bound(body: dict[str, Any]) -> TokenBound:
     parts = len(messages) if isinstance(messages, list) else 1
     prompt = body.get("prompt")
     batch = len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else 1
-    outs = [m for m in (_count(body.get("max_tokens")), _count(body.get("max_completion_tokens"))) if m is not None]
+    # both limits given: the larger (upstreams differ in which one they obey: vLLM the second);
+    # either given but not a count (a float, a string a lax upstream reads as one): the model's maximum
+    given = [body[f] for f in ("max_tokens", "max_completion_tokens") if body.get(f) is not None]
+    outs = [m for m in map(_count, given) if m is not None]
+    max_out = max(outs) if outs and len(outs) == len(given) else None
     each = max(_count(body.get("n")) or 1, _count(body.get("best_of")) or 1)
-    return TokenBound(size + PER_MESSAGE_TOKENS * parts + PROMPT_OVERHEAD_TOKENS, min(outs) if outs else None,
-                      each * batch)  # fmt: skip
+    return TokenBound(size + PER_MESSAGE_TOKENS * parts + PROMPT_OVERHEAD_TOKENS, max_out, each * batch)
 
 
 def counted(usage: dict[str, Any]) -> bool:

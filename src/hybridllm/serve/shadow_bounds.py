@@ -45,8 +45,9 @@ def replay_body(body: dict[str, Any], kind: str, max_tokens: int) -> dict[str, A
 
 
 def body_chars(value: Any, limit: int) -> int:
-    """The characters of every string in ``value`` (a request body: messages, prompt, tools), counted
-    until they pass ``limit`` (a 900 kB prompt is not walked to its end)."""
+    """The characters of every string in ``value`` (a request body: messages, prompt, tools), the
+    objects' keys and the numbers' digits too (a tool schema's property names are prompt all the
+    same), counted until they pass ``limit`` (a 900 kB prompt is not walked to its end)."""
     total = 0
     for s in _strings(value):
         total += len(s)
@@ -59,12 +60,13 @@ def _strings(value: Any) -> Iterator[str]:
     stack = [value]
     while stack:
         v = stack.pop()
-        if isinstance(v, str):
-            yield v
-        elif isinstance(v, dict):
+        if isinstance(v, dict):
+            stack.extend(v.keys())
             stack.extend(v.values())
         elif isinstance(v, list):
             stack.extend(v)
+        else:
+            yield v if isinstance(v, str) else str(v)
 
 
 class FairCeiling:

@@ -108,6 +108,9 @@ class RedisStore:
     :class:`LocalStore` while Redis is down (see the module docstring)."""
 
     RETRY_S = 2.0
+    #: connections to Redis per process; calls beyond them wait (up to POOL_WAIT_S) for one to free
+    MAX_CONNECTIONS = 64
+    POOL_WAIT_S = 5.0
 
     def __init__(self, url: str, prefix: str = "hybridllm:", lease_s: int = 30) -> None:
         redis = require("redis.asyncio", "redis", "--state redis://")
@@ -117,12 +120,19 @@ class RedisStore:
         self.me = uuid.uuid4().hex[:16]  # this process, in the reservation keys
         self._held: dict[str, float] = {}  # what this process has reserved per counter (its leases)
         self._renewing: asyncio.Task[None] | None = None
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+        # a blocking pool: redis-py's default pool raises at once past its connections, which reads
+        # as Redis down, so a burst of concurrent requests would put every replica on its own counters
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=self.MAX_CONNECTIONS, timeout=self.POOL_WAIT_S,
+            socket_connect_timeout=1.0, socket_timeout=1.0,
+        )  # fmt: skip
+        self.client = redis.Redis.from_pool(pool)
         self._admit = self.client.register_script(_ADMIT)
         self._settle = self.client.register_script(_SETTLE)
         self.local = LocalStore()
         self.down_since: float | None = None
-        self._pending: list[tuple[str, float, int]] = []  # costs settled while Redis was down
+        #: (counter, what Redis holds of its reservation, cost, ttl) of requests settled while Redis was down
+        self._pending: list[tuple[str, float, float, int]] = []
         self._unshared: dict[str, list[str]] = {}  # records to share, kept while Redis was down
         self._said = False
 
@@ -140,8 +150,10 @@ class RedisStore:
         if time.monotonic() - self.down_since < self.RETRY_S:
             return False
         try:
-            for key, cost, ttl in self._pending:
-                await self._settle(keys=[self._spend(key), self._reserved(key)], args=[0.0, cost, ttl, self.lease_s])
+            for key, released, cost, ttl in self._pending:
+                await self._settle(
+                    keys=[self._spend(key), self._reserved(key)], args=[released, cost, ttl, self.lease_s]
+                )
         except Exception:
             self.down_since = time.monotonic()
             return False
@@ -178,21 +190,22 @@ class RedisStore:
         return await self.local.admit(key, reserve, cap, ttl_s)
 
     async def settle(self, key: str, reserved: float, cost: float, ttl_s: int) -> None:
-        left = self._held.get(key, 0.0) - reserved
-        if left > 1e-12:
-            self._held[key] = left
+        held = self._held.get(key, 0.0)
+        released = min(reserved, held)  # what Redis holds of it (one admitted while Redis was down: none)
+        if held - released > 1e-12:
+            self._held[key] = held - released
         else:
             self._held.pop(key, None)
         if await self._up():
             try:
                 await self._settle(
-                    keys=[self._spend(key), self._reserved(key)], args=[reserved, cost, ttl_s, self.lease_s]
+                    keys=[self._spend(key), self._reserved(key)], args=[released, cost, ttl_s, self.lease_s]
                 )
                 return
             except Exception as exc:
                 self._failed(exc)
         await self.local.settle(key, reserved, cost, ttl_s)
-        self._pending.append((key, cost, ttl_s))
+        self._pending.append((key, released, cost, ttl_s))  # released in Redis when it is back
 
     async def share(self, key: str, new: list[str], keep: int) -> list[str] | None:
         """Append ``new`` to the shared list ``key`` (capped at its last ``keep`` records) and read

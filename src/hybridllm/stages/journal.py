@@ -132,6 +132,23 @@ def read_journal(path: str | Path) -> tuple[dict[str, Any] | None, dict[tuple[st
     return _parse(data[: data.rfind(b"\n") + 1])
 
 
+def stopped_at(output: Path, n_rows: int, total: int) -> str:
+    """Where an interrupted collection into ``output`` stopped, read from its journal (what a rerun
+    of the same command resumes from)."""
+    journal = output.with_name(output.name + ".journal.jsonl")
+    if not journal.exists():
+        return f"collect stopped before its first sample; nothing to resume (0 of {total} samples)"
+    done = read_journal(journal)[1]
+    per_row: dict[str, int] = {}
+    for row_id, _, _ in done:
+        per_row[row_id] = per_row.get(row_id, 0) + 1
+    complete = sum(1 for n in per_row.values() if n == total // max(n_rows, 1))
+    return (
+        f"collect stopped at {len(done)} of {total} samples ({complete} of {n_rows} rows complete), kept in "
+        f"{journal}; rerun the same command to resume"
+    )
+
+
 def is_journal(path: str | Path) -> bool:
     with Path(path).open("rb") as fh:
         return fh.readline().startswith(b'{"_settings"')

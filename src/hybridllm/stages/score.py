@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hybridllm.errors import UsageError
+from hybridllm.errors import UsageError, install_command
 from hybridllm.features.transformer import TransformerEncoder
 from hybridllm.stages.judge import JUDGE_RUBRIC as JUDGE_RUBRIC  # the judge lives in stages.judge; re-exported
 from hybridllm.stages.judge import JudgeError as JudgeError
@@ -79,7 +79,7 @@ def rouge_l(response: str, row: Row) -> float:
     try:
         from rouge_score import rouge_scorer
     except ImportError:
-        raise UsageError("metric rouge-l needs the rouge-score package: pip install 'hybridllm[score]'") from None
+        raise UsageError(f"metric rouge-l needs the rouge-score package: {install_command('score')}") from None
     ref = _require_reference(row, "rouge-l")
     scorer = _ROUGE.get("s")
     if scorer is None:

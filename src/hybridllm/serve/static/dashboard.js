@@ -19,18 +19,28 @@
     const ctx = canvas.getContext("2d");
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     ctx.font = "11px system-ui, sans-serif";
-    return { ctx, l: 44, r: canvas.width - 10, t: 10, b: canvas.height - 28 };
+    return { canvas, ctx, l: 44, r: canvas.width - 10, t: 10, b: canvas.height - 28 };
   }
 
-  function axes(f, xmin, xmax, ymin, ymax, xlabel) {
+  // counts: whole-number ticks (a step of at least 1, the top a multiple of it), not 0.3 of a request
+  function countRange(ymax) {
+    const step = Math.max(1, Math.ceil(ymax / 4));
+    return step * 4;
+  }
+
+  function axes(f, xmin, xmax, ymin, ymax, xlabel, counts) {
     const { ctx, l, r, t, b } = f;
     ctx.strokeStyle = "#999"; ctx.fillStyle = "#555"; ctx.lineWidth = 1;
     ctx.beginPath(); ctx.moveTo(l, t); ctx.lineTo(l, b); ctx.lineTo(r, b); ctx.stroke();
+    const ticks = [];
     for (let i = 0; i <= 4; i++) {
       const y = b - (b - t) * i / 4, v = ymin + (ymax - ymin) * i / 4;
-      ctx.fillText(Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(1), 4, y + 4);
+      const label = counts || Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(1);
+      ticks.push(label);
+      ctx.fillText(label, 4, y + 4);
       ctx.strokeStyle = "#eee"; ctx.beginPath(); ctx.moveTo(l + 1, y); ctx.lineTo(r, y); ctx.stroke();
     }
+    f.canvas.dataset.yTicks = ticks.join(",");  // what the y axis reads, for tests and the curious
     ctx.fillStyle = "#555";
     if (xlabel !== null) {
       ctx.fillText(String(xmin), l, b + 14);
@@ -86,8 +96,7 @@
   function drawHist(d) {
     const f = frame($("hist"));
     const counts = d.score_histogram.counts, bins = d.score_histogram.bins;
-    const ymax = Math.max(1, ...counts);
-    const s = axes(f, 0, 1, 0, ymax * 1.1, "router score");
+    const s = axes(f, 0, 1, 0, countRange(Math.max(1, ...counts)), "router score", true);
     counts.forEach((c, i) => {
       f.ctx.fillStyle = "#9db7d5";
       const x0 = s.x(i / bins), x1 = s.x((i + 1) / bins);
@@ -129,7 +138,12 @@
   }
 
   let presetsShown = false;
+  // the key box: only where a key is asked for (the server has client keys, refused the data, or
+  // refused the knob for want of the admin key); a keyless server's page has no use for it
+  function askForKey() { $("key-box").hidden = false; }
+
   function render(d) {
+    if (d.auth) askForKey();
     $("total-requests").textContent = String(d.requests);
     const all = d.router.models.map((m) => d.rps.series[m] || []);
     let last10 = 0;
@@ -163,7 +177,7 @@
   async function poll() {
     try {
       const r = await fetch("/dashboard/data", { headers: headers(), cache: "no-store" });
-      if (r.status === 401) { $("status").textContent = "enter the proxy's API key to see the data"; return; }
+      if (r.status === 401) { askForKey(); $("status").textContent = "enter the proxy's API key to see the data"; return; }
       if (!r.ok) { $("status").textContent = "data: HTTP " + r.status; return; }
       const d = await r.json();
       render(d);
@@ -180,7 +194,10 @@
     const r = await fetch("/dashboard/knob", { method: "POST", headers: headers(), body: JSON.stringify({ model: name }) });
     const body = await r.json();
     if (r.ok) { msg.className = "ok"; msg.textContent = "default knob is now " + body.knob; poll(); }
-    else { msg.className = "error"; msg.textContent = (body.error && body.error.message) || ("HTTP " + r.status); }
+    else {
+      if (r.status === 401) askForKey();
+      msg.className = "error"; msg.textContent = (body.error && body.error.message) || ("HTTP " + r.status);
+    }
   });
 
   poll();
