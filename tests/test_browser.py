@@ -61,6 +61,9 @@ def test_dashboard_shows_live_traffic_and_its_knob_steers_routing(tmp_path):
                 assert data["requests"] == 24 and data["by_model"][SMALL] >= 12
                 assert sum(data["score_histogram"]["counts"]) == 12  # only routed requests have a score
                 assert len(data["router"]["curve"]["points"]) > 10 and data["router"]["point"] is not None
+                assert data["router"]["owner"] == "default" and page.inner_text("#knob-current").endswith(
+                    "set by default"
+                )
                 # counts on the histogram's y axis are whole numbers, up to at least the highest bar
                 ticks = (page.get_attribute("#hist", "data-y-ticks") or "").split(",")
                 assert len(ticks) == 5 and all(t.isdigit() for t in ticks), ticks
@@ -76,6 +79,8 @@ def test_dashboard_shows_live_traffic_and_its_knob_steers_routing(tmp_path):
                 routed = [_chat(port, "hybrid", q) for q in QUESTIONS]
                 assert {r.headers["x-hybridllm-model"] for r in routed} == {SMALL}
                 assert {r.headers["x-hybridllm-threshold"] for r in routed} == {"0.000000"}
+                shown = httpx.get(f"{base}/dashboard/data").json()["router"]  # what requests route at, and who set it
+                assert (shown["threshold"], shown["owner"]) == (0.0, "knob hybrid-t-0")
                 # and back to the strictest point: a threshold above every score sends all to large
                 page.fill("#knob-input", "hybrid-t-1")
                 page.click("#knob-apply")
@@ -169,3 +174,54 @@ def test_dashboard_shows_the_live_drop_spend_and_the_held_target(tmp_path):
             to_small = data["live"]["shares"][SMALL]
             assert abs(spend - (100 - to_small / 2)) < 0.05  # relative costs 1 : 2 without prices
             assert errors == [], errors
+
+
+def test_a_hold_owns_plain_hybrid_and_the_dashboard_says_what_requests_route_at():
+    """Under --hold, the admin knob is refused (409 naming the hold), and the threshold the dashboard
+    shows, with its owner, is the one plain hybrid requests are routed at (their headers)."""
+    port = free_port()
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up, FakeOpenAI() as j_up:
+        j_up.reply = lambda p: verdict(p, 7)
+        args = [
+            "--router", str(default_router_dir()), "--small", f"s@{s_up.url}", "--large", f"l@{l_up.url}",
+            "--port", str(port), "--shadow-rate", "1", "--judge", f"judge@{j_up.url}", "--hold", "cost_advantage=50",
+        ]  # fmt: skip
+        with running_serve(args, port), browser_page() as (page, errors):
+            data = f"http://127.0.0.1:{port}/dashboard/data"
+            knob = httpx.post(f"http://127.0.0.1:{port}/dashboard/knob", json={"model": "hybrid-t-0.95"})
+            assert knob.status_code == 409 and knob.json()["error"]["code"] == "held"
+            assert "--hold cost_advantage=50" in knob.json()["error"]["message"]
+            router = httpx.get(data).json()["router"]
+            assert router["owner"] == "hold cost_advantage=50" and router["knob"] == "hybrid"
+            held = httpx.get(data).json()["hold"]["threshold"]
+            assert router["threshold"] == held != 0.95
+            for i in range(4):  # fewer than the hold's minimum sample: its threshold stays where it started
+                r = _chat(port, "hybrid", QUESTIONS[i])
+                assert r.status_code == 200 and float(r.headers["x-hybridllm-threshold"]) == pytest.approx(
+                    held, abs=1e-6
+                )
+                assert r.headers["x-hybridllm-reason"].startswith("hold cost_advantage 50")
+            # a request's own knob still wins
+            own = _chat(port, "hybrid-t-0.95", QUESTIONS[0])
+            assert float(own.headers["x-hybridllm-threshold"]) == pytest.approx(0.95)
+            page.goto(f"http://127.0.0.1:{port}/dashboard")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('live')")
+            now = page.inner_text("#knob-current")
+            assert f"threshold {held:.4f}" in now and now.endswith("set by hold cost_advantage=50"), now
+            page.fill("#knob-input", "hybrid-qd-2")
+            page.click("#knob-apply")  # the page shows the refusal, and nothing changes
+            page.wait_for_function("document.getElementById('knob-msg').className === 'error'")
+            assert "held by --hold cost_advantage=50" in page.inner_text("#knob-msg")
+            assert httpx.get(data).json()["router"]["owner"] == "hold cost_advantage=50"
+            assert errors == ["Failed to load resource: the server responded with a status of 409 (Conflict)"], errors
+
+
+def test_a_default_knob_and_a_hold_together_are_refused_at_start():
+    got = run("serve", "--router", str(default_router_dir()), "--small", "s@http://127.0.0.1:9/v1",
+              "--large", "l@http://127.0.0.1:9/v1", "--port", str(free_port()), "--default-knob", "hybrid-qd-2",
+              "--hold", "cost_advantage=50", ok=False)  # fmt: skip
+    assert got.returncode != 0
+    assert (
+        "--default-knob hybrid-qd-2 and --hold cost_advantage=50 both set what plain hybrid means"
+        in got.stderr + got.stdout
+    )

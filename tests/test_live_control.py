@@ -595,6 +595,38 @@ def test_priced_stream_asks_for_usage_and_strips_it(router_dir, tmp_path):
     assert cost and float(cost[0].split()[-1]) > 0  # streams are priced
 
 
+@pytest.mark.slow
+def test_unpriced_stream_counts_its_tokens_and_relays_what_the_client_asked(router_dir):
+    """No prices: a stream is still asked for its usage, so its tokens reach /metrics and the access
+    log; the usage chunk the proxy asked for is not relayed, one the client asked for is."""
+    import openai
+
+    with FakeOpenAI() as s_up, FakeOpenAI() as l_up:
+        port = free_port()
+        args = ["--router", str(router_dir), "--small", f"{SMALL}@{s_up.url}", "--large", f"{LARGE}@{l_up.url}",
+                "--port", str(port)]  # fmt: skip
+        with running_serve(args, port) as proc:
+            c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+            msgs = [{"role": "user", "content": "one two three"}]
+            chunks = list(c.chat.completions.create(model=LARGE, stream=True, messages=msgs))
+            asked = list(c.chat.completions.create(model=LARGE, stream=True, messages=msgs,
+                                                   stream_options={"include_usage": True}))  # fmt: skip
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        out = proc.stdout.read().decode()
+    assert [r["stream_options"] for r in l_up.requests] == [{"include_usage": True}] * 2  # asked upstream
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text and all(ch.usage is None for ch in chunks) and chunks[-1].choices  # the relay as before
+    assert asked[-1].usage is not None and not asked[-1].choices  # the client's own usage chunk kept
+    words = asked[-1].usage.completion_tokens
+    tokens = {
+        ln.split()[0]: float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith("hybridllm_tokens_total")
+    }
+    assert tokens[f'hybridllm_tokens_total{{kind="prompt",model="{LARGE}"}}'] == 2  # 1 + 1 (the fake's count)
+    assert tokens[f'hybridllm_tokens_total{{kind="completion",model="{LARGE}"}}'] == 2 * words
+    logged = [json.loads(ln[ln.index("{") :]) for ln in out.splitlines() if '"prompt_tokens"' in ln]
+    assert [(r["prompt_tokens"], r["completion_tokens"]) for r in logged] == [(1, words)] * 2
+
+
 def _after_shadow_calls_end(port: int, n: int, stall_s: float = 600.0) -> str:
     """The server's /metrics once ``n`` shadow calls have ended, whatever their outcome. It waits as
     long as calls keep ending: only ``stall_s`` with none ending fails (a hang). A total deadline

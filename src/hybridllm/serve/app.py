@@ -104,11 +104,11 @@ def create_app(
     ups = routing.ups
     metrics = Metrics(opts.prices, routing.fleet.reference, [u.who for u in ups], opts.state_dir)
     forced = forced_names([(u.who, u.model) for u in ups], pair=routing.pair)
-    control = KnobControl(router, routing, forced, opts)
-    policy = PolicyDecider(router, routing, control, metrics, opts, forced)
-    chosen: Decider = decider(policy) if decider is not None else policy
     store = make_store(opts.state, opts.state_lease_s)
     live, hold, shadow, sync = _live_control(router, routing, metrics, opts, judge, store)
+    control = KnobControl(router, routing, forced, opts, hold)  # a hold owns plain hybrid while it runs
+    policy = PolicyDecider(router, routing, control, metrics, opts, forced)
+    chosen: Decider = decider(policy) if decider is not None else policy
     if live is not None:
         chosen = LiveDecider(chosen, hold, live)
     proxy = Proxy(router, routing, chosen, metrics, opts)
@@ -202,6 +202,11 @@ def _live_control(
         hold = Hold(kind, target, fleet, cal, confidence=opts.hold_confidence, window_requests=opts.hold_window)
         if kind == "max_quality_drop" and not opts.shadow_rate:
             raise ServeConfigError("--hold max_quality_drop needs shadow checks (--shadow-rate and --judge)")
+        if opts.default_knob:  # one owner for plain hybrid (docs/control.md)
+            raise ServeConfigError(
+                f"--default-knob {opts.default_knob} and --hold {opts.hold} both set what plain hybrid means: "
+                "drop one (a hold owns plain hybrid while it runs)"
+            )
     shadow = None
     if opts.shadow_rate:
         if judge is None:

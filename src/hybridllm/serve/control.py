@@ -1,7 +1,12 @@
 """The run-time knob: what plain ``hybrid`` means now. An operator changes it (the dashboard, the
 ``--default-knob`` flag) without a restart; the workers of one ``--workers N`` server share it
 through a file. Resolving a knob into a threshold is memoised here (the calibration is fixed), so
-the request path pays for it once per distinct knob."""
+the request path pays for it once per distinct knob.
+
+One owner for plain ``hybrid``: while a hold (``--hold``) runs, it owns plain ``hybrid`` and the
+knob cannot be set (``POST /dashboard/knob`` answers 409 naming the hold; ``--default-knob`` with
+``--hold`` is refused at start). :meth:`KnobControl.view` says what plain ``hybrid`` routes at now
+and who set it (docs/control.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ import os
 from typing import Any
 
 from hybridllm.fsutil import atomic_write
+from hybridllm.routing.live import Hold
 
+from .errors import RequestError
 from .knobs import Knob, parse_knob
 
 log = logging.getLogger("hybridllm.access")  # the knob change is an access-log event
@@ -21,8 +28,10 @@ class KnobControl:
     """The default knob (what plain ``hybrid`` means) and the router's view of it: threshold, the
     validation cost–quality curve and the point on it."""
 
-    def __init__(self, router: Any, routing: Any, forced: dict[str, int], opts: Any) -> None:
-        self.router, self.routing, self.forced, self.opts = router, routing, forced, opts
+    def __init__(self, router: Any, routing: Any, forced: dict[str, int], opts: Any, hold: Hold | None = None) -> None:
+        self.router, self.routing, self.forced, self.opts, self.hold = router, routing, forced, opts, hold
+        # the live knob: its value at start comes from the settings, its changes live here only
+        self._name: str = opts.default_knob or "hybrid"
         cal = router.config.get("calibration") or []
         # the curve's x: spend when the models' costs are known, else the share away from the reference
         fleet = routing.fleet
@@ -38,7 +47,12 @@ class KnobControl:
 
     @property
     def name(self) -> str:
-        return self.opts.default_knob or "hybrid"
+        return self._name
+
+    @property
+    def held(self) -> str | None:
+        """``hold KIND=TARGET`` while a hold owns plain ``hybrid``, else None."""
+        return None if self.hold is None else f"hold {self.hold.kind}={self.hold.target:g}"
 
     def resolve(self, name: str) -> tuple[float | None, str]:
         """(threshold or None for a forced model, description); KnobError/ValueError when invalid."""
@@ -63,9 +77,16 @@ class KnobControl:
         return got
 
     def set(self, name: str) -> None:
+        """Make ``name`` what plain ``hybrid`` means; 409 while a hold owns it, KnobError/ValueError
+        for a knob that would fail every request."""
+        if self.hold is not None:
+            raise RequestError(
+                409, f"plain hybrid is held by --{self.held} (threshold {self.hold.threshold:.4f}): the knob cannot be "
+                "set while a hold runs; restart without --hold, or name a knob per request", "model", "held",
+            )  # fmt: skip
         self.resolve(name)  # refuse what would fail every request
         before = self.name
-        self.opts.default_knob = None if name == "hybrid" else name
+        self._name = name
         if self.path is not None:
             atomic_write(self.path, name, durable=False)
             self.sync()
@@ -83,11 +104,19 @@ class KnobControl:
             self._seen = mtime
             with open(self.path, encoding="utf-8") as fh:
                 name = fh.read().strip()
-            self.opts.default_knob = None if name == "hybrid" else name
+            self._name = name or "hybrid"
+
+    def in_force(self) -> tuple[float | None, str, str]:
+        """(threshold, reason, owner) plain ``hybrid`` requests route at now; owner: ``hold
+        KIND=TARGET``, ``knob NAME`` (set at start or on the dashboard) or ``default``."""
+        if self.hold is not None:
+            return self.hold.threshold, self.hold.reason, f"hold {self.hold.kind}={self.hold.target:g}"
+        threshold, reason = self.resolve(self.name)
+        return threshold, reason, "default" if self.name == "hybrid" else f"knob {self.name}"
 
     def view(self) -> dict[str, Any]:
         self.sync()
-        threshold, reason = self.resolve(self.name)
+        threshold, reason, owner = self.in_force()
         point = None
         if threshold is not None and self.curve:
             row = min(self.curve, key=lambda r: abs(r[2] - threshold))
@@ -95,7 +124,8 @@ class KnobControl:
         return {
             "knob": self.name,
             "reason": reason,
-            "threshold": threshold,
+            "threshold": threshold,  # what plain hybrid routes at now
+            "owner": owner,  # who set it: "hold KIND=TARGET", "knob NAME" or "default"
             "curve": {"x_label": self.x_label, "points": [[r[0], r[1]] for r in self.curve]},
             "point": point,
             "pair": self.routing.pair,

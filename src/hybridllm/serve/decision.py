@@ -95,8 +95,8 @@ class PolicyDecider:
         opts, metrics, routing = self.options, self.metrics, self.routing
         if model == "hybrid" and opts.state_dir:
             self.control.sync()  # another worker may have changed it
-        if model == "hybrid" and opts.default_knob:
-            model = opts.default_knob
+        if model == "hybrid" and self.control.name != "hybrid":
+            model = self.control.name
         knob = parse_knob(model, extra, self.forced)
         if knob.force:
             target = self.forced[knob.force]

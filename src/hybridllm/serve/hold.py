@@ -22,7 +22,7 @@ from hybridllm.routing.estimates import RatioSums, ShadowPair, ratio_interval, r
 from hybridllm.routing.live import Hold
 from hybridllm.routing.policy import Fleet
 
-from .decision import Decider, PolicyDecider, RouteDecision
+from .decision import Decider, RouteDecision
 from .state import StateStore
 
 log = logging.getLogger("hybridllm.serve")
@@ -120,12 +120,9 @@ class LiveDecider:
 
     async def decide(self, model: str, extra: Any, text: str, alone: bool) -> RouteDecision:
         hold = self.hold if model == "hybrid" and extra is None else None
-        if hold is None:
-            d = await self.inner.decide(model, extra, text, alone)
-        elif isinstance(self.inner, PolicyDecider):  # straight to the scores: no knob to resolve
-            d = await self.inner.routed(text, alone, hold.threshold, hold.reason, self.inner.options.fallback)
-        else:  # another decider: the held threshold as the request's knob
-            d = await self.inner.decide(model, {"threshold": min(hold.threshold, 1.000001)}, text, alone)
+        if hold is not None:  # the held threshold as the request's knob: through the protocol alone
+            extra = {"threshold": min(hold.threshold, 1.000001)}
+        d = await self.inner.decide(model, extra, text, alone)
         if d.row is not None:
             if self.live is not None:
                 self.live.count(d.target)

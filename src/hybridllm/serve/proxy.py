@@ -176,7 +176,7 @@ class Proxy:
                 self.metrics.steering.labels(rec.key or "-").inc()
             if self.budget is not None:
                 target = await self._admit(decision, body, rec, headers)
-            if stream and self.options.prices:
+            if stream:  # every stream is asked for its usage: the tokens are counted, priced or not
                 body = self._ask_usage(body, rec)
             order = self.routing.fallback_order(target) if decision.may_fall_back else [target]
             got = await self._call(request, order, body, kind, stream, rec)
@@ -215,8 +215,8 @@ class Proxy:
         return target
 
     def _ask_usage(self, body: dict[str, Any], rec: Record) -> dict[str, Any]:
-        """A priced stream asks the upstream for its usage chunk; one the client did not ask for is
-        taken out of the relay (:meth:`relay`)."""
+        """A stream asks the upstream for its usage chunk (its tokens counted, and charged when
+        priced); one the client did not ask for is taken out of the relay (:meth:`relay`)."""
         so = body.get("stream_options")
         if isinstance(so, dict) and so.get("include_usage"):
             return body

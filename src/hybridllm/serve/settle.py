@@ -34,7 +34,7 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4096
 PER_MESSAGE_TOKENS = 8
 #: the chat template's tokens per request (the assistant's turn opened), on top of its bytes
 PROMPT_OVERHEAD_TOKENS = 16
-#: a priced stream is relayed by whole events; bytes without an event end beyond this go on as they are
+#: a stream is relayed by whole events; bytes without an event end beyond this go on as they are
 MAX_EVENT_BYTES = 1 << 20
 #: chunks a stream's pump reads ahead of a slow client (then it waits: the client's pace)
 READ_AHEAD = 32
@@ -130,7 +130,7 @@ class Pump:
         self.task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
-        source = usage_events(self._stream, self.rec) if self.priced else self._stream
+        source = usage_events(self._stream, self.rec)  # priced or not: the tokens are counted
         try:
             try:
                 async for chunk in source:

@@ -162,7 +162,8 @@
     const he = d.hold && d.hold.estimate;
     $("hold").textContent = !d.hold ? "none" : d.hold.kind + " " + d.hold.target + "%: threshold " + fmt(d.hold.threshold, 4) + (he ? ", now " + fmt(he.value, 1) + "% (bound " + fmt(he.high, 1) + ")" : "");
     $("hold").title = d.hold ? d.hold.reason : "";
-    $("knob-current").textContent = "now: " + d.router.knob + " (" + d.router.reason + (d.router.threshold === null ? "" : ", threshold " + fmt(d.router.threshold, 4)) + ")";
+    // what plain hybrid routes at now, and who set it (a hold owns it while it runs: docs/control.md)
+    $("knob-current").textContent = "now: " + (d.router.threshold === null ? d.router.reason : "threshold " + fmt(d.router.threshold, 4) + " (" + d.router.reason + ")") + ", set by " + d.router.owner;
     if (!presetsShown) {
       const share = d.router.pair ? ["hybrid-ca-20", "hybrid-ca-50"] : ["hybrid-budget-30", "hybrid-budget-60"];
       $("knob-presets").replaceChildren(...["hybrid", "hybrid-qd-0", "hybrid-qd-1", "hybrid-qd-2", "hybrid-qd-5", ...share].map((v) => { const o = document.createElement("option"); o.value = v; return o; }));
