@@ -713,7 +713,7 @@ def test_a_key_steering_toward_the_dear_model_is_flagged_once(router_dir):
 def test_usage_parser_relays_bytes_unchanged_and_bounds_its_buffer():
     import asyncio
 
-    from hybridllm.serve.proxy import MAX_EVENT_BYTES, _usage_events
+    from hybridllm.serve.settle import MAX_EVENT_BYTES, usage_events
     from hybridllm.serve.telemetry import Record
 
     usage = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n'
@@ -725,7 +725,7 @@ def test_usage_parser_relays_bytes_unchanged_and_bounds_its_buffer():
                 yield c
 
         rec = Record("r", 0.0, strip_usage=strip)
-        return b"".join([c async for c in _usage_events(source(), rec)]), rec
+        return b"".join([c async for c in usage_events(source(), rec)]), rec
 
     got, rec = asyncio.run(relay([parts[0], usage[:20], usage[20:], *parts[1:]], strip=False))
     assert got == parts[0] + usage + b"".join(parts[1:]) and rec.usage["completion_tokens"] == 2

@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .errors import RequestError, ServeConfigError
-from .settle import DEFAULT_MAX_OUTPUT_TOKENS, TokenBound
+from .settle import DEFAULT_MAX_OUTPUT_TOKENS, TokenBound, price
 from .state import StateStore
 
 log = logging.getLogger("hybridllm.access")
@@ -111,9 +111,7 @@ class Budget:
 
     def estimate(self, model: str, bound: TokenBound) -> float:
         """The request's own bound on ``model``, priced (what it reserves)."""
-        pin, pout = self.prices.get(model, (0.0, 0.0))
-        usage = bound.usage(self.max_output.get(model, DEFAULT_MAX_OUTPUT_TOKENS))
-        return (usage["prompt_tokens"] * pin + usage["completion_tokens"] * pout) / 1e6
+        return price(self.prices, model, bound.usage(self.max_output.get(model, DEFAULT_MAX_OUTPUT_TOKENS))) or 0.0
 
     async def admit(
         self, key: str | None, target: int, models: list[str], bound: TokenBound, reach: list[str] | None = None

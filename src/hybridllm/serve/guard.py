@@ -20,7 +20,6 @@ The check costs one pass over the request's header list, and runs only on server
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
 import logging
@@ -30,7 +29,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .protocol import openai_error
+from .protocol import bearer_key, openai_error
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -128,14 +127,7 @@ class AdminGate:
         self._client_keys, self._is_client = client_keys, is_client
 
     def is_admin(self, request: Request) -> bool:
-        if not self._keys:
-            return False
-        auth = request.headers.get("authorization", "")
-        token = (auth[7:] if auth.lower().startswith("bearer ") else "").encode()
-        found = False
-        for k in self._keys:
-            found |= hmac.compare_digest(token, k)
-        return found
+        return bool(self._keys) and bearer_key(request.headers, self._keys) is not None
 
     def reads(self, request: Request) -> bool:
         """May read what a client key reads (the dashboard's data): a client key or the admin key."""

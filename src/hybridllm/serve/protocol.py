@@ -10,6 +10,7 @@ a micro-batch shared with other requests.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import math
 from dataclasses import dataclass
@@ -22,6 +23,18 @@ from hybridllm.features.text import flatten
 from hybridllm.tables.format import lone_surrogate
 
 from .errors import RequestError
+
+
+def bearer_key(headers: Any, keys: list[bytes]) -> bytes | None:
+    """The key of ``keys`` that the request's ``Authorization: Bearer`` header carries (None: none
+    does). Every key is compared, each in constant time."""
+    auth = headers.get("authorization", "")
+    token = (auth[7:] if auth.lower().startswith("bearer ") else "").encode()
+    found = None
+    for k in keys:
+        if hmac.compare_digest(token, k):
+            found = k
+    return found
 
 
 def error_body(message: str, etype: str = "invalid_request_error", param: str | None = None, code: Any = None) -> bytes:

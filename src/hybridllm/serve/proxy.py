@@ -10,7 +10,6 @@ answer has been sent (the response's background step), off the client's critical
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import time
@@ -29,15 +28,13 @@ from .errors import RequestError
 from .feedback import FeedbackDesk
 from .knobs import KnobError
 from .options import ServeOptions, key_id
-from .protocol import check_request, error_body, openai_error, parse_json, read_body
+from .protocol import bearer_key, check_request, error_body, openai_error, parse_json, read_body
 from .routing import Routing
-from .settle import MAX_EVENT_BYTES, Pump, RelayResponse, bill, left_behind, token_bound
-from .settle import usage_events as _usage_events
+from .settle import Pump, RelayResponse, bill, left_behind, token_bound
 from .shadow import Shadow, ShadowJob, answer_text, stream_text
 from .state import StateStore
 from .telemetry import Metrics, Record
 
-__all__ = ["MAX_EVENT_BYTES", "Proxy", "_usage_events"]  # the relay's pieces live in .settle
 #: a watcher for the client's disconnect starts this long after the upstream call
 WATCH_AFTER_S = 0.005
 
@@ -71,13 +68,8 @@ class Proxy:
         its key is missing or wrong). Every key is compared, in constant time each."""
         if not self._keys:
             return None
-        auth = request.headers.get("authorization", "")
-        token = (auth[7:] if auth.lower().startswith("bearer ") else "").encode()
-        found: str | bool = False
-        for k in self._keys:
-            if hmac.compare_digest(token, k):
-                found = self._names[k]
-        return found
+        key = bearer_key(request.headers, self._keys)
+        return False if key is None else self._names[key]
 
     async def chat(self, request: Request) -> Response:
         return await self.handle(request, "chat")

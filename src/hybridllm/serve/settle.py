@@ -83,6 +83,15 @@ def counted(usage: dict[str, Any]) -> bool:
     )
 
 
+def price(prices: dict[str, tuple[float, float]], model: str, usage: dict[str, Any]) -> float | None:
+    """The cost of ``usage`` on ``model`` at ``prices`` (per 1M input, output tokens); None when the
+    model has no price or the usage lacks a token count."""
+    if model not in prices or not counted(usage):
+        return None
+    pin, pout = prices[model]
+    return (usage["prompt_tokens"] * pin + usage["completion_tokens"] * pout) / 1e6
+
+
 async def usage_events(stream: AsyncIterator[bytes], rec: Any) -> AsyncIterator[bytes]:
     """The stream by whole SSE events, bytes unchanged; the usage chunk (no choices, a usage
     object) sets ``rec.usage`` and is dropped when the client did not ask for it (``rec.strip_usage``)."""

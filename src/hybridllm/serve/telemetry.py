@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .live import Event, LiveStats
+from .settle import price
 
 log = logging.getLogger("hybridllm.access")
 #: built once (json.dumps with a non-default option builds an encoder per call)
@@ -125,12 +126,7 @@ class Metrics:
 
     def cost_of(self, model: str, usage: dict[str, Any]) -> float | None:
         """Estimated cost of an answer with this usage on ``model`` (None when a price or a count is missing)."""
-        pin = usage.get("prompt_tokens")
-        pout = usage.get("completion_tokens")
-        if model not in self.prices or not (_count(pin) and _count(pout)):
-            return None
-        assert isinstance(pin, int) and isinstance(pout, int)
-        return (pin * self.prices[model][0] + pout * self.prices[model][1]) / 1e6
+        return price(self.prices, model, usage)
 
     def shadow_cost(self, model: str, usage: dict[str, Any], role: str = "shadow") -> float | None:
         """The tokens and cost of a shadow answer (``role`` shadow) or of a judge's verdict (``judge``),
