@@ -55,7 +55,7 @@ from hybridllm.tables.format import read_table, split_rows
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = re.compile(r"\[\[ans:(\d+):(\d+):(\d+)\]\]")
 WINDOW = 200
-LIVE_PAIRS = 200  # the server's sliding window of shadow pairs (serve.hold.LiveQuality)
+LIVE_PAIRS = 200  # the server's sliding window of shadow pairs (serve.control.estimates.QualityEstimates)
 
 
 def free_port() -> int:

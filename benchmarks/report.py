@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from report_sessions import sessions
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 REPO = HERE.parent
@@ -127,6 +129,44 @@ def nmodel_quality() -> str:
                          f"{x['t95'][0]:+.4f} … {x['t95'][1]:+.4f}", f"{x['splits_not_below']} / {n}"])  # fmt: skip
     out += ["", f"Over {n} splits (`python benchmarks/nmodel_quality.py --splits {n}`), router AIQ minus:", ""]
     out.append(table(["fleet", "minus", "mean", "95 % t interval", "splits not below"], rows, "llrrr"))
+    return "\n".join(out)
+
+
+def fleet_policy() -> str:
+    """Routing by expected quality per cost, chosen on validation, against tuned peers (issue 37)."""
+    path = RESULTS / "fleet_policy.json"
+    if not path.exists():
+        return ""
+    d = json.loads(path.read_text())
+    out = [
+        "## Quality per cost against tuned peers",
+        "",
+        f"`{d['command']}`: the router as `hybridllm train` builds it (the rule, cheapest good enough or predicted "
+        "quality minus λ·cost; raw or per-model calibrated scores; the memory member's weight: all chosen on "
+        "validation AIQ, APGR for a pair) against peers tuned on the same validation rows, on the same static-encoder "
+        "embeddings and splits (60/20/20 by hashed id, one salt per seed): kNN regressors (k 10…800 × uniform / "
+        "distance), ridge (α 0.01…1000), each routed by quality minus λ·cost or by the threshold, whichever validates "
+        "better; for pairs also logistic regression and an MLP. Costs: active parameters. Figures are means over the "
+        "seeds on the test rows; the best peer is the one with the highest mean (chosen with hindsight); the interval "
+        "is a paired bootstrap over test rows of the router minus that peer, averaged over the seeds.",
+        "",
+    ]
+    rows = []
+    for c in d["cases"]:
+        m, cost, best = c["mean"], c["cost_at_1pct_drop"], c["best_peer"]
+        peers = ", ".join(f"{f} {v:.4f}" for f, v in m.items() if f != "router")
+        lo, hi = c["ci95"]
+        kinds = sorted({f"{x['rule']}/{x['scores']}, memory {x['memory_mix']:g}" for x in c["chosen"] if x})
+        rows.append([c["name"], c["measure"], f"{m['router']:.4f}", peers, f"{c['router_minus_best_peer']:+.4f} vs {best}",
+                     f"{lo:+.4f} … {hi:+.4f}", f"{cost['router']:.1f} % / {cost[best]:.1f} %", str(c["seeds"]),
+                     "; ".join(kinds)])  # fmt: skip
+    out.append(table(["case", "measure", "router", "peers", "router − best peer", "95 % CI",
+                      "cost at ≤ 1 % drop (router / best peer)", "seeds", "chosen on validation"], rows,
+                     "llrlrrrrl"))  # fmt: skip
+    met = sum(c["not_below_any_peer"] for c in d["cases"])
+    above = sum(c["above_every_peer"] for c in d["cases"])
+    out += ["", f"Router not below any peer on {met} of {len(d['cases'])} cases, above every peer on {above} "
+            f"({d['seconds']:.0f} s on {d['machine']['cpus']} cores)."]  # fmt: skip
     return "\n".join(out)
 
 
@@ -629,12 +669,66 @@ def tenant_bounds() -> str:
 LARGE_NAME = "qwen2.5-1.5b"  # tenant_bounds.py's large model
 
 
+def hold_money() -> str:
+    """The budget hold in money against the hold in relative costs, on a stream of varied cost."""
+    path = RESULTS / "hold_money.json"
+    if not path.exists():
+        return ""
+    d = json.loads(path.read_text())
+    small, large = (d["prices"][m] for m in d["models"])
+    price = "{price_in:g} / {price_cached_in:g} / {price_out:g}"
+    rows = [
+        [
+            f"{r['target']:g} %", r["hold"], f"{r['horizon']:g}",
+            " / ".join(f"{x:.1f} %" for x in r["money_share"]),
+            f"{r['within_2pp'] * 100:.0f} % of {r['windows']}", f"{r['within_2pp_worst_stream'] * 100:.0f} %",
+            f"{r['window_min']:.1f}–{r['window_max']:.1f} %", f"{r['estimate_mean_abs_err']:.2f} pp",
+        ]
+        for r in d["results"]
+    ]  # fmt: skip
+    head = ["target", "hold", "horizon", "money share (each stream)", f"windows within ±{d['tolerance_pp']:g} pp",
+            "worst stream", "window range", "hold's own error"]  # fmt: skip
+    return "\n".join([
+        "## The budget hold in money",
+        "",
+        f"`python benchmarks/hold_money.py` (commit {d['commit']}): `--hold budget=X` with the shipped router, in "
+        "process, on streams of the default pair's routing table (real GSM8K and MMLU-Pro questions of "
+        "`../shared/data/`, each with both models' real prompt and completion token counts from the collection "
+        f"journals: {d['rows']['gsm8k']} GSM8K, {d['rows']['mmlu']} MMLU-Pro), drawn in three phases of MMLU-Pro "
+        + ", ".join(f"{x * 100:.0f} %" for x in d["phases_mmlu_share"])
+        + f" (the rest GSM8K), {d['requests']:,} requests per stream, {len(d['seeds'])} streams. Every request "
+        f"carries a {d['system_tokens']:,}-token system prompt the provider has cached. Declared prices per 1M "
+        f"tokens (prompt / cached prompt / completion): {d['models'][0]} {price.format(**small)}, "
+        f"{d['models'][1]} {price.format(**large)}. Truth: each request's real cost on the model it went to "
+        "against the reference's own answer to the same question; windows of "
+        f"{d['window']} requests after {d['warmup']}, pooled over the streams.",
+        "",
+        table(head, rows, "llrrrrrr"),
+        "",
+        "- `relative`: the hold before, on the models' relative costs (the blended price a models file gives); "
+        "one request to a model counts the same whatever it asks, so the cheap questions the router sends to the "
+        "small model stand for more savings than they bring.",
+        "- `money`: `Hold(..., money=CostModel(...))` (`hybridllm.routing.money`): each request priced on every "
+        "model, before its call from its estimated prompt tokens and each model's typical answer, after it from "
+        "its usage (prompt, cached and completion tokens) and, for the models that did not answer, this answer's "
+        "length times the ratio of the models' lengths (from the router's training table); `no table`: from the "
+        "defaults; `shadow 5 %`: the ratio also learnt from shadow pairs, fewer and noisier than the table here; "
+        "`horizon 20`: the running error repaid as slowly as the relative hold does.",
+        "- `hold's own error`: the mean gap between the hold's realised figure and the truth at each window's end.",
+    ])  # fmt: skip
+
+
 SECTIONS: list[Callable[[], str]] = [
-    routing_quality, nmodel_quality, labels, router_speed, steering, proxy, live_overhead, drift, tenant_bounds, pipeline,
-    default_pair, install,
+    routing_quality, nmodel_quality, fleet_policy, labels, router_speed, steering, proxy, live_overhead, drift, hold_money, tenant_bounds,
+    pipeline,
+    default_pair, install, sessions,
 ]  # fmt: skip
 #: other pages with a block generated here, between <!-- NAME:begin --> and <!-- NAME:end -->
-BLOCKS = {"labels": (REPO / "docs/method.md", labels), "drift": (REPO / "docs/control.md", drift)}
+BLOCKS = {
+    "labels": (REPO / "docs/method.md", labels),
+    "drift": (REPO / "docs/control.md", drift),
+    "sessions": (REPO / "docs/sessions.md", sessions),
+}
 
 
 def with_block(text: str, name: str, body: str) -> str:

@@ -444,7 +444,7 @@ def feedback_run(tmp: Path, up: Upstream, requests: int, repeats: int, prompt_kb
 
 
 def index_run(tmp: Path, n: int) -> list[dict]:
-    from hybridllm.serve.request_index import Entry, SqliteIndex, index_memory
+    from hybridllm.serve.control.request_index import Entry, SqliteIndex, index_memory
 
     short = [{"role": "user", "content": "How many pens do 12 dollars buy at 3 pens for 2 dollars? " * 3}]
     large = [{"role": "user", "content": "lorem " * 1700}]  # 10 kB
@@ -473,7 +473,7 @@ def _no_prompt(n: int) -> dict[str, int]:
     """index_memory without a prompt: what the index keeps when prompts are not logged (the default)."""
     import tracemalloc
 
-    from hybridllm.serve.request_index import Entry, MemoryIndex
+    from hybridllm.serve.control.request_index import Entry, MemoryIndex
 
     tracemalloc.start()
     try:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from hybridllm import default_router_dir, read_table
-from hybridllm.serve.request_index import Entry, MemoryIndex, index_memory
+from hybridllm.serve.control.request_index import Entry, MemoryIndex, index_memory
 from hybridllm.stages.outcomes import outcomes_table, read_outcomes
 
 from .helpers.cli import run

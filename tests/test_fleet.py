@@ -52,9 +52,9 @@ def test_sweep_equals_brute_force(n, k, seed, ties):
     threshold=st.sampled_from([0.0, 0.25, 0.5, 0.9, 1.0, float("inf")]),
 )
 def test_the_proxys_decision_is_the_policys(k, ref_at, row, threshold):
-    """serve.Routing decides one request on plain floats; it must pick what policy.choose picks
+    """serve.Upstreams decides one request on plain floats; it must pick what policy.choose picks
     (scores equal to the threshold qualify, NaN never does, nothing qualifying: the reference)."""
-    from hybridllm.serve.routing import Routing
+    from hybridllm.serve.upstreams import Upstreams
 
     class Up:
         def __init__(self, who):
@@ -69,7 +69,7 @@ def test_the_proxys_decision_is_the_policys(k, ref_at, row, threshold):
             self.fleet = fleet
 
     scores = np.array(row[:ref], dtype=np.float64)
-    routing = Routing(FleetRouter(), [Up(m) for m in fleet.models])
+    routing = Upstreams(FleetRouter(), [Up(m) for m in fleet.models])
     index, _ = routing.decide(scores, threshold)
     assert index == int(choose(scores[None, :], fleet, threshold)[0])
 

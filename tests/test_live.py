@@ -1,4 +1,4 @@
-"""The dashboard's live window: what /dashboard/data summarises, checked against plain counting."""
+"""The dashboard's traffic window: what /dashboard/data summarises, checked against plain counting."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import random
 import numpy as np
 import pytest
 
-from hybridllm.serve.live import WINDOW_S, Event, LiveStats
+from hybridllm.serve.traffic import WINDOW_S, Event, TrafficWindow
 
 
 def test_snapshot_counts_like_a_plain_loop(tmp_path):
     rng = random.Random(3)
     now = 1_800_000_000.5
-    live = LiveStats(["a", "b"])
+    live = TrafficWindow(["a", "b"])
     for _ in range(3000):
         status = rng.choice([200, 200, 200, 502, 400])
         score = rng.choice([None, rng.random()])
@@ -40,7 +40,7 @@ def test_workers_windows_add_up(tmp_path):
 
     share = tmp_path / "live"
     share.mkdir()
-    mine = LiveStats(["a"], share_dir=str(share))
+    mine = TrafficWindow(["a"], share_dir=str(share))
     mine.add(Event(100.0, "a", 200, 0.01, 0.5, False))
     other = {"events": [[100.0, "a", 200, 0.02, 0.7, True]], "by_model": {"a": 1}, "by_status": {"200": 1},
              "totals": [1, 1, 0.0, 0.0, 50.0]}  # fmt: skip

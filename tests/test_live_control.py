@@ -217,9 +217,9 @@ def test_shadow_pairs_feedback_and_export_train_a_router(router_dir, tmp_path):
                 if p == prompts[0]:
                     assert r.content == ref.content  # the client's answer is the upstream's bytes, shadow or not
             deadline = time.time() + 20
-            while app.state.live.pairs < len(prompts) and time.time() < deadline:
+            while app.state.estimates.pairs < len(prompts) and time.time() < deadline:
                 time.sleep(0.05)
-            assert app.state.live.pairs == len(prompts)
+            assert app.state.estimates.pairs == len(prompts)
             dash = httpx.get(f"{proxy.url.removesuffix('/v1')}/dashboard/data", headers=h).json()
             assert dash["live"]["pairs"] == len(prompts) and dash["hold"] is None
             assert (
@@ -519,7 +519,7 @@ def test_two_servers_share_the_controllers_shadow_pairs_through_redis(router_dir
 
 
 def test_shared_pair_records_a_server_cannot_use_are_left_out():
-    from hybridllm.serve.hold import _decode, _encode
+    from hybridllm.serve.control.hold import _decode, _encode
 
     fleet = Fleet(("s", "m", "l"), (1.0, 2.0, 4.0), "l")
     good = ShadowPair((0.7, 0.4), 0, 2, 1.0, 0.0, 20.0, 3.0, ((1, 0.5),))
@@ -697,7 +697,7 @@ def test_a_real_local_model_judges_shadow_pairs(router_dir, tmp_path):
 
 
 def test_a_key_steering_toward_the_dear_model_is_flagged_once(router_dir):
-    from hybridllm.serve.budget import SteeringWatch
+    from hybridllm.serve.control.steering import SteeringWatch
 
     b = SteeringWatch({1})
     # 10 % of its requests went to the dear model for 400 requests, then 80 %
@@ -707,24 +707,26 @@ def test_a_key_steering_toward_the_dear_model_is_flagged_once(router_dir):
     # watched on every server whose clients have keys, caps or not
     ups = [upstream(SMALL, "http://127.0.0.1:9/v1", "s"), upstream(LARGE, "http://127.0.0.1:9/v1", "l")]
     app = create_app(Router(router_dir), *ups, options=ServeOptions(api_keys=["k1"]))
-    assert app.state.proxy.steering is not None and app.state.proxy.budget is None
+    live = app.state.live_control
+    assert live.steering is not None and live.budget is None
+    assert live.steering in app.state.proxy.hooks.before_call  # a hook of the request path
 
 
 def test_usage_parser_relays_bytes_unchanged_and_bounds_its_buffer():
     import asyncio
 
+    from hybridllm.serve.hooks import RequestContext
     from hybridllm.serve.settle import MAX_EVENT_BYTES, usage_events
-    from hybridllm.serve.telemetry import Record
 
     usage = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n'
     parts = [b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n', b"data: [DO", b"NE]\n\n"]
 
-    async def relay(chunks: list[bytes], strip: bool) -> tuple[bytes, Record]:
+    async def relay(chunks: list[bytes], strip: bool) -> tuple[bytes, RequestContext]:
         async def source():
             for c in chunks:
                 yield c
 
-        rec = Record("r", 0.0, strip_usage=strip)
+        rec = RequestContext("r", 0.0, "chat", strip_usage=strip)
         return b"".join([c async for c in usage_events(source(), rec)]), rec
 
     got, rec = asyncio.run(relay([parts[0], usage[:20], usage[20:], *parts[1:]], strip=False))
@@ -836,7 +838,7 @@ def test_the_shadow_ceiling_skips_evenly_not_in_blocks():
     the rate the ceiling allows instead of all of them until the minute is out."""
     import asyncio
 
-    from hybridllm.serve.shadow import Shadow, ShadowJob
+    from hybridllm.serve.control.shadow import Shadow, ShadowJob
 
     class Never:
         async def score(self, prompt, response):  # never reached: the jobs are cancelled
@@ -884,9 +886,9 @@ def test_the_spend_against_always_best_in_prices_comes_with_an_interval(router_d
                 )
                 served.append(r.headers["x-hybridllm-model"])
             deadline = time.time() + 20
-            while app.state.live.pairs < len(prompts) and time.time() < deadline:
+            while app.state.estimates.pairs < len(prompts) and time.time() < deadline:
                 time.sleep(0.05)
-            view = app.state.live.view()
+            view = app.state.estimates.view()
             metrics = httpx.get(f"{proxy.url.removesuffix('/v1')}/metrics").text
     est = view["spend_priced"]["since_start"]
     assert 0 < served.count(SMALL) < len(prompts)  # both models served

@@ -39,8 +39,16 @@ def test_artifact_contents(trained):
     files = sorted(p.name for p in res.output.iterdir())
     assert files == ["config.json", "head.safetensors"]
     cfg = json.loads((res.output / "config.json").read_text())
-    # version 3: one kind for any number of models; a pair is a fleet of two without costs
-    assert cfg["format_version"] == 3
+    # version 3: one kind for any number of models; a pair is a fleet of two without costs. Version 4 only
+    # for what a version-3 reader would misread: a memory that weighs its neighbours alike
+    from safetensors.numpy import load_file
+
+    uniform = "knn_uniform" in load_file(str(res.output / "head.safetensors"))
+    assert cfg["format_version"] == (4 if uniform else 3)
+    # one scored model: every rule ranks alike, so the threshold on raw scores; the memory's weight chosen
+    pol, chosen = cfg["policy"], cfg["policy"]["choice"]["chosen"]
+    assert (pol["rule"], pol["scores"]) == ("threshold", "raw") == (chosen["rule"], chosen["scores"])
+    assert cfg["policy"]["choice"]["by"] == "validation APGR" and cfg["policy"]["choice"]["runner_up"] is not None
     assert cfg["fleet"] == {"models": [SMALL, LARGE], "costs": [1.0, 2.0], "reference": LARGE, "costs_given": False}
     assert cfg["candidates"] == [SMALL]
     assert cfg["small"] == SMALL and cfg["large"] == LARGE

@@ -19,7 +19,7 @@ import pytest
 
 from hybridllm import Router
 from hybridllm.serve import ServeOptions, create_app
-from hybridllm.serve.shadow_bounds import FairCeiling, body_chars, replay_body
+from hybridllm.serve.control.shadow_bounds import FairCeiling, body_chars, replay_body
 
 from .conftest import LARGE, SMALL
 from .helpers.fake_judge import verdict

@@ -23,7 +23,7 @@ import pytest
 
 from hybridllm import Router
 from hybridllm.serve import ServeOptions, create_app
-from hybridllm.serve.budget import parse_cap
+from hybridllm.serve.caps import parse_cap
 from hybridllm.serve.settle import DEFAULT_MAX_OUTPUT_TOKENS, token_bound
 
 from .conftest import LARGE, SMALL
@@ -88,7 +88,7 @@ def stack(
 
 def spent(app: Any, cap: str) -> float:
     """What a cap's counter holds now (the in-process store)."""
-    store = app.state.proxy.budget.store
+    store = app.state.store
     return store.spend.get(parse_cap(cap).bucket(time.time()), 0.0)
 
 
@@ -382,7 +382,7 @@ def test_a_stream_whose_client_left_before_the_relay_started_is_charged(router, 
                 calling.join()
             wait_for(settled(base, app, cap, n * each), f"{n} streams left before the relay counted")
         assert spent(app, cap) == pytest.approx(3 * each)
-        assert app.state.proxy.budget.store.reserved.get(parse_cap(cap).bucket(time.time()), 0.0) == pytest.approx(0)
+        assert app.state.store.reserved.get(parse_cap(cap).bucket(time.time()), 0.0) == pytest.approx(0)
     left = [x for x in access(caplog) if x.get("outcome") == "client_left"]
     assert len(left) == 3 and all(x["cost"] == pytest.approx(each) for x in left)
 

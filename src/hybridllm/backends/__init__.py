@@ -50,13 +50,15 @@ def make_backend(
     """SPEC: ``MODEL@BASE_URL`` (HTTP), a named local model, or a path to a ``.gguf`` file.
     ``api_key_env``: the variable holding this model's key (HTTP only; never shared between models).
     ``local_threads``: CPU threads for a local model (default: all cores). ``name``: what messages
-    call the model. ``http_kw``: :class:`HTTPBackend` settings (``concurrency``, ``timeout_s``...);
+    call the model. ``http_kw``: :class:`HTTPBackend` settings (``concurrency``, ``timeout_s``, ``api``...);
     ``timeout_s`` also applies to a local model."""
     parsed = parse_spec(spec)
     if parsed.base_url is not None:
         return HTTPBackend.from_spec(spec, api_key_env=api_key_env, name=name, **http_kw)
     if api_key_env:
         raise UsageError(f"model {spec!r} runs in-process: an API key ({api_key_env}) is not sent to it")
+    if http_kw.get("api", "chat") != "chat":
+        raise UsageError(f"model {spec!r} runs in-process: it speaks the chat API only, not {http_kw['api']}")
     local = LocalBackend(spec, n_threads=local_threads, name=name)
     if "timeout_s" in http_kw:
         local.timeout_s = http_kw["timeout_s"]

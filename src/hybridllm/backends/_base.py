@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._types import Answer, Failure, OnText, Prompt, Sample, SamplingParams
@@ -28,6 +28,9 @@ class Backend(ABC):
     in_process: bool = False
     #: :meth:`generate_many` decodes a group together (not one request after another)
     batched: bool = False
+    #: the protocol the proxy relays to it: ``chat`` (:meth:`forward`), or ``messages`` /
+    #: ``responses`` (:meth:`forward_raw`, an HTTP upstream only)
+    api: str = "chat"
 
     @property
     @abstractmethod
@@ -65,6 +68,14 @@ class Backend(ABC):
     async def forward(self, kind: str, body: dict[str, Any], stream: bool) -> Answer | Failure:
         """One attempt at a client's request (``kind``: ``chat`` or ``completion``; ``body`` already
         names this backend's model)."""
+
+    async def forward_raw(
+        self, kind: str, data: bytes, stream: bool, headers: Mapping[str, str] | None = None
+    ) -> Answer | Failure:
+        """One attempt at a client's request of protocol ``kind`` given as its body's bytes (relayed
+        as they are); a backend that does not speak ``kind`` answers a :class:`Failure` and sends
+        nothing."""
+        return Failure(502, f"upstream {self.who} does not speak the {kind} API: not sent")
 
     @abstractmethod
     async def probe(self, timeout_s: float = 3.0) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import json
 import random
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -45,8 +45,16 @@ from ._types import (
 )
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-_PATHS = {"chat": "/chat/completions", "completion": "/completions"}
+_PATHS = {"chat": "/chat/completions", "completion": "/completions", "messages": "/messages", "responses": "/responses"}
 _JSON = {"Content-Type": "application/json"}
+#: the Anthropic API version a ``messages`` upstream gets when its caller names none
+ANTHROPIC_VERSION = "2023-06-01"
+#: headers a caller of :meth:`HTTPBackend.forward_raw` may not set: the upstream's key is its own
+#: (``x-api-key``, ``Authorization``), and the framing is the client library's
+_OWN_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "cookie", "host", "content-length", "transfer-encoding",
+     "content-type", "connection"}
+)  # fmt: skip
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)  # + aiohttp.ClientError
 
 
@@ -94,7 +102,10 @@ def scrub(text: str, key: str | None) -> str:
 class HTTPBackend(Backend):
     """``MODEL@BASE_URL``: chat (default) or completion endpoint of an OpenAI-compatible server.
     ``concurrency``: requests in flight from :meth:`generate` (and the connection pool's size);
-    ``None``: no limit of ours and aiohttp's default pool (100 connections), as the proxy uses it."""
+    ``None``: no limit of ours and aiohttp's default pool (100 connections), as the proxy uses it.
+    ``api``: the protocol the proxy relays to it: ``chat`` (chat and completions, :meth:`forward`),
+    ``messages`` (Anthropic: its key as ``x-api-key`` and Bearer) or ``responses`` (OpenAI's Responses API),
+    both through :meth:`forward_raw`; a request of one protocol never reaches another's upstream."""
 
     model: str
     base_url: str
@@ -105,6 +116,7 @@ class HTTPBackend(Backend):
     max_retries: int = 5
     backoff_s: float = 0.5
     name: str | None = None  # what the proxy and its messages call this model (default: ``model``)
+    api: str = "chat"
     _client: Any = field(default=None, init=False, repr=False)
     _sem: Any = field(default=None, init=False, repr=False)
     _base: str = field(default="", init=False, repr=False)
@@ -134,6 +146,9 @@ class HTTPBackend(Backend):
         import aiohttp
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        if self.api == "messages":  # Anthropic's key header (its SDKs now send the Bearer form too) and API version
+            headers = {"x-api-key": self.api_key, **headers} if self.api_key else {}
+            headers["anthropic-version"] = ANTHROPIC_VERSION  # a caller may name another (forward_raw's headers)
         if self.concurrency is not None:
             connector = aiohttp.TCPConnector(limit=self.concurrency)
             self._sem = asyncio.Semaphore(self.concurrency)
@@ -161,10 +176,9 @@ class HTTPBackend(Backend):
             raise BackendError("use the backend inside 'async with'")
         return self._client
 
-    def _post(self, path: str, body: dict[str, Any], timeout: Any = None) -> Any:
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
         data = _BODY.encode(body).encode()
-        kw = {} if timeout is None else {"timeout": timeout}
-        return self._live().post(self._base + path, data=data, headers=_JSON, proxy=self._proxy, **kw)
+        return self._live().post(self._base + path, data=data, headers=_JSON, proxy=self._proxy)
 
     def _request(self, prompt: Prompt, params: SamplingParams) -> tuple[str, dict[str, Any]]:
         body = {"model": self.model, **params.body()}
@@ -257,11 +271,39 @@ class HTTPBackend(Backend):
     # -- relay (the proxy) ------------------------------------------------------------------------
 
     async def forward(self, kind: str, body: dict[str, Any], stream: bool) -> Answer | Failure:
+        if self.api != "chat":
+            return self._other_protocol(kind)
+        return await self._send(_PATHS[kind], _BODY.encode(body).encode(), stream, _JSON)
+
+    async def forward_raw(
+        self, kind: str, data: bytes, stream: bool, headers: Mapping[str, str] | None = None
+    ) -> Answer | Failure:
+        """One attempt at a client's request of protocol ``kind`` (``messages``, ``responses``; also
+        ``chat``, ``completion``) with its body's bytes as they are (already naming this backend's
+        model), and the client's protocol ``headers`` (``anthropic-version``, ``anthropic-beta``):
+        never a key or framing header, which are this backend's own."""
+        if kind not in _PATHS or (kind != self.api and not (self.api == "chat" and kind == "completion")):
+            return self._other_protocol(kind)
+        sent = dict(_JSON)
+        for name, value in (headers or {}).items():
+            low = name.lower()
+            if low not in _OWN_HEADERS and not any(c in value for c in "\r\n\0"):
+                sent[low] = value
+        return await self._send(_PATHS[kind], data, stream, sent)
+
+    def _other_protocol(self, kind: str) -> Failure:
+        return Failure(502, f"upstream {self.who} speaks the {self.api} API, not {kind}: not sent")
+
+    async def _send(self, path: str, data: bytes, stream: bool, headers: Mapping[str, str]) -> Answer | Failure:
+        """One attempt: ``data`` posted to ``path`` within ``timeout_s`` in all (the relay's rules)."""
         self._live()
         errors = _transport_errors()
         deadline = time.monotonic() + self.timeout_s
         try:
-            resp = await within(self._post(_PATHS[kind], body, self._relay_timeout), remaining(deadline))
+            post = self._live().post(
+                self._base + path, data=data, headers=headers, proxy=self._proxy, timeout=self._relay_timeout
+            )
+            resp = await within(post, remaining(deadline))
         except asyncio.TimeoutError:
             return Failure(504, f"upstream {self.who} did not answer within {self.timeout_s:g} s")
         except errors as exc:

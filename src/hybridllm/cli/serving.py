@@ -40,7 +40,8 @@ def serve(**kw: Any) -> None:
 
 # every setting of serve/settings.py is an option, between --config and --verbose
 _CONFIG = Annotated[Path | None, typer.Option(help="TOML file with any of the settings below (see docs/serve.md)")]
-_VERBOSE = Annotated[bool, typer.Option(help="also log the HTTP client's per-request lines")]
+# metavar "": a flag takes no value, so --help shows no `<bool>` after it
+_VERBOSE = Annotated[bool, typer.Option(metavar="", help="also log the HTTP client's per-request lines")]
 _KW = inspect.Parameter.KEYWORD_ONLY
 app.command()(
     with_settings(

@@ -16,13 +16,17 @@ from hybridllm.errors import HybridLLMError
 from hybridllm.fsutil import atomic_write
 from hybridllm.routing.knob import KNOBS
 from hybridllm.routing.policy import Fleet
+from hybridllm.routing.value import check_policy
 
 #: 2: a head with a memory member (tensors ``knn_*``), which a reader of version 1 would drop.
 #: 3: one kind for any number of models (a pair is a fleet of two): ``fleet`` and ``candidates``
 #: always, calibration rows with cost, cost advantage, quality drop and shares. Versions 1 and 2
 #: (two-model routers, and fleets) are read by :func:`upgrade_config` into the same form.
-FORMAT_VERSION = 3
-SUPPORTED_VERSIONS = (1, 2, 3)
+#: 4: ``policy`` (the rule, the scores it reads with their per-model maps, the λ scale; chosen on
+#: validation) and the memory's ``knn_uniform``, which a reader of version 3 would ignore or refuse.
+#: A version 1-3 artifact routes as it always did (the threshold rule on raw scores).
+FORMAT_VERSION = 4
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 CONFIG = "config.json"
 HEAD = "head.safetensors"
 
@@ -40,10 +44,19 @@ def save_artifact(directory: str | Path, config: dict[str, Any], tensors: dict[s
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    cfg = {"format_version": FORMAT_VERSION, **config}
+    cfg = {"format_version": needed_version(config, tensors), **config}
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(d / HEAD))
     atomic_write(d / CONFIG, json.dumps(cfg, indent=2, sort_keys=False) + "\n")
     return d
+
+
+def needed_version(config: dict[str, Any], tensors: dict[str, np.ndarray]) -> int:
+    """The oldest format that routes this artifact as written: 3 (which older readers load) unless
+    it routes by another rule or scores than the threshold on raw scores, or weighs its memory
+    uniformly, which a reader of version 3 would ignore."""
+    pol = config.get("policy") or {}
+    new = (pol.get("rule", "threshold"), pol.get("scores", "raw")) != ("threshold", "raw") or "knn_uniform" in tensors
+    return FORMAT_VERSION if new else 3
 
 
 def load_config(directory: str | Path) -> dict[str, Any]:
@@ -78,7 +91,7 @@ def upgrade_config(cfg: dict[str, Any], f: Path) -> dict[str, Any]:
     """A version 1 or 2 config in the form of version 3, in memory (the file is left as it is).
     A two-model router becomes a fleet of its two models without costs; its calibration rows gain
     each model's share and the cost they imply; a fleet's rows gain the cost advantage."""
-    cfg = {**cfg, "format_version": FORMAT_VERSION}
+    cfg = {**cfg, "format_version": 3}  # the form of version 3: no policy, the threshold on raw scores
     cal = cfg.get("calibration")
     if not (isinstance(cal, list) and all(isinstance(r, dict) for r in cal)):
         cal = None  # refused with the field by _check_config
@@ -184,6 +197,10 @@ def _check_config(cfg: dict[str, Any], f: Path) -> None:
         raise ArtifactError(
             f"{f}: field 'default_operating_point.value': expected a number in 0..{knobs[op['kind']]:g}"
         )
+    if "policy" in cfg:
+        why = check_policy(cfg["policy"], cfg["candidates"])
+        if why is not None:
+            raise ArtifactError(f"{f}: field 'policy': {why}")
     if cfg.get("prompt_turns", "all") not in ("all", "last"):
         raise ArtifactError(f"{f}: field 'prompt_turns': expected 'all' or 'last'")
     head = cfg.get("head", {})
@@ -213,7 +230,7 @@ def load_tensors(directory: str | Path) -> dict[str, np.ndarray]:
         t = load_file(str(f))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"{f}: not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
-    unknown = set(t) - set(_HEAD_SHAPES) - set(_LINEAR_SHAPES) - set(_KNN)
+    unknown = set(t) - set(_HEAD_SHAPES) - set(_LINEAR_SHAPES) - set(_KNN) - {"knn_uniform"}
     if unknown:
         raise ArtifactError(f"{f}: unknown tensors {', '.join(sorted(unknown))}")
     multi = "w2" in t and t["w2"].ndim == 3  # a head scoring K models: w2 [E, h, K]
@@ -243,6 +260,10 @@ def load_tensors(directory: str | Path) -> dict[str, np.ndarray]:
         want.update(
             {"knn_x": (max(n, 1), r), "knn_y": (n, k) if k else (n,), "knn_mu": (dim,), "knn_k": (1,), "knn_mix": (1,)}
         )
+    if "knn_uniform" in t:
+        if not memory:
+            raise ArtifactError(f"{f}: tensor 'knn_uniform' without a memory member")
+        want["knn_uniform"] = (1,)
     for name, shape in want.items():
         if tuple(t[name].shape) != shape:
             raise ArtifactError(f"{f}: tensor {name!r}: expected shape {shape}, got {tuple(t[name].shape)}")

@@ -32,6 +32,7 @@ from hybridllm.features.text import distractor_copies, routing_text
 from hybridllm.features.transformer import TransformerEncoder
 from hybridllm.routing.knob import operating_points
 from hybridllm.routing.policy import Fleet, sweep
+from hybridllm.routing.value import Policy
 from hybridllm.stages.labels import LABEL_TYPES, label_matrix
 from hybridllm.tables.format import Row, TableError, split_rows, table_digest
 
@@ -39,6 +40,7 @@ from .artifact import save_artifact
 from .finetune import finetune
 from .head import HeadConfig, HeadWeights
 from .head_fit import train_head
+from .select import choose_policy
 
 DEFAULT_EXTRA = ["log_tokens"]
 
@@ -281,7 +283,8 @@ def fit_router(
     train_texts = [routing_text(r["prompt"], options.prompt_turns) for r in split.train]
     val_texts = [routing_text(r["prompt"], options.prompt_turns) for r in split.val]
     fit = _fit_head if options.mode == "head" else _fit_finetuned
-    part = fit(options, train_texts, y, val_texts, y_val, qs_val, ql_val, progress, cache, show_progress, featurizer)
+    part = fit(options, split, train_texts, y, val_texts, y_val, qs_val, ql_val, progress, cache, show_progress,
+               featurizer)  # fmt: skip
     val_scores = part.val_scores
     config = _config(options, split, stars, part, val_scores, qs_val, ql_val)
     config["train_seconds"] = round(time.perf_counter() - t0, 2)
@@ -298,9 +301,11 @@ class _Head:
     encoder: dict[str, Any]
     extra: list[str]
     work_dir: Path | None = None
+    policy: Policy = field(default_factory=Policy)
+    choice: dict[str, Any] | None = None
 
 
-def _fit_head(options, train_texts, y, val_texts, y_val, qs_val, ql_val, progress, cache, show_progress,
+def _fit_head(options, split, train_texts, y, val_texts, y_val, qs_val, ql_val, progress, cache, show_progress,
               featurizer) -> _Head:  # fmt: skip
     encoder = make_encoder(options.encoder, max_length=options.max_length)
     cache = cache if cache is not None else EmbeddingCache()
@@ -321,10 +326,46 @@ def _fit_head(options, train_texts, y, val_texts, y_val, qs_val, ql_val, progres
         x_train, y_fit, x_val, qs_val, ql_val, cfg_head, progress, y_val, memory_rows=len(train_texts)
     )
     enc = {"name": encoder.name, "spec": options.encoder, "bundled": False, "fingerprint": encoder.fingerprint}
-    return _Head(weights, weights.predict(x_val), {**options.head.to_dict(), "training": info}, enc, extra)
+    policy, choice = _route(weights, x_val, y_val, split, options, progress)
+    val_scores = policy.decision_scores(weights.predict(x_val), split.fleet)
+    info = {**options.head.to_dict(), "training": info}
+    return _Head(weights, val_scores, info, enc, extra, policy=policy, choice=choice)
 
 
-def _fit_finetuned(options, train_texts, y, val_texts, y_val, qs_val, ql_val, progress, cache, show_progress,
+def _route(weights: HeadWeights, x_val: np.ndarray, y_val: np.ndarray, split: _Split, options: TrainOptions,
+           progress: Callable[[str], None] | None) -> tuple[Policy, dict[str, Any] | None]:  # fmt: skip
+    """The routing chosen on validation (:func:`hybridllm.model.select.choose_policy`), the memory
+    member's weight set on ``weights`` (the member dropped when it gets none); without
+    ``options.head.route``, the threshold rule on raw scores and the memory's weight by the head's
+    smooth metric."""
+    mem = weights.memory()
+    if not options.head.route:
+        if mem is not None and weights.knn_mix is not None and float(weights.knn_mix[0]) == 0.0:
+            _drop_memory(weights)
+        return Policy(), None
+    mix = 0.0
+    if mem is not None:
+        weights.knn_mix = np.array([0.0], np.float32)
+    p_head = weights.predict(x_val)
+    p_mem = mem(x_val) if mem is not None else None
+    best, runner, policy, tried = choose_policy(p_head, p_mem, y_val, split.q_val, split.fleet, options.seed, progress)
+    mix = best.mix
+    if mem is not None and mix > 0:
+        weights.knn_mix = np.array([mix], np.float32)
+    elif mem is not None:
+        _drop_memory(weights)
+    measure = "APGR" if len(split.fleet.models) == 2 else "AIQ"
+    choice = {"by": f"validation {measure}", "chosen": best.to_dict(), "runner_up": runner and runner.to_dict(),
+              "tried": tried}  # fmt: skip
+    return policy, choice
+
+
+def _drop_memory(weights: HeadWeights) -> None:
+    for name in ("knn_x", "knn_y", "knn_mu", "knn_proj", "knn_k", "knn_mix", "knn_uniform"):
+        setattr(weights, name, None)
+
+
+def _fit_finetuned(options, split, train_texts, y, val_texts, y_val, qs_val, ql_val, progress, cache, show_progress,
                    featurizer) -> _Head:  # fmt: skip
     if y.ndim != 1:
         raise UsageError("finetune mode trains a router over two models; give two models (or use head mode)")
@@ -372,6 +413,8 @@ def _config(options: TrainOptions, split: _Split, stars: list, part: _Head, val_
         "prompt_turns": options.prompt_turns,
         "augment": options.augment if options.mode == "head" else 0,
         "head": {**part.info, "extra": part.extra},
+        # how the head's scores route (absent in formats 1-3: the threshold rule on raw scores)
+        "policy": {**part.policy.to_dict(), **({"choice": part.choice} if part.choice else {})},
         "data": {
             "train_rows": len(split.train),
             "validation_rows": len(split.val),

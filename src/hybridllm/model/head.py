@@ -42,6 +42,10 @@ class HeadConfig:
     # add a memory member: the training prompts' embeddings and labels, read back as a similarity-weighted
     # mean over each query's nearest ones (k and its weight in the mix chosen on validation)
     knn: bool = True
+    # choose on validation AIQ (APGR for a pair) the rule (cheapest good enough, or quality minus
+    # λ·cost), the scores it reads (raw, or calibrated per model) and the memory member's weight
+    # (hybridllm.model.select); False: the threshold rule on raw scores, the memory weighted by `select`
+    route: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +84,7 @@ class HeadWeights:
     knn_proj: np.ndarray | None = None
     knn_k: np.ndarray | None = None
     knn_mix: np.ndarray | None = None
+    knn_uniform: np.ndarray | None = None  # [1] = 1: the memory weighs its neighbours alike
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in asdict(self).items() if v is not None}
@@ -115,7 +120,8 @@ class HeadWeights:
         x, y, mu, proj, k = self.knn_x, self.knn_y, self.knn_mu, self.knn_proj, self.knn_k
         if x is None or y is None or mu is None or proj is None or k is None:
             return None
-        return Memory(x, y, mu, proj, int(k[0]))
+        uniform = self.knn_uniform is not None and bool(self.knn_uniform[0] > 0.5)
+        return Memory(x, y, mu, proj, int(k[0]), uniform)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """p(x) in [0, 1]: the MLP members' mean probability, mixed with the linear member's, then

@@ -217,17 +217,19 @@ def _mix_memory(
     weights: HeadWeights, x_mem: np.ndarray, y_mem: np.ndarray, x_val: np.ndarray,
     metric: Callable[[np.ndarray], float], cfg: HeadConfig, progress: Callable[[str], None] | None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The memory member over ``x_mem`` and its weight in the mix, set on ``weights`` when it is
-    worth a share; returns what was chosen."""
+    """The memory member over ``x_mem`` set on ``weights`` with its weight in the mix by the smooth
+    metric (0: kept for the routing choice on validation, :mod:`hybridllm.model.select`, which sets
+    the weight it routes with and drops a member it gives none); returns what was chosen."""
     dim = embedding_width(x_mem.shape[1], list(cfg.extra))
     mem, knn_score = fit_memory(x_mem, y_mem, x_val, metric, dim)
     p_head, p_mem = weights.predict(x_val), mem(x_val)
     bscores = {b: metric((1 - b) * p_head + b * p_mem) for b in MEMORY_MIXES}
     b = max(bscores, key=lambda v: (round(bscores[v], 9), -v))
-    if b > 0.0:
-        weights.knn_x, weights.knn_y, weights.knn_mu, weights.knn_proj = mem.x, mem.y, mem.mu, mem.proj
-        weights.knn_k, weights.knn_mix = np.array([mem.k], np.float32), np.array([b], np.float32)
+    weights.knn_x, weights.knn_y, weights.knn_mu, weights.knn_proj = mem.x, mem.y, mem.mu, mem.proj
+    weights.knn_k, weights.knn_mix = np.array([mem.k], np.float32), np.array([b], np.float32)
+    weights.knn_uniform = np.array([1.0], np.float32) if mem.uniform else None
+    weighting = "uniform" if mem.uniform else "similarity"
     if progress is not None:
-        progress(f"memory member: k={mem.k} of {len(x_mem)} prompts, val score {knn_score:.4f}; mix weight {b}")
-    return {"k": mem.k, "rows": len(x_mem), "dims": mem.x.shape[1], "val_score": knn_score, "mix": b,
-            "mix_val_score": bscores}  # fmt: skip
+        progress(f"memory member: k={mem.k} ({weighting}) of {len(x_mem)} prompts, val score {knn_score:.4f}")
+    return {"k": mem.k, "weights": weighting, "rows": len(x_mem), "dims": mem.x.shape[1], "val_score": knn_score,
+            "mix": b, "mix_val_score": bscores}  # fmt: skip

@@ -14,6 +14,7 @@ from hybridllm.features.featurize import featurize, make_encoder
 from hybridllm.features.text import routing_text
 from hybridllm.routing.knob import resolve
 from hybridllm.routing.policy import Fleet, choose
+from hybridllm.routing.value import Policy
 
 from .artifact import ArtifactError, RouterNotFoundError, load_config, load_tensors
 from .head import HeadWeights, embedding_width
@@ -61,6 +62,8 @@ class Router:
         # request. A two-model router is a fleet of two
         self.fleet: Fleet = Fleet.from_dict(config["fleet"])
         self.candidates: list[str] = list(config["candidates"])
+        # how the head's scores become the scores the threshold reads (formats 1-3: as they are)
+        self.policy = Policy.from_dict(config.get("policy"))
         self.head = HeadWeights.from_tensors(tensors)
         enc_cfg = self.config["encoder"]
         if encoder is None:
@@ -103,11 +106,29 @@ class Router:
     def score(
         self, prompts: Sequence[str | list[dict[str, Any]]], batch_size: int = 64, show_progress: bool = False
     ) -> np.ndarray:
-        """p(x) per prompt: the predicted chance that each model cheaper than the reference answers
-        well enough, [n, K] in cost order; [n] when the router scores one model (two models)."""
+        """The routing scores per prompt, [n, K] for the models cheaper than the reference in cost
+        order ([n] when the router scores one model): what the threshold is compared with. Under the
+        threshold rule on raw scores (every artifact of formats 1-3) the head's predicted chance
+        that each model answers well enough; under the quality-minus-cost rule the score of m is
+        1 / (1 + λ*_m / scale), λ*_m the cost weight from which m is argmax of predicted quality
+        minus λ·cost (:mod:`hybridllm.routing.value`)."""
+        return self.policy.decision_scores(self.head_scores(prompts, batch_size, show_progress), self.fleet)
+
+    def head_scores(
+        self, prompts: Sequence[str | list[dict[str, Any]]], batch_size: int = 64, show_progress: bool = False
+    ) -> np.ndarray:
+        """The head's own outputs, before the policy reads them: each cheaper model's predicted
+        chance of answering well enough (its label's mean)."""
         texts = [routing_text(p, self.turns, self.harden) for p in prompts]
         feats = featurize(self.encoder, texts, self.extra, batch_size=batch_size, show_progress=show_progress)
         return self.head.predict(feats)
+
+    def expected_gaps(self, prompts: Sequence[str | list[dict[str, Any]]]) -> np.ndarray | None:
+        """Each cheaper model's predicted quality gap to the reference, [n, K], comparable across
+        models (calibrated on validation); None when the router's policy does not predict gaps."""
+        if self.policy.rule != "value":
+            return None
+        return self.policy.gaps(self.head_scores(prompts))
 
     def threshold(
         self,

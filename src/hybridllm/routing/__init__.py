@@ -3,5 +3,10 @@ the decision rule (the cheapest model whose score clears the threshold), the cal
 turns every achievable threshold into cost and quality on validation rows, and the resolution of a
 knob (quality drop, cost advantage, budget, threshold) into a threshold.
 
-Imports nothing of hybridllm's but :mod:`hybridllm.errors`: it knows scores, not models or encoders.
+Also what routing knows of a conversation (docs/sessions.md): :mod:`.conversation` reads a chat body's
+messages (the router's text views, tool loops, the session key) and :mod:`.sessions` keeps a session's
+model (only up, tool loops whole) in a :mod:`.session_store`.
+
+Imports nothing of hybridllm's but :mod:`hybridllm.errors` (and :mod:`hybridllm.features.text`'s
+flattening of chat turns, in :mod:`.conversation`): it knows scores, not models or encoders.
 """

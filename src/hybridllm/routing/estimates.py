@@ -5,7 +5,8 @@
   the ends of the difference's range added to the variance only, so that a handful of pairs that
   happen to agree does not give an interval of width zero.
 - :class:`ShadowPair`, :func:`policy_sides`: what one shadowed request tells; :func:`realised_drop`
-  and :func:`drop_curve`: the drop served, and the drop each threshold would give.
+  and :func:`drop_curve`: the drop served, and the drop each threshold would give;
+  :func:`spend_curve`: what each threshold would spend (in money, from each request's own costs).
 """
 
 from __future__ import annotations
@@ -155,6 +156,47 @@ class PairArrays:
         self.weight = np.array([p.weight for p in pairs], dtype=np.float64)
 
 
+def pick_runs(
+    scores: np.ndarray, thresholds: np.ndarray, ref: int
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
+    """The policy's pick for every row of candidate ``scores`` [n, K] at every threshold, as runs:
+    (the thresholds' order by falling value, [(model, first, end)] with each row's run of that
+    model over the falling thresholds' indices, [first, end), empty where first >= end). Each row's
+    pick is the same over a run of thresholds, at most one run per model: a candidate is the pick
+    from where its score clears the threshold until a cheaper one's does, the reference until the
+    first candidate clears."""
+    s = np.asarray(scores, dtype=np.float64)
+    n, k = s.shape
+    order = np.argsort(-thresholds, kind="stable")  # falling threshold: index t of the runs
+    # a candidate's score clears the threshold from this run index on (choose: score >= threshold)
+    start = np.searchsorted(-thresholds[order], -s, side="left")
+    # a candidate is the pick from its start until a cheaper one clears: the running min of the starts
+    until = np.minimum.accumulate(np.concatenate([np.full((n, 1), len(thresholds)), start], axis=1), axis=1)
+    runs = [(m, start[:, m], until[:, m]) for m in range(k)] + [(ref, np.zeros(n, dtype=np.int64), until[:, k])]
+    return order, runs
+
+
+def spend_curve(scores: np.ndarray, costs: np.ndarray, ref: int, thresholds: np.ndarray) -> np.ndarray:
+    """What each threshold would spend on these requests, in % of sending them all to the reference:
+    Σ costs[i, pick_i(t)] / Σ costs[i, ref] (NaN without a positive reference cost), every threshold
+    at once from :func:`pick_runs`. ``scores``: [n, K] candidate scores; ``costs``: [n, M] each
+    request's cost on every model (its own, in money: :class:`hybridllm.routing.money.CostModel`)."""
+    g = np.asarray(thresholds, dtype=np.float64).ravel()
+    c = np.asarray(costs, dtype=np.float64)
+    den = float(c[:, ref].sum()) if len(c) else 0.0
+    if len(g) == 0 or not den > 0:
+        return np.full(len(g), np.nan)
+    order, runs = pick_runs(scores, g, ref)
+    diff = np.zeros(len(g) + 1)
+    for m, a, b in runs:
+        live = a < b
+        diff += np.bincount(a[live], c[live, m], minlength=len(g) + 1)
+        diff -= np.bincount(b[live], c[live, m], minlength=len(g) + 1)
+    out = np.empty(len(g))
+    out[order] = np.cumsum(diff)[: len(g)] / den * 100.0
+    return out
+
+
 def drop_curve(
     pairs: Sequence[ShadowPair] | PairArrays,
     fleet: Fleet,
@@ -176,18 +218,11 @@ def drop_curve(
     n_t, n = len(g), len(arr.weight)
     if n == 0 or n_t == 0:
         return np.full((3, n_t), np.nan)
-    order = np.argsort(-g, kind="stable")  # falling threshold: index t of the runs
-    s = arr.scores
-    k = s.shape[1]
-    # a candidate's score clears the threshold from this run index on (choose: score >= threshold)
-    start = np.searchsorted(-g[order], -s, side="left")
-    # a candidate is the pick from its start until a cheaper one clears: the running min of the starts
-    until = np.minimum.accumulate(np.concatenate([np.full((n, 1), n_t), start], axis=1), axis=1)
+    order, runs = pick_runs(arr.scores, g, fleet.ref)
     w = arr.weight if shift is None else arr.weight * shift
     qr = arr.q[:, fleet.ref]
     diff = np.zeros(9 * (n_t + 1))  # [9, n_t + 1] flat: each sum's changes at each run index
     row = (np.arange(9) * (n_t + 1))[:, None]
-    runs = [(m, start[:, m], until[:, m]) for m in range(k)] + [(fleet.ref, np.zeros(n, dtype=np.int64), until[:, k])]
     for m, a, b in runs:
         qm = arr.q[:, m]
         live = (a < b) & ~(np.isnan(qm) | np.isnan(qr))
@@ -207,7 +242,9 @@ __all__ = [
     "RatioSums",
     "ShadowPair",
     "drop_curve",
+    "pick_runs",
     "policy_sides",
     "ratio_interval",
     "realised_drop",
+    "spend_curve",
 ]

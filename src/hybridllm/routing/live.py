@@ -5,7 +5,9 @@ shadow pairs (:mod:`hybridllm.routing.estimates`, where the intervals are); it g
 threshold that holds the operator's target.
 
 - :class:`Hold` is the controller: ``budget`` and ``cost_advantage`` targets need no labels (the
-  recent scores fix the threshold that meets them, corrected by the running realised error);
+  recent scores fix the threshold that meets them, corrected by the running realised error); with a
+  :class:`~hybridllm.routing.money.CostModel`, ``budget`` is held in money: each request's own cost
+  on every model (estimated before its call, then from its usage: :meth:`Hold.settle`);
   ``max_quality_drop`` uses the recent shadow pairs as a sliding validation set and, by default, the
   threshold whose one-sided upper bound on the drop over the next window of requests meets the target.
 """
@@ -13,7 +15,7 @@ threshold that holds the operator's target.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from statistics import NormalDist
 from typing import Any
@@ -22,10 +24,29 @@ import numpy as np
 
 from hybridllm.errors import UsageError
 
-from .estimates import PairArrays, ShadowPair, drop_curve, realised_drop
+from .estimates import PairArrays, ShadowPair, drop_curve, realised_drop, spend_curve
+from .money import CostModel
 from .policy import Fleet, sweep_arrays
 
 HOLD_KINDS = ("max_quality_drop", "budget", "cost_advantage")
+#: the requests a spend or share hold repays its running error over (:meth:`Hold._spend_step`); in
+#: money, decisions differ in size (one long answer from the reference is worth many short ones),
+#: and a faster repayment keeps 200-request windows closer (``benchmarks/hold_money.py``: 10 and
+#: 20 requests left more windows outside ±2 pp of the target)
+HORIZON = 20.0
+MONEY_HORIZON = 5.0
+
+
+class _Spent:
+    """One request routed under a money hold: the model it went to, its cost on every model (the
+    estimate before its call until :meth:`Hold.settle` gives the one after it), its estimated prompt
+    tokens, and whether it is in the realised window and in the running error."""
+
+    __slots__ = ("costs", "counted", "in_window", "picked", "prompt")
+
+    def __init__(self, picked: int, costs: np.ndarray, prompt: float | None) -> None:
+        self.picked, self.costs, self.prompt = picked, costs, prompt
+        self.in_window = self.counted = False
 
 
 class Hold:
@@ -37,12 +58,18 @@ class Hold:
     (``min_pairs`` shadow pairs for the quality target) are in, by at most ``max_step`` per move: a
     spend or share target after every request (the curve of spend against threshold on the last
     ``window`` requests' scores is redrawn every ``every`` requests; the aim is the target less the
-    running error of the decisions made, repaid over ``horizon`` requests: see :meth:`_spend_step`),
+    running error of the decisions made, repaid over ``horizon`` requests, :data:`HORIZON` or in
+    money :data:`MONEY_HORIZON` when None: see :meth:`_spend_step`),
     the quality target every ``quality_every`` requests. ``confidence``: for the quality target, the
     one-sided level of the upper bound that must meet it (0.5: the point estimate).
     ``window_requests``: the bound is for the drop over the next that many requests (a prediction
     bound: the estimate's uncertainty plus the noise of so few requests), so that the target holds
-    over any such stretch with that confidence; 0: for the recent traffic's mean drop."""
+    over any such stretch with that confidence; 0: for the recent traffic's mean drop.
+
+    ``money``: hold ``budget`` in money, not in the fleet's relative costs: the spend is
+    Σ cost of the model each request went to / Σ its cost on the reference, each request priced on
+    every model by ``money`` (:meth:`observe` takes its estimated prompt tokens; :meth:`settle`, its
+    usage once answered), and the curve is drawn from the recent requests' own costs."""
 
     def __init__(
         self,
@@ -61,15 +88,18 @@ class Hold:
         max_step: float = 0.05,
         confidence: float = 0.95,
         window_requests: int = 200,
-        horizon: float = 20.0,
+        horizon: float | None = None,
         leak: float = 1000.0,
+        money: CostModel | None = None,
     ) -> None:
         if kind not in HOLD_KINDS:
             raise UsageError(f"--hold: unknown target {kind!r}; expected one of {', '.join(HOLD_KINDS)}")
         if not (0 <= target <= 100 and math.isfinite(target)):
             raise UsageError(f"--hold {kind}={target}: expected a percentage in 0..100")
-        if kind == "budget" and not fleet.costs_given:
+        if kind == "budget" and not fleet.costs_given and money is None:
             raise UsageError("--hold budget needs the models' costs (a models file with prices or costs)")
+        if money is not None and len(money.prices) != len(fleet.models):
+            raise UsageError(f"--hold: prices for {len(money.prices)} models, the fleet has {len(fleet.models)}")
         if not 0.5 <= confidence < 1:
             raise UsageError(f"--hold-confidence {confidence}: expected 0.5 <= c < 1")
         if not calibration:
@@ -80,6 +110,8 @@ class Hold:
         self.min_requests, self.min_pairs, self.every = min_requests, min_pairs, every
         self.quality_every = quality_every
         self.horizon_requests = int(window_requests)
+        if horizon is None:
+            horizon = MONEY_HORIZON if money is not None and kind == "budget" else HORIZON
         self.max_step, self.horizon, self.leak = max_step, horizon, leak
         self.z = NormalDist().inv_cdf(confidence)
         self.confidence = confidence
@@ -92,6 +124,11 @@ class Hold:
         self.pairs: deque[ShadowPair] = deque(maxlen=pair_window)
         self.pairs_from = "this process"
         self.seen = 0
+        self.money = money if kind == "budget" else None
+        self._spent: deque[_Spent] = deque(maxlen=window)  # beside `scores`: their costs on every model
+        self._window: deque[_Spent] = deque(maxlen=feedback)  # the realised spend's requests
+        self._open: OrderedDict[int, _Spent] = OrderedDict()  # by ticket, until settled (at most 4 windows)
+        self._served = self._ref_cost = 0.0  # Σ over `_window`: cost of the model picked, on the reference
         self.threshold = self._calibrated(calibration)
         self.reason = f"hold {kind} {target:g}: calibrated start"
         self.estimate: tuple[float, float, float] | None = None  # the held measure now, with its bound
@@ -102,27 +139,93 @@ class Hold:
         if self.kind == "max_quality_drop":
             ok = [r for r in rows if float(r["quality_drop"]) <= self.target + 1e-9]
             return float(ok[-1]["threshold"]) if ok else self.hi
+        if self.money is not None:  # in money: the rows' shares of the models at their typical costs
+            typical = self.money.typical()
+            priced = [r for r in rows if len(r.get("shares") or ()) == len(typical)]
+            if priced:
+                spend = [float(np.dot(r["shares"], typical)) / typical[self.fleet.ref] for r in priced]
+                return float(priced[int(np.argmin(np.abs(np.array(spend) - self.target)))]["threshold"])
+        rows = [r for r in rows if key in r]
+        if not rows:
+            return self.hi
         best = min(rows, key=lambda r: abs(float(r[key]) - self.target))
         return float(best["threshold"])
 
     # --- fed by the serving layer -------------------------------------------------------------
-    def observe(self, scores: Sequence[float], picked: int) -> None:
-        """One routed plain-``hybrid`` request: its candidate scores and the model it went to."""
+    def observe(self, scores: Sequence[float], picked: int, prompt_tokens: float | None = None) -> int:
+        """One routed plain-``hybrid`` request: its candidate scores and the model it went to; in
+        money, its estimated prompt tokens (:func:`hybridllm.routing.money.estimate_prompt_tokens`;
+        None: a typical prompt). Returns the request's ticket for :meth:`settle`."""
         self.scores.append(tuple(scores))
-        if len(self.picked) == self.picked.maxlen:
-            self._held_sum -= self._value_of(self.picked[0])
-        self.picked.append(int(picked))
-        self._held_sum += self._value_of(int(picked))
-        if self.kind != "max_quality_drop" and len(self.picked) >= self.min_requests:
-            self._debt = self._debt * (1.0 - 1.0 / self.leak) + self._value_of(int(picked)) - self.target
         self.seen += 1
+        if self.money is not None:
+            self._spend(int(picked), prompt_tokens)
+        else:
+            if len(self.picked) == self.picked.maxlen:
+                self._held_sum -= self._value_of(self.picked[0])
+            self.picked.append(int(picked))
+            self._held_sum += self._value_of(int(picked))
+            if self.kind != "max_quality_drop" and len(self.picked) >= self.min_requests:
+                self._debt = self._debt * (1.0 - 1.0 / self.leak) + self._value_of(int(picked)) - self.target
         if self.kind == "max_quality_drop":
             if self.seen % self.quality_every == 0:
                 self._move(*self._quality_step())
-            return
+            return self.seen
         if self.seen % self.every == 0 or self._curve is None:
             self._refresh_curve()
         self._move(*self._spend_step())
+        return self.seen
+
+    def settle(self, ticket: int, usage: object, model: int | None = None) -> bool:
+        """The ``usage`` the upstream reported for the request :meth:`observe` gave ``ticket``: in
+        money, the request is priced again from it (its own cost, and every other model's from its
+        own prompt and answer) and the realised spend and running error take the difference. False
+        (nothing changes) without a money hold, for a ticket unknown or settled already, or for a
+        usage without counts (the estimate stands). ``model``: the fleet index of the model that
+        answered when it is not the one routed to (a fallback, a session's pin)."""
+        e = self._open.pop(ticket, None) if self.money is not None else None
+        if e is None or self.money is None:
+            return False
+        picked = e.picked if model is None or not 0 <= model < len(self.fleet.models) else int(model)
+        new = self.money.after(picked, usage, e.prompt)
+        if new is None:
+            return False
+        ref = self.fleet.ref
+        d_served, d_ref = new[picked] - e.costs[e.picked], new[ref] - e.costs[ref]
+        e.picked = picked
+        if e.in_window:
+            self._served += d_served
+            self._ref_cost += d_ref
+        if e.counted:
+            self._debt += self._excess(d_served, d_ref)
+        e.costs = new
+        return True
+
+    def _spend(self, picked: int, prompt: float | None) -> None:
+        assert self.money is not None
+        e = _Spent(picked, self.money.before(prompt), prompt)
+        self._spent.append(e)
+        if len(self._window) == self._window.maxlen:
+            old = self._window[0]
+            old.in_window = False
+            self._served -= old.costs[old.picked]
+            self._ref_cost -= old.costs[self.fleet.ref]
+        self._window.append(e)
+        e.in_window = True
+        self._served += e.costs[picked]
+        self._ref_cost += e.costs[self.fleet.ref]
+        self._open[self.seen] = e
+        while len(self._open) > 4 * (self._spent.maxlen or 1):
+            self._open.popitem(last=False)
+        if len(self._window) >= self.min_requests:
+            e.counted = True
+            self._debt = self._debt * (1.0 - 1.0 / self.leak) + self._excess(e.costs[picked], e.costs[self.fleet.ref])
+
+    def _excess(self, served: float, ref: float) -> float:
+        """A request's part of the running error in money, in % of the recent mean request's cost on
+        the reference (the unit of the relative hold's decisions): 100 · served - target · ref."""
+        mean = self._ref_cost / max(len(self._window), 1)
+        return (100.0 * served - self.target * ref) / mean if mean > 0 else 0.0
 
     def add_pair(self, pair: ShadowPair) -> None:
         self.pairs.append(pair)
@@ -151,10 +254,22 @@ class Hold:
 
     def _refresh_curve(self) -> None:
         """Spend (or share away) against threshold on the recent scores: rows by falling threshold,
-        the value non-increasing (budget) or non-decreasing (share away) along them."""
+        the value non-increasing (budget) or non-decreasing (share away) along them; in money, each
+        request at its own costs (the value need not fall monotonically then)."""
         if len(self.scores) < self.min_requests:
             return
         s = np.array(self.scores, dtype=np.float64)
+        if self.money is not None:
+            costs = np.array([e.costs for e in self._spent])
+            # the sums anew, so that float additions and removals never drift
+            self._served = float(sum(e.costs[e.picked] for e in self._window))
+            self._ref_cost = float(sum(e.costs[self.fleet.ref] for e in self._window))
+            g = np.unique(np.concatenate([s[(s >= self.lo) & (s <= self.hi)], [self.lo, self.hi]]))[::-1]
+            value = spend_curve(s, costs, self.fleet.ref, g)
+            ok = ~np.isnan(value)
+            if ok.any():
+                self._curve = (g[ok], value[ok])
+            return
         thresholds, cost, _, shares = sweep_arrays(s, np.zeros((len(s), len(self.fleet.models))), self.fleet)
         ok = (thresholds >= self.lo) & (thresholds <= self.hi)
         if ok.any():
@@ -167,17 +282,21 @@ class Hold:
         it. The aim is the target less the running error (the leaky sum of value - target over the
         decisions, in %·requests) repaid over ``horizon`` requests, so the error of any stretch of
         requests stays of the order of ``horizon`` decisions' worth, whatever its length."""
-        if self._curve is None or len(self.picked) < self.min_requests:
+        recent = len(self._window) if self.money is not None else len(self.picked)
+        if self._curve is None or recent < self.min_requests:
             return None, ""
         realised = self.realised()
         self.estimate = (realised, realised, realised)
         aim = self.target - self._debt / self.horizon
         thresholds, value = self._curve
         i = int(np.argmin(np.abs(value - aim)))
-        return float(thresholds[i]), f"last {len(self.picked)} requests at {realised:.1f} %, aiming at {aim:.1f} %"
+        return float(thresholds[i]), f"last {recent} requests at {realised:.1f} %, aiming at {aim:.1f} %"
 
     def realised(self) -> float:
-        """The held spend (% of always-reference) or share away from the reference, recent requests."""
+        """The held spend (% of always-reference) or share away from the reference, recent requests;
+        in money, Σ cost served / Σ cost on the reference over them."""
+        if self.money is not None:
+            return 100.0 * self._served / self._ref_cost if self._ref_cost > 0 else 0.0
         return self._held_sum / max(len(self.picked), 1)
 
     def _shift(self, scores: np.ndarray) -> np.ndarray:
@@ -227,6 +346,7 @@ class Hold:
             "pairs_from": self.pairs_from,
             "estimate": None if est is None else {"value": est[0], "low": est[1], "high": est[2]},
             "range": [self.lo, self.hi],
+            "unit": "money" if self.money is not None else "relative cost" if self.kind == "budget" else "share",
         }
 
 

@@ -22,12 +22,12 @@ from hybridllm.stages.score import check_rubric
 from hybridllm.tables.registry import Registry
 from hybridllm.tables.specs import key_envs, parse_spec
 
-from .budget import parse_cap
+from .caps import parse_cap
+from .control.shadow import RewardScorer
 from .env_secrets import admin_keys, state_url
 from .errors import ServeConfigError
 from .options import ServeOptions, key_id
 from .settings import ServeSettings
-from .shadow import RewardScorer
 
 
 class ServeConfig(ServeSettings):

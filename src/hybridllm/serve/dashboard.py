@@ -1,6 +1,6 @@
 """``/dashboard``: one page for people watching a running proxy (no build step, assets in the
-package, nothing fetched from outside), its data as JSON, and a control for the run-time default
-knob (:mod:`hybridllm.serve.control` holds it).
+package, nothing fetched from outside), its data as JSON, and a form that sets the admin's knob, the
+run-time default (:mod:`hybridllm.serve.admin_knob` holds it).
 
 Access: the page itself holds no data. ``/dashboard/data`` is guarded like ``/metrics`` (a client key
 or the admin key when keys are set, unless ``public_metrics``); ``POST /dashboard/knob`` changes where
@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
-from .control import KnobControl
+from .admin_knob import AdminKnob
 from .errors import RequestError
 from .guard import AdminGate
 from .knobs import KnobError
 from .protocol import parse_json, read_body
+from .telemetry import Metrics
 
 _ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 log = logging.getLogger("hybridllm.access")
@@ -32,8 +34,12 @@ def _asset(name: str) -> bytes:
     return resources.files("hybridllm.serve").joinpath("static", name).read_bytes()
 
 
-def mount_dashboard(app: Any, control: KnobControl, metrics: Any, admin: AdminGate, unauthorised: Any) -> None:
-    opts = control.opts
+def mount_dashboard(
+    app: Any, knob: AdminKnob, metrics: Metrics, admin: AdminGate, unauthorised: Callable[[], Response]
+) -> None:
+    """The dashboard's routes; its data: the traffic window, the knob's view, and (under their old
+    JSON keys ``live`` and ``hold``) the live estimates and the hold's state when they run."""
+    opts = knob.opts
 
     @app.get("/dashboard", include_in_schema=False)
     async def page() -> Any:
@@ -50,14 +56,14 @@ def mount_dashboard(app: Any, control: KnobControl, metrics: Any, admin: AdminGa
         if not (opts.public_metrics or admin.reads(request)):
             return unauthorised()
         # summarised in a thread: the proxy's event loop keeps serving meanwhile
-        live = await asyncio.to_thread(metrics.live.snapshot)
-        held, quality = getattr(app.state, "hold", None), getattr(app.state, "live", None)
-        return JSONResponse({**live, "router": control.view(), "auth": bool(opts.api_keys),
+        traffic = await asyncio.to_thread(metrics.traffic.snapshot)
+        held, quality = getattr(app.state, "hold", None), getattr(app.state, "estimates", None)
+        return JSONResponse({**traffic, "router": knob.view(), "auth": bool(opts.api_keys),
                              "live": None if quality is None else quality.view(),
                              "hold": None if held is None else held.state()})  # fmt: skip
 
     @app.post("/dashboard/knob", include_in_schema=False)
-    async def knob(request: Request) -> Any:
+    async def set_knob(request: Request) -> Any:
         refused = admin.refuse(request)
         if refused is not None:
             return refused
@@ -66,7 +72,7 @@ def mount_dashboard(app: Any, control: KnobControl, metrics: Any, admin: AdminGa
         if not isinstance(name, str):
             raise RequestError(400, 'send {"model": NAME}: a routing name such as hybrid-qd-2', "model")
         try:
-            control.set(name)
+            knob.set(name)
         except (KnobError, ValueError) as exc:
             raise RequestError(400, str(exc), "model") from None
-        return JSONResponse(control.view())
+        return JSONResponse(knob.view())

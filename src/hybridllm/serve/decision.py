@@ -4,8 +4,9 @@ The proxy asks a :class:`Decider` and acts on the :class:`RouteDecision` it retu
 inside. :class:`PolicyDecider` is the default: the request's knob (its routing name, the body's
 ``hybridllm`` field, or the run-time default) resolved into a threshold, the router's scores for the
 prompt (micro-batched with concurrent requests), and the policy's choice among the upstreams. A
-controller that holds a target on live traffic, a budget cap or another strategy wraps a
-``Decider`` (or replaces it) without touching the handler.
+controller that holds a target on live traffic (:class:`~hybridllm.serve.control.hold.HoldDecider`)
+or another strategy wraps a ``Decider`` through this protocol alone (or replaces it) without touching
+the handler; what runs around the upstream call (budget caps, shadow checks) is a hook (:mod:`.hooks`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import numpy as np
 
 from hybridllm.routing.policy import Fleet
 
+from .admin_knob import AdminKnob
 from .batcher import MicroBatcher
-from .control import KnobControl
 from .errors import RequestError
 from .knobs import parse_knob
 from .options import ServeOptions
-from .routing import Routing, as_row
 from .telemetry import Metrics
+from .upstreams import Upstreams, as_row
 
 
 class ServingRouter(Protocol):
@@ -46,11 +47,12 @@ class ServingRouter(Protocol):
     ) -> tuple[float, str]: ...
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RouteDecision:
     """Where one request goes: ``target`` indexes the upstreams (cost order), ``reason`` is the
     ``x-hybridllm-reason`` header, ``may_fall_back`` whether a failed call may go to another model;
-    a routed decision also carries the score shown, the threshold and every scored model's score."""
+    a routed decision also carries the score shown, the threshold and every scored model's score.
+    Frozen once made: a wrapper or a hook that changes it makes a new one (``dataclasses.replace``)."""
 
     target: int
     reason: str
@@ -76,10 +78,10 @@ class PolicyDecider:
     micro-batcher on the serving event loop."""
 
     def __init__(
-        self, router: ServingRouter, routing: Routing, control: KnobControl, metrics: Metrics, options: ServeOptions,
+        self, router: ServingRouter, upstreams: Upstreams, knob: AdminKnob, metrics: Metrics, options: ServeOptions,
         forced: dict[str, int],
     ) -> None:  # fmt: skip
-        self.router, self.routing, self.control, self.metrics = router, routing, control, metrics
+        self.router, self.upstreams, self.knob, self.metrics = router, upstreams, knob, metrics
         self.options, self.forced = options, forced
         self.batcher: MicroBatcher | None = None
 
@@ -92,18 +94,17 @@ class PolicyDecider:
             await self.batcher.stop()
 
     async def decide(self, model: str, extra: Any, text: str, alone: bool) -> RouteDecision:
-        opts, metrics, routing = self.options, self.metrics, self.routing
+        opts, upstreams = self.options, self.upstreams
         if model == "hybrid" and opts.state_dir:
-            self.control.sync()  # another worker may have changed it
-        if model == "hybrid" and self.control.name != "hybrid":
-            model = self.control.name
+            self.knob.sync()  # another worker may have changed it
+        if model == "hybrid" and self.knob.name != "hybrid":
+            model = self.knob.name
         knob = parse_knob(model, extra, self.forced)
         if knob.force:
             target = self.forced[knob.force]
-            metrics.decisions.labels(routing.ups[target].who, "forced").inc()
-            return RouteDecision(target, f"forced {routing.label(target)}", bool(knob.fallback))
+            return RouteDecision(target, f"forced {upstreams.label(target)}", bool(knob.fallback))
         try:
-            threshold, reason = self.control.threshold(knob)
+            threshold, reason = self.knob.threshold(knob)
         except ValueError as exc:
             raise RequestError(400, str(exc), "model") from None
         fall_back = opts.fallback if knob.fallback is None else knob.fallback
@@ -111,15 +112,14 @@ class PolicyDecider:
 
     async def routed(self, text: str, alone: bool, threshold: float, reason: str, fall_back: bool) -> RouteDecision:
         """The router's decision at a given threshold (a controller's, or the request's knob's)."""
-        metrics, routing = self.metrics, self.routing
+        upstreams = self.upstreams
         assert self.batcher is not None, "PolicyDecider.start() runs before the first request"
         r0 = time.perf_counter()
         try:
             scores = await self.batcher.score(text, alone=alone)
         except Exception as exc:
             raise RequestError(400, f"the router could not read this prompt ({type(exc).__name__})") from None
-        metrics.router.observe(time.perf_counter() - r0)
+        self.metrics.router.observe(time.perf_counter() - r0)
         row = as_row(scores)
-        target, chosen = routing.decide_row(row, threshold)
-        metrics.decisions.labels(routing.ups[target].who, "router").inc()
-        return RouteDecision(target, reason, fall_back, chosen, threshold, routing.named_scores(row), tuple(row))
+        target, chosen = upstreams.decide_row(row, threshold)
+        return RouteDecision(target, reason, fall_back, chosen, threshold, upstreams.named_scores(row), tuple(row))

@@ -23,9 +23,11 @@ def _setting(name: str) -> Any:
     return field(default=ServeSettings.model_fields[name].default, metadata={"setting": name})
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServeOptions:
-    """The running proxy's settings (derived from a :class:`~hybridllm.serve.config.ServeConfig`)."""
+    """The running proxy's settings (derived from a :class:`~hybridllm.serve.config.ServeConfig`).
+    Frozen: what changes while the server runs lives elsewhere (the admin's knob in
+    :class:`~hybridllm.serve.admin_knob.AdminKnob`, the hold in its decider)."""
 
     # the settings of the same name (serve/settings.py)
     fallback: bool = _setting("fallback")

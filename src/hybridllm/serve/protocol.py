@@ -1,5 +1,6 @@
 """The OpenAI side of the proxy: reading a request body within limits, strict JSON, the checks a
-request must pass before it can be routed, and OpenAI's error shape for every refusal.
+request must pass before it can be routed, OpenAI's error shape for every refusal, and the text of
+an answer (whole or streamed) for a hook that asked for it.
 
 Why strict here: the proxy forwards the body upstream and feeds its text to the router, so anything
 that would make either fail later (non-finite numbers, lone surrogates, non-string content parts,
@@ -13,6 +14,7 @@ import asyncio
 import hmac
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,3 +201,33 @@ def openai_error(status: int, message: str, param: str | None = None, code: Any 
         headers=headers,
         media_type="application/json",
     )
+
+
+def answer_text(payload: Any) -> str:
+    """The text of an OpenAI-shaped chat or completion answer ('' when it has none)."""
+    try:
+        choice = payload["choices"][0]
+        msg = choice.get("message")
+        text = msg.get("content") if isinstance(msg, dict) else choice.get("text")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return ""
+    return text if isinstance(text, str) else ""
+
+
+def stream_text(chunks: Sequence[bytes]) -> str:
+    """The text of a relayed SSE stream, from its ``data:`` events' deltas."""
+    out = []
+    for line in b"".join(chunks).split(b"\n"):
+        if not line.startswith(b"data:") or line.strip() == b"data: [DONE]":
+            continue
+        try:
+            choice = json.loads(line[5:])["choices"][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+        if isinstance(piece, str):
+            out.append(piece)
+    return "".join(out)

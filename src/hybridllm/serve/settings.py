@@ -165,7 +165,7 @@ class ServeSettings(BaseModel):
     @field_validator("budget_cap")
     @classmethod
     def _caps(cls, v: list[str]) -> list[str]:
-        from .budget import parse_cap
+        from .caps import parse_cap
 
         for item in v:
             parse_cap(item)

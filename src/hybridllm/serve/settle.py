@@ -26,7 +26,9 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
-from hybridllm.backends import Answer
+from hybridllm.backends import Answer, Failure
+
+from .hooks import RequestContext
 
 #: a model's maximum output when the models file does not state ``max_output_tokens``
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
@@ -92,7 +94,7 @@ def price(prices: dict[str, tuple[float, float]], model: str, usage: dict[str, A
     return (usage["prompt_tokens"] * pin + usage["completion_tokens"] * pout) / 1e6
 
 
-async def usage_events(stream: AsyncIterator[bytes], rec: Any) -> AsyncIterator[bytes]:
+async def usage_events(stream: AsyncIterator[bytes], rec: RequestContext) -> AsyncIterator[bytes]:
     """The stream by whole SSE events, bytes unchanged; the usage chunk (no choices, a usage
     object) sets ``rec.usage`` and is dropped when the client did not ask for it (``rec.strip_usage``)."""
     buf = b""
@@ -129,7 +131,9 @@ class Pump:
     end): a priced stream is then read on to its end, for its usage, within ``settle_timeout_s``
     (then closed), an unpriced one is closed at once. ``done()`` waits for the read to end."""
 
-    def __init__(self, stream: AsyncIterator[bytes], rec: Any, priced: bool, settle_timeout_s: float) -> None:
+    def __init__(
+        self, stream: AsyncIterator[bytes], rec: RequestContext, priced: bool, settle_timeout_s: float
+    ) -> None:
         self.rec, self.priced, self.settle_timeout_s = rec, priced, settle_timeout_s
         self.queue: asyncio.Queue[Any] = asyncio.Queue(READ_AHEAD)
         self.left = False
@@ -187,7 +191,7 @@ class Pump:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
-def bill(rec: Any, prices: dict[str, Any], max_output: dict[str, int]) -> None:
+def bill(rec: RequestContext, prices: dict[str, tuple[float, float]], max_output: dict[str, int]) -> None:
     """An answer asked for (``rec.status`` 200, or ``rec.asked``: the upstream was asked and the
     relay or the call ended otherwise) whose upstream reported no usage is charged its bound:
     ``rec.billed``, the usage the metrics and the budget price instead (marked in the access log)."""
@@ -197,7 +201,7 @@ def bill(rec: Any, prices: dict[str, Any], max_output: dict[str, int]) -> None:
         rec.billed = token_bound(rec.sent).usage(max_output.get(rec.model, DEFAULT_MAX_OUTPUT_TOKENS))
 
 
-async def left_behind(call: asyncio.Future[Any], rec: Any, settle_timeout_s: float) -> None:
+async def left_behind(call: asyncio.Future[Answer | Failure], rec: RequestContext, settle_timeout_s: float) -> None:
     """The upstream call of a request whose client left, finished for its usage: the call's answer
     (a stream read to its end) within ``settle_timeout_s``, else the call is closed and the request
     is charged its bound (``rec.asked``). A call that failed (or was closed unpriced) costs nothing."""

@@ -1,5 +1,6 @@
-"""What the proxy counts and logs: one :class:`Record` per request, turned into Prometheus
-metrics, one JSON access-log line, and the live window the dashboard reads (:mod:`.live`)."""
+"""What the proxy counts and logs: each request's :class:`~.hooks.RequestContext`, once it ended,
+turned into Prometheus metrics, one JSON access-log line, and the traffic window the dashboard reads
+(:mod:`.traffic`); each decision counted once (:meth:`Metrics.decided`)."""
 
 from __future__ import annotations
 
@@ -7,45 +8,21 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from .live import Event, LiveStats
+from .hooks import RequestContext
 from .settle import price
+from .traffic import Event, TrafficWindow
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from .decision import RouteDecision
 
 log = logging.getLogger("hybridllm.access")
 #: built once (json.dumps with a non-default option builds an encoder per call)
 _JSON_LINE = json.JSONEncoder(ensure_ascii=False)
-
-
-@dataclass
-class Record:
-    """What one request's access-log line and metrics say."""
-
-    rid: str
-    t0: float
-    model: str = "none"
-    status: int = 0
-    score: float | None = None
-    threshold: float | None = None
-    usage: dict[str, Any] = field(default_factory=dict)
-    fallback_from: str | None = None
-    scores: dict[str, float] | None = None  # every scored model's score (routers over N models)
-    cost: float | None = None  # estimated, when prices are known
-    best_cost: float | None = None  # the same tokens on the best model
-    stream: bool = False
-    error: str | None = None
-    prompt: Any = None
-    shadow: Any = None  # a ShadowJob when this request was drawn for a shadow check
-    key: str | None = None  # the client key's name (never the key), for per-key budgets
-    chars: int = 0  # length of the text the router read (a budget reservation's bound)
-    reservation: Any = None  # the budget's reservation while the request runs
-    raw_prompt: Any = None  # the body's messages or prompt, kept only when prompts are logged
-    strip_usage: bool = False  # the usage chunk of this stream was asked by the proxy, not the client
-    sent: Any = None  # the body sent upstream (its token bound is the charge when no usage comes)
-    asked: bool = False  # the upstream was asked for an answer that the client did not get whole: charged
-    billed: dict[str, Any] | None = None  # the token bound charged when the upstream reported no usage
-    outcome: str | None = None  # "client_left": the client went before its answer (the answer still charged)
 
 
 class Metrics:
@@ -75,10 +52,10 @@ class Metrics:
             registry=reg,
         )
         self.prices, self.reference = prices or {}, reference
-        share = os.path.join(state_dir, "live") if state_dir else None
+        share = os.path.join(state_dir, "traffic") if state_dir else None
         if share:
             os.makedirs(share, exist_ok=True)
-        self.live = LiveStats(models or [], share_dir=share)
+        self.traffic = TrafficWindow(models or [], share_dir=share)
         self.multiprocess = bool(state_dir and os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.worker = os.getpid() if state_dir else None  # named in the access log of --workers N
         self.cost = Counter(
@@ -115,8 +92,8 @@ class Metrics:
             registry=reg,
         )
         self.feedback = Counter("hybridllm_feedback", "/v1/feedback scores recorded, by model", ["model"], registry=reg)
-        #: callables giving extra metric families at scrape time (live estimates, the controller)
-        self.extra: list[Any] = []
+        #: callables giving extra metric families at scrape time (live estimates, the hold)
+        self.extra: list[Callable[[], Iterable[Metric]]] = []
         self.router = Histogram(
             "hybridllm_router_seconds",
             "router decision latency",
@@ -140,18 +117,23 @@ class Metrics:
             self.shadow_spent.labels(model, role).inc(cost)
         return cost
 
-    def _price(self, rec: Record) -> None:
-        """Estimated cost of one answered request and the always-best counterfactual (same tokens)."""
-        if self.reference is None or self.reference not in self.prices:
+    def decided(self, model: str, decision: RouteDecision) -> None:
+        """Count one decision (the decider's, once per request): the router's when it scored the
+        prompt, else a forced one."""
+        self.decisions.labels(model, "router" if decision.score is not None else "forced").inc()
+
+    def _price(self, rec: RequestContext) -> None:
+        """The cost of one charged request (``rec.cost``, computed by the proxy) counted, with the
+        always-best counterfactual (the same tokens on the reference) when both are priced."""
+        if rec.cost is None or self.reference is None or self.reference not in self.prices:
             return
         usage = rec.billed if rec.billed is not None else rec.usage  # usage, else the request's bound
-        cost = self.cost_of(rec.model, usage)
         best = self.cost_of(self.reference, usage)
-        if cost is None or best is None:
+        if best is None:
             return
-        self.cost.labels(rec.model).inc(cost)
+        self.cost.labels(rec.model).inc(rec.cost)
         self.cost_best.inc(best)
-        rec.cost, rec.best_cost = cost, best
+        rec.best_cost = best
 
     def exposition(self) -> bytes:
         """The /metrics body: this process's counters, or every worker's added up; then the saving
@@ -188,17 +170,18 @@ class Metrics:
     def count_shadow(self, model: str, outcome: str) -> None:
         self.shadow_calls.labels(model, outcome).inc()
 
-    def record(self, rec: Record, log_prompts: bool) -> None:
+    def record(self, rec: RequestContext, log_prompts: bool) -> None:
         self.requests.labels(rec.model, str(rec.status)).inc()
-        if rec.status == 200 or rec.asked:  # every answer asked for is priced, whole or not
-            self._price(rec)
+        self._price(rec)
+        decision = rec.decision
+        score, threshold = (None, None) if decision is None else (decision.score, decision.threshold)
         for k in ("prompt_tokens", "completion_tokens"):
             v = rec.usage.get(k)
             if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
                 self.tokens.labels(rec.model, k.split("_")[0]).inc(v)
         latency = time.perf_counter() - rec.t0
-        self.live.add(
-            Event(time.time(), rec.model, rec.status, latency, rec.score, rec.fallback_from is not None),
+        self.traffic.add(
+            Event(time.time(), rec.model, rec.status, latency, score, rec.fallback_from is not None),
             rec.cost,
             rec.best_cost,
         )
@@ -207,15 +190,15 @@ class Metrics:
             "model": rec.model,
             "status": rec.status,
             "latency_ms": round(latency * 1000, 1),
-            "score": rec.score,
-            "threshold": rec.threshold,
+            "score": score,
+            "threshold": threshold,
             "stream": rec.stream,
             "prompt_tokens": rec.usage.get("prompt_tokens"),
             "completion_tokens": rec.usage.get("completion_tokens"),
         }
         if rec.key is not None:
             line["key"] = rec.key
-        if rec.cost is not None:
+        if rec.best_cost is not None and rec.cost is not None:  # what hybridllm_cost counted
             line["cost"] = round(rec.cost, 8)
         if rec.outcome is not None:
             line["outcome"] = rec.outcome
@@ -225,8 +208,8 @@ class Metrics:
             line["worker"] = self.worker
         if rec.fallback_from:
             line["fallback_from"] = rec.fallback_from
-        if rec.scores is not None:
-            line["scores"] = rec.scores
+        if decision is not None and decision.scores is not None:
+            line["scores"] = decision.scores
         if rec.error:
             line["error"] = rec.error[:300]
         if log_prompts and rec.prompt is not None:

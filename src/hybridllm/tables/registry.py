@@ -10,8 +10,10 @@ cost = 0.5                                     # relative cost (any unit)
 spec = "gpt-4o@https://api.openai.com/v1"
 price_in = 2.50                                # per 1M input tokens
 price_out = 10.00                              # per 1M output tokens
+price_cached_in = 1.25                         # per 1M cached prompt tokens (default: price_in)
 api_key_env = "OPENAI_API_KEY"                 # sent to this model's endpoint only
 max_output_tokens = 16384                      # its longest answer (budget reservations; default 4096)
+api = "chat"                                   # its protocol: "chat" (default), "messages", "responses"
 ```
 
 A top-level ``judge = "NAME"`` names the model of the file that ``serve --shadow-rate`` asks to score
@@ -19,11 +21,14 @@ shadow pairs (its SPEC and key variable); ``--judge NAME`` does the same for any
 
 A model's relative cost is ``cost`` when given, else its blended token price
 ``(3 * price_in + price_out) / 4`` (three input tokens per output token, a common chat mix).
+A request's cost in money is :func:`hybridllm.routing.money.cost` of its usage at these prices.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -41,9 +46,19 @@ class ModelEntry(BaseModel):
     cost: float | None = Field(None, gt=0, allow_inf_nan=False)
     price_in: float | None = Field(None, ge=0, allow_inf_nan=False)
     price_out: float | None = Field(None, ge=0, allow_inf_nan=False)
+    # per 1M prompt tokens the upstream reports as read from its cache (usage.prompt_tokens_details.cached_tokens)
+    price_cached_in: float | None = Field(None, ge=0, allow_inf_nan=False)
     api_key_env: str | None = None
     # the most tokens one answer of this model can have: bounds a budget reservation (serve's default: 4096)
     max_output_tokens: int | None = Field(None, ge=1, le=10_000_000)
+    # the protocol its endpoint speaks: a request reaches only the models of its own protocol
+    api: Literal["chat", "messages", "responses"] = "chat"
+
+    @model_validator(mode="after")
+    def _api_over_http(self) -> ModelEntry:
+        if self.api != "chat" and self.spec is not None and "://" not in self.spec:
+            raise ValueError(f"api {self.api!r} needs an HTTP spec (MODEL@https://HOST/v1), not a local model")
+        return self
 
     @model_validator(mode="after")
     def _priced(self) -> ModelEntry:
@@ -51,6 +66,8 @@ class ModelEntry(BaseModel):
             raise ValueError("give cost, or both price_in and price_out")
         if self.cost is None and (3 * (self.price_in or 0) + (self.price_out or 0)) <= 0:
             raise ValueError("prices must not both be 0")
+        if self.price_cached_in is not None and self.price_in is None:
+            raise ValueError("price_cached_in needs price_in (the uncached price it discounts)")
         return self
 
     @property
@@ -78,7 +95,8 @@ class Registry(BaseModel):
 
         p = Path(path)
         try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
+            text = p.read_text(encoding="utf-8")
+            data = tomllib.loads(text)
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise RegistryError(f"{p}: {exc}") from None
         try:
@@ -87,7 +105,8 @@ class Registry(BaseModel):
             e = exc.errors()[0]
             where = ".".join(str(x) for x in e["loc"])
             msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            raise RegistryError(f"{p}: {where}: {msg}") from None
+            line = _line_of(text, e["loc"])
+            raise RegistryError(f"{p}{f':{line}' if line else ''}: {where}: {msg}") from None
         if len(reg.models) < 1:
             raise RegistryError(f"{p}: no [models.NAME] tables")
         return reg
@@ -97,3 +116,23 @@ class Registry(BaseModel):
         if missing:
             raise RegistryError(f"not in the models file: {', '.join(missing)} (has {', '.join(self.models)})")
         return {n: self.models[n].relative_cost for n in names}
+
+
+def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
+    """The line (1-based) of the key a validation error names, ``models.NAME.KEY`` written under a
+    ``[models.NAME]`` table (the model's table line when the key is not written there); None where
+    the file writes it otherwise."""
+    if len(loc) < 2 or loc[0] != "models":
+        return None
+    name = re.escape(str(loc[1]))
+    header = re.compile(rf"\s*\[\s*models\s*\.\s*(?:\"{name}\"|'{name}'|{name})\s*\]")
+    key = re.compile(rf"\s*(?:\"{re.escape(str(loc[2]))}\"|{re.escape(str(loc[2]))})\s*=") if len(loc) > 2 else None
+    at = None
+    for i, line in enumerate(text.splitlines(), 1):
+        if at is None:
+            at = i if header.match(line) else None
+        elif line.lstrip().startswith("["):
+            break
+        elif key is not None and key.match(line):
+            return i
+    return at

@@ -9,7 +9,8 @@ their own concurrency and per-minute ceiling (shared fairly by the client keys),
 with one answer of capped length, skip prompts above a size, use each upstream's own backend (and
 key), are priced and counted apart in ``/metrics`` and the access log with the judge's verdicts, and
 are cancelled at shutdown (bounds: :mod:`.shadow_bounds`). The prompt lives in memory only until the
-pair is scored.
+pair is scored. :class:`ShadowHook` is its hook on the request path: it draws when the answer is
+known (and asks for its text), and starts the shadow call once the answer has been sent.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from hybridllm.backends import Answer, Backend
 from hybridllm.routing.estimates import ShadowPair, policy_sides
 from hybridllm.stages.score import JUDGE_RUBRIC, check_rubric, judge_rating, reward_model_batch
 
+from ..hooks import BaseHook, RequestContext, Slot
+from ..protocol import answer_text
 from .shadow_bounds import FairCeiling, MeteredJudge, body_chars, judge_usage, replay_body
 
 log = logging.getLogger("hybridllm.access")
@@ -93,36 +96,6 @@ class ShadowJob:
     more: tuple[int, ...] = ()  # further models to ask (every side, for an N-model quality hold)
     cost: float | None = None  # the served answer's estimated cost (set once it has been sent)
     key: str | None = None  # the client key's name: whose share of the shadow ceiling it takes
-
-
-def answer_text(payload: Any) -> str:
-    """The text of an OpenAI-shaped chat or completion answer ('' when it has none)."""
-    try:
-        choice = payload["choices"][0]
-        msg = choice.get("message")
-        text = msg.get("content") if isinstance(msg, dict) else choice.get("text")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return ""
-    return text if isinstance(text, str) else ""
-
-
-def stream_text(chunks: Sequence[bytes]) -> str:
-    """The text of a relayed SSE stream, from its ``data:`` events' deltas."""
-    out = []
-    for line in b"".join(chunks).split(b"\n"):
-        if not line.startswith(b"data:") or line.strip() == b"data: [DONE]":
-            continue
-        try:
-            choice = json.loads(line[5:])["choices"][0]
-        except (ValueError, KeyError, IndexError, TypeError):
-            continue
-        if not isinstance(choice, dict):
-            continue
-        delta = choice.get("delta")
-        piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-        if isinstance(piece, str):
-            out.append(piece)
-    return "".join(out)
 
 
 class Shadow:
@@ -283,3 +256,51 @@ class Shadow:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+#: the shadow job of a drawn request, from its draw to its submission
+SHADOW_JOB: Slot[ShadowJob] = Slot("shadow job")
+
+
+class ShadowHook(BaseHook):
+    """Shadow checks on the request path. When a routed request's answer is known, the draw: a
+    :class:`ShadowJob` with the bounded replay of the body as sent, and the answer's text asked for;
+    none for a request a before-call hook moved (a budget cap's downgrade: its answer is not the
+    decided model's, and no fallback explains it) when the other side is dearer. Once the answer has
+    been sent (status 200), the job goes to :meth:`Shadow.submit` with the answer's text and its
+    cost (when priced from the upstream's usage). Closing cancels the shadow calls in flight."""
+
+    def __init__(self, shadow: Shadow) -> None:
+        self.shadow = shadow
+        self._index = {u.who: i for i, u in enumerate(shadow.ups)}
+
+    def on_answer(self, ctx: RequestContext) -> None:
+        job = self._draw(ctx)
+        if job is not None:
+            ctx.put(SHADOW_JOB, job)
+            ctx.keep_answer = True
+
+    def _draw(self, ctx: RequestContext) -> ShadowJob | None:
+        shadow, decision, body = self.shadow, ctx.decision, ctx.sent
+        if decision is None or body is None or decision.row is None or not shadow.draw():
+            return None
+        served = self._index[ctx.model]
+        other = shadow.other_side(served, decision.row)
+        more = shadow.more_sides(served, other, decision.row)
+        replay = shadow.replay(body, ctx.kind, served, (other, *more), ctx.moved)
+        if replay is None:
+            return None
+        prompt = replay.get("messages") if ctx.kind == "chat" else replay.get("prompt")
+        return ShadowJob(ctx.rid, ctx.kind, replay, prompt, served, other, decision.row, 1.0 / shadow.rate, more=more,
+                         key=ctx.key)  # fmt: skip
+
+    async def after_sent(self, ctx: RequestContext) -> None:
+        job = ctx.pop(SHADOW_JOB)
+        if job is None or ctx.status != 200:
+            return
+        job.answer = ctx.answer or ""
+        job.cost = ctx.cost if ctx.billed is None else None  # priced from the upstream's own usage only
+        self.shadow.submit(job)
+
+    async def close(self) -> None:
+        await self.shadow.close()

@@ -19,7 +19,9 @@ def as_row(scores: Any) -> list[float]:
     return np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
 
 
-class Routing:
+class Upstreams:
+    """The router's models as upstream backends, in cost order, and where a failed call falls back to."""
+
     def __init__(self, router: Any, upstreams: Sequence[Backend]) -> None:
         fleet = router.fleet
         by_name = {u.who: u for u in upstreams}

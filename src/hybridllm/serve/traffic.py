@@ -29,7 +29,7 @@ class Event:
     fallback: bool
 
 
-class LiveStats:
+class TrafficWindow:
     """Fed once per finished request; :meth:`snapshot` is what ``/dashboard/data`` returns."""
 
     def __init__(self, models: list[str], keep: int = 5000, share_dir: str | None = None) -> None:

@@ -11,7 +11,9 @@ request, bounded so that no client can fill the disk, the memory or the training
   (feedback or shadow pair); the outcome records carry only its id;
 - a key can score only its own requests (another key's request is a 404, as an unknown one).
 
-Which requests can be named is :mod:`hybridllm.serve.request_index`'s (bounded in bytes).
+Which requests can be named is :mod:`.request_index`'s (bounded in bytes). :class:`OutcomesHook` is
+the log's hook on the request path: each answered request is remembered (for feedback to name) once
+its answer has been sent, and each scored shadow pair is written (:meth:`OutcomesHook.add_pair`).
 """
 
 from __future__ import annotations
@@ -20,18 +22,21 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from hybridllm.routing.estimates import ShadowPair
 from hybridllm.stages.outcomes import OutcomesLog
 
-from .errors import RequestError
-from .options import ServeOptions
-from .protocol import openai_error, read_body
+from ..errors import RequestError
+from ..hooks import BaseHook, RequestContext
+from ..options import ServeOptions
+from ..protocol import openai_error, read_body
 from .request_index import Entry, RequestIndex, make_index
+from .shadow import ShadowJob
 
 #: a feedback body is two fields: anything longer is refused before it is parsed
 MAX_FEEDBACK_BYTES = 10_000
@@ -52,7 +57,7 @@ class FeedbackDesk:
         index = make_index(opts.feedback_index_mb << 20, opts.state, opts.state_dir)
         return cls(OutcomesLog(opts.outcomes), index, opts)
 
-    async def remember(self, rid: str, model: str, key: str | None, prompt: Any) -> None:
+    async def remember(self, rid: str, model: str, key: str | None, prompt: object) -> None:
         """An answered request that feedback may name (its prompt kept only with ``--log-prompts``)."""
         text = None if prompt is None or not self.opts.log_prompts else json.dumps(prompt, ensure_ascii=False)
         await self.index.remember(rid, Entry(model, key, text))
@@ -85,9 +90,16 @@ class FeedbackDesk:
         records.append(record)
         await asyncio.to_thread(self.log.append, *records)
 
+    def note(self, rid: str, model: str, key: str | None, prompt: object) -> None:
+        """:meth:`remember` off the caller, kept until it ends (shutdown waits)."""
+        self._background(self.remember(rid, model, key, prompt))
+
     def submit(self, rid: str, record: dict[str, Any], prompt: Any = None) -> None:
         """:meth:`write` off the caller (a shadow pair's sink), kept until it ends (shutdown waits)."""
-        task = asyncio.ensure_future(self.write(rid, record, prompt))
+        self._background(self.write(rid, record, prompt))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
 
@@ -95,6 +107,33 @@ class FeedbackDesk:
         await asyncio.gather(*list(self._bg), return_exceptions=True)
         self.log.close()
         await self.index.close()
+
+
+class OutcomesHook(BaseHook):
+    """The outcomes log on the request path: an answered request is remembered once its answer has
+    been sent (off the caller: shutdown waits for it), a scored shadow pair is written beside its
+    request (:meth:`add_pair`, a :class:`~.shadow.Shadow` sink), and the log closes at shutdown."""
+
+    def __init__(self, desk: FeedbackDesk, models: list[str]) -> None:
+        self.desk, self.models = desk, models
+
+    async def after_sent(self, ctx: RequestContext) -> None:
+        if ctx.status == 200:
+            self.desk.note(ctx.rid, ctx.model, ctx.key, ctx.raw_prompt)
+
+    def add_pair(self, pair: ShadowPair, job: ShadowJob) -> None:
+        self.desk.submit(job.rid, shadow_record(pair, job, self.models), job.prompt)
+
+    async def close(self) -> None:
+        await self.desk.close()
+
+
+def shadow_record(pair: ShadowPair, job: ShadowJob, models: list[str]) -> dict[str, Any]:
+    """The outcomes log's record of one scored shadow pair (its request's prompt is in the request record)."""
+    served, other = models[pair.served], models[pair.other]
+    q = {served: pair.q_served, other: pair.q_other, **{models[m]: v for m, v in pair.extra}}
+    return {"type": "shadow", "id": job.rid, "t": round(pair.t, 3), "served": served, "other": other, "q": q,
+            "scores": list(pair.scores)}  # fmt: skip
 
 
 def _body(raw: bytes) -> tuple[str, float]:

@@ -15,64 +15,27 @@ OpenAI-shaped 429 (``--on-cap refuse``, which bounds all spend), with the reason
 ``x-hybridllm-reason``; never silently. A request already routed to the cheapest model is refused
 past the ceiling either way.
 
-Also here: the per-key steering signal (:class:`SteeringWatch`), raised when a key's share of the
-dearer models over its last requests jumps well above its own history (what a client steering its
-prompts toward the expensive model looks like), with or without caps.
+:class:`BudgetHook` is the caps' hook on the request path (:mod:`hybridllm.serve.hooks`): it admits
+before the call and settles after the answer was sent.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
-from .errors import RequestError, ServeConfigError
-from .settle import DEFAULT_MAX_OUTPUT_TOKENS, TokenBound, price
-from .state import StateStore
+from ..caps import Cap
+from ..errors import RequestError, ServeConfigError
+from ..hooks import BaseHook, RequestContext, Slot
+from ..settle import DEFAULT_MAX_OUTPUT_TOKENS, TokenBound, price, token_bound
+from ..state import StateStore
+from ..upstreams import Upstreams
 
 log = logging.getLogger("hybridllm.access")
-PERIODS = {"minute": 60, "hour": 3600, "day": 86400, "month": 30 * 86400}
-
-
-@dataclass(frozen=True)
-class Cap:
-    key: str  # a key's name, or "*" for all traffic
-    amount: float
-    period: str
-
-    @property
-    def seconds(self) -> int:
-        return PERIODS[self.period]
-
-    def bucket(self, now: float) -> str:
-        """The counter of the current period (periods start at multiples of their length, UTC)."""
-        start = int(now // self.seconds) * self.seconds
-        return f"{_slug(self.key)}:{self.period}:{start}"
-
-
-def _slug(name: str) -> str:
-    return "all" if name == "*" else hashlib.sha256(name.encode()).hexdigest()[:16]
-
-
-def parse_cap(text: str) -> Cap:
-    """``KEY=AMOUNT/PERIOD`` (AMOUNT in the models file's price unit)."""
-    key, sep, rest = text.partition("=")
-    amount_s, slash, period = rest.partition("/")
-    try:
-        amount = float(amount_s)
-    except ValueError:
-        amount = math.nan
-    key = key.strip()
-    if not sep or not slash or not key or period not in PERIODS or not (amount >= 0 and math.isfinite(amount)):
-        raise ServeConfigError(
-            f"budget cap {text!r}: expected KEY=AMOUNT/PERIOD, e.g. team-a=5/day or *=100/day "
-            f"(periods: {', '.join(PERIODS)})"
-        )
-    return Cap(key, amount, period)
+#: the error code of a request refused past a cap (``--on-cap refuse``)
+REFUSED = "budget_exceeded"
 
 
 @dataclass
@@ -81,14 +44,6 @@ class Reservation:
     buckets: list[str]
     amount: float
     model: str
-
-
-@dataclass
-class _Steering:
-    long: float = 0.0  # running share of dear models over the key's history (slow average)
-    n: int = 0
-    recent: deque[int] = field(default_factory=lambda: deque(maxlen=50))
-    flagged: bool = False
 
 
 class Budget:
@@ -140,8 +95,7 @@ class Budget:
                 res = Reservation(caps, [c.bucket(now) for c in caps], 0.0, cheap)
                 return self.cheapest, res, self._why(key, cap, f"downgraded to {cheap}")
             self._log_cap(key, "refused")
-            msg = self._why(key, cap, "refused")
-            raise RequestError(429, msg, code="budget_exceeded", headers={"x-hybridllm-reason": msg})
+            raise RequestError(429, self._why(key, cap, "refused"), code=REFUSED)
         return target, Reservation([c for c, _ in taken], [b for _, b in taken], amount, model), None
 
     def _why(self, key: str | None, cap: Cap, what: str) -> str:
@@ -162,33 +116,40 @@ class Budget:
             await self.store.settle(bucket, res.amount, cost, cap.seconds * 2)
 
 
-class SteeringWatch:
-    """The per-key steering signal, for every server whose clients have keys (caps or not): raised
-    once when a key's share of the dearer models (``dear``: indices of the fleet) over its last 50
-    routed requests jumps well above its own history, by 30 points and to more than twice it."""
+#: a request's reservation while it runs (settled after its answer was sent)
+RESERVATION: Slot[Reservation] = Slot("budget reservation")
 
-    def __init__(self, dear: set[int]) -> None:
-        self.dear = dear
-        self.steering: dict[str, _Steering] = {}
 
-    def observe(self, key: str | None, target: int) -> bool:
-        """Feed one routed decision of ``key``; True when this one raised the steering flag."""
-        if key is None:
-            return False
-        st = self.steering.setdefault(key, _Steering())
-        dear = 1 if target in self.dear else 0
-        st.recent.append(dear)
-        st.n += 1
-        st.long += (dear - st.long) / min(st.n, 1000)
-        if st.n < 200 or len(st.recent) < st.recent.maxlen:  # type: ignore[operator]
-            return False
-        short = sum(st.recent) / len(st.recent)
-        jumped = short - st.long > 0.3 and short > 2 * st.long
-        if jumped and not st.flagged:
-            st.flagged = True
-            log.info(json.dumps({"event": "steering_suspected", "key": key, "dear_share_recent": round(short, 3),
-                                 "dear_share_history": round(st.long, 3)}))  # fmt: skip
-            return True
-        if not jumped:
-            st.flagged = False
-        return False
+class BudgetHook(BaseHook):
+    """The caps on the request path. Before the call: the request reserves its own bound
+    (:func:`~hybridllm.serve.settle.token_bound` of the body) on the dearest model it may reach (its
+    fallbacks too), or is downgraded (the decision replaced: the cheapest model, no fallback, the
+    cap named in its reason) or refused (the 429, the cap named in its reason). After the answer
+    was sent: what it is charged (``ctx.cost``; 0 when nothing was) replaces the reservation."""
+
+    def __init__(self, budget: Budget, upstreams: Upstreams) -> None:
+        self.budget, self.upstreams = budget, upstreams
+        self.models = [u.who for u in upstreams.ups]
+
+    async def before_call(self, ctx: RequestContext) -> None:
+        decision, body = ctx.decision, ctx.body
+        assert decision is not None and body is not None
+        models = self.models
+        reach = self.upstreams.fallback_order(decision.target) if decision.may_fall_back else [decision.target]
+        try:
+            target, reservation, why = await self.budget.admit(
+                ctx.key, decision.target, models, token_bound(body), [models[i] for i in reach]
+            )
+        except RequestError as exc:
+            if exc.code == REFUSED:  # the refusal's reason is the cap's
+                ctx.decision = replace(decision, reason=exc.message)
+            raise
+        if reservation is not None:
+            ctx.put(RESERVATION, reservation)
+        if why is not None:  # downgraded: its fallback would spend past the cap
+            ctx.decision = replace(decision, target=target, reason=why, may_fall_back=False)
+
+    async def after_sent(self, ctx: RequestContext) -> None:
+        reservation = ctx.pop(RESERVATION)
+        if reservation is not None:
+            await self.budget.settle(reservation, ctx.cost)

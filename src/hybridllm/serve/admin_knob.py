@@ -5,7 +5,7 @@ the request path pays for it once per distinct knob.
 
 One owner for plain ``hybrid``: while a hold (``--hold``) runs, it owns plain ``hybrid`` and the
 knob cannot be set (``POST /dashboard/knob`` answers 409 naming the hold; ``--default-knob`` with
-``--hold`` is refused at start). :meth:`KnobControl.view` says what plain ``hybrid`` routes at now
+``--hold`` is refused at start). :meth:`AdminKnob.view` says what plain ``hybrid`` routes at now
 and who set it (docs/control.md)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hybridllm.fsutil import atomic_write
 from hybridllm.routing.live import Hold
@@ -21,20 +21,28 @@ from hybridllm.routing.live import Hold
 from .errors import RequestError
 from .knobs import Knob, parse_knob
 
+if TYPE_CHECKING:
+    from .decision import ServingRouter
+    from .options import ServeOptions
+    from .upstreams import Upstreams
+
 log = logging.getLogger("hybridllm.access")  # the knob change is an access-log event
 
 
-class KnobControl:
-    """The default knob (what plain ``hybrid`` means) and the router's view of it: threshold, the
+class AdminKnob:
+    """The admin's knob: the default knob (what plain ``hybrid`` means) and the router's view of it: threshold, the
     validation cost–quality curve and the point on it."""
 
-    def __init__(self, router: Any, routing: Any, forced: dict[str, int], opts: Any, hold: Hold | None = None) -> None:
-        self.router, self.routing, self.forced, self.opts, self.hold = router, routing, forced, opts, hold
+    def __init__(
+        self, router: ServingRouter, upstreams: Upstreams, forced: dict[str, int], opts: ServeOptions,
+        hold: Hold | None = None,
+    ) -> None:  # fmt: skip
+        self.router, self.upstreams, self.forced, self.opts, self.hold = router, upstreams, forced, opts, hold
         # the live knob: its value at start comes from the settings, its changes live here only
         self._name: str = opts.default_knob or "hybrid"
         cal = router.config.get("calibration") or []
         # the curve's x: spend when the models' costs are known, else the share away from the reference
-        fleet = routing.fleet
+        fleet = upstreams.fleet
         self.x_key = "cost" if fleet.costs_given else "cost_advantage"
         away = f"% of queries not sent to {fleet.reference}"
         self.x_label = f"cost, % of always {fleet.reference}" if fleet.costs_given else away
@@ -128,6 +136,6 @@ class KnobControl:
             "owner": owner,  # who set it: "hold KIND=TARGET", "knob NAME" or "default"
             "curve": {"x_label": self.x_label, "points": [[r[0], r[1]] for r in self.curve]},
             "point": point,
-            "pair": self.routing.pair,
-            "models": [u.who for u in self.routing.ups],
+            "pair": self.upstreams.pair,
+            "models": [u.who for u in self.upstreams.ups],
         }
