@@ -163,6 +163,11 @@ def fleet_policy() -> str:
     out.append(table(["case", "measure", "router", "peers", "router − best peer", "95 % CI",
                       "cost at ≤ 1 % drop (router / best peer)", "seeds", "chosen on validation"], rows,
                      "llrlrrrrl"))  # fmt: skip
+    asked = int(d["command"].split("--seeds ")[1]) if "--seeds " in d["command"] else 1
+    done = min(c["seeds"] for c in d["cases"])
+    if done < asked:
+        out += ["", f"The run was stopped after {done} to {max(c['seeds'] for c in d['cases'])} of the {asked} seeds "
+                "asked for (the seeds column): the figures are over the seeds it completed."]  # fmt: skip
     met = sum(c["not_below_any_peer"] for c in d["cases"])
     above = sum(c["above_every_peer"] for c in d["cases"])
     out += ["", f"Router not below any peer on {met} of {len(d['cases'])} cases, above every peer on {above} "

@@ -84,7 +84,6 @@ def serve_until(router_dir: Path, llm: TableLLM, pair: tuple[str, str], prompts:
     async def drive() -> None:
         nonlocal sent
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-
             sem = asyncio.Semaphore(32)
 
             async def one(text: str) -> None:

@@ -33,6 +33,7 @@ _LAZY = {
     "JournalMismatch": "hybridllm.stages.journal", "RegistryError": "hybridllm.tables.registry",
     "KnobError": "hybridllm.serve.knobs", "RequestError": "hybridllm.serve.errors",
     "ServeConfigError": "hybridllm.serve.errors", "JudgeError": "hybridllm.stages.judge",
+    "ConversationError": "hybridllm.routing.conversation", "CapabilityError": "hybridllm.routing.capabilities",
 }  # fmt: skip
 
 
@@ -48,7 +49,9 @@ __all__ = [
     "ArtifactError",
     "BackendError",
     "CalibrationError",
+    "CapabilityError",
     "CollectionExists",
+    "ConversationError",
     "CrossValResult",
     "Decision",
     "EncoderError",

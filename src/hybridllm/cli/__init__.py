@@ -17,7 +17,7 @@ import typer
 
 from hybridllm.errors import HybridLLMError
 
-from . import data, model, learn, serving, steer  # noqa: F401  (registers the commands, in that order)
+from . import data, learn, model, serving, steer  # noqa: F401  (registers the commands, in that order)
 from ._common import Interrupted, app, err
 
 

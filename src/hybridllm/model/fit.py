@@ -40,7 +40,7 @@ from .artifact import save_artifact
 from .finetune import finetune
 from .head import HeadConfig, HeadWeights
 from .head_fit import train_head
-from .select import choose_policy
+from .select import route_head
 
 DEFAULT_EXTRA = ["log_tokens"]
 
@@ -326,43 +326,11 @@ def _fit_head(options, split, train_texts, y, val_texts, y_val, qs_val, ql_val, 
         x_train, y_fit, x_val, qs_val, ql_val, cfg_head, progress, y_val, memory_rows=len(train_texts)
     )
     enc = {"name": encoder.name, "spec": options.encoder, "bundled": False, "fingerprint": encoder.fingerprint}
-    policy, choice = _route(weights, x_val, y_val, split, options, progress)
+    policy, choice = route_head(weights, x_val, y_val, split.q_val, split.fleet, options.head.route, options.seed,
+                                progress)  # fmt: skip
     val_scores = policy.decision_scores(weights.predict(x_val), split.fleet)
     info = {**options.head.to_dict(), "training": info}
     return _Head(weights, val_scores, info, enc, extra, policy=policy, choice=choice)
-
-
-def _route(weights: HeadWeights, x_val: np.ndarray, y_val: np.ndarray, split: _Split, options: TrainOptions,
-           progress: Callable[[str], None] | None) -> tuple[Policy, dict[str, Any] | None]:  # fmt: skip
-    """The routing chosen on validation (:func:`hybridllm.model.select.choose_policy`), the memory
-    member's weight set on ``weights`` (the member dropped when it gets none); without
-    ``options.head.route``, the threshold rule on raw scores and the memory's weight by the head's
-    smooth metric."""
-    mem = weights.memory()
-    if not options.head.route:
-        if mem is not None and weights.knn_mix is not None and float(weights.knn_mix[0]) == 0.0:
-            _drop_memory(weights)
-        return Policy(), None
-    mix = 0.0
-    if mem is not None:
-        weights.knn_mix = np.array([0.0], np.float32)
-    p_head = weights.predict(x_val)
-    p_mem = mem(x_val) if mem is not None else None
-    best, runner, policy, tried = choose_policy(p_head, p_mem, y_val, split.q_val, split.fleet, options.seed, progress)
-    mix = best.mix
-    if mem is not None and mix > 0:
-        weights.knn_mix = np.array([mix], np.float32)
-    elif mem is not None:
-        _drop_memory(weights)
-    measure = "APGR" if len(split.fleet.models) == 2 else "AIQ"
-    choice = {"by": f"validation {measure}", "chosen": best.to_dict(), "runner_up": runner and runner.to_dict(),
-              "tried": tried}  # fmt: skip
-    return policy, choice
-
-
-def _drop_memory(weights: HeadWeights) -> None:
-    for name in ("knn_x", "knn_y", "knn_mu", "knn_proj", "knn_k", "knn_mix", "knn_uniform"):
-        setattr(weights, name, None)
 
 
 def _fit_finetuned(options, split, train_texts, y, val_texts, y_val, qs_val, ql_val, progress, cache, show_progress,

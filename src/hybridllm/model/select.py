@@ -21,6 +21,8 @@ from hybridllm.evaluate.metrics import apgr, quality_curve
 from hybridllm.routing.policy import Fleet
 from hybridllm.routing.value import Policy, ScoreMap, lambda_scale
 
+from .head import HeadWeights
+
 #: the memory member's weights tried in the mix (1: the memory alone)
 MIXES = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 #: (rule, scores) tried, in the order ties are settled (the first wins a tie)
@@ -158,3 +160,42 @@ def choose_policy(
         ru = f"; runner-up {runner.name()} ({runner.score:.4f})" if runner else ""
         progress(f"routing chosen on validation: {best.name()} ({best.score:.4f}){ru}")
     return best, runner, policy, [c.to_dict() for c in tried]
+
+
+def route_head(
+    weights: HeadWeights,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    q_val: np.ndarray,
+    fleet: Fleet,
+    route: bool = True,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Policy, dict[str, Any] | None]:
+    """How a trained head routes, and its memory member's weight set on ``weights`` (the member
+    dropped when it gets none): :func:`choose_policy` on the validation rows ``x_val`` (labels
+    ``y_val``, qualities ``q_val``); the policy and the choice as the artifact records it. Without
+    ``route`` (``HeadConfig.route``), the threshold rule on raw scores and the memory's weight by the
+    head's smooth metric."""
+    mem = weights.memory()
+    if not route:
+        if mem is not None and weights.knn_mix is not None and float(weights.knn_mix[0]) == 0.0:
+            _drop_memory(weights)
+        return Policy(), None
+    if mem is not None:
+        weights.knn_mix = np.array([0.0], np.float32)
+    p_head = weights.predict(x_val)
+    p_mem = mem(x_val) if mem is not None else None
+    best, runner, policy, tried = choose_policy(p_head, p_mem, y_val, q_val, fleet, seed, progress)
+    if mem is not None and best.mix > 0:
+        weights.knn_mix = np.array([best.mix], np.float32)
+    elif mem is not None:
+        _drop_memory(weights)
+    measure = "APGR" if len(fleet.models) == 2 else "AIQ"
+    runner_up = runner.to_dict() if runner is not None else None
+    return policy, {"by": f"validation {measure}", "chosen": best.to_dict(), "runner_up": runner_up, "tried": tried}
+
+
+def _drop_memory(weights: HeadWeights) -> None:
+    for name in ("knn_x", "knn_y", "knn_mu", "knn_proj", "knn_k", "knn_mix", "knn_uniform"):
+        setattr(weights, name, None)

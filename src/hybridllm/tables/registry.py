@@ -14,7 +14,15 @@ price_cached_in = 1.25                         # per 1M cached prompt tokens (de
 api_key_env = "OPENAI_API_KEY"                 # sent to this model's endpoint only
 max_output_tokens = 16384                      # its longest answer (budget reservations; default 4096)
 api = "chat"                                   # its protocol: "chat" (default), "messages", "responses"
+context_window = 128000                        # prompt + answer, in tokens (absent: no limit known)
+supports = ["tools", "vision", "json_schema", "json_object"]  # absent: everything (CAPABILITIES)
 ```
+
+``context_window`` and ``supports`` say which requests a model can serve
+(:mod:`hybridllm.routing.capabilities`, docs/sessions.md): a request needing a capability a model's
+``supports`` does not list, or whose estimated prompt plus answer passes its ``context_window`` (or
+whose ``max_tokens`` passes its ``max_output_tokens``), is never routed there. An absent key is no
+limit: a models file without them routes as before. ``supports = []`` is a text-only model.
 
 A top-level ``judge = "NAME"`` names the model of the file that ``serve --shadow-rate`` asks to score
 shadow pairs (its SPEC and key variable); ``--judge NAME`` does the same for any model of the file.
@@ -28,15 +36,22 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from hybridllm.errors import HybridLLMError
 
 
 class RegistryError(HybridLLMError, ValueError):
     """The models file is malformed: one line naming the file, the model and the key."""
+
+
+#: what a model's ``supports`` may list: tools (function calling: ``tools``/``functions`` or tool
+#: calls in the history), vision (image content parts), audio (``input_audio`` parts), files (``file``
+#: parts), json_schema (``response_format`` of type ``json_schema``), json_object (JSON mode)
+Capability = Literal["tools", "vision", "audio", "files", "json_schema", "json_object"]
+CAPABILITIES: tuple[str, ...] = get_args(Capability)
 
 
 class ModelEntry(BaseModel):
@@ -49,10 +64,30 @@ class ModelEntry(BaseModel):
     # per 1M prompt tokens the upstream reports as read from its cache (usage.prompt_tokens_details.cached_tokens)
     price_cached_in: float | None = Field(None, ge=0, allow_inf_nan=False)
     api_key_env: str | None = None
-    # the most tokens one answer of this model can have: bounds a budget reservation (serve's default: 4096)
+    # the most tokens one answer of this model can have: bounds a budget reservation (serve's default: 4096),
+    # and a request asking more is not routed there (hybridllm.routing.capabilities)
     max_output_tokens: int | None = Field(None, ge=1, le=10_000_000)
     # the protocol its endpoint speaks: a request reaches only the models of its own protocol
     api: Literal["chat", "messages", "responses"] = "chat"
+    # its context window in tokens (prompt + answer); None: no limit known
+    context_window: int | None = Field(None, ge=1, le=100_000_000)
+    # the capabilities it has (CAPABILITIES); None: all of them
+    supports: list[Capability] | None = None
+
+    @field_validator("context_window")
+    @classmethod
+    def _window_holds_answer(cls, v: int | None, info: ValidationInfo) -> int | None:
+        out = info.data.get("max_output_tokens")
+        if v is not None and out is not None and out > v:
+            raise ValueError(f"context_window {v} is smaller than max_output_tokens {out}")
+        return v
+
+    @field_validator("supports")
+    @classmethod
+    def _distinct(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"names a capability twice: {v}")
+        return v
 
     @model_validator(mode="after")
     def _api_over_http(self) -> ModelEntry:
@@ -105,6 +140,8 @@ class Registry(BaseModel):
             e = exc.errors()[0]
             where = ".".join(str(x) for x in e["loc"])
             msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            if e["type"] == "literal_error":  # a name not among the allowed: say which
+                msg += f", got {str(e['input'])[:64]!r}"
             line = _line_of(text, e["loc"])
             raise RegistryError(f"{p}{f':{line}' if line else ''}: {where}: {msg}") from None
         if len(reg.models) < 1:

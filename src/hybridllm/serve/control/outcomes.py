@@ -129,11 +129,12 @@ class OutcomesHook(BaseHook):
 
 
 def shadow_record(pair: ShadowPair, job: ShadowJob, models: list[str]) -> dict[str, Any]:
-    """The outcomes log's record of one scored shadow pair (its request's prompt is in the request record)."""
+    """The outcomes log's record of one scored shadow pair (its request's prompt is in the request record;
+    ``weight``: 1 / the probability it was drawn with, which retraining respects)."""
     served, other = models[pair.served], models[pair.other]
     q = {served: pair.q_served, other: pair.q_other, **{models[m]: v for m, v in pair.extra}}
     return {"type": "shadow", "id": job.rid, "t": round(pair.t, 3), "served": served, "other": other, "q": q,
-            "scores": list(pair.scores)}  # fmt: skip
+            "scores": list(pair.scores), "weight": pair.weight}  # fmt: skip
 
 
 def _body(raw: bytes) -> tuple[str, float]:
