@@ -133,6 +133,22 @@ class Hold:
         self.reason = f"hold {kind} {target:g}: calibrated start"
         self.estimate: tuple[float, float, float] | None = None  # the held measure now, with its bound
 
+    def recalibrate(self, calibration: Sequence[dict[str, Any]]) -> None:
+        """Re-anchor on a new router's calibration (a router swapped in while serving): the range and
+        the starting point of the threshold are the new calibration's, and what was measured in the
+        old router's scores (the recent scores, the spend curve, the shadow pairs' scores, the
+        running error) is dropped; the realised decisions (which model served) are kept."""
+        if not calibration:
+            raise UsageError("--hold needs a router with a calibration table")
+        self.grid = np.array(sorted({float(r["threshold"]) for r in calibration}), dtype=np.float64)
+        self.lo, self.hi = float(self.grid[0]), float(self.grid[-1])
+        self.scores.clear()
+        self._spent.clear()
+        self.pairs.clear()
+        self._curve, self._debt, self.estimate = None, 0.0, None
+        self.threshold = self._calibrated(calibration)
+        self.reason = f"hold {self.kind} {self.target:g}: calibrated start (a new router)"
+
     def _calibrated(self, calibration: Sequence[dict[str, Any]]) -> float:
         key = {"max_quality_drop": "quality_drop", "budget": "cost", "cost_advantage": "cost_advantage"}[self.kind]
         rows = sorted(calibration, key=lambda r: -float(r["threshold"]))  # rising savings

@@ -40,18 +40,24 @@ class AdminKnob:
         self.router, self.upstreams, self.forced, self.opts, self.hold = router, upstreams, forced, opts, hold
         # the live knob: its value at start comes from the settings, its changes live here only
         self._name: str = opts.default_knob or "hybrid"
-        cal = router.config.get("calibration") or []
         # the curve's x: spend when the models' costs are known, else the share away from the reference
         fleet = upstreams.fleet
         self.x_key = "cost" if fleet.costs_given else "cost_advantage"
         away = f"% of queries not sent to {fleet.reference}"
         self.x_label = f"cost, % of always {fleet.reference}" if fleet.costs_given else away
-        self.curve = [[float(r[self.x_key]), float(r["quality_drop"]), float(r["threshold"])] for r in cal]
+        self._thresholds: dict[tuple[Any, ...], tuple[float, str]] = {}
+        self.recalibrated(router)
         # the workers of one server share the knob through a file: a change made on one worker is
         # seen by the others at their next `hybrid` request (one stat call each)
         self.path = os.path.join(opts.state_dir, "knob") if opts.state_dir else None
         self._seen: int | None = None
-        self._thresholds: dict[tuple[Any, ...], tuple[float, str]] = {}
+
+    def recalibrated(self, router: ServingRouter) -> None:
+        """Take ``router``'s calibration (at start, and when a new router is swapped in): the curve
+        shown, and every knob's threshold resolved again."""
+        cal = router.config.get("calibration") or []
+        self.curve = [[float(r[self.x_key]), float(r["quality_drop"]), float(r["threshold"])] for r in cal]
+        self._thresholds = {}
 
     @property
     def name(self) -> str:

@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -42,6 +43,7 @@ from .knobs import forced_names, routing_names
 from .options import ServeOptions
 from .protocol import openai_error
 from .proxy import Proxy
+from .reload import ReloadGate, RouterSlot, mount_reload, reload_families
 from .state import make_store
 from .telemetry import Metrics
 from .upstreams import Upstreams
@@ -111,6 +113,13 @@ def create_app(
     knob = AdminKnob(router, upstreams, forced, opts, live.hold)  # a hold owns plain hybrid while it runs
     policy = PolicyDecider(router, upstreams, knob, metrics, opts, forced)
     chosen = live.decider(decider(policy) if decider is not None else policy)
+    slot = router if isinstance(router, RouterSlot) else None  # a router reloaded while serving
+    if slot is not None:
+        chosen = ReloadGate(chosen, slot)
+        slot.on_swap(knob.recalibrated)
+        if live.hold is not None:
+            slot.on_swap(lambda new: live.hold.recalibrate(new.config["calibration"]))  # type: ignore[union-attr]
+        metrics.extra.append(partial(reload_families, slot))
     proxy = Proxy(router, upstreams, chosen, metrics, opts, [*live.hooks, *hooks])
 
     @asynccontextmanager
@@ -123,7 +132,11 @@ def create_app(
                 await stack.enter_async_context(judge)
             sharing = asyncio.ensure_future(_share(metrics)) if opts.state_dir else None
             syncing = asyncio.ensure_future(live.sync.run()) if live.sync is not None else None
+            if slot is not None:
+                slot.start(opts.router_watch_s)
             yield
+            if slot is not None:
+                slot.stop()
             for task in (sharing, syncing):
                 if task is not None:
                     task.cancel()
@@ -150,6 +163,8 @@ def create_app(
     admin = AdminGate(opts.admin_keys, bool(opts.api_keys), proxy.authorised)
     app.guard = None if opts.api_keys else BrowserGuard(opts.allowed_hosts)
     mount_dashboard(app, knob, metrics, admin, _unauthorised)
+    if slot is not None:
+        mount_reload(app, slot, admin.refuse)
     app.state.metrics = metrics
     app.state.knob = knob
     app.state.options = opts

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hybridllm.model.router import Router, default_router_dir
@@ -13,6 +14,7 @@ from hybridllm.model.router import Router, default_router_dir
 from .app import create_app
 from .config import ServeConfig
 from .options import ServeOptions
+from .reload import RouterSlot
 
 
 @dataclass
@@ -33,10 +35,18 @@ def limit_blas_threads() -> None:
 
 
 def load_router(cfg: ServeConfig) -> Any:
-    router = Router(cfg.router if cfg.router is not None else default_router_dir())
-    if cfg.route_on is not None:
-        router.turns = cfg.route_on
-    return router
+    """The router to serve: with ``--router PATH``, a :class:`~hybridllm.serve.reload.RouterSlot`
+    that reloads from that path (SIGHUP, POST /admin/reload, ``--router-watch``)."""
+
+    def load(path: Path) -> Any:  # a Router, which serves as a ServingRouter
+        router = Router(path)
+        if cfg.route_on is not None:
+            router.turns = cfg.route_on
+        return router
+
+    if cfg.router is None:
+        return load(default_router_dir())
+    return RouterSlot(load(cfg.router), cfg.router, load)
 
 
 def build(

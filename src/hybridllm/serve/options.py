@@ -52,6 +52,7 @@ class ServeOptions:
     on_cap: str = _setting("on_cap")
     state_lease_s: int = _setting("state_lease_s")
     settle_timeout_s: float = _setting("settle_timeout_s")
+    router_watch_s: float = _setting("router_watch_s")
 
     # made from settings by ServeConfig.options (a setting of the same name, where there is one, is
     # what it is made from: the file's path, the variable naming the URL)

@@ -39,6 +39,11 @@ class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
     router: Path | None = Field(None, description="router artifact (default: $HYBRIDLLM_ROUTER or the shipped one)")
+    router_watch_s: float = Field(
+        0.0, ge=0, le=86400,
+        description="look at --router (a slot link) every S seconds and reload the router when it points "
+        "elsewhere; 0: only on SIGHUP or POST /admin/reload (docs/retrain.md)",
+    )  # fmt: skip
     small: str | None = Field(None, description="small upstream: MODEL@BASE_URL, a local model name or .gguf")
     large: str | None = Field(None, description="large upstream: MODEL@BASE_URL, a local model name or .gguf")
     model: list[str] | None = Field(None, description="routers over N models: NAME=SPEC, once per model")
