@@ -11,6 +11,7 @@ how many rounds this checkout was faster.
     python benchmarks/proxy_overhead.py --mode paired --baseline-src /tmp/prev/src        # 12 rounds of 2 s per side
     python benchmarks/proxy_overhead.py --mode paired --routers    # this checkout: benchmark router vs the shipped one
     python benchmarks/proxy_overhead.py --mode paired --live       # shipped router without / with shadow + each hold
+    python benchmarks/proxy_overhead.py --mode paired --sessions   # shipped router with sessions off / on
 
 With --live each round also measures both sides' requests/s at --clients connections.
 """
@@ -110,17 +111,21 @@ def main(argv: list[str] | None = None) -> None:
         help="instead: this checkout with the benchmark router against the shipped one",
     )
     ap.add_argument("--live", action="store_true", help="instead: the shipped router without and with live control")
+    ap.add_argument(
+        "--sessions", action="store_true", help="instead: the shipped router with sessions off (--no-sessions) and on"
+    )
     ap.add_argument("--clients", type=int, default=16, help="--live: connections of the requests/s runs")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--seconds", type=float, default=2.0, help="length of each one-client run")
     ap.add_argument("--out", help="JSON (default: benchmarks/results/proxy_paired[_routers].json)")
     args = ap.parse_args(argv)
-    if sum([bool(args.baseline_src), args.routers, args.live]) != 1:
-        ap.error("give --baseline-src DIR (two checkouts), --routers (two routers) or --live, one of them")
+    if sum([bool(args.baseline_src), args.routers, args.live, args.sessions]) != 1:
+        ap.error("give --baseline-src DIR (two checkouts), --routers (two routers), --live or --sessions, one of them")
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     tmp = scratch_dir()
-    routers = [] if args.live else [bench_router(Path(tmp), 2000)]
-    if not args.routers and not args.live:
+    shipped = args.live or args.sessions
+    routers = [] if shipped else [bench_router(Path(tmp), 2000)]
+    if not args.routers and not shipped:
         routers.append(bench_router(Path(tmp), 2000, knn=False))
     upstream, up_port = start_upstream()
     url = f"http://127.0.0.1:{up_port}/v1"
@@ -133,6 +138,14 @@ def main(argv: list[str] | None = None) -> None:
                     "shadow + hold": ([*serve_cmd(url, None), *shadow, "--hold", hold], {}),
                 }
                 for hold in ("cost_advantage=50", "max_quality_drop=5")
+            }
+        elif args.sessions:  # each wrk request a conversation's first turn: its session derived and pinned
+            secret = {"HYBRIDLLM_SESSION_SECRET": "benchmark secret, shared by no one"}
+            pairs = {
+                "shipped router: sessions off vs on": {
+                    "sessions off": ([*serve_cmd(url, None), "--no-sessions"], secret),
+                    "sessions on": (serve_cmd(url, None), secret),
+                }
             }
         elif args.routers:
             pairs = {
@@ -172,6 +185,12 @@ def main(argv: list[str] | None = None) -> None:
         "results": results,
     }
     name = (
-        "proxy_paired_routers.json" if args.routers else "proxy_live_control.json" if args.live else "proxy_paired.json"
+        "proxy_paired_routers.json"
+        if args.routers
+        else "proxy_live_control.json"
+        if args.live
+        else "sessions_overhead.json"
+        if args.sessions
+        else "proxy_paired.json"
     )
     write_result(args.out or str(REPO / "benchmarks" / "results" / name), payload)

@@ -17,7 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from report_sessions import sessions
+from _md import table
+from report_retrain import retrain_loop
+from report_sessions import sessions, sessions_overhead
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -29,14 +31,6 @@ BEGIN, END = "<!-- headline:begin", "<!-- headline:end -->"
 
 def load(name: str) -> dict[str, Any]:
     return json.loads((RESULTS / f"{name}.json").read_text())
-
-
-def table(head: list[str], rows: list[list[Any]], align: str | None = None) -> str:
-    align = align or "l" + "r" * (len(head) - 1)
-    sep = ["---" if a == "l" else "---:" for a in align]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def pct(x: float, digits: int = 1) -> str:
@@ -245,34 +239,31 @@ def proxy() -> str:
     pp = load("proxy_paired_routers")
     prow = [[r["router"], r["rounds"], f"{r['baseline_p50_ms']:.3f} ms", f"{r['p50_ms']:.3f} ms",
              f"{r['median_paired_diff_ms']:+.3f} ms", f"{r['rounds_faster']} / {r['rounds']}"] for r in pp["results"]]  # fmt: skip
-    vs = ""
-    if (RESULTS / "proxy_overhead_vs_5022b3a.json").exists():
-        v = load("proxy_overhead_vs_5022b3a")
-        vrows = []
-        for name, r in v["results"].items():
-            if name == "direct":
-                continue
-            vrows.append(
+    # every side-by-side run with per-round figures (older runs of another shape are kept in git history only)
+    runs = sorted(p.stem for p in RESULTS.glob("proxy_overhead_vs_*.json") if "rounds_requests_per_s" in p.read_text())
+    vs = "\n".join(_before_after(n) for n in runs)
+    paired = load("proxy_paired")
+    qrow = [[r["router"], r["rounds"], f"{r['baseline_p50_ms']:.3f} ms", f"{r['p50_ms']:.3f} ms",
+             f"{r['median_paired_diff_ms']:+.3f} ms", f"{r['rounds_faster']} / {r['rounds']}"] for r in paired["results"]]  # fmt: skip
+    vs += "\n".join(
+        [
+            "",
+            f"This release against {paired['baseline_commit']} (`python benchmarks/proxy_overhead.py --mode paired "
+            f"--baseline-src SRC_OF_{paired['baseline_commit']}`, at {paired['commit']}): one-client p50, alternating rounds.",
+            "",
+            table(
                 [
-                    name,
-                    f"{r['requests_per_s']:,.0f}",
-                    ", ".join(f"{x:,.0f}" for x in r["rounds_requests_per_s"]),
-                    f"{v['added_p50_ms_1_client'][name]:.2f} ms",
-                    ", ".join(f"{x:.2f}" for x in r["rounds_p50_ms_1_client"]),
-                ]
-            )
-        vs = "\n".join(
-            [
-                "",
-                f"Before and after the one-core refactor, side by side (`python benchmarks/proxy_overhead.py --baseline-src "
-                f'SRC_OF_{v["baseline_commit"]} --rounds {v["rounds"]} --only "shipped router" --no-floor --workers 0 '
-                f"--rss-requests 0 --seconds 10 --out benchmarks/results/proxy_overhead_vs_5022b3a.json`, at {v['commit']}): "
-                f"{v['client']}, {v['concurrency']} connections, both checkouts serving the shipped router; the median round "
-                f"and every round.",
-                "",
-                table(["path", "requests/s", "rounds", "added p50, 1 client", "1-client p50 by round (ms)"], vrows),
-            ]
-        )
+                    "router",
+                    "rounds",
+                    f"{paired['baseline_commit']} p50",
+                    "p50",
+                    "median paired difference",
+                    "rounds faster",
+                ],
+                qrow,
+            ),
+        ]
+    )
     return "\n".join([
         "## What the proxy costs",
         "",
@@ -297,6 +288,24 @@ def proxy() -> str:
         "",
         table(["router", "rounds", "baseline p50", "p50", "median paired difference", "rounds faster"], prow),
         vs,
+    ])  # fmt: skip
+
+
+def _before_after(name: str) -> str:
+    """One ``proxy_overhead.py --baseline-src`` run: this checkout against an older one, side by side."""
+    v = load(name)
+    vrows = [[n, f"{r['requests_per_s']:,.0f}", ", ".join(f"{x:,.0f}" for x in r["rounds_requests_per_s"]),
+              f"{v['added_p50_ms_1_client'][n]:.2f} ms", ", ".join(f"{x:.2f}" for x in r["rounds_p50_ms_1_client"])]
+             for n, r in v["results"].items() if n != "direct"]  # fmt: skip
+    return "\n".join([
+        "",
+        f"Against {v['baseline_commit']}, side by side (`python benchmarks/proxy_overhead.py --baseline-src "
+        f'SRC_OF_{v["baseline_commit"]} --rounds {v["rounds"]} --only "shipped router" --no-floor --workers 0 '
+        f"--rss-requests 0 --seconds 10 --concurrency {v['concurrency']} --out benchmarks/results/{name}.json`, at "
+        f"{v['commit']}): {v['client']}, {v['concurrency']} connections, both checkouts serving the shipped router; "
+        "the median round and every round.",
+        "",
+        table(["path", "requests/s", "rounds", "added p50, 1 client", "1-client p50 by round (ms)"], vrows),
     ])  # fmt: skip
 
 
@@ -726,13 +735,14 @@ def hold_money() -> str:
 SECTIONS: list[Callable[[], str]] = [
     routing_quality, nmodel_quality, fleet_policy, labels, router_speed, steering, proxy, live_overhead, drift, hold_money, tenant_bounds,
     pipeline,
-    default_pair, install, sessions,
+    default_pair, install, sessions, sessions_overhead, retrain_loop,
 ]  # fmt: skip
 #: other pages with a block generated here, between <!-- NAME:begin --> and <!-- NAME:end -->
 BLOCKS = {
     "labels": (REPO / "docs/method.md", labels),
     "drift": (REPO / "docs/control.md", drift),
     "sessions": (REPO / "docs/sessions.md", sessions),
+    "sessions_overhead": (REPO / "docs/sessions.md", sessions_overhead),
 }
 
 

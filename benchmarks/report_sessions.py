@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+
+from _md import table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MT_HEAD = ["target", "routing", "turns to cheap", "switches / session", "cached prompt", "cost / 1k conv.", "quality"]
 AGENT_HEAD = ["routing", "switches inside tool loops", "switches / session", "sessions that switch", "cached prompt",
               "cost (% of always-reference)", "requests to cheap"]  # fmt: skip
-
-
-def _table(head: list[str], rows: list[list[Any]], align: str) -> str:
-    sep = ["---" if a == "l" else "---:" for a in align]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(sep) + " |"]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
 def _short(model: str) -> str:
@@ -77,7 +72,7 @@ def sessions() -> str:
         "included. The default of "
         f"`hybridllm.routing.conversation` (bold) is `{v['default']}`; the best measured is `{v['best']}`.",
         "",
-        _table(["view", "second-turn APGR", "per repeat", "− `last`", ""], view_rows, "lrrrl"),
+        table(["view", "second-turn APGR", "per repeat", "− `last`", ""], view_rows, "lrrrl"),
         "",
         "**MT-Bench, per-turn routing against sessions**, at thresholds sending the target share of the pooled "
         "out-of-fold scores to the cheap model. Per turn: each turn routed afresh; session: the rules of "
@@ -85,7 +80,7 @@ def sessions() -> str:
         "the other model than the first is scored with that model's own second-turn judgement (MT-Bench has no "
         "answer of one model on the other's history).",
         "",
-        _table(MT_HEAD, mt_rows, "llrrrrr"),
+        table(MT_HEAD, mt_rows, "llrrrrr"),
         "",
         f"**Agent loops** from {ag['traces']} traces of BFCL's multi-turn base category ({ag['source']}, Apache-2.0, "
         "built at benchmark time from the wheel: one assistant tool call per ground-truth call, each answered by a "
@@ -98,6 +93,36 @@ def sessions() -> str:
         "knob per-turn routing keeps a loop on one model too, and what breaks loops is a threshold that moves "
         "between a call and its result (a hold, a knob change). BFCL has no per-model outcomes: no quality here.",
         "",
-        _table(AGENT_HEAD, ag_rows, "lrrrrrr"),
+        table(AGENT_HEAD, ag_rows, "lrrrrrr"),
     ]
     return "\n".join(out)
+
+
+def sessions_overhead() -> str:
+    """What sessions add to one client's request (benchmarks/results/sessions_overhead.json, written by
+    ``python benchmarks/proxy_overhead.py --mode paired --sessions``)."""
+    path = RESULTS / "sessions_overhead.json"
+    if not path.exists():
+        return ""
+    d = json.loads(path.read_text())
+    r = d["results"][0]
+    rows = [
+        ["off (`--no-sessions`)", f"{r['baseline_p50_ms']:.3f} ms", f"{r['baseline_p99_ms']:.2f} ms"],
+        ["on (the default)", f"{r['p50_ms']:.3f} ms", f"{r['p99_ms']:.2f} ms"],
+    ]
+    return "\n".join([
+        "## What sessions cost the client",
+        "",
+        f"`python benchmarks/proxy_overhead.py --mode paired --sessions --rounds {r['rounds']}` (commit "
+        f"{d['commit']}, {d['cpus']} CPUs): the shipped router served twice at once, sessions off and on, in front "
+        "of one fast upstream; one-client wrk runs alternated, the order flipped every round (p50 and p99: the "
+        "medians over the rounds). Every request is a conversation's first turn with no session id, the common "
+        "case of a client that sends none: its session derived (a keyed BLAKE2b of its system prompt and first "
+        "user turn), its tool history read, its pin written in the process's store.",
+        "",
+        table(["sessions", "one-client p50", "one-client p99"], rows, "lrr"),
+        "",
+        f"Median paired difference of the one-client p50: {r['median_paired_diff_ms']:+.3f} ms (sessions on faster "
+        f"in {r['rounds_faster']} of {r['rounds']} rounds).",
+        "",
+    ])  # fmt: skip

@@ -79,10 +79,10 @@ def serve_until(router_dir: Path, llm: TableLLM, pair: tuple[str, str], prompts:
     while not server.started:
         time.sleep(0.02)
     rng = random.Random(seed)
-    sent, t0 = 0, time.time()
+    sent, retried, t0 = 0, 0, time.time()
 
     async def drive() -> None:
-        nonlocal sent
+        nonlocal sent, retried
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             sem = asyncio.Semaphore(32)
 
@@ -91,8 +91,13 @@ def serve_until(router_dir: Path, llm: TableLLM, pair: tuple[str, str], prompts:
                     await send(text)
 
             async def send(text: str) -> None:
+                nonlocal retried
                 body = {"model": "hybrid", "messages": [{"role": "user", "content": text}]}
-                r = await client.post("/v1/chat/completions", json=body)
+                try:
+                    r = await client.post("/v1/chat/completions", json=body)
+                except httpx.TransportError:  # a kept-alive connection the server closed as it was reused
+                    retried += 1
+                    r = await client.post("/v1/chat/completions", json=body)
                 r.raise_for_status()
 
             while count_pairs(log) < pairs_wanted:
@@ -103,7 +108,7 @@ def serve_until(router_dir: Path, llm: TableLLM, pair: tuple[str, str], prompts:
     asyncio.run(drive())
     server.should_exit = True
     time.sleep(0.5)
-    return {"requests": sent, "seconds": round(time.time() - t0, 1)}
+    return {"requests": sent, "retried_connections": retried, "seconds": round(time.time() - t0, 1)}
 
 
 def count_pairs(log: Path) -> int:

@@ -192,6 +192,24 @@ def test_body_limit_is_enforced_while_reading(stack):
     assert raw_request(proxy.port, head, chunked).startswith(b"HTTP/1.1 413")
 
 
+def test_a_client_hanging_up_mid_body_is_its_doing_not_an_internal_error(stack, caplog):
+    proxy, s_up, l_up = stack
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 5000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.sendall(head + b'{"model": "hybrid", "messages": [')  # and hangs up
+    deadline = time.time() + 5
+    metrics = ""
+    while 'status="499"' not in metrics and time.time() < deadline:
+        time.sleep(0.05)
+        metrics = httpx.get(proxy.url.replace("/v1", "") + "/metrics").text
+    assert 'status="499"' in metrics
+    assert "internal error" not in caplog.text and "Traceback" not in caplog.text
+    assert s_up.requests == [] and l_up.requests == []
+
+
 def test_upstream_drip_hits_the_total_deadline(stack):
     proxy, s_up, _ = stack
     s_up.faults.append("drip")  # 30 s of one byte per 0.1 s against a 2 s timeout
@@ -328,3 +346,127 @@ def test_dashboard_knob_refuses_hostile_bodies_and_keeps_the_knob(stack, body):
     assert httpx.get(base + "/dashboard/data", timeout=10).json()["router"]["knob"] == before
     ok = post(proxy, {"model": "hybrid", "messages": MSG})
     assert ok.status_code == 200
+
+
+# --- /v1/messages and /v1/responses (issue 36) ----------------------------------------------------
+
+KA, KO = "sk-ant-up-0001", "sk-oai-up-0002"
+M_ASK = b'"max_tokens": 8, "messages": [{"role": "user", "content": "x"}]'
+API_HOSTILE = {
+    "messages": [
+        b'{"model": "hybrid", "messages": [{"role": "user", "content": "x"}]}',  # no max_tokens
+        b'{"model": "hybrid", "max_tokens": 8, "messages": []}',
+        b'{"model": "hybrid", "max_tokens": 8, "messages": {"role": "user"}}',
+        b'{"model": "hybrid", "max_tokens": 8, "messages": [{"role": "tool", "content": "x"}]}',
+        b'{"model": "hybrid", "max_tokens": 8, "messages": [{"role": "user", "content": [{"type": 5}]}]}',
+        b'{"model": "hybrid", "max_tokens": 8, "messages": [{"role": "user", "content": [{"type": "text"}]}]}',
+        b'{"model": "hybrid", "max_tokens": 8, "messages": [{"role": "user", "content": [{"type": "tool_result"}]}]}',
+        b'{"model": "hybrid", "max_tokens": 8, "messages": [{"role": "assistant", "content": [{"type": "tool_use"}]}]}',
+        b'{"model": "hybrid", "max_tokens": 8, "system": 7, "messages": [{"role": "user", "content": "x"}]}',
+        b'{"model": "hybrid", "max_tokens": 1e999, "messages": [{"role": "user", "content": "x"}]}',
+        b'{"model": "hybrid", "max_tokens": 1' + b"0" * 5000 + b', "messages": [{"role": "user", "content": "x"}]}',
+        b'{"model": "hybrid", "max_tokens": true, "messages": [{"role": "user", "content": "x"}]}',
+        b'{"model": "hybrid", ' + M_ASK + b', "stream": "yes"}',
+        b'{"model": "hybrid", ' + M_ASK + b', "model": "large"}',  # a key given twice
+        b'{"model": "hybrid", "max_tokens": 8, "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+        b'{"model": "hybrid", "max_tokens": 8, "messages": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+        b'{"model": "hybrid", ' + M_ASK + b', "hybridllm": {"threshold": 1e999}}',
+        b'{"model": "hybrid", ' + M_ASK + b', "temperature": NaN}',
+        b'{"model": "hybrid-qd-' + b"0" * 300 + b'1", ' + M_ASK + b"}",
+        b'{"model": ["hybrid"], ' + M_ASK + b"}",
+        b"\xff\xfe not utf-8",
+        b'\xfe\xff\x00{\x00"',
+        b"[1, 2]",
+        b"",
+    ],
+    "responses": [
+        b'{"model": "hybrid"}',
+        b'{"model": "hybrid", "input": 5}',
+        b'{"model": "hybrid", "input": [5]}',
+        b'{"model": "hybrid", "input": [{"role": "tool", "content": "x"}]}',
+        b'{"model": "hybrid", "input": [{"type": "function_call", "call_id": 1}]}',
+        b'{"model": "hybrid", "input": [{"type": "function_call_output", "output": "x"}]}',
+        b'{"model": "hybrid", "input": [{"role": "user", "content": [{"type": "input_text", "text": 3}]}]}',
+        b'{"model": "hybrid", "input": "x", "instructions": ["a"]}',
+        b'{"model": "hybrid", "input": "x", "previous_response_id": ""}',
+        b'{"model": "hybrid", "input": "x", "max_output_tokens": -1}',
+        b'{"model": "hybrid", "input": "x", "max_output_tokens": 1e999}',
+        b'{"model": "hybrid", "input": "x", "stream": 1}',
+        b'{"model": "hybrid", "input": "x", "input": "y"}',
+        b'{"model": "hybrid", "input": "hi \\udfff"}',
+        b'{"model": "hybrid", "input": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+        b'{"model": "hybrid", "input": "x", "hybridllm": {"force": 5}}',
+        b'{"model": "hybrid", "input": "x", "top_p": -Infinity}',
+        b'{"model": "hybrid-t-2", "input": "x"}',
+        b'{"model": "", "input": "x"}',
+        b"\xff\xfe not utf-8",
+        b"null",
+        b"{",
+    ],
+}
+
+
+def anthropic_error(r: httpx.Response) -> bool:
+    body = r.json()
+    err = body.get("error") if isinstance(body, dict) else None
+    return body.get("type") == "error" and isinstance(err, dict) and isinstance(err.get("message"), str)
+
+
+@pytest.fixture(scope="module")
+def api_stack(router):
+    from hybridllm.backends import HTTPBackend
+
+    from .helpers.fake_anthropic import FakeAnthropic
+    from .helpers.fake_responses import FakeResponses
+
+    def ups(fake, key, api, models):
+        return [HTTPBackend(m, fake.url, api_key=key, name=n, api=api, concurrency=None, timeout_s=5)
+                for n, m in zip((SMALL, LARGE), models, strict=True)]  # fmt: skip
+
+    opts = ServeOptions(max_body_bytes=200_000, api_keys=["client-key"])
+    with FakeAnthropic(key=KA) as fa, FakeResponses(key=KO) as fr:
+        claude = create_app(router, *ups(fa, KA, "messages", ("c-small", "c-large")), opts)
+        gpt = create_app(router, *ups(fr, KO, "responses", ("g-small", "g-large")), opts)
+        with Proxy(claude) as pc, Proxy(gpt) as pg:
+            yield {"messages": (pc, fa, {"x-api-key": "client-key"}),
+                   "responses": (pg, fr, {"authorization": "Bearer client-key"})}  # fmt: skip
+
+
+@pytest.mark.parametrize("api", ["messages", "responses"])
+def test_hostile_bodies_on_messages_and_responses_get_4xx_in_their_shape(api_stack, api):
+    proxy, fake, key = api_stack[api]
+    shaped = anthropic_error if api == "messages" else is_openai_error
+    before = len(fake.raw)
+    for body in API_HOSTILE[api]:
+        r = httpx.post(f"{proxy.url}/{api}", content=body, headers={"content-type": "application/json", **key},
+                       timeout=20)  # fmt: skip
+        assert 400 <= r.status_code < 500, (body[:80], r.status_code, r.text[:200])
+        assert shaped(r), (body[:80], r.text[:200])
+    knob = {**key, "x-hybridllm-knob": "x" * 300}
+    good = b'{"model": "hybrid", ' + (M_ASK if api == "messages" else b'"input": "x"') + b"}"
+    bad_knob = httpx.post(f"{proxy.url}/{api}", content=good, headers=knob, timeout=20)
+    assert bad_knob.status_code == 400 and shaped(bad_knob) and "x-hybridllm-knob" in bad_knob.text
+    assert len(fake.raw) == before  # nothing of it reached an upstream
+
+
+@pytest.mark.parametrize("api", ["messages", "responses"])
+def test_messages_and_responses_bytes_are_relayed_unchanged_but_the_model(api_stack, api):
+    """Odd spacing, key order, number spellings, escapes and fields hybridllm does not know reach the
+    upstream as the client wrote them; only the model's value changes (and ``hybridllm`` goes)."""
+    proxy, fake, key = api_stack[api]
+    ask = M_ASK if api == "messages" else b'"input" :[ {"role":"user","content":[{"type":"input_text","text":"x"}]}]'
+    body = (b'{ "zeta":[1.50, 2E3, -0.0],\n\t"model" :  "large" ,' + ask
+            + b', "hybridllm": {"threshold": 0.5}, "meta": {"s": "\\u00e9\\n\\"q\\""}, "n": null }')  # fmt: skip
+    r = httpx.post(f"{proxy.url}/{api}", content=body, headers=key, timeout=20)
+    assert r.status_code == 200, r.text
+    sent = {SMALL: b"small", LARGE: b"large"}[r.headers["x-hybridllm-model"]]  # where the decider sent it
+    model = (b'"c-' if api == "messages" else b'"g-') + sent + b'"'
+    assert fake.raw[-1] == body.replace(b'"large"', model).replace(b', "hybridllm": {"threshold": 0.5}', b"")
+    streamed = body.replace(b"{ ", b'{"stream":true, ', 1)
+    with httpx.stream("POST", f"{proxy.url}/{api}", content=streamed, headers=key, timeout=20) as s:
+        got = b"".join(s.iter_bytes())
+    assert s.status_code == 200 and got == "".join(fake.sent[-1]).encode()
+    model = b'"' + json.loads(fake.raw[-1])["model"].encode() + b'"'
+    assert fake.raw[-1] == streamed.replace(b'"large"', model).replace(b', "hybridllm": {"threshold": 0.5}', b"")
+    for h in fake.headers[-2:]:  # each upstream's own key, never the client's
+        assert "client-key" not in json.dumps(h)

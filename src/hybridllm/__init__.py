@@ -34,6 +34,7 @@ _LAZY = {
     "KnobError": "hybridllm.serve.knobs", "RequestError": "hybridllm.serve.errors",
     "ServeConfigError": "hybridllm.serve.errors", "JudgeError": "hybridllm.stages.judge",
     "ConversationError": "hybridllm.routing.conversation", "CapabilityError": "hybridllm.routing.capabilities",
+    "ReloadError": "hybridllm.serve.reload",
 }  # fmt: skip
 
 
@@ -64,6 +65,7 @@ __all__ = [
     "MissingExtraError",
     "ModelError",
     "RegistryError",
+    "ReloadError",
     "RequestError",
     "Router",
     "RouterNotFoundError",

@@ -2,6 +2,11 @@
 
 It answers deterministically ("echo:<prompt>#<seed>") and can be told to misbehave: a queue of
 faults is consumed one per request (429 with Retry-After, 500, a slow answer, a malformed body).
+It can also play a model with limits, as a provider answers them: one that refuses ``tools``
+(``refuse_tools``: a 400), one with a small context window (``window``: a 400
+``context_length_exceeded`` for a longer prompt), one that reads a prompt's prefix from its cache
+(``cached_tokens``: reported in ``usage.prompt_tokens_details``), and one that answers a request
+offering ``tools`` with a tool call (``tool_calls``, streamed too), as an agent loop's model does.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ class FakeOpenAI:
         self.chunks_sent = 0
         self.auth: list[str | None] = []  # the Authorization header of every request, in order
         self.left_early: list[bool] = []  # after a "sleep:" fault: had the caller hung up?
+        self.refuse_tools = False  # a model without tool calling: a request with `tools` is a 400
+        self.window: int | None = None  # its context window: a longer prompt (words, bytes / 4) is a 400
+        self.cached_tokens = 0  # prompt tokens it reports as read from its cache (at most the prompt's)
+        self.tool_calls = False  # a request offering `tools` whose last message is the user's gets a tool call
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self._chat)
         self.app.post("/v1/completions")(self._completion)
@@ -108,30 +117,79 @@ class FakeOpenAI:
         fault = await self._fault(request)
         if fault is not None:
             return fault
+        refused = self._limits(body)
+        if refused is not None:
+            return refused
         last = body["messages"][-1] if isinstance(body.get("messages"), list) and body["messages"] else {}
         prompt = last.get("content") if isinstance(last, dict) else None
         prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
         text = self.reply(prompt) if self.reply else f"echo:{prompt}#{body.get('seed')}"
+        call = self._tool_call(body, last)
         if body.get("stream"):
-            return StreamingResponse(self._sse(body, text), media_type="text/event-stream")
+            return StreamingResponse(self._sse(body, text, call=call), media_type="text/event-stream")
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if call is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        usage = self._usage(len(prompt.split()), len(text.split()))
         return {
             "id": "chatcmpl-1",
             "object": "chat.completion",
             "created": 0,
             "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {
-                "prompt_tokens": len(prompt.split()),
-                "completion_tokens": len(text.split()),
-                "total_tokens": len(prompt.split()) + len(text.split()),
-            },
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if call else "stop"}],
+            "usage": usage,
         }
 
-    async def _sse(self, body: dict[str, Any], text: str, kind: str = "chat") -> Any:
-        """OpenAI's chunk stream, one word per chunk; with ``stream_options.include_usage`` a last
-        chunk with usage and no choices, as OpenAI sends it."""
+    def _limits(self, body: dict[str, Any]) -> Any:
+        """The provider's own refusal of a request this model cannot serve (None: it can)."""
+        if self.refuse_tools and body.get("tools"):
+            err = {"message": "this model does not support tools", "type": "invalid_request_error", "param": "tools"}
+            return JSONResponse({"error": err}, status_code=400)
+        if self.window is not None:
+            size = len(json.dumps(body.get("messages") or body.get("prompt")).encode()) // 4
+            if size > self.window:
+                said = f"this model's maximum context length is {self.window} tokens; the prompt has {size}"
+                err = {"message": said, "type": "invalid_request_error", "param": "messages",
+                       "code": "context_length_exceeded"}  # fmt: skip
+                return JSONResponse({"error": err}, status_code=400)
+        return None
+
+    def _tool_call(self, body: dict[str, Any], last: Any) -> dict[str, Any] | None:
+        if not (self.tool_calls and body.get("tools") and isinstance(last, dict) and last.get("role") == "user"):
+            return None
+        name = body["tools"][0]["function"]["name"]
+        return {"id": f"call_{len(self.requests)}", "type": "function",
+                "function": {"name": name, "arguments": json.dumps({"q": str(last.get("content"))[:40]})}}  # fmt: skip
+
+    def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
+        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                                 "total_tokens": prompt + completion}  # fmt: skip
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": min(self.cached_tokens, prompt)}
+        return usage
+
+    async def _sse(
+        self, body: dict[str, Any], text: str, kind: str = "chat", call: dict[str, Any] | None = None
+    ) -> Any:
+        """OpenAI's chunk stream, one word per chunk (a tool call: its name, then its arguments);
+        with ``stream_options.include_usage`` a last chunk with usage and no choices, as OpenAI
+        sends it."""
         model = str(body.get("model"))
         words = text.split(" ")
+        if call is not None:
+            fn = call["function"]
+            first = {
+                "index": 0,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": fn["name"], "arguments": ""},
+            }
+            for delta in ({"role": "assistant", "content": None, "tool_calls": [first]},
+                          {"tool_calls": [{"index": 0, "function": {"arguments": fn["arguments"]}}]}):  # fmt: skip
+                chunk = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 0, "model": model,
+                         "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}  # fmt: skip
+                yield f"data: {json.dumps(chunk)}\n\n"
+            words = []
         midstream = bool(self.faults) and self.faults[0] == "midstream"
         if midstream:
             self.faults.popleft()
@@ -155,12 +213,12 @@ class FakeOpenAI:
             "object": "chat.completion.chunk",
             "created": 0,
             "model": model,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if call else "stop"}],
         }
         yield f"data: {json.dumps(end)}\n\n"
         if (body.get("stream_options") or {}).get("include_usage"):
             await asyncio.sleep(self.usage_delay)
-            usage = {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)}
+            usage = self._usage(1, len(words))
             yield f"data: {json.dumps({'id': 'chatcmpl-s', 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
 

@@ -18,8 +18,9 @@ Pure bookkeeping: no I/O, no clock of its own unless the caller gives none.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Generator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from hybridllm.errors import UsageError
 
@@ -28,6 +29,29 @@ from .session_store import Pin, SessionStore, monotonic
 
 #: what a turn did to its session (SessionDecision.event)
 EVENTS = ("pinned", "kept", "escalated", "tool_loop", "moved")
+
+
+class StoreCall(NamedTuple):
+    """One call the rules make of their store: ``method`` (``get``, ``raise_pin`` or ``set_pin`` of
+    :class:`~hybridllm.routing.session_store.SessionStore`) and its arguments."""
+
+    method: str
+    args: tuple[Any, ...]
+
+
+#: the rules of one turn as steps: each yields a :class:`StoreCall`, is sent its result, and
+#: returns the turn's :class:`SessionDecision`
+Steps = Generator[StoreCall, Any, "SessionDecision"]
+
+
+def drive(steps: Steps, store: SessionStore) -> SessionDecision:
+    """Run the rules' ``steps`` on ``store`` (each call made as it comes); the decision."""
+    try:
+        call = next(steps)
+        while True:
+            call = steps.send(getattr(store, call.method)(*call.args))
+    except StopIteration as stop:
+        return stop.value
 
 
 @dataclass
@@ -97,32 +121,66 @@ class SessionRules:
         tool_loop: bool,
         allowed: Collection[str] | None = None,
         now: float | None = None,
+        fresh: bool = False,
     ) -> SessionDecision:
         """Route one turn of session ``sid`` of namespace ``ns`` (the client key; "" when the server
         has none). ``choice``: the router's per-turn model at the knob in force; ``tool_loop``: the
-        turn continues a tool loop; ``allowed``: the models that can serve this turn (None: all)."""
+        turn continues a tool loop; ``allowed``: the models that can serve this turn (None: all);
+        ``fresh``: the turn opens its conversation (no assistant message yet): it goes to ``choice``
+        and pins the session anew, whatever the pin was (two conversations that open alike share a
+        derived session; the new one has no context to keep)."""
+        return drive(self.decide_steps(ns, sid, choice, tool_loop, allowed, now, fresh), self.store)
+
+    def failover(self, ns: str, sid: str, model: str, now: float | None = None) -> SessionDecision:
+        """The session's turn was answered by ``model`` instead of its pin (the pinned model failed
+        and a fallback answered): the session moves there, since that model now holds its context."""
+        return drive(self.failover_steps(ns, sid, model, now), self.store)
+
+    # The rules written once, apart from the store's I/O: each step yields a call of the store
+    # (:class:`StoreCall`) and is sent its result. :func:`drive` runs them on a SessionStore; a server
+    # with an asynchronous store (Redis) runs the same steps with awaits.
+    def decide_steps(
+        self,
+        ns: str,
+        sid: str,
+        choice: str,
+        tool_loop: bool,
+        allowed: Collection[str] | None = None,
+        now: float | None = None,
+        fresh: bool = False,
+    ) -> Steps:
+        """:meth:`decide`, as steps (see :func:`drive`)."""
         now = monotonic() if now is None else now
         want = self.rank(choice)
         if allowed is not None and choice not in allowed:
             raise UsageError(f"the router's choice {choice!r} is not among the models allowed for this turn")
-        pin = self.store.get(ns, sid, now)
         c = self.counters
+        if fresh:
+            yield StoreCall("set_pin", (ns, sid, choice, want, now))
+            c.pins += 1
+            return SessionDecision(choice, None, choice, "pinned")
+        pin: Pin | None = yield StoreCall("get", (ns, sid, now))
         stale = pin is not None and self._rank.get(pin.model) != pin.rank  # pinned under another fleet
         if pin is None or stale:  # a fresh session; raise_pin: a worker that pinned it meanwhile stays
-            first = self.store.raise_pin(ns, sid, choice, want, now)[0] if not stale else None
+            first = None
             if stale:  # a changed models file: the session starts afresh, whatever its old rank
-                self.store.set_pin(ns, sid, choice, want, now)
+                yield StoreCall("set_pin", (ns, sid, choice, want, now))
+            else:
+                first = (yield StoreCall("raise_pin", (ns, sid, choice, want, now)))[0]
             c.pins += 1
             c.tool_loop_unpinned += tool_loop
             return SessionDecision(choice if first is None else first.model, None, choice, "pinned")
         if allowed is not None and pin.model not in allowed:
-            return self._move(ns, sid, pin, self._fallback(max(pin.rank, want), allowed), choice, now)
+            model = self._fallback(max(pin.rank, want), allowed)
+            yield StoreCall("set_pin", (ns, sid, model, self._rank[model], now))
+            self._moved()
+            return SessionDecision(model, pin.model, choice, "moved")
         if tool_loop:
             c.tool_loop_holds += 1
             c.tool_loop_overrides += choice != pin.model
             return SessionDecision(pin.model, pin.model, choice, "tool_loop")
         if want > pin.rank:
-            now_pin, before = self.store.raise_pin(ns, sid, choice, want, now)
+            now_pin, before = yield StoreCall("raise_pin", (ns, sid, choice, want, now))
             if before is not None and now_pin.model != before.model:
                 c.escalations += 1
                 c.switches += 1
@@ -131,16 +189,18 @@ class SessionRules:
         c.kept_down += want < pin.rank
         return SessionDecision(pin.model, pin.model, choice, "kept")
 
-    def failover(self, ns: str, sid: str, model: str, now: float | None = None) -> SessionDecision:
-        """The session's turn was answered by ``model`` instead of its pin (the pinned model failed
-        and a fallback answered): the session moves there, since that model now holds its context."""
+    def failover_steps(self, ns: str, sid: str, model: str, now: float | None = None) -> Steps:
+        """:meth:`failover`, as steps (see :func:`drive`)."""
         now = monotonic() if now is None else now
-        before = self.store.set_pin(ns, sid, model, self.rank(model), now)
+        before: Pin | None = yield StoreCall("set_pin", (ns, sid, model, self.rank(model), now))
         if before is None or before.model == model:
             return SessionDecision(model, None if before is None else before.model, model, "kept")
+        self._moved()
+        return SessionDecision(model, before.model, model, "moved")
+
+    def _moved(self) -> None:
         self.counters.moves += 1
         self.counters.switches += 1
-        return SessionDecision(model, before.model, model, "moved")
 
     def _fallback(self, floor: int, allowed: Collection[str]) -> str:
         ranks = sorted(self._rank[m] for m in allowed if m in self._rank)
@@ -148,12 +208,6 @@ class SessionRules:
             raise UsageError("no model of the session fleet is allowed for this turn")
         up = [r for r in ranks if r >= floor]
         return self.models[up[0] if up else ranks[-1]]
-
-    def _move(self, ns: str, sid: str, pin: Pin, model: str, choice: str, now: float) -> SessionDecision:
-        self.store.set_pin(ns, sid, model, self._rank[model], now)
-        self.counters.moves += 1
-        self.counters.switches += 1
-        return SessionDecision(model, pin.model, choice, "moved")
 
 
 # --- money --------------------------------------------------------------------------------------
@@ -186,6 +240,9 @@ __all__ = [
     "SessionCounters",
     "SessionDecision",
     "SessionRules",
+    "Steps",
+    "StoreCall",
+    "drive",
     "history_reread_cost",
     "turn_cost",
 ]

@@ -1,4 +1,5 @@
-"""The ASGI app: OpenAI-compatible routes in front of every model of a router.
+"""The ASGI app: OpenAI-compatible routes (and Anthropic's Messages API, OpenAI's Responses API,
+each to the models that speak it) in front of every model of a router.
 
 Every response carries ``x-hybridllm-request-id``, ``-model``, ``-reason`` and, when the router
 decided, ``-score`` and ``-threshold``; a fallback adds ``x-hybridllm-fallback-from``. The body is
@@ -47,8 +48,11 @@ from .reload import ReloadGate, RouterSlot, mount_reload, reload_families
 from .state import make_store
 from .telemetry import Metrics
 from .upstreams import Upstreams
+from .wire import WIRES
 
 __all__ = ["ServeOptions", "create_app", "openai_error"]
+#: the proxied routes of another protocol than OpenAI's: the framework's errors there (a 405) in theirs
+_API_PATHS = {"/v1/messages": "messages", "/v1/responses": "responses"}
 
 
 async def _share(metrics: Metrics, every_s: float = 0.5) -> None:
@@ -63,7 +67,7 @@ async def _share(metrics: Metrics, every_s: float = 0.5) -> None:
 
 
 class HotPathApp(FastAPI):
-    """FastAPI with the two proxied routes served before its middleware stack and router: their
+    """FastAPI with the proxied routes served before its middleware stack and router: their
     handler reads and checks the body itself and turns every failure into an OpenAI-shaped
     response, so the stack (error and exception middlewares, route matching over every route,
     the request/response wrapper) would only add work to every proxied request. Middleware
@@ -155,11 +159,16 @@ def create_app(
     _errors(app)
     _routes(app, proxy, upstreams, forced, metrics, opts)
     mount_feedback(app, live.desk, proxy.client, lambda m: metrics.feedback.labels(m).inc(), opts, _unauthorised)
-    # the hot path: POSTs to these two paths go straight to their handler (see HotPathApp); the
+    # the hot path: POSTs to the proxied paths go straight to their handler (see HotPathApp); the
     # routes are also registered so that other methods get the usual 405 through the full stack
-    app.add_route("/v1/chat/completions", proxy.chat, methods=["POST"])
-    app.add_route("/v1/completions", proxy.completions, methods=["POST"])
-    app.hot = {"/v1/chat/completions": proxy.chat, "/v1/completions": proxy.completions}
+    app.hot = {
+        "/v1/chat/completions": proxy.chat,
+        "/v1/completions": proxy.completions,
+        "/v1/messages": proxy.messages,  # Anthropic's Messages API (serve.wire: to its upstreams only)
+        "/v1/responses": proxy.responses,  # OpenAI's Responses API
+    }
+    for path, handler in app.hot.items():
+        app.add_route(path, handler, methods=["POST"])
     admin = AdminGate(opts.admin_keys, bool(opts.api_keys), proxy.authorised)
     app.guard = None if opts.api_keys else BrowserGuard(opts.allowed_hosts)
     mount_dashboard(app, knob, metrics, admin, _unauthorised)
@@ -182,14 +191,15 @@ def _unauthorised() -> Response:
 
 
 def _errors(app: FastAPI) -> None:
-    """Every error the framework raises, in OpenAI's shape."""
+    """Every error the framework raises, in OpenAI's shape (on the Messages route, Anthropic's)."""
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Any:
         msg = {404: f"no route {request.url.path}", 405: f"method {request.method} not allowed here"}.get(
             exc.status_code, str(exc.detail)
         )
-        return openai_error(exc.status_code, msg, headers=getattr(exc, "headers", None))
+        wire = WIRES[_API_PATHS.get(request.url.path, "chat")]
+        return wire.error(exc.status_code, msg, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError) -> Any:

@@ -66,7 +66,9 @@ def build(
     names, judge_name = [u.who for u in ups], cfg.judge_name()
     # the judge's price too, when the models file has one (shadow checks count what judging cost)
     prices = cfg.prices(names + ([judge_name] if judge_name else []))
-    options = cfg.options(state_dir=state_dir, prices=prices, max_output=cfg.max_output(names))
+    options = cfg.options(
+        state_dir=state_dir, prices=prices, max_output=cfg.max_output(names), capabilities=cfg.capabilities(names)
+    )
     judge = cfg.judge_backend()
     if judge is not None and judge.in_process and load:
         if progress is not None:

@@ -18,13 +18,15 @@ from pydantic import PrivateAttr, ValidationError
 
 from hybridllm.backends import Backend, make_backend
 from hybridllm.backends.packages import LOCAL_MODELS
+from hybridllm.routing.capabilities import ModelCaps, fleet_caps
+from hybridllm.routing.money import Price
 from hybridllm.stages.score import check_rubric
 from hybridllm.tables.registry import Registry
 from hybridllm.tables.specs import key_envs, parse_spec
 
 from .caps import parse_cap
 from .control.shadow import RewardScorer
-from .env_secrets import admin_keys, state_url
+from .env_secrets import admin_keys, session_secret, state_url
 from .errors import ServeConfigError
 from .options import ServeOptions, key_id
 from .settings import ServeSettings
@@ -135,6 +137,7 @@ class ServeConfig(ServeSettings):
             judge_rubric=self.rubric(),  # the file's text
             outcomes=None if self.outcomes is None else str(self.outcomes),
             state=state,  # from --state or --state-env
+            session_secret=session_secret(self.session_secret_env) if self.sessions else None,
             **built,
         )
 
@@ -221,20 +224,23 @@ class ServeConfig(ServeSettings):
             self._registry = Registry.load(self.models_file)
         return self._registry
 
-    def prices(self, names: list[str]) -> dict[str, tuple[float, float]]:
-        """Price per 1M (input, output) tokens per model, from the models file (a bare ``cost`` is
-        taken as both); empty without one."""
+    def prices(self, names: list[str]) -> dict[str, Price]:
+        """Each model's prices per 1M tokens from the models file (``price_in``, ``price_cached_in``,
+        ``price_out``; a bare ``cost`` is taken as both): :meth:`hybridllm.routing.money.Price.of`;
+        empty without one."""
         reg = self.registry()
         if reg is None:
             return {}
-        out = {}
-        for n in names:
-            e = reg.models.get(n)
-            if e is not None:
-                pin = e.price_in if e.price_in is not None else e.relative_cost
-                pout = e.price_out if e.price_out is not None else e.relative_cost
-                out[n] = (float(pin), float(pout))
-        return out
+        return {n: Price.of(e) for n in names if (e := reg.models.get(n)) is not None}
+
+    def capabilities(self, names: list[str]) -> dict[str, ModelCaps]:
+        """What each model can serve, where the models file says (``context_window``,
+        ``max_output_tokens``, ``supports``); a model it leaves unrestricted is left out."""
+        reg = self.registry()
+        if reg is None:
+            return {}
+        caps = fleet_caps(reg.models, names)
+        return {c.name: c for c in caps if not c.unrestricted}
 
     def max_output(self, names: list[str]) -> dict[str, int]:
         """Each model's maximum output in tokens where the models file states it (``max_output_tokens``;
@@ -265,9 +271,11 @@ class ServeConfig(ServeSettings):
         for name, p in parsed.items():
             try:
                 # the proxy's pool: no limit of ours (concurrency None), one attempt per request
+                entry = reg.models.get(name) if reg is not None else None
                 backend = make_backend(
-                    specs[name], envs.get(name), name=name, concurrency=None, timeout_s=self.timeout_s
-                )
+                    specs[name], envs.get(name), name=name, concurrency=None, timeout_s=self.timeout_s,
+                    api=entry.api if entry is not None else "chat",  # its protocol: a request only goes to its own
+                )  # fmt: skip
             except ValueError as exc:
                 raise ServeConfigError(str(exc)) from None
             if backend.in_process and load:

@@ -62,6 +62,9 @@ class RouteDecision:
     scores: dict[str, float] | None = None
     #: the router's score of each candidate model (cost order), as the policy compared them
     row: tuple[float, ...] | None = None
+    #: the upstreams that can serve the request (None: every one): a failed call falls back only to
+    #: these (a hook that knows what the request needs sets it)
+    allowed: frozenset[int] | None = None
 
 
 class Decider(Protocol):

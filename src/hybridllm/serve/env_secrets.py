@@ -4,6 +4,7 @@ Every refusal names its setting and never repeats the secret."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -52,3 +53,22 @@ def state_url(state: str | None, var: str | None) -> str | None:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ServeConfigError(f"state_env: ${var} is not a redis:// URL")
     return url
+
+
+#: the fewest characters a session secret may have (derived session ids are only as unguessable as it)
+MIN_SESSION_SECRET = 16
+
+
+def session_secret(var: str) -> bytes | None:
+    """The key derived session ids are made with, from ``$var`` (any text of
+    :data:`MIN_SESSION_SECRET` characters or more, hashed to 32 bytes); None when it is unset or
+    empty (the server then makes one of its own: :func:`hybridllm.serve.control.sessions.secret`)."""
+    value = os.environ.get(var, "").strip()
+    if not value:
+        return None
+    if len(value) < MIN_SESSION_SECRET:
+        raise ServeConfigError(
+            f"session_secret_env: ${var} holds {len(value)} characters; a session secret needs at least "
+            f"{MIN_SESSION_SECRET} (e.g. `openssl rand -hex 32`)"
+        )
+    return hashlib.sha256(b"hybridllm-session-secret\0" + value.encode()).digest()

@@ -26,11 +26,13 @@ a field of the core's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from .decision import RouteDecision
+    from .wire import Checked
 
 T = TypeVar("T")
 
@@ -55,7 +57,7 @@ class RequestContext:
 
     rid: str  # the x-hybridllm-request-id
     t0: float  # time.perf_counter() at its first byte
-    kind: str  # "chat" or "completion"
+    kind: str  # "chat", "completion", "messages" or "responses": its protocol (serve.wire.WIRES)
     key: str | None = None  # the client key's name (never the key); None when the server has no keys
     stream: bool = False
     chars: int = 0  # length of the text the router read
@@ -64,6 +66,9 @@ class RequestContext:
     #: the checked body (its ``hybridllm`` field taken out): what the upstream is sent (with its model
     #: name); a before-call hook may replace it
     body: dict[str, Any] | None = None
+    #: the request as its protocol read it (:class:`~hybridllm.serve.wire.Checked`: routing name, the
+    #: router's text, the conversation, the client's protocol headers)
+    checked: Checked | None = None
     #: the decider's decision, as it returned it (frozen)
     decided: RouteDecision | None = None
     #: the decision in force: ``decided``, or what a before-call hook replaced it with
@@ -82,6 +87,9 @@ class RequestContext:
     asked: bool = False  # the upstream was asked for an answer that the client did not get whole: charged
     keep_answer: bool = False  # a hook asked for the answer's text (on_answer)
     answer: str | None = None  # the answer's text, when a hook asked for it
+    headers: Mapping[str, str] | None = None  # the request's headers (case-insensitive), once authorised
+    #: fields hooks add to the request's access-log line (a core field of the same name wins)
+    log: dict[str, Any] | None = None
     _slots: dict[Slot[Any], Any] | None = None
 
     @property
@@ -99,6 +107,12 @@ class RequestContext:
 
     def pop(self, slot: Slot[T]) -> T | None:
         return None if self._slots is None else self._slots.pop(slot, None)
+
+    def note(self, **fields: Any) -> None:
+        """Add ``fields`` to the request's access-log line."""
+        if self.log is None:
+            self.log = {}
+        self.log.update(fields)
 
 
 class Hook(Protocol):

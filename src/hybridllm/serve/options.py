@@ -10,6 +10,9 @@ import hashlib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from hybridllm.routing.capabilities import ModelCaps
+from hybridllm.routing.money import Price
+
 from .settings import ServeSettings
 
 
@@ -21,6 +24,16 @@ def key_id(key: str) -> str:
 def _setting(name: str) -> Any:
     """An option that is the setting ``name``: its default, and its value in :meth:`ServeOptions.derive`."""
     return field(default=ServeSettings.model_fields[name].default, metadata={"setting": name})
+
+
+def as_price(p: Price | tuple[float, ...]) -> Price:
+    """A model's prices: a :class:`~hybridllm.routing.money.Price`, or (input, output[, cached input])
+    per 1M tokens."""
+    if isinstance(p, Price):
+        return p
+    if isinstance(p, tuple) and len(p) in (2, 3):
+        return Price(float(p[0]), float(p[1]), None if len(p) == 2 else float(p[2]))
+    raise TypeError(f"a price is a Price or (input, output[, cached input]) per 1M tokens, got {p!r}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,9 @@ class ServeOptions:
     state_lease_s: int = _setting("state_lease_s")
     settle_timeout_s: float = _setting("settle_timeout_s")
     router_watch_s: float = _setting("router_watch_s")
+    sessions: bool = _setting("sessions")
+    session_ttl_s: float = _setting("session_ttl_s")
+    session_capacity: int = _setting("session_capacity")
 
     # made from settings by ServeConfig.options (a setting of the same name, where there is one, is
     # what it is made from: the file's path, the variable naming the URL)
@@ -68,15 +84,24 @@ class ServeOptions:
     allowed_hosts: list[str] = field(default_factory=list)
     budget_caps: list[str] = field(default_factory=list)  # KEY=AMOUNT/PERIOD
     judge_name: str | None = None  # the judge's name in the models file (its price in ``prices``, if any)
+    # the key derived session ids are made with (from --session-secret-env); None: one made per server
+    session_secret: bytes | None = field(default=None, repr=False)
 
     # found by the built server (serve/build.py)
-    # price per 1M (input, output) tokens per model: /metrics then counts each request's estimated
-    # cost and what always using the reference (best) model would have cost
-    prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # each model's prices per 1M tokens (prompt, cached prompt, completion): /metrics then counts each
+    # request's cost and what always using the reference (best) model would have cost. Given as a
+    # routing.money.Price or an (input, output[, cached input]) tuple: held as Price
+    prices: dict[str, Price] = field(default_factory=dict)
     # the workers of one `--workers N` server share the default knob and the live window here
     state_dir: str | None = None
     # the models file's max_output_tokens per model (a reservation's output bound; default 4096)
     max_output: dict[str, int] = field(default_factory=dict)
+    # what each model can serve (the models file's context_window, max_output_tokens, supports): a
+    # request is never routed to a model that lacks what it needs (docs/sessions.md)
+    capabilities: dict[str, ModelCaps] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prices", {m: as_price(p) for m, p in self.prices.items()})
 
     @classmethod
     def derive(cls, settings: ServeSettings, **made: Any) -> ServeOptions:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from hybridllm.backends._types import within
@@ -78,6 +79,8 @@ async def read_body(request: Any, limit: int, timeout_s: float) -> bytes:
         await within(receive_all(), timeout_s)
     except asyncio.TimeoutError:
         raise RequestError(408, f"request body not received within {timeout_s:g} s") from None
+    except ClientDisconnect:  # the client hung up mid-body: its doing, logged as such, not an internal error
+        raise RequestError(499, "the client closed the connection before its body arrived") from None
     return b"".join(chunks)
 
 

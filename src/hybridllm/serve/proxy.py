@@ -1,6 +1,8 @@
-"""The request path of the two proxied routes (``/v1/chat/completions``, ``/v1/completions``): one
-:class:`Proxy` with typed collaborators, each step a method, and the hooks it was built with
-(:mod:`.hooks`) at four points.
+"""The request path of the proxied routes (``/v1/chat/completions``, ``/v1/completions``,
+``/v1/messages``, ``/v1/responses``): one :class:`Proxy` with typed collaborators, each step a
+method, and the hooks it was built with (:mod:`.hooks`) at four points. What differs by protocol
+(keys, body checks, the call, usage, error shapes) is the request's :class:`~.wire.Wire`, and a
+request only ever goes to the upstreams that speak its protocol.
 
 ``handle`` → ``answer`` (authorise, read and check the body, ask the :class:`Decider`, the hooks'
 ``before_call``, call the upstreams through ``attempts``, the hooks' ``on_answer``, shape the
@@ -16,7 +18,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 from starlette.background import BackgroundTask
@@ -30,19 +32,11 @@ from .errors import RequestError
 from .hooks import Hook, HookPoints, RequestContext
 from .knobs import KnobError
 from .options import ServeOptions, key_id
-from .protocol import (
-    answer_text,
-    bearer_key,
-    check_request,
-    error_body,
-    openai_error,
-    parse_json,
-    read_body,
-    stream_text,
-)
+from .protocol import bearer_key, read_body
 from .settle import Pump, RelayResponse, bill, left_behind, price
 from .telemetry import Metrics
 from .upstreams import Upstreams
+from .wire import NO_HEADERS, WIRES, Wire
 
 #: a watcher for the client's disconnect starts this long after the upstream call
 WATCH_AFTER_S = 0.005
@@ -94,12 +88,15 @@ class Proxy:
     def authorised(self, request: Request) -> bool:
         return self.client(request) is not False
 
-    def client(self, request: Request) -> str | bool | None:
+    def client(
+        self, request: Request, read_key: Callable[[Any, list[bytes]], bytes | None] = bearer_key
+    ) -> str | bool | None:
         """The name of the client key a request carries (None when no keys are set; False when
-        its key is missing or wrong). Every key is compared, in constant time each."""
+        its key is missing or wrong), read by ``read_key`` (its protocol's key headers; default
+        ``Authorization: Bearer``). Every key is compared, in constant time each."""
         if not self._keys:
             return None
-        key = bearer_key(request.headers, self._keys)
+        key = read_key(request.headers, self._keys)
         return False if key is None else self._names[key]
 
     async def chat(self, request: Request) -> Response:
@@ -107,6 +104,12 @@ class Proxy:
 
     async def completions(self, request: Request) -> Response:
         return await self.handle(request, "completion")
+
+    async def messages(self, request: Request) -> Response:
+        return await self.handle(request, "messages")
+
+    async def responses(self, request: Request) -> Response:
+        return await self.handle(request, "responses")
 
     async def handle(self, request: Request, kind: str) -> Response:
         """One proxied request; a request that ends without an answer (cancelled) is recorded at
@@ -159,15 +162,19 @@ class Proxy:
         return task
 
     async def answer(self, request: Request, ctx: RequestContext) -> Response:
+        wire = WIRES[ctx.kind]
         try:
-            await self._decide(request, ctx)
+            await self._decide(request, ctx, wire)
             for hook in self.hooks.before_call:
                 await hook.before_call(ctx)
             decision, body = ctx.decision, ctx.body
             assert decision is not None and body is not None
-            if ctx.stream:  # every stream is asked for its usage: the tokens are counted, priced or not
+            if ctx.stream and wire.asks_usage:  # every stream's usage is counted, priced or not
                 body = self._ask_usage(body, ctx)
-            order = self.upstreams.fallback_order(decision.target) if decision.may_fall_back else [decision.target]
+            target = decision.target
+            order = self.upstreams.fallback_order(target, wire.api) if decision.may_fall_back else [target]
+            if decision.allowed is not None:  # a fallback only to a model that can serve the request
+                order = [i for i in order if i == target or i in decision.allowed]
             got = await self._call(request, order, body, ctx)
             if got is None:  # the client left
                 return Response(status_code=499)
@@ -176,21 +183,20 @@ class Proxy:
                 raise RequestError(got.status, got.message, headers=retry)
             if got.stream is None:
                 ctx.status = got.status
-                usage = got.payload.get("usage") if isinstance(got.payload, dict) else None
-                ctx.usage = usage if isinstance(usage, dict) else {}
+                ctx.usage = wire.usage(got.payload)
             else:
                 ctx.status = 200
             for hook in self.hooks.on_answer:
                 hook.on_answer(ctx)
-            return self._respond(got, ctx)
+            return self._respond(got, ctx, wire)
         except RequestError as exc:
             ctx.status, ctx.error = exc.status, exc.message
             headers = response_headers(ctx, answered=False)
-            return openai_error(exc.status, exc.message, exc.param, exc.code, {**headers, **(exc.headers or {})})
+            return wire.error(exc.status, exc.message, exc.param, exc.code, {**headers, **(exc.headers or {})})
         except Exception as exc:  # a bug: the request fails alone, shaped like every other error
             log.exception("internal error in %s", ctx.rid)
             ctx.status, ctx.error = 500, f"internal error ({type(exc).__name__})"
-            return openai_error(500, f"internal error ({type(exc).__name__}); request id {ctx.rid}")
+            return wire.error(500, f"internal error ({type(exc).__name__}); request id {ctx.rid}")
 
     def _ask_usage(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
         """A stream asks the upstream for its usage chunk (its tokens counted, and charged when
@@ -201,27 +207,28 @@ class Proxy:
         ctx.strip_usage = True
         return dict(body, stream_options={**(so if isinstance(so, dict) else {}), "include_usage": True})
 
-    async def _decide(self, request: Request, ctx: RequestContext) -> None:
-        """Authorise, read and check the body, and ask the decider (``ctx.decided``, counted once)."""
+    async def _decide(self, request: Request, ctx: RequestContext, wire: Wire) -> None:
+        """Authorise, read and check the body, and ask the decider (``ctx.decided``, counted once),
+        kept among the upstreams that speak the request's protocol."""
         opts = self.options
-        client = self.client(request)
+        client = self.client(request, wire.client_key)
         if client is False:
             raise RequestError(401, "invalid or missing API key", headers={"WWW-Authenticate": "Bearer"})
         ctx.key = client if isinstance(client, str) else None
+        ctx.headers = request.headers
         raw = await read_body(request, opts.max_body_bytes, opts.client_timeout_s)
-        body = parse_json(raw)
-        extra = body.pop("hybridllm", None)
-        req = check_request(body, ctx.kind, opts.max_messages, self.router.turns, opts.max_router_chars)
-        ctx.stream, ctx.body = req.stream, req.body
+        req = wire.check(raw, request.headers, opts.max_messages, self.router.turns, opts.max_router_chars)
+        ctx.stream, ctx.body, ctx.checked = req.stream, req.body, req
         ctx.chars = len(req.text) if isinstance(req.text, str) else 0
         if opts.log_prompts:
             ctx.prompt = req.text
-            ctx.raw_prompt = req.body.get("messages") if ctx.kind == "chat" else req.body.get("prompt")
+            ctx.raw_prompt = req.prompt
         try:
-            decision = await self.decider.decide(req.model, extra, req.text, self.in_flight == 1)
+            decision = await self.decider.decide(req.name, req.extra, req.text, self.in_flight == 1)
         except KnobError as exc:
             status = 404 if exc.unknown_model else 400
             raise RequestError(status, str(exc), "model", "model_not_found" if exc.unknown_model else None) from None
+        decision = self.upstreams.speaking(decision, wire.api)
         ctx.decided = ctx.decision = decision
         self.metrics.decided(self.ups[decision.target].who, decision)
 
@@ -262,17 +269,21 @@ class Proxy:
 
     async def _left_behind(self, call: asyncio.Future[Answer | Failure], ctx: RequestContext) -> None:
         """A request whose client left during its upstream call: charged what the call costs."""
-        await left_behind(call, ctx, self.options.settle_timeout_s)
+        wire = WIRES[ctx.kind]
+        await left_behind(call, ctx, self.options.settle_timeout_s, wire.usage, wire.usage_events)
         await self._after(ctx)
 
     async def attempts(self, order: list[int], body: dict[str, Any], ctx: RequestContext) -> Answer | Failure:
         """Each upstream of ``order`` in turn until one answers: its answer, or the last failure."""
         failure: Failure | None = None
+        wire, checked = WIRES[ctx.kind], ctx.checked
+        headers = NO_HEADERS if checked is None else checked.headers
+        raw = checked.api if checked is not None and body is checked.body else None  # the client's bytes
         for which in order:
             if failure is not None and ctx.outcome == "client_left":
                 break  # no fallback is paid for nobody
             up = self.ups[which]
-            got = await up.forward(ctx.kind, dict(body, model=up.model), ctx.stream)
+            got = await wire.send(up, body, ctx.stream, headers, raw)
             if isinstance(got, Answer):
                 if which != order[0]:
                     ctx.fallback_from = self.ups[order[0]].who
@@ -285,26 +296,27 @@ class Proxy:
         assert failure is not None
         return failure
 
-    def _respond(self, got: Answer, ctx: RequestContext) -> Response:
+    def _respond(self, got: Answer, ctx: RequestContext, wire: Wire) -> Response:
         headers = response_headers(ctx, answered=True)
         if got.stream is not None:
             # the upstream read starts now, whether or not the relay ever runs (a client gone before
             # the response starts never iterates it: RelayResponse then hands the pump back)
-            pump = Pump(got.stream, ctx, bool(self.options.prices), self.options.settle_timeout_s)
+            priced = bool(self.options.prices)
+            pump = Pump(got.stream, ctx, priced, self.options.settle_timeout_s, wire.usage_events)
             ctx.asked = True
             return RelayResponse(
-                self.relay(pump, ctx),
+                self.relay(pump, ctx, wire),
                 pump,
                 lambda: self._abandon(pump, ctx),
                 media_type="text/event-stream",
                 headers=headers,
             )
         if ctx.keep_answer:
-            ctx.answer = answer_text(got.payload)
+            ctx.answer = wire.answer_text(got.payload)
         # the upstream's bytes as they are: nothing re-serialised, nothing of the schema changed
         return Response(got.data, status_code=got.status, headers=headers, media_type="application/json")
 
-    async def relay(self, pump: Pump, ctx: RequestContext) -> AsyncIterator[bytes]:
+    async def relay(self, pump: Pump, ctx: RequestContext, wire: Wire) -> AsyncIterator[bytes]:
         """Relay the chunks (read by a :class:`~.settle.Pump`); a failure mid-stream ends with an
         error event instead of a hang. However the relay ends, the answer is charged: a client that
         hangs up leaves the upstream read going (priced servers, ``settle_timeout_s`` at most) until
@@ -319,10 +331,10 @@ class Proxy:
             ended = True
         except StreamBroke as exc:
             ctx.status, ctx.error, ended = 502, str(exc), True
-            yield b"data: " + error_body(str(exc), "upstream_error") + b"\n\n"
+            yield wire.stream_error(str(exc))
         finally:
             if kept is not None:
-                ctx.answer = stream_text(kept)
+                ctx.answer = wire.stream_text(kept)
             if ended:  # shielded: a client hanging up after the last event cancels the relay, not this
                 await asyncio.shield(self._background(self._after(ctx)))
             else:  # the client left (cancelled, or the relay closed early): nothing awaited here

@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -133,6 +134,15 @@ def run(
         return
     from uvicorn.supervisors import Multiprocess
 
+    if config.sessions and not os.environ.get(config.session_secret_env, "").strip():
+        # the workers of one server derive the same session ids: one secret made here for all of them
+        # (each worker would otherwise make its own); replicas still need $VAR set alike
+        logging.getLogger("hybridllm.serve").warning(
+            "sessions: $%s is unset: derived session ids are keyed with a secret made for this server; "
+            "replicas sharing --state derive different ids until they share one",
+            config.session_secret_env,
+        )
+        os.environ[config.session_secret_env] = secrets.token_hex(32)
     state = tempfile.mkdtemp(prefix="hybridllm-serve-")
     try:
         os.makedirs(os.path.join(state, "metrics"))

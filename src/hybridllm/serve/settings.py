@@ -84,6 +84,24 @@ class ServeSettings(BaseModel):
         0.0, ge=0, description="seconds to wait to group routing decisions into one encoder pass"
     )
     workers: int = Field(1, ge=1, le=64, description="processes on the one port; each loads the router and its models")
+    # sessions (docs/sessions.md)
+    sessions: bool = Field(
+        True,
+        description="keep each conversation on its model: it only moves up, a tool loop stays whole "
+        "(x-session-id, user, metadata.session_id, else derived)",
+    )
+    session_ttl_s: float = Field(
+        3600.0, gt=0, le=30 * 86400, allow_inf_nan=False, description="seconds a session's pin outlives its last turn"
+    )
+    session_capacity: int = Field(
+        100_000, ge=1, le=100_000_000,
+        description="session pins held (per process, or in --state); a client key holds at most a share of them",
+    )  # fmt: skip
+    session_secret_env: str = Field(
+        "HYBRIDLLM_SESSION_SECRET",
+        description="env var with the secret derived session ids are keyed with (16+ characters; replicas "
+        "sharing --state need the same); unset: a secret per server, with a warning",
+    )
     # live control (docs/control.md)
     shadow_rate: float = Field(
         0.0, ge=0, le=1, description="share of answered requests also answered by the other side and judged (0..1)"

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import StreamingResponse
 
 from hybridllm.backends import Answer, Failure
+from hybridllm.routing.money import Price, cost, usage_tokens
 
 from .hooks import RequestContext
 
@@ -41,6 +42,8 @@ MAX_EVENT_BYTES = 1 << 20
 #: chunks a stream's pump reads ahead of a slow client (then it waits: the client's pace)
 READ_AHEAD = 32
 _END = object()
+#: a protocol's stream reader: the chunks relayed unchanged, its usage read into the context
+Events = Callable[[AsyncIterator[bytes], RequestContext], AsyncIterator[bytes]]
 
 
 @dataclass(frozen=True)
@@ -61,16 +64,22 @@ def _count(v: object) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
-def token_bound(body: dict[str, Any]) -> TokenBound:
-    """The bound of one request body as sent upstream (chat or completions)."""
+#: the body fields that limit a request's output, by request kind (the chat ones for the others)
+_OUTPUT_FIELDS = {"messages": ("max_tokens",), "responses": ("max_output_tokens",)}
+_CHAT_OUTPUT = ("max_tokens", "max_completion_tokens")
+
+
+def token_bound(body: dict[str, Any], kind: str = "chat") -> TokenBound:
+    """The bound of one request body as sent upstream (``kind``: chat, completion, or the Messages or
+    Responses API, each read with its own output limit)."""
     size = len(json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=str).encode())
-    messages = body.get("messages")
+    messages = body.get("messages", body.get("input"))
     parts = len(messages) if isinstance(messages, list) else 1
     prompt = body.get("prompt")
     batch = len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else 1
     # both limits given: the larger (upstreams differ in which one they obey: vLLM the second);
     # either given but not a count (a float, a string a lax upstream reads as one): the model's maximum
-    given = [body[f] for f in ("max_tokens", "max_completion_tokens") if body.get(f) is not None]
+    given = [body[f] for f in _OUTPUT_FIELDS.get(kind, _CHAT_OUTPUT) if body.get(f) is not None]
     outs = [m for m in map(_count, given) if m is not None]
     max_out = max(outs) if outs and len(outs) == len(given) else None
     each = max(_count(body.get("n")) or 1, _count(body.get("best_of")) or 1)
@@ -78,20 +87,17 @@ def token_bound(body: dict[str, Any]) -> TokenBound:
 
 
 def counted(usage: dict[str, Any]) -> bool:
-    """Whether an upstream's usage has both token counts (an answer priced from it)."""
-    return all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0
-        for v in (usage.get("prompt_tokens"), usage.get("completion_tokens"))
-    )
+    """Whether an upstream's usage has both token counts (an answer priced from it; one without is
+    charged its bound): :func:`hybridllm.routing.money.usage_tokens`'s rule, the one pricing uses."""
+    return usage_tokens(usage) is not None
 
 
-def price(prices: dict[str, tuple[float, float]], model: str, usage: dict[str, Any]) -> float | None:
-    """The cost of ``usage`` on ``model`` at ``prices`` (per 1M input, output tokens); None when the
-    model has no price or the usage lacks a token count."""
-    if model not in prices or not counted(usage):
-        return None
-    pin, pout = prices[model]
-    return (usage["prompt_tokens"] * pin + usage["completion_tokens"] * pout) / 1e6
+def price(prices: Mapping[str, Price], model: str, usage: dict[str, Any]) -> float | None:
+    """The cost of ``usage`` on ``model`` at ``prices``: :func:`hybridllm.routing.money.cost` (cached
+    prompt tokens at the model's cached price); None when the model has no price or the usage lacks
+    a token count."""
+    p = prices.get(model)
+    return None if p is None else cost(usage, p)
 
 
 async def usage_events(stream: AsyncIterator[bytes], rec: RequestContext) -> AsyncIterator[bytes]:
@@ -132,9 +138,11 @@ class Pump:
     (then closed), an unpriced one is closed at once. ``done()`` waits for the read to end."""
 
     def __init__(
-        self, stream: AsyncIterator[bytes], rec: RequestContext, priced: bool, settle_timeout_s: float
-    ) -> None:
+        self, stream: AsyncIterator[bytes], rec: RequestContext, priced: bool, settle_timeout_s: float,
+        events: Events | None = None,
+    ) -> None:  # fmt: skip
         self.rec, self.priced, self.settle_timeout_s = rec, priced, settle_timeout_s
+        self._events = events or usage_events  # the protocol's reader (serve.wire: Wire.usage_events)
         self.queue: asyncio.Queue[Any] = asyncio.Queue(READ_AHEAD)
         self.left = False
         self.relayed = False  # the relay started iterating it (else the response never ran)
@@ -143,7 +151,7 @@ class Pump:
         self.task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
-        source = usage_events(self._stream, self.rec)  # priced or not: the tokens are counted
+        source = self._events(self._stream, self.rec)  # priced or not: the tokens are counted
         try:
             try:
                 async for chunk in source:
@@ -191,20 +199,31 @@ class Pump:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
-def bill(rec: RequestContext, prices: dict[str, tuple[float, float]], max_output: dict[str, int]) -> None:
+def bill(rec: RequestContext, prices: Mapping[str, Price], max_output: dict[str, int]) -> None:
     """An answer asked for (``rec.status`` 200, or ``rec.asked``: the upstream was asked and the
     relay or the call ended otherwise) whose upstream reported no usage is charged its bound:
     ``rec.billed``, the usage the metrics and the budget price instead (marked in the access log)."""
     if rec.billed is not None or rec.sent is None or rec.model not in prices or counted(rec.usage):
         return
     if rec.status == 200 or rec.asked:
-        rec.billed = token_bound(rec.sent).usage(max_output.get(rec.model, DEFAULT_MAX_OUTPUT_TOKENS))
+        rec.billed = token_bound(rec.sent, rec.kind).usage(max_output.get(rec.model, DEFAULT_MAX_OUTPUT_TOKENS))
 
 
-async def left_behind(call: asyncio.Future[Answer | Failure], rec: RequestContext, settle_timeout_s: float) -> None:
+def whole_usage(payload: Any) -> dict[str, Any]:
+    """A whole chat or completions answer's usage object ({} when it has none)."""
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    return usage if isinstance(usage, dict) else {}
+
+
+async def left_behind(
+    call: asyncio.Future[Answer | Failure], rec: RequestContext, settle_timeout_s: float,
+    usage_of: Callable[[Any], dict[str, Any]] = whole_usage, events: Events | None = None,
+) -> None:  # fmt: skip
     """The upstream call of a request whose client left, finished for its usage: the call's answer
     (a stream read to its end) within ``settle_timeout_s``, else the call is closed and the request
-    is charged its bound (``rec.asked``). A call that failed (or was closed unpriced) costs nothing."""
+    is charged its bound (``rec.asked``). A call that failed (or was closed unpriced) costs nothing.
+    ``usage_of`` and ``events``: the protocol's readers of a whole answer's and a stream's usage
+    (default: chat's)."""
     rec.asked = True
     try:
         async with asyncio.timeout(max(settle_timeout_s, 0.0)):
@@ -213,11 +232,10 @@ async def left_behind(call: asyncio.Future[Answer | Failure], rec: RequestContex
                 rec.asked = False
                 return
             if got.stream is None:
-                usage = got.payload.get("usage") if isinstance(got.payload, dict) else None
-                rec.usage = usage if isinstance(usage, dict) else {}
+                rec.usage = usage_of(got.payload)
                 return
             try:
-                async for _ in usage_events(got.stream, rec):
+                async for _ in (events or usage_events)(got.stream, rec):
                     pass
             finally:
                 close = getattr(got.stream, "aclose", None)

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .hooks import RequestContext
@@ -17,6 +17,8 @@ from .traffic import Event, TrafficWindow
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
+
+    from hybridllm.routing.money import Price
 
     from .decision import RouteDecision
 
@@ -28,7 +30,7 @@ _JSON_LINE = json.JSONEncoder(ensure_ascii=False)
 class Metrics:
     def __init__(
         self,
-        prices: dict[str, tuple[float, float]] | None = None,
+        prices: Mapping[str, Price] | None = None,
         reference: str | None = None,
         models: list[str] | None = None,
         state_dir: str | None = None,
@@ -214,6 +216,9 @@ class Metrics:
             line["error"] = rec.error[:300]
         if log_prompts and rec.prompt is not None:
             line["prompt"] = rec.prompt
+        if rec.log:
+            for k, v in rec.log.items():
+                line.setdefault(k, v)
         log.info(_JSON_LINE.encode(line))
 
 

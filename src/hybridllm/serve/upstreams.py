@@ -1,17 +1,24 @@
 """Which upstream answers: the router's scores through the policy, one upstream per model of the
 router (matched by name; a two-model router's ``--small``/``--large`` upstreams by position), and
-where a failed call falls back to (the next better model, then the next worse)."""
+where a failed call falls back to (the next better model, then the next worse). A request goes only
+to the upstreams that speak its protocol (each backend's ``api``: the models file's ``api`` key):
+:meth:`Upstreams.speaking` keeps a decision among them, and a fallback never leaves them."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hybridllm.backends import Backend
+from hybridllm.routing.capabilities import pick
 
-from .errors import ServeConfigError
+from .errors import RequestError, ServeConfigError
+
+if TYPE_CHECKING:
+    from .decision import RouteDecision
 
 
 def as_row(scores: Any) -> list[float]:
@@ -44,6 +51,14 @@ class Upstreams:
         self.quality = [float(q) for q in quality]
         self._orders = [self._fallback_order(i) for i in range(len(self.ups))]  # fixed: computed once
         self._ref = self.fleet.ref
+        #: which upstreams speak each API the fleet speaks (the models file's ``api``), and each
+        #: target's fallback order kept within its API (the target itself first, whatever it speaks)
+        apis = [u.api for u in self.ups]
+        self._speak = {a: tuple(x == a for x in apis) for a in apis}
+        self._api_orders = {
+            a: [[t, *(i for i in order[1:] if apis[i] == a)] for t, order in enumerate(self._orders)]
+            for a in self._speak
+        }
 
     def label(self, index: int) -> str:
         if self.pair:
@@ -68,10 +83,32 @@ class Upstreams:
             return None
         return dict(zip(self.candidates, row, strict=True))
 
-    def fallback_order(self, target: int) -> list[int]:
+    def fallback_order(self, target: int, api: str = "chat") -> list[int]:
         """``target``, then the models better than it from the nearest up, then the worse ones from
-        the nearest down (two models: the other one)."""
-        return self._orders[target]
+        the nearest down (two models: the other one); of these, only the ones that speak ``api``."""
+        orders = self._api_orders.get(api)
+        return [target] if orders is None else orders[target]
+
+    def speakers(self, api: str) -> tuple[bool, ...] | None:
+        """Which upstreams speak ``api`` (cost order); None when none does."""
+        return self._speak.get(api)
+
+    def speaking(self, decision: RouteDecision, api: str) -> RouteDecision:
+        """``decision`` kept among the upstreams that speak ``api``: itself when its target does; a
+        routed one moved as :func:`hybridllm.routing.capabilities.pick` moves a choice (the cheapest
+        upstream of the protocol dearer than the choice, else the dearest cheaper one), its reason
+        saying so; a forced one (the client named a model of another protocol) refused with a 400,
+        and a request of a protocol no upstream speaks with a 404. Never translated."""
+        allowed = self._speak.get(api)
+        if allowed is None:
+            raise RequestError(404, f"no model of this server speaks the {api} API", "model", "model_not_found")
+        if allowed[decision.target]:
+            return decision
+        up = self.ups[decision.target]
+        if decision.row is None:
+            raise RequestError(400, f"model {up.who!r} speaks the {up.api} API, not {api}: send it there", "model")
+        moved = pick(decision.target, allowed).target
+        return replace(decision, target=moved, reason=f"{decision.reason}; {up.who} speaks {up.api}, not {api}")
 
     def _fallback_order(self, target: int) -> list[int]:
         q = self.quality[target]

@@ -70,7 +70,11 @@ def error_body(status: int, message: str, request_id: str | None = None) -> byte
     return json.dumps(out).encode()
 
 
-def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+def error_response(
+    status: int, message: str, headers: Mapping[str, str] | None = None, param: str | None = None, code: Any = None
+) -> Response:
+    """Anthropic's error response (its shape names no field nor code: ``param`` and ``code``, the
+    chat routes' own, are not in it)."""
     rid = headers.get("x-hybridllm-request-id") if headers else None
     return Response(error_body(status, message, rid), status, headers=headers, media_type="application/json")
 

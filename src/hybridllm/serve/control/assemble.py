@@ -1,7 +1,9 @@
 """The live control a server's settings ask for, built once by the composition root
-(:func:`hybridllm.serve.app.create_app`): the hooks in their order (the steering watch and the live
-estimates see each decision before a budget cap may refuse it; the outcomes log remembers a request
-before its shadow call starts), the hold's decider, and what the app serves beside them."""
+(:func:`hybridllm.serve.app.create_app`): the hooks in their order (the capability filter right after
+the decider, then the session rules among the models it allowed, then the hold's observation of
+where the request really goes; the steering watch and the live estimates see each decision before
+a budget cap may refuse it; the outcomes log remembers a request before its shadow call starts),
+the hold's decider, and what the app serves beside them."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from hybridllm.backends import Backend
+from hybridllm.routing.capabilities import ModelCaps
 from hybridllm.routing.estimates import ShadowPair
 from hybridllm.routing.live import Hold, parse_hold
+from hybridllm.routing.money import CostModel
 from hybridllm.stages.score import JUDGE_RUBRIC
 
 from ..caps import parse_cap
@@ -23,9 +27,11 @@ from ..state import StateStore
 from ..telemetry import Metrics
 from ..upstreams import Upstreams
 from .budget import Budget, BudgetHook
+from .capabilities import CapabilityHook
 from .estimates import QualityEstimates, estimates_families
-from .hold import HoldDecider, HoldSync, hold_families
+from .hold import HoldDecider, HoldHook, HoldSync, hold_families
 from .outcomes import FeedbackDesk, OutcomesHook
+from .sessions import SessionHook, session_hook
 from .shadow import JudgeScorer, RewardScorer, Shadow, ShadowHook, ShadowJob
 from .steering import SteeringWatch
 
@@ -42,6 +48,7 @@ class LiveControl:
     desk: FeedbackDesk | None = None  # the outcomes log and the requests /v1/feedback can name
     steering: SteeringWatch | None = None
     budget: Budget | None = None
+    sessions: SessionHook | None = None
 
     def decider(self, inner: Decider) -> Decider:
         """``inner``, wrapped by the hold's decider when a hold runs."""
@@ -61,14 +68,23 @@ def live_control(
     their metric families on ``/metrics``."""
     live = LiveControl()
     fleet, ups = upstreams.fleet, upstreams.ups
+    names = [u.who for u in ups]
+    if any(not c.unrestricted for c in opts.capabilities.values()):  # first: where the request can go
+        caps = tuple(opts.capabilities.get(n) or ModelCaps(n) for n in names)
+        live.hooks.append(CapabilityHook(caps, metrics))
+    if opts.sessions:  # then the session rules, among the models that can serve it
+        live.sessions = session_hook(names, metrics, opts, store, len(opts.api_keys))
+        live.hooks.append(live.sessions)
     if opts.api_keys:
         dear = {i for i in range(len(ups)) if i > 0 and fleet.costs[i] > fleet.costs[0]}
         live.steering = SteeringWatch(dear, lambda key: metrics.steering.labels(key).inc())
         live.hooks.append(live.steering)
     if opts.shadow_rate or opts.hold:
+        live.hold = _hold(router, upstreams, opts)
+        if live.hold is not None:  # observes where each request it routed really goes
+            live.hooks.append(HoldHook(live.hold, names))
         live.estimates = QualityEstimates(fleet)
         live.hooks.append(live.estimates)
-        live.hold = _hold(router, upstreams, opts)
     if opts.budget_caps:
         live.budget = Budget(
             [parse_cap(c) for c in opts.budget_caps], store, opts.prices, opts.on_cap, cheapest=0,
@@ -115,7 +131,12 @@ def _hold(router: ServingRouter, upstreams: Upstreams, opts: ServeOptions) -> Ho
         return None
     kind, target = parse_hold(opts.hold)
     cal = router.config.get("calibration") or []
-    hold = Hold(kind, target, upstreams.fleet, cal, confidence=opts.hold_confidence, window_requests=opts.hold_window)
+    models = upstreams.fleet.models
+    # budget in money when the models file prices every model (docs/control.md)
+    money = CostModel([opts.prices[m] for m in models]) if kind == "budget" and all(
+        m in opts.prices for m in models) else None  # fmt: skip
+    hold = Hold(kind, target, upstreams.fleet, cal, confidence=opts.hold_confidence, window_requests=opts.hold_window,
+                money=money)  # fmt: skip
     if kind == "max_quality_drop" and not opts.shadow_rate:
         raise ServeConfigError("--hold max_quality_drop needs shadow checks (--shadow-rate and --judge)")
     if opts.default_knob:

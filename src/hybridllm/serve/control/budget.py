@@ -24,7 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+
+from hybridllm.routing.money import Price
 
 from ..caps import Cap
 from ..errors import RequestError, ServeConfigError
@@ -32,6 +35,7 @@ from ..hooks import BaseHook, RequestContext, Slot
 from ..settle import DEFAULT_MAX_OUTPUT_TOKENS, TokenBound, price, token_bound
 from ..state import StateStore
 from ..upstreams import Upstreams
+from ..wire import WIRES
 
 log = logging.getLogger("hybridllm.access")
 #: the error code of a request refused past a cap (``--on-cap refuse``)
@@ -50,7 +54,7 @@ class Budget:
     """The caps of one server over a :class:`~hybridllm.serve.state.StateStore`."""
 
     def __init__(
-        self, caps: list[Cap], store: StateStore, prices: dict[str, tuple[float, float]], on_cap: str = "downgrade",
+        self, caps: list[Cap], store: StateStore, prices: Mapping[str, Price], on_cap: str = "downgrade",
         cheapest: int = 0, max_output: dict[str, int] | None = None,
     ) -> None:  # fmt: skip
         if on_cap not in ("downgrade", "refuse"):
@@ -69,11 +73,13 @@ class Budget:
         return price(self.prices, model, bound.usage(self.max_output.get(model, DEFAULT_MAX_OUTPUT_TOKENS))) or 0.0
 
     async def admit(
-        self, key: str | None, target: int, models: list[str], bound: TokenBound, reach: list[str] | None = None
-    ) -> tuple[int, Reservation | None, str | None]:
+        self, key: str | None, target: int, models: list[str], bound: TokenBound, reach: list[str] | None = None,
+        cheapest: int | None = None,
+    ) -> tuple[int, Reservation | None, str | None]:  # fmt: skip
         """(the upstream to call, its reservation, why it was downgraded or None). Raises the 429
         of ``--on-cap refuse``. ``reach``: the models the request may be answered by (its fallbacks
-        too; default its target): it reserves its bound on the dearest of them."""
+        too; default its target): it reserves its bound on the dearest of them. ``cheapest``: where
+        a downgrade goes (default the server's cheapest; a request's own protocol may have another)."""
         caps = self.caps_for(key)
         if not caps:
             return target, None, None
@@ -88,12 +94,13 @@ class Budget:
                 continue
             for c, b in taken:  # give back what this request reserved
                 await self.store.settle(b, amount, 0.0, c.seconds * 2)
-            if self.on_cap == "downgrade" and target != self.cheapest:
+            low = self.cheapest if cheapest is None else cheapest
+            if self.on_cap == "downgrade" and target != low:
                 # past the ceiling the cheapest model answers; its cost is still counted
-                cheap = models[self.cheapest]
+                cheap = models[low]
                 self._log_cap(key, "downgraded")
                 res = Reservation(caps, [c.bucket(now) for c in caps], 0.0, cheap)
-                return self.cheapest, res, self._why(key, cap, f"downgraded to {cheap}")
+                return low, res, self._why(key, cap, f"downgraded to {cheap}")
             self._log_cap(key, "refused")
             raise RequestError(429, self._why(key, cap, "refused"), code=REFUSED)
         return target, Reservation([c for c, _ in taken], [b for _, b in taken], amount, model), None
@@ -134,11 +141,13 @@ class BudgetHook(BaseHook):
     async def before_call(self, ctx: RequestContext) -> None:
         decision, body = ctx.decision, ctx.body
         assert decision is not None and body is not None
-        models = self.models
-        reach = self.upstreams.fallback_order(decision.target) if decision.may_fall_back else [decision.target]
+        models, api = self.models, WIRES[ctx.kind].api  # the request's protocol: its own upstreams only
+        reach = self.upstreams.fallback_order(decision.target, api) if decision.may_fall_back else [decision.target]
+        speakers = self.upstreams.speakers(api) or ()
+        cheapest = next((i for i, ok in enumerate(speakers) if ok), None)
         try:
             target, reservation, why = await self.budget.admit(
-                ctx.key, decision.target, models, token_bound(body), [models[i] for i in reach]
+                ctx.key, decision.target, models, token_bound(body, ctx.kind), [models[i] for i in reach], cheapest
             )
         except RequestError as exc:
             if exc.code == REFUSED:  # the refusal's reason is the cap's

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
@@ -23,9 +23,11 @@ from prometheus_client.metrics_core import Metric
 
 from hybridllm.routing.estimates import ShadowPair
 from hybridllm.routing.live import Hold
+from hybridllm.routing.money import estimate_prompt_tokens
 from hybridllm.routing.policy import Fleet
 
 from ..decision import Decider, RouteDecision
+from ..hooks import BaseHook, RequestContext, Slot
 from ..state import StateStore
 
 log = logging.getLogger("hybridllm.serve")
@@ -46,10 +48,45 @@ class HoldDecider:
             return await self.inner.decide(model, extra, text, alone)
         hold = self.hold
         d = await self.inner.decide(model, {"threshold": min(hold.threshold, 1.000001)}, text, alone)
-        if d.row is not None:
-            hold.observe(d.row, d.target)
+        if d.row is not None:  # observed by HoldHook once the request's target is final
+            d = HeldDecision(**{f.name: getattr(d, f.name) for f in fields(d)})
             d = replace(d, reason=f"{hold.reason}; threshold {hold.threshold:.4f}")
         return d
+
+
+@dataclass(frozen=True, slots=True)
+class HeldDecision(RouteDecision):
+    """A decision routed at the hold's threshold (what :class:`HoldHook` observes)."""
+
+
+#: a held request's ticket with the hold (settled with its usage after the answer)
+TICKET: Slot[int] = Slot("the hold's ticket")
+
+
+class HoldHook(BaseHook):
+    """Feeds the hold each request it routed, where the request really goes: before the call, the
+    decision in force (after the capability filter and the session rules moved it) and, in money,
+    the prompt's estimated tokens (:func:`hybridllm.routing.money.estimate_prompt_tokens` of the
+    body); after the answer, its usage (:meth:`Hold.settle`: its cost in money, the model that
+    answered). Goes after the hooks that move a request, before the ones that may refuse it."""
+
+    def __init__(self, hold: Hold, models: list[str]) -> None:
+        self.hold, self.index = hold, {m: i for i, m in enumerate(models)}
+
+    async def before_call(self, ctx: RequestContext) -> None:
+        held, decision = ctx.decided, ctx.decision
+        if not isinstance(held, HeldDecision) or held.row is None or decision is None:
+            return
+        hold = self.hold
+        prompt = estimate_prompt_tokens(ctx.body) if hold.money is not None and ctx.body is not None else None
+        ticket = hold.observe(held.row, decision.target, prompt)
+        if hold.money is not None:
+            ctx.put(TICKET, ticket)
+
+    async def after_sent(self, ctx: RequestContext) -> None:
+        ticket = ctx.pop(TICKET)
+        if ticket is not None and ctx.usage:
+            self.hold.settle(ticket, ctx.usage, self.index.get(ctx.model))
 
 
 class HoldSync:

@@ -20,16 +20,17 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hybridllm.backends import Answer, Backend
 from hybridllm.routing.estimates import ShadowPair, policy_sides
 from hybridllm.stages.score import JUDGE_RUBRIC, check_rubric, judge_rating, reward_model_batch
 
+from ..apis import PROTOCOLS
 from ..hooks import BaseHook, RequestContext, Slot
-from ..protocol import answer_text
+from ..wire import WIRES
 from .shadow_bounds import FairCeiling, MeteredJudge, body_chars, judge_usage, replay_body
 
 log = logging.getLogger("hybridllm.access")
@@ -96,6 +97,7 @@ class ShadowJob:
     more: tuple[int, ...] = ()  # further models to ask (every side, for an N-model quality hold)
     cost: float | None = None  # the served answer's estimated cost (set once it has been sent)
     key: str | None = None  # the client key's name: whose share of the shadow ceiling it takes
+    headers: Mapping[str, str] = field(default_factory=dict)  # the client's protocol headers (Messages' version)
 
 
 class Shadow:
@@ -167,7 +169,8 @@ class Shadow:
         if body_chars(body, self.max_prompt_chars) > self.max_prompt_chars:
             self._count(who, "prompt_too_long")
             return None
-        return replay_body(body, kind, self.max_tokens)
+        own = PROTOCOLS.get(kind)  # Messages, Responses: the protocol's own replay
+        return own.replay(body, self.max_tokens) if own is not None else replay_body(body, kind, self.max_tokens)
 
     def submit(self, job: ShadowJob) -> None:
         """Start the shadow call of a drawn request (after its answer has been sent), within its
@@ -187,13 +190,12 @@ class Shadow:
     async def _ask(self, job: ShadowJob, model: int) -> tuple[str, float | None] | None:
         """One shadow answer of ``model`` to the replayed body: its text and estimated cost; None
         when the upstream failed."""
-        up = self.ups[model]
-        got = await up.forward(job.kind, dict(job.body, model=up.model), False)
+        up, wire = self.ups[model], WIRES[job.kind]  # the request's protocol, to an upstream that speaks it
+        got = await wire.send(up, job.body, False, job.headers)
         if not isinstance(got, Answer):
             self._count(up.who, "upstream_error")
             return None
-        usage = got.payload.get("usage") if isinstance(got.payload, dict) else None
-        return answer_text(got.payload), self._price(up.who, usage if isinstance(usage, dict) else {}, "shadow")
+        return wire.answer_text(got.payload), self._price(up.who, wire.usage(got.payload), "shadow")
 
     def _judged(self, verdicts: list[tuple[int, int]]) -> dict[str, Any]:
         """Count and price the judge's verdicts of one pair: the access log's ``judge`` entry."""
@@ -273,6 +275,7 @@ class ShadowHook(BaseHook):
     def __init__(self, shadow: Shadow) -> None:
         self.shadow = shadow
         self._index = {u.who: i for i, u in enumerate(shadow.ups)}
+        self._apis = [u.api for u in shadow.ups]
 
     def on_answer(self, ctx: RequestContext) -> None:
         job = self._draw(ctx)
@@ -284,15 +287,23 @@ class ShadowHook(BaseHook):
         shadow, decision, body = self.shadow, ctx.decision, ctx.sent
         if decision is None or body is None or decision.row is None or not shadow.draw():
             return None
-        served = self._index[ctx.model]
+        served, api = self._index[ctx.model], WIRES[ctx.kind].api
         other = shadow.other_side(served, decision.row)
-        more = shadow.more_sides(served, other, decision.row)
+        if self._apis[other] != api:  # no other side of the request's protocol: no pair (never translated)
+            shadow._count(self.shadow.ups[other].who, "other_protocol")
+            return None
+        more = tuple(m for m in shadow.more_sides(served, other, decision.row) if self._apis[m] == api)
         replay = shadow.replay(body, ctx.kind, served, (other, *more), ctx.moved)
         if replay is None:
             return None
-        prompt = replay.get("messages") if ctx.kind == "chat" else replay.get("prompt")
+        checked = ctx.checked
+        if ctx.kind == "completion" or checked is None:
+            prompt = replay.get("messages") if ctx.kind == "chat" else replay.get("prompt")
+        else:  # what the judge reads: the conversation as chat messages (Messages, Responses: their chat view)
+            prompt = checked.prompt
+        headers = {} if checked is None else dict(checked.headers)
         return ShadowJob(ctx.rid, ctx.kind, replay, prompt, served, other, decision.row, 1.0 / shadow.rate, more=more,
-                         key=ctx.key)  # fmt: skip
+                         key=ctx.key, headers=headers)  # fmt: skip
 
     async def after_sent(self, ctx: RequestContext) -> None:
         job = ctx.pop(SHADOW_JOB)

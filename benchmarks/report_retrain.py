@@ -1,0 +1,70 @@
+"""The "Learning from traffic" section of docs/benchmarks.md, from benchmarks/results/retrain_loop.json,
+which ``python benchmarks/retrain_loop.py`` writes. Used by report.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from _md import table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "–" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def _scenario(sc: dict[str, Any]) -> list[str]:
+    held = sc["held_out"]
+    rows = [["start (trained on the starting slice)", f"{held['start']['apgr']:.3f}", "–", ""]]
+    for st in sc["steps"]:
+        key = f"challenger@{st['pairs']}"
+        g = st["gate"]
+        verdict = "promoted" if g["promote"] else "kept the champion"
+        gate = f"{g['challenger'] - g['champion']:+.3f} {_ci(g['diff_ci95'])} on {g['n']} recent pairs: {verdict}"
+        rows.append([f"challenger at {st['pairs']:,} pairs", f"{held[key]['apgr']:.3f}",
+                     _ci(held[key]["minus_start_ci95"]), gate])  # fmt: skip
+    rows.append(["ceiling (the whole stream's table rows)", f"{held['ceiling']['apgr']:.3f}",
+                 _ci(held["ceiling"]["minus_start_ci95"]), ""])  # fmt: skip
+    champ = " → ".join(f"{st['champion_after']:.3f}" for st in sc["steps"])
+    served = sc["served"]
+    return [
+        f"### {sc['name']}: {sc['small']} → {sc['large']}",
+        "",
+        f"{sc['held_out_rows']:,} held-out rows, {sc['start_rows']} to start, {sc['stream_rows']:,} in the stream "
+        f"(`{sc['table']}`); {served['requests']:,} requests served through the proxy in {served['seconds']:.0f} s.",
+        "",
+        table(
+            ["router", "held-out APGR", "minus start, 95 % interval", "the gate (challenger − champion)"], rows, "lrrl"
+        ),
+        "",
+        f"Promotions: {sc['promotions']} of {len(sc['steps'])}; promotions that lowered the held-out APGR: "
+        f"{sc['promotions_worse']}. The champion's held-out APGR after each step: {champ}.",
+        "",
+    ]
+
+
+def retrain_loop() -> str:
+    path = RESULTS / "retrain_loop.json"
+    if not path.exists():
+        return ""
+    d = json.loads(path.read_text())
+    steps = ", ".join(f"{n:,}" for n in d["steps"])
+    lines = [
+        "## Learning from traffic",
+        "",
+        f"`python benchmarks/retrain_loop.py{' --quick' if d['quick'] else ''}` ({d['seconds'] / 60:.0f} min): a "
+        "router trained on a small slice serves a stream through the real proxy with "
+        f"{d['shadow_rate'] * 100:g} % shadow checks and the outcomes log on; a stand-in judge rates each answer "
+        f"from the table's score of that sample. At {steps} shadow pairs, `hybridllm.model.retrain` trains a "
+        "challenger on the log so far and its gate compares it with the champion on the log's most recent 20 % "
+        "(paired bootstrap, 95 %); a promoted challenger is the next step's champion. Every router is then "
+        "scored on a held-out slice of the table that was never served nor trained on (paired bootstrap "
+        "intervals of the difference to the starting router). [docs/retrain.md](retrain.md) explains the loop.",
+        "",
+    ]
+    for sc in d["scenarios"]:
+        lines += _scenario(sc)
+    return "\n".join(lines).rstrip() + "\n"
