@@ -23,6 +23,7 @@ Writes benchmarks/results/fleet_policy.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -220,6 +221,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="1 seed, the 3-model fleet and one pair, a small head")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument(
+        "--units",
+        default=str(REPO / ".cache" / "fleet_policy"),
+        help="where each finished (case, seed) is kept, so a stopped run resumes where it was (delete to start over)",
+    )
     args = ap.parse_args()
     os.environ.setdefault("HYBRIDLLM_NO_PROGRESS", "1")
     from nmodel_quality import MMLU
@@ -239,7 +245,8 @@ def main() -> None:
     out: dict[str, Any] = {}
     for seed in range(seeds):  # seed-major: an interrupted run has every case on its first seeds
         for name, models in todo:
-            u = run_case(rows, models, seed, args.quick, emb)
+            run = functools.partial(run_case, rows, models, seed, args.quick, emb)
+            u = cached_unit(Path(args.units), name, seed, args.quick, run)
             units[name].append(u)
             m = u["methods"]
             print(f"seed {seed} {name}: " + ", ".join(f"{k} {v['score']:.4f}" for k, v in m.items()), flush=True)
@@ -265,6 +272,26 @@ def main() -> None:
             Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print_table(out)
     print(f"\nwrote {args.out} ({out['seconds']} s)")
+
+
+def cached_unit(root: Path, name: str, seed: int, quick: bool, run: Any) -> dict:
+    """``run()``'s unit for (case, seed), kept under ``root`` (JSON + the test scores as .npz) once
+    finished: a rerun after a stop loads the finished units instead of training them again."""
+    slug = "".join(c if c.isalnum() else "-" for c in name) + f"-seed{seed}" + ("-quick" if quick else "")
+    meta, arrays = root / f"{slug}.json", root / f"{slug}.npz"
+    if meta.is_file() and arrays.is_file():
+        u = json.loads(meta.read_text())
+        with np.load(arrays) as z:
+            u["_q"] = z["_q"]
+            u["_scores"] = {k: z[f"s{i}"] for i, k in enumerate(u.pop("_score_names"))}
+        return u
+    u = run()
+    root.mkdir(parents=True, exist_ok=True)
+    names = list(u["_scores"])
+    np.savez(arrays, _q=u["_q"], **{f"s{i}": np.asarray(u["_scores"][k]) for i, k in enumerate(names)})
+    kept = {k: v for k, v in u.items() if not k.startswith("_")}
+    meta.write_text(json.dumps({**kept, "_score_names": names}))
+    return u
 
 
 def print_table(out: dict[str, Any]) -> None:

@@ -59,6 +59,7 @@ def test_the_proxys_decision_is_the_policys(k, ref_at, row, threshold):
     class Up:
         def __init__(self, who):
             self.who = self.model = who
+            self.api = "chat"
 
     ref = max(1, min(ref_at, k))  # candidates are the models cheaper than the reference
     fleet = Fleet(tuple(f"m{i}" for i in range(k + 1)), tuple(float(2**i) for i in range(k + 1)), f"m{ref}")
