@@ -176,14 +176,19 @@ def pick_runs(
     return order, runs
 
 
-def spend_curve(scores: np.ndarray, costs: np.ndarray, ref: int, thresholds: np.ndarray) -> np.ndarray:
+def spend_curve(
+    scores: np.ndarray, costs: np.ndarray, ref: int, thresholds: np.ndarray, ref_costs: np.ndarray | None = None
+) -> np.ndarray:
     """What each threshold would spend on these requests, in % of sending them all to the reference:
     Σ costs[i, pick_i(t)] / Σ costs[i, ref] (NaN without a positive reference cost), every threshold
     at once from :func:`pick_runs`. ``scores``: [n, K] candidate scores; ``costs``: [n, M] each
-    request's cost on every model (its own, in money: :class:`hybridllm.routing.money.CostModel`)."""
+    request's cost on every model (its own, in money: :class:`hybridllm.routing.money.CostModel`);
+    ``ref_costs``: [n], each request's cost always on the reference, where it is not ``costs[i, ref]``
+    (a session's turn moved to the reference re-reads its history there; always-reference would not)."""
     g = np.asarray(thresholds, dtype=np.float64).ravel()
     c = np.asarray(costs, dtype=np.float64)
-    den = float(c[:, ref].sum()) if len(c) else 0.0
+    base = c[:, ref] if ref_costs is None else np.asarray(ref_costs, dtype=np.float64)
+    den = float(base.sum()) if len(c) else 0.0
     if len(g) == 0 or not den > 0:
         return np.full(len(g), np.nan)
     order, runs = pick_runs(scores, g, ref)

@@ -26,6 +26,7 @@ from hybridllm.errors import UsageError
 
 from .estimates import PairArrays, ShadowPair, drop_curve, realised_drop, spend_curve
 from .money import CostModel
+from .money_knob import money_rows
 from .policy import Fleet, sweep_arrays
 
 HOLD_KINDS = ("max_quality_drop", "budget", "cost_advantage")
@@ -39,13 +40,15 @@ MONEY_HORIZON = 5.0
 
 class _Spent:
     """One request routed under a money hold: the model it went to, its cost on every model (the
-    estimate before its call until :meth:`Hold.settle` gives the one after it), its estimated prompt
-    tokens, and whether it is in the realised window and in the running error."""
+    estimate before its call until :meth:`Hold.settle` gives the one after it) and always on the
+    reference (``ref``: ``costs[ref]``, unless a session moved the request, whose history
+    always-reference would have kept cached: ``premium``, the re-read, is left out of it), its
+    estimated prompt tokens, and whether it is in the realised window and in the running error."""
 
-    __slots__ = ("costs", "counted", "in_window", "picked", "prompt")
+    __slots__ = ("costs", "counted", "in_window", "picked", "premium", "prompt", "ref")
 
-    def __init__(self, picked: int, costs: np.ndarray, prompt: float | None) -> None:
-        self.picked, self.costs, self.prompt = picked, costs, prompt
+    def __init__(self, picked: int, costs: np.ndarray, ref: float, premium: float, prompt: float | None) -> None:
+        self.picked, self.costs, self.ref, self.premium, self.prompt = picked, costs, ref, premium, prompt
         self.in_window = self.counted = False
 
 
@@ -156,11 +159,9 @@ class Hold:
             ok = [r for r in rows if float(r["quality_drop"]) <= self.target + 1e-9]
             return float(ok[-1]["threshold"]) if ok else self.hi
         if self.money is not None:  # in money: the rows' shares of the models at their typical costs
-            typical = self.money.typical()
-            priced = [r for r in rows if len(r.get("shares") or ()) == len(typical)]
+            priced = money_rows(rows, self.money.typical(), self.fleet.ref)
             if priced:
-                spend = [float(np.dot(r["shares"], typical)) / typical[self.fleet.ref] for r in priced]
-                return float(priced[int(np.argmin(np.abs(np.array(spend) - self.target)))]["threshold"])
+                return float(min(priced, key=lambda r: abs(r["cost"] - self.target))["threshold"])
         rows = [r for r in rows if key in r]
         if not rows:
             return self.hi
@@ -168,14 +169,19 @@ class Hold:
         return float(best["threshold"])
 
     # --- fed by the serving layer -------------------------------------------------------------
-    def observe(self, scores: Sequence[float], picked: int, prompt_tokens: float | None = None) -> int:
+    def observe(
+        self, scores: Sequence[float], picked: int, prompt_tokens: float | None = None, moved: bool = False
+    ) -> int:
         """One routed plain-``hybrid`` request: its candidate scores and the model it went to; in
         money, its estimated prompt tokens (:func:`hybridllm.routing.money.estimate_prompt_tokens`;
-        None: a typical prompt). Returns the request's ticket for :meth:`settle`."""
+        None: a typical prompt) and whether a session moved it to ``picked`` from another model (its
+        history is then re-read uncached there: priced with no cached tokens on ``picked``; the
+        reference's side, always-reference, keeps the typical cache). Returns the request's ticket
+        for :meth:`settle`."""
         self.scores.append(tuple(scores))
         self.seen += 1
         if self.money is not None:
-            self._spend(int(picked), prompt_tokens)
+            self._spend(int(picked), prompt_tokens, moved)
         else:
             if len(self.picked) == self.picked.maxlen:
                 self._held_sum -= self._value_of(self.picked[0])
@@ -207,35 +213,42 @@ class Hold:
         if new is None:
             return False
         ref = self.fleet.ref
-        d_served, d_ref = new[picked] - e.costs[e.picked], new[ref] - e.costs[ref]
+        ref_cost = max(float(new[ref]) - e.premium, 0.0)  # a moved request: its history cached always-reference
+        d_served, d_ref = new[picked] - e.costs[e.picked], ref_cost - e.ref
         e.picked = picked
         if e.in_window:
             self._served += d_served
             self._ref_cost += d_ref
         if e.counted:
             self._debt += self._excess(d_served, d_ref)
-        e.costs = new
+        e.costs, e.ref = new, ref_cost
         return True
 
-    def _spend(self, picked: int, prompt: float | None) -> None:
+    def _spend(self, picked: int, prompt: float | None, moved: bool = False) -> None:
         assert self.money is not None
-        e = _Spent(picked, self.money.before(prompt), prompt)
+        ref = self.fleet.ref
+        costs = self.money.before(prompt)
+        ref_cost, premium = float(costs[ref]), 0.0
+        if moved:  # the model it moved to has none of its history cached (always-reference would have)
+            uncached = self.money.before(prompt, cached_tokens=0.0)
+            costs[picked], premium = uncached[picked], float(uncached[ref] - ref_cost)
+        e = _Spent(picked, costs, ref_cost, premium, prompt)
         self._spent.append(e)
         if len(self._window) == self._window.maxlen:
             old = self._window[0]
             old.in_window = False
             self._served -= old.costs[old.picked]
-            self._ref_cost -= old.costs[self.fleet.ref]
+            self._ref_cost -= old.ref
         self._window.append(e)
         e.in_window = True
         self._served += e.costs[picked]
-        self._ref_cost += e.costs[self.fleet.ref]
+        self._ref_cost += e.ref
         self._open[self.seen] = e
         while len(self._open) > 4 * (self._spent.maxlen or 1):
             self._open.popitem(last=False)
         if len(self._window) >= self.min_requests:
             e.counted = True
-            self._debt = self._debt * (1.0 - 1.0 / self.leak) + self._excess(e.costs[picked], e.costs[self.fleet.ref])
+            self._debt = self._debt * (1.0 - 1.0 / self.leak) + self._excess(e.costs[picked], e.ref)
 
     def _excess(self, served: float, ref: float) -> float:
         """A request's part of the running error in money, in % of the recent mean request's cost on
@@ -277,11 +290,12 @@ class Hold:
         s = np.array(self.scores, dtype=np.float64)
         if self.money is not None:
             costs = np.array([e.costs for e in self._spent])
+            refs = np.array([e.ref for e in self._spent])
             # the sums anew, so that float additions and removals never drift
             self._served = float(sum(e.costs[e.picked] for e in self._window))
-            self._ref_cost = float(sum(e.costs[self.fleet.ref] for e in self._window))
+            self._ref_cost = float(sum(e.ref for e in self._window))
             g = np.unique(np.concatenate([s[(s >= self.lo) & (s <= self.hi)], [self.lo, self.hi]]))[::-1]
-            value = spend_curve(s, costs, self.fleet.ref, g)
+            value = spend_curve(s, costs, self.fleet.ref, g, refs)
             ok = ~np.isnan(value)
             if ok.any():
                 self._curve = (g[ok], value[ok])

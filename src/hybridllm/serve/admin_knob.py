@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from hybridllm.fsutil import atomic_write
 from hybridllm.routing.live import Hold
+from hybridllm.routing.money_knob import MoneyBudget
 
 from .errors import RequestError
 from .knobs import Knob, parse_knob
@@ -35,9 +36,10 @@ class AdminKnob:
 
     def __init__(
         self, router: ServingRouter, upstreams: Upstreams, forced: dict[str, int], opts: ServeOptions,
-        hold: Hold | None = None,
+        hold: Hold | None = None, money: MoneyBudget | None = None,
     ) -> None:  # fmt: skip
         self.router, self.upstreams, self.forced, self.opts, self.hold = router, upstreams, forced, opts, hold
+        self.money = money  # every model priced: a budget knob in money on this traffic (docs/control.md)
         # the live knob: its value at start comes from the settings, its changes live here only
         self._name: str = opts.default_knob or "hybrid"
         # the curve's x: spend when the models' costs are known, else the share away from the reference
@@ -58,6 +60,8 @@ class AdminKnob:
         cal = router.config.get("calibration") or []
         self.curve = [[float(r[self.x_key]), float(r["quality_drop"]), float(r["threshold"])] for r in cal]
         self._thresholds = {}
+        if self.money is not None:
+            self.money.recalibrate(cal)
 
     @property
     def name(self) -> str:
@@ -76,8 +80,12 @@ class AdminKnob:
         return self.threshold(knob)
 
     def threshold(self, knob: Knob) -> tuple[float, str]:
-        """(threshold, description) of a routed knob, memoised (the calibration is fixed);
-        ValueError when the router cannot meet it."""
+        """(threshold, description) of a routed knob, memoised (the calibration is fixed; a budget
+        in money is the :class:`MoneyBudget`'s, which redoes it as the costs move); ValueError when
+        the router cannot meet it."""
+        if knob.budget is not None and self.money is not None:
+            thr, _, why = self.money.resolve(knob.budget)
+            return thr, why
         key = (knob.max_quality_drop, knob.cost_advantage, knob.threshold, knob.budget)
         got = self._thresholds.get(key)
         if got is None:

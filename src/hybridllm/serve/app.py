@@ -114,7 +114,7 @@ def create_app(
     forced = forced_names([(u.who, u.model) for u in ups], pair=upstreams.pair)
     store = make_store(opts.state, opts.state_lease_s)
     live = live_control(router, upstreams, metrics, opts, judge, store)
-    knob = AdminKnob(router, upstreams, forced, opts, live.hold)  # a hold owns plain hybrid while it runs
+    knob = AdminKnob(router, upstreams, forced, opts, live.hold, live.money_budget)  # a hold owns plain hybrid
     policy = PolicyDecider(router, upstreams, knob, metrics, opts, forced)
     chosen = live.decider(decider(policy) if decider is not None else policy)
     slot = router if isinstance(router, RouterSlot) else None  # a router reloaded while serving
@@ -157,7 +157,7 @@ def create_app(
         openapi_url="/openapi.json" if docs else None,
     )
     _errors(app)
-    _routes(app, proxy, upstreams, forced, metrics, opts)
+    _routes(app, proxy, upstreams, forced, metrics, opts, live.money_budget is not None)
     mount_feedback(app, live.desk, proxy.client, lambda m: metrics.feedback.labels(m).inc(), opts, _unauthorised)
     # the hot path: POSTs to the proxied paths go straight to their handler (see HotPathApp); the
     # routes are also registered so that other methods get the usual 405 through the full stack
@@ -211,9 +211,11 @@ def _errors(app: FastAPI) -> None:
 
 
 def _routes(
-    app: FastAPI, proxy: Proxy, upstreams: Upstreams, forced: dict[str, int], metrics: Metrics, opts: ServeOptions
-) -> None:
-    """The routes beside the proxied ones: health, readiness, metrics, the model list."""
+    app: FastAPI, proxy: Proxy, upstreams: Upstreams, forced: dict[str, int], metrics: Metrics, opts: ServeOptions,
+    priced: bool = False,
+) -> None:  # fmt: skip
+    """The routes beside the proxied ones: health, readiness, metrics, the model list (budget names
+    when a budget means something: the models' costs in the router, or every model ``priced``)."""
     authorised, ups = proxy.authorised, upstreams.ups
 
     @app.get("/health")
@@ -240,5 +242,5 @@ def _routes(
     async def models(request: Request) -> Any:
         if not authorised(request):
             return _unauthorised()
-        names = routing_names(forced, upstreams.fleet.costs_given)
+        names = routing_names(forced, upstreams.fleet.costs_given or priced)
         return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "hybridllm"} for n in names]}

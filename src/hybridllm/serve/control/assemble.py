@@ -16,6 +16,7 @@ from hybridllm.routing.capabilities import ModelCaps
 from hybridllm.routing.estimates import ShadowPair
 from hybridllm.routing.live import Hold, parse_hold
 from hybridllm.routing.money import CostModel
+from hybridllm.routing.money_knob import MoneyBudget
 from hybridllm.stages.score import JUDGE_RUBRIC
 
 from ..caps import parse_cap
@@ -30,6 +31,7 @@ from .budget import Budget, BudgetHook
 from .capabilities import CapabilityHook
 from .estimates import QualityEstimates, estimates_families
 from .hold import HoldDecider, HoldHook, HoldSync, hold_families
+from .money import MoneyHook
 from .outcomes import FeedbackDesk, OutcomesHook
 from .sessions import SessionHook, session_hook
 from .shadow import JudgeScorer, RewardScorer, Shadow, ShadowHook, ShadowJob
@@ -49,6 +51,10 @@ class LiveControl:
     steering: SteeringWatch | None = None
     budget: Budget | None = None
     sessions: SessionHook | None = None
+    #: every model priced: what each costs per request on this traffic (the hold in money shares
+    #: it), and the budget knob in money that reads it (docs/control.md)
+    money: CostModel | None = None
+    money_budget: MoneyBudget | None = None
 
     def decider(self, inner: Decider) -> Decider:
         """``inner``, wrapped by the hold's decider when a hold runs."""
@@ -69,6 +75,9 @@ def live_control(
     live = LiveControl()
     fleet, ups = upstreams.fleet, upstreams.ups
     names = [u.who for u in ups]
+    if fleet.models and all(m in opts.prices for m in fleet.models):  # budget in money (docs/control.md)
+        live.money = CostModel([opts.prices[m] for m in fleet.models])
+        live.money_budget = MoneyBudget(fleet, router.config.get("calibration") or [], live.money)
     if any(not c.unrestricted for c in opts.capabilities.values()):  # first: where the request can go
         caps = tuple(opts.capabilities.get(n) or ModelCaps(n) for n in names)
         live.hooks.append(CapabilityHook(caps, metrics))
@@ -80,11 +89,13 @@ def live_control(
         live.steering = SteeringWatch(dear, lambda key: metrics.steering.labels(key).inc())
         live.hooks.append(live.steering)
     if opts.shadow_rate or opts.hold:
-        live.hold = _hold(router, upstreams, opts)
+        live.hold = _hold(router, upstreams, opts, live.money)
         if live.hold is not None:  # observes where each request it routed really goes
             live.hooks.append(HoldHook(live.hold, names))
         live.estimates = QualityEstimates(fleet)
         live.hooks.append(live.estimates)
+    if live.money is not None:  # learns every routed answer the hold does not settle itself
+        live.hooks.append(MoneyHook(live.money, names))
     if opts.budget_caps:
         live.budget = Budget(
             [parse_cap(c) for c in opts.budget_caps], store, opts.prices, opts.on_cap, cheapest=0,
@@ -124,19 +135,16 @@ def _feed(hold: Hold) -> Callable[[ShadowPair, ShadowJob], None]:
     return add
 
 
-def _hold(router: ServingRouter, upstreams: Upstreams, opts: ServeOptions) -> Hold | None:
-    """The controller ``--hold`` asks for; refused with a shadow-less quality hold, or beside
-    ``--default-knob`` (one owner for plain hybrid: docs/control.md)."""
+def _hold(router: ServingRouter, upstreams: Upstreams, opts: ServeOptions, money: CostModel | None) -> Hold | None:
+    """The controller ``--hold`` asks for (a budget in ``money``, the server's, when every model is
+    priced); refused with a shadow-less quality hold, or beside ``--default-knob`` (one owner for
+    plain hybrid: docs/control.md)."""
     if not opts.hold:
         return None
     kind, target = parse_hold(opts.hold)
     cal = router.config.get("calibration") or []
-    models = upstreams.fleet.models
-    # budget in money when the models file prices every model (docs/control.md)
-    money = CostModel([opts.prices[m] for m in models]) if kind == "budget" and all(
-        m in opts.prices for m in models) else None  # fmt: skip
     hold = Hold(kind, target, upstreams.fleet, cal, confidence=opts.hold_confidence, window_requests=opts.hold_window,
-                money=money)  # fmt: skip
+                money=money if kind == "budget" else None)  # fmt: skip
     if kind == "max_quality_drop" and not opts.shadow_rate:
         raise ServeConfigError("--hold max_quality_drop needs shadow checks (--shadow-rate and --judge)")
     if opts.default_knob:

@@ -29,6 +29,7 @@ from hybridllm.routing.policy import Fleet
 from ..decision import Decider, RouteDecision
 from ..hooks import BaseHook, RequestContext, Slot
 from ..state import StateStore
+from .sessions import SESSION
 
 log = logging.getLogger("hybridllm.serve")
 
@@ -67,8 +68,10 @@ class HoldHook(BaseHook):
     """Feeds the hold each request it routed, where the request really goes: before the call, the
     decision in force (after the capability filter and the session rules moved it) and, in money,
     the prompt's estimated tokens (:func:`hybridllm.routing.money.estimate_prompt_tokens` of the
-    body); after the answer, its usage (:meth:`Hold.settle`: its cost in money, the model that
-    answered). Goes after the hooks that move a request, before the ones that may refuse it."""
+    body), priced with none of them cached on its model when the session rules moved its
+    conversation there (``SESSION``'s decision switched); after the answer, its usage
+    (:meth:`Hold.settle`: its cost in money, the model that answered). Goes after the hooks that
+    move a request, before the ones that may refuse it."""
 
     def __init__(self, hold: Hold, models: list[str]) -> None:
         self.hold, self.index = hold, {m: i for i, m in enumerate(models)}
@@ -79,12 +82,14 @@ class HoldHook(BaseHook):
             return
         hold = self.hold
         prompt = estimate_prompt_tokens(ctx.body) if hold.money is not None and ctx.body is not None else None
-        ticket = hold.observe(held.row, decision.target, prompt)
+        session = ctx.get(SESSION)  # a turn the session rules moved re-reads its history uncached
+        moved = session is not None and session.decision.switched
+        ticket = hold.observe(held.row, decision.target, prompt, moved)
         if hold.money is not None:
             ctx.put(TICKET, ticket)
 
     async def after_sent(self, ctx: RequestContext) -> None:
-        ticket = ctx.pop(TICKET)
+        ticket = ctx.get(TICKET)  # kept: the server's money hook leaves a settled request to the hold
         if ticket is not None and ctx.usage:
             self.hold.settle(ticket, ctx.usage, self.index.get(ctx.model))
 
