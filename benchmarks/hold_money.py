@@ -10,7 +10,11 @@ varies with its prompt and its answer? Side by side in one run, on the same stre
 - ``money, no table``: the same from the defaults (256-token answers, equal lengths on a prompt);
 - ``money, shadow 5 %``: from the table, and one request in 20 also answered by the other model
   (``serve --shadow-rate 0.05``): the pair's answer lengths teach the ratio of the models' lengths
-  on the requests each is routed (:meth:`hybridllm.routing.money.CostModel.pair`).
+  on the requests each is routed (:meth:`hybridllm.routing.money.CostModel.pair`);
+- ``knob in money`` and ``knob, relative costs``: no hold, every request naming ``hybrid-budget-X``
+  (an open loop): resolved in money on this traffic as a priced server does
+  (:class:`hybridllm.routing.money_knob.MoneyBudget` over a :class:`CostModel` from the defaults,
+  learning every answer), or in the calibration's relative costs as an unpriced one does.
 
 The stream: the default pair's routing table (``data/default-pair/table.jsonl``: 1,000 real
 questions of ``../shared/data/`` GSM8K and MMLU-Pro, each answered three times by both models of
@@ -42,8 +46,10 @@ from typing import Any
 import numpy as np
 
 from hybridllm.model.router import SHIPPED_ROUTER, Router
+from hybridllm.routing.knob import point_for_budget
 from hybridllm.routing.live import Hold
 from hybridllm.routing.money import CostModel, Price, Tokens, estimate_prompt_tokens, table_lengths, tokens_cost
+from hybridllm.routing.money_knob import MoneyBudget
 from hybridllm.routing.policy import Fleet, choose
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,6 +138,34 @@ def run(
     return {"picked": np.array(picked), "served": np.array(served), "ref": np.array(ref_cost), "est": np.array(est)}
 
 
+def run_knob(
+    fleet: Fleet,
+    threshold: Any,
+    money: CostModel | None,
+    scores: np.ndarray,
+    rows: list[dict[str, Any]],
+    stream: list[tuple[int, int]],
+    system: int,
+) -> dict[str, Any]:
+    """The stream at a per-request knob: ``threshold()`` its threshold of the moment; ``money``, the
+    server's cost model, taught every answer's usage (as ``serve``'s money hook does)."""
+    prices = [PRICES[m] for m in fleet.models]
+    picked, served, ref_cost = [], [], []
+    for i, k in stream:
+        row = rows[i]
+        pick = int(choose(scores[i][None, :], fleet, threshold())[0])
+        usage = [
+            Tokens(row["prompt_tokens"][m] + system, system, int(row["completion"][m, k]))
+            for m in range(len(fleet.models))
+        ]
+        if money is not None:
+            money.after(pick, as_usage(usage[pick]), estimate_prompt_tokens(row["prompt"]) + system)
+        picked.append(pick)
+        served.append(tokens_cost(usage[pick], prices[pick]))
+        ref_cost.append(tokens_cost(usage[fleet.ref], prices[fleet.ref]))
+    return {"picked": np.array(picked), "served": np.array(served), "ref": np.array(ref_cost), "est": None}
+
+
 def summary(res: dict[str, Any], target: float, warmup: int) -> dict[str, Any]:
     served, ref, n = res["served"], res["ref"], len(res["served"])
     wins = []
@@ -143,7 +177,7 @@ def summary(res: dict[str, Any], target: float, warmup: int) -> dict[str, Any]:
     est_err = [
         float(res["est"][s + WINDOW - 1] - served[s : s + WINDOW].sum() / ref[s : s + WINDOW].sum() * 100)
         for s in range(warmup, n - WINDOW + 1, WINDOW)
-    ]
+    ] if res["est"] is not None else [np.nan]  # fmt: skip
     return {
         "money_share": float(served[warmup:].sum() / ref[warmup:].sum() * 100),
         "windows": len(w),
@@ -155,6 +189,15 @@ def summary(res: dict[str, Any], target: float, warmup: int) -> dict[str, Any]:
         "share_to_reference": float(np.mean(res["picked"][warmup:] == 1) * 100),
         "per_window": [round(x, 3) for x in wins],
     }
+
+
+def _knob_threshold(fleet: Fleet, cal: list[dict[str, Any]], money: CostModel | None, budget: float) -> Any:
+    """``hybrid-budget-X``'s threshold of the moment: in money (``money`` given) or in ``cal``'s costs."""
+    if money is None:
+        fixed = float(point_for_budget(cal, budget)["threshold"])
+        return lambda: fixed
+    knob = MoneyBudget(fleet, cal, money)
+    return lambda: knob.resolve(budget)[0]
 
 
 def main() -> None:
@@ -187,25 +230,32 @@ def main() -> None:
         "money, shadow 5 %": (lambda: CostModel(prices, answer_tokens=lengths, ratios=ratios), 0.05, None),
         "money, horizon 20": (lambda: CostModel(prices, answer_tokens=lengths, ratios=ratios), 0.0, 20.0),
     }
+    knobs = [(name, (lambda: None, 0.0, None)) for name in ("knob in money", "knob, relative costs")]
     seeds = [int(x) for x in args.seeds.split(",")]
     streams = {seed: make_stream(rows, args.requests, seed) for seed in seeds}
     results = []
     for target in (float(t) for t in args.targets.split(",")):
-        for name, (money, rate, horizon) in variants.items():
+        for name, (money, rate, horizon) in [*variants.items(), *knobs]:
             runs = []
             for seed, stream in streams.items():
-                hold = Hold("budget", target, relative, cal, money=money(), horizon=horizon)
-                got = summary(run(hold, scores, rows, stream, args.system_tokens, rate), target, args.warmup)
-                runs.append({"seed": seed, **got})
+                if name.startswith("knob"):
+                    model = CostModel(prices) if name == "knob in money" else None
+                    threshold = _knob_threshold(relative, cal, model, target)
+                    res = run_knob(relative, threshold, model, scores, rows, stream, args.system_tokens)
+                else:
+                    hold = Hold("budget", target, relative, cal, money=money(), horizon=horizon)
+                    res = run(hold, scores, rows, stream, args.system_tokens, rate)
+                runs.append({"seed": seed, **summary(res, target, args.warmup)})
             windows = np.array([w for r in runs for w in r["per_window"]])
             results.append({
-                "target": target, "hold": name, "horizon": hold.horizon,
+                "target": target, "hold": name, "horizon": None if name.startswith("knob") else hold.horizon,
                 "money_share": [r["money_share"] for r in runs],
                 "windows": len(windows),
                 "within_2pp": float(np.mean(np.abs(windows - target) <= TOLERANCE_PP)),
                 "within_2pp_worst_stream": min(r["within_2pp"] for r in runs),
                 "window_min": float(windows.min()), "window_max": float(windows.max()),
-                "estimate_mean_abs_err": float(np.mean([r["estimate_mean_abs_err"] for r in runs])),
+                "estimate_mean_abs_err": None if name.startswith("knob") else float(
+                    np.mean([r["estimate_mean_abs_err"] for r in runs])),
                 "share_to_reference": float(np.mean([r["share_to_reference"] for r in runs])),
                 "streams": runs,
             })  # fmt: skip
@@ -216,7 +266,8 @@ def main() -> None:
         print(
             f"{r['target']:5.0f}%  {r['hold']:18s} {share:>20s} % {r['within_2pp'] * 100:7.0f}% of {r['windows']:3d} "
             f"{r['within_2pp_worst_stream'] * 100:5.0f}% {r['window_min']:5.1f}-{r['window_max']:5.1f} % "
-            f"{r['share_to_reference']:5.1f}% {r['estimate_mean_abs_err']:5.2f} pp"
+            f"{r['share_to_reference']:5.1f}% "
+            + ("   –" if r["estimate_mean_abs_err"] is None else f"{r['estimate_mean_abs_err']:5.2f} pp")
         )
     counts = {t: sum(1 for r in rows if r["task"] == t) for t in ("gsm8k", "mmlu")}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout

@@ -155,12 +155,16 @@ def main(argv: list[str] | None = None) -> None:
                 }
             }
         else:
+            # this checkout as it ships (sessions on) and with --no-sessions: what the request path
+            # itself costs apart from the session rules (their own cost: --sessions)
+            secret = {"HYBRIDLLM_SESSION_SECRET": "benchmark secret, shared by no one"}
             pairs = {
-                f"{'with' if r is routers[0] else 'without'} memory member": {
+                f"{'with' if r is routers[0] else 'without'} memory member{label}": {
                     "baseline": (serve_cmd(url, r), {"PYTHONPATH": args.baseline_src}),
-                    "this checkout": (serve_cmd(url, r), {}),
+                    "this checkout": ([*serve_cmd(url, r), *extra], secret),
                 }
                 for r in routers
+                for label, extra in (("", []), (", sessions off", ["--no-sessions"]))
             }
         results = []
         for label, sides in pairs.items():

@@ -693,10 +693,11 @@ def hold_money() -> str:
     price = "{price_in:g} / {price_cached_in:g} / {price_out:g}"
     rows = [
         [
-            f"{r['target']:g} %", r["hold"], f"{r['horizon']:g}",
+            f"{r['target']:g} %", r["hold"], "–" if r["horizon"] is None else f"{r['horizon']:g}",
             " / ".join(f"{x:.1f} %" for x in r["money_share"]),
             f"{r['within_2pp'] * 100:.0f} % of {r['windows']}", f"{r['within_2pp_worst_stream'] * 100:.0f} %",
-            f"{r['window_min']:.1f}–{r['window_max']:.1f} %", f"{r['estimate_mean_abs_err']:.2f} pp",
+            f"{r['window_min']:.1f}–{r['window_max']:.1f} %",
+            "–" if r["estimate_mean_abs_err"] is None else f"{r['estimate_mean_abs_err']:.2f} pp",
         ]
         for r in d["results"]
     ]  # fmt: skip
@@ -729,6 +730,13 @@ def hold_money() -> str:
         "defaults; `shadow 5 %`: the ratio also learnt from shadow pairs, fewer and noisier than the table here; "
         "`horizon 20`: the running error repaid as slowly as the relative hold does.",
         "- `hold's own error`: the mean gap between the hold's realised figure and the truth at each window's end.",
+        *([
+            "- `knob in money`, `knob, relative costs`: no hold; every request names `hybrid-budget-X`, resolved "
+            "before the call from the calibration's shares (docs/control.md, budget in money): at each model's "
+            "typical cost on this traffic, learnt from every answer (`hybridllm.routing.money_knob.MoneyBudget`), or "
+            "at the relative costs. An open loop: where the stream's mix is not the calibration's, the shares and "
+            "the spend move with it; what is left to the hold.",
+        ] if any(r["hold"].startswith("knob") for r in d["results"]) else []),
     ])  # fmt: skip
 
 

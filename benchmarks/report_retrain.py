@@ -17,31 +17,44 @@ def _ci(ci: list[float] | None) -> str:
 
 
 def _scenario(sc: dict[str, Any]) -> list[str]:
-    held = sc["held_out"]
-    rows = [["start (trained on the starting slice)", f"{held['start']['apgr']:.3f}", "–", ""]]
+    """One scenario's table: APGR for a pair, AIQ for a fleet (a file written before fleets has
+    neither ``metric`` nor ``models``: a pair's APGR)."""
+    held, metric = sc["held_out"], sc.get("metric", "apgr")
+    models = sc.get("models") or [sc["small"], sc["large"]]
+    name = metric.upper()
+    rows = [["start (trained on the starting slice)", f"{held['start'][metric]:.3f}", "–", ""]]
     for st in sc["steps"]:
         key = f"challenger@{st['pairs']}"
         g = st["gate"]
         verdict = "promoted" if g["promote"] else "kept the champion"
         gate = f"{g['challenger'] - g['champion']:+.3f} {_ci(g['diff_ci95'])} on {g['n']} recent pairs: {verdict}"
-        rows.append([f"challenger at {st['pairs']:,} pairs", f"{held[key]['apgr']:.3f}",
+        rows.append([f"challenger at {st['pairs']:,} pairs", f"{held[key][metric]:.3f}",
                      _ci(held[key]["minus_start_ci95"]), gate])  # fmt: skip
-    rows.append(["ceiling (the whole stream's table rows)", f"{held['ceiling']['apgr']:.3f}",
+    rows.append(["ceiling (the whole stream's table rows)", f"{held['ceiling'][metric]:.3f}",
                  _ci(held["ceiling"]["minus_start_ci95"]), ""])  # fmt: skip
     champ = " → ".join(f"{st['champion_after']:.3f}" for st in sc["steps"])
     served = sc["served"]
+    calls = ""
+    if "shadow_calls" in served and served.get("shadow_pairs"):
+        calls = (f" {served['shadow_calls']:,} shadow calls for {served['shadow_pairs']:,} shadow pairs "
+                 f"({served['shadow_calls'] / served['shadow_pairs']:.2f} a pair")  # fmt: skip
+        calls += f', `shadow_sides = "{sc["shadow_sides"]}"`).' if sc.get("shadow_sides") else ")."
+    costs = f" (costs {' : '.join(f'{c:g}' for c in sc['costs'])})" if len(models) > 2 and sc.get("costs") else ""
     return [
-        f"### {sc['name']}: {sc['small']} → {sc['large']}",
+        f"### {sc['name']}: {' → '.join(models)}{costs}",
         "",
         f"{sc['held_out_rows']:,} held-out rows, {sc['start_rows']} to start, {sc['stream_rows']:,} in the stream "
-        f"(`{sc['table']}`); {served['requests']:,} requests served through the proxy in {served['seconds']:.0f} s.",
+        f"(`{sc['table']}`); {served['requests']:,} requests served through the proxy in {served['seconds']:.0f} s."
+        + calls,
         "",
         table(
-            ["router", "held-out APGR", "minus start, 95 % interval", "the gate (challenger − champion)"], rows, "lrrl"
+            ["router", f"held-out {name}", "minus start, 95 % interval", "the gate (challenger − champion)"],
+            rows,
+            "lrrl",
         ),
         "",
-        f"Promotions: {sc['promotions']} of {len(sc['steps'])}; promotions that lowered the held-out APGR: "
-        f"{sc['promotions_worse']}. The champion's held-out APGR after each step: {champ}.",
+        f"Promotions: {sc['promotions']} of {len(sc['steps'])}; promotions that lowered the held-out {name}: "
+        f"{sc['promotions_worse']}. The champion's held-out {name} after each step: {champ}.",
         "",
     ]
 
@@ -62,7 +75,8 @@ def retrain_loop() -> str:
         "challenger on the log so far and its gate compares it with the champion on the log's most recent 20 % "
         "(paired bootstrap, 95 %); a promoted challenger is the next step's champion. Every router is then "
         "scored on a held-out slice of the table that was never served nor trained on (paired bootstrap "
-        "intervals of the difference to the starting router). [docs/retrain.md](retrain.md) explains the loop.",
+        "intervals of the difference to the starting router): APGR for a pair, AIQ for a fleet, whose "
+        'shadow checks ask every model (`shadow_sides = "all"`). [docs/retrain.md](retrain.md) explains the loop.',
         "",
     ]
     for sc in d["scenarios"]:

@@ -1,6 +1,6 @@
 """Does retraining on served traffic make the router better, and does the gate keep it from worse?
 
-For each pair, a table is split by hashed id into a held-out slice (never served, never trained on:
+For each pair or fleet, a table is split by hashed id into a held-out slice (never served, never trained on:
 where every router is scored), a small starting slice (the router a deployment starts with is
 trained on it) and the stream. The stream is served through the real proxy (``hybridllm serve``'s
 app on uvicorn, 127.0.0.1) in front of OpenAI-protocol upstreams that answer from the table, with
@@ -10,13 +10,19 @@ handed to :func:`hybridllm.model.retrain.retrain` with the current champion: a c
 trained on the pairs, the gate compares the two on the log's most recent pairs, and a challenger
 that passes becomes the champion of the next step.
 
-Reported on the held-out slice: APGR of the starting router, of each step's challenger and of the
-champion after each step, and of a router trained on the whole stream's table rows (the ceiling),
-with paired bootstrap 95 % intervals of each minus the starting router; how many promotions the
-gate made and whether any made the held-out APGR worse.
+Reported on the held-out slice: APGR (a pair) or AIQ (a fleet) of the starting router, of each
+step's challenger and of the champion after each step, and of a router trained on the whole stream's
+table rows (the ceiling), with paired bootstrap 95 % intervals of each minus the starting router;
+how many promotions the gate made and whether any made the held-out figure worse.
+
+Scenarios: ``mmlu-llama`` (Llama 3.1 8B → 70B on the MMLU-Pro table), ``default-pair`` (the shipped
+pair's table) and ``mmlu-3`` (the three MMLU-Pro models of benchmarks/drift.py, costs 1 : 4 : 10),
+served with ``shadow_sides="all"``: each drawn request asks both models that did not answer, so
+every shadow pair is a complete row (docs/retrain.md#fleets).
 
     python benchmarks/retrain_loop.py            # writes benchmarks/results/retrain_loop.json
     python benchmarks/retrain_loop.py --quick    # 200 / 500 / 1,000 pairs, one pair
+    python benchmarks/retrain_loop.py --quick --only mmlu-3 --out /tmp/rl_fleet_quick.json
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ import uvicorn
 from hybridllm import TrainOptions, train_router
 from hybridllm.backends import make_backend
 from hybridllm.evaluate.bootstrap import interval95
+from hybridllm.evaluate.fleet import area, curve_points
 from hybridllm.evaluate.metrics import apgr, quality_curve
+from hybridllm.model.fit import quality_matrix
 from hybridllm.model.retrain import RetrainOptions, retrain
 from hybridllm.model.router import Router
 from hybridllm.serve import ServeOptions, create_app
@@ -53,9 +61,15 @@ from drift import TableLLM, free_port  # the table-backed upstream and judge
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-SCENARIOS = {
-    "mmlu-llama": (SHARED / "mmlu_pro.jsonl", "Meta-Llama-3_1-8B-Instruct", "Meta-Llama-3_1-70B-Instruct"),
-    "default-pair": (REPO / "data" / "default-pair" / "table.jsonl", "qwen2.5-0.5b", "qwen2.5-1.5b"),
+#: name -> (table, models in cost order, their costs: None for a pair)
+SCENARIOS: dict[str, tuple[Path, list[str], list[float] | None]] = {
+    "mmlu-llama": (SHARED / "mmlu_pro.jsonl", ["Meta-Llama-3_1-8B-Instruct", "Meta-Llama-3_1-70B-Instruct"], None),
+    "default-pair": (REPO / "data" / "default-pair" / "table.jsonl", ["qwen2.5-0.5b", "qwen2.5-1.5b"], None),
+    "mmlu-3": (
+        SHARED / "mmlu_pro.jsonl",
+        ["Mistral-7B-Instruct-v0.2", "Mixtral-8x7B-Instruct-v0.1", "Meta-Llama-3_1-70B-Instruct"],
+        [1.0, 4.0, 10.0],
+    ),
 }
 
 
@@ -64,14 +78,25 @@ def pair_apgr(scores: np.ndarray, qs: np.ndarray, ql: np.ndarray) -> float:
     return float("nan") if v is None else float(v)
 
 
-def serve_until(router_dir: Path, llm: TableLLM, pair: tuple[str, str], prompts: list[str], pairs_wanted: int,
+def figure(scores: np.ndarray, quality: np.ndarray, fleet: Any) -> float:
+    """APGR (a pair) or AIQ (a fleet: the area under the quality-cost curve over the cost range) of
+    a router's ``scores`` on rows of ``quality`` [n, M]."""
+    if len(fleet.models) == 2:
+        return pair_apgr(np.asarray(scores).reshape(-1), quality[:, 0], quality[:, fleet.ref])
+    cx, cy = curve_points(np.asarray(scores).reshape(len(quality), -1), quality, fleet)
+    return float(area(cx, cy, fleet.costs[0] / fleet.costs[fleet.ref] * 100, 100.0))
+
+
+def serve_until(router_dir: Path, llm: TableLLM, models: list[str], prompts: list[str], pairs_wanted: int,
                 log: Path, rate: float, seed: int) -> dict[str, Any]:  # fmt: skip
     """Serve prompts (drawn at random from ``prompts``) through the proxy until the outcomes log has
-    ``pairs_wanted`` shadow pairs; returns the request count and the time taken."""
-    ups = [make_backend(f"{m}@http://127.0.0.1:{llm.port}/v1", name=m, concurrency=None) for m in pair]
+    ``pairs_wanted`` shadow pairs (a fleet's with every model asked: ``shadow_sides="all"``); returns
+    the request count, the shadow calls /metrics counted and the time taken."""
+    ups = [make_backend(f"{m}@http://127.0.0.1:{llm.port}/v1", name=m, concurrency=None) for m in models]
     judge = make_backend(f"judge@http://127.0.0.1:{llm.port}/v1", name="judge", concurrency=None)
     opts = ServeOptions(shadow_rate=rate, outcomes=log, log_prompts=True, batch_window_s=0.0,
-                        shadow_per_minute=1_000_000, shadow_concurrency=16)  # fmt: skip
+                        shadow_per_minute=1_000_000, shadow_concurrency=16,
+                        shadow_sides="all" if len(models) > 2 else None)  # fmt: skip
     app = create_app(Router(router_dir), *ups, options=opts, judge=judge)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
@@ -79,10 +104,10 @@ def serve_until(router_dir: Path, llm: TableLLM, pair: tuple[str, str], prompts:
     while not server.started:
         time.sleep(0.02)
     rng = random.Random(seed)
-    sent, retried, t0 = 0, 0, time.time()
+    sent, retried, shadow_calls, t0 = 0, 0, 0.0, time.time()
 
     async def drive() -> None:
-        nonlocal sent, retried
+        nonlocal sent, retried, shadow_calls
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             sem = asyncio.Semaphore(32)
 
@@ -104,11 +129,17 @@ def serve_until(router_dir: Path, llm: TableLLM, pair: tuple[str, str], prompts:
                 await asyncio.gather(*(one(rng.choice(prompts)) for _ in range(200)))
                 sent += 200
                 await asyncio.sleep(0.05)  # the shadow calls of the last batch
+            text = (await client.get("/metrics")).text
+            shadow_calls = sum(
+                float(ln.split()[-1]) for ln in text.splitlines()
+                if ln.startswith("hybridllm_shadow_calls_total{") and 'outcome="scored"' in ln
+            )  # fmt: skip
 
     asyncio.run(drive())
     server.should_exit = True
     time.sleep(0.5)
-    return {"requests": sent, "retried_connections": retried, "seconds": round(time.time() - t0, 1)}
+    return {"requests": sent, "shadow_calls": int(shadow_calls), "retried_connections": retried,
+            "seconds": round(time.time() - t0, 1)}  # fmt: skip
 
 
 def count_pairs(log: Path) -> int:
@@ -133,13 +164,16 @@ def first_pairs(log: Path, n: int, out: Path) -> Path:
 
 
 def scenario(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    path, small, large = SCENARIOS[name]
-    rows = [r for r in read_table(path) if small in r["quality"] and large in r["quality"]]
+    path, models, costs = SCENARIOS[name]
+    rows = [r for r in read_table(path) if all(m in r["quality"] for m in models)]
     held, rest = split_rows(rows, [0.2, 0.8], "retrain-loop")
     held = held[: args.held_out]
     random.Random(args.seed).shuffle(rest)
     start, stream = rest[: args.start], rest[args.start :]
-    opts = TrainOptions(small=small, large=large, seed=args.seed)
+    if costs is None:
+        opts = TrainOptions(small=models[0], large=models[1], seed=args.seed)
+    else:
+        opts = TrainOptions(models=models, costs=dict(zip(models, costs, strict=True)), seed=args.seed)
     print(f"[{name}] {len(held)} held out, {len(start)} to start, {len(stream)} in the stream", flush=True)
     train_router(start, opts, work / "start", show_progress=False)
     train_router(rest, opts, work / "ceiling", show_progress=False)
@@ -147,12 +181,15 @@ def scenario(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     prompts = [r["prompt"] for r in stream]
     steps = args.steps
     log = work / "outcomes.jsonl"
-    with TableLLM(llm_rows, [small, large], seed=args.seed) as llm:
-        served = serve_until(work / "start", llm, (small, large), prompts, steps[-1], log, args.rate, args.seed)
-    print(f"[{name}] served {served['requests']} requests in {served['seconds']} s", flush=True)
+    with TableLLM(llm_rows, models, seed=args.seed) as llm:
+        served = serve_until(work / "start", llm, models, prompts, steps[-1], log, args.rate, args.seed)
+    served["shadow_pairs"] = count_pairs(log)
+    print(f"[{name}] served {served['requests']} requests ({served['shadow_calls']} shadow calls) in "
+          f"{served['seconds']} s", flush=True)  # fmt: skip
 
-    qs = np.array([np.mean(r["quality"][small]) for r in held])
-    ql = np.array([np.mean(r["quality"][large]) for r in held])
+    fleet = Router(work / "start").fleet
+    metric = "apgr" if len(models) == 2 else "aiq"
+    quality = quality_matrix(held, list(fleet.models))
     held_prompts = [r["prompt"] for r in held]
     scores = {
         "start": Router(work / "start").score(held_prompts),
@@ -166,38 +203,44 @@ def scenario(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             part, champion, work / f"challenger-{n}", options=RetrainOptions(n_boot=args.n_boot, seed=args.seed)
         )
         scores[f"challenger@{n}"] = Router(res.challenger).score(held_prompts)
-        before = pair_apgr(scores[champ_key], qs, ql)
+        before = figure(scores[champ_key], quality, fleet)
         if res.gate.promote:
             promotions += 1
             champion, champ_key = res.challenger, f"challenger@{n}"
-        after = pair_apgr(scores[champ_key], qs, ql)
+        after = figure(scores[champ_key], quality, fleet)
         worse += int(after < before)
         took = round(time.time() - t0, 1)
         step_out.append({"pairs": n, "gate": res.gate.to_dict(), "rows": res.rows, "seconds": took,
                          "champion_before": round(before, 4), "champion_after": round(after, 4)})  # fmt: skip
-        print(f"[{name}] {n} pairs: challenger {res.gate.challenger:.4f} vs champion {res.gate.champion:.4f} on the "
-              f"log's recent pairs, promote={res.gate.promote}; held-out champion {before:.4f} -> {after:.4f}",
-              flush=True)  # fmt: skip
+        print(f"[{name}] {n} pairs: challenger {res.gate.challenger:.4f} vs champion {res.gate.champion:.4f} "
+              f"({metric}) on the log's recent pairs, promote={res.gate.promote}; held-out champion {before:.4f} -> "
+              f"{after:.4f}", flush=True)  # fmt: skip
 
     rng = np.random.default_rng(args.seed)
     boots = [rng.integers(0, len(held), len(held)) for _ in range(args.n_boot)]
-    base = np.asarray(scores["start"])
+    base = np.asarray(scores["start"]).reshape(len(held), -1)
     held_out = {}
     for key, s in scores.items():
-        s = np.asarray(s)
-        diffs = [pair_apgr(s[i], qs[i], ql[i]) - pair_apgr(base[i], qs[i], ql[i]) for i in boots]
+        s = np.asarray(s).reshape(len(held), -1)
+        diffs = [figure(s[i], quality[i], fleet) - figure(base[i], quality[i], fleet) for i in boots]
         held_out[key] = {
-            "apgr": round(pair_apgr(s, qs, ql), 4),
+            metric: round(figure(s, quality, fleet), 4),
             "minus_start_ci95": interval95([d for d in diffs if np.isfinite(d)]),
         }
-    return {"name": name, "table": str(path.relative_to(path.parents[1])), "small": small, "large": large,
-            "held_out_rows": len(held), "start_rows": len(start), "stream_rows": len(stream), "served": served,
-            "steps": step_out, "held_out": held_out, "promotions": promotions, "promotions_worse": worse}  # fmt: skip
+    out = {"name": name, "table": str(path.relative_to(path.parents[1])), "metric": metric, "models": models,
+           "costs": list(fleet.costs), "held_out_rows": len(held), "start_rows": len(start),
+           "stream_rows": len(stream), "served": served, "steps": step_out, "held_out": held_out,
+           "promotions": promotions, "promotions_worse": worse}  # fmt: skip
+    if len(models) == 2:
+        out["small"], out["large"] = models
+    else:
+        out["shadow_sides"] = "all"
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="200 / 500 / 1,000 pairs on the MMLU-Pro pair only")
+    ap.add_argument("--quick", action="store_true", help="200 / 500 / 1,000 pairs (the MMLU-Pro pair)")
     ap.add_argument("--rate", type=float, default=0.05)
     ap.add_argument("--start", type=int, default=150, help="table rows the starting router is trained on")
     ap.add_argument("--held-out", type=int, default=2000)
@@ -219,10 +262,12 @@ def main() -> None:
            "scenarios": results}  # fmt: skip
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     for sc in results:
-        print(f"\n{sc['name']} ({sc['small']} -> {sc['large']}), held-out APGR:")
+        metric = sc["metric"]
+        print(f"\n{sc['name']} ({' -> '.join(sc['models'])}), held-out {metric.upper()}:")
         for key, v in sc["held_out"].items():
-            print(f"  {key:<18} {v['apgr']:.4f}  minus start {v['minus_start_ci95']}")
-        print(f"  promotions {sc['promotions']}, of which made held-out APGR worse: {sc['promotions_worse']}")
+            print(f"  {key:<18} {v[metric]:.4f}  minus start {v['minus_start_ci95']}")
+        print(f"  promotions {sc['promotions']}, of which made the held-out {metric.upper()} worse: "
+              f"{sc['promotions_worse']}")  # fmt: skip
     print(f"wrote {args.out} ({out['seconds']:.0f} s)")
 
 

@@ -131,10 +131,11 @@ def test_stream_watch_edge_cases() -> None:
 
 
 class _Ctx:
-    """What usage_events writes to: the proxy's request context has a ``usage`` too."""
+    """What usage_events writes to: the proxy's request context has a ``usage`` and an ``answer_id`` too."""
 
     def __init__(self) -> None:
         self.usage: dict[str, Any] = {}
+        self.answer_id: str | None = None
 
 
 def _through_usage_events(proto: Any, chunks: list[bytes]) -> tuple[list[bytes], dict[str, Any]]:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hybridllm.routing.conversation import READERS
 from hybridllm.serve.apis import KNOB_HEADER, PROTOCOLS, messages, responses
 from hybridllm.serve.errors import RequestError
 from hybridllm.serve.protocol import check_request
@@ -294,34 +295,37 @@ def test_the_router_text_is_bounded() -> None:
 
 
 def test_messages_tool_loops() -> None:
+    """Where a checked body stands in its tool calls: the routing reader's reading (the session rules
+    and the capability filter make it; tests/test_conversation_protocols.py has the refusals)."""
     use = {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}},
                                             {"type": "tool_use", "id": "t2", "name": "f", "input": {}}]}  # fmt: skip
     result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"},
                                           {"type": "tool_result", "tool_use_id": "t2"}]}  # fmt: skip
     q = {"role": "user", "content": "go"}
-    loop = check(messages, {**M_BODY, "messages": [q, use, result]}).tool_loop
-    assert loop is not None and loop.call_ids == ("t1", "t2") and loop.reason == "tool result"
-    pending = check(messages, {**M_BODY, "messages": [q, use]}).tool_loop
-    assert pending is not None and pending.call_ids == ("t1", "t2") and pending.reason == "unanswered tool call"
+    state = READERS["messages"].tool_state
+    loop = state(check(messages, {**M_BODY, "messages": [q, use, result]}).body)
+    assert loop.in_loop and loop.pending == () and loop.calls == 2
+    pending = state(check(messages, {**M_BODY, "messages": [q, use]}).body)
+    assert pending.in_loop and pending.pending == ("t1", "t2")
     done = [q, use, result, {"role": "assistant", "content": "done"}, {"role": "user", "content": "thanks"}]
-    assert check(messages, {**M_BODY, "messages": done}).tool_loop is None
-    assert check(messages, M_BODY).tool_loop is None
+    assert not state(check(messages, {**M_BODY, "messages": done}).body).in_loop
+    assert not state(check(messages, M_BODY).body).in_loop
 
 
 def test_responses_tool_loops() -> None:
     call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
     out = {"type": "function_call_output", "call_id": "c1", "output": "42"}
     q = {"role": "user", "content": "go"}
-    loop = check(responses, {**R_BODY, "input": [q, call, out]}).tool_loop
-    assert loop is not None and (loop.call_ids, loop.reason) == (("c1",), "tool result")
+    state = READERS["responses"].tool_state
+    loop = state(check(responses, {**R_BODY, "input": [q, call, out]}).body)
+    assert loop.in_loop and loop.calls == 1
     # a continuation of a stored response: only the outputs, the call lives upstream
     cont = check(responses, {**R_BODY, "previous_response_id": "resp_1", "input": [out]})
-    assert cont.tool_loop is not None and cont.previous == "resp_1"
-    pending = check(responses, {**R_BODY, "input": [q, call]}).tool_loop
-    assert pending is not None and pending.reason == "unanswered tool call"
-    custom = check(
-        responses, {**R_BODY, "input": [q, {"type": "custom_tool_call_output", "call_id": "z", "output": "x"}]}
-    )
-    assert custom.tool_loop is not None and custom.tool_loop.call_ids == ("z",)
-    assert check(responses, {**R_BODY, "input": [q, call, out, {"role": "user", "content": "more"}]}).tool_loop is None
-    assert check(responses, R_BODY).tool_loop is None
+    assert state(cont.body).in_loop and cont.previous == "resp_1"
+    assert state(check(responses, {**R_BODY, "input": [q, call]}).body).pending == ("c1",)
+    custom = {**R_BODY, "previous_response_id": "r", "input": [q, {"type": "custom_tool_call_output", "call_id": "z"}]}
+    assert state(check(responses, custom).body).in_loop
+    assert not state(
+        check(responses, {**R_BODY, "input": [q, call, out, {"role": "user", "content": "more"}]}).body
+    ).in_loop
+    assert not state(check(responses, R_BODY).body).in_loop

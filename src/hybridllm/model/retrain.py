@@ -4,7 +4,7 @@ slice of the most recent pairs, and promote the challenger only when it is measu
 
 - **Rows.** One row per shadowed request (:func:`hybridllm.stages.outcomes.outcomes_table`); a row
   trains or tests only when it has every fleet model's score (a pair's two models; beyond two, the
-  server's all-sides shadow checks). Each shadow pair carries the weight it was drawn with
+  server's ``--shadow-sides all`` shadow checks). Each shadow pair carries the weight it was drawn with
   (1 / the shadow rate when it was drawn): rows are repeated in proportion to it, so traffic
   shadowed at a lower rate counts as much as it stands for.
 - **Held out.** The last ``holdout`` share of usable rows, in log order (the log is appended as
@@ -122,7 +122,10 @@ def traffic_rows(
             served, fb = r["meta"].get("served"), r["meta"].get("feedback")
             if fb is not None and served in r["quality"]:
                 r["quality"][served] = [float(fb)]
-    used, incomplete = usable_rows(rows, list(models))
+    try:
+        used, incomplete = usable_rows(rows, list(models))
+    except TableError:  # not one row scores every model: retrain says why, and how to collect them
+        used, incomplete = [], len(rows)
     skipped["missing_model_scores"] = incomplete
     for r in used:
         r["meta"]["weight"] = weights.get(r["id"], 1.0)
@@ -250,9 +253,15 @@ def retrain(
     rows, skipped = traffic_rows(read_outcomes(outcomes), models, options.feedback)
     train, held = split_recent(rows, options.holdout)
     if len(held) < 20:
+        missing = skipped.get("missing_model_scores", 0)
+        hint = (
+            f"; {missing} miss a model's score: serve a fleet with --shadow-sides all (docs/retrain.md#fleets)"
+            if missing and len(models) > 2
+            else ""
+        )
         raise TableError(
             f"{outcomes}: {len(rows)} shadow pairs score every model of {models}; the gate needs >= 20 "
-            f"held out ({options.holdout:.0%}): serve longer or raise --holdout"
+            f"held out ({options.holdout:.0%}): serve longer or raise --holdout{hint}"
         )
     train_w = weighted(train)
     base = [r for r in (table or []) if r.get("id") not in {h["id"] for h in held}]

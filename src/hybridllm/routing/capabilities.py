@@ -1,14 +1,19 @@
-"""Which models can serve a request (docs/sessions.md, "Capabilities and windows"): what a chat or
-completions body needs, and, against each model's ``context_window``, ``max_output_tokens`` and
+"""Which models can serve a request (docs/sessions.md, "Capabilities and windows"): what a chat,
+completions, Messages or Responses body needs, and, against each model's ``context_window``, ``max_output_tokens`` and
 ``supports`` (the models file: :mod:`hybridllm.tables.registry`), which models of a fleet it may go
 to, why the others may not, and where a routing decision goes when the policy's choice cannot serve.
 
 - :func:`needs`: the capabilities a body needs (tools: non-empty ``tools`` / ``functions`` or tool
-  calls in its history, read by :func:`hybridllm.routing.conversation.tool_state`; vision, audio,
-  files: its content parts; json_schema / json_object: its ``response_format``), its prompt's tokens
-  (:func:`hybridllm.routing.money.estimate_prompt_tokens` plus :data:`IMAGE_TOKENS` an image, times
+  calls in its history, read by its protocol's reader in
+  :data:`hybridllm.routing.conversation.READERS`; vision, audio, files: its content parts or
+  blocks, those in tool results too; json_schema / json_object: chat's ``response_format``,
+  Responses' ``text.format``; Messages has no standard one), its prompt's tokens
+  (:func:`hybridllm.routing.money.estimate_prompt_tokens` of the body, or of a Messages or Responses
+  conversation's chat view and its tools, plus :data:`IMAGE_TOKENS` an image, times
   :data:`MARGIN_RATIO` plus :data:`MARGIN_TOKENS`) and the answer it asks for (the larger of
-  ``max_tokens`` and ``max_completion_tokens``; :data:`DEFAULT_OUTPUT_TOKENS` when it names none).
+  ``max_tokens`` and ``max_completion_tokens``; Messages' ``max_tokens``; Responses'
+  ``max_output_tokens``; :data:`DEFAULT_OUTPUT_TOKENS` when it names none). A Responses turn that
+  continues a stored conversation (``previous_response_id``) is estimated on what its body holds.
 - :func:`eligible`: each model's yes or no and, for a no, the reasons (:class:`Lack`). A model lacks
   a capability its ``supports`` does not list, a window below the prompt plus the answer, or a
   ``max_output_tokens`` below the ``max_tokens`` asked. An absent key is no limit.
@@ -33,11 +38,11 @@ from typing import Any, NamedTuple
 from hybridllm.errors import UsageError
 from hybridllm.tables.registry import CAPABILITIES
 
-from .conversation import IMAGE_PARTS, ConversationError, ToolState, tool_state
+from .conversation import IMAGE_PARTS, READERS, ConversationError, ToolState
 from .money import DEFAULT_ANSWER_TOKENS, estimate_prompt_tokens
 
 #: the request kinds :func:`needs` reads (a server's ``RequestContext.kind``)
-KINDS = ("chat", "completion")
+KINDS = ("chat", "completion", "messages", "responses")
 #: the safety margin on the prompt's estimate: the estimate (4 UTF-8 bytes a token) is within ±15 %
 #: on English prose; code and non-Latin scripts can have more tokens than it says, which the
 #: upstream's own error (and a fallback) still catches
@@ -48,16 +53,26 @@ IMAGE_TOKENS = 765
 #: the answer a request leaves room for when it names no ``max_tokens``: a model's typical answer
 DEFAULT_OUTPUT_TOKENS = int(DEFAULT_ANSWER_TOKENS)
 #: content-part types (besides :data:`~hybridllm.routing.conversation.IMAGE_PARTS`) and the capability they need
-_PART_NEEDS = {"input_audio": "audio", "file": "files", "input_file": "files"}
-_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens")
-#: what a capability is, in a reason's words, and the request field that asks for it
+_PART_NEEDS = {"input_audio": "audio", "file": "files", "input_file": "files", "document": "files"}
+#: the fields that ask for the answer's length, by request kind
+_OUTPUT_FIELDS = {
+    "chat": ("max_tokens", "max_completion_tokens"),
+    "completion": ("max_tokens", "max_completion_tokens"),
+    "messages": ("max_tokens",),
+    "responses": ("max_output_tokens",),
+}
+#: the field that asks for a structured answer, by request kind (Messages has no standard one)
+_FORMAT_FIELDS = {"chat": ("response_format",), "completion": ("response_format",), "responses": ("text", "format")}
+_JSON = ("json_schema", "json_object")
+#: what a capability is, in a reason's words, and the request field that asks for it ("": the
+#: request's conversation field, ``Needs.prompt_field``; "format": its ``Needs.format_field``)
 _ASKED = {
     "tools": ("tools or tool calls", "tools"),
-    "vision": ("image parts", "messages"),
-    "audio": ("audio parts", "messages"),
-    "files": ("file parts", "messages"),
-    "json_schema": ("response_format json_schema", "response_format"),
-    "json_object": ("response_format json_object", "response_format"),
+    "vision": ("image parts", ""),
+    "audio": ("audio parts", ""),
+    "files": ("file parts", ""),
+    "json_schema": ("json_schema", "format"),
+    "json_object": ("json_object", "format"),
 }
 
 
@@ -81,6 +96,10 @@ class Needs:
     prompt_tokens: int
     max_output: int | None = None
     output_field: str = "max_tokens"
+    #: the request's conversation field (``messages``, Responses' ``input``) and structured-answer
+    #: field (``response_format``, Responses' ``text.format``): what a refusal names
+    prompt_field: str = "messages"
+    format_field: str = "response_format"
 
     @property
     def output_tokens(self) -> int:
@@ -143,58 +162,69 @@ def _count(v: object) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
-def _parts(messages: Sequence[Any]) -> tuple[set[str], int]:
-    """The capabilities the messages' content parts need, and their image parts."""
+def _parts(types: Sequence[str]) -> tuple[set[str], int]:
+    """The capabilities content parts of ``types`` need, and their image parts."""
     caps: set[str] = set()
     images = 0
-    for m in messages:
-        content = m.get("content") if isinstance(m, dict) else None
-        if not isinstance(content, list):
-            continue
-        for p in content:
-            t = p.get("type") if isinstance(p, dict) else None
-            if not isinstance(t, str):
-                continue
-            if t in IMAGE_PARTS:
-                images += 1
-            elif t in _PART_NEEDS:
-                caps.add(_PART_NEEDS[t])
+    for t in types:
+        if t in IMAGE_PARTS:
+            images += 1
+        elif t in _PART_NEEDS:
+            caps.add(_PART_NEEDS[t])
     if images:
         caps.add("vision")
     return caps, images
 
 
-def needs(body: Mapping[str, Any], kind: str, tools: ToolState | None = None) -> Needs:
+def _format(body: Mapping[str, Any], kind: str) -> str | None:
+    """The structured answer the body asks for (json_schema, json_object), else None."""
+    fmt: Any = body
+    for key in _FORMAT_FIELDS.get(kind, ()):
+        fmt = fmt.get(key) if isinstance(fmt, Mapping) else None
+    kind_of = fmt.get("type") if isinstance(fmt, Mapping) and fmt is not body else None
+    return kind_of if kind_of in _JSON else None
+
+
+def needs(
+    body: Mapping[str, Any], kind: str, tools: ToolState | None = None, chat: list[dict[str, Any]] | None = None
+) -> Needs:
     """What the ``kind`` request (one of :data:`KINDS`) ``body`` needs of a model. ``tools``: the
-    body's :func:`~hybridllm.routing.conversation.tool_state` when the caller has it already (a
-    server reading the turn for sessions); else it is read here. Raises :class:`CapabilityError`
-    (or :class:`~hybridllm.routing.conversation.ConversationError`, a malformed tool history)."""
+    body's tool state (its reader's ``tool_state``) when the caller has it already (a server reading
+    the turn for sessions); else it is read here. ``chat``: a Messages or Responses body's chat view
+    when the caller has it (a server has checked the body). Raises :class:`CapabilityError` (or
+    :class:`~hybridllm.routing.conversation.ConversationError`, a malformed tool history)."""
     if not isinstance(body, Mapping):
         raise CapabilityError(f"the request body must be an object, got {type(body).__name__}")
     if kind not in KINDS:
         raise CapabilityError(f"unknown request kind {kind!r}; expected one of {', '.join(KINDS)}")
     caps: set[str] = set()
     images = 0
-    if kind == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
+    reader = READERS.get(kind)
+    field_ = "messages" if reader is None else reader.prompt_field
+    if reader is not None:
+        if kind == "chat" and (not isinstance(body.get("messages"), list) or not body["messages"]):
             raise CapabilityError("'messages' must be a non-empty list", "messages")
-        state = tool_state(messages) if tools is None else tools
+        state = reader.tool_state(body) if tools is None else tools
         if state.calls or state.in_loop or any(_listed(body.get(f)) for f in ("tools", "functions")):
             caps.add("tools")
-        caps_parts, images = _parts(messages)
+        caps_parts, images = _parts(reader.part_types(body))
         caps |= caps_parts
-        fmt = body.get("response_format")
-        kind_of = fmt.get("type") if isinstance(fmt, Mapping) else None
-        if kind_of in ("json_schema", "json_object"):
-            caps.add(kind_of)
+        fmt = _format(body, kind)
+        if fmt is not None:
+            caps.add(fmt)
     try:
-        estimate = estimate_prompt_tokens(body) + IMAGE_TOKENS * images
+        if reader is None or kind == "chat":
+            estimate = estimate_prompt_tokens(body)
+        else:  # the conversation as the router reads it, tool results and calls counted, and the tools
+            view = reader.chat_view(body) if chat is None else chat
+            estimate = estimate_prompt_tokens({"messages": view, "tools": body.get("tools")})
+        estimate += IMAGE_TOKENS * images
     except (RecursionError, UnicodeError, TypeError, ValueError) as exc:  # a library caller's odd body
-        raise CapabilityError(f"the request's prompt cannot be read ({type(exc).__name__})", "messages") from None
-    asked = [(n, f) for f in _OUTPUT_FIELDS if (n := _count(body.get(f))) is not None]
-    out, field = max(asked) if asked else (None, "max_tokens")
-    return Needs(frozenset(caps), math.ceil(estimate * MARGIN_RATIO + MARGIN_TOKENS), out, field)
+        raise CapabilityError(f"the request's prompt cannot be read ({type(exc).__name__})", field_) from None
+    asked = [(n, f) for f in _OUTPUT_FIELDS[kind] if (n := _count(body.get(f))) is not None]
+    out, field = max(asked) if asked else (None, _OUTPUT_FIELDS[kind][0])
+    fmt_field = ".".join(_FORMAT_FIELDS.get(kind, ("response_format",)))
+    return Needs(frozenset(caps), math.ceil(estimate * MARGIN_RATIO + MARGIN_TOKENS), out, field, field_, fmt_field)
 
 
 def _listed(v: object) -> bool:
@@ -225,7 +255,10 @@ def lacks(model: ModelCaps, need: Needs) -> tuple[Lack, ...]:
         for cap in CAPABILITIES:  # a fixed order: the same request gives the same message
             if cap in need.capabilities and cap not in model.supports:
                 asked, param = _ASKED[cap]
-                out.append(Lack(cap, param, f"it does not support {cap} (the request has {asked})"))
+                if param == "format":
+                    asked, param = f"{need.format_field} {asked}", need.format_field
+                text = f"it does not support {cap} (the request has {asked})"
+                out.append(Lack(cap, param or need.prompt_field, text))
     most = model.max_output_tokens
     if most is not None and need.max_output is not None and need.max_output > most:
         text = f"its max_output_tokens {most} is below the request's {need.output_field} {need.max_output}"
@@ -235,7 +268,7 @@ def lacks(model: ModelCaps, need: Needs) -> tuple[Lack, ...]:
             f"its context_window {model.context_window} is below the request's ~{need.window_tokens} tokens "
             f"(prompt estimated {need.prompt_tokens} with margin + {need.output_tokens} answer)"
         )
-        out.append(Lack("context_window", "messages", text))
+        out.append(Lack("context_window", need.prompt_field, text))
     return tuple(out)
 
 
@@ -312,11 +345,17 @@ def _code(lack: Sequence[Lack]) -> str | None:
     return "context_length_exceeded" if any(r.key == "context_window" for r in lack) else None
 
 
-def eligible(need: Needs, models: Sequence[ModelCaps]) -> Eligibility:
-    """Which of ``models`` (the fleet's cost order) can serve a request that needs ``need``."""
+def eligible(
+    need: Needs, models: Sequence[ModelCaps], speaks: Sequence[bool] | None = None, api: str = "chat"
+) -> Eligibility:
+    """Which of ``models`` (the fleet's cost order) can serve a request that needs ``need``;
+    ``speaks``: which of them speak the request's protocol ``api`` (None: every one): one that does
+    not cannot serve it either."""
     reasons = {}
     for i, m in enumerate(models):
         lack = lacks(m, need)
+        if speaks is not None and not speaks[i]:
+            lack = (Lack("api", "model", f"it does not speak the {api} API"), *lack)
         if lack:
             reasons[i] = lack
     allowed = tuple(i not in reasons for i in range(len(models)))

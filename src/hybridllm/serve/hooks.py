@@ -80,6 +80,9 @@ class RequestContext:
     error: str | None = None
     outcome: str | None = None  # "client_left": the client went before its answer (the answer still charged)
     usage: dict[str, Any] = field(default_factory=dict)  # the upstream's usage object
+    #: the upstream's id of its answer where its protocol has one a later request may name (a
+    #: Responses response's id: ``previous_response_id``); a stream's once its event came
+    answer_id: str | None = None
     billed: dict[str, Any] | None = None  # the token bound charged when the upstream reported no usage
     cost: float | None = None  # what the request is charged (its usage, else its bound, priced): computed once
     best_cost: float | None = None  # the same tokens on the reference model (when both are priced)

@@ -57,6 +57,7 @@ class ServeOptions:
     shadow_per_minute: int = _setting("shadow_per_minute")
     shadow_max_tokens: int = _setting("shadow_max_tokens")
     shadow_max_prompt_chars: int = _setting("shadow_max_prompt_chars")
+    shadow_sides: str | None = _setting("shadow_sides")
     hold: str | None = _setting("hold")
     hold_confidence: float = _setting("hold_confidence")
     hold_window: int = _setting("hold_window")

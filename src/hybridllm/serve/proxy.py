@@ -184,6 +184,7 @@ class Proxy:
             if got.stream is None:
                 ctx.status = got.status
                 ctx.usage = wire.usage(got.payload)
+                ctx.answer_id = wire.answer_id(got.payload)
             else:
                 ctx.status = 200
             for hook in self.hooks.on_answer:

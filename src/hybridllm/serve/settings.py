@@ -126,6 +126,12 @@ class ServeSettings(BaseModel):
     shadow_max_prompt_chars: int = Field(
         32_000, ge=1, description="requests whose body holds more characters are not shadow-checked"
     )
+    shadow_sides: Literal["pair", "policy", "all"] | None = Field(
+        None,
+        description="which models a drawn request asks: 'pair' (the other side), 'policy' (each model the policy "
+        "picks at some threshold), 'all' (every model: complete rows for retraining a fleet; M-1 calls a draw); "
+        "default: policy under a quality hold over 3+ models, else pair",
+    )
     hold: str | None = Field(
         None, description="target held on live traffic: max_quality_drop=1, budget=30, cost_advantage=40"
     )

@@ -89,6 +89,10 @@ class Wire:
     def answer_text(self, payload: Any) -> str:
         return answer_text(payload)
 
+    def answer_id(self, payload: Any) -> str | None:
+        """A whole answer's id that a later request may name (None: the protocol has none)."""
+        return None
+
     def stream_text(self, chunks: Sequence[bytes]) -> str:
         return stream_text(chunks)
 
@@ -145,6 +149,9 @@ class ApiWire(Wire):
 
     def answer_text(self, payload: Any) -> str:
         return self.proto.answer_text(payload)
+
+    def answer_id(self, payload: Any) -> str | None:
+        return self.proto.answer_id(payload)
 
     def stream_text(self, chunks: Sequence[bytes]) -> str:
         return self.proto.stream_text(chunks)

@@ -17,9 +17,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import messages, responses
-from ._common import KNOB_HEADER, ApiRequest, ToolLoop, Usage
+from ._common import KNOB_HEADER, ApiRequest, Usage
 
 #: each API a models-file entry may speak besides ``chat``, and the module that speaks it
 PROTOCOLS: dict[str, ModuleType] = {messages.API: messages, responses.API: responses}
 
-__all__ = ["KNOB_HEADER", "PROTOCOLS", "ApiRequest", "ToolLoop", "Usage", "messages", "responses"]
+__all__ = ["KNOB_HEADER", "PROTOCOLS", "ApiRequest", "Usage", "messages", "responses"]

@@ -1,6 +1,8 @@
 """What the Messages and Responses routes share: the checked request with its body's bytes, the
 model name spliced into those bytes (nothing else of them changed), the knob's routing name, usage
-normalised across protocols, a tool loop, and a server-sent-events reader for relayed streams.
+normalised across protocols, and a server-sent-events reader for relayed streams. (Where a request
+stands in its tool calls is :mod:`hybridllm.routing.conversation`'s reading, made by the session
+rules and the capability filter.)
 
 Why bytes: both routes relay the client's body as it came, so an upstream sees the client's own
 JSON (key order, number spelling, fields hybridllm does not know) with only ``model`` replaced. The
@@ -40,15 +42,6 @@ _NAME_OK = re.compile(r"[\x21-\x7e]{1,256}")
 
 
 @dataclass(frozen=True)
-class ToolLoop:
-    """A request that continues a tool loop: the tool results it answers, or the tool calls left
-    unanswered (``call_ids``), and which of the two (``reason``)."""
-
-    call_ids: tuple[str, ...]
-    reason: str  # "tool result" | "unanswered tool call"
-
-
-@dataclass(frozen=True)
 class ApiRequest:
     """A checked Messages or Responses request. ``name``: the routing name the decider reads (the
     ``x-hybridllm-knob`` header, else ``model``); ``extra``: the body's ``hybridllm`` field (taken
@@ -64,7 +57,6 @@ class ApiRequest:
     text: str
     stream: bool
     chat: list[dict[str, Any]]
-    tool_loop: ToolLoop | None
     max_out: int | None
     previous: str | None = None
     _head: bytes = field(default=b"", repr=False)
@@ -197,20 +189,6 @@ def _cut(text: str, spans: list[tuple[str, int, int, int]], key: str) -> tuple[i
     return spans[0][1], spans[0][3]
 
 
-def text_of(parts: Any, kinds: Sequence[str]) -> str:
-    """The text of a content that is a string or a list of parts: the ``text`` of parts whose type
-    is one of ``kinds`` (absent type: text), joined by newlines."""
-    if isinstance(parts, str):
-        return parts
-    if not isinstance(parts, list):
-        return ""
-    out = []
-    for p in parts:
-        if isinstance(p, dict) and p.get("type", kinds[0]) in kinds and isinstance(p.get("text"), str):
-            out.append(p["text"])
-    return "\n".join(out)
-
-
 def router_text(chat: list[dict[str, Any]], turns: str, max_chars: int) -> str:
     """What the router reads of a conversation given as chat messages: as a chat request is read
     (:func:`~hybridllm.serve.protocol.check_request`)."""
@@ -284,13 +262,19 @@ class Watch(Protocol):
     @property
     def usage(self) -> Usage | None: ...
 
+    @property
+    def answer_id(self) -> str | None: ...
+
 
 async def tap(stream: AsyncIterator[bytes], watch: Watch, ctx: Any) -> AsyncIterator[bytes]:
     """``stream``'s chunks unchanged, each read by ``watch``; once the stream's final usage has
-    come, ``ctx.usage`` is it as a chat usage object (what the proxy prices and logs)."""
+    come, ``ctx.usage`` is it as a chat usage object (what the proxy prices and logs); once its id
+    has come, ``ctx.answer_id``."""
     async for chunk in stream:
         watch.feed(chunk)
         usage = watch.usage
         if usage is not None:
             ctx.usage = usage.as_chat()
+        if ctx.answer_id is None:
+            ctx.answer_id = watch.answer_id
         yield chunk

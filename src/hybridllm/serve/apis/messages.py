@@ -20,12 +20,14 @@ from typing import Any
 
 from starlette.responses import Response
 
+from hybridllm.routing.conversation.chat import text_of
+from hybridllm.routing.conversation.messages import chat_view as as_chat
+
 from ..errors import RequestError
 from ..settle import PER_MESSAGE_TOKENS, PROMPT_OVERHEAD_TOKENS, TokenBound
 from ._common import (
     ApiRequest,
     EventReader,
-    ToolLoop,
     Usage,
     check_common,
     check_parts,
@@ -35,7 +37,6 @@ from ._common import (
     router_text,
     routing_name,
     tap,
-    text_of,
 )
 
 API = "messages"
@@ -130,7 +131,7 @@ def check(raw: bytes, headers: Mapping[str, str], *, max_messages: int, turns: s
     chat = as_chat(body)
     return ApiRequest(
         API, body, model, routing_name(model, headers), body.get("hybridllm"), router_text(chat, turns, max_chars),
-        stream, chat, tool_loop(body), max_out, None, head, tail,
+        stream, chat, max_out, None, head, tail,
     )  # fmt: skip
 
 
@@ -142,55 +143,6 @@ def _check_block(block: dict[str, Any], where: str) -> None:
         check_parts(block.get("content"), f"{where}.content", _TEXT, allow_none=True)
     elif kind == "tool_use" and not (isinstance(block.get("id"), str) and isinstance(block.get("name"), str)):
         raise RequestError(400, f"{where} (tool_use) needs a string 'id' and 'name'", "messages")
-
-
-def as_chat(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The conversation as chat-completions messages (see the module docstring); a checked body."""
-    out: list[dict[str, Any]] = []
-    system = text_of(body.get("system"), _TEXT)
-    if system:
-        out.append({"role": "system", "content": system})
-    for m in body["messages"]:
-        content = m["content"]
-        if isinstance(content, str):
-            out.append({"role": m["role"], "content": content})
-            continue
-        calls, rest = [], []
-        for b in content:
-            if b["type"] == "tool_result":
-                said = text_of(b.get("content"), _TEXT)
-                out.append({"role": "tool", "tool_call_id": b["tool_use_id"], "content": said})
-            elif b["type"] == "tool_use":
-                args = json.dumps(b.get("input"), ensure_ascii=False)
-                calls.append({"id": b["id"], "type": "function", "function": {"name": b["name"], "arguments": args}})
-            elif b["type"] == "text":
-                rest.append({"type": "text", "text": b["text"]})
-        if rest or calls or not content:
-            turn: dict[str, Any] = {"role": m["role"], "content": rest}
-            if calls:
-                turn["tool_calls"] = calls
-            out.append(turn)
-    return out
-
-
-def tool_loop(body: dict[str, Any]) -> ToolLoop | None:
-    """A checked body that continues a tool loop: its last message gives tool results, or an
-    assistant's ``tool_use`` has no ``tool_result`` after it."""
-    msgs = body["messages"]
-    last = msgs[-1]
-    blocks = last["content"] if last["role"] == "user" and isinstance(last["content"], list) else []
-    results = tuple(b["tool_use_id"] for b in blocks if b["type"] == "tool_result")
-    if results:
-        return ToolLoop(results, "tool result")
-    answered: set[str] = set()
-    unanswered: list[str] = []
-    for m in reversed(msgs):
-        for b in reversed(m["content"]) if isinstance(m["content"], list) else ():
-            if b["type"] == "tool_result":
-                answered.add(b["tool_use_id"])
-            elif b["type"] == "tool_use" and m["role"] == "assistant" and b["id"] not in answered:
-                unanswered.append(b["id"])
-    return ToolLoop(tuple(reversed(unanswered)), "unanswered tool call") if unanswered else None
 
 
 def token_bound(req: ApiRequest) -> TokenBound:
@@ -214,6 +166,11 @@ def usage(obj: Any) -> Usage | None:
 
 def answer_usage(payload: Any) -> Usage | None:
     return usage(payload.get("usage")) if isinstance(payload, dict) else None
+
+
+def answer_id(payload: Any) -> str | None:
+    """None: no later Messages request names an answer (the client sends the whole conversation)."""
+    return None
 
 
 def answer_text(payload: Any) -> str:
@@ -254,6 +211,10 @@ class StreamWatch:
     @property
     def text(self) -> str:
         return "".join(self._text)
+
+    @property
+    def answer_id(self) -> str | None:
+        return None  # as :func:`answer_id`
 
     def _on(self, name: str, data: Any) -> None:
         if not isinstance(data, dict):

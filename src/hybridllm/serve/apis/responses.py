@@ -20,13 +20,15 @@ from typing import Any
 
 from starlette.responses import Response
 
+from hybridllm.routing.conversation.chat import text_of
+from hybridllm.routing.conversation.responses import chat_view as as_chat
+
 from ..errors import RequestError
 from ..protocol import bearer_key, error_body, error_type
 from ..settle import PER_MESSAGE_TOKENS, PROMPT_OVERHEAD_TOKENS, TokenBound
 from ._common import (
     ApiRequest,
     EventReader,
-    ToolLoop,
     Usage,
     check_common,
     check_parts,
@@ -36,7 +38,6 @@ from ._common import (
     router_text,
     routing_name,
     tap,
-    text_of,
 )
 
 API = "responses"
@@ -95,7 +96,7 @@ def check(raw: bytes, headers: Mapping[str, str], *, max_messages: int, turns: s
     chat = as_chat(body)
     return ApiRequest(
         API, body, model, routing_name(model, headers), body.get("hybridllm"), router_text(chat, turns, max_chars),
-        stream, chat, tool_loop(body), max_out, previous, head, tail,
+        stream, chat, max_out, previous, head, tail,
     )  # fmt: skip
 
 
@@ -117,65 +118,6 @@ def _check_item(item: Any, where: str) -> None:
         raise RequestError(400, f"{where}.call_id must be a string", "input")
     if kind == "function_call" and not all(isinstance(item.get(k), str) for k in ("call_id", "name", "arguments")):
         raise RequestError(400, f"{where} (function_call) needs a string 'call_id', 'name' and 'arguments'", "input")
-
-
-def as_chat(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The conversation as chat-completions messages (see the module docstring); a checked body."""
-    out: list[dict[str, Any]] = []
-    if body.get("instructions"):
-        out.append({"role": "system", "content": body["instructions"]})
-    items = body["input"]
-    if isinstance(items, str):
-        return [*out, {"role": "user", "content": items}]
-    for item in items:
-        kind = item.get("type", "message")
-        if kind == "message":
-            content = item["content"]
-            parts = content if isinstance(content, str) else [{"type": "text", "text": text_of(content, _TEXT)}]
-            out.append({"role": _ROLES[item["role"]], "content": parts})
-        elif kind.endswith("_call") and isinstance(item.get("call_id"), str):
-            _add_call(out, item, kind)
-        elif kind.endswith("_call_output"):
-            out.append({"role": "tool", "tool_call_id": item["call_id"], "content": text_of(item.get("output"), _TEXT)})
-    return out
-
-
-def _add_call(out: list[dict[str, Any]], item: dict[str, Any], kind: str) -> None:
-    """A tool call item as a chat tool call: on the assistant turn just before it (a message, or
-    the calls made with it), else on a turn of its own."""
-    name = item.get("name") if isinstance(item.get("name"), str) and item.get("name") else kind
-    args = item.get("arguments")
-    if not isinstance(args, str):
-        args = json.dumps(item.get("input", item.get("action")), ensure_ascii=False)
-    call = {"id": item["call_id"], "type": "function", "function": {"name": name, "arguments": args}}
-    if out and out[-1]["role"] == "assistant":
-        out[-1].setdefault("tool_calls", []).append(call)
-    else:
-        out.append({"role": "assistant", "content": None, "tool_calls": [call]})
-
-
-def tool_loop(body: dict[str, Any]) -> ToolLoop | None:
-    """A checked body that continues a tool loop: its last input item is a tool call's output, or
-    a tool call in its input has no output after it."""
-    items = body["input"]
-    if not isinstance(items, list) or not items:
-        return None
-    trailing: list[str] = []
-    for item in reversed(items):
-        if not str(item.get("type", "")).endswith("_call_output"):
-            break
-        trailing.append(item["call_id"])
-    if trailing:
-        return ToolLoop(tuple(reversed(trailing)), "tool result")
-    answered: set[str] = set()
-    unanswered: list[str] = []
-    for item in reversed(items):
-        kind, cid = str(item.get("type", "")), item.get("call_id")
-        if kind.endswith("_call_output"):
-            answered.add(cid)
-        elif kind.endswith("_call") and isinstance(cid, str) and cid not in answered:
-            unanswered.append(cid)
-    return ToolLoop(tuple(reversed(unanswered)), "unanswered tool call") if unanswered else None
 
 
 def token_bound(req: ApiRequest) -> TokenBound:
@@ -220,6 +162,10 @@ def response_id(payload: Any) -> str | None:
     return rid if isinstance(rid, str) else None
 
 
+#: one name in both protocols' modules (:meth:`hybridllm.serve.wire.Wire.answer_id`)
+answer_id = response_id
+
+
 def replay(body: dict[str, Any], max_tokens: int) -> dict[str, Any]:
     """The body a shadow call sends: the client's, not streamed, not stored upstream, its output
     capped at ``max_tokens``."""
@@ -252,6 +198,10 @@ class StreamWatch:
     @property
     def text(self) -> str:
         return "".join(self._text) or self._final
+
+    @property
+    def answer_id(self) -> str | None:
+        return self.response_id
 
     def _on(self, name: str, data: Any) -> None:
         if not isinstance(data, dict):

@@ -34,7 +34,7 @@ from .hold import HoldDecider, HoldHook, HoldSync, hold_families
 from .money import MoneyHook
 from .outcomes import FeedbackDesk, OutcomesHook
 from .sessions import SessionHook, session_hook
-from .shadow import JudgeScorer, RewardScorer, Shadow, ShadowHook, ShadowJob
+from .shadow import SIDES, JudgeScorer, RewardScorer, Shadow, ShadowHook, ShadowJob
 from .steering import SteeringWatch
 
 
@@ -80,9 +80,9 @@ def live_control(
         live.money_budget = MoneyBudget(fleet, router.config.get("calibration") or [], live.money)
     if any(not c.unrestricted for c in opts.capabilities.values()):  # first: where the request can go
         caps = tuple(opts.capabilities.get(n) or ModelCaps(n) for n in names)
-        live.hooks.append(CapabilityHook(caps, metrics))
+        live.hooks.append(CapabilityHook(caps, metrics, [u.api for u in ups]))
     if opts.sessions:  # then the session rules, among the models that can serve it
-        live.sessions = session_hook(names, metrics, opts, store, len(opts.api_keys))
+        live.sessions = session_hook(names, metrics, opts, store, len(opts.api_keys), [u.api for u in ups])
         live.hooks.append(live.sessions)
     if opts.api_keys:
         dear = {i for i in range(len(ups)) if i > 0 and fleet.costs[i] > fleet.costs[0]}
@@ -167,7 +167,22 @@ def _shadow(
         upstreams.ups, fleet.ref,
         concurrency=opts.shadow_concurrency, per_minute=opts.shadow_per_minute,
         count=metrics.count_shadow, price=metrics.shadow_cost,
-        all_sides=hold is not None and hold.kind == "max_quality_drop" and len(fleet.models) > 2,
+        sides=_sides(opts, hold, len(fleet.models)),
         max_tokens=opts.shadow_max_tokens, max_prompt_chars=opts.shadow_max_prompt_chars,
         judge_name=opts.judge_name or str(getattr(judge, "who", None) or "judge"),
     )  # fmt: skip
+
+
+def _sides(opts: ServeOptions, hold: Hold | None, n_models: int) -> str:
+    """Which models a drawn request asks (``--shadow-sides``; default: ``policy`` where a quality hold
+    over more than two models needs every model its policy picks, else ``pair``)."""
+    needs = hold is not None and hold.kind == "max_quality_drop" and n_models > 2
+    sides = opts.shadow_sides or ("policy" if needs else "pair")
+    if sides not in SIDES:
+        raise ServeConfigError(f"shadow_sides: expected one of {', '.join(SIDES)}, got {sides!r}")
+    if needs and sides == "pair":
+        raise ServeConfigError(
+            f"--shadow-sides pair beside --hold {opts.hold} over {n_models} models: the hold needs every model "
+            "its policy picks (--shadow-sides policy or all)"
+        )
+    return sides

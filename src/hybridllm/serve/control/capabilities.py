@@ -1,6 +1,8 @@
 """What a request needs, acted on right after the decider (docs/sessions.md, "Capabilities and
-windows"): a chat or completions request is never routed to a model the models file says cannot serve
-it (``supports``, ``context_window``, ``max_output_tokens``: :mod:`hybridllm.routing.capabilities`).
+windows"): a chat, completions, Messages or Responses request is never routed to a model the models
+file says cannot serve it (``supports``, ``context_window``, ``max_output_tokens``:
+:mod:`hybridllm.routing.capabilities`), nor to one that does not speak its protocol (the models
+file's ``api``).
 
 - routed: the router's choice that cannot serve it is replaced by
   :meth:`~hybridllm.routing.capabilities.Eligibility.pick` (the cheapest model at least as dear that
@@ -13,19 +15,22 @@ it (``supports``, ``context_window``, ``max_output_tokens``: :mod:`hybridllm.rou
   among them.
 
 A malformed tool history is a 400 naming the message (the same reading the session rules use, made
-once per request: :data:`TOOLS`).
+once per request by the protocol's reader, :data:`hybridllm.routing.conversation.READERS`:
+:data:`TOOLS`), in the endpoint's own error shape.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hybridllm.routing.capabilities import KINDS, CapabilityError, ModelCaps, eligible, needs
-from hybridllm.routing.conversation import ConversationError, ToolState, tool_state
+from hybridllm.routing.conversation import READERS, ConversationError, ToolState
 
 from ..errors import RequestError
 from ..hooks import BaseHook, RequestContext, Slot
+from ..wire import WIRES
 
 if TYPE_CHECKING:
     from ..telemetry import Metrics
@@ -43,19 +48,38 @@ def refused(exc: ConversationError) -> RequestError:
 
 
 def tool_history(ctx: RequestContext) -> ToolState | None:
-    """The chat request's tool state (None for another kind), read once per request; a malformed
-    tool history is the client's 400."""
-    if ctx.kind != "chat" or ctx.body is None:
+    """The request's tool state, read once per request by its protocol's reader (None for a kind
+    without a conversation: completions); a malformed tool history is the client's 400."""
+    reader = READERS.get(ctx.kind)
+    if reader is None or ctx.body is None:
         return None
     got = ctx.get(TOOLS)
     if got is None:
-        messages = ctx.body.get("messages")
         try:
-            got = tool_state(messages if isinstance(messages, list) else [])
+            got = reader.tool_state(ctx.body)
         except ConversationError as exc:
             raise refused(exc) from None
         ctx.put(TOOLS, got)
     return got
+
+
+def chat_view(ctx: RequestContext) -> list[dict[str, Any]] | None:
+    """A Messages or Responses request's conversation as chat messages, as its wire read it (None
+    when a hook changed the body since, or for another kind: the reader then reads the body)."""
+    checked = ctx.checked
+    if ctx.kind not in ("messages", "responses") or checked is None or checked.body is not ctx.body:
+        return None
+    return checked.prompt if isinstance(checked.prompt, list) else None
+
+
+def speaking(apis: Sequence[str] | None, kind: str) -> tuple[bool, ...] | None:
+    """Which upstreams (``apis``: each one's API, cost order) speak the ``kind`` request's protocol;
+    None when every one does (or ``apis`` is not known)."""
+    if apis is None:
+        return None
+    api = WIRES[kind].api
+    mask = tuple(a == api for a in apis)
+    return None if all(mask) else mask
 
 
 def is_forced(ctx: RequestContext) -> bool:
@@ -64,13 +88,15 @@ def is_forced(ctx: RequestContext) -> bool:
 
 
 class CapabilityHook(BaseHook):
-    """The filter over a fleet's limits (``caps``: one per upstream, cost order); first of the
-    hooks, so that every later one sees where the request can go."""
+    """The filter over a fleet's limits (``caps``: one per upstream, cost order) and the API each
+    upstream speaks (``apis``; None: all the same); first of the hooks, so that every later one sees
+    where the request can go."""
 
-    def __init__(self, caps: tuple[ModelCaps, ...], metrics: Metrics) -> None:
+    def __init__(self, caps: tuple[ModelCaps, ...], metrics: Metrics, apis: Sequence[str] | None = None) -> None:
         from prometheus_client import Counter
 
         self.caps, self.names = caps, tuple(c.name for c in caps)
+        self.speak = {kind: speaking(apis, kind) for kind in WIRES}  # fixed: computed once
         self.filtered = Counter(
             "hybridllm_capability_filtered",
             "routed requests the router's choice could not serve, sent to another model "
@@ -90,7 +116,8 @@ class CapabilityHook(BaseHook):
         if ctx.kind not in KINDS or decision is None or body is None:
             return
         try:
-            elig = eligible(needs(body, ctx.kind, tool_history(ctx)), self.caps)
+            need = needs(body, ctx.kind, tool_history(ctx), chat_view(ctx))
+            elig = eligible(need, self.caps, self.speak[ctx.kind], WIRES[ctx.kind].api)
             if elig.everyone:
                 return
             target = decision.target
@@ -115,4 +142,14 @@ class CapabilityHook(BaseHook):
         ctx.put(ALLOWED, elig.allowed_models())
 
 
-__all__ = ["ALLOWED", "TOOLS", "CapabilityError", "CapabilityHook", "is_forced", "refused", "tool_history"]
+__all__ = [
+    "ALLOWED",
+    "TOOLS",
+    "CapabilityError",
+    "CapabilityHook",
+    "chat_view",
+    "is_forced",
+    "refused",
+    "speaking",
+    "tool_history",
+]

@@ -1,12 +1,20 @@
-"""Sessions on the request path (docs/sessions.md): a chat request's turn goes where the session rules
-(:class:`hybridllm.routing.sessions.SessionRules`) say, given the decider's routed choice: a session's
-model only moves up, a turn that continues a tool loop stays on the model that made the call, and a
-turn that opens its conversation (no assistant message yet) is routed on its own and pins it anew.
+"""Sessions on the request path (docs/sessions.md): a chat, Messages or Responses request's turn goes
+where the session rules (:class:`hybridllm.routing.sessions.SessionRules`) say, given the decider's
+routed choice: a session's model only moves up, a turn that continues a tool loop stays on the model
+that made the call, a turn that continues a conversation its upstream stores (a Responses
+``previous_response_id``) stays on the model that holds it, and a turn that opens its conversation
+(no assistant message yet) is routed on its own and pins it anew. Only among the upstreams that
+speak the request's protocol.
 
-- The session is named by ``x-session-id``, the body's ``user`` or ``metadata.session_id``, else
-  derived from the system prompt and first user turn with the server's secret
-  (:func:`hybridllm.routing.conversation.session_key`); a malformed id or tool history is a 400
-  naming the field.
+- The session is named as its protocol's reader says
+  (:data:`hybridllm.routing.conversation.READERS`): chat: ``x-session-id``, the body's ``user`` or
+  ``metadata.session_id``, else derived from the system prompt and first user turn with the
+  server's secret; Messages: ``x-session-id``, else derived (scoped by ``metadata.user_id``);
+  Responses: ``previous_response_id`` or ``conversation``, else as chat. A malformed id or tool
+  history is a 400 naming the field, in the endpoint's error shape.
+- A Responses answer the upstream stores (``store`` not false) pins its response id to the model
+  that answered, before the answer is sent (a stream's: before its end), so that the request that
+  names it next goes there.
 - Pins belong to the client key that made them (the namespace is the key's name): one key cannot
   read, pin or move another's, and a flood of session ids from one key evicts its own pins.
 - Pins live in this process (:class:`~hybridllm.routing.session_store.MemorySessionStore`) or, with
@@ -21,19 +29,22 @@ turn that opens its conversation (no assistant message yet) is routed on its own
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from hybridllm.routing.conversation import ConversationError, session_key
+from hybridllm.routing.conversation import READERS, ConversationError
+from hybridllm.routing.conversation.responses import answer_session_id
 from hybridllm.routing.session_store import MemorySessionStore
 from hybridllm.routing.sessions import SessionCounters, SessionDecision, SessionRules, Steps, drive
 
 from ..hooks import BaseHook, RequestContext, Slot
-from .capabilities import ALLOWED, is_forced, refused, tool_history
+from ..wire import WIRES
+from .capabilities import ALLOWED, chat_view, is_forced, refused, speaking, tool_history
 from .session_store import AsyncSessionStore, RedisSessionStore
 
 if TYPE_CHECKING:
@@ -101,12 +112,13 @@ class _Counted(SessionCounters):
 
 
 class SessionHook(BaseHook):
-    """The session rules over the upstreams ``models`` (cost order) and a store: this process's, or
-    Redis (``redis_client``). Goes right after the capability filter (it reads what it allowed)."""
+    """The session rules over the upstreams ``models`` (cost order; ``apis``: the API each speaks,
+    None: all the same) and a store: this process's, or Redis (``redis_client``). Goes right after
+    the capability filter (it reads what it allowed)."""
 
     def __init__(
         self, models: list[str], metrics: Metrics, key: bytes, capacity: int, ttl_s: float, per_key: int,
-        redis_client: Any = None,
+        redis_client: Any = None, apis: Sequence[str] | None = None,
     ) -> None:  # fmt: skip
         from prometheus_client import Counter
 
@@ -123,7 +135,14 @@ class SessionHook(BaseHook):
         self.redis = None if redis_client is None else RedisSessionStore(redis_client, capacity, ttl_s, per_key)
         self.rules = SessionRules(models, self.memory, _Counted(counter))
         self.models, self.key = models, key
+        # the models that speak each request kind's protocol, where not every one does
+        self._speakers = {
+            kind: frozenset(m for m, ok in zip(models, speak, strict=True) if ok)
+            for kind in WIRES
+            if (speak := speaking(apis, kind)) is not None
+        }
         self._rank = {m: i for i, m in enumerate(models)}
+        self._writes: set[asyncio.Future[SessionDecision]] = set()  # answers' pins still being written
         # Redis orders pins by the replicas' shared wall clock; this process's store by its own clock
         self.clock: Callable[[], float] = time.time if self.redis is not None else time.monotonic
 
@@ -132,21 +151,28 @@ class SessionHook(BaseHook):
             return drive(steps, self.memory)
         return await drive_async(steps, self.redis)
 
+    def _allowed(self, ctx: RequestContext) -> frozenset[str] | None:
+        """The models this turn may go to: those the capability filter allowed, else (a fleet of
+        more than one protocol) those that speak the request's; None: every one."""
+        allowed = ctx.get(ALLOWED)
+        return self._speakers.get(ctx.kind) if allowed is None else allowed
+
     async def before_call(self, ctx: RequestContext) -> None:
-        decision, body = ctx.decision, ctx.body
-        if ctx.kind != "chat" or decision is None or body is None:
+        decision, body, reader = ctx.decision, ctx.body, READERS.get(ctx.kind)
+        if reader is None or decision is None or body is None:
             return
         tools = tool_history(ctx)  # a malformed tool history: 400, whether forced or routed
         try:
-            named = session_key(ctx.headers or {}, body, self.key)
+            named = reader.session_key(ctx.headers or {}, body, self.key, chat_view(ctx))
         except ConversationError as exc:
             raise refused(exc) from None
         ctx.note(session=named.source)
         if is_forced(ctx) or tools is None:
             return
         ns, choice = ctx.key or "", self.models[decision.target]
-        fresh = tools.calls == 0 and _opens(body.get("messages"))
-        steps = self.rules.decide_steps(ns, named.id, choice, tools.in_loop, ctx.get(ALLOWED), self.clock(), fresh)
+        fresh = tools.calls == 0 and reader.opens(body)
+        stays = tools.in_loop or named.stored  # the tool loop's model, or the one that holds the history
+        steps = self.rules.decide_steps(ns, named.id, choice, stays, self._allowed(ctx), self.clock(), fresh)
         got = await self._run(steps)
         ctx.put(SESSION, _Held(ns, named.id, got))
         ctx.note(session_event=got.event)
@@ -154,8 +180,48 @@ class SessionHook(BaseHook):
             reason = f"{decision.reason}; session {got.event} on {got.model}"
             ctx.decision = replace(decision, target=self._rank[got.model], reason=reason)
 
+    def _answer_pin(self, ctx: RequestContext) -> Steps | None:
+        """The pin of an answer a later request may name (a Responses response the upstream stores)
+        to the model that made it; None for any other answer."""
+        body = ctx.body
+        if ctx.kind != "responses" or ctx.status != 200 or not ctx.answer_id or body is None:
+            return None
+        if body.get("store") is False or ctx.model not in self._rank:
+            return None
+        return self.rules.failover_steps(ctx.key or "", answer_session_id(ctx.answer_id, self.key), ctx.model,
+                                         self.clock())  # fmt: skip
+
+    def on_answer(self, ctx: RequestContext) -> None:
+        """A whole answer's id pinned before the answer is sent: in this process's store at once, in
+        Redis by a write started now (a client's next request names it as soon as it has it)."""
+        steps = None if ctx.stream else self._answer_pin(ctx)
+        if steps is None:
+            return
+        if self.redis is None:
+            try:
+                drive(steps, self.memory)
+            except Exception:  # the answer goes out whatever becomes of its pin
+                log.exception("sessions: an answer's pin was not written")
+            return
+        write = asyncio.ensure_future(drive_async(steps, self.redis))
+        self._writes.add(write)
+        write.add_done_callback(self._written)
+
+    def _written(self, write: asyncio.Future[SessionDecision]) -> None:
+        self._writes.discard(write)
+        if not write.cancelled() and write.exception() is not None:
+            log.warning("sessions: an answer's pin was not written: %s", write.exception())
+
+    async def close(self) -> None:
+        if self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
     async def after_sent(self, ctx: RequestContext) -> None:
-        """A turn a fallback answered: the session moves to the model that now holds its context."""
+        """A stream's answer id pinned (its relay has not ended yet); a turn a fallback answered:
+        the session moves to the model that now holds its context."""
+        steps = self._answer_pin(ctx) if ctx.stream else None
+        if steps is not None:
+            await self._run(steps)
         held = ctx.get(SESSION)
         if held is None or ctx.status != 200 or ctx.fallback_from is None or ctx.model == held.decision.model:
             return
@@ -163,20 +229,14 @@ class SessionHook(BaseHook):
             await self._run(self.rules.failover_steps(held.ns, held.sid, ctx.model, self.clock()))
 
 
-def _opens(messages: Any) -> bool:
-    """Whether a conversation is at its first turn: no assistant message yet."""
-    for m in messages if isinstance(messages, list) else ():
-        if isinstance(m, dict) and m.get("role") == "assistant":
-            return False
-    return True
-
-
-def session_hook(models: list[str], metrics: Metrics, opts: Any, store: StateStore, keys: int) -> SessionHook:
+def session_hook(
+    models: list[str], metrics: Metrics, opts: Any, store: StateStore, keys: int, apis: Sequence[str] | None = None
+) -> SessionHook:
     """The hook ``opts`` ask for: pins in Redis when the state store is (``--state``), else here."""
     client = getattr(store, "client", None)
     share = per_key_share(opts.session_capacity, keys)
     return SessionHook(
-        models, metrics, secret(opts.session_secret), opts.session_capacity, opts.session_ttl_s, share, client
+        models, metrics, secret(opts.session_secret), opts.session_capacity, opts.session_ttl_s, share, client, apis
     )
 
 

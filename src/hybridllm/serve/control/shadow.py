@@ -4,7 +4,8 @@ scored by one judge (docs/control.md).
 A request is drawn when its answer is ready (:meth:`Shadow.draw`); the shadow call starts only after
 the client's response has been sent (the proxy's background step, or the end of a relay), so it never
 delays or changes an answer. The other side is the reference model for a request a cheaper model
-answered, and the best-scored cheaper candidate for one the reference answered. Shadow calls have
+answered, and the best-scored cheaper candidate for one the reference answered; ``--shadow-sides``
+asks more models of a fleet (:data:`SIDES`), each one more call under the same bounds. Shadow calls have
 their own concurrency and per-minute ceiling (shared fairly by the client keys), replay the request
 with one answer of capped length, skip prompts above a size, use each upstream's own backend (and
 key), are priced and counted apart in ``/metrics`` and the access log with the judge's verdicts, and
@@ -31,9 +32,14 @@ from hybridllm.stages.score import JUDGE_RUBRIC, check_rubric, judge_rating, rew
 from ..apis import PROTOCOLS
 from ..hooks import BaseHook, RequestContext, Slot
 from ..wire import WIRES
-from .shadow_bounds import FairCeiling, MeteredJudge, body_chars, judge_usage, replay_body
+from .shadow_bounds import CallSlots, FairCeiling, MeteredJudge, body_chars, judge_usage, replay_body
 
 log = logging.getLogger("hybridllm.access")
+
+#: which models a drawn request asks (``--shadow-sides``): the other side only; every model the
+#: policy picks for the request at some threshold (what a quality hold over 3+ models needs); every
+#: model of the fleet (a complete row: what retraining a fleet needs, docs/retrain.md)
+SIDES = ("pair", "policy", "all")
 
 
 class Scorer(Protocol):
@@ -94,7 +100,7 @@ class ShadowJob:
     scores: tuple[float, ...]
     weight: float
     answer: str = ""
-    more: tuple[int, ...] = ()  # further models to ask (every side, for an N-model quality hold)
+    more: tuple[int, ...] = ()  # further models to ask (--shadow-sides policy or all)
     cost: float | None = None  # the served answer's estimated cost (set once it has been sent)
     key: str | None = None  # the client key's name: whose share of the shadow ceiling it takes
     headers: Mapping[str, str] = field(default_factory=dict)  # the client's protocol headers (Messages' version)
@@ -105,7 +111,9 @@ class Shadow:
     :class:`ShadowPair` to every ``sink``. ``price(model, usage, role)``: counts the tokens of a
     shadow answer (role ``shadow``) or a judge's verdict (``judge``, priced as ``judge_name``) and
     gives their estimated cost (None when unknown). ``max_tokens``: the replay's output cap;
-    ``max_prompt_chars``: the largest request body (its strings' characters) that is drawn."""
+    ``max_prompt_chars``: the largest request body (its strings' characters) that is drawn;
+    ``sides``: which models a drawn request asks (:data:`SIDES`). Every call to a further side takes
+    its own share of the per-minute ceiling and of ``concurrency``, is capped and priced alike."""
 
     def __init__(
         self,
@@ -119,7 +127,7 @@ class Shadow:
         count: Callable[[str, str], None] | None = None,
         price: Callable[[str, dict[str, Any], str], float | None] | None = None,
         seed: int | None = None,
-        all_sides: bool = False,
+        sides: str = "pair",
         max_tokens: int = 1024,
         max_prompt_chars: int = 32_000,
         judge_name: str = "judge",
@@ -131,16 +139,16 @@ class Shadow:
         # the last minute sharing it equally: past a key's share, its draws are skipped evenly over
         # time, and a key that floods never takes another's checks
         self.ceiling = FairCeiling(per_minute, concurrency * 8)
-        self._sem = asyncio.Semaphore(concurrency)
+        self._slots = CallSlots(concurrency)  # one slot per model a drawn request asks
         self._tasks: set[asyncio.Task[None]] = set()
         self._rng = random.Random(seed)
         self._count = count or (lambda model, outcome: None)
         self._price = price or (lambda model, usage, role: None)
         self.sinks: list[Callable[[ShadowPair, ShadowJob], None]] = []
         self.closed = False
-        #: ask every model the policy picks for the request at some threshold, not only the other
-        #: side (a quality hold over more than two models needs them: :func:`policy_sides`)
-        self.all_sides = all_sides
+        if sides not in SIDES:
+            raise ValueError(f"shadow sides: expected one of {', '.join(SIDES)}, got {sides!r}")
+        self.sides = sides
 
     def other_side(self, served: int, scores: Sequence[float]) -> int:
         if served != self.ref:
@@ -148,9 +156,12 @@ class Shadow:
         return max(range(len(scores)), key=lambda k: scores[k]) if scores else 0
 
     def more_sides(self, served: int, other: int, scores: Sequence[float]) -> tuple[int, ...]:
-        if not self.all_sides:
+        """The models asked beside the other side: none (``pair``), the rest of :func:`policy_sides`
+        (``policy``), the rest of the fleet (``all``)."""
+        if self.sides == "pair":
             return ()
-        return tuple(m for m in policy_sides(scores, self.ref) if m not in (served, other))
+        every = range(len(self.ups)) if self.sides == "all" else policy_sides(scores, self.ref)
+        return tuple(m for m in every if m not in (served, other))
 
     def draw(self) -> bool:
         return self.rate > 0 and not self.closed and self._rng.random() < self.rate
@@ -161,26 +172,30 @@ class Shadow:
         """The body the shadow calls of a drawn request send (:func:`replay_body`), or None, the skip
         counted by its reason: ``prompt_too_long`` (a body past ``max_prompt_chars``), ``over_cap``
         (a request a budget cap downgraded: no shadow call to a dearer model, later in the cost
-        order, goes out on its key's behalf)."""
-        who = self.ups[sides[0]].who
+        order, goes out on its key's behalf), each side counted."""
+        skip = None
         if capped and any(m > served for m in sides):
-            self._count(who, "over_cap")
-            return None
-        if body_chars(body, self.max_prompt_chars) > self.max_prompt_chars:
-            self._count(who, "prompt_too_long")
+            skip = "over_cap"
+        elif body_chars(body, self.max_prompt_chars) > self.max_prompt_chars:
+            skip = "prompt_too_long"
+        if skip is not None:
+            for m in sides:
+                self._count(self.ups[m].who, skip)
             return None
         own = PROTOCOLS.get(kind)  # Messages, Responses: the protocol's own replay
         return own.replay(body, self.max_tokens) if own is not None else replay_body(body, kind, self.max_tokens)
 
     def submit(self, job: ShadowJob) -> None:
         """Start the shadow call of a drawn request (after its answer has been sent), within its
-        key's share of the ceiling (:class:`FairCeiling`)."""
+        key's share of the ceiling (:class:`FairCeiling`): one call per side asked, each side of a
+        skipped request counted."""
         if self.closed:
             return
         calls = 1 + len(job.more)
         skipped = self.ceiling.take(job.key, calls)
         if skipped is not None:
-            self._count(self.ups[job.other].who, skipped)
+            for m in (job.other, *job.more):
+                self._count(self.ups[m].who, skipped)
             return
         task = asyncio.ensure_future(self._run(job))
         self._tasks.add(task)
@@ -214,7 +229,7 @@ class Shadow:
         up = self.ups[job.other]
         sides = (job.other, *job.more)
         verdicts: list[tuple[int, int]] = []
-        async with self._sem:
+        async with self._slots.hold(len(sides)):
             t0 = time.perf_counter()
             answers = await asyncio.gather(*(self._ask(job, m) for m in sides))
             if any(a is None for a in answers):
@@ -292,7 +307,11 @@ class ShadowHook(BaseHook):
         if self._apis[other] != api:  # no other side of the request's protocol: no pair (never translated)
             shadow._count(self.shadow.ups[other].who, "other_protocol")
             return None
-        more = tuple(m for m in shadow.more_sides(served, other, decision.row) if self._apis[m] == api)
+        more = shadow.more_sides(served, other, decision.row)
+        for m in more:
+            if self._apis[m] != api:  # that side stays unasked (its row is not complete)
+                shadow._count(shadow.ups[m].who, "other_protocol")
+        more = tuple(m for m in more if self._apis[m] == api)
         replay = shadow.replay(body, ctx.kind, served, (other, *more), ctx.moved)
         if replay is None:
             return None

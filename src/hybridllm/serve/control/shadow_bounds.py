@@ -5,9 +5,12 @@ keys, and the judge's token count per shadow pair.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 #: fields a replay never carries: a stream (the shadow reads one whole answer), the completions
@@ -117,6 +120,55 @@ class FairCeiling:
             self.pending[key] = left
         else:
             self.pending.pop(key, None)
+
+
+class CallSlots:
+    """``--shadow-concurrency``: at most ``n`` shadow calls under way at once. A drawn request holds
+    one slot per model it asks (``--shadow-sides``: one for a pair, up to M − 1 for a fleet; at most
+    ``n``) until its answers are judged; requests get their slots in the order they asked."""
+
+    def __init__(self, n: int) -> None:
+        self.n = self.free = n
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @asynccontextmanager
+    async def hold(self, calls: int) -> AsyncIterator[None]:
+        k = min(max(1, calls), self.n)
+        if self._waiting or self.free < k:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append((k, fut))
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():  # granted as it was cancelled: hand the slots on
+                    self._give(k)
+                else:  # still waiting (or passed over by _wake): the slots behind it may fit now
+                    if (k, fut) in self._waiting:
+                        self._waiting.remove((k, fut))
+                    self._wake()
+                raise
+        else:
+            self.free -= k
+        try:
+            yield
+        finally:
+            self._give(k)
+
+    def _give(self, k: int) -> None:
+        self.free += k
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting:
+            k, fut = self._waiting[0]
+            if fut.done():  # cancelled while it waited
+                self._waiting.popleft()
+                continue
+            if k > self.free:
+                return
+            self._waiting.popleft()
+            self.free -= k
+            fut.set_result(None)
 
 
 #: the judge's token counts of the shadow pair being scored (set by the shadow task, appended by

@@ -1,17 +1,20 @@
-"""What the router reads of a conversation, and what a session is named by (docs/sessions.md).
+"""OpenAI's chat completions read for the router and the session rules, and what every protocol's
+reader shares (docs/sessions.md).
 
 Pure functions on a chat-completions body's ``messages`` (already checked by the server to be a
 list of objects with a string ``role`` and string / null / content-part ``content``):
 
 - the router's text views: :data:`VIEWS`, :func:`view_text`; :data:`DEFAULT_VIEW` is the one
-  ``benchmarks/sessions.py`` measured to route a conversation's later turns best;
+  ``benchmarks/sessions.py`` measured to route a conversation's later turns best (every protocol's
+  reader gives the router a chat view of its conversation, read by the same functions);
 - content parts: :func:`content_text` keeps text parts, :func:`has_images` finds image parts;
 - tool loops: :func:`tool_state` says whether a turn continues a tool loop (the last message is a
   tool result, or tool calls are unanswered) and refuses a malformed tool history with a
   :class:`ConversationError` that names the message (the server answers it with a 400);
 - the session key: :func:`session_key` (``x-session-id`` header, else the body's ``user``, else
   ``metadata.session_id``, else derived from the system prompt and first user turn by a keyed
-  BLAKE2b: collision-resistant, no raw text kept, unforgeable without the server's secret).
+  BLAKE2b: collision-resistant, no raw text kept, unforgeable without the server's secret);
+  :func:`stored_session_id` names a conversation an upstream stores (a Responses response id).
 """
 
 from __future__ import annotations
@@ -50,6 +53,20 @@ def content_text(content: Any) -> str:
     if isinstance(content, list):
         return "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
+
+
+def text_of(content: Any, kinds: Sequence[str]) -> str:
+    """The text of a content that is a string or a list of parts: the ``text`` of the parts whose
+    ``type`` is one of ``kinds`` (a part without a type: ``kinds[0]``), joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    out = []
+    for p in content:
+        if isinstance(p, dict) and p.get("type", kinds[0]) in kinds and isinstance(p.get("text"), str):
+            out.append(p["text"])
+    return "\n".join(out)
 
 
 def _objects(messages: Messages) -> list[Mapping[str, Any]]:
@@ -121,6 +138,14 @@ class ToolState:
 _MAX_ID = 256
 
 
+def check_call_id(value: Any, where: str, param: str) -> str:
+    """``value`` as a tool call's id: a string of 1 to 256 characters, else a
+    :class:`ConversationError` naming ``where``."""
+    if not isinstance(value, str) or not value or len(value) > _MAX_ID:
+        raise ConversationError(f"{where} must be a string of 1 to {_MAX_ID} characters", param)
+    return value
+
+
 def _call_ids(m: Mapping[str, Any], i: int) -> list[str]:
     """The ids of an assistant message's ``tool_calls``, checked."""
     calls = m.get("tool_calls")
@@ -133,9 +158,7 @@ def _call_ids(m: Mapping[str, Any], i: int) -> list[str]:
     for j, c in enumerate(calls):
         if not isinstance(c, dict):
             raise ConversationError(f"{where}[{j}] must be an object", "messages")
-        cid = c.get("id")
-        if not isinstance(cid, str) or not cid or len(cid) > _MAX_ID:
-            raise ConversationError(f"{where}[{j}].id must be a string of 1 to {_MAX_ID} characters", "messages")
+        cid = check_call_id(c.get("id"), f"{where}[{j}].id", "messages")
         fn = c.get("function")
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
             raise ConversationError(f"{where}[{j}].function.name must be a non-empty string", "messages")
@@ -207,12 +230,18 @@ _PERSON = b"hybridllm-sess1"  # the derivation's domain: a change of recipe chan
 
 @dataclass(frozen=True)
 class SessionKey:
-    """A request's session: ``id`` (``s:`` + the client's id, or ``d:`` + the derived digest, so a
-    client cannot name a derived session) and where it came from: "header", "user", "metadata" or
-    "derived"."""
+    """A request's session: ``id`` (``s:`` + the client's id, ``d:`` + the derived digest, or a
+    stored conversation's digest: :func:`stored_session_id`, so a client cannot name a derived or
+    stored session) and where it came from: "header", "user", "metadata", "derived", or one of
+    :data:`STORED_SOURCES`."""
 
     id: str
     source: str
+
+    @property
+    def stored(self) -> bool:
+        """The upstream holds the conversation's history: each turn must go to the model that has it."""
+        return self.source in STORED_SOURCES
 
 
 def check_session_id(value: Any, field: str) -> str:
@@ -229,29 +258,49 @@ def check_session_id(value: Any, field: str) -> str:
     return value
 
 
-def derive_session_id(messages: Messages, secret: bytes) -> str:
-    """The session of a conversation whose client names none: a keyed BLAKE2b (128 bits) of its
-    system prompt and first user turn, each length-prefixed (so no two different pairs encode the
-    same). The same conversation gives the same id on every turn and replica sharing ``secret``;
-    without the secret no one can compute, or aim at, another conversation's id."""
+def _digest(parts: Sequence[str], secret: bytes, person: bytes = _PERSON) -> str:
+    """A keyed BLAKE2b (128 bits, hex) of ``parts``, each length-prefixed (so no two different
+    sequences encode the same)."""
     if not 16 <= len(secret) <= 64:
         raise ConversationError(f"the session secret must be 16 to 64 bytes, got {len(secret)}")
+    h = hashlib.blake2b(key=secret, digest_size=16, person=person)
+    for part in parts:
+        data = part.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def derive_session_id(messages: Messages, secret: bytes, scope: str = "") -> str:
+    """The session of a conversation whose client names none: a keyed BLAKE2b (128 bits) of its
+    system prompt and first user turn, each length-prefixed (so no two different pairs encode the
+    same), and of ``scope`` when given (an end user's id: two users who open alike get two sessions).
+    The same conversation gives the same id on every turn and replica sharing ``secret``; without
+    the secret no one can compute, or aim at, another conversation's id."""
     objects = _objects(messages)
     system = "\n".join(content_text(m.get("content")) for m in objects if m.get("role") in ("system", "developer"))
     users = user_turns(objects)
     first = users[0] if users else content_text(objects[0].get("content")) if objects else ""
-    h = hashlib.blake2b(key=secret, digest_size=16, person=_PERSON)
-    for part in (system, first):
-        data = part.encode("utf-8", "surrogatepass")
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
-    return "d:" + h.hexdigest()
+    return "d:" + _digest((system, first, scope) if scope else (system, first), secret)
 
 
-def session_key(headers: Mapping[str, str], body: Mapping[str, Any], secret: bytes) -> SessionKey:
-    """The request's session by precedence: the ``x-session-id`` header, the body's ``user``, its
-    ``metadata.session_id``, else :func:`derive_session_id` of its ``messages``. ``headers``: a
-    mapping with lower-case keys (Starlette's headers are case-insensitive). A named id that breaks
+#: the sources of sessions whose history an upstream stores (a Responses ``previous_response_id``
+#: or ``conversation``): every turn of one stays on the model that holds it
+STORED_SOURCES = frozenset({"previous_response_id", "conversation"})
+_STORED_PERSON = b"hybridllm-store1"
+
+
+def stored_session_id(kind: str, value: str, secret: bytes) -> str:
+    """The session of a conversation an upstream stores under ``value`` (``kind``: "r" a response
+    id, "c" a conversation id): ``kind:`` + a keyed digest of it, so that a client's id of any
+    length or spelling is a store key of fixed size, and one kind cannot name another."""
+    return f"{kind}:" + _digest((value,), secret, _STORED_PERSON)
+
+
+def named_session(headers: Mapping[str, str], body: Mapping[str, Any]) -> SessionKey | None:
+    """The session the client names, by precedence: the ``x-session-id`` header, the body's
+    ``user``, its ``metadata.session_id``; None when it names none. ``headers``: a mapping with
+    lower-case keys (Starlette's headers are case-insensitive). A named id that breaks
     :func:`check_session_id` is an error, never silently derived instead."""
     header = headers.get("x-session-id")
     if header is not None:
@@ -263,10 +312,25 @@ def session_key(headers: Mapping[str, str], body: Mapping[str, Any], secret: byt
         raise ConversationError("metadata must be an object", "metadata")
     if meta and meta.get("session_id") is not None:
         return SessionKey("s:" + check_session_id(meta["session_id"], "metadata.session_id"), "metadata")
+    return None
+
+
+def session_key(headers: Mapping[str, str], body: Mapping[str, Any], secret: bytes) -> SessionKey:
+    """The chat request's session: :func:`named_session`, else :func:`derive_session_id` of its
+    ``messages``."""
+    named = named_session(headers, body)
+    if named is not None:
+        return named
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ConversationError("a session is derived from 'messages', which must be a non-empty list", "messages")
     return SessionKey(derive_session_id(messages, secret), "derived")
+
+
+def opens(messages: Messages) -> bool:
+    """Whether a conversation is at its first turn: no assistant message yet (a turn that opens its
+    conversation has no context to keep: the session rules route it on its own)."""
+    return not any(m.get("role") == "assistant" for m in _objects(messages))
 
 
 @dataclass(frozen=True)
@@ -278,6 +342,12 @@ class Turn:
     tools: ToolState
     text: str
     images: bool
+
+    @property
+    def stays(self) -> bool:
+        """The turn must go to the session's model: it continues a tool loop, or a conversation
+        its upstream stores."""
+        return self.tools.in_loop or self.session.stored
 
 
 def read_turn(headers: Mapping[str, str], body: Mapping[str, Any], secret: bytes, view: str = DEFAULT_VIEW) -> Turn:
@@ -295,17 +365,23 @@ __all__ = [
     "DEFAULT_VIEW",
     "IMAGE_PARTS",
     "MAX_SESSION_ID",
+    "STORED_SOURCES",
     "VIEWS",
     "ConversationError",
     "SessionKey",
     "ToolState",
     "Turn",
+    "check_call_id",
     "check_session_id",
     "content_text",
     "derive_session_id",
     "has_images",
+    "named_session",
+    "opens",
     "read_turn",
     "session_key",
+    "stored_session_id",
+    "text_of",
     "tool_state",
     "user_turns",
     "view_text",
