@@ -81,4 +81,16 @@ def retrain_loop() -> str:
     ]
     for sc in d["scenarios"]:
         lines += _scenario(sc)
+    fleet = RESULTS / "retrain_loop_fleet_quick.json"
+    if fleet.exists():  # the fleet scenario, so far at the quick run's steps only
+        f = json.loads(fleet.read_text())
+        at = ", ".join(f"{n:,}" for n in f["steps"])
+        part = _scenario(f["scenarios"][0])
+        lines += [
+            *part[:2],
+            f"So far at {at} pairs only (`python benchmarks/retrain_loop.py --quick --only mmlu-3 --out "
+            f"benchmarks/results/retrain_loop_fleet_quick.json`, {f['seconds'] / 60:.0f} min).",
+            "",
+            *part[2:],
+        ]
     return "\n".join(lines).rstrip() + "\n"

@@ -105,6 +105,7 @@ def test_anthropic_sdk_plain_answer_bytes_and_keys(router, fa: FakeAnthropic, ca
         metrics = p.http.get("/metrics", headers={"x-api-key": CLIENT, "authorization": f"Bearer {CLIENT}"}).text
     line = access(caplog)[0]
     assert line["model"] == LARGE and line["status"] == 200 and line["key"] == "team-a"
+    assert line["api"] == "messages"  # the access log names each request's protocol
     assert line["prompt_tokens"] == 6 + 2048 + 128 and line["completion_tokens"] == 3  # cache tokens counted
     assert f'hybridllm_tokens_total{{kind="prompt",model="{LARGE}"}}' in metrics
 

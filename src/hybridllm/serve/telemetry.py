@@ -195,6 +195,7 @@ class Metrics:
             "score": score,
             "threshold": threshold,
             "stream": rec.stream,
+            "api": rec.kind,
             "prompt_tokens": rec.usage.get("prompt_tokens"),
             "completion_tokens": rec.usage.get("completion_tokens"),
         }
