@@ -315,3 +315,16 @@ def test_sessions_off_route_each_turn_on_its_own(router):
         text = proxy.http.get("/metrics", headers={"Authorization": f"Bearer {KA}"}).text
     assert [model_of(r) for r in (one, two, bad)] == [LARGE, SMALL, SMALL]
     assert "hybridllm_session_events" not in text
+
+
+def test_a_missing_session_secret_is_warned_about_only_when_replicas_share_pins(caplog):
+    """A lone server's own key is all it needs (its access log stays JSON only); with pins in Redis,
+    replicas keyed apart derive different ids for one conversation, so that case is said."""
+    from hybridllm.serve.control.sessions import secret
+
+    caplog.set_level("WARNING")
+    assert secret(b"k" * 32) == b"k" * 32
+    a, b = secret(None), secret(None)
+    assert len(a) == 32 and a != b and not caplog.records
+    secret(None, shared=True)
+    assert [r.getMessage() for r in caplog.records if "no session secret" in r.getMessage()]

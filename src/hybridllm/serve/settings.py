@@ -100,7 +100,7 @@ class ServeSettings(BaseModel):
     session_secret_env: str = Field(
         "HYBRIDLLM_SESSION_SECRET",
         description="env var with the secret derived session ids are keyed with (16+ characters; replicas "
-        "sharing --state need the same); unset: a secret per server, with a warning",
+        "sharing --state need the same); unset: a secret per server (a warning when --state shares the pins)",
     )
     # live control (docs/control.md)
     shadow_rate: float = Field(

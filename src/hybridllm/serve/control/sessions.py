@@ -66,15 +66,19 @@ class _Held:
 SESSION: Slot[_Held] = Slot("the request's session")
 
 
-def secret(given: bytes | None) -> bytes:
-    """The derived ids' key: ``given`` (``--session-secret-env``), else one made for this process,
-    with a warning (replicas then derive different ids for one conversation)."""
+def secret(given: bytes | None, shared: bool = False) -> bytes:
+    """The derived ids' key: ``given`` (``--session-secret-env``), else one made for this process.
+    ``shared``: the pins live in Redis for several servers, which then derive different ids for one
+    conversation until they share a secret, so that case is warned about (a lone server's own key
+    is all it needs; the workers of ``--workers N`` share the one their parent made)."""
     if given is not None:
         return given
-    log.warning(
-        "sessions: no session secret ($HYBRIDLLM_SESSION_SECRET or --session-secret-env): derived session "
-        "ids are keyed with one made for this process; replicas derive different ids until they share one"
-    )
+    if shared:
+        log.warning(
+            "sessions: no session secret ($HYBRIDLLM_SESSION_SECRET or --session-secret-env) while the pins are "
+            "shared through --state: derived session ids are keyed with one made for this process, so "
+            "replicas derive different ids for one conversation until they share one"
+        )
     return os.urandom(32)
 
 
@@ -235,9 +239,8 @@ def session_hook(
     """The hook ``opts`` ask for: pins in Redis when the state store is (``--state``), else here."""
     client = getattr(store, "client", None)
     share = per_key_share(opts.session_capacity, keys)
-    return SessionHook(
-        models, metrics, secret(opts.session_secret), opts.session_capacity, opts.session_ttl_s, share, client, apis
-    )
+    key = secret(opts.session_secret, shared=client is not None)
+    return SessionHook(models, metrics, key, opts.session_capacity, opts.session_ttl_s, share, client, apis)
 
 
 __all__ = ["SESSION", "SessionHook", "drive_async", "per_key_share", "secret", "session_hook"]
