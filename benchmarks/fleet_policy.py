@@ -124,7 +124,8 @@ def run_case(rows, models, seed: int, quick: bool, emb) -> dict[str, Any]:
 
     from hybridllm.features.featurize import featurize
     from hybridllm.features.text import routing_text
-    from hybridllm.model.fit import TrainOptions, fit_router, quality_matrix, usable_rows
+    from hybridllm.model.fit import TrainOptions, fit_router
+    from hybridllm.model.fleet_rows import quality_matrix, usable_rows
     from hybridllm.model.head import HeadConfig, embedding_width
     from hybridllm.routing.policy import Fleet
     from hybridllm.routing.value import Policy

@@ -105,7 +105,8 @@ def run(models, rows, name, salt: str = "hybridllm", plot: bool = True):
     from hybridllm.features.cache import EmbeddingCache
     from hybridllm.features.featurize import featurize, make_encoder
     from hybridllm.features.text import routing_text
-    from hybridllm.model.fit import TrainOptions, fit_router, quality_matrix, usable_rows
+    from hybridllm.model.fit import TrainOptions, fit_router
+    from hybridllm.model.fleet_rows import quality_matrix, usable_rows
     from hybridllm.model.head import embedding_width
     from hybridllm.stages.labels import label_matrix
     from hybridllm.tables.format import split_rows

@@ -49,7 +49,7 @@ from hybridllm.backends import make_backend
 from hybridllm.evaluate.bootstrap import interval95
 from hybridllm.evaluate.fleet import area, curve_points
 from hybridllm.evaluate.metrics import apgr, quality_curve
-from hybridllm.model.fit import quality_matrix
+from hybridllm.model.fleet_rows import quality_matrix
 from hybridllm.model.retrain import RetrainOptions, retrain
 from hybridllm.model.router import Router
 from hybridllm.serve import ServeOptions, create_app

@@ -61,7 +61,8 @@ def fleet_speed(mmlu: list[dict], prompts: list[str], n_single: int, n_models: i
     nmodel_quality.py), not on training."""
     from nmodel_quality import COSTS as costs  # active parameters (billions), the same costs as there
 
-    from hybridllm.model.fit import TrainOptions, fit_router, quality_matrix
+    from hybridllm.model.fit import TrainOptions, fit_router
+    from hybridllm.model.fleet_rows import quality_matrix
     from hybridllm.model.head import HeadConfig
     from hybridllm.model.router import Router
     from hybridllm.model.select import fit_policy

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from hybridllm import Router, TrainOptions, read_table, train_router
 from hybridllm.model.artifact import ArtifactError
-from hybridllm.model.fit import fit_router, quality_matrix
+from hybridllm.model.fit import fit_router
+from hybridllm.model.fleet_rows import quality_matrix
 from hybridllm.model.head import HeadConfig
 from hybridllm.routing.knob import resolve
 from hybridllm.routing.policy import Fleet, choose, sweep

@@ -35,10 +35,8 @@ from .fit import (
     TrainOptions,
     fit_router,
     holdout,
-    make_fleet,
-    quality_matrix,
-    usable_rows,
 )
+from .fleet_rows import make_fleet, quality_matrix, usable_rows
 from .router import Router
 
 

@@ -17,7 +17,7 @@ from hybridllm.evaluate.report import pair_report, prompt_lengths
 from hybridllm.routing.knob import promised_point
 from hybridllm.tables.format import Row
 
-from .fit import quality_matrix, usable_rows
+from .fleet_rows import quality_matrix, usable_rows
 from .router import Router
 
 

@@ -38,6 +38,7 @@ from hybridllm.tables.format import Row, TableError, split_rows, table_digest
 
 from .artifact import save_artifact
 from .finetune import finetune
+from .fleet_rows import make_fleet, quality_matrix, samples_note, usable_rows
 from .head import HeadConfig, HeadWeights
 from .head_fit import train_head
 from .select import route_head
@@ -94,52 +95,6 @@ class TrainResult:
     val_scores: np.ndarray
     skipped_train: int
     skipped_val: int
-
-
-def _samples_note(rows: Sequence[Row], models: Sequence[str]) -> str:
-    """What the label kinds amount to on this table (docs/method.md, the measured comparison)."""
-    several = any(len(r["quality"][m]) > 1 for r in rows for m in models)
-    if not several:
-        return "one sample per model and query: det, prob and trans are the same labels here"
-    return (
-        "several samples per model and query: prob and trans average over them (the default trans, "
-        "which is prob when t* = 0, ranked better than det on our multi-sample tables: docs/method.md)"
-    )
-
-
-def make_fleet(
-    rows: Sequence[Row], models: Sequence[str], costs: Mapping[str, float] | None, reference: str | None = None
-) -> Fleet:
-    """Models in cost order; the reference is ``reference``, else the best on average on ``rows``
-    (ties: the dearer)."""
-    given = costs is not None
-    if costs is None:
-        costs = {m: float(i + 1) for i, m in enumerate(models)}
-    missing = [m for m in models if m not in costs]
-    if missing:
-        raise TableError(f"no cost for {', '.join(missing)} (give --cost NAME=X or a models file)")
-    ordered = sorted(models, key=lambda m: (float(costs[m]), list(models).index(m)))
-    if reference is None:
-        means = {m: float(np.mean([np.mean(r["quality"][m]) for r in rows])) for m in ordered}
-        reference = max(ordered, key=lambda m: (round(means[m], 12), ordered.index(m)))
-    if ordered.index(reference) == 0:
-        raise TableError(f"the cheapest model ({reference}) is also the reference: nothing to route")
-    return Fleet(tuple(ordered), tuple(float(costs[m]) for m in ordered), reference, costs_given=given)
-
-
-def usable_rows(rows: Sequence[Row], models: Sequence[str]) -> tuple[list[Row], int]:
-    """Rows with at least one quality sample for every model, and how many were left out."""
-    kept = [r for r in rows if all(r.get("quality", {}).get(m) for m in models)]
-    if not kept:
-        found = sorted({m for r in rows for m in r.get("quality", {})})
-        names = ", ".join(repr(m) for m in models)
-        raise TableError(f"no row has quality for all of {names} (models in table: {', '.join(found) or 'none'})")
-    return kept, len(rows) - len(kept)
-
-
-def quality_matrix(rows: Sequence[Row], models: Sequence[str]) -> np.ndarray:
-    """Expected (mean sample) quality, [n, M], columns in ``models`` order."""
-    return np.array([[float(np.mean(r["quality"][m])) for m in models] for r in rows], dtype=np.float64)
 
 
 @dataclass
@@ -276,7 +231,7 @@ def fit_router(
     y_val, _ = label_matrix(split.val, cands, fleet.reference, options.labels, stars)
     stars_txt = ", ".join(f"{m} {t:g}" for m, t in zip(cands, stars, strict=True) if t is not None)
     _log(progress, f"labels {options.labels}: mean {y.mean():.3f}" + (f", t* {stars_txt}" if stars_txt else ""))
-    _log(progress, _samples_note(split.train, fleet.models))
+    _log(progress, samples_note(split.train, fleet.models))
     qs_val, ql_val = split.q_val[:, fleet.candidates], split.q_val[:, fleet.ref]
     if len(cands) == 1:  # one scored model: the head's single-output form (w2 [E, h])
         y, y_val, qs_val = y[:, 0], y_val[:, 0], qs_val[:, 0]

@@ -10,7 +10,7 @@ from hybridllm.routing.knob import operating_points, resolve_point
 from hybridllm.routing.policy import CalibrationError, sweep
 from hybridllm.tables.format import Row
 
-from .fit import quality_matrix, usable_rows
+from .fleet_rows import quality_matrix, usable_rows
 from .router import Router
 
 

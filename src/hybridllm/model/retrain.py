@@ -39,7 +39,8 @@ from hybridllm.fsutil import atomic_write
 from hybridllm.stages.outcomes import outcomes_table, read_outcomes
 from hybridllm.tables.format import Row, TableError
 
-from .fit import TrainOptions, fit_router, quality_matrix, usable_rows
+from .fit import TrainOptions, fit_router
+from .fleet_rows import quality_matrix, usable_rows
 from .head import HeadConfig
 from .router import Router
 
