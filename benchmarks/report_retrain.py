@@ -28,6 +28,8 @@ def _scenario(sc: dict[str, Any]) -> list[str]:
         g = st["gate"]
         verdict = "promoted" if g["promote"] else "kept the champion"
         gate = f"{g['challenger'] - g['champion']:+.3f} {_ci(g['diff_ci95'])} on {g['n']} recent pairs: {verdict}"
+        if "skipped" in st:  # runs from before the gate left repeated prompts out have no count
+            gate += f" ({st['skipped'].get('train_rows_held_out_prompt', 0):,} repeats left out of training)"
         rows.append([f"challenger at {st['pairs']:,} pairs", f"{held[key][metric]:.3f}",
                      _ci(held[key]["minus_start_ci95"]), gate])  # fmt: skip
     rows.append(["ceiling (the whole stream's table rows)", f"{held['ceiling'][metric]:.3f}",
@@ -40,12 +42,22 @@ def _scenario(sc: dict[str, Any]) -> list[str]:
                  f"({served['shadow_calls'] / served['shadow_pairs']:.2f} a pair")  # fmt: skip
         calls += f', `shadow_sides = "{sc["shadow_sides"]}"`).' if sc.get("shadow_sides") else ")."
     costs = f" (costs {' : '.join(f'{c:g}' for c in sc['costs'])})" if len(models) > 2 and sc.get("costs") else ""
+    old = (
+        ""
+        if any("skipped" in st for st in sc["steps"])
+        else (
+            " This run predates the gate leaving repeated prompts out of training: its gate may have scored "
+            "prompts the challenger was trained on (the held-out figures are unaffected)."
+        )
+    )
     return [
         f"### {sc['name']}: {' → '.join(models)}{costs}",
         "",
         f"{sc['held_out_rows']:,} held-out rows, {sc['start_rows']} to start, {sc['stream_rows']:,} in the stream "
         f"(`{sc['table']}`); {served['requests']:,} requests served through the proxy in {served['seconds']:.0f} s."
-        + calls,
+        + calls
+        + (f" Run at `{sc['commit']}` on {sc['date']}, {sc['seconds'] / 60:.0f} min." if "commit" in sc else "")
+        + old,
         "",
         table(
             ["router", f"held-out {name}", "minus start, 95 % interval", "the gate (challenger − champion)"],
@@ -73,7 +85,9 @@ def retrain_loop() -> str:
         f"{d['shadow_rate'] * 100:g} % shadow checks and the outcomes log on; a stand-in judge rates each answer "
         f"from the table's score of that sample. At {steps} shadow pairs, `hybridllm.model.retrain` trains a "
         "challenger on the log so far and its gate compares it with the champion on the log's most recent 20 % "
-        "(paired bootstrap, 95 %); a promoted challenger is the next step's champion. Every router is then "
+        "(paired bootstrap, 95 %; an earlier pair that repeats a prompt asked there does not train the challenger: "
+        "the stream draws prompts with replacement); a promoted challenger is the next step's champion. Every router "
+        "is then "
         "scored on a held-out slice of the table that was never served nor trained on (paired bootstrap "
         "intervals of the difference to the starting router): APGR for a pair, AIQ for a fleet, whose "
         'shadow checks ask every model (`shadow_sides = "all"`). [docs/retrain.md](retrain.md) explains the loop.',
@@ -82,7 +96,7 @@ def retrain_loop() -> str:
     for sc in d["scenarios"]:
         lines += _scenario(sc)
     fleet = RESULTS / "retrain_loop_fleet_quick.json"
-    if fleet.exists():  # the fleet scenario, so far at the quick run's steps only
+    if fleet.exists() and not any(sc["name"] == "mmlu-3" for sc in d["scenarios"]):  # quick steps only
         f = json.loads(fleet.read_text())
         at = ", ".join(f"{n:,}" for n in f["steps"])
         part = _scenario(f["scenarios"][0])

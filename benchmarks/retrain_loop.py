@@ -23,6 +23,9 @@ every shadow pair is a complete row (docs/retrain.md#fleets).
     python benchmarks/retrain_loop.py            # writes benchmarks/results/retrain_loop.json
     python benchmarks/retrain_loop.py --quick    # 200 / 500 / 1,000 pairs, one pair
     python benchmarks/retrain_loop.py --quick --only mmlu-3 --out /tmp/rl_fleet_quick.json
+    python benchmarks/retrain_loop.py --only mmlu-3   # reruns one scenario, keeps the file's others
+
+Each scenario records the commit it ran at and how long it took.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import json
 import platform
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -210,7 +214,8 @@ def scenario(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         after = figure(scores[champ_key], quality, fleet)
         worse += int(after < before)
         took = round(time.time() - t0, 1)
-        step_out.append({"pairs": n, "gate": res.gate.to_dict(), "rows": res.rows, "seconds": took,
+        step_out.append({"pairs": n, "gate": res.gate.to_dict(), "rows": res.rows, "skipped": res.skipped,
+                         "seconds": took,
                          "champion_before": round(before, 4), "champion_after": round(after, 4)})  # fmt: skip
         print(f"[{name}] {n} pairs: challenger {res.gate.challenger:.4f} vs champion {res.gate.champion:.4f} "
               f"({metric}) on the log's recent pairs, promote={res.gate.promote}; held-out champion {before:.4f} -> "
@@ -238,6 +243,31 @@ def scenario(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
+def commit() -> str:
+    """The commit the measured code is at (``+dirty`` when the tree has changes)."""
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    rev = git("rev-parse", "--short", "HEAD") or "unknown"
+    return rev + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "src") else "")
+
+
+def kept_scenarios(path: Path, head: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
+    """With ``--only``, the file's other scenarios stay when they were run with the same settings
+    (steps, rate, seed): one scenario can be rerun without rerunning the rest."""
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    same = all(old.get(k) == head[k] for k in ("quick", "shadow_rate", "steps", "seed"))
+    return [sc for sc in old.get("scenarios", []) if same and sc["name"] not in names]
+
+
+def write(path: Path, head: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    total = sum(sc.get("seconds", 0.0) for sc in results)
+    path.write_text(json.dumps({**head, "seconds": round(total, 1), "scenarios": results}, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="200 / 500 / 1,000 pairs (the MMLU-Pro pair)")
@@ -251,16 +281,21 @@ def main() -> None:
     args = ap.parse_args()
     args.steps = [200, 500, 1000] if args.quick else [1000, 2000, 5000]
     names = [args.only] if args.only else (["mmlu-llama"] if args.quick else list(SCENARIOS))
-    t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="retrain-loop-"))
+    head = {"benchmark": "retrain_loop", "quick": args.quick, "shadow_rate": args.rate, "steps": args.steps,
+            "seed": args.seed, "machine": platform.platform()}  # fmt: skip
+    results = kept_scenarios(Path(args.out), head, names) if args.only else []
     try:
-        results = [scenario(n, args, work / n) for n in names]
+        for n in names:
+            t1 = time.time()
+            sc = scenario(n, args, work / n)
+            sc.update(seconds=round(time.time() - t1, 1), commit=commit(), date=time.strftime("%Y-%m-%d"))
+            results = [r for r in results if r["name"] != n] + [sc]
+            results.sort(key=lambda r: list(SCENARIOS).index(r["name"]))
+            write(Path(args.out), head, results)  # each scenario lands as it ends
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out = {"benchmark": "retrain_loop", "quick": args.quick, "shadow_rate": args.rate, "steps": args.steps,
-           "seed": args.seed, "machine": platform.platform(), "seconds": round(time.time() - t0, 1),
-           "scenarios": results}  # fmt: skip
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    out = json.loads(Path(args.out).read_text())
     for sc in results:
         metric = sc["metric"]
         print(f"\n{sc['name']} ({' -> '.join(sc['models'])}), held-out {metric.upper()}:")

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from .helpers.agent_apis import KA, KO
+from .helpers.fake_anthropic import FakeAnthropic
+from .helpers.fake_responses import FakeResponses
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -93,3 +98,29 @@ def tiny_rm(tmp_path_factory, tokenizer_dir):
     BertForSequenceClassification(cfg).save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="module")
+def _fake_anthropic() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(key=KA) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def _fake_responses() -> Iterator[FakeResponses]:
+    with FakeResponses(key=KO) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fa(_fake_anthropic: FakeAnthropic) -> FakeAnthropic:
+    """A real Anthropic Messages server on 127.0.0.1 (one per module), reset for each test."""
+    _fake_anthropic.reset()
+    return _fake_anthropic
+
+
+@pytest.fixture
+def fr(_fake_responses: FakeResponses) -> FakeResponses:
+    """A real OpenAI Responses server on 127.0.0.1 (one per module), reset for each test."""
+    _fake_responses.reset()
+    return _fake_responses

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,33 +14,11 @@ import pytest
 from hybridllm.backends import Answer, Failure, HTTPBackend, StreamBroke, make_backend
 from hybridllm.errors import UsageError
 from hybridllm.serve.apis import Usage, messages, responses
+from tests.helpers.agent_apis import KA, KO
 from tests.helpers.fake_anthropic import FakeAnthropic
 from tests.helpers.fake_responses import FakeResponses
 
 LIMITS = {"max_messages": 32, "turns": "all", "max_chars": 4000}
-KA, KO = "sk-ant-upstream-key-0001", "sk-openai-upstream-key-0002"
-TOOLS = [{"name": "search", "description": "web search", "input_schema": {"type": "object"}}]
-FN = [{"type": "function", "name": "search", "parameters": {"type": "object", "properties": {}}}]
-
-
-@pytest.fixture(scope="module")
-def fa() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic(key=KA) as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def fr() -> Iterator[FakeResponses]:
-    with FakeResponses(key=KO) as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _clean(fa: FakeAnthropic, fr: FakeResponses) -> None:
-    fa.faults.clear()
-    fr.faults.clear()
-    fa.cache_read = fa.cache_creation = 0
-    fr.cached = fr.cache_write = 0
 
 
 def run(coro: Any) -> Any:

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from hybridllm.errors import UsageError
-from hybridllm.model.retrain import RetrainOptions, promote, retrain, split_recent, traffic_rows, weighted
+from hybridllm.model.retrain import (
+    RetrainOptions,
+    promote,
+    prompt_key,
+    retrain,
+    split_recent,
+    traffic_rows,
+    weighted,
+)
 from hybridllm.stages.outcomes import OutcomesLog, read_outcomes
 from hybridllm.tables.format import TableError
 
@@ -66,14 +74,29 @@ def test_rows_keep_log_order_and_weights_and_the_held_out_slice_is_the_most_rece
     assert [r["id"] for r in got] == [r["id"] for r in rows]
     assert skipped["missing_model_scores"] == 1
     assert {r["meta"]["weight"] for r in got} == {20.0}
-    train, held = split_recent(got, 0.2)
-    assert [r["id"] for r in held] == [r["id"] for r in rows[-10:]]
+    train, held, dropped = split_recent(got, 0.2)
+    assert [r["id"] for r in held] == [r["id"] for r in rows[-10:]] and dropped == 0
     assert not {r["id"] for r in train} & {r["id"] for r in held}
     # weights relative to the lightest: a pair drawn at a third of the rate counts three times
     got[0]["meta"]["weight"], got[1]["meta"]["weight"] = 60.0, 2000.0
     copies = weighted(got[:3])
     assert [r["id"] for r in copies].count(got[0]["id"]) == 3
     assert [r["id"] for r in copies].count(got[1]["id"]) == 20  # capped: one pair never swamps the table
+
+
+def test_a_prompt_the_gate_holds_out_never_trains_the_challenger(tmp_path):
+    """Traffic repeats prompts: an earlier request with a held-out request's prompt (a string or
+    the same message list) is dropped from training, so the gate never scores a seen prompt."""
+    rows = _mmlu(400, 30)
+    rows[3]["prompt"] = rows[-1]["prompt"]  # the same text asked again later
+    msgs = [{"role": "user", "content": "same conversation"}]
+    rows[5]["prompt"], rows[-2]["prompt"] = msgs, [dict(m) for m in msgs]
+    got, _ = traffic_rows(read_outcomes(_write_log(tmp_path / "o.jsonl", rows)), [SMALL, LARGE])
+    train, held, dropped = split_recent(got, 0.2)
+    assert len(held) == 6 and dropped == 2 and len(train) == 22
+    assert {r["id"] for r in train}.isdisjoint({rows[3]["id"], rows[5]["id"]})
+    held_prompts = {prompt_key(r["prompt"]) for r in held}
+    assert not any(prompt_key(r["prompt"]) in held_prompts for r in train)
 
 
 def test_feedback_replaces_the_served_models_judge_score_only_when_asked(tmp_path):

@@ -6,7 +6,6 @@ send the second turn elsewhere, and each test run with sessions off too, where i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +18,14 @@ from hybridllm.backends import HTTPBackend
 from hybridllm.serve import ServeOptions, create_app
 
 from .conftest import LARGE, SMALL
+from .helpers.agent_apis import FN, KA, KO, TOOLS
 from .helpers.fake_anthropic import FakeAnthropic
 from .helpers.fake_responses import FakeResponses
 from .helpers.proxy import InProcess
 
-KA, KO = "sk-ant-upstream-key-1001", "sk-openai-upstream-key-1002"
 CLIENT = "sk-client-key-1003"
 EASY, HARD = "hybrid-t-0", "hybrid-t-1.000001"  # every prompt to the small model; every prompt to the large
-TOOLS = [{"name": "search", "description": "web search", "input_schema": {"type": "object"}}]
-FN = [{"type": "function", "name": "search", "parameters": {"type": "object", "properties": {}}}]
 HAIKU, OPUS, MINI, FULL = "claude-haiku", "claude-opus", "gpt-mini", "gpt-full"
-
-
-@pytest.fixture(scope="module")
-def fa() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic(key=KA) as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def fr() -> Iterator[FakeResponses]:
-    with FakeResponses(key=KO) as fake:
-        yield fake
 
 
 def app(router: Any, fake: FakeAnthropic | FakeResponses, sessions: bool = True, **opts: Any) -> InProcess:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -22,38 +21,15 @@ from hybridllm.backends import HTTPBackend
 from hybridllm.serve import ServeOptions, create_app
 
 from .conftest import LARGE, SMALL
+from .helpers.agent_apis import FN, KA, KO, TOOLS
 from .helpers.fake_anthropic import FakeAnthropic
 from .helpers.fake_judge import graded, verdict
 from .helpers.fake_openai import FakeOpenAI
 from .helpers.fake_responses import FakeResponses
 from .helpers.proxy import InProcess, Proxy, upstream
 
-KA, KO = "sk-ant-upstream-key-0001", "sk-openai-upstream-key-0002"
 CLIENT = "sk-client-key-0003"
-TOOLS = [{"name": "search", "description": "web search", "input_schema": {"type": "object"}}]
-FN = [{"type": "function", "name": "search", "parameters": {"type": "object", "properties": {}}}]
 ASK = {"max_tokens": 16, "messages": [{"role": "user", "content": "What is 2+2?"}]}
-
-
-@pytest.fixture(scope="module")
-def fa() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic(key=KA) as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def fr() -> Iterator[FakeResponses]:
-    with FakeResponses(key=KO) as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _clean(fa: FakeAnthropic, fr: FakeResponses) -> None:
-    for fake in (fa, fr):
-        fake.faults.clear()
-        fake.stream_delay = 0.0
-    fa.cache_read = fa.cache_creation = 0
-    fr.cached = fr.cache_write = 0
 
 
 def claude_ups(fa: FakeAnthropic) -> list[HTTPBackend]:

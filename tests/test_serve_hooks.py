@@ -17,6 +17,7 @@ from hybridllm.serve.hooks import BaseHook, RequestContext, Slot
 
 from .conftest import LARGE, SMALL
 from .helpers.fake_openai import FakeOpenAI
+from .helpers.poll import wait_for
 from .helpers.proxy import InProcess, upstream
 
 PRICES = {SMALL: (1.0, 2.0), LARGE: (10.0, 20.0)}  # per 1M input, output tokens
@@ -52,13 +53,6 @@ class Toy(BaseHook):
 
     async def close(self) -> None:
         self.closed = True
-
-
-def wait_for(cond: Any, what: str, timeout: float = 10) -> None:
-    deadline = time.time() + timeout
-    while not cond():
-        assert time.time() < deadline, what
-        time.sleep(0.01)
 
 
 def serve(router: Any, s_up: FakeOpenAI, l_up: FakeOpenAI, *hooks: Any, **opts: Any) -> InProcess:

@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from hybridllm.routing.capabilities import ModelCaps
 from hybridllm.routing.money import Price
@@ -21,6 +20,7 @@ from hybridllm.serve.control.sessions import per_key_share
 
 from .conftest import LARGE, SMALL
 from .helpers.fake_openai import FakeOpenAI
+from .helpers.poll import sample
 from .helpers.proxy import InProcess, upstream
 
 KA, KB = "sk-team-a-secret", "sk-team-b-secret"
@@ -56,12 +56,7 @@ def said(text: str) -> dict[str, Any]:
 
 def metric(proxy: InProcess, name: str, **labels: str) -> float:
     """A sample of /metrics (0 when absent)."""
-    text = proxy.http.get("/metrics", headers={"Authorization": f"Bearer {KA}"}).text
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    return 0.0
+    return sample(proxy.http.get("/metrics", headers={"Authorization": f"Bearer {KA}"}).text, name, **labels)
 
 
 def model_of(r: httpx.Response) -> str:

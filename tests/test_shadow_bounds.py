@@ -7,7 +7,6 @@ dear model. Real proxies (uvicorn or ``hybridllm serve``) in front of real HTTP 
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,8 @@ from .conftest import LARGE, SMALL
 from .helpers.fake_judge import verdict
 from .helpers.fake_openai import FakeOpenAI
 from .helpers.net import free_port
+from .helpers.poll import sample as metric
+from .helpers.poll import wait_for
 from .helpers.procs import running_serve
 from .helpers.proxy import Proxy, upstream
 
@@ -41,25 +42,6 @@ def chat(url: str, model: str, content: str, key: str | None = None, **extra: An
     headers = {"authorization": f"Bearer {key}"} if key else {}
     body = {"model": model, "messages": [{"role": "user", "content": content}], **extra}
     return httpx.post(f"{url}/chat/completions", headers=headers, json=body, timeout=60)
-
-
-def wait_for(cond: Any, what: str, timeout: float = 30) -> None:
-    """Wait until ``cond()`` (the shadow calls run after the answers, in the background)."""
-    deadline = time.time() + timeout
-    while not cond():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of the /metrics text (0 when absent)."""
-    for ln in text.splitlines():
-        if not ln.startswith(name + "{"):
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', ln[: ln.rindex("}")]))
-        if all(got.get(k) == v for k, v in labels.items()):
-            return float(ln.split()[-1])
-    return 0.0
 
 
 def test_a_replay_is_one_answer_of_capped_length_whatever_the_client_sent(router_dir):

@@ -30,6 +30,8 @@ from hybridllm.tables.format import TableError
 from .conftest import MMLU, THREE, THREE_COSTS
 from .helpers.fake_judge import graded, verdict
 from .helpers.fake_openai import FakeOpenAI
+from .helpers.poll import sample as metric
+from .helpers.poll import wait_for
 from .helpers.proxy import InProcess, upstream
 
 PRICES = {THREE[0]: (0.1, 0.1), THREE[1]: (0.2, 0.2), THREE[2]: (0.9, 0.9)}  # per 1M tokens
@@ -105,22 +107,6 @@ def shadows(log: Path) -> list[dict]:
     if not log.exists():
         return []
     return [r for r in read_outcomes(log) if r["type"] == "shadow"]
-
-
-def wait_for(cond: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while not cond():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    for ln in text.splitlines():
-        if ln.startswith(name + "{"):
-            got = dict(re.findall(r'(\w+)="([^"]*)"', ln[: ln.rindex("}")]))
-            if all(got.get(k) == v for k, v in labels.items()):
-                return float(ln.split()[-1])
-    return 0.0
 
 
 def test_the_setting_is_one_of_three_and_a_bad_value_is_one_line(tmp_path):

@@ -29,6 +29,7 @@ from hybridllm.serve.settle import DEFAULT_MAX_OUTPUT_TOKENS, token_bound
 from .conftest import LARGE, SMALL
 from .helpers.fake_openai import FakeOpenAI
 from .helpers.net import free_port
+from .helpers.poll import sample, wait_for
 from .helpers.procs import running_serve
 from .helpers.proxy import Proxy, upstream
 from .helpers.redis import start_redis
@@ -55,19 +56,7 @@ def chat(text: str, **kw: Any) -> dict[str, Any]:
 
 def metric(base: str, name: str, **labels: str) -> float:
     """One sample of /metrics (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in httpx.get(f"{base}/metrics", headers={"authorization": "Bearer kb"}).text.splitlines():
-        if line.startswith(f"{name}{{{want}}} " if want else f"{name} "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-def wait_for(check: Callable[[], bool], what: str, seconds: float = 15.0) -> None:
-    """Poll ``check`` until it holds (settlement happens after the response): a liveness bound, not a timing claim."""
-    deadline = time.time() + seconds
-    while not check():
-        assert time.time() < deadline, f"never happened: {what}"
-        time.sleep(0.05)
+    return sample(httpx.get(f"{base}/metrics", headers={"authorization": "Bearer kb"}).text, name, **labels)
 
 
 @contextmanager

@@ -39,6 +39,10 @@ class FakeAnthropic(FakeUpstream):
         self.cache_creation = 0
         self.app.post("/v1/messages")(self._messages)
 
+    def reset(self) -> None:
+        super().reset()
+        self.cache_read = self.cache_creation = 0
+
     def error(self, status: int, message: str) -> JSONResponse:
         err = {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}
         return JSONResponse({"type": "error", "error": err}, status_code=status)

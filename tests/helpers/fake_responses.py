@@ -39,6 +39,10 @@ class FakeResponses(FakeUpstream):
         self.cache_write = 0  # prompt tokens written to the cache (counted in input_tokens too)
         self.app.post("/v1/responses")(self._responses)
 
+    def reset(self) -> None:
+        super().reset()
+        self.cached = self.cache_write = 0
+
     def error(self, status: int, message: str) -> JSONResponse:
         kind = "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
         return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status)

@@ -37,6 +37,11 @@ class FakeUpstream:
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
+    def reset(self) -> None:
+        """Forget the last test's faults and stream delay (a module-scoped fake serves many tests)."""
+        self.faults.clear()
+        self.stream_delay = 0.0
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"

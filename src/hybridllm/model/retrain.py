@@ -9,7 +9,9 @@ slice of the most recent pairs, and promote the challenger only when it is measu
   shadowed at a lower rate counts as much as it stands for.
 - **Held out.** The last ``holdout`` share of usable rows, in log order (the log is appended as
   traffic is served, so these are the most recent), is never trained on: both routers are scored on
-  it and nothing else.
+  it and nothing else. Traffic repeats itself, so a training row (or table row) whose prompt is also
+  a held-out prompt is dropped too: otherwise the challenger is scored on prompts it has seen and
+  the gate overstates its gain.
 - **The gate.** The figure is AIQ (several models) or APGR (a pair) on the held-out rows, and the
   quality drop and cost each router realises at the operator's knob. A paired percentile bootstrap
   over the held-out rows gives a 95 % interval of challenger minus champion; the challenger is
@@ -133,10 +135,19 @@ def traffic_rows(
     return used, skipped
 
 
-def split_recent(rows: Sequence[Row], holdout: float) -> tuple[list[Row], list[Row]]:
-    """(train, held out): the last ``holdout`` share of ``rows`` (log order: the most recent)."""
+def prompt_key(prompt: Any) -> str:
+    """One string per distinct prompt (a message list compared by its content, not its object)."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def split_recent(rows: Sequence[Row], holdout: float) -> tuple[list[Row], list[Row], int]:
+    """(train, held out, dropped): the last ``holdout`` share of ``rows`` (log order: the most
+    recent) is held out; an earlier row with the prompt of a held-out row is dropped from train."""
     n_held = max(1, round(len(rows) * holdout))
-    return list(rows[:-n_held]), list(rows[-n_held:])
+    held = list(rows[-n_held:])
+    seen = {prompt_key(r["prompt"]) for r in held}
+    train = [r for r in rows[:-n_held] if prompt_key(r["prompt"]) not in seen]
+    return train, held, len(rows) - n_held - len(train)
 
 
 def weighted(rows: Sequence[Row]) -> list[Row]:
@@ -252,7 +263,7 @@ def retrain(
     champion = Router(champion_dir)
     models = list(champion.fleet.models)
     rows, skipped = traffic_rows(read_outcomes(outcomes), models, options.feedback)
-    train, held = split_recent(rows, options.holdout)
+    train, held, overlap = split_recent(rows, options.holdout)
     if len(held) < 20:
         missing = skipped.get("missing_model_scores", 0)
         hint = (
@@ -265,7 +276,15 @@ def retrain(
             f"held out ({options.holdout:.0%}): serve longer or raise --holdout{hint}"
         )
     train_w = weighted(train)
-    base = [r for r in (table or []) if r.get("id") not in {h["id"] for h in held}]
+    held_ids, held_prompts = {h["id"] for h in held}, {prompt_key(h["prompt"]) for h in held}
+    base = [r for r in (table or []) if r.get("id") not in held_ids and prompt_key(r["prompt"]) not in held_prompts]
+    skipped["train_rows_held_out_prompt"] = overlap
+    skipped["table_rows_held_out_prompt"] = len(table or []) - len(base)
+    if not train and not base:
+        raise TableError(
+            f"{outcomes}: every earlier traffic row repeats a held-out prompt; nothing is left to train on "
+            "(serve longer, or pass the original table)"
+        )
     say(f"training the challenger on {len(train)} traffic rows ({len(train_w)} with weights) + {len(base)} table rows")
     fitted = fit_router([*base, *train_w], options_like(champion), show_progress=False)
     try:
