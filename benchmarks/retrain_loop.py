@@ -285,11 +285,12 @@ def main() -> None:
     head = {"benchmark": "retrain_loop", "quick": args.quick, "shadow_rate": args.rate, "steps": args.steps,
             "seed": args.seed, "machine": platform.platform()}  # fmt: skip
     results = kept_scenarios(Path(args.out), head, names) if args.only else []
+    at = commit()  # the code this process imported, not the tree at each scenario's end
     try:
         for n in names:
             t1 = time.time()
             sc = scenario(n, args, work / n)
-            sc.update(seconds=round(time.time() - t1, 1), commit=commit(), date=time.strftime("%Y-%m-%d"))
+            sc.update(seconds=round(time.time() - t1, 1), commit=at, date=time.strftime("%Y-%m-%d"))
             results = [r for r in results if r["name"] != n] + [sc]
             results.sort(key=lambda r: list(SCENARIOS).index(r["name"]))
             write(Path(args.out), head, results)  # each scenario lands as it ends
@@ -297,7 +298,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     out = json.loads(Path(args.out).read_text())
     for sc in results:
-        metric = sc["metric"]
+        metric = sc.get("metric", "apgr")  # files written before fleets name no metric: a pair
         print(f"\n{sc['name']} ({' -> '.join(sc['models'])}), held-out {metric.upper()}:")
         for key, v in sc["held_out"].items():
             print(f"  {key:<18} {v[metric]:.4f}  minus start {v['minus_start_ci95']}")

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hybridllm.serve.apis import Usage, messages, responses
+from hybridllm.serve.settle import DEFAULT_CONTEXT_TOKENS, Limits, token_bound
 from tests.helpers.api_bodies import M_BODY, R_BODY, check
 from tests.helpers.fake_anthropic import FakeAnthropic
 from tests.helpers.fake_responses import FakeResponses
@@ -136,9 +137,10 @@ class _Ctx:
     def __init__(self) -> None:
         self.usage: dict[str, Any] = {}
         self.answer_id: str | None = None
+        self.prompt_seen: int | None = None
 
 
-def _through_usage_events(proto: Any, chunks: list[bytes]) -> tuple[list[bytes], dict[str, Any]]:
+def _through_usage_events(proto: Any, chunks: list[bytes]) -> tuple[list[bytes], dict[str, Any], int | None]:
     async def source() -> Any:
         for c in chunks:
             yield c
@@ -147,7 +149,7 @@ def _through_usage_events(proto: Any, chunks: list[bytes]) -> tuple[list[bytes],
         return [c async for c in proto.usage_events(source(), ctx)]
 
     ctx = _Ctx()
-    return asyncio.run(read()), ctx.usage
+    return asyncio.run(read()), ctx.usage, ctx.prompt_seen
 
 
 def test_usage_events_relay_unchanged_and_set_the_final_usage_chat_shaped() -> None:
@@ -155,13 +157,15 @@ def test_usage_events_relay_unchanged_and_set_the_final_usage_chat_shaped() -> N
                                 (responses, _responses_events(), Usage(54, 40, 8, 3))]:  # fmt: skip
         data = "".join(events).encode()
         chunks = [data[i : i + 37] for i in range(0, len(data), 37)]
-        out, usage = _through_usage_events(proto, chunks)
+        out, usage, _ = _through_usage_events(proto, chunks)
         assert out == chunks and usage == want.as_chat()
         assert proto.stream_text(chunks) == "echo:hello big world"
-        # cut before its last usage event: no usage (the proxy charges the bound, not a partial count)
+        # cut before its last usage event: no usage (the proxy charges the bound, not a partial count);
+        # Messages reported the prompt's count at its start: charged that (cache reads and writes in it)
         cut = data[: data.index(b"event: message_delta" if proto is messages else b"event: response.completed")]
-        out, usage = _through_usage_events(proto, [cut])
+        out, usage, seen = _through_usage_events(proto, [cut])
         assert out == [cut] and usage == {}
+        assert seen == (want.prompt if proto is messages else None)
 
 
 def test_chat_usage_of_whole_answers() -> None:
@@ -226,13 +230,57 @@ def test_shadow_replays_cap_the_output_and_do_not_stream() -> None:
 
 
 def test_token_bounds_take_each_protocols_output_limit() -> None:
-    req = check(messages, M_BODY)
-    b = messages.token_bound(req)
-    assert b.max_out == 64 and b.prompt > len(json.dumps(M_BODY)) and b.answers == 1
-    assert responses.token_bound(check(responses, R_BODY)).max_out is None
-    capped = responses.token_bound(check(responses, {**R_BODY, "max_output_tokens": 9}))
+    b = token_bound(check(messages, M_BODY).body, "messages")
+    assert b.max_out == 64 and b.prompt > len(json.dumps(M_BODY)) and b.answers == 1 and not b.elsewhere
+    assert token_bound(check(responses, R_BODY).body, "responses").max_out is None
+    capped = token_bound(check(responses, {**R_BODY, "max_output_tokens": 9}).body, "responses")
     assert capped.usage(100) == {"prompt_tokens": capped.prompt, "completion_tokens": 9}
     assert capped.usage(5)["completion_tokens"] == 5  # the model's own maximum is smaller
+
+
+HELD = [  # (kind, body parts) whose prompt the upstream holds: not in the body's bytes
+    ("responses", {"previous_response_id": "resp_1"}),
+    ("responses", {"conversation": "conv_1"}),
+    ("responses", {"prompt": {"id": "pmpt_1"}}),
+    ("responses", {"input": [{"type": "item_reference", "id": "msg_1"}]}),
+    ("responses", {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]}),
+    ("responses", {"input": [{"role": "user", "content": [{"type": "input_file", "file_url": "https://x/a.pdf"}]}]}),
+    ("responses", {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "HTTPS://x/a.png"}]}]}),
+    (
+        "messages",
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "document", "source": {"type": "url", "url": "https://x/a.pdf"}}]}
+            ]
+        },
+    ),
+    (
+        "messages",
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "file_1"}}]}
+            ]
+        },
+    ),
+    (
+        "chat",
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}]},
+    ),
+    ("chat", {"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-1"}}]}]}),
+]
+
+
+@pytest.mark.parametrize(("kind", "parts"), HELD)
+def test_a_prompt_the_upstream_holds_is_bounded_by_the_context_window(kind: str, parts: dict) -> None:
+    """A few bytes that continue a stored 200k-token conversation must not reserve a few hundred
+    tokens against a cap: the prompt's bound is the model's context window."""
+    base = {"messages": M_BODY, "responses": R_BODY, "chat": {"model": "m", "messages": []}}[kind]
+    b = token_bound({**base, **parts}, kind)
+    assert b.elsewhere
+    assert b.usage(100, context=32_000)["prompt_tokens"] == 32_000
+    assert Limits({}, {}).usage(b, "m")["prompt_tokens"] == DEFAULT_CONTEXT_TOKENS
+    inline = {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}  # in the bytes: counted there
+    assert not token_bound({**R_BODY, "input": [{"role": "user", "content": [inline]}]}, "responses").elsewhere
 
 
 # --- the models file's api key ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ from hybridllm.routing.conversation import READERS
 from hybridllm.serve.apis import KNOB_HEADER, PROTOCOLS, messages, responses
 from hybridllm.serve.errors import RequestError
 from hybridllm.serve.protocol import check_request
+from hybridllm.serve.settle import token_bound
 from tests.helpers.api_bodies import LIMITS, M_BODY, R_BODY, check, refused
 
 # --- the model name spliced into the body's bytes --------------------------------------------
@@ -194,7 +195,7 @@ def test_hostile_bodies_are_a_request_or_a_400_never_an_exception(api: str, body
     assert isinstance(req.text, str) and len(req.text) <= LIMITS["max_chars"] + 1
     assert json.loads(req.for_upstream("up")) == {**{k: v for k, v in body.items() if k != "hybridllm"}, "model": "up"}
     proto.replay(req.body, 16)
-    proto.token_bound(req)
+    token_bound(req.body, api)
 
 
 @settings(max_examples=200, deadline=None)

@@ -8,8 +8,10 @@ request, and every refusal in the endpoint's own error shape."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anthropic
@@ -18,7 +20,9 @@ import openai
 import pytest
 
 from hybridllm.backends import HTTPBackend
+from hybridllm.routing.capabilities import ModelCaps
 from hybridllm.serve import ServeOptions, create_app
+from hybridllm.serve.hooks import BaseHook
 
 from .conftest import LARGE, SMALL
 from .helpers.agent_apis import FN, KA, KO, TOOLS
@@ -199,6 +203,59 @@ def test_a_budget_cap_bites_on_messages_usage(router, fa: FakeAnthropic, caplog:
     lines = access(caplog)
     assert lines[0]["prompt_tokens"] == 6 + 20_000 and lines[0]["cost"] == pytest.approx((20_006 * 1.0 + 3 * 2.0) / 1e6)
     assert lines[1]["status"] == 429
+
+
+def test_a_request_continuing_a_stored_conversation_reserves_the_context_window(router, fr: FakeResponses) -> None:
+    """A few bytes that continue a stored conversation bring in a prompt the body does not show: the
+    cap reserves the model's context window for it (200k tokens when the models file is silent), so
+    a tenant cannot run many such requests at once for the price of their bytes."""
+    prices = {SMALL: (1.0, 2.0), LARGE: (1.0, 2.0)}  # per 1M tokens: a 200k-token prompt costs 0.2
+    opts = keyed(budget_caps=["team-a=0.05/day"], on_cap="refuse", prices=prices)
+
+    def two_at_once(options: ServeOptions) -> list[str]:
+        with Proxy(create_app(router, *gpt_ups(fr), options=options)) as p:
+            oai = openai.OpenAI(api_key=CLIENT, base_url=p.url, max_retries=0)
+            first = oai.responses.create(model="small", input="hello")  # its bytes bound it: admitted
+            fr.faults.extend(["sleep:1.5", "sleep:1.5"])  # both in flight together
+
+            def go_on(_: int) -> str:
+                try:
+                    return oai.responses.create(model="small", input="go on", previous_response_id=first.id).status
+                except openai.RateLimitError as exc:
+                    assert "budget cap of key team-a reached" in str(exc)
+                    return "refused"
+
+            with ThreadPoolExecutor(2) as pool:
+                return sorted(pool.map(go_on, range(2)))
+
+    assert two_at_once(opts) == ["completed", "refused"]  # 200k + 4k tokens reserved: 0.208 of 0.05
+    sized = {m: ModelCaps(m, context_window=16_000) for m in (SMALL, LARGE)}  # 16k + 4k tokens: 0.024 each
+    fr.faults.clear()
+    assert two_at_once(dataclasses.replace(opts, capabilities=sized)) == ["completed", "completed"]
+
+
+def test_a_bug_in_a_hook_fails_its_request_alone_in_the_endpoints_shape(
+    router, fa: FakeAnthropic, fr: FakeResponses
+) -> None:
+    """A hook that raises: a 500 in the protocol's own error shape, with the request id the access
+    log names (Anthropic's body carries it too), and the next request is served."""
+
+    class Broken(BaseHook):
+        async def before_call(self, ctx: Any) -> None:
+            if ctx.body.get("metadata", {}).get("user_id") == "boom":
+                raise RuntimeError("a bug")
+
+    with InProcess(create_app(router, *claude_ups(fa), options=keyed(), hooks=[Broken()])) as p:
+        r = p.http.post("/v1/messages", headers={"x-api-key": CLIENT},
+                        json={**ASK, "model": "small", "metadata": {"user_id": "boom"}})  # fmt: skip
+        rid = r.headers["x-hybridllm-request-id"]
+        assert r.status_code == 500 and r.json()["type"] == "error" and r.json()["request_id"] == rid
+        assert r.json()["error"]["type"] == "api_error" and "RuntimeError" in r.json()["error"]["message"]
+        assert claude(p).messages.create(model="small", **ASK).content
+    with InProcess(create_app(router, *gpt_ups(fr), options=keyed(), hooks=[Broken()])) as p:
+        r = p.http.post("/v1/responses", headers={"authorization": f"Bearer {CLIENT}"},
+                        json={"model": "small", "input": "hi", "metadata": {"user_id": "boom"}})  # fmt: skip
+        assert r.status_code == 500 and r.headers["x-hybridllm-request-id"] in r.json()["error"]["message"]
 
 
 def test_a_shadow_pair_is_scored_on_a_responses_request(router, fr: FakeResponses) -> None:

@@ -183,7 +183,9 @@ def api_proxies(router):
         return [HTTPBackend(f"{prefix}-{n}", fake.url, api_key="up-key", name=m, api=api, concurrency=None, timeout_s=5)
                 for n, m in (("s", SMALL), ("l", LARGE))]  # fmt: skip
 
-    opts = ServeOptions(api_keys=["client-key"])
+    # a cap on the key: the budget hook reads every body too (it once failed on raw surrogates)
+    opts = ServeOptions(api_keys=["client-key"], key_names={"client-key": "t"}, budget_caps=["t=1000/day"],
+                        prices={SMALL: (1.0, 2.0), LARGE: (1.0, 2.0)})  # fmt: skip
     with FakeAnthropic(key="up-key") as fa, FakeResponses(key="up-key") as fr:
         claude = create_app(router, *ups(fa, "messages", "c"), options=opts)
         gpt = create_app(router, *ups(fr, "responses", "g"), options=opts)
@@ -215,3 +217,17 @@ def test_no_messages_or_responses_body_causes_a_5xx(api_proxies, data):
         if r.status_code == 200 and "hybridllm" not in body and len(fake.raw) > asked:
             sent = json.dumps(json.loads(fake.raw[-1])["model"])
             assert fake.raw[-1] == text.replace('"__MODEL__"', sent, 1).encode("utf-8", "surrogatepass")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16-le", "utf-32-be"])
+def test_a_surrogate_written_as_raw_bytes_is_refused_like_an_escaped_one(encoding):
+    """``\ud800`` escaped and the same surrogate as raw bytes (invalid in every UTF): both a 400
+    naming the cause, never a body that reaches the hooks (a cap's token count once failed on it)."""
+    from hybridllm.serve.errors import RequestError
+    from hybridllm.serve.protocol import parse_json
+
+    for raw in ('{"input": "a\\ud800b"}'.encode(encoding), '{"input": "a\ud800b"}'.encode(encoding, "surrogatepass")):
+        with pytest.raises(RequestError) as refused:
+            parse_json(raw)
+        assert refused.value.status == 400 and ("surrogate" in refused.value.message or "UTF" in refused.value.message)
+    assert parse_json('{"input": "a\U0001f600b"}'.encode(encoding)) == {"input": "a\U0001f600b"}

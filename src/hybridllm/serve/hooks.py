@@ -84,6 +84,7 @@ class RequestContext:
     #: Responses response's id: ``previous_response_id``); a stream's once its event came
     answer_id: str | None = None
     billed: dict[str, Any] | None = None  # the token bound charged when the upstream reported no usage
+    prompt_seen: int | None = None  # a stream's prompt tokens as reported before its final usage (if ever)
     cost: float | None = None  # what the request is charged (its usage, else its bound, priced): computed once
     best_cost: float | None = None  # the same tokens on the reference model (when both are priced)
     strip_usage: bool = False  # the usage chunk of this stream was asked by the proxy, not the client

@@ -14,6 +14,7 @@ from hybridllm.routing.capabilities import ModelCaps
 from hybridllm.routing.money import Price
 
 from .settings import ServeSettings
+from .settle import Limits
 
 
 def key_id(key: str) -> str:
@@ -103,6 +104,12 @@ class ServeOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prices", {m: as_price(p) for m, p in self.prices.items()})
+
+    @property
+    def limits(self) -> Limits:
+        """What a request's token bound is priced on: each model's maximum output and context window."""
+        context = {m: c.context_window for m, c in self.capabilities.items() if c.context_window}
+        return Limits(self.max_output, context)
 
     @classmethod
     def derive(cls, settings: ServeSettings, **made: Any) -> ServeOptions:

@@ -108,8 +108,10 @@ _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_flo
 def parse_json(raw: bytes) -> dict[str, Any]:
     """Strict JSON: an object, finite numbers, integers of sane size, no lone surrogates."""
     try:
-        # what json.loads does with bytes (UTF-8, -16 or -32 by its first bytes), then the decoder
-        body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+        # what json.loads does with bytes (UTF-8, -16 or -32 by its first bytes), then the decoder;
+        # strictly: a surrogate encoded as raw bytes is not UTF-8 (escaped ones are checked below)
+        encoding = json.detect_encoding(raw)
+        body = _DECODER.decode(raw.decode(encoding))
     except RecursionError:
         raise RequestError(400, "malformed JSON: nested too deeply") from None
     except UnicodeDecodeError:
@@ -118,7 +120,8 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise RequestError(400, f"malformed JSON: {str(exc)[:200]}") from None
     if not isinstance(body, dict):
         raise RequestError(400, "request body must be a JSON object")
-    if b"\\u" in raw or b"\\U" in raw:  # surrogates only arrive as escapes: skip the walk otherwise
+    # raw surrogates failed to decode: only escapes are left to find (in UTF-8, none without "\u")
+    if encoding != "utf-8" or b"\\u" in raw or b"\\U" in raw:
         where = lone_surrogate(body)
         if where is not None:
             raise RequestError(

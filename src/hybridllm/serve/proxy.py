@@ -134,7 +134,7 @@ class Proxy:
         ``after_sent``. Coroutine on purpose: Starlette runs a plain function's background task in
         a thread."""
         opts = self.options
-        bill(ctx, opts.prices, opts.max_output)
+        bill(ctx, opts.prices, opts.limits)
         if ctx.status == 200 or ctx.asked:  # every answer asked for is priced, whole or not
             ctx.cost = price(opts.prices, ctx.model, ctx.billed if ctx.billed is not None else ctx.usage)
         self.metrics.record(ctx, opts.log_prompts)
@@ -197,7 +197,8 @@ class Proxy:
         except Exception as exc:  # a bug: the request fails alone, shaped like every other error
             log.exception("internal error in %s", ctx.rid)
             ctx.status, ctx.error = 500, f"internal error ({type(exc).__name__})"
-            return wire.error(500, f"internal error ({type(exc).__name__}); request id {ctx.rid}")
+            message = f"internal error ({type(exc).__name__}); request id {ctx.rid}"
+            return wire.error(500, message, None, None, response_headers(ctx, answered=False))
 
     def _ask_usage(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
         """A stream asks the upstream for its usage chunk (its tokens counted, and charged when

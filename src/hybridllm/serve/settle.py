@@ -6,8 +6,13 @@
   for the chat template) and its output: the larger of ``max_tokens`` / ``max_completion_tokens``
   (either not a count: none) clamped by the model's maximum output (``max_output_tokens`` in the
   models file, ``DEFAULT_MAX_OUTPUT_TOKENS`` when absent), times the answers asked (``n``,
-  ``best_of``, the prompts of a completions batch). It is a budget cap's reservation and what a
-  request is charged when its upstream reported no usage.
+  ``best_of``, the prompts of a completions batch). A body that brings in content the upstream
+  holds (a stored response or conversation, a stored prompt, an item reference, a file by id or URL,
+  an image or document by URL: :func:`upstream_held`) has no bound in its bytes: its prompt is
+  bounded by the model's context window instead (``context_window`` in the models file,
+  ``DEFAULT_CONTEXT_TOKENS`` when absent). It is a budget cap's reservation and what a request is
+  charged when its upstream reported no usage (the prompt's own count where a stream reported it
+  before it ended: ``prompt_seen``).
 - :class:`Pump`: a stream's upstream read in a task of its own, so that a client that hangs up, or
   a relay that ends for any reason, never cuts the upstream read short before its usage chunk: after
   the client left it goes on reading (for ``settle_timeout_s`` at most, then the upstream call is
@@ -33,6 +38,9 @@ from .hooks import RequestContext
 
 #: a model's maximum output when the models file does not state ``max_output_tokens``
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
+#: a model's context window when the models file does not state ``context_window``: the prompt
+#: bound of a request whose prompt the upstream holds (a stored conversation, a file, a URL)
+DEFAULT_CONTEXT_TOKENS = 200_000
 #: the chat template's tokens per message (role markers, separators), on top of its bytes
 PER_MESSAGE_TOKENS = 8
 #: the chat template's tokens per request (the assistant's turn opened), on top of its bytes
@@ -53,11 +61,63 @@ class TokenBound:
     prompt: int
     max_out: int | None  # the client's max_tokens / max_completion_tokens; None: not given (or not a count)
     answers: int  # completions asked: n (or best_of) times the prompts of a batch
+    elsewhere: bool = False  # the prompt includes content the upstream holds (:func:`upstream_held`)
 
-    def usage(self, model_max: int) -> dict[str, int]:
-        """The bound as a usage object on a model whose answers stop at ``model_max`` tokens."""
+    def usage(self, model_max: int, context: int = DEFAULT_CONTEXT_TOKENS) -> dict[str, int]:
+        """The bound as a usage object on a model whose answers stop at ``model_max`` tokens and
+        whose prompts at ``context`` (the bound of a prompt held upstream)."""
         out = model_max if self.max_out is None else min(self.max_out, model_max)
-        return {"prompt_tokens": self.prompt, "completion_tokens": out * self.answers}
+        prompt = max(self.prompt, context) if self.elsewhere else self.prompt
+        return {"prompt_tokens": prompt, "completion_tokens": out * self.answers}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Each model's maximum output and context window where the models file states them (the
+    defaults elsewhere): what a token bound is priced on."""
+
+    max_output: Mapping[str, int]
+    context: Mapping[str, int]
+
+    def usage(self, bound: TokenBound, model: str) -> dict[str, int]:
+        return bound.usage(
+            self.max_output.get(model, DEFAULT_MAX_OUTPUT_TOKENS), self.context.get(model, DEFAULT_CONTEXT_TOKENS)
+        )
+
+
+#: top-level fields that bring in a prompt the upstream holds (Responses: a stored response, a
+#: conversation; a stored prompt template is ``prompt`` as an object)
+_HELD_FIELDS = ("previous_response_id", "conversation")
+#: content the upstream fetches or reads from its own store, by the part's own field
+_HELD_PARTS = ("file_id", "file_url")
+
+
+def _remote(url: object) -> bool:
+    return isinstance(url, str) and url[:8].lower().startswith(("http://", "https://"))
+
+
+def upstream_held(body: dict[str, Any]) -> bool:
+    """Whether ``body`` brings in content that is not in its bytes: a stored response or
+    conversation, a stored prompt, an ``item_reference``, a file by id or URL, an image or a
+    document by URL or by file (chat, Messages and Responses shapes alike)."""
+    if any(body.get(f) not in (None, "") for f in _HELD_FIELDS) or isinstance(body.get("prompt"), dict):
+        return True
+    stack: list[Any] = [body.get("messages"), body.get("input"), body.get("system")]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            if node.get("type") == "item_reference" or any(node.get(f) not in (None, "") for f in _HELD_PARTS):
+                return True
+            image = node.get("image_url")
+            if _remote(image) or (isinstance(image, dict) and _remote(image.get("url"))):
+                return True
+            source = node.get("source")
+            if isinstance(source, dict) and source.get("type") in ("url", "file"):
+                return True
+            stack.extend(v for v in node.values() if isinstance(v, list | dict))
+    return False
 
 
 def _count(v: object) -> int | None:
@@ -83,7 +143,8 @@ def token_bound(body: dict[str, Any], kind: str = "chat") -> TokenBound:
     outs = [m for m in map(_count, given) if m is not None]
     max_out = max(outs) if outs and len(outs) == len(given) else None
     each = max(_count(body.get("n")) or 1, _count(body.get("best_of")) or 1)
-    return TokenBound(size + PER_MESSAGE_TOKENS * parts + PROMPT_OVERHEAD_TOKENS, max_out, each * batch)
+    prompt_tokens = size + PER_MESSAGE_TOKENS * parts + PROMPT_OVERHEAD_TOKENS
+    return TokenBound(prompt_tokens, max_out, each * batch, upstream_held(body))
 
 
 def counted(usage: dict[str, Any]) -> bool:
@@ -199,14 +260,19 @@ class Pump:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
-def bill(rec: RequestContext, prices: Mapping[str, Price], max_output: dict[str, int]) -> None:
+def bill(rec: RequestContext, prices: Mapping[str, Price], limits: Limits) -> None:
     """An answer asked for (``rec.status`` 200, or ``rec.asked``: the upstream was asked and the
     relay or the call ended otherwise) whose upstream reported no usage is charged its bound:
-    ``rec.billed``, the usage the metrics and the budget price instead (marked in the access log)."""
+    ``rec.billed``, the usage the metrics and the budget price instead (marked in the access log).
+    A stream that reported its prompt's count before it ended (``rec.prompt_seen``) is charged that
+    count for its prompt and the bound for its output."""
     if rec.billed is not None or rec.sent is None or rec.model not in prices or counted(rec.usage):
         return
     if rec.status == 200 or rec.asked:
-        rec.billed = token_bound(rec.sent, rec.kind).usage(max_output.get(rec.model, DEFAULT_MAX_OUTPUT_TOKENS))
+        billed = limits.usage(token_bound(rec.sent, rec.kind), rec.model)
+        if rec.prompt_seen is not None:
+            billed["prompt_tokens"] = rec.prompt_seen
+        rec.billed = billed
 
 
 def whole_usage(payload: Any) -> dict[str, Any]:

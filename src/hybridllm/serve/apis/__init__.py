@@ -5,7 +5,7 @@
 Each module is a set of pure functions over one protocol, the same names in both: ``check`` (the
 body's bytes and headers → an :class:`ApiRequest`, or a 400 as
 :class:`~hybridllm.serve.errors.RequestError`), ``client_key``, ``upstream_headers``,
-``token_bound``, ``answer_usage`` / ``answer_text`` (a whole answer), ``StreamWatch`` (a relayed
+``answer_usage`` / ``answer_text`` (a whole answer), ``StreamWatch`` (a relayed
 stream's usage and text), ``replay`` (a shadow call's body), ``error_response`` / ``stream_error``
 (the protocol's error shape). :data:`PROTOCOLS` maps each API name to its module. The request's
 bytes are relayed unchanged except the model name (:meth:`ApiRequest.for_upstream`); no request is

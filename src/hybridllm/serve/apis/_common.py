@@ -265,16 +265,22 @@ class Watch(Protocol):
     @property
     def answer_id(self) -> str | None: ...
 
+    @property
+    def prompt_seen(self) -> int | None: ...
+
 
 async def tap(stream: AsyncIterator[bytes], watch: Watch, ctx: Any) -> AsyncIterator[bytes]:
     """``stream``'s chunks unchanged, each read by ``watch``; once the stream's final usage has
-    come, ``ctx.usage`` is it as a chat usage object (what the proxy prices and logs); once its id
-    has come, ``ctx.answer_id``."""
+    come, ``ctx.usage`` is it as a chat usage object (what the proxy prices and logs); before it, a
+    prompt count the stream reported early is ``ctx.prompt_seen`` (a stream cut short is charged
+    it); once its id has come, ``ctx.answer_id``."""
     async for chunk in stream:
         watch.feed(chunk)
         usage = watch.usage
         if usage is not None:
             ctx.usage = usage.as_chat()
+        elif ctx.prompt_seen is None:
+            ctx.prompt_seen = watch.prompt_seen
         if ctx.answer_id is None:
             ctx.answer_id = watch.answer_id
         yield chunk

@@ -24,7 +24,6 @@ from hybridllm.routing.conversation.chat import text_of
 from hybridllm.routing.conversation.messages import chat_view as as_chat
 
 from ..errors import RequestError
-from ..settle import PER_MESSAGE_TOKENS, PROMPT_OVERHEAD_TOKENS, TokenBound
 from ._common import (
     ApiRequest,
     EventReader,
@@ -145,13 +144,6 @@ def _check_block(block: dict[str, Any], where: str) -> None:
         raise RequestError(400, f"{where} (tool_use) needs a string 'id' and 'name'", "messages")
 
 
-def token_bound(req: ApiRequest) -> TokenBound:
-    """The request's bound on its tokens (a budget reservation; the charge when no usage comes):
-    its body's bytes plus the template's tokens per turn, and ``max_tokens``."""
-    size = len(req.for_upstream(req.model))
-    return TokenBound(size + PER_MESSAGE_TOKENS * len(req.body["messages"]) + PROMPT_OVERHEAD_TOKENS, req.max_out, 1)
-
-
 def usage(obj: Any) -> Usage | None:
     """A Messages usage object normalised (None when its counts are missing or not counts)."""
     if not isinstance(obj, dict):
@@ -190,7 +182,8 @@ def replay(body: dict[str, Any], max_tokens: int) -> dict[str, Any]:
 class StreamWatch:
     """A relayed Messages stream read as it passes (:meth:`feed` each chunk): its usage
     (``message_start``, updated by each ``message_delta``; None until a ``message_delta`` has
-    given the output's count: a stream cut before it is charged its bound, not one output token),
+    given the output's count: a stream cut before it is charged ``message_start``'s prompt count
+    and its output bound, not one output token),
     its text deltas, and an ``error`` event's message."""
 
     def __init__(self) -> None:
@@ -211,6 +204,15 @@ class StreamWatch:
     @property
     def text(self) -> str:
         return "".join(self._text)
+
+    @property
+    def prompt_seen(self) -> int | None:
+        """The prompt's tokens as ``message_start`` reported them (cache reads and writes included)."""
+        if not self._usage:
+            return None
+        parts = [count(self._usage.get(k)) for k in ("input_tokens", "cache_read_input_tokens",
+                                                      "cache_creation_input_tokens")]  # fmt: skip
+        return None if parts[0] is None else sum(p or 0 for p in parts)
 
     @property
     def answer_id(self) -> str | None:

@@ -25,7 +25,6 @@ from hybridllm.routing.conversation.responses import chat_view as as_chat
 
 from ..errors import RequestError
 from ..protocol import bearer_key, error_body, error_type
-from ..settle import PER_MESSAGE_TOKENS, PROMPT_OVERHEAD_TOKENS, TokenBound
 from ._common import (
     ApiRequest,
     EventReader,
@@ -120,15 +119,6 @@ def _check_item(item: Any, where: str) -> None:
         raise RequestError(400, f"{where} (function_call) needs a string 'call_id', 'name' and 'arguments'", "input")
 
 
-def token_bound(req: ApiRequest) -> TokenBound:
-    """The request's bound on its tokens: its body's bytes plus the template's tokens per item, and
-    ``max_output_tokens`` (None: the model's maximum)."""
-    items = req.body["input"]
-    turns = len(items) if isinstance(items, list) else 1
-    size = len(req.for_upstream(req.model))
-    return TokenBound(size + PER_MESSAGE_TOKENS * turns + PROMPT_OVERHEAD_TOKENS, req.max_out, 1)
-
-
 def usage(obj: Any) -> Usage | None:
     """A Responses usage object normalised (None when its counts are missing or not counts)."""
     if not isinstance(obj, dict):
@@ -198,6 +188,10 @@ class StreamWatch:
     @property
     def text(self) -> str:
         return "".join(self._text) or self._final
+
+    @property
+    def prompt_seen(self) -> None:
+        return None  # the Responses stream reports its usage at its end only
 
     @property
     def answer_id(self) -> str | None:

@@ -99,7 +99,7 @@ def live_control(
     if opts.budget_caps:
         live.budget = Budget(
             [parse_cap(c) for c in opts.budget_caps], store, opts.prices, opts.on_cap, cheapest=0,
-            max_output=opts.max_output,
+            limits=opts.limits,
         )  # fmt: skip
         live.hooks.append(BudgetHook(live.budget, upstreams))
     outcomes = None

@@ -32,7 +32,7 @@ from hybridllm.routing.money import Price
 from ..caps import Cap
 from ..errors import RequestError, ServeConfigError
 from ..hooks import BaseHook, RequestContext, Slot
-from ..settle import DEFAULT_MAX_OUTPUT_TOKENS, TokenBound, price, token_bound
+from ..settle import Limits, TokenBound, price, token_bound
 from ..state import StateStore
 from ..upstreams import Upstreams
 from ..wire import WIRES
@@ -55,7 +55,7 @@ class Budget:
 
     def __init__(
         self, caps: list[Cap], store: StateStore, prices: Mapping[str, Price], on_cap: str = "downgrade",
-        cheapest: int = 0, max_output: dict[str, int] | None = None,
+        cheapest: int = 0, limits: Limits | None = None,
     ) -> None:  # fmt: skip
         if on_cap not in ("downgrade", "refuse"):
             raise ServeConfigError(f"on_cap {on_cap!r}: expected downgrade or refuse")
@@ -63,14 +63,14 @@ class Budget:
             raise ServeConfigError("budget caps need prices: a models file with each model's price")
         self.caps, self.store, self.prices, self.on_cap = caps, store, prices, on_cap
         self.cheapest = cheapest
-        self.max_output = max_output or {}  # the models file's max_output_tokens per model
+        self.limits = limits or Limits({}, {})  # the models file's max_output_tokens and context_window
 
     def caps_for(self, key: str | None) -> list[Cap]:
         return [c for c in self.caps if c.key == "*" or c.key == key]
 
     def estimate(self, model: str, bound: TokenBound) -> float:
         """The request's own bound on ``model``, priced (what it reserves)."""
-        return price(self.prices, model, bound.usage(self.max_output.get(model, DEFAULT_MAX_OUTPUT_TOKENS))) or 0.0
+        return price(self.prices, model, self.limits.usage(bound, model)) or 0.0
 
     async def admit(
         self, key: str | None, target: int, models: list[str], bound: TokenBound, reach: list[str] | None = None,
