@@ -77,10 +77,12 @@ def retrain_loop() -> str:
         return ""
     d = json.loads(path.read_text())
     steps = ", ".join(f"{n:,}" for n in d["steps"])
+    timed = all("seconds" in sc for sc in d["scenarios"])  # scenarios rerun one by one carry their own
+    took = f" ({d['seconds'] / 60:.0f} min)" if timed else " (each scenario with `--only NAME`)"
     lines = [
         "## Learning from traffic",
         "",
-        f"`python benchmarks/retrain_loop.py{' --quick' if d['quick'] else ''}` ({d['seconds'] / 60:.0f} min): a "
+        f"`python benchmarks/retrain_loop.py{' --quick' if d['quick'] else ''}`{took}: a "
         "router trained on a small slice serves a stream through the real proxy with "
         f"{d['shadow_rate'] * 100:g} % shadow checks and the outcomes log on; a stand-in judge rates each answer "
         f"from the table's score of that sample. At {steps} shadow pairs, `hybridllm.model.retrain` trains a "
@@ -95,16 +97,4 @@ def retrain_loop() -> str:
     ]
     for sc in d["scenarios"]:
         lines += _scenario(sc)
-    fleet = RESULTS / "retrain_loop_fleet_quick.json"
-    if fleet.exists() and not any(sc["name"] == "mmlu-3" for sc in d["scenarios"]):  # quick steps only
-        f = json.loads(fleet.read_text())
-        at = ", ".join(f"{n:,}" for n in f["steps"])
-        part = _scenario(f["scenarios"][0])
-        lines += [
-            *part[:2],
-            f"So far at {at} pairs only (`python benchmarks/retrain_loop.py --quick --only mmlu-3 --out "
-            f"benchmarks/results/retrain_loop_fleet_quick.json`, {f['seconds'] / 60:.0f} min).",
-            "",
-            *part[2:],
-        ]
     return "\n".join(lines).rstrip() + "\n"
