@@ -299,9 +299,8 @@ def main() -> None:
     out = json.loads(Path(args.out).read_text())
     for sc in results:
         metric = sc.get("metric", "apgr")  # files written before fleets name no metric: a pair
-        print(
-            f"\n{sc['name']} ({' -> '.join(sc.get('models') or [sc['small'], sc['large']])}), held-out {metric.upper()}:"
-        )
+        models = sc.get("models") or [sc["small"], sc["large"]]
+        print(f"\n{sc['name']} ({' -> '.join(models)}), held-out {metric.upper()}:")
         for key, v in sc["held_out"].items():
             print(f"  {key:<18} {v[metric]:.4f}  minus start {v['minus_start_ci95']}")
         print(f"  promotions {sc['promotions']}, of which made the held-out {metric.upper()} worse: "
