@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
 from hybridllm.routing.capabilities import ModelCaps
@@ -105,7 +106,7 @@ class ServeOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "prices", {m: as_price(p) for m, p in self.prices.items()})
 
-    @property
+    @cached_property  # read for every request billed by its bound: built once
     def limits(self) -> Limits:
         """What a request's token bound is priced on: each model's maximum output and context window."""
         context = {m: c.context_window for m, c in self.capabilities.items() if c.context_window}
